@@ -1,0 +1,476 @@
+//! API v1 resources: forwards, proxies and the version documents.
+//!
+//! Request bodies reject unknown fields, and every field is checked by
+//! [`ForwardCreate::validate`] / [`ForwardUpdate::validate`] with a message that
+//! names it, so that a typo in a request never silently does something else.
+
+use std::net::IpAddr;
+
+use navigator_core::{ForwardStatus, PortForward, Protocol};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// The longest description, instance id or host name accepted.
+pub const MAX_TEXT_LEN: usize = 255;
+/// Page size when the client gives no `limit`.
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
+/// The largest page a client may ask for.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// A request field that failed validation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// A port forward as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Forward {
+    /// UUID of the forward.
+    pub id: String,
+    /// Project (tenant) that owns the forward.
+    pub project_id: String,
+    pub description: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Address on the proxy that clients connect to.
+    pub external_address: String,
+    pub external_port: u16,
+    /// Address of the instance the traffic is forwarded to.
+    pub internal_ip_address: String,
+    pub internal_port: u16,
+    /// Nova instance the target belongs to, if given.
+    pub instance_id: Option<String>,
+    /// Host name of the proxy node carrying the forward.
+    pub proxy: String,
+    /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
+    pub status: String,
+    /// Why the forward is in `ERROR` (or still `PENDING`).
+    pub status_reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+impl From<&PortForward> for Forward {
+    fn from(f: &PortForward) -> Forward {
+        Forward {
+            id: f.id.to_string(),
+            project_id: f.project_id.clone(),
+            description: f.description.clone(),
+            protocol: f.protocol.to_string(),
+            external_address: f.external_address.to_string(),
+            external_port: f.external_port,
+            internal_ip_address: f.internal_ip_address.to_string(),
+            internal_port: f.internal_port,
+            instance_id: f.instance_id.clone(),
+            proxy: f.proxy.clone(),
+            status: f.status.to_string(),
+            status_reason: f.status_reason.clone(),
+            created_at: f.created_at.clone(),
+            updated_at: f.updated_at.clone(),
+        }
+    }
+}
+
+/// `{"forward": {...}}`, as returned by create, show and update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardBody {
+    pub forward: Forward,
+}
+
+/// A link to another page of a list, as Neutron's `*_links`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Link {
+    pub rel: String,
+    pub href: String,
+}
+
+/// `{"forwards": [...], "forwards_links": [...]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardList {
+    pub forwards: Vec<Forward>,
+    /// A `next` link when more forwards may follow this page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards_links: Vec<Link>,
+}
+
+/// Fields of a new forward.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardCreate {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Target address (IPv4 or IPv6).
+    pub internal_ip_address: String,
+    /// Target port, 1-65535.
+    pub internal_port: i64,
+    /// Port on the proxy; omitted means one is allocated from the proxy's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_port: Option<i64>,
+    /// Address on the proxy; omitted means the proxy's first address of the
+    /// target's family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Proxy host to place the forward on (admin only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardCreateBody {
+    pub forward: ForwardCreate,
+}
+
+/// A validated [`ForwardCreate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewForward {
+    pub protocol: Protocol,
+    pub internal_ip_address: IpAddr,
+    pub internal_port: u16,
+    pub external_port: Option<u16>,
+    pub external_address: Option<IpAddr>,
+    pub instance_id: Option<String>,
+    pub description: String,
+    pub proxy: Option<String>,
+}
+
+impl ForwardCreate {
+    pub fn validate(&self) -> Result<NewForward, FieldError> {
+        Ok(NewForward {
+            protocol: parse_protocol(&self.protocol)?,
+            internal_ip_address: parse_ip("internal_ip_address", &self.internal_ip_address)?,
+            internal_port: parse_port("internal_port", self.internal_port)?,
+            external_port: self
+                .external_port
+                .map(|port| parse_port("external_port", port))
+                .transpose()?,
+            external_address: self
+                .external_address
+                .as_deref()
+                .map(|ip| parse_ip("external_address", ip))
+                .transpose()?,
+            instance_id: self
+                .instance_id
+                .as_deref()
+                .map(|id| check_text("instance_id", id, false))
+                .transpose()?,
+            description: check_text("description", self.description.as_deref().unwrap_or(""), true)?,
+            proxy: self
+                .proxy
+                .as_deref()
+                .map(|host| check_text("proxy", host, false))
+                .transpose()?,
+        })
+    }
+}
+
+/// Fields a forward's owner may change. Omitted fields keep their value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_ip_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardUpdateBody {
+    pub forward: ForwardUpdate,
+}
+
+/// A validated [`ForwardUpdate`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ForwardChanges {
+    pub internal_ip_address: Option<IpAddr>,
+    pub internal_port: Option<u16>,
+    pub description: Option<String>,
+}
+
+impl ForwardUpdate {
+    pub fn validate(&self) -> Result<ForwardChanges, FieldError> {
+        Ok(ForwardChanges {
+            internal_ip_address: self
+                .internal_ip_address
+                .as_deref()
+                .map(|ip| parse_ip("internal_ip_address", ip))
+                .transpose()?,
+            internal_port: self
+                .internal_port
+                .map(|port| parse_port("internal_port", port))
+                .transpose()?,
+            description: self
+                .description
+                .as_deref()
+                .map(|text| check_text("description", text, true))
+                .transpose()?,
+        })
+    }
+}
+
+/// Sort direction of a list.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SortDir {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// Fields a forward list can be sorted by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    #[default]
+    CreatedAt,
+    UpdatedAt,
+    Id,
+    ExternalPort,
+    InternalPort,
+    Status,
+    Protocol,
+}
+
+impl SortKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortKey::CreatedAt => "created_at",
+            SortKey::UpdatedAt => "updated_at",
+            SortKey::Id => "id",
+            SortKey::ExternalPort => "external_port",
+            SortKey::InternalPort => "internal_port",
+            SortKey::Status => "status",
+            SortKey::Protocol => "protocol",
+        }
+    }
+}
+
+/// Query parameters of `GET /v1/forwards`: filters, pagination and sorting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ForwardListQuery {
+    pub instance_id: Option<String>,
+    /// `tcp` or `udp`.
+    pub protocol: Option<String>,
+    /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
+    pub status: Option<String>,
+    pub external_address: Option<String>,
+    pub external_port: Option<u16>,
+    pub internal_ip_address: Option<String>,
+    pub proxy: Option<String>,
+    /// Filter by project (admin, with `all_projects`).
+    pub project_id: Option<String>,
+    /// List every project's forwards (admin only).
+    pub all_projects: Option<bool>,
+    /// Page size, 1-1000 (default 1000).
+    pub limit: Option<u32>,
+    /// Id of the last forward of the previous page.
+    pub marker: Option<String>,
+    #[param(value_type = Option<SortKey>)]
+    pub sort_key: Option<SortKey>,
+    #[param(value_type = Option<SortDir>)]
+    pub sort_dir: Option<SortDir>,
+}
+
+/// A proxy (forwarding node) as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Proxy {
+    pub host: String,
+    /// Data-plane backend: `relay`, `nft`, `iptables` or `socat`.
+    pub backend: String,
+    pub external_addresses: Vec<String>,
+    /// Pool for automatically allocated external ports, e.g. `20000-40000`.
+    pub port_range: String,
+    /// `up` or `down` (no heartbeat within `agent_down_time`).
+    pub state: String,
+    /// RFC 3339, UTC.
+    pub last_heartbeat: Option<String>,
+    pub forward_count: u64,
+    /// Share of the port pool in use, 0.0-1.0.
+    pub load: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProxyBody {
+    pub proxy: Proxy,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProxyList {
+    pub proxies: Vec<Proxy>,
+}
+
+/// One API version, as in every OpenStack version document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Version {
+    pub id: String,
+    pub status: String,
+    pub links: Vec<Link>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<Version>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VersionBody {
+    pub version: Version,
+}
+
+/// `GET /healthcheck`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `OK` or `DEGRADED`.
+    pub status: String,
+    /// Per dependency: `database`, `rpc`... with `ok` or the problem.
+    pub checks: std::collections::BTreeMap<String, String>,
+}
+
+fn parse_protocol(value: &str) -> Result<Protocol, FieldError> {
+    value
+        .parse()
+        .map_err(|_| FieldError::new("protocol", format!("{value:?} is not one of tcp, udp")))
+}
+
+/// Validates a status filter value.
+pub fn parse_status(value: &str) -> Result<ForwardStatus, FieldError> {
+    value.parse().map_err(|_| {
+        FieldError::new(
+            "status",
+            format!("{value:?} is not one of PENDING, ACTIVE, ERROR, DELETING"),
+        )
+    })
+}
+
+/// Validates a protocol filter value.
+pub fn parse_protocol_filter(value: &str) -> Result<Protocol, FieldError> {
+    parse_protocol(value)
+}
+
+pub fn parse_ip(field: &'static str, value: &str) -> Result<IpAddr, FieldError> {
+    value.parse().map_err(|_| {
+        FieldError::new(
+            field,
+            format!("{value:?} is not an IPv4 or IPv6 address"),
+        )
+    })
+}
+
+fn parse_port(field: &'static str, value: i64) -> Result<u16, FieldError> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(FieldError::new(
+            field,
+            format!("{value} is outside the port range 1-65535"),
+        )),
+    }
+}
+
+fn check_text(field: &'static str, value: &str, may_be_empty: bool) -> Result<String, FieldError> {
+    if !may_be_empty && value.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if value.chars().count() > MAX_TEXT_LEN {
+        return Err(FieldError::new(
+            field,
+            format!("is longer than {MAX_TEXT_LEN} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(value.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(json: serde_json::Value) -> Result<NewForward, String> {
+        let body: ForwardCreateBody = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        body.forward.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn valid_create_is_accepted() {
+        let got = create(serde_json::json!({"forward": {
+            "protocol": "udp", "internal_ip_address": "2001:db8::5", "internal_port": 53,
+            "external_port": 20053, "description": "dns"
+        }}))
+        .unwrap();
+        assert_eq!(got.protocol, Protocol::Udp);
+        assert_eq!(got.external_port, Some(20053));
+        assert_eq!(got.description, "dns");
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
+        let cases = [
+            ("protocol", serde_json::json!("sctp"), "invalid protocol: \"sctp\" is not one of tcp, udp"),
+            ("internal_ip_address", serde_json::json!("10.0.0.256"), "invalid internal_ip_address: \"10.0.0.256\" is not an IPv4 or IPv6 address"),
+            ("internal_port", serde_json::json!(0), "invalid internal_port: 0 is outside the port range 1-65535"),
+            ("internal_port", serde_json::json!(65536), "invalid internal_port: 65536 is outside the port range 1-65535"),
+            ("external_port", serde_json::json!(-1), "invalid external_port: -1 is outside the port range 1-65535"),
+            ("instance_id", serde_json::json!(""), "invalid instance_id: must not be empty"),
+            ("description", serde_json::json!("x".repeat(256)), "invalid description: is longer than 255 characters"),
+        ];
+        for (field, value, expected) in cases {
+            let mut forward = base.clone();
+            forward[field] = value;
+            assert_eq!(create(serde_json::json!({"forward": forward})), Err(expected.to_owned()));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = create(serde_json::json!({"forward": {
+            "protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22, "external_prot": 1
+        }}))
+        .unwrap_err();
+        assert!(err.contains("unknown field `external_prot`"), "{err}");
+    }
+
+    #[test]
+    fn update_validates_only_given_fields() {
+        let update = ForwardUpdate {
+            internal_port: Some(8080),
+            ..Default::default()
+        };
+        assert_eq!(
+            update.validate(),
+            Ok(ForwardChanges {
+                internal_port: Some(8080),
+                ..Default::default()
+            })
+        );
+        let bad = ForwardUpdate {
+            internal_ip_address: Some("nope".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "internal_ip_address");
+    }
+}

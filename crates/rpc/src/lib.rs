@@ -1,0 +1,18 @@
+//! The contract between the server and its proxy agents, and the transports
+//! that carry it.
+//!
+//! Calls are named methods with a JSON object of named arguments, exactly as
+//! oslo.messaging's RPC: that is what lets a Python oslo.messaging client talk
+//! to a Rust agent over RabbitMQ, and lets the all-in-one mode use the same
+//! contract over in-process channels. This crate is an API boundary: an agent of
+//! the previous release must understand what a new server sends, so fields are
+//! only ever added, with defaults.
+
+pub mod inproc;
+pub mod messages;
+pub mod transport;
+
+pub use messages::{
+    AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, methods, topics,
+};
+pub use transport::{AgentClient, Incoming, RemoteError, RpcError, ServerClient, Target, Transport};

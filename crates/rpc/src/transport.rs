@@ -1,0 +1,206 @@
+//! The transport abstraction and the typed clients built on it.
+//!
+//! A [`Transport`] moves `(method, args)` pairs to a [`Target`] and, for calls,
+//! brings back a JSON reply. Everything above it is typed: [`AgentClient`] is
+//! what the server uses to drive agents, [`ServerClient`] what agents use to
+//! report to the server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::messages::{AgentState, ForwardEntry, ForwardResult, SyncResult, args, methods, topics};
+
+/// A boxed future, so that transports can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a message goes, in oslo.messaging's terms.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub topic: String,
+    /// A specific host listening on the topic; `None` means any one of them.
+    pub server: Option<String>,
+    /// Deliver a cast to every listener of the topic.
+    pub fanout: bool,
+}
+
+impl Target {
+    pub fn topic(topic: &str) -> Target {
+        Target {
+            topic: topic.to_owned(),
+            server: None,
+            fanout: false,
+        }
+    }
+
+    pub fn host(topic: &str, host: &str) -> Target {
+        Target {
+            topic: topic.to_owned(),
+            server: Some(host.to_owned()),
+            fanout: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.server {
+            Some(server) => write!(f, "{}.{server}", self.topic),
+            None if self.fanout => write!(f, "{}_fanout", self.topic),
+            None => f.write_str(&self.topic),
+        }
+    }
+}
+
+/// An exception raised by the remote side, in oslo's failure terms.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{exc_type}: {message}")]
+pub struct RemoteError {
+    pub exc_type: String,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(exc_type: &str, message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            exc_type: exc_type.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("no reply to {method} from {target} within {after:?}")]
+    Timeout {
+        method: String,
+        target: String,
+        after: Duration,
+    },
+    #[error("nobody listens on {target}")]
+    NoListener { target: String },
+    #[error("{method} failed on {target}: {source}")]
+    Remote {
+        method: String,
+        target: String,
+        #[source]
+        source: RemoteError,
+    },
+    #[error("cannot encode or decode {method}: {reason}")]
+    Codec { method: String, reason: String },
+    #[error("transport failure: {0}")]
+    Transport(String),
+}
+
+/// A message delivered to a listener. `reply` is set for calls and empty for casts.
+#[derive(Debug)]
+pub struct Incoming {
+    pub method: String,
+    pub args: Value,
+    pub reply: Option<oneshot::Sender<Result<Value, RemoteError>>>,
+}
+
+/// Moves messages; see the module doc.
+pub trait Transport: Send + Sync + 'static {
+    fn call(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, RpcError>>;
+
+    fn cast(&self, target: &Target, method: &str, args: Value) -> BoxFuture<'_, Result<(), RpcError>>;
+
+    /// Starts receiving messages for `target`.
+    fn listen(&self, target: &Target) -> BoxFuture<'_, Result<mpsc::Receiver<Incoming>, RpcError>>;
+}
+
+fn encode(method: &str, args: &impl Serialize) -> Result<Value, RpcError> {
+    serde_json::to_value(args).map_err(|e| RpcError::Codec {
+        method: method.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(method: &str, value: Value) -> Result<T, RpcError> {
+    serde_json::from_value(value).map_err(|e| RpcError::Codec {
+        method: method.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The server's handle on its agents.
+#[derive(Clone)]
+pub struct AgentClient {
+    transport: Arc<dyn Transport>,
+    timeout: Duration,
+}
+
+impl AgentClient {
+    pub fn new(transport: Arc<dyn Transport>, timeout: Duration) -> AgentClient {
+        AgentClient { transport, timeout }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, host: &str, method: &str, args: &impl Serialize) -> Result<T, RpcError> {
+        let target = Target::host(topics::PROXY, host);
+        let reply = self.transport.call(&target, method, encode(method, args)?, self.timeout).await?;
+        decode(method, reply)
+    }
+
+    /// Replaces the agent's whole desired set.
+    pub async fn sync_forwards(&self, host: &str, forwards: Vec<ForwardEntry>, generation: u64) -> Result<SyncResult, RpcError> {
+        self.call(host, methods::SYNC_FORWARDS, &args::SyncForwards { forwards, generation }).await
+    }
+
+    /// Adds or changes one forward.
+    pub async fn create_forward(&self, host: &str, forward: ForwardEntry) -> Result<ForwardResult, RpcError> {
+        self.call(host, methods::CREATE_FORWARD, &args::CreateForward { forward }).await
+    }
+
+    /// Removes one forward; removing an unknown forward succeeds.
+    pub async fn delete_forward(&self, host: &str, id: String) -> Result<(), RpcError> {
+        self.call(host, methods::DELETE_FORWARD, &args::DeleteForward { id }).await
+    }
+
+    pub async fn get_state(&self, host: &str) -> Result<AgentState, RpcError> {
+        self.call(host, methods::GET_STATE, &args::GetState {}).await
+    }
+}
+
+/// An agent's handle on the servers.
+#[derive(Clone)]
+pub struct ServerClient {
+    transport: Arc<dyn Transport>,
+}
+
+impl ServerClient {
+    pub fn new(transport: Arc<dyn Transport>) -> ServerClient {
+        ServerClient { transport }
+    }
+
+    /// Heartbeat; any server listening on the server topic takes it.
+    pub async fn report_state(&self, state: AgentState) -> Result<(), RpcError> {
+        let method = methods::REPORT_STATE;
+        let args = encode(method, &args::ReportState { state })?;
+        self.transport.cast(&Target::topic(topics::SERVER), method, args).await
+    }
+}
+
+/// Decodes the arguments of an incoming message, for listeners.
+pub fn decode_args<T: DeserializeOwned>(incoming: &Incoming) -> Result<T, RemoteError> {
+    serde_json::from_value(incoming.args.clone()).map_err(|e| {
+        RemoteError::new("ValueError", format!("bad arguments to {}: {e}", incoming.method))
+    })
+}
+
+/// Encodes a listener's reply.
+pub fn encode_reply(value: &impl Serialize) -> Result<Value, RemoteError> {
+    serde_json::to_value(value).map_err(|e| RemoteError::new("ValueError", e.to_string()))
+}
