@@ -1,0 +1,181 @@
+//! The proxy agent: it receives the desired forwards of its host over RPC,
+//! converges its data-plane backend to them, and reports what it carries.
+//!
+//! The agent is stateless on purpose: after a start (or a lost message) it
+//! reports generation 0, the server answers with the full desired set, and
+//! [`Agent::reconcile`] makes the backend match. Nothing survives in the agent
+//! that the server cannot rebuild.
+
+mod service;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use navigator_core::{ForwardId, ForwardSpec, PortRange, plan};
+use navigator_dataplane::Backend;
+use navigator_rpc::{AgentState, ForwardEntry, ForwardResult, ResultStatus};
+use tokio::sync::Mutex;
+
+pub use service::run;
+
+/// What an agent is and how often it reports.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The host name the server addresses this agent by.
+    pub host: String,
+    /// Addresses on this host that forwards may listen on.
+    pub external_addresses: Vec<IpAddr>,
+    /// Pool for automatically allocated external ports.
+    pub port_range: PortRange,
+    /// Interval between heartbeats (`report_state` casts).
+    pub report_interval: Duration,
+}
+
+/// The agent's mutable state, behind one async lock so that reconciles run
+/// one at a time, in the order their messages arrived.
+struct State {
+    desired: BTreeMap<ForwardId, ForwardSpec>,
+    results: BTreeMap<ForwardId, ForwardResult>,
+    generation: u64,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    backend: Arc<dyn Backend>,
+    state: Mutex<State>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig, backend: Arc<dyn Backend>) -> Agent {
+        Agent {
+            config,
+            backend,
+            state: Mutex::new(State {
+                desired: BTreeMap::new(),
+                results: BTreeMap::new(),
+                generation: 0,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Replaces the whole desired set (a full sync) and converges.
+    pub async fn sync(&self, forwards: Vec<ForwardSpec>, generation: u64) -> Vec<ForwardResult> {
+        let mut state = self.state.lock().await;
+        state.desired = forwards.into_iter().map(|f| (f.id, f)).collect();
+        state.generation = generation;
+        self.reconcile(&mut state).await;
+        state.results.values().cloned().collect()
+    }
+
+    /// Adds or changes one forward and converges.
+    pub async fn upsert(&self, forward: ForwardSpec) -> ForwardResult {
+        let mut state = self.state.lock().await;
+        state.desired.insert(forward.id, forward);
+        self.reconcile(&mut state).await;
+        state.results.get(&forward.id).cloned().unwrap_or_else(|| ForwardResult {
+            id: forward.id.to_string(),
+            status: ResultStatus::Error,
+            reason: Some("the agent lost track of the forward".into()),
+        })
+    }
+
+    /// Removes one forward (unknown ids are fine) and converges.
+    pub async fn remove(&self, id: ForwardId) {
+        let mut state = self.state.lock().await;
+        state.desired.remove(&id);
+        self.reconcile(&mut state).await;
+    }
+
+    /// Converges again without a change of desired state: retries forwards
+    /// that failed (a port may have been freed meanwhile).
+    pub async fn retry_failed(&self) {
+        let mut state = self.state.lock().await;
+        if state.results.values().any(|r| r.status == ResultStatus::Error) {
+            self.reconcile(&mut state).await;
+        }
+    }
+
+    /// The agent's report of itself.
+    pub async fn state(&self) -> AgentState {
+        let state = self.state.lock().await;
+        AgentState {
+            host: self.config.host.clone(),
+            backend: self.backend.name().to_owned(),
+            external_addresses: self.config.external_addresses.iter().map(ToString::to_string).collect(),
+            port_range: self.config.port_range.to_string(),
+            generation: state.generation,
+            forwards: state.results.values().cloned().collect(),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        self.backend.shutdown().await;
+    }
+
+    async fn reconcile(&self, state: &mut State) {
+        let desired: Vec<ForwardSpec> = state.desired.values().copied().collect();
+        let observed = self.backend.observe().await;
+        let plan = plan(&desired, &observed);
+        if !plan.is_empty() {
+            tracing::info!(
+                host = %self.config.host,
+                remove = plan.remove.len(),
+                retarget = plan.retarget.len(),
+                add = plan.add.len(),
+                "applying plan"
+            );
+        }
+        let report = self.backend.apply(&plan).await;
+        let failed: BTreeMap<ForwardId, String> = report.failed.into_iter().map(|f| (f.id, f.reason)).collect();
+        for (id, reason) in &failed {
+            tracing::warn!(forward = %id, %reason, "forward could not be applied");
+        }
+        let carried: BTreeMap<ForwardId, ForwardSpec> =
+            self.backend.observe().await.into_iter().map(|f| (f.id, f)).collect();
+        state.results = state
+            .desired
+            .values()
+            .map(|want| {
+                let (status, reason) = match (failed.get(&want.id), carried.get(&want.id)) {
+                    (Some(reason), _) => (ResultStatus::Error, Some(reason.clone())),
+                    (None, Some(have)) if have == want => (ResultStatus::Active, None),
+                    (None, _) => (
+                        ResultStatus::Error,
+                        Some("the backend does not carry the forward after applying it".to_owned()),
+                    ),
+                };
+                (
+                    want.id,
+                    ForwardResult {
+                        id: want.id.to_string(),
+                        status,
+                        reason,
+                    },
+                )
+            })
+            .collect();
+    }
+}
+
+/// Converts RPC entries, reporting the ones a peer sent malformed.
+fn specs_from_entries(entries: &[ForwardEntry]) -> (Vec<ForwardSpec>, Vec<ForwardResult>) {
+    let mut specs = Vec::new();
+    let mut rejected = Vec::new();
+    for entry in entries {
+        match entry.to_spec() {
+            Ok(spec) => specs.push(spec),
+            Err(reason) => rejected.push(ForwardResult {
+                id: entry.id.clone(),
+                status: ResultStatus::Error,
+                reason: Some(reason),
+            }),
+        }
+    }
+    (specs, rejected)
+}

@@ -1,0 +1,106 @@
+//! The agent as an RPC service: it serves the proxy manager's methods on its
+//! host's topic and casts heartbeats to the server.
+
+use std::sync::Arc;
+
+use navigator_rpc::messages::args;
+use navigator_rpc::transport::{decode_args, encode_reply};
+use navigator_rpc::{Incoming, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport, methods, topics};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Agent, specs_from_entries};
+
+/// Serves `agent` on `transport` until `shutdown` is cancelled, then shuts the
+/// backend down.
+pub async fn run(agent: Arc<Agent>, transport: Arc<dyn Transport>, shutdown: CancellationToken) -> Result<(), RpcError> {
+    let host = agent.config().host.clone();
+    let mut direct = transport.listen(&Target::host(topics::PROXY, &host)).await?;
+    let mut fanout = transport
+        .listen(&Target {
+            fanout: true,
+            ..Target::topic(topics::PROXY)
+        })
+        .await?;
+    tracing::info!(%host, "agent listening on {}.{host}", topics::PROXY);
+
+    let heartbeat = tokio::spawn(heartbeat(agent.clone(), ServerClient::new(transport.clone()), shutdown.clone()));
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = direct.recv() => msg,
+            msg = fanout.recv() => msg,
+        };
+        let Some(incoming) = incoming else {
+            tracing::warn!(%host, "RPC transport closed the agent's queue");
+            break;
+        };
+        handle(&agent, incoming).await;
+    }
+    heartbeat.abort();
+    agent.shutdown().await;
+    tracing::info!(%host, "agent stopped");
+    Ok(())
+}
+
+async fn handle(agent: &Agent, incoming: Incoming) {
+    let method = incoming.method.clone();
+    let result = dispatch(agent, &incoming).await;
+    if let Err(e) = &result {
+        tracing::warn!(%method, error = %e, "RPC method failed");
+    }
+    if let Some(reply) = incoming.reply {
+        // The caller may have timed out and gone; nothing to do then.
+        let _ = reply.send(result);
+    }
+}
+
+async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteError> {
+    match incoming.method.as_str() {
+        methods::SYNC_FORWARDS => {
+            let args: args::SyncForwards = decode_args(incoming)?;
+            let (specs, mut rejected) = specs_from_entries(&args.forwards);
+            let mut results = agent.sync(specs, args.generation).await;
+            results.append(&mut rejected);
+            encode_reply(&SyncResult {
+                generation: args.generation,
+                results,
+            })
+        }
+        methods::CREATE_FORWARD => {
+            let args: args::CreateForward = decode_args(incoming)?;
+            let spec = args.forward.to_spec().map_err(|reason| RemoteError::new("ValueError", reason))?;
+            encode_reply(&agent.upsert(spec).await)
+        }
+        methods::DELETE_FORWARD => {
+            let args: args::DeleteForward = decode_args(incoming)?;
+            let id = args
+                .id
+                .parse()
+                .map_err(|e: navigator_core::ParseError| RemoteError::new("ValueError", e.to_string()))?;
+            agent.remove(id).await;
+            Ok(Value::Null)
+        }
+        methods::GET_STATE => encode_reply(&agent.state().await),
+        other => Err(RemoteError::new(
+            "UnsupportedVersion",
+            format!("the agent has no method {other:?}"),
+        )),
+    }
+}
+
+/// Reports the agent's state every `report_interval`, and retries forwards
+/// that failed, so that a port freed by another program is picked up.
+async fn heartbeat(agent: Arc<Agent>, server: ServerClient, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(agent.config().report_interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        agent.retry_failed().await;
+        if let Err(e) = server.report_state(agent.state().await).await {
+            tracing::warn!(error = %e, "cannot report state to the server");
+        }
+    }
+}

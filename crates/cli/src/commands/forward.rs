@@ -1,0 +1,688 @@
+//! `navigator forward create|list|show|set|delete`, modelled on
+//! `openstack floating ip port forwarding ...`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use anyhow::{Result, anyhow};
+use clap::{Args, Subcommand, ValueEnum};
+use navigator_api::v1::{
+    DEFAULT_PAGE_SIZE, Forward, ForwardCreate, ForwardListQuery, ForwardUpdate, Link,
+    MAX_PAGE_SIZE, SortDir, SortKey,
+};
+use navigator_api::{Client, ClientError};
+use serde_json::Value;
+
+use crate::config::GlobalArgs;
+use crate::errors::{self, UsageError};
+use crate::output::{self, Column, OutputArgs, Shape};
+
+/// Every forward attribute, in list order: the default columns, then the
+/// `--long` ones, then the ones only `-c` asks for.
+const COLUMNS: [Column; 14] = [
+    Column::new("id", "ID"),
+    Column::new("protocol", "Protocol"),
+    Column::new("external_address", "External Address"),
+    Column::new("external_port", "External Port"),
+    Column::new("internal_ip_address", "Internal IP Address"),
+    Column::new("internal_port", "Internal Port"),
+    Column::new("status", "Status"),
+    Column::new("instance_id", "Instance ID"),
+    Column::new("proxy", "Proxy"),
+    Column::new("project_id", "Project"),
+    Column::new("description", "Description"),
+    Column::new("status_reason", "Status Reason"),
+    Column::new("created_at", "Created At"),
+    Column::new("updated_at", "Updated At"),
+];
+/// Columns of `forward list`.
+const SHORT_LIST: usize = 7;
+/// Columns of `forward list --long`.
+const LONG_LIST: usize = 12;
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  # Forward TCP port 22 of 10.0.0.5; the proxy picks the external port
+  navigator forward create --protocol tcp --internal-ip-address 10.0.0.5 --internal-port 22
+
+  # A fixed external port, and only the new forward's id on stdout
+  navigator forward create --protocol udp --internal-ip-address 10.0.0.7 \\
+      --internal-port 53 --external-port 20053 --description dns -f value -c id";
+
+#[derive(Debug, Subcommand)]
+pub enum ForwardCommand {
+    /// Create a port forward
+    #[command(after_help = CREATE_EXAMPLES)]
+    Create(CreateArgs),
+    /// List port forwards
+    List(ListArgs),
+    /// Show a port forward's details
+    Show(ShowArgs),
+    /// Change a port forward's target or description
+    Set(SetArgs),
+    /// Delete port forwards
+    Delete(DeleteArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+impl ProtocolArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProtocolArg::Tcp => "tcp",
+            ProtocolArg::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum StatusArg {
+    Pending,
+    Active,
+    Error,
+    Deleting,
+}
+
+impl StatusArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            StatusArg::Pending => "PENDING",
+            StatusArg::Active => "ACTIVE",
+            StatusArg::Error => "ERROR",
+            StatusArg::Deleting => "DELETING",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum SortKeyArg {
+    CreatedAt,
+    UpdatedAt,
+    Id,
+    ExternalPort,
+    InternalPort,
+    Status,
+    Protocol,
+}
+
+impl From<SortKeyArg> for SortKey {
+    fn from(key: SortKeyArg) -> SortKey {
+        match key {
+            SortKeyArg::CreatedAt => SortKey::CreatedAt,
+            SortKeyArg::UpdatedAt => SortKey::UpdatedAt,
+            SortKeyArg::Id => SortKey::Id,
+            SortKeyArg::ExternalPort => SortKey::ExternalPort,
+            SortKeyArg::InternalPort => SortKey::InternalPort,
+            SortKeyArg::Status => SortKey::Status,
+            SortKeyArg::Protocol => SortKey::Protocol,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortDirArg {
+    Asc,
+    Desc,
+}
+
+impl From<SortDirArg> for SortDir {
+    fn from(dir: SortDirArg) -> SortDir {
+        match dir {
+            SortDirArg::Asc => SortDir::Asc,
+            SortDirArg::Desc => SortDir::Desc,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Protocol to forward
+    #[arg(long, value_enum, ignore_case = true)]
+    pub protocol: ProtocolArg,
+    /// Address of the instance to forward to (IPv4 or IPv6)
+    #[arg(long, value_name = "IP")]
+    pub internal_ip_address: IpAddr,
+    /// Port of the instance to forward to
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub internal_port: u16,
+    /// Port on the proxy (default: one allocated from the proxy's pool)
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub external_port: Option<u16>,
+    /// Address on the proxy (default: the proxy's first address of the
+    /// internal address's family)
+    #[arg(long, value_name = "ADDR")]
+    pub external_address: Option<IpAddr>,
+    /// Nova instance the internal address belongs to
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Free-form description
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Proxy host to place the forward on (admin only)
+    #[arg(long, value_name = "HOST")]
+    pub proxy: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only forwards to this Nova instance
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Only forwards of this protocol
+    #[arg(long, value_enum, ignore_case = true)]
+    pub protocol: Option<ProtocolArg>,
+    /// Only forwards in this status
+    #[arg(long, value_enum, ignore_case = true)]
+    pub status: Option<StatusArg>,
+    /// Only forwards on this external address
+    #[arg(long, value_name = "ADDR")]
+    pub external_address: Option<IpAddr>,
+    /// Only forwards on this external port
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub external_port: Option<u16>,
+    /// Only forwards to this internal address
+    #[arg(long, value_name = "IP")]
+    pub internal_ip_address: Option<IpAddr>,
+    /// Only forwards carried by this proxy host
+    #[arg(long, value_name = "HOST")]
+    pub proxy: Option<String>,
+    /// Only forwards of this project (admin only)
+    #[arg(long, value_name = "ID")]
+    pub project: Option<String>,
+    /// List the forwards of every project (admin only)
+    #[arg(long)]
+    pub all_projects: bool,
+    /// Print one page of at most N forwards (default: every forward, following
+    /// the server's pages)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PAGE_SIZE)))]
+    pub limit: Option<u32>,
+    /// Start after the forward with this id
+    #[arg(long, value_name = "ID")]
+    pub marker: Option<String>,
+    /// Sort by this field
+    #[arg(long, value_enum)]
+    pub sort_key: Option<SortKeyArg>,
+    /// Sort direction
+    #[arg(long, value_enum, ignore_case = true)]
+    pub sort_dir: Option<SortDirArg>,
+    /// Also show instance, proxy, project, description and status reason
+    #[arg(long)]
+    pub long: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Id of the forward
+    #[arg(value_name = "ID")]
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Id of the forward
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// New address of the instance to forward to
+    #[arg(long, value_name = "IP")]
+    pub internal_ip_address: Option<IpAddr>,
+    /// New port of the instance to forward to
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub internal_port: Option<u16>,
+    /// New description ("" clears it)
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Id of each forward to delete
+    #[arg(value_name = "ID", required = true, num_args = 1..)]
+    pub ids: Vec<String>,
+}
+
+pub async fn run(global: &GlobalArgs, command: ForwardCommand) -> Result<()> {
+    match command {
+        ForwardCommand::Create(args) => create(global, args).await,
+        ForwardCommand::List(args) => list(global, args).await,
+        ForwardCommand::Show(args) => {
+            let columns = show_columns(&args.output.columns)?;
+            let forward = global.client()?.get_forward(&args.id).await?;
+            print_forward(&columns, &forward, &args.output)
+        }
+        ForwardCommand::Set(args) => set(global, args).await,
+        ForwardCommand::Delete(args) => delete(global, args).await,
+    }
+}
+
+async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
+    // Before the request: a typo in -c must not leave an unreported forward.
+    let columns = show_columns(&args.output.columns)?;
+    let body = ForwardCreate {
+        protocol: args.protocol.as_str().to_owned(),
+        internal_ip_address: args.internal_ip_address.to_string(),
+        internal_port: i64::from(args.internal_port),
+        external_port: args.external_port.map(i64::from),
+        external_address: args.external_address.map(|ip| ip.to_string()),
+        instance_id: args.instance_id,
+        description: args.description,
+        proxy: args.proxy,
+    };
+    let forward = global.client()?.create_forward(body).await?;
+    print_forward(&columns, &forward, &args.output)
+}
+
+async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
+    let defaults = if args.long {
+        &COLUMNS[..LONG_LIST]
+    } else {
+        &COLUMNS[..SHORT_LIST]
+    };
+    let columns = output::select_columns(&COLUMNS, defaults, &args.output.columns, Shape::List)?;
+    let query = list_query(&args);
+    let client = global.client()?;
+    let forwards = if args.limit.is_some() {
+        client.list_forwards(&query).await?.forwards
+    } else {
+        list_all(&client, query).await?
+    };
+    let rows = forwards
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()?;
+    output::emit(&output::render_list(&columns, &rows, args.output.format)?)
+}
+
+fn list_query(args: &ListArgs) -> ForwardListQuery {
+    ForwardListQuery {
+        instance_id: args.instance_id.clone(),
+        protocol: args.protocol.map(|p| p.as_str().to_owned()),
+        status: args.status.map(|s| s.as_str().to_owned()),
+        external_address: args.external_address.map(|ip| ip.to_string()),
+        external_port: args.external_port,
+        internal_ip_address: args.internal_ip_address.map(|ip| ip.to_string()),
+        proxy: args.proxy.clone(),
+        project_id: args.project.clone(),
+        all_projects: args.all_projects.then_some(true),
+        limit: args.limit,
+        marker: args.marker.clone(),
+        sort_key: args.sort_key.map(SortKey::from),
+        sort_dir: args.sort_dir.map(SortDir::from),
+    }
+}
+
+/// Follows the server's pages until the last one.
+async fn list_all(client: &Client, mut query: ForwardListQuery) -> Result<Vec<Forward>> {
+    let page_size = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    let mut forwards = Vec::new();
+    // A server that kept handing out the same marker would loop forever.
+    let mut seen = HashSet::new();
+    loop {
+        let page = client.list_forwards(&query).await?;
+        let full = u32::try_from(page.forwards.len()).map_or(true, |n| n >= page_size);
+        let last_id = page.forwards.last().map(|f| f.id.clone());
+        let next = next_marker(&page.forwards_links).or(last_id.filter(|_| full));
+        let empty = page.forwards.is_empty();
+        forwards.extend(page.forwards);
+        match next {
+            Some(marker) if !empty && seen.insert(marker.clone()) => query.marker = Some(marker),
+            _ => return Ok(forwards),
+        }
+    }
+}
+
+/// The `marker` of a list's `rel=next` link, if it has one.
+fn next_marker(links: &[Link]) -> Option<String> {
+    let next = links.iter().find(|link| link.rel == "next")?;
+    let (_, query) = next.href.split_once('?')?;
+    let query = query.split('#').next().unwrap_or(query);
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "marker")
+        .map(|(_, value)| percent_decode(value))
+        .filter(|marker| !marker.is_empty())
+}
+
+/// Decodes `%XX` escapes (and `+`) of a query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' => value
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok()),
+            _ => None,
+        };
+        match (decoded, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, byte) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn set(global: &GlobalArgs, args: SetArgs) -> Result<()> {
+    let changes = ForwardUpdate {
+        internal_ip_address: args.internal_ip_address.map(|ip| ip.to_string()),
+        internal_port: args.internal_port.map(i64::from),
+        description: args.description,
+    };
+    if changes == ForwardUpdate::default() {
+        return Err(UsageError(
+            "nothing to set: give at least one of --internal-ip-address, --internal-port, --description"
+                .to_owned(),
+        )
+        .into());
+    }
+    // Like `openstack ... set`, success prints nothing.
+    global.client()?.update_forward(&args.id, changes).await?;
+    Ok(())
+}
+
+async fn delete(global: &GlobalArgs, args: DeleteArgs) -> Result<()> {
+    let client = global.client()?;
+    let mut failed = 0;
+    for id in &args.ids {
+        if let Err(err) = client.delete_forward(id).await {
+            // Nothing else would succeed either, and the per-id lines would
+            // all say the same thing.
+            if matches!(
+                err,
+                ClientError::Unreachable { .. } | ClientError::InvalidEndpoint { .. }
+            ) {
+                return Err(err.into());
+            }
+            eprintln!(
+                "Failed to delete forward with ID '{id}': {}",
+                errors::describe(&err)
+            );
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(anyhow!(
+            "{failed} of {} forwards failed to delete.",
+            args.ids.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `show` lists fields alphabetically, as openstackclient does.
+fn show_columns(requested: &[String]) -> Result<Vec<Column>> {
+    let mut all = COLUMNS.to_vec();
+    all.sort_by_key(|c| c.field);
+    Ok(output::select_columns(&all, &all, requested, Shape::Show)?)
+}
+
+fn print_forward(columns: &[Column], forward: &Forward, args: &OutputArgs) -> Result<()> {
+    let object = serde_json::to_value(forward)?;
+    output::emit(&output::render_show(columns, &object, args.format)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::output::Format;
+    use clap::Parser as _;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<ForwardCommand, clap::Error> {
+        let argv = ["navigator", "forward"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv)?.command {
+            Command::Forward(command) => Ok(command),
+            Command::Proxy(_) => unreachable!("parsed a forward command"),
+        }
+    }
+
+    #[test]
+    fn create_parses_every_option() {
+        let command = parse(&[
+            "create",
+            "--protocol",
+            "UDP",
+            "--internal-ip-address",
+            "2001:db8::5",
+            "--internal-port",
+            "53",
+            "--external-port",
+            "20053",
+            "--external-address",
+            "203.0.113.9",
+            "--instance-id",
+            "vm-1",
+            "--description",
+            "dns",
+            "--proxy",
+            "px1",
+            "-f",
+            "value",
+            "-c",
+            "id",
+        ])
+        .unwrap();
+        let ForwardCommand::Create(args) = command else {
+            panic!("not create: {command:?}");
+        };
+        assert_eq!(args.protocol, ProtocolArg::Udp);
+        assert_eq!(args.internal_ip_address.to_string(), "2001:db8::5");
+        assert_eq!((args.internal_port, args.external_port), (53, Some(20053)));
+        assert_eq!(args.output.format, Format::Value);
+        assert_eq!(args.output.columns, ["id"]);
+    }
+
+    #[test]
+    fn create_rejects_bad_values_naming_the_option() {
+        let cases = [
+            (
+                &[
+                    "--protocol",
+                    "sctp",
+                    "--internal-ip-address",
+                    "10.0.0.5",
+                    "--internal-port",
+                    "22",
+                ][..],
+                "--protocol",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "tcp",
+                    "--internal-ip-address",
+                    "10.0.0.256",
+                    "--internal-port",
+                    "22",
+                ],
+                "--internal-ip-address",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "tcp",
+                    "--internal-ip-address",
+                    "10.0.0.5",
+                    "--internal-port",
+                    "70000",
+                ],
+                "--internal-port",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "tcp",
+                    "--internal-ip-address",
+                    "10.0.0.5",
+                    "--internal-port",
+                    "0",
+                ],
+                "--internal-port",
+            ),
+            (
+                &["--protocol", "tcp", "--internal-ip-address", "10.0.0.5"],
+                "--internal-port",
+            ),
+        ];
+        for (args, option) in cases {
+            let argv: Vec<&str> = std::iter::once("create")
+                .chain(args.iter().copied())
+                .collect();
+            let err = parse(&argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+            assert!(err.to_string().contains(option), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn list_builds_the_query() {
+        let ForwardCommand::List(args) = parse(&[
+            "list",
+            "--status",
+            "active",
+            "--protocol",
+            "tcp",
+            "--all-projects",
+            "--project",
+            "p1",
+            "--limit",
+            "10",
+            "--marker",
+            "m",
+            "--sort-key",
+            "external_port",
+            "--sort-dir",
+            "desc",
+            "--long",
+        ])
+        .unwrap() else {
+            panic!("not list");
+        };
+        let query = list_query(&args);
+        assert_eq!(query.status.as_deref(), Some("ACTIVE"));
+        assert_eq!(query.protocol.as_deref(), Some("tcp"));
+        assert_eq!(query.all_projects, Some(true));
+        assert_eq!(query.project_id.as_deref(), Some("p1"));
+        assert_eq!(
+            (query.limit, query.marker.as_deref()),
+            (Some(10), Some("m"))
+        );
+        assert_eq!(query.sort_key, Some(SortKey::ExternalPort));
+        assert_eq!(query.sort_dir, Some(SortDir::Desc));
+        assert!(args.long);
+
+        let ForwardCommand::List(args) = parse(&["list"]).unwrap() else {
+            panic!("not list");
+        };
+        assert_eq!(list_query(&args), ForwardListQuery::default());
+        assert!(parse(&["list", "--limit", "0"]).is_err());
+        assert!(parse(&["list", "--limit", "1001"]).is_err());
+    }
+
+    #[test]
+    fn delete_needs_an_id_and_takes_many() {
+        assert_eq!(
+            parse(&["delete"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        let ForwardCommand::Delete(args) = parse(&["delete", "a", "b"]).unwrap() else {
+            panic!("not delete");
+        };
+        assert_eq!(args.ids, ["a", "b"]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn set_without_changes_is_a_usage_error() {
+        let ForwardCommand::Set(args) = parse(&["set", "abc"]).unwrap() else {
+            panic!("not set");
+        };
+        let global = Cli::try_parse_from(["navigator", "proxy", "list"])
+            .unwrap()
+            .global;
+        let err = set(&global, args).await.unwrap_err();
+        assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+        assert!(err.to_string().starts_with("nothing to set"), "{err}");
+    }
+
+    #[test]
+    fn next_marker_comes_from_the_next_link() {
+        let link = |rel: &str, href: &str| Link {
+            rel: rel.into(),
+            href: href.into(),
+        };
+        assert_eq!(
+            next_marker(&[
+                link("previous", "http://h/v1/forwards?marker=x"),
+                link(
+                    "next",
+                    "http://h/v1/forwards?limit=2&marker=a%2Db+c&sort_key=id"
+                ),
+            ]),
+            Some("a-b c".into())
+        );
+        assert_eq!(next_marker(&[link("next", "http://h/v1/forwards")]), None);
+        assert_eq!(next_marker(&[]), None);
+    }
+
+    #[test]
+    fn columns_cover_every_forward_field() {
+        let forward = Forward {
+            id: "f1".into(),
+            project_id: "p".into(),
+            description: String::new(),
+            protocol: "tcp".into(),
+            external_address: "203.0.113.5".into(),
+            external_port: 20022,
+            internal_ip_address: "10.0.0.5".into(),
+            internal_port: 22,
+            instance_id: None,
+            proxy: "px1".into(),
+            status: "ACTIVE".into(),
+            status_reason: None,
+            created_at: "2024-01-01T00:00:00Z".into(),
+            updated_at: "2024-01-01T00:00:00Z".into(),
+        };
+        let value = serde_json::to_value(&forward).unwrap();
+        let mut fields: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut ours: Vec<&str> = COLUMNS.iter().map(|c| c.field).collect();
+        fields.sort_unstable();
+        ours.sort_unstable();
+        assert_eq!(fields, ours);
+        let id_only = show_columns(&["ID".to_owned()]).unwrap();
+        assert_eq!(
+            output::render_show(&id_only, &value, Format::Value).unwrap(),
+            "f1\n"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The HTTP application: routes, middleware and the OpenAPI document, built
+//! from one router so the document cannot drift from what is served.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, Uri};
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::context;
+use crate::error::ApiError;
+use crate::handlers;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub control: Arc<Control>,
+    pub config: Arc<Config>,
+    /// Base URL for links in responses, e.g. `http://127.0.0.1:9797`.
+    pub public_url: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Navigator",
+        description = "Port forwarding for OpenStack clouds: map external_address:external_port on a proxy node to an instance's internal_ip_address:internal_port.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    tags(
+        (name = "forwards", description = "Port forwards of the caller's project"),
+        (name = "proxies", description = "Forwarding nodes (admin)"),
+        (name = "meta", description = "Versions and health")
+    )
+)]
+struct ApiDoc;
+
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::versions))
+        .routes(routes!(handlers::version_v1))
+        .routes(routes!(handlers::healthcheck))
+        .routes(routes!(handlers::create_forward, handlers::list_forwards))
+        .routes(routes!(handlers::show_forward, handlers::update_forward, handlers::delete_forward))
+        .routes(routes!(handlers::list_proxies))
+        .routes(routes!(handlers::show_proxy))
+}
+
+/// The OpenAPI document of API v1 (served at `/openapi.json`, committed as
+/// `docs/openapi.json`).
+pub fn openapi() -> OpenApiDoc {
+    routes().split_for_parts().1
+}
+
+/// The full application for `state`.
+pub fn router(state: AppState) -> Router {
+    let (router, doc) = routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let body_limit = state.config.max_request_body_size;
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/v1/", axum::routing::get(handlers::version_v1))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(context::request_id))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no resource at {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> impl IntoResponse {
+    let e = ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()));
+    debug_assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+    e
+}

@@ -1,0 +1,371 @@
+//! `navigator.conf`: oslo.config-style INI options, their defaults, parsing
+//! with errors that name the file, section and key, and the generated sample.
+//!
+//! Every option is declared once in [`OPTIONS`]; the parser, the unknown-key
+//! warning and `navigator.conf.sample` all read that table, so the sample can
+//! never document an option the code does not read.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use navigator_core::PortRange;
+
+/// Where the configuration is read from when `--config-file` is not given
+/// (and only if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/navigator/navigator.conf";
+
+/// One documented option.
+pub struct OptionDoc {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// The default as it would be written in the file; empty means unset.
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every option Navigator reads, in sample order.
+pub const OPTIONS: &[OptionDoc] = &[
+    OptionDoc { section: "DEFAULT", key: "host", default: "", help: "Name of this node, used as the proxy host of the all-in-one agent. Default: the system host name." },
+    OptionDoc { section: "DEFAULT", key: "debug", default: "false", help: "Log at debug level." },
+    OptionDoc { section: "DEFAULT", key: "bind_host", default: "127.0.0.1", help: "Address the API listens on. With auth_strategy = noauth only loopback is allowed unless --allow-insecure-noauth is given." },
+    OptionDoc { section: "DEFAULT", key: "bind_port", default: "9797", help: "Port the API listens on (0 picks a free port and prints it)." },
+    OptionDoc { section: "DEFAULT", key: "auth_strategy", default: "noauth", help: "noauth: no authentication; the project comes from the X-Project-Id header (\"default\" when absent) and every caller is an admin. keystone: validate X-Auth-Token with Keystone (not available in this build yet)." },
+    OptionDoc { section: "DEFAULT", key: "transport_url", default: "inproc://", help: "RPC transport to the agents. inproc:// runs the agent inside the server (all-in-one); rabbit:// is not available in this build yet." },
+    OptionDoc { section: "database", key: "connection", default: "", help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db. Default: navigator.db in the data directory." },
+    OptionDoc { section: "api", key: "max_request_body_size", default: "65536", help: "Largest request body in bytes; larger requests get HTTP 413." },
+    OptionDoc { section: "api", key: "default_project_id", default: "default", help: "Project of noauth requests without an X-Project-Id header." },
+    OptionDoc { section: "forwards", key: "allowed_target_networks", default: "", help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules (link-local incl. 169.254.169.254, multicast, broadcast, unspecified, the proxy's own addresses)." },
+    OptionDoc { section: "forwards", key: "allow_loopback_targets", default: "", help: "Allow targets on loopback. Default: true in all-in-one mode (proxy and targets share the machine), false otherwise." },
+    OptionDoc { section: "scheduler", key: "strategy", default: "round_robin", help: "How a new forward's proxy is chosen: round_robin, hash (stable by instance, else project) or least_loaded." },
+    OptionDoc { section: "agent", key: "backend", default: "relay", help: "Data plane of the agent: relay (userspace, no root needed). nft, iptables and socat are not available in this build yet." },
+    OptionDoc { section: "agent", key: "external_addresses", default: "127.0.0.1,::1", help: "Comma-separated addresses on the proxy that forwards listen on; the first of the target's family is used when a forward names none." },
+    OptionDoc { section: "agent", key: "port_range", default: "20000-40000", help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too." },
+    OptionDoc { section: "agent", key: "report_interval", default: "10", help: "Seconds between agent heartbeats." },
+    OptionDoc { section: "agent", key: "agent_down_time", default: "75", help: "Seconds without a heartbeat after which a proxy is shown down." },
+    OptionDoc { section: "agent", key: "rpc_timeout", default: "10", help: "Seconds the server waits for an agent to answer a call." },
+    OptionDoc { section: "agent", key: "resync_interval", default: "60", help: "Seconds between full re-syncs of every agent's desired forwards (repairs anything a lost message missed)." },
+    OptionDoc { section: "relay", key: "max_connections_per_forward", default: "0", help: "Concurrent TCP connections per forward in the relay backend; 0 is unlimited." },
+    OptionDoc { section: "relay", key: "udp_idle_timeout", default: "60", help: "Seconds after which an idle UDP session of the relay is forgotten." },
+    OptionDoc { section: "relay", key: "connect_timeout", default: "10", help: "Seconds the relay waits to connect to a TCP target." },
+];
+
+/// A configuration problem, named precisely enough to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid INI file: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: [{section}] {key} = {value:?}: {message}")]
+    Value {
+        path: String,
+        section: &'static str,
+        key: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+/// `auth_strategy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthStrategy {
+    NoAuth,
+    Keystone,
+}
+
+/// The typed configuration of `navigator-server`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    pub debug: bool,
+    pub bind_host: IpAddr,
+    pub bind_port: u16,
+    pub auth_strategy: AuthStrategy,
+    pub transport_url: String,
+    pub database_connection: Option<String>,
+    pub max_request_body_size: usize,
+    pub default_project_id: String,
+    pub allowed_target_networks: Vec<IpNet>,
+    pub allow_loopback_targets: Option<bool>,
+    pub scheduler_strategy: navigator_scheduler::Strategy,
+    pub backend: String,
+    pub external_addresses: Vec<IpAddr>,
+    pub port_range: PortRange,
+    pub report_interval: Duration,
+    pub agent_down_time: Duration,
+    pub rpc_timeout: Duration,
+    pub resync_interval: Duration,
+    pub max_connections_per_forward: Option<usize>,
+    pub udp_idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Options found in the file that Navigator does not know (probably typos).
+    pub unknown_options: Vec<String>,
+}
+
+/// The raw `section -> key -> value` map of one file.
+struct Raw {
+    path: String,
+    values: BTreeMap<(String, String), String>,
+}
+
+impl Raw {
+    fn get(&self, section: &'static str, key: &'static str) -> String {
+        if let Some(value) = self.values.get(&(section.to_owned(), key.to_owned())) {
+            return value.clone();
+        }
+        OPTIONS
+            .iter()
+            .find(|o| o.section == section && o.key == key)
+            .map(|o| o.default.to_owned())
+            .unwrap_or_default()
+    }
+
+    fn parse<T>(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let value = self.get(section, key);
+        parse(value.trim()).map_err(|message| ConfigError::Value {
+            path: self.path.clone(),
+            section,
+            key,
+            value,
+            message,
+        })
+    }
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    // oslo.config's BoolOpt spellings.
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 && n <= 86_400 => Ok(Duration::from_secs(n)),
+        _ => Err("expected a whole number of seconds from 1 to 86400".into()),
+    }
+}
+
+fn list<T: FromStr>(value: &str, what: &str) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| item.parse::<T>().map_err(|_| format!("{item:?} is not {what}")))
+        .collect()
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::parse(&path.display().to_string(), &text)
+            }
+            None => Config::parse("(defaults)", ""),
+        }
+    }
+
+    /// Parses the text of a configuration file named `path` (for messages).
+    pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
+        let ini = ini::Ini::load_from_str_noescape(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut values = BTreeMap::new();
+        let mut unknown_options = Vec::new();
+        for (section, properties) in ini.iter() {
+            let section = section.unwrap_or("DEFAULT");
+            for (key, value) in properties.iter() {
+                let known = OPTIONS.iter().any(|o| o.section == section && o.key == key);
+                if !known {
+                    unknown_options.push(format!("[{section}] {key}"));
+                }
+                values.insert((section.to_owned(), key.to_owned()), value.to_owned());
+            }
+        }
+        let raw = Raw {
+            path: path.to_owned(),
+            values,
+        };
+        let optional = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        Ok(Config {
+            host: raw.parse("DEFAULT", "host", |v| {
+                if v.is_empty() {
+                    Ok(system_host_name())
+                } else if v.len() > 255 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    Err("expected a host name without spaces, at most 255 characters".into())
+                } else {
+                    Ok(v.to_owned())
+                }
+            })?,
+            debug: raw.parse("DEFAULT", "debug", boolean)?,
+            bind_host: raw.parse("DEFAULT", "bind_host", |v| {
+                v.parse().map_err(|_| "expected an IPv4 or IPv6 address".to_owned())
+            })?,
+            bind_port: raw.parse("DEFAULT", "bind_port", |v| {
+                v.parse().map_err(|_| "expected a port number 0-65535".to_owned())
+            })?,
+            auth_strategy: raw.parse("DEFAULT", "auth_strategy", |v| match v {
+                "noauth" => Ok(AuthStrategy::NoAuth),
+                "keystone" => Ok(AuthStrategy::Keystone),
+                _ => Err("expected noauth or keystone".into()),
+            })?,
+            transport_url: raw.parse("DEFAULT", "transport_url", |v| {
+                if v.is_empty() || v == "inproc://" || v.starts_with("rabbit://") {
+                    Ok(if v.is_empty() { "inproc://".to_owned() } else { v.to_owned() })
+                } else {
+                    Err("expected inproc:// or rabbit://USER:PASSWORD@HOST:PORT/".into())
+                }
+            })?,
+            database_connection: raw.parse("database", "connection", |v| Ok(optional(v)))?,
+            max_request_body_size: raw.parse("api", "max_request_body_size", |v| match v.parse::<usize>() {
+                Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
+                _ => Err("expected a size in bytes from 1024 to 16777216".into()),
+            })?,
+            default_project_id: raw.parse("api", "default_project_id", |v| {
+                if v.is_empty() {
+                    Err("must not be empty".into())
+                } else {
+                    Ok(v.to_owned())
+                }
+            })?,
+            allowed_target_networks: raw.parse("forwards", "allowed_target_networks", |v| {
+                list(v, "a CIDR network such as 10.0.0.0/8")
+            })?,
+            allow_loopback_targets: raw.parse("forwards", "allow_loopback_targets", |v| {
+                if v.is_empty() { Ok(None) } else { boolean(v).map(Some) }
+            })?,
+            scheduler_strategy: raw.parse("scheduler", "strategy", |v| v.parse())?,
+            backend: raw.parse("agent", "backend", |v| match v {
+                "relay" => Ok(v.to_owned()),
+                "nft" | "iptables" | "socat" => Err(format!(
+                    "the {v} backend is not available in this build yet; use relay"
+                )),
+                _ => Err("expected relay".into()),
+            })?,
+            external_addresses: raw.parse("agent", "external_addresses", |v| {
+                let addresses: Vec<IpAddr> = list(v, "an IPv4 or IPv6 address")?;
+                if addresses.is_empty() {
+                    return Err("at least one address is needed".into());
+                }
+                if let Some(bad) = addresses.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
+                    return Err(format!("{bad} cannot be listened on by a forward; give a unicast address of this host"));
+                }
+                Ok(addresses)
+            })?,
+            port_range: raw.parse("agent", "port_range", |v| v.parse::<PortRange>().map_err(|e| e.to_string()))?,
+            report_interval: raw.parse("agent", "report_interval", seconds)?,
+            agent_down_time: raw.parse("agent", "agent_down_time", seconds)?,
+            rpc_timeout: raw.parse("agent", "rpc_timeout", seconds)?,
+            resync_interval: raw.parse("agent", "resync_interval", seconds)?,
+            max_connections_per_forward: raw.parse("relay", "max_connections_per_forward", |v| {
+                match v.parse::<usize>() {
+                    Ok(0) => Ok(None),
+                    Ok(n) => Ok(Some(n)),
+                    Err(_) => Err("expected a whole number (0 for unlimited)".into()),
+                }
+            })?,
+            udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", seconds)?,
+            connect_timeout: raw.parse("relay", "connect_timeout", seconds)?,
+            unknown_options,
+        })
+    }
+}
+
+/// The host name, from the kernel; `localhost` if it cannot be read.
+fn system_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The text of `navigator.conf.sample`.
+pub fn sample() -> String {
+    let mut out = String::from(
+        "# navigator.conf.sample: every option of navigator-server with its default.\n\
+         # Generated by `navigator-server config sample`; do not edit by hand.\n",
+    );
+    let mut section = "";
+    for option in OPTIONS {
+        if option.section != section {
+            section = option.section;
+            let _ = write!(out, "\n[{section}]\n");
+        }
+        let _ = writeln!(out, "\n# {}", option.help);
+        let _ = writeln!(out, "#{} = {}", option.key, option.default);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let config = Config::parse("t.conf", "").unwrap();
+        assert_eq!(config.bind_port, 9797);
+        assert_eq!(config.port_range, PortRange::new(20000, 40000).unwrap());
+        assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
+        assert!(config.unknown_options.is_empty());
+    }
+
+    #[test]
+    fn values_override_defaults_and_unknown_keys_are_collected() {
+        let text = "[DEFAULT]\nbind_port = 9000\nbind_hots = 1.2.3.4\n[agent]\nport_range = 30000-30010\nexternal_addresses = 192.0.2.1, 2001:db8::1\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert_eq!(config.bind_port, 9000);
+        assert_eq!(config.port_range.to_string(), "30000-30010");
+        assert_eq!(config.external_addresses.len(), 2);
+        assert_eq!(config.unknown_options, vec!["[DEFAULT] bind_hots".to_owned()]);
+    }
+
+    #[test]
+    fn bad_values_name_file_section_and_key() {
+        let cases = [
+            ("[agent]\nport_range = 40000-20000\n", "t.conf: [agent] port_range = \"40000-20000\": range 40000-20000 is empty: the first port must not exceed the last"),
+            ("[DEFAULT]\nbind_port = 70000\n", "t.conf: [DEFAULT] bind_port = \"70000\": expected a port number 0-65535"),
+            ("[DEFAULT]\nauth_strategy = ldap\n", "t.conf: [DEFAULT] auth_strategy = \"ldap\": expected noauth or keystone"),
+            ("[agent]\nbackend = nft\n", "t.conf: [agent] backend = \"nft\": the nft backend is not available in this build yet; use relay"),
+            ("[agent]\nreport_interval = soon\n", "t.conf: [agent] report_interval = \"soon\": expected a whole number of seconds from 1 to 86400"),
+            ("[forwards]\nallowed_target_networks = 10.0.0.0/33\n", "t.conf: [forwards] allowed_target_networks = \"10.0.0.0/33\": \"10.0.0.0/33\" is not a CIDR network such as 10.0.0.0/8"),
+            ("[agent]\nexternal_addresses = 0.0.0.0\n", "t.conf: [agent] external_addresses = \"0.0.0.0\": 0.0.0.0 cannot be listened on by a forward; give a unicast address of this host"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse("t.conf", text).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn committed_sample_is_fresh() {
+        let committed = include_str!("../../../etc/navigator.conf.sample");
+        assert!(
+            committed == sample(),
+            "etc/navigator.conf.sample is stale: run `cargo run --bin navigator-server -- config sample > etc/navigator.conf.sample`"
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! `ApiError`: every way a request can fail, turned into an OpenStack error
+//! body with the right status. Details of server-side failures (5xx) are
+//! logged with the request id, never sent to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use navigator_api::ErrorBody;
+use navigator_api::v1::FieldError;
+use navigator_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A dependency (database, agent transport) is down; the message says
+    /// which, and nothing was changed.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn forward_not_found(id: &str) -> ApiError {
+        ApiError::NotFound(format!("forward {id} not found"))
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::PortTaken { .. } | StoreError::PoolExhausted { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::BadMarker(marker) => {
+                ApiError::BadRequest(format!("invalid marker: {marker} does not name a forward in this listing"))
+            }
+            e if e.is_unavailable() => {
+                tracing::error!(error = %e, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; nothing was changed, retry later".into())
+            }
+            e => {
+                tracing::error!(error = %e, "store failure");
+                ApiError::Internal("the store failed; see the server log".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(%status, error = %self, "request failed");
+        }
+        let message = match &self {
+            // Internal details stay in the log.
+            ApiError::Internal(_) => "internal error; the server log has the details (search for the request id)".to_owned(),
+            other => other.to_string(),
+        };
+        let body = ErrorBody::new(status.as_u16(), status.canonical_reason().unwrap_or("Error"), message);
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,436 @@
+//! The REST handlers of API v1, each annotated for the OpenAPI document.
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use navigator_api::ErrorBody;
+use navigator_api::v1::{
+    DEFAULT_PAGE_SIZE, Forward, ForwardBody, ForwardCreateBody, ForwardList, ForwardListQuery, ForwardUpdateBody,
+    Health, Link, MAX_PAGE_SIZE, Proxy, ProxyBody, ProxyList, SortDir, SortKey, Version, VersionBody, VersionList,
+    parse_ip, parse_protocol_filter, parse_status,
+};
+use navigator_core::{ForwardId, PortForward};
+use navigator_store::{ForwardFilter, ForwardOrder, ProxyRecord, SortColumn};
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::context::Context;
+use crate::control::is_up;
+use crate::error::ApiError;
+
+/// `Json<T>` whose rejections are OpenStack error bodies: malformed JSON and
+/// unknown fields are 400 with serde's words (which name the field), a body
+/// over the size limit is 413.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let text = rejection.body_text();
+                Err(match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+                        "request body too large: the limit is [api] max_request_body_size bytes".into(),
+                    ),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                        ApiError::BadRequest("request body must be JSON with Content-Type: application/json".into())
+                    }
+                    _ => ApiError::BadRequest(format!("malformed request body: {}", strip_axum_prefix(&text))),
+                })
+            }
+        }
+    }
+}
+
+/// Query parameters with OpenStack error bodies (unknown parameters are 400).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "invalid query: {}",
+                strip_axum_prefix(&rejection.body_text())
+            ))),
+        }
+    }
+}
+
+/// axum prefixes serde's message with a sentence of its own; keep serde's part.
+fn strip_axum_prefix(text: &str) -> String {
+    for prefix in [
+        "Failed to deserialize the JSON body into the target type: ",
+        "Failed to parse the request body as JSON: ",
+        "Failed to deserialize query string: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            return rest.to_owned();
+        }
+    }
+    text.to_owned()
+}
+
+fn audit(ctx: &Context, action: &str, target: &str, outcome: &str) {
+    tracing::info!(
+        target: "navigator::audit",
+        request_id = %ctx.request_id,
+        user = ctx.user_id.as_deref().unwrap_or("-"),
+        project = %ctx.project_id,
+        action,
+        target_id = target,
+        outcome,
+        "audit"
+    );
+}
+
+/// Loads a forward the caller may see; others' forwards are "not found", so
+/// that ids of other projects are never confirmed.
+async fn visible_forward(state: &AppState, ctx: &Context, id: &str) -> Result<PortForward, ApiError> {
+    let Ok(forward_id) = id.parse::<ForwardId>() else {
+        return Err(ApiError::forward_not_found(id));
+    };
+    match state.control.store().get_forward(forward_id).await? {
+        Some(forward) if ctx.is_admin || forward.project_id == ctx.project_id => Ok(forward),
+        _ => Err(ApiError::forward_not_found(id)),
+    }
+}
+
+/// Create a port forward.
+#[utoipa::path(
+    post, path = "/v1/forwards", tag = "forwards",
+    request_body = ForwardCreateBody,
+    responses(
+        (status = 201, description = "Created; `status` says whether the proxy carries it yet", body = ForwardBody),
+        (status = 400, description = "Invalid field", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 409, description = "External port already in use, or pool exhausted", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "No proxy up, or the database is down", body = ErrorBody),
+    )
+)]
+pub async fn create_forward(
+    State(state): State<AppState>,
+    ctx: Context,
+    ApiJson(body): ApiJson<ForwardCreateBody>,
+) -> Result<(StatusCode, Json<ForwardBody>), ApiError> {
+    let result = async {
+        let new = body.forward.validate()?;
+        if new.proxy.is_some() && !ctx.is_admin {
+            return Err(ApiError::Forbidden("only an admin may choose the proxy".into()));
+        }
+        state.control.create(&ctx.project_id, new).await
+    }
+    .await;
+    match result {
+        Ok(forward) => {
+            audit(&ctx, "forward.create", &forward.id.to_string(), "success");
+            Ok((StatusCode::CREATED, Json(ForwardBody { forward: Forward::from(&forward) })))
+        }
+        Err(e) => {
+            audit(&ctx, "forward.create", "-", &format!("failure: {e}"));
+            Err(e)
+        }
+    }
+}
+
+/// List port forwards, with filters, pagination and sorting.
+#[utoipa::path(
+    get, path = "/v1/forwards", tag = "forwards",
+    params(ForwardListQuery),
+    responses(
+        (status = 200, body = ForwardList),
+        (status = 400, description = "Invalid filter, limit or marker", body = ErrorBody),
+        (status = 403, description = "all_projects without admin", body = ErrorBody),
+    )
+)]
+pub async fn list_forwards(
+    State(state): State<AppState>,
+    ctx: Context,
+    ApiQuery(query): ApiQuery<ForwardListQuery>,
+) -> Result<Json<ForwardList>, ApiError> {
+    let all_projects = query.all_projects.unwrap_or(false);
+    if all_projects && !ctx.is_admin {
+        return Err(ApiError::Forbidden("all_projects is for admins only".into()));
+    }
+    let project_id = match (&query.project_id, all_projects) {
+        (Some(project), true) => Some(project.clone()),
+        (None, true) => None,
+        (Some(project), false) if *project == ctx.project_id => Some(project.clone()),
+        (Some(_), false) if ctx.is_admin => {
+            return Err(ApiError::BadRequest("project_id filters other projects only with all_projects=true".into()));
+        }
+        (Some(_), false) => Some(ctx.project_id.clone()),
+        (None, false) => Some(ctx.project_id.clone()),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("invalid limit: {limit} is outside 1-{MAX_PAGE_SIZE}")));
+    }
+    let marker = query
+        .marker
+        .as_deref()
+        .map(|m| m.parse::<ForwardId>().map_err(|_| ApiError::BadRequest(format!("invalid marker: {m:?} is not a forward id"))))
+        .transpose()?;
+    let filter = ForwardFilter {
+        project_id,
+        instance_id: query.instance_id.clone(),
+        protocol: query.protocol.as_deref().map(parse_protocol_filter).transpose()?,
+        status: query.status.as_deref().map(parse_status).transpose()?,
+        external_address: query.external_address.as_deref().map(|a| parse_ip("external_address", a)).transpose()?,
+        external_port: query.external_port,
+        internal_ip_address: query
+            .internal_ip_address
+            .as_deref()
+            .map(|a| parse_ip("internal_ip_address", a))
+            .transpose()?,
+        proxy: query.proxy.clone(),
+    };
+    let order = ForwardOrder {
+        column: match query.sort_key.unwrap_or_default() {
+            SortKey::CreatedAt => SortColumn::CreatedAt,
+            SortKey::UpdatedAt => SortColumn::UpdatedAt,
+            SortKey::Id => SortColumn::Id,
+            SortKey::ExternalPort => SortColumn::ExternalPort,
+            SortKey::InternalPort => SortColumn::InternalPort,
+            SortKey::Status => SortColumn::Status,
+            SortKey::Protocol => SortColumn::Protocol,
+        },
+        descending: query.sort_dir.unwrap_or_default() == SortDir::Desc,
+        limit,
+        marker,
+    };
+    let forwards = state.control.store().list_forwards(&filter, &order).await?;
+    let mut links = Vec::new();
+    if forwards.len() == limit as usize {
+        if let Some(last) = forwards.last() {
+            let next = ForwardListQuery {
+                marker: Some(last.id.to_string()),
+                limit: Some(limit),
+                ..query.clone()
+            };
+            let query_string = serde_urlencoded_lite(&next);
+            links.push(Link {
+                rel: "next".into(),
+                href: format!("{}/v1/forwards?{query_string}", state.public_url),
+            });
+        }
+    }
+    Ok(Json(ForwardList {
+        forwards: forwards.iter().map(Forward::from).collect(),
+        forwards_links: links,
+    }))
+}
+
+/// Encodes a list query back into a query string for the `next` link.
+fn serde_urlencoded_lite(query: &ForwardListQuery) -> String {
+    let value = serde_json::to_value(query).unwrap_or_default();
+    let mut parts = Vec::new();
+    if let Some(map) = value.as_object() {
+        for (key, value) in map {
+            let text = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parts.push(format!("{key}={}", percent_encode(&text)));
+        }
+    }
+    parts.join("&")
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Show a port forward.
+#[utoipa::path(
+    get, path = "/v1/forwards/{id}", tag = "forwards",
+    params(("id" = String, Path, description = "Forward UUID")),
+    responses((status = 200, body = ForwardBody), (status = 404, description = "No such forward, or not yours", body = ErrorBody))
+)]
+pub async fn show_forward(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(id): Path<String>,
+) -> Result<Json<ForwardBody>, ApiError> {
+    let forward = visible_forward(&state, &ctx, &id).await?;
+    Ok(Json(ForwardBody { forward: Forward::from(&forward) }))
+}
+
+/// Change a forward's target or description.
+#[utoipa::path(
+    put, path = "/v1/forwards/{id}", tag = "forwards",
+    params(("id" = String, Path, description = "Forward UUID")),
+    request_body = ForwardUpdateBody,
+    responses(
+        (status = 200, body = ForwardBody),
+        (status = 400, description = "Invalid field", body = ErrorBody),
+        (status = 404, description = "No such forward, or not yours", body = ErrorBody),
+    )
+)]
+pub async fn update_forward(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ForwardUpdateBody>,
+) -> Result<Json<ForwardBody>, ApiError> {
+    let result = async {
+        let changes = body.forward.validate()?;
+        let forward = visible_forward(&state, &ctx, &id).await?;
+        state
+            .control
+            .update(&forward, changes)
+            .await?
+            .ok_or_else(|| ApiError::forward_not_found(&id))
+    }
+    .await;
+    audit(&ctx, "forward.update", &id, &outcome(&result));
+    Ok(Json(ForwardBody { forward: Forward::from(&result?) }))
+}
+
+/// Delete a forward.
+#[utoipa::path(
+    delete, path = "/v1/forwards/{id}", tag = "forwards",
+    params(("id" = String, Path, description = "Forward UUID")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such forward, or not yours", body = ErrorBody))
+)]
+pub async fn delete_forward(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let result = async {
+        let forward = visible_forward(&state, &ctx, &id).await?;
+        if state.control.delete(&forward).await? {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::forward_not_found(&id))
+        }
+    }
+    .await;
+    audit(&ctx, "forward.delete", &id, &outcome(&result));
+    result
+}
+
+fn outcome<T>(result: &Result<T, ApiError>) -> String {
+    match result {
+        Ok(_) => "success".into(),
+        Err(e) => format!("failure: {e}"),
+    }
+}
+
+async fn proxy_view(state: &AppState, record: &ProxyRecord, count: u64) -> Proxy {
+    let capacity = u64::from(record.port_range.len()) * 2 * record.external_addresses.len().max(1) as u64;
+    Proxy {
+        host: record.host.clone(),
+        backend: record.backend.clone(),
+        external_addresses: record.external_addresses.iter().map(ToString::to_string).collect(),
+        port_range: record.port_range.to_string(),
+        state: if is_up(record, state.config.agent_down_time) { "up" } else { "down" }.into(),
+        last_heartbeat: Some(record.last_heartbeat.clone()),
+        forward_count: count,
+        // Four decimals are plenty for a share, and keep the output readable.
+        load: (count as f64 / capacity as f64 * 10_000.0).round() / 10_000.0,
+    }
+}
+
+/// List proxies (admin).
+#[utoipa::path(
+    get, path = "/v1/proxies", tag = "proxies",
+    responses((status = 200, body = ProxyList), (status = 403, description = "Not an admin", body = ErrorBody))
+)]
+pub async fn list_proxies(State(state): State<AppState>, ctx: Context) -> Result<Json<ProxyList>, ApiError> {
+    if !ctx.is_admin {
+        return Err(ApiError::Forbidden("listing proxies is for admins only".into()));
+    }
+    let store = state.control.store();
+    let counts: std::collections::HashMap<String, u64> = store.forward_counts().await?.into_iter().collect();
+    let mut proxies = Vec::new();
+    for record in store.list_proxies().await? {
+        let count = counts.get(&record.host).copied().unwrap_or(0);
+        proxies.push(proxy_view(&state, &record, count).await);
+    }
+    Ok(Json(ProxyList { proxies }))
+}
+
+/// Show a proxy (admin).
+#[utoipa::path(
+    get, path = "/v1/proxies/{host}", tag = "proxies",
+    params(("host" = String, Path, description = "Proxy host name")),
+    responses((status = 200, body = ProxyBody), (status = 404, description = "No such proxy", body = ErrorBody))
+)]
+pub async fn show_proxy(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(host): Path<String>,
+) -> Result<Json<ProxyBody>, ApiError> {
+    if !ctx.is_admin {
+        return Err(ApiError::Forbidden("showing proxies is for admins only".into()));
+    }
+    let store = state.control.store();
+    let record = store
+        .get_proxy(&host)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("proxy {host} not found")))?;
+    let counts: std::collections::HashMap<String, u64> = store.forward_counts().await?.into_iter().collect();
+    let count = counts.get(&host).copied().unwrap_or(0);
+    Ok(Json(ProxyBody { proxy: proxy_view(&state, &record, count).await }))
+}
+
+fn v1(state: &AppState) -> Version {
+    Version {
+        id: "v1.0".into(),
+        status: "CURRENT".into(),
+        links: vec![Link { rel: "self".into(), href: format!("{}/v1/", state.public_url) }],
+    }
+}
+
+/// API versions.
+#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, body = VersionList)))]
+pub async fn versions(State(state): State<AppState>) -> Json<VersionList> {
+    Json(VersionList { versions: vec![v1(&state)] })
+}
+
+/// The v1 version document.
+#[utoipa::path(get, path = "/v1", tag = "meta", responses((status = 200, body = VersionBody)))]
+pub async fn version_v1(State(state): State<AppState>) -> Json<VersionBody> {
+    Json(VersionBody { version: v1(&state) })
+}
+
+/// Health of the server and its dependencies; 503 when one is down.
+#[utoipa::path(
+    get, path = "/healthcheck", tag = "meta",
+    responses((status = 200, body = Health), (status = 503, description = "A dependency is down", body = Health))
+)]
+pub async fn healthcheck(State(state): State<AppState>) -> impl IntoResponse {
+    let mut checks = std::collections::BTreeMap::new();
+    let database = match state.control.store().ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => format!("unavailable: {e}"),
+    };
+    let healthy = database == "ok";
+    checks.insert("database".to_owned(), database);
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = Health {
+        status: if healthy { "OK" } else { "DEGRADED" }.into(),
+        checks,
+    };
+    (status, Json(body))
+}

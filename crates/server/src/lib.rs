@@ -1,0 +1,16 @@
+//! `navigator-server`: the REST API, the store, placement and the control loop
+//! that drives the proxy agents. In all-in-one mode it also runs an agent with
+//! the userspace relay in the same process, talking to it over the in-process
+//! RPC transport, exactly as it would talk to a remote agent.
+//!
+//! `main.rs` is a thin shell over [`run`]: parse arguments, load the
+//! configuration, start.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod control;
+pub mod error;
+pub mod handlers;
+pub mod run;

@@ -1,0 +1,278 @@
+//! Start-up and shutdown of `navigator-server`: configuration, logging, the
+//! store, the in-process agent and the HTTP listener, in that order, and the
+//! reverse on SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use navigator_agent::{Agent, AgentConfig};
+use navigator_dataplane::{RelayBackend, RelayBackendConfig};
+use navigator_relay::RelayConfig;
+use navigator_rpc::Transport;
+use navigator_rpc::inproc::InProcTransport;
+use navigator_store::{Store, redact, sqlite_url};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{AppState, router};
+use crate::cli::{Args, Command, ConfigCommand, DbCommand};
+use crate::config::{AuthStrategy, Config, DEFAULT_CONFIG_FILE, sample};
+use crate::control::Control;
+
+/// How long in-flight HTTP requests and relayed connections may run after a
+/// shutdown signal before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the server did not run: a usage problem exits 64 (EX_USAGE), anything
+/// else 1.
+#[derive(Debug)]
+pub enum StartError {
+    Usage(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> StartError {
+    StartError::Usage(e.into())
+}
+
+fn runtime(e: impl Into<anyhow::Error>) -> StartError {
+    StartError::Runtime(e.into())
+}
+
+/// Runs the command `args` names.
+pub fn main(args: Args) -> Result<(), StartError> {
+    match &args.command {
+        Some(Command::Config { command: ConfigCommand::Sample }) => {
+            print!("{}", sample());
+            return Ok(());
+        }
+        Some(Command::Openapi) => {
+            let json = serde_json::to_string_pretty(&crate::app::openapi()).map_err(runtime)?;
+            println!("{json}");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let config_path = args
+        .config_file
+        .clone()
+        .or_else(|| Path::new(DEFAULT_CONFIG_FILE).exists().then(|| PathBuf::from(DEFAULT_CONFIG_FILE)));
+    let mut config = Config::load(config_path.as_deref()).map_err(usage)?;
+    if let Some(host) = args.bind_host {
+        config.bind_host = host;
+    }
+    if let Some(port) = args.bind_port {
+        config.bind_port = port;
+    }
+    config.debug |= args.debug;
+    init_logging(config.debug);
+    for option in &config.unknown_options {
+        tracing::warn!(
+            "ignoring unknown option {option} in {} (see navigator-server config sample)",
+            config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
+    let database_url = match &config.database_connection {
+        Some(url) => url.clone(),
+        None => sqlite_url(&data_dir(&args)?.join("navigator.db")),
+    };
+    let runtime_builder = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .map_err(runtime)
+    };
+    match &args.command {
+        Some(Command::Db { command: DbCommand::Sync }) => runtime_builder()?.block_on(async {
+            let store = Store::connect(&database_url).await.map_err(runtime)?;
+            store.migrate().await.map_err(runtime)?;
+            println!("database {} is up to date", redact(&database_url));
+            Ok(())
+        }),
+        Some(Command::Config { command: ConfigCommand::Check }) => {
+            check_serving_policy(&config, &args)?;
+            println!(
+                "configuration OK: API on {}:{}, database {}, backend {}, proxy addresses {}, ports {}",
+                config.bind_host,
+                config.bind_port,
+                redact(&database_url),
+                config.backend,
+                config.external_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                config.port_range
+            );
+            Ok(())
+        }
+        _ => {
+            check_serving_policy(&config, &args)?;
+            runtime_builder()?.block_on(serve_all_in_one(Arc::new(config), database_url))
+        }
+    }
+}
+
+/// Refuses configurations that would serve something unsafe or that this
+/// build cannot do, before anything is started.
+fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> {
+    if config.auth_strategy == AuthStrategy::Keystone {
+        return Err(usage(anyhow!(
+            "[DEFAULT] auth_strategy = keystone is not available in this build yet; refusing to start rather than serve without authentication"
+        )));
+    }
+    if config.transport_url != "inproc://" {
+        return Err(usage(anyhow!(
+            "[DEFAULT] transport_url = {}: RabbitMQ transport (cluster mode) is not available in this build yet; leave transport_url unset (or inproc://) and run with --all-in-one",
+            redact(&config.transport_url)
+        )));
+    }
+    if config.auth_strategy == AuthStrategy::NoAuth && !config.bind_host.is_loopback() && !args.allow_insecure_noauth {
+        return Err(usage(anyhow!(
+            "refusing to serve auth_strategy = noauth on {}: without authentication anyone who can reach the port is admin of every project. \
+             Bind to 127.0.0.1 or ::1, enable Keystone authentication, or pass --allow-insecure-noauth if this network is trusted",
+            config.bind_host
+        )));
+    }
+    Ok(())
+}
+
+fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
+    match &args.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => dirs::data_dir()
+            .map(|dir| dir.join("navigator"))
+            .ok_or_else(|| usage(anyhow!("cannot determine a data directory (no HOME?); pass --data-dir DIR"))),
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,hyper=info")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(), StartError> {
+    let store = Store::connect(&database_url).await.map_err(runtime)?;
+    // All-in-one owns its database, so it keeps the schema current itself.
+    store.migrate().await.map_err(runtime)?;
+
+    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+
+    let control = Arc::new(Control::new(store.clone(), transport.clone(), config.clone(), loopback_allowed(&config)));
+    // The server listens before the agent starts, so the agent's first
+    // heartbeat (which asks for a full sync) is not lost.
+    tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
+
+    let backend = Arc::new(RelayBackend::new(RelayBackendConfig {
+        relay: RelayConfig {
+            udp_idle_timeout: config.udp_idle_timeout,
+            connect_timeout: config.connect_timeout,
+            shutdown_grace: SHUTDOWN_GRACE,
+            ..RelayConfig::default()
+        },
+        max_connections_per_forward: config.max_connections_per_forward,
+    }));
+    let agent = Arc::new(Agent::new(
+        AgentConfig {
+            host: config.host.clone(),
+            external_addresses: config.external_addresses.clone(),
+            port_range: config.port_range,
+            report_interval: config.report_interval,
+        },
+        backend,
+    ));
+    tasks.spawn(navigator_agent::run(agent.clone(), transport.clone(), shutdown.child_token()));
+
+    // Register the local proxy and restore every stored forward before the
+    // API answers, so that a restart is invisible to clients.
+    control.report_state(agent.state().await).await.map_err(|e| runtime(anyhow!("{e}")))?;
+    tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
+
+    let listener = tokio::net::TcpListener::bind((config.bind_host, config.bind_port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.bind_host, config.bind_port))
+        .map_err(runtime)?;
+    let local = listener.local_addr().map_err(runtime)?;
+    let public_url = format!("http://{local}");
+    let state = AppState {
+        control: control.clone(),
+        config: config.clone(),
+        public_url: public_url.clone(),
+    };
+    print_banner(&config, &public_url, &database_url);
+    tracing::info!(%public_url, "serving");
+
+    let http_shutdown = shutdown.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        http_shutdown.cancelled().await;
+    });
+    let signal = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: no new requests or connections; letting live ones finish");
+            shutdown.cancel();
+        }
+    });
+    let served = server.await;
+    shutdown.cancel();
+    signal.abort();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), tasks.wait()).await.is_err() {
+        tracing::warn!("shutdown did not complete within {SHUTDOWN_GRACE:?}");
+    }
+    store.close().await;
+    served.context("the HTTP server failed").map_err(runtime)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loopback targets make sense when proxy and targets are the same machine,
+/// which is the all-in-one mode's case unless the operator says otherwise.
+fn loopback_allowed(config: &Config) -> bool {
+    config.allow_loopback_targets.unwrap_or(true)
+}
+
+fn print_banner(config: &Config, public_url: &str, database_url: &str) {
+    let addresses = config.external_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    println!("Navigator all-in-one is running.");
+    println!("  API       {public_url}  (auth: noauth; project from X-Project-Id, default {:?})", config.default_project_id);
+    println!("  database  {}", redact(database_url));
+    println!("  proxy     {} with the relay backend on {addresses}, ports {}", config.host, config.port_range);
+    println!("Create a first forward (to a TCP service on 127.0.0.1:8080):");
+    let endpoint = if public_url == "http://127.0.0.1:9797" {
+        String::new()
+    } else {
+        format!(" --os-endpoint {public_url}")
+    };
+    println!("  navigator{endpoint} forward create --protocol tcp --internal-ip-address 127.0.0.1 --internal-port 8080");
+    println!("Stop with Ctrl-C.");
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
