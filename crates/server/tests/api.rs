@@ -1,0 +1,223 @@
+//! The REST API in process: a real store on a temporary SQLite file, a real
+//! agent with the relay backend over the in-process transport, and requests
+//! sent straight into the router.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use navigator_agent::{Agent, AgentConfig};
+use navigator_dataplane::{RelayBackend, RelayBackendConfig};
+use navigator_rpc::Transport;
+use navigator_rpc::inproc::InProcTransport;
+use navigator_server::app::{AppState, router};
+use navigator_server::config::Config;
+use navigator_server::control::Control;
+use navigator_store::{Store, sqlite_url};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Harness {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+    _agent: Arc<Agent>,
+}
+
+/// A config whose port pool is free on this machine for the test's forwards.
+fn config(port_first: u16) -> Config {
+    let text = format!("[agent]\nport_range = {port_first}-{}\n", port_first + 49);
+    Config::parse("test.conf", &text).unwrap()
+}
+
+async fn harness(port_first: u16) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db"))).await.unwrap();
+    store.migrate().await.unwrap();
+    let config = Arc::new(config(port_first));
+    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
+    let control = Arc::new(Control::new(store, transport.clone(), config.clone(), true));
+    let agent = Arc::new(Agent::new(
+        AgentConfig {
+            host: "proxy-1".into(),
+            external_addresses: config.external_addresses.clone(),
+            port_range: config.port_range,
+            report_interval: config.report_interval,
+        },
+        Arc::new(RelayBackend::new(RelayBackendConfig::default())),
+    ));
+    tokio::spawn(navigator_agent::run(agent.clone(), transport, tokio_util::sync::CancellationToken::new()));
+    // Wait until the agent listens, then register it as the server does at start.
+    for _ in 0..100 {
+        if control.report_state(agent.state().await).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let app = router(AppState {
+        control,
+        config,
+        public_url: "http://navigator.test".into(),
+    });
+    Harness { app, _dir: dir, _agent: agent }
+}
+
+impl Harness {
+    async fn send(&self, method: &str, path: &str, project: &str, body: Option<&str>) -> (StatusCode, Value, String) {
+        let mut request = Request::builder().method(method).uri(path).header("X-Project-Id", project);
+        if body.is_some() {
+            request = request.header("Content-Type", "application/json");
+        }
+        let request = request.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default()).unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let request_id = response
+            .headers()
+            .get("x-openstack-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        (status, value, request_id)
+    }
+
+    async fn create(&self, project: &str, forward: Value) -> (StatusCode, Value) {
+        let body = json!({ "forward": forward }).to_string();
+        let (status, value, _) = self.send("POST", "/v1/forwards", project, Some(&body)).await;
+        (status, value)
+    }
+}
+
+fn error_message(body: &Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn create_show_update_delete() {
+    let h = harness(42000).await;
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "description": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let forward = &body["forward"];
+    assert_eq!(forward["status"], "ACTIVE", "{body}");
+    assert_eq!(forward["external_port"], 42000);
+    assert_eq!(forward["project_id"], "p1");
+    let id = forward["id"].as_str().unwrap();
+
+    let (status, body, request_id) = h.send("GET", &format!("/v1/forwards/{id}"), "p1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["forward"]["description"], "x");
+    assert!(request_id.starts_with("req-"), "{request_id}");
+
+    let update = json!({"forward": {"internal_port": 10}}).to_string();
+    let (status, body, _) = h.send("PUT", &format!("/v1/forwards/{id}"), "p1", Some(&update)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["forward"]["internal_port"], 10);
+    assert_eq!(body["forward"]["status"], "ACTIVE");
+
+    let (status, _, _) = h.send("DELETE", &format!("/v1/forwards/{id}"), "p1", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body, _) = h.send("GET", &format!("/v1/forwards/{id}"), "p1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], 404);
+    assert_eq!(body["error"]["title"], "Not Found");
+}
+
+#[tokio::test]
+async fn list_is_scoped_to_the_project_and_pages() {
+    let h = harness(42100).await;
+    for _ in 0..3 {
+        let (status, _) = h.create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 53})).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    h.create("p2", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 53})).await;
+    let (_, body, _) = h.send("GET", "/v1/forwards", "p1", None).await;
+    assert_eq!(body["forwards"].as_array().unwrap().len(), 3);
+    let (_, body, _) = h.send("GET", "/v1/forwards?limit=2&sort_key=external_port&sort_dir=desc", "p1", None).await;
+    let page = body["forwards"].as_array().unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0]["external_port"], 42102);
+    let next = body["forwards_links"][0]["href"].as_str().unwrap();
+    assert!(next.contains("marker="), "{next}");
+    let path = next.strip_prefix("http://navigator.test").unwrap();
+    let (_, body, _) = h.send("GET", path, "p1", None).await;
+    assert_eq!(body["forwards"].as_array().unwrap().len(), 1);
+    assert_eq!(body["forwards"][0]["external_port"], 42100);
+    let (_, body, _) = h.send("GET", "/v1/forwards?all_projects=true", "p1", None).await;
+    assert_eq!(body["forwards"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
+    let h = harness(42200).await;
+    let cases = [
+        (r#"{"forward": {"protocol": "sctp", "internal_ip_address": "10.0.0.1", "internal_port": 1}}"#, 400, "invalid protocol"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.300", "internal_port": 1}}"#, 400, "invalid internal_ip_address"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 70000}}"#, 400, "invalid internal_port"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "external_port": 80}}"#, 400, "outside the port range"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "169.254.169.254", "internal_port": 80}}"#, 400, "link-local"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "224.0.0.1", "internal_port": 80}}"#, 400, "multicast"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 42210}}"#, 400, "loop"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "colour": "red"}}"#, 400, "unknown field `colour`"),
+        (r#"{"forward": {"protocol": "tcp""#, 400, "malformed request body"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1"}}"#, 400, "missing field `internal_port`"),
+        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": "22"}}"#, 400, "forward.internal_port"),
+    ];
+    for (body, status, message) in cases {
+        let (got, value, _) = h.send("POST", "/v1/forwards", "p1", Some(body)).await;
+        assert_eq!(got.as_u16(), status, "{body}: {value}");
+        assert!(error_message(&value).contains(message), "{body}: {value}");
+    }
+    let big = format!(r#"{{"forward": {{"description": "{}"}}}}"#, "x".repeat(70_000));
+    let (status, value, _) = h.send("POST", "/v1/forwards", "p1", Some(&big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");
+    for (query, message) in [("limit=0", "invalid limit"), ("colour=red", "unknown field"), ("marker=nope", "invalid marker"), ("status=UP", "invalid status")] {
+        let (status, value, _) = h.send("GET", &format!("/v1/forwards?{query}"), "p1", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {value}");
+        assert!(error_message(&value).contains(message), "{query}: {value}");
+    }
+    let (_, body, _) = h.send("GET", "/v1/forwards?all_projects=true", "p1", None).await;
+    assert_eq!(body["forwards"], json!([]), "nothing was created");
+}
+
+#[tokio::test]
+async fn duplicate_port_is_a_conflict_naming_the_holder() {
+    let h = harness(42300).await;
+    let (_, body) = h.create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42301})).await;
+    let holder = body["forward"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = h.create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42301})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&body).contains(&holder), "{body}");
+}
+
+#[tokio::test]
+async fn meta_documents_and_unknown_routes() {
+    let h = harness(42400).await;
+    let (status, body, _) = h.send("GET", "/", "p1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["versions"][0]["id"], "v1.0");
+    let (_, body, _) = h.send("GET", "/v1", "p1", None).await;
+    assert_eq!(body["version"]["status"], "CURRENT");
+    let (status, body, _) = h.send("GET", "/healthcheck", "p1", None).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("OK")));
+    let (status, body, _) = h.send("GET", "/v1/nothing", "p1", None).await;
+    assert_eq!((status, body["error"]["code"].as_u64()), (StatusCode::NOT_FOUND, Some(404)));
+    let (status, body, _) = h.send("PATCH", "/v1/forwards", "p1", None).await;
+    assert_eq!((status, body["error"]["code"].as_u64()), (StatusCode::METHOD_NOT_ALLOWED, Some(405)));
+    let (status, body, _) = h.send("GET", "/v1/proxies", "p1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["proxies"][0]["host"], "proxy-1");
+    assert_eq!(body["proxies"][0]["state"], "up");
+    let (status, _, _) = h.send("GET", "/openapi.json", "p1", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[test]
+fn committed_openapi_document_is_fresh() {
+    let generated = serde_json::to_string_pretty(&navigator_server::app::openapi()).unwrap() + "\n";
+    let committed = include_str!("../../../docs/openapi.json");
+    assert!(
+        generated == committed,
+        "docs/openapi.json is stale: run `cargo run --bin navigator-server -- openapi > docs/openapi.json`"
+    );
+}
