@@ -78,11 +78,15 @@ impl Agent {
         let mut state = self.state.lock().await;
         state.desired.insert(forward.id, forward);
         self.reconcile(&mut state).await;
-        state.results.get(&forward.id).cloned().unwrap_or_else(|| ForwardResult {
-            id: forward.id.to_string(),
-            status: ResultStatus::Error,
-            reason: Some("the agent lost track of the forward".into()),
-        })
+        state
+            .results
+            .get(&forward.id)
+            .cloned()
+            .unwrap_or_else(|| ForwardResult {
+                id: forward.id.to_string(),
+                status: ResultStatus::Error,
+                reason: Some("the agent lost track of the forward".into()),
+            })
     }
 
     /// Removes one forward (unknown ids are fine) and converges.
@@ -96,7 +100,11 @@ impl Agent {
     /// that failed (a port may have been freed meanwhile).
     pub async fn retry_failed(&self) {
         let mut state = self.state.lock().await;
-        if state.results.values().any(|r| r.status == ResultStatus::Error) {
+        if state
+            .results
+            .values()
+            .any(|r| r.status == ResultStatus::Error)
+        {
             self.reconcile(&mut state).await;
         }
     }
@@ -107,7 +115,12 @@ impl Agent {
         AgentState {
             host: self.config.host.clone(),
             backend: self.backend.name().to_owned(),
-            external_addresses: self.config.external_addresses.iter().map(ToString::to_string).collect(),
+            external_addresses: self
+                .config
+                .external_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             port_range: self.config.port_range.to_string(),
             generation: state.generation,
             forwards: state.results.values().cloned().collect(),
@@ -132,12 +145,21 @@ impl Agent {
             );
         }
         let report = self.backend.apply(&plan).await;
-        let failed: BTreeMap<ForwardId, String> = report.failed.into_iter().map(|f| (f.id, f.reason)).collect();
+        let failed: BTreeMap<ForwardId, String> = report
+            .failed
+            .into_iter()
+            .map(|f| (f.id, f.reason))
+            .collect();
         for (id, reason) in &failed {
             tracing::warn!(forward = %id, %reason, "forward could not be applied");
         }
-        let carried: BTreeMap<ForwardId, ForwardSpec> =
-            self.backend.observe().await.into_iter().map(|f| (f.id, f)).collect();
+        let carried: BTreeMap<ForwardId, ForwardSpec> = self
+            .backend
+            .observe()
+            .await
+            .into_iter()
+            .map(|f| (f.id, f))
+            .collect();
         state.results = state
             .desired
             .values()

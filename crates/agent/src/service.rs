@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::{decode_args, encode_reply};
-use navigator_rpc::{Incoming, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport, methods, topics};
+use navigator_rpc::{
+    Incoming, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport, methods, topics,
+};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -13,9 +15,15 @@ use crate::{Agent, specs_from_entries};
 
 /// Serves `agent` on `transport` until `shutdown` is cancelled, then shuts the
 /// backend down.
-pub async fn run(agent: Arc<Agent>, transport: Arc<dyn Transport>, shutdown: CancellationToken) -> Result<(), RpcError> {
+pub async fn run(
+    agent: Arc<Agent>,
+    transport: Arc<dyn Transport>,
+    shutdown: CancellationToken,
+) -> Result<(), RpcError> {
     let host = agent.config().host.clone();
-    let mut direct = transport.listen(&Target::host(topics::PROXY, &host)).await?;
+    let mut direct = transport
+        .listen(&Target::host(topics::PROXY, &host))
+        .await?;
     let mut fanout = transport
         .listen(&Target {
             fanout: true,
@@ -24,7 +32,11 @@ pub async fn run(agent: Arc<Agent>, transport: Arc<dyn Transport>, shutdown: Can
         .await?;
     tracing::info!(%host, "agent listening on {}.{host}", topics::PROXY);
 
-    let heartbeat = tokio::spawn(heartbeat(agent.clone(), ServerClient::new(transport.clone()), shutdown.clone()));
+    let heartbeat = tokio::spawn(heartbeat(
+        agent.clone(),
+        ServerClient::new(transport.clone()),
+        shutdown.clone(),
+    ));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -69,15 +81,17 @@ async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteErr
         }
         methods::CREATE_FORWARD => {
             let args: args::CreateForward = decode_args(incoming)?;
-            let spec = args.forward.to_spec().map_err(|reason| RemoteError::new("ValueError", reason))?;
+            let spec = args
+                .forward
+                .to_spec()
+                .map_err(|reason| RemoteError::new("ValueError", reason))?;
             encode_reply(&agent.upsert(spec).await)
         }
         methods::DELETE_FORWARD => {
             let args: args::DeleteForward = decode_args(incoming)?;
-            let id = args
-                .id
-                .parse()
-                .map_err(|e: navigator_core::ParseError| RemoteError::new("ValueError", e.to_string()))?;
+            let id = args.id.parse().map_err(|e: navigator_core::ParseError| {
+                RemoteError::new("ValueError", e.to_string())
+            })?;
             agent.remove(id).await;
             Ok(Value::Null)
         }

@@ -105,50 +105,91 @@ impl Client {
 
     pub async fn create_forward(&self, forward: ForwardCreate) -> Result<Forward, ClientError> {
         let body = ForwardCreateBody { forward };
-        let response: ForwardBody = self.send(reqwest::Method::POST, "/v1/forwards", Some(&body), None::<&()>).await?;
+        let response: ForwardBody = self
+            .send(
+                reqwest::Method::POST,
+                "/v1/forwards",
+                Some(&body),
+                None::<&()>,
+            )
+            .await?;
         Ok(response.forward)
     }
 
-    pub async fn list_forwards(&self, query: &ForwardListQuery) -> Result<ForwardList, ClientError> {
-        self.send(reqwest::Method::GET, "/v1/forwards", None::<&()>, Some(query)).await
+    pub async fn list_forwards(
+        &self,
+        query: &ForwardListQuery,
+    ) -> Result<ForwardList, ClientError> {
+        self.send(
+            reqwest::Method::GET,
+            "/v1/forwards",
+            None::<&()>,
+            Some(query),
+        )
+        .await
     }
 
     pub async fn get_forward(&self, id: &str) -> Result<Forward, ClientError> {
         let path = format!("/v1/forwards/{}", path_segment(id));
-        let response: ForwardBody = self.send(reqwest::Method::GET, &path, None::<&()>, None::<&()>).await?;
+        let response: ForwardBody = self
+            .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
+            .await?;
         Ok(response.forward)
     }
 
-    pub async fn update_forward(&self, id: &str, forward: ForwardUpdate) -> Result<Forward, ClientError> {
+    pub async fn update_forward(
+        &self,
+        id: &str,
+        forward: ForwardUpdate,
+    ) -> Result<Forward, ClientError> {
         let path = format!("/v1/forwards/{}", path_segment(id));
         let body = ForwardUpdateBody { forward };
-        let response: ForwardBody = self.send(reqwest::Method::PUT, &path, Some(&body), None::<&()>).await?;
+        let response: ForwardBody = self
+            .send(reqwest::Method::PUT, &path, Some(&body), None::<&()>)
+            .await?;
         Ok(response.forward)
     }
 
     pub async fn delete_forward(&self, id: &str) -> Result<(), ClientError> {
         let path = format!("/v1/forwards/{}", path_segment(id));
-        self.send_raw(reqwest::Method::DELETE, &path, None::<&()>, None::<&()>).await?;
+        self.send_raw(reqwest::Method::DELETE, &path, None::<&()>, None::<&()>)
+            .await?;
         Ok(())
     }
 
     pub async fn list_proxies(&self) -> Result<Vec<Proxy>, ClientError> {
-        let list: ProxyList = self.send(reqwest::Method::GET, "/v1/proxies", None::<&()>, None::<&()>).await?;
+        let list: ProxyList = self
+            .send(
+                reqwest::Method::GET,
+                "/v1/proxies",
+                None::<&()>,
+                None::<&()>,
+            )
+            .await?;
         Ok(list.proxies)
     }
 
     pub async fn get_proxy(&self, host: &str) -> Result<Proxy, ClientError> {
         let path = format!("/v1/proxies/{}", path_segment(host));
-        let body: ProxyBody = self.send(reqwest::Method::GET, &path, None::<&()>, None::<&()>).await?;
+        let body: ProxyBody = self
+            .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
+            .await?;
         Ok(body.proxy)
     }
 
     pub async fn versions(&self) -> Result<VersionList, ClientError> {
-        self.send(reqwest::Method::GET, "/", None::<&()>, None::<&()>).await
+        self.send(reqwest::Method::GET, "/", None::<&()>, None::<&()>)
+            .await
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
-        self.send(reqwest::Method::GET, "/healthcheck", None::<&()>, None::<&()>).await
+        self.send(
+            reqwest::Method::GET,
+            "/healthcheck",
+            None::<&()>,
+            None::<&()>,
+        )
+        .await
     }
 
     async fn send<T: DeserializeOwned>(
@@ -177,7 +218,9 @@ impl Client {
             .request(method, format!("{}{path}", self.endpoint))
             .header(reqwest::header::ACCEPT, "application/json");
         request = match &self.auth {
-            Auth::NoAuth { project_id: Some(project) } => request.header(PROJECT_ID_HEADER, project),
+            Auth::NoAuth {
+                project_id: Some(project),
+            } => request.header(PROJECT_ID_HEADER, project),
             Auth::NoAuth { project_id: None } => request,
             Auth::Token(token) => request.header(AUTH_TOKEN_HEADER, token),
         };
@@ -187,20 +230,26 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|source| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            source,
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         let status = response.status();
         let request_id = response
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = response.text().await.map_err(|source| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            source,
-        })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         if status.is_success() {
             return Ok(text);
         }
@@ -245,7 +294,12 @@ mod tests {
     #[test]
     fn endpoint_is_normalised_and_checked() {
         let auth = Auth::NoAuth { project_id: None };
-        assert_eq!(Client::new("http://127.0.0.1:9797/v1/", auth.clone()).unwrap().endpoint(), "http://127.0.0.1:9797");
+        assert_eq!(
+            Client::new("http://127.0.0.1:9797/v1/", auth.clone())
+                .unwrap()
+                .endpoint(),
+            "http://127.0.0.1:9797"
+        );
         assert!(Client::new("127.0.0.1:9797", auth.clone()).is_err());
         assert!(Client::new("ftp://x", auth).is_err());
     }

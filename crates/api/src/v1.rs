@@ -172,7 +172,11 @@ impl ForwardCreate {
                 .as_deref()
                 .map(|id| check_text("instance_id", id, false))
                 .transpose()?,
-            description: check_text("description", self.description.as_deref().unwrap_or(""), true)?,
+            description: check_text(
+                "description",
+                self.description.as_deref().unwrap_or(""),
+                true,
+            )?,
             proxy: self
                 .proxy
                 .as_deref()
@@ -371,12 +375,9 @@ pub fn parse_protocol_filter(value: &str) -> Result<Protocol, FieldError> {
 }
 
 pub fn parse_ip(field: &'static str, value: &str) -> Result<IpAddr, FieldError> {
-    value.parse().map_err(|_| {
-        FieldError::new(
-            field,
-            format!("{value:?} is not an IPv4 or IPv6 address"),
-        )
-    })
+    value
+        .parse()
+        .map_err(|_| FieldError::new(field, format!("{value:?} is not an IPv4 or IPv6 address")))
 }
 
 fn parse_port(field: &'static str, value: i64) -> Result<u16, FieldError> {
@@ -400,7 +401,10 @@ fn check_text(field: &'static str, value: &str, may_be_empty: bool) -> Result<St
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(value.to_owned())
 }
@@ -430,18 +434,49 @@ mod tests {
     fn invalid_fields_are_named() {
         let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
         let cases = [
-            ("protocol", serde_json::json!("sctp"), "invalid protocol: \"sctp\" is not one of tcp, udp"),
-            ("internal_ip_address", serde_json::json!("10.0.0.256"), "invalid internal_ip_address: \"10.0.0.256\" is not an IPv4 or IPv6 address"),
-            ("internal_port", serde_json::json!(0), "invalid internal_port: 0 is outside the port range 1-65535"),
-            ("internal_port", serde_json::json!(65536), "invalid internal_port: 65536 is outside the port range 1-65535"),
-            ("external_port", serde_json::json!(-1), "invalid external_port: -1 is outside the port range 1-65535"),
-            ("instance_id", serde_json::json!(""), "invalid instance_id: must not be empty"),
-            ("description", serde_json::json!("x".repeat(256)), "invalid description: is longer than 255 characters"),
+            (
+                "protocol",
+                serde_json::json!("sctp"),
+                "invalid protocol: \"sctp\" is not one of tcp, udp",
+            ),
+            (
+                "internal_ip_address",
+                serde_json::json!("10.0.0.256"),
+                "invalid internal_ip_address: \"10.0.0.256\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "internal_port",
+                serde_json::json!(0),
+                "invalid internal_port: 0 is outside the port range 1-65535",
+            ),
+            (
+                "internal_port",
+                serde_json::json!(65536),
+                "invalid internal_port: 65536 is outside the port range 1-65535",
+            ),
+            (
+                "external_port",
+                serde_json::json!(-1),
+                "invalid external_port: -1 is outside the port range 1-65535",
+            ),
+            (
+                "instance_id",
+                serde_json::json!(""),
+                "invalid instance_id: must not be empty",
+            ),
+            (
+                "description",
+                serde_json::json!("x".repeat(256)),
+                "invalid description: is longer than 255 characters",
+            ),
         ];
         for (field, value, expected) in cases {
             let mut forward = base.clone();
             forward[field] = value;
-            assert_eq!(create(serde_json::json!({"forward": forward})), Err(expected.to_owned()));
+            assert_eq!(
+                create(serde_json::json!({"forward": forward})),
+                Err(expected.to_owned())
+            );
         }
     }
 

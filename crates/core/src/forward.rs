@@ -189,7 +189,10 @@ mod tests {
             err.to_string(),
             "invalid protocol \"sctp\": expected one of tcp, udp"
         );
-        assert!("TCP".parse::<Protocol>().is_err(), "protocols are lower case, as in Neutron");
+        assert!(
+            "TCP".parse::<Protocol>().is_err(),
+            "protocols are lower case, as in Neutron"
+        );
     }
 
     #[test]

@@ -86,17 +86,34 @@ mod tests {
 
     #[test]
     fn parses_and_checks_ranges() {
-        let cases: &[(&str, Result<(u16, u16), &str>)] = &[
+        type Case = (&'static str, Result<(u16, u16), &'static str>);
+        let cases: &[Case] = &[
             ("20000-40000", Ok((20000, 40000))),
             (" 1 - 65535 ", Ok((1, 65535))),
             ("8080", Ok((8080, 8080))),
             ("0-10", Err("port 0 is not allowed: ports are 1-65535")),
-            ("10-5", Err("range 10-5 is empty: the first port must not exceed the last")),
-            ("1-70000", Err("\"1-70000\" is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000")),
-            ("abc", Err("\"abc\" is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000")),
+            (
+                "10-5",
+                Err("range 10-5 is empty: the first port must not exceed the last"),
+            ),
+            (
+                "1-70000",
+                Err(
+                    "\"1-70000\" is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000",
+                ),
+            ),
+            (
+                "abc",
+                Err(
+                    "\"abc\" is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000",
+                ),
+            ),
         ];
         for (input, expected) in cases {
-            let got = input.parse::<PortRange>().map(|r| (r.first(), r.last())).map_err(|e| e.to_string());
+            let got = input
+                .parse::<PortRange>()
+                .map(|r| (r.first(), r.last()))
+                .map_err(|e| e.to_string());
             assert_eq!(got, expected.map_err(str::to_owned), "input {input:?}");
         }
     }

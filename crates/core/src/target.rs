@@ -36,14 +36,22 @@ pub enum TargetError {
         "{0} is link-local (this range holds the metadata service 169.254.169.254); forwarding to it is not allowed"
     )]
     LinkLocal(IpAddr),
-    #[error("{0} is a loopback address, which would expose the proxy's own local services; not allowed here")]
+    #[error(
+        "{0} is a loopback address, which would expose the proxy's own local services; not allowed here"
+    )]
     Loopback(IpAddr),
-    #[error("{0} is one of the proxy's own addresses; forwarding to the proxy itself is not allowed")]
+    #[error(
+        "{0} is one of the proxy's own addresses; forwarding to the proxy itself is not allowed"
+    )]
     ProxyAddress(IpAddr),
     #[error(
         "{ip}:{port} is a port the proxy forwards from ({range}); the forward would loop into the proxy"
     )]
-    Loop { ip: IpAddr, port: u16, range: PortRange },
+    Loop {
+        ip: IpAddr,
+        port: u16,
+        range: PortRange,
+    },
     #[error("{ip} is outside the allowed target networks ({allowed})")]
     NotAllowed { ip: IpAddr, allowed: String },
 }
@@ -165,7 +173,10 @@ mod tests {
         assert_eq!(policy.check(ip("127.0.0.1"), 8080), Ok(()));
         assert_eq!(policy.check(ip("::1"), 8080), Ok(()));
         let err = policy.check(ip("127.0.0.1"), 20001).unwrap_err();
-        assert!(matches!(err, TargetError::Loop { port: 20001, .. }), "{err}");
+        assert!(
+            matches!(err, TargetError::Loop { port: 20001, .. }),
+            "{err}"
+        );
         assert!(policy.check(ip("169.254.169.254"), 80).is_err());
     }
 

@@ -36,7 +36,9 @@ impl RelayBackend {
     }
 
     fn carried(&self) -> std::sync::MutexGuard<'_, BTreeMap<ForwardId, ForwardSpec>> {
-        self.carried.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.carried
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn apply_plan(&self, plan: &Plan) -> ApplyReport {
@@ -117,7 +119,10 @@ fn bind_reason(spec: &ForwardSpec, e: &RelayError) -> String {
     match e {
         RelayError::Bind { source, .. } => match source.kind() {
             io::ErrorKind::AddrInUse => {
-                format!("port {port}/{protocol} already in use on host ({})", spec.listen)
+                format!(
+                    "port {port}/{protocol} already in use on host ({})",
+                    spec.listen
+                )
             }
             io::ErrorKind::PermissionDenied => format!(
                 "not permitted to listen on {} (ports below 1024 need CAP_NET_BIND_SERVICE)",
@@ -160,7 +165,11 @@ mod tests {
         let report = backend.apply(&plan(&[good, bad], &[])).await;
         assert_eq!(report.failed.len(), 1);
         assert_eq!(report.failed[0].id, bad.id);
-        assert!(report.failed[0].reason.contains("already in use on host"), "{}", report.failed[0].reason);
+        assert!(
+            report.failed[0].reason.contains("already in use on host"),
+            "{}",
+            report.failed[0].reason
+        );
         assert_eq!(backend.observe().await, vec![good]);
 
         let report = backend.apply(&plan(&[], &backend.observe().await)).await;

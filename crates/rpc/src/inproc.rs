@@ -15,10 +15,13 @@ use crate::transport::{BoxFuture, Incoming, RpcError, Target, Transport};
 /// than buffer without bound.
 const QUEUE_DEPTH: usize = 1024;
 
+/// Listeners by `(topic, server)`.
+type Listeners = HashMap<(String, Option<String>), Vec<mpsc::Sender<Incoming>>>;
+
 #[derive(Default)]
 pub struct InProcTransport {
     // A std mutex is enough: it is never held across an await.
-    listeners: Mutex<HashMap<(String, Option<String>), Vec<mpsc::Sender<Incoming>>>>,
+    listeners: Mutex<Listeners>,
     next: AtomicUsize,
 }
 
@@ -29,10 +32,17 @@ impl InProcTransport {
 
     /// The live senders for a target, dropping those whose listener is gone.
     fn senders(&self, target: &Target) -> Vec<mpsc::Sender<Incoming>> {
-        let mut listeners = self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut out = Vec::new();
         let keys: Vec<_> = if target.fanout {
-            listeners.keys().filter(|(topic, _)| *topic == target.topic).cloned().collect()
+            listeners
+                .keys()
+                .filter(|(topic, _)| *topic == target.topic)
+                .cloned()
+                .collect()
         } else {
             vec![(target.topic.clone(), target.server.clone())]
         };
@@ -58,7 +68,13 @@ impl InProcTransport {
 }
 
 impl Transport for InProcTransport {
-    fn call(&self, target: &Target, method: &str, args: Value, timeout: Duration) -> BoxFuture<'_, Result<Value, RpcError>> {
+    fn call(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Value, RpcError>> {
         let target = target.clone();
         let method = method.to_owned();
         Box::pin(async move {
@@ -75,10 +91,15 @@ impl Transport for InProcTransport {
                 after: timeout,
             };
             let exchange = async {
-                sender.send(incoming).await.map_err(|_| RpcError::NoListener {
-                    target: target.to_string(),
-                })?;
-                answer.await.map_err(|_| RpcError::Transport(format!("{target} dropped the call to {method}")))
+                sender
+                    .send(incoming)
+                    .await
+                    .map_err(|_| RpcError::NoListener {
+                        target: target.to_string(),
+                    })?;
+                answer.await.map_err(|_| {
+                    RpcError::Transport(format!("{target} dropped the call to {method}"))
+                })
             };
             match tokio::time::timeout(timeout, exchange).await {
                 Err(_) => Err(timed_out()),
@@ -93,7 +114,12 @@ impl Transport for InProcTransport {
         })
     }
 
-    fn cast(&self, target: &Target, method: &str, args: Value) -> BoxFuture<'_, Result<(), RpcError>> {
+    fn cast(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+    ) -> BoxFuture<'_, Result<(), RpcError>> {
         let target = target.clone();
         let method = method.to_owned();
         Box::pin(async move {
@@ -119,7 +145,10 @@ impl Transport for InProcTransport {
         let key = (target.topic.clone(), target.server.clone());
         Box::pin(async move {
             let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
-            let mut listeners = self.listeners.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut listeners = self
+                .listeners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             listeners.entry(key).or_default().push(sender);
             Ok(receiver)
         })
@@ -149,12 +178,22 @@ mod tests {
             }
         });
         let reply = transport
-            .call(&Target::host("t", "a"), "echo", serde_json::json!(1), Duration::from_secs(5))
+            .call(
+                &Target::host("t", "a"),
+                "echo",
+                serde_json::json!(1),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(reply, serde_json::json!({"echo": 1}));
         let err = transport
-            .call(&Target::host("t", "a"), "fail", Value::Null, Duration::from_secs(5))
+            .call(
+                &Target::host("t", "a"),
+                "fail",
+                Value::Null,
+                Duration::from_secs(5),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "fail failed on t.a: RuntimeError: boom");
@@ -165,12 +204,22 @@ mod tests {
         let transport = InProcTransport::new();
         let _silent = transport.listen(&Target::host("t", "a")).await.unwrap();
         let err = transport
-            .call(&Target::host("t", "a"), "m", Value::Null, Duration::from_secs(3))
+            .call(
+                &Target::host("t", "a"),
+                "m",
+                Value::Null,
+                Duration::from_secs(3),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
         let err = transport
-            .call(&Target::host("t", "nobody"), "m", Value::Null, Duration::from_secs(3))
+            .call(
+                &Target::host("t", "nobody"),
+                "m",
+                Value::Null,
+                Duration::from_secs(3),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RpcError::NoListener { .. }), "{err}");

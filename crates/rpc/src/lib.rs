@@ -15,4 +15,6 @@ pub mod transport;
 pub use messages::{
     AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, methods, topics,
 };
-pub use transport::{AgentClient, Incoming, RemoteError, RpcError, ServerClient, Target, Transport};
+pub use transport::{
+    AgentClient, Incoming, RemoteError, RpcError, ServerClient, Target, Transport,
+};

@@ -50,8 +50,14 @@ impl ForwardEntry {
     /// Converts back to the core type; a peer could send anything, so this
     /// checks every field.
     pub fn to_spec(&self) -> Result<ForwardSpec, String> {
-        let id: ForwardId = self.id.parse().map_err(|e| format!("forward {}: {e}", self.id))?;
-        let protocol: Protocol = self.protocol.parse().map_err(|e| format!("forward {id}: {e}"))?;
+        let id: ForwardId = self
+            .id
+            .parse()
+            .map_err(|e| format!("forward {}: {e}", self.id))?;
+        let protocol: Protocol = self
+            .protocol
+            .parse()
+            .map_err(|e| format!("forward {id}: {e}"))?;
         let ip = |what: &str, value: &str| {
             value
                 .parse::<std::net::IpAddr>()
@@ -60,8 +66,14 @@ impl ForwardEntry {
         Ok(ForwardSpec {
             id,
             protocol,
-            listen: SocketAddr::new(ip("listen_address", &self.listen_address)?, self.listen_port),
-            target: SocketAddr::new(ip("target_address", &self.target_address)?, self.target_port),
+            listen: SocketAddr::new(
+                ip("listen_address", &self.listen_address)?,
+                self.listen_port,
+            ),
+            target: SocketAddr::new(
+                ip("target_address", &self.target_address)?,
+                self.target_port,
+            ),
         })
     }
 }
@@ -152,11 +164,18 @@ mod tests {
             target_address: "nope".into(),
             ..entry
         };
-        assert!(bad.to_spec().unwrap_err().contains("invalid target_address"));
+        assert!(
+            bad.to_spec()
+                .unwrap_err()
+                .contains("invalid target_address")
+        );
     }
 
     #[test]
     fn result_status_uses_the_api_spelling() {
-        assert_eq!(serde_json::to_string(&ResultStatus::Active).unwrap(), "\"ACTIVE\"");
+        assert_eq!(
+            serde_json::to_string(&ResultStatus::Active).unwrap(),
+            "\"ACTIVE\""
+        );
     }
 }

@@ -116,7 +116,12 @@ pub trait Transport: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Value, RpcError>>;
 
-    fn cast(&self, target: &Target, method: &str, args: Value) -> BoxFuture<'_, Result<(), RpcError>>;
+    fn cast(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+    ) -> BoxFuture<'_, Result<(), RpcError>>;
 
     /// Starts receiving messages for `target`.
     fn listen(&self, target: &Target) -> BoxFuture<'_, Result<mpsc::Receiver<Incoming>, RpcError>>;
@@ -148,29 +153,61 @@ impl AgentClient {
         AgentClient { transport, timeout }
     }
 
-    async fn call<T: DeserializeOwned>(&self, host: &str, method: &str, args: &impl Serialize) -> Result<T, RpcError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        host: &str,
+        method: &str,
+        args: &impl Serialize,
+    ) -> Result<T, RpcError> {
         let target = Target::host(topics::PROXY, host);
-        let reply = self.transport.call(&target, method, encode(method, args)?, self.timeout).await?;
+        let reply = self
+            .transport
+            .call(&target, method, encode(method, args)?, self.timeout)
+            .await?;
         decode(method, reply)
     }
 
     /// Replaces the agent's whole desired set.
-    pub async fn sync_forwards(&self, host: &str, forwards: Vec<ForwardEntry>, generation: u64) -> Result<SyncResult, RpcError> {
-        self.call(host, methods::SYNC_FORWARDS, &args::SyncForwards { forwards, generation }).await
+    pub async fn sync_forwards(
+        &self,
+        host: &str,
+        forwards: Vec<ForwardEntry>,
+        generation: u64,
+    ) -> Result<SyncResult, RpcError> {
+        self.call(
+            host,
+            methods::SYNC_FORWARDS,
+            &args::SyncForwards {
+                forwards,
+                generation,
+            },
+        )
+        .await
     }
 
     /// Adds or changes one forward.
-    pub async fn create_forward(&self, host: &str, forward: ForwardEntry) -> Result<ForwardResult, RpcError> {
-        self.call(host, methods::CREATE_FORWARD, &args::CreateForward { forward }).await
+    pub async fn create_forward(
+        &self,
+        host: &str,
+        forward: ForwardEntry,
+    ) -> Result<ForwardResult, RpcError> {
+        self.call(
+            host,
+            methods::CREATE_FORWARD,
+            &args::CreateForward { forward },
+        )
+        .await
     }
 
     /// Removes one forward; removing an unknown forward succeeds.
     pub async fn delete_forward(&self, host: &str, id: String) -> Result<(), RpcError> {
-        self.call(host, methods::DELETE_FORWARD, &args::DeleteForward { id }).await
+        self.call(host, methods::DELETE_FORWARD, &args::DeleteForward { id })
+            .await
     }
 
     pub async fn get_state(&self, host: &str) -> Result<AgentState, RpcError> {
-        self.call(host, methods::GET_STATE, &args::GetState {}).await
+        self.call(host, methods::GET_STATE, &args::GetState {})
+            .await
     }
 }
 
@@ -189,14 +226,19 @@ impl ServerClient {
     pub async fn report_state(&self, state: AgentState) -> Result<(), RpcError> {
         let method = methods::REPORT_STATE;
         let args = encode(method, &args::ReportState { state })?;
-        self.transport.cast(&Target::topic(topics::SERVER), method, args).await
+        self.transport
+            .cast(&Target::topic(topics::SERVER), method, args)
+            .await
     }
 }
 
 /// Decodes the arguments of an incoming message, for listeners.
 pub fn decode_args<T: DeserializeOwned>(incoming: &Incoming) -> Result<T, RemoteError> {
     serde_json::from_value(incoming.args.clone()).map_err(|e| {
-        RemoteError::new("ValueError", format!("bad arguments to {}: {e}", incoming.method))
+        RemoteError::new(
+            "ValueError",
+            format!("bad arguments to {}: {e}", incoming.method),
+        )
     })
 }
 

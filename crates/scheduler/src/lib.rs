@@ -57,12 +57,23 @@ pub struct Request<'a> {
 /// Candidates with an external address of the target's family are preferred;
 /// if there are none, any candidate with free ports will do (the relay can
 /// forward across families).
-pub fn place<'c>(strategy: Strategy, candidates: &'c [Candidate], request: &Request<'_>) -> Option<&'c Candidate> {
-    let mut usable: Vec<&Candidate> = candidates.iter().filter(|c| c.forward_count < c.capacity).collect();
+pub fn place<'c>(
+    strategy: Strategy,
+    candidates: &'c [Candidate],
+    request: &Request<'_>,
+) -> Option<&'c Candidate> {
+    let mut usable: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.forward_count < c.capacity)
+        .collect();
     let same_family: Vec<&Candidate> = usable
         .iter()
         .copied()
-        .filter(|c| c.external_addresses.iter().any(|a| a.is_ipv4() == request.target.is_ipv4()))
+        .filter(|c| {
+            c.external_addresses
+                .iter()
+                .any(|a| a.is_ipv4() == request.target.is_ipv4())
+        })
         .collect();
     if !same_family.is_empty() {
         usable = same_family;
@@ -118,16 +129,28 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_in_host_order() {
-        let proxies = [candidate("b", &["192.0.2.2"], 0, 10), candidate("a", &["192.0.2.1"], 0, 10)];
+        let proxies = [
+            candidate("b", &["192.0.2.2"], 0, 10),
+            candidate("a", &["192.0.2.1"], 0, 10),
+        ];
         let hosts: Vec<_> = (0..4)
-            .map(|i| place(Strategy::RoundRobin, &proxies, &request("10.0.0.1", "p", i)).unwrap().host.clone())
+            .map(|i| {
+                place(Strategy::RoundRobin, &proxies, &request("10.0.0.1", "p", i))
+                    .unwrap()
+                    .host
+                    .clone()
+            })
             .collect();
         assert_eq!(hosts, ["a", "b", "a", "b"]);
     }
 
     #[test]
     fn hash_is_stable_per_key() {
-        let proxies = [candidate("a", &["192.0.2.1"], 0, 10), candidate("b", &["192.0.2.2"], 0, 10), candidate("c", &["192.0.2.3"], 0, 10)];
+        let proxies = [
+            candidate("a", &["192.0.2.1"], 0, 10),
+            candidate("b", &["192.0.2.2"], 0, 10),
+            candidate("c", &["192.0.2.3"], 0, 10),
+        ];
         for key in ["vm-1", "vm-2", "project-x"] {
             let first = place(Strategy::Hash, &proxies, &request("10.0.0.1", key, 0)).unwrap();
             let again = place(Strategy::Hash, &proxies, &request("10.0.0.1", key, 99)).unwrap();
@@ -137,8 +160,20 @@ mod tests {
 
     #[test]
     fn least_loaded_compares_shares_of_the_pool() {
-        let proxies = [candidate("a", &["192.0.2.1"], 5, 10), candidate("b", &["192.0.2.2"], 6, 100)];
-        assert_eq!(place(Strategy::LeastLoaded, &proxies, &request("10.0.0.1", "p", 0)).unwrap().host, "b");
+        let proxies = [
+            candidate("a", &["192.0.2.1"], 5, 10),
+            candidate("b", &["192.0.2.2"], 6, 100),
+        ];
+        assert_eq!(
+            place(
+                Strategy::LeastLoaded,
+                &proxies,
+                &request("10.0.0.1", "p", 0)
+            )
+            .unwrap()
+            .host,
+            "b"
+        );
     }
 
     #[test]
@@ -148,8 +183,33 @@ mod tests {
             candidate("v6", &["2001:db8::1"], 0, 10),
             candidate("v4", &["192.0.2.2"], 9, 10),
         ];
-        assert_eq!(place(Strategy::LeastLoaded, &proxies, &request("10.0.0.1", "p", 0)).unwrap().host, "v4");
-        assert_eq!(place(Strategy::LeastLoaded, &proxies, &request("2001:db8::5", "p", 0)).unwrap().host, "v6");
-        assert_eq!(place(Strategy::RoundRobin, &proxies[..1], &request("10.0.0.1", "p", 0)), None);
+        assert_eq!(
+            place(
+                Strategy::LeastLoaded,
+                &proxies,
+                &request("10.0.0.1", "p", 0)
+            )
+            .unwrap()
+            .host,
+            "v4"
+        );
+        assert_eq!(
+            place(
+                Strategy::LeastLoaded,
+                &proxies,
+                &request("2001:db8::5", "p", 0)
+            )
+            .unwrap()
+            .host,
+            "v6"
+        );
+        assert_eq!(
+            place(
+                Strategy::RoundRobin,
+                &proxies[..1],
+                &request("10.0.0.1", "p", 0)
+            ),
+            None
+        );
     }
 }

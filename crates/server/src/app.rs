@@ -14,8 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Config;
-use crate::control::Control;
 use crate::context;
+use crate::control::Control;
 use crate::error::ApiError;
 use crate::handlers;
 
@@ -49,7 +49,11 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::version_v1))
         .routes(routes!(handlers::healthcheck))
         .routes(routes!(handlers::create_forward, handlers::list_forwards))
-        .routes(routes!(handlers::show_forward, handlers::update_forward, handlers::delete_forward))
+        .routes(routes!(
+            handlers::show_forward,
+            handlers::update_forward,
+            handlers::delete_forward
+        ))
         .routes(routes!(handlers::list_proxies))
         .routes(routes!(handlers::show_proxy))
 }

@@ -30,28 +30,138 @@ pub struct OptionDoc {
 
 /// Every option Navigator reads, in sample order.
 pub const OPTIONS: &[OptionDoc] = &[
-    OptionDoc { section: "DEFAULT", key: "host", default: "", help: "Name of this node, used as the proxy host of the all-in-one agent. Default: the system host name." },
-    OptionDoc { section: "DEFAULT", key: "debug", default: "false", help: "Log at debug level." },
-    OptionDoc { section: "DEFAULT", key: "bind_host", default: "127.0.0.1", help: "Address the API listens on. With auth_strategy = noauth only loopback is allowed unless --allow-insecure-noauth is given." },
-    OptionDoc { section: "DEFAULT", key: "bind_port", default: "9797", help: "Port the API listens on (0 picks a free port and prints it)." },
-    OptionDoc { section: "DEFAULT", key: "auth_strategy", default: "noauth", help: "noauth: no authentication; the project comes from the X-Project-Id header (\"default\" when absent) and every caller is an admin. keystone: validate X-Auth-Token with Keystone (not available in this build yet)." },
-    OptionDoc { section: "DEFAULT", key: "transport_url", default: "inproc://", help: "RPC transport to the agents. inproc:// runs the agent inside the server (all-in-one); rabbit:// is not available in this build yet." },
-    OptionDoc { section: "database", key: "connection", default: "", help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db. Default: navigator.db in the data directory." },
-    OptionDoc { section: "api", key: "max_request_body_size", default: "65536", help: "Largest request body in bytes; larger requests get HTTP 413." },
-    OptionDoc { section: "api", key: "default_project_id", default: "default", help: "Project of noauth requests without an X-Project-Id header." },
-    OptionDoc { section: "forwards", key: "allowed_target_networks", default: "", help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules (link-local incl. 169.254.169.254, multicast, broadcast, unspecified, the proxy's own addresses)." },
-    OptionDoc { section: "forwards", key: "allow_loopback_targets", default: "", help: "Allow targets on loopback. Default: true in all-in-one mode (proxy and targets share the machine), false otherwise." },
-    OptionDoc { section: "scheduler", key: "strategy", default: "round_robin", help: "How a new forward's proxy is chosen: round_robin, hash (stable by instance, else project) or least_loaded." },
-    OptionDoc { section: "agent", key: "backend", default: "relay", help: "Data plane of the agent: relay (userspace, no root needed). nft, iptables and socat are not available in this build yet." },
-    OptionDoc { section: "agent", key: "external_addresses", default: "127.0.0.1,::1", help: "Comma-separated addresses on the proxy that forwards listen on; the first of the target's family is used when a forward names none." },
-    OptionDoc { section: "agent", key: "port_range", default: "20000-40000", help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too." },
-    OptionDoc { section: "agent", key: "report_interval", default: "10", help: "Seconds between agent heartbeats." },
-    OptionDoc { section: "agent", key: "agent_down_time", default: "75", help: "Seconds without a heartbeat after which a proxy is shown down." },
-    OptionDoc { section: "agent", key: "rpc_timeout", default: "10", help: "Seconds the server waits for an agent to answer a call." },
-    OptionDoc { section: "agent", key: "resync_interval", default: "60", help: "Seconds between full re-syncs of every agent's desired forwards (repairs anything a lost message missed)." },
-    OptionDoc { section: "relay", key: "max_connections_per_forward", default: "0", help: "Concurrent TCP connections per forward in the relay backend; 0 is unlimited." },
-    OptionDoc { section: "relay", key: "udp_idle_timeout", default: "60", help: "Seconds after which an idle UDP session of the relay is forgotten." },
-    OptionDoc { section: "relay", key: "connect_timeout", default: "10", help: "Seconds the relay waits to connect to a TCP target." },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "host",
+        default: "",
+        help: "Name of this node, used as the proxy host of the all-in-one agent. Default: the system host name.",
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "debug",
+        default: "false",
+        help: "Log at debug level.",
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "bind_host",
+        default: "127.0.0.1",
+        help: "Address the API listens on. With auth_strategy = noauth only loopback is allowed unless --allow-insecure-noauth is given.",
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "bind_port",
+        default: "9797",
+        help: "Port the API listens on (0 picks a free port and prints it).",
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "auth_strategy",
+        default: "noauth",
+        help: "noauth: no authentication; the project comes from the X-Project-Id header (\"default\" when absent) and every caller is an admin. keystone: validate X-Auth-Token with Keystone (not available in this build yet).",
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "transport_url",
+        default: "inproc://",
+        help: "RPC transport to the agents. inproc:// runs the agent inside the server (all-in-one); rabbit:// is not available in this build yet.",
+    },
+    OptionDoc {
+        section: "database",
+        key: "connection",
+        default: "",
+        help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db. Default: navigator.db in the data directory.",
+    },
+    OptionDoc {
+        section: "api",
+        key: "max_request_body_size",
+        default: "65536",
+        help: "Largest request body in bytes; larger requests get HTTP 413.",
+    },
+    OptionDoc {
+        section: "api",
+        key: "default_project_id",
+        default: "default",
+        help: "Project of noauth requests without an X-Project-Id header.",
+    },
+    OptionDoc {
+        section: "forwards",
+        key: "allowed_target_networks",
+        default: "",
+        help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules (link-local incl. 169.254.169.254, multicast, broadcast, unspecified, the proxy's own addresses).",
+    },
+    OptionDoc {
+        section: "forwards",
+        key: "allow_loopback_targets",
+        default: "",
+        help: "Allow targets on loopback. Default: true in all-in-one mode (proxy and targets share the machine), false otherwise.",
+    },
+    OptionDoc {
+        section: "scheduler",
+        key: "strategy",
+        default: "round_robin",
+        help: "How a new forward's proxy is chosen: round_robin, hash (stable by instance, else project) or least_loaded.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "backend",
+        default: "relay",
+        help: "Data plane of the agent: relay (userspace, no root needed). nft, iptables and socat are not available in this build yet.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "external_addresses",
+        default: "127.0.0.1,::1",
+        help: "Comma-separated addresses on the proxy that forwards listen on; the first of the target's family is used when a forward names none.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "port_range",
+        default: "20000-40000",
+        help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "report_interval",
+        default: "10",
+        help: "Seconds between agent heartbeats.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "agent_down_time",
+        default: "75",
+        help: "Seconds without a heartbeat after which a proxy is shown down.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "rpc_timeout",
+        default: "10",
+        help: "Seconds the server waits for an agent to answer a call.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "resync_interval",
+        default: "60",
+        help: "Seconds between full re-syncs of every agent's desired forwards (repairs anything a lost message missed).",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "max_connections_per_forward",
+        default: "0",
+        help: "Concurrent TCP connections per forward in the relay backend; 0 is unlimited.",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "udp_idle_timeout",
+        default: "60",
+        help: "Seconds after which an idle UDP session of the relay is forgotten.",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "connect_timeout",
+        default: "10",
+        help: "Seconds the relay waits to connect to a TCP target.",
+    },
 ];
 
 /// A configuration problem, named precisely enough to fix it.
@@ -167,7 +277,10 @@ fn list<T: FromStr>(value: &str, what: &str) -> Result<Vec<T>, String> {
         .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(|item| item.parse::<T>().map_err(|_| format!("{item:?} is not {what}")))
+        .map(|item| {
+            item.parse::<T>()
+                .map_err(|_| format!("{item:?} is not {what}"))
+        })
         .collect()
 }
 
@@ -340,19 +453,43 @@ mod tests {
         assert_eq!(config.bind_port, 9000);
         assert_eq!(config.port_range.to_string(), "30000-30010");
         assert_eq!(config.external_addresses.len(), 2);
-        assert_eq!(config.unknown_options, vec!["[DEFAULT] bind_hots".to_owned()]);
+        assert_eq!(
+            config.unknown_options,
+            vec!["[DEFAULT] bind_hots".to_owned()]
+        );
     }
 
     #[test]
     fn bad_values_name_file_section_and_key() {
         let cases = [
-            ("[agent]\nport_range = 40000-20000\n", "t.conf: [agent] port_range = \"40000-20000\": range 40000-20000 is empty: the first port must not exceed the last"),
-            ("[DEFAULT]\nbind_port = 70000\n", "t.conf: [DEFAULT] bind_port = \"70000\": expected a port number 0-65535"),
-            ("[DEFAULT]\nauth_strategy = ldap\n", "t.conf: [DEFAULT] auth_strategy = \"ldap\": expected noauth or keystone"),
-            ("[agent]\nbackend = nft\n", "t.conf: [agent] backend = \"nft\": the nft backend is not available in this build yet; use relay"),
-            ("[agent]\nreport_interval = soon\n", "t.conf: [agent] report_interval = \"soon\": expected a whole number of seconds from 1 to 86400"),
-            ("[forwards]\nallowed_target_networks = 10.0.0.0/33\n", "t.conf: [forwards] allowed_target_networks = \"10.0.0.0/33\": \"10.0.0.0/33\" is not a CIDR network such as 10.0.0.0/8"),
-            ("[agent]\nexternal_addresses = 0.0.0.0\n", "t.conf: [agent] external_addresses = \"0.0.0.0\": 0.0.0.0 cannot be listened on by a forward; give a unicast address of this host"),
+            (
+                "[agent]\nport_range = 40000-20000\n",
+                "t.conf: [agent] port_range = \"40000-20000\": range 40000-20000 is empty: the first port must not exceed the last",
+            ),
+            (
+                "[DEFAULT]\nbind_port = 70000\n",
+                "t.conf: [DEFAULT] bind_port = \"70000\": expected a port number 0-65535",
+            ),
+            (
+                "[DEFAULT]\nauth_strategy = ldap\n",
+                "t.conf: [DEFAULT] auth_strategy = \"ldap\": expected noauth or keystone",
+            ),
+            (
+                "[agent]\nbackend = nft\n",
+                "t.conf: [agent] backend = \"nft\": the nft backend is not available in this build yet; use relay",
+            ),
+            (
+                "[agent]\nreport_interval = soon\n",
+                "t.conf: [agent] report_interval = \"soon\": expected a whole number of seconds from 1 to 86400",
+            ),
+            (
+                "[forwards]\nallowed_target_networks = 10.0.0.0/33\n",
+                "t.conf: [forwards] allowed_target_networks = \"10.0.0.0/33\": \"10.0.0.0/33\" is not a CIDR network such as 10.0.0.0/8",
+            ),
+            (
+                "[agent]\nexternal_addresses = 0.0.0.0\n",
+                "t.conf: [agent] external_addresses = \"0.0.0.0\": 0.0.0.0 cannot be listened on by a forward; give a unicast address of this host",
+            ),
         ];
         for (text, expected) in cases {
             let err = Config::parse("t.conf", text).unwrap_err();

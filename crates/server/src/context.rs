@@ -47,7 +47,10 @@ pub struct Context {
 impl FromRequestParts<AppState> for Context {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -60,7 +63,11 @@ impl FromRequestParts<AppState> for Context {
             Some(value) => {
                 let value = value
                     .to_str()
-                    .map_err(|_| ApiError::BadRequest("invalid X-Project-Id header: not printable ASCII".into()))?
+                    .map_err(|_| {
+                        ApiError::BadRequest(
+                            "invalid X-Project-Id header: not printable ASCII".into(),
+                        )
+                    })?
                     .trim();
                 if value.is_empty() || value.len() > 255 || value.chars().any(char::is_control) {
                     return Err(ApiError::BadRequest(

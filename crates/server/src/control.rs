@@ -17,7 +17,10 @@ use navigator_api::v1::{ForwardChanges, NewForward};
 use navigator_core::{ForwardId, ForwardStatus, PortForward, TargetPolicy};
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::decode_args;
-use navigator_rpc::{AgentClient, AgentState, ForwardEntry, ForwardResult, ResultStatus, Target, Transport, methods, topics};
+use navigator_rpc::{
+    AgentClient, AgentState, ForwardEntry, ForwardResult, ResultStatus, Target, Transport, methods,
+    topics,
+};
 use navigator_scheduler::{Candidate, Request};
 use navigator_store::{NewForwardRow, ProxyRecord, Store, TargetChange};
 use tokio_util::sync::CancellationToken;
@@ -51,7 +54,12 @@ pub fn is_up(proxy: &ProxyRecord, down_after: Duration) -> bool {
 }
 
 impl Control {
-    pub fn new(store: Store, transport: Arc<dyn Transport>, config: Arc<Config>, allow_loopback: bool) -> Control {
+    pub fn new(
+        store: Store,
+        transport: Arc<dyn Transport>,
+        config: Arc<Config>,
+        allow_loopback: bool,
+    ) -> Control {
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -106,19 +114,32 @@ impl Control {
                 )));
             }
             Some(_) => self.store.create_forward(&row).await?,
-            None => self.store.create_forward_allocating(&row, proxy.port_range).await?,
+            None => {
+                self.store
+                    .create_forward_allocating(&row, proxy.port_range)
+                    .await?
+            }
         };
         Ok(self.push(forward).await)
     }
 
     /// Changes a forward's target or description and applies it.
-    pub async fn update(&self, forward: &PortForward, changes: ForwardChanges) -> Result<Option<PortForward>, ApiError> {
-        let ip = changes.internal_ip_address.unwrap_or(forward.internal_ip_address);
+    pub async fn update(
+        &self,
+        forward: &PortForward,
+        changes: ForwardChanges,
+    ) -> Result<Option<PortForward>, ApiError> {
+        let ip = changes
+            .internal_ip_address
+            .unwrap_or(forward.internal_ip_address);
         let port = changes.internal_port.unwrap_or(forward.internal_port);
         let retarget = ip != forward.internal_ip_address || port != forward.internal_port;
         if retarget {
             let proxy = self.store.get_proxy(&forward.proxy).await?.ok_or_else(|| {
-                ApiError::Conflict(format!("proxy {} of this forward is not registered", forward.proxy))
+                ApiError::Conflict(format!(
+                    "proxy {} of this forward is not registered",
+                    forward.proxy
+                ))
             })?;
             self.check_target(&proxy, ip, port)?;
         }
@@ -141,7 +162,11 @@ impl Control {
         if !self.store.delete_forward(forward.id).await? {
             return Ok(false);
         }
-        if let Err(e) = self.agents.delete_forward(&forward.proxy, forward.id.to_string()).await {
+        if let Err(e) = self
+            .agents
+            .delete_forward(&forward.proxy, forward.id.to_string())
+            .await
+        {
             // The row is gone, so the next full sync removes the listener.
             tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told of the delete; the next sync will remove it");
         }
@@ -156,10 +181,17 @@ impl Control {
             Ok(result) => result_status(&result),
             Err(e) => {
                 tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent did not confirm the forward");
-                (ForwardStatus::Pending, Some(format!("waiting for proxy {}: {e}", forward.proxy)))
+                (
+                    ForwardStatus::Pending,
+                    Some(format!("waiting for proxy {}: {e}", forward.proxy)),
+                )
             }
         };
-        if let Err(e) = self.store.set_status(forward.id, status, reason.as_deref()).await {
+        if let Err(e) = self
+            .store
+            .set_status(forward.id, status, reason.as_deref())
+            .await
+        {
             tracing::warn!(forward = %forward.id, error = %e, "cannot record the forward's status");
         }
         PortForward {
@@ -169,13 +201,21 @@ impl Control {
         }
     }
 
-    async fn choose_proxy(&self, project_id: &str, new: &NewForward) -> Result<ProxyRecord, ApiError> {
+    async fn choose_proxy(
+        &self,
+        project_id: &str,
+        new: &NewForward,
+    ) -> Result<ProxyRecord, ApiError> {
         let proxies = self.store.list_proxies().await?;
         if let Some(host) = &new.proxy {
             return proxies
                 .into_iter()
                 .find(|p| &p.host == host)
-                .ok_or_else(|| ApiError::BadRequest(format!("invalid proxy: no proxy named {host:?} is registered")));
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "invalid proxy: no proxy named {host:?} is registered"
+                    ))
+                });
         }
         let counts: HashMap<String, u64> = self.store.forward_counts().await?.into_iter().collect();
         let live: Vec<ProxyRecord> = proxies
@@ -197,8 +237,13 @@ impl Control {
             affinity_key: new.instance_id.as_deref().unwrap_or(project_id),
             sequence: self.placements.fetch_add(1, Ordering::Relaxed),
         };
-        let chosen = navigator_scheduler::place(self.config.scheduler_strategy, &candidates, &request)
-            .ok_or_else(|| ApiError::Unavailable("no proxy agent is up with free ports; nothing was created".into()))?;
+        let chosen =
+            navigator_scheduler::place(self.config.scheduler_strategy, &candidates, &request)
+                .ok_or_else(|| {
+                    ApiError::Unavailable(
+                        "no proxy agent is up with free ports; nothing was created".into(),
+                    )
+                })?;
         live.into_iter()
             .find(|p| p.host == chosen.host)
             .ok_or_else(|| ApiError::Internal("scheduler chose an unknown proxy".into()))
@@ -208,7 +253,11 @@ impl Control {
         let policy = TargetPolicy {
             allowed_networks: self.config.allowed_target_networks.clone(),
             allow_loopback: self.allow_loopback,
-            proxy_addresses: proxy.external_addresses.iter().map(|a| (*a, proxy.port_range)).collect(),
+            proxy_addresses: proxy
+                .external_addresses
+                .iter()
+                .map(|a| (*a, proxy.port_range))
+                .collect(),
         };
         policy
             .check(ip, port)
@@ -218,7 +267,10 @@ impl Control {
     /// Sends `host` its full desired set and records the per-forward results.
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
         let forwards = self.store.forwards_on_proxy(host).await?;
-        let entries = forwards.iter().map(|f| ForwardEntry::from(&f.spec())).collect();
+        let entries = forwards
+            .iter()
+            .map(|f| ForwardEntry::from(&f.spec()))
+            .collect();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         match self.agents.sync_forwards(host, entries, generation).await {
             Ok(result) => {
@@ -232,7 +284,9 @@ impl Control {
             }
             Err(e) => {
                 tracing::warn!(%host, error = %e, "full sync failed");
-                Err(ApiError::Unavailable(format!("cannot sync proxy {host}: {e}")))
+                Err(ApiError::Unavailable(format!(
+                    "cannot sync proxy {host}: {e}"
+                )))
             }
         }
     }
@@ -257,12 +311,18 @@ impl Control {
             .iter()
             .map(|a| a.parse::<IpAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| ApiError::BadRequest(format!("agent {} reported a malformed address", state.host)))?;
-        let port_range = state
-            .port_range
-            .parse()
-            .map_err(|e| ApiError::BadRequest(format!("agent {} reported a bad port range: {e}", state.host)))?;
-        self.store.upsert_proxy(&state.host, &state.backend, &addresses, port_range).await?;
+            .map_err(|_| {
+                ApiError::BadRequest(format!("agent {} reported a malformed address", state.host))
+            })?;
+        let port_range = state.port_range.parse().map_err(|e| {
+            ApiError::BadRequest(format!(
+                "agent {} reported a bad port range: {e}",
+                state.host
+            ))
+        })?;
+        self.store
+            .upsert_proxy(&state.host, &state.backend, &addresses, port_range)
+            .await?;
         let known = self
             .synced
             .lock()
@@ -278,14 +338,22 @@ impl Control {
     }
 
     /// Serves the server topic (agents' heartbeats) until `shutdown`.
-    pub async fn serve_reports(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), navigator_rpc::RpcError> {
-        let mut incoming = self.transport.listen(&Target::topic(topics::SERVER)).await?;
+    pub async fn serve_reports(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), navigator_rpc::RpcError> {
+        let mut incoming = self
+            .transport
+            .listen(&Target::topic(topics::SERVER))
+            .await?;
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 message = incoming.recv() => message,
             };
-            let Some(message) = message else { return Ok(()) };
+            let Some(message) = message else {
+                return Ok(());
+            };
             if message.method != methods::REPORT_STATE {
                 tracing::warn!(method = %message.method, "unknown method on the server topic");
                 continue;
@@ -321,7 +389,10 @@ impl Control {
                     continue;
                 }
             };
-            for proxy in proxies.iter().filter(|p| is_up(p, self.config.agent_down_time)) {
+            for proxy in proxies
+                .iter()
+                .filter(|p| is_up(p, self.config.agent_down_time))
+            {
                 let _ = self.sync_host(&proxy.host).await;
             }
         }
@@ -333,7 +404,12 @@ fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {
         ResultStatus::Active => (ForwardStatus::Active, None),
         ResultStatus::Error => (
             ForwardStatus::Error,
-            Some(result.reason.clone().unwrap_or_else(|| "the agent reported an error".into())),
+            Some(
+                result
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "the agent reported an error".into()),
+            ),
         ),
     }
 }
@@ -349,5 +425,9 @@ fn pick_address(addresses: &[IpAddr], target: IpAddr) -> IpAddr {
 }
 
 fn join(addresses: &[IpAddr]) -> String {
-    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -59,13 +59,17 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::PortTaken { .. } | StoreError::PoolExhausted { .. } => ApiError::Conflict(e.to_string()),
-            StoreError::BadMarker(marker) => {
-                ApiError::BadRequest(format!("invalid marker: {marker} does not name a forward in this listing"))
+            StoreError::PortTaken { .. } | StoreError::PoolExhausted { .. } => {
+                ApiError::Conflict(e.to_string())
             }
+            StoreError::BadMarker(marker) => ApiError::BadRequest(format!(
+                "invalid marker: {marker} does not name a forward in this listing"
+            )),
             e if e.is_unavailable() => {
                 tracing::error!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unavailable; nothing was changed, retry later".into())
+                ApiError::Unavailable(
+                    "the database is unavailable; nothing was changed, retry later".into(),
+                )
             }
             e => {
                 tracing::error!(error = %e, "store failure");
@@ -83,10 +87,17 @@ impl IntoResponse for ApiError {
         }
         let message = match &self {
             // Internal details stay in the log.
-            ApiError::Internal(_) => "internal error; the server log has the details (search for the request id)".to_owned(),
+            ApiError::Internal(_) => {
+                "internal error; the server log has the details (search for the request id)"
+                    .to_owned()
+            }
             other => other.to_string(),
         };
-        let body = ErrorBody::new(status.as_u16(), status.canonical_reason().unwrap_or("Error"), message);
+        let body = ErrorBody::new(
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error"),
+            message,
+        );
         (status, Json(body)).into_response()
     }
 }

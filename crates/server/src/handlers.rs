@@ -7,9 +7,9 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use navigator_api::ErrorBody;
 use navigator_api::v1::{
-    DEFAULT_PAGE_SIZE, Forward, ForwardBody, ForwardCreateBody, ForwardList, ForwardListQuery, ForwardUpdateBody,
-    Health, Link, MAX_PAGE_SIZE, Proxy, ProxyBody, ProxyList, SortDir, SortKey, Version, VersionBody, VersionList,
-    parse_ip, parse_protocol_filter, parse_status,
+    DEFAULT_PAGE_SIZE, Forward, ForwardBody, ForwardCreateBody, ForwardList, ForwardListQuery,
+    ForwardUpdateBody, Health, Link, MAX_PAGE_SIZE, Proxy, ProxyBody, ProxyList, SortDir, SortKey,
+    Version, VersionBody, VersionList, parse_ip, parse_protocol_filter, parse_status,
 };
 use navigator_core::{ForwardId, PortForward};
 use navigator_store::{ForwardFilter, ForwardOrder, ProxyRecord, SortColumn};
@@ -36,12 +36,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 let text = rejection.body_text();
                 Err(match status {
                     StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
-                        "request body too large: the limit is [api] max_request_body_size bytes".into(),
+                        "request body too large: the limit is [api] max_request_body_size bytes"
+                            .into(),
                     ),
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                        ApiError::BadRequest("request body must be JSON with Content-Type: application/json".into())
-                    }
-                    _ => ApiError::BadRequest(format!("malformed request body: {}", strip_axum_prefix(&text))),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::BadRequest(
+                        "request body must be JSON with Content-Type: application/json".into(),
+                    ),
+                    _ => ApiError::BadRequest(format!(
+                        "malformed request body: {}",
+                        strip_axum_prefix(&text)
+                    )),
                 })
             }
         }
@@ -94,7 +98,11 @@ fn audit(ctx: &Context, action: &str, target: &str, outcome: &str) {
 
 /// Loads a forward the caller may see; others' forwards are "not found", so
 /// that ids of other projects are never confirmed.
-async fn visible_forward(state: &AppState, ctx: &Context, id: &str) -> Result<PortForward, ApiError> {
+async fn visible_forward(
+    state: &AppState,
+    ctx: &Context,
+    id: &str,
+) -> Result<PortForward, ApiError> {
     let Ok(forward_id) = id.parse::<ForwardId>() else {
         return Err(ApiError::forward_not_found(id));
     };
@@ -125,7 +133,9 @@ pub async fn create_forward(
     let result = async {
         let new = body.forward.validate()?;
         if new.proxy.is_some() && !ctx.is_admin {
-            return Err(ApiError::Forbidden("only an admin may choose the proxy".into()));
+            return Err(ApiError::Forbidden(
+                "only an admin may choose the proxy".into(),
+            ));
         }
         state.control.create(&ctx.project_id, new).await
     }
@@ -133,7 +143,12 @@ pub async fn create_forward(
     match result {
         Ok(forward) => {
             audit(&ctx, "forward.create", &forward.id.to_string(), "success");
-            Ok((StatusCode::CREATED, Json(ForwardBody { forward: Forward::from(&forward) })))
+            Ok((
+                StatusCode::CREATED,
+                Json(ForwardBody {
+                    forward: Forward::from(&forward),
+                }),
+            ))
         }
         Err(e) => {
             audit(&ctx, "forward.create", "-", &format!("failure: {e}"));
@@ -159,33 +174,51 @@ pub async fn list_forwards(
 ) -> Result<Json<ForwardList>, ApiError> {
     let all_projects = query.all_projects.unwrap_or(false);
     if all_projects && !ctx.is_admin {
-        return Err(ApiError::Forbidden("all_projects is for admins only".into()));
+        return Err(ApiError::Forbidden(
+            "all_projects is for admins only".into(),
+        ));
     }
     let project_id = match (&query.project_id, all_projects) {
         (Some(project), true) => Some(project.clone()),
         (None, true) => None,
         (Some(project), false) if *project == ctx.project_id => Some(project.clone()),
         (Some(_), false) if ctx.is_admin => {
-            return Err(ApiError::BadRequest("project_id filters other projects only with all_projects=true".into()));
+            return Err(ApiError::BadRequest(
+                "project_id filters other projects only with all_projects=true".into(),
+            ));
         }
         (Some(_), false) => Some(ctx.project_id.clone()),
         (None, false) => Some(ctx.project_id.clone()),
     };
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("invalid limit: {limit} is outside 1-{MAX_PAGE_SIZE}")));
+        return Err(ApiError::BadRequest(format!(
+            "invalid limit: {limit} is outside 1-{MAX_PAGE_SIZE}"
+        )));
     }
     let marker = query
         .marker
         .as_deref()
-        .map(|m| m.parse::<ForwardId>().map_err(|_| ApiError::BadRequest(format!("invalid marker: {m:?} is not a forward id"))))
+        .map(|m| {
+            m.parse::<ForwardId>().map_err(|_| {
+                ApiError::BadRequest(format!("invalid marker: {m:?} is not a forward id"))
+            })
+        })
         .transpose()?;
     let filter = ForwardFilter {
         project_id,
         instance_id: query.instance_id.clone(),
-        protocol: query.protocol.as_deref().map(parse_protocol_filter).transpose()?,
+        protocol: query
+            .protocol
+            .as_deref()
+            .map(parse_protocol_filter)
+            .transpose()?,
         status: query.status.as_deref().map(parse_status).transpose()?,
-        external_address: query.external_address.as_deref().map(|a| parse_ip("external_address", a)).transpose()?,
+        external_address: query
+            .external_address
+            .as_deref()
+            .map(|a| parse_ip("external_address", a))
+            .transpose()?,
         external_port: query.external_port,
         internal_ip_address: query
             .internal_ip_address
@@ -210,19 +243,17 @@ pub async fn list_forwards(
     };
     let forwards = state.control.store().list_forwards(&filter, &order).await?;
     let mut links = Vec::new();
-    if forwards.len() == limit as usize {
-        if let Some(last) = forwards.last() {
-            let next = ForwardListQuery {
-                marker: Some(last.id.to_string()),
-                limit: Some(limit),
-                ..query.clone()
-            };
-            let query_string = serde_urlencoded_lite(&next);
-            links.push(Link {
-                rel: "next".into(),
-                href: format!("{}/v1/forwards?{query_string}", state.public_url),
-            });
-        }
+    if let Some(last) = forwards.last().filter(|_| forwards.len() == limit as usize) {
+        let next = ForwardListQuery {
+            marker: Some(last.id.to_string()),
+            limit: Some(limit),
+            ..query.clone()
+        };
+        let query_string = serde_urlencoded_lite(&next);
+        links.push(Link {
+            rel: "next".into(),
+            href: format!("{}/v1/forwards?{query_string}", state.public_url),
+        });
     }
     Ok(Json(ForwardList {
         forwards: forwards.iter().map(Forward::from).collect(),
@@ -271,7 +302,9 @@ pub async fn show_forward(
     Path(id): Path<String>,
 ) -> Result<Json<ForwardBody>, ApiError> {
     let forward = visible_forward(&state, &ctx, &id).await?;
-    Ok(Json(ForwardBody { forward: Forward::from(&forward) }))
+    Ok(Json(ForwardBody {
+        forward: Forward::from(&forward),
+    }))
 }
 
 /// Change a forward's target or description.
@@ -302,7 +335,9 @@ pub async fn update_forward(
     }
     .await;
     audit(&ctx, "forward.update", &id, &outcome(&result));
-    Ok(Json(ForwardBody { forward: Forward::from(&result?) }))
+    Ok(Json(ForwardBody {
+        forward: Forward::from(&result?),
+    }))
 }
 
 /// Delete a forward.
@@ -337,13 +372,23 @@ fn outcome<T>(result: &Result<T, ApiError>) -> String {
 }
 
 async fn proxy_view(state: &AppState, record: &ProxyRecord, count: u64) -> Proxy {
-    let capacity = u64::from(record.port_range.len()) * 2 * record.external_addresses.len().max(1) as u64;
+    let capacity =
+        u64::from(record.port_range.len()) * 2 * record.external_addresses.len().max(1) as u64;
     Proxy {
         host: record.host.clone(),
         backend: record.backend.clone(),
-        external_addresses: record.external_addresses.iter().map(ToString::to_string).collect(),
+        external_addresses: record
+            .external_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         port_range: record.port_range.to_string(),
-        state: if is_up(record, state.config.agent_down_time) { "up" } else { "down" }.into(),
+        state: if is_up(record, state.config.agent_down_time) {
+            "up"
+        } else {
+            "down"
+        }
+        .into(),
         last_heartbeat: Some(record.last_heartbeat.clone()),
         forward_count: count,
         // Four decimals are plenty for a share, and keep the output readable.
@@ -356,12 +401,18 @@ async fn proxy_view(state: &AppState, record: &ProxyRecord, count: u64) -> Proxy
     get, path = "/v1/proxies", tag = "proxies",
     responses((status = 200, body = ProxyList), (status = 403, description = "Not an admin", body = ErrorBody))
 )]
-pub async fn list_proxies(State(state): State<AppState>, ctx: Context) -> Result<Json<ProxyList>, ApiError> {
+pub async fn list_proxies(
+    State(state): State<AppState>,
+    ctx: Context,
+) -> Result<Json<ProxyList>, ApiError> {
     if !ctx.is_admin {
-        return Err(ApiError::Forbidden("listing proxies is for admins only".into()));
+        return Err(ApiError::Forbidden(
+            "listing proxies is for admins only".into(),
+        ));
     }
     let store = state.control.store();
-    let counts: std::collections::HashMap<String, u64> = store.forward_counts().await?.into_iter().collect();
+    let counts: std::collections::HashMap<String, u64> =
+        store.forward_counts().await?.into_iter().collect();
     let mut proxies = Vec::new();
     for record in store.list_proxies().await? {
         let count = counts.get(&record.host).copied().unwrap_or(0);
@@ -382,36 +433,48 @@ pub async fn show_proxy(
     Path(host): Path<String>,
 ) -> Result<Json<ProxyBody>, ApiError> {
     if !ctx.is_admin {
-        return Err(ApiError::Forbidden("showing proxies is for admins only".into()));
+        return Err(ApiError::Forbidden(
+            "showing proxies is for admins only".into(),
+        ));
     }
     let store = state.control.store();
     let record = store
         .get_proxy(&host)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("proxy {host} not found")))?;
-    let counts: std::collections::HashMap<String, u64> = store.forward_counts().await?.into_iter().collect();
+    let counts: std::collections::HashMap<String, u64> =
+        store.forward_counts().await?.into_iter().collect();
     let count = counts.get(&host).copied().unwrap_or(0);
-    Ok(Json(ProxyBody { proxy: proxy_view(&state, &record, count).await }))
+    Ok(Json(ProxyBody {
+        proxy: proxy_view(&state, &record, count).await,
+    }))
 }
 
 fn v1(state: &AppState) -> Version {
     Version {
         id: "v1.0".into(),
         status: "CURRENT".into(),
-        links: vec![Link { rel: "self".into(), href: format!("{}/v1/", state.public_url) }],
+        links: vec![Link {
+            rel: "self".into(),
+            href: format!("{}/v1/", state.public_url),
+        }],
     }
 }
 
 /// API versions.
 #[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, body = VersionList)))]
 pub async fn versions(State(state): State<AppState>) -> Json<VersionList> {
-    Json(VersionList { versions: vec![v1(&state)] })
+    Json(VersionList {
+        versions: vec![v1(&state)],
+    })
 }
 
 /// The v1 version document.
 #[utoipa::path(get, path = "/v1", tag = "meta", responses((status = 200, body = VersionBody)))]
 pub async fn version_v1(State(state): State<AppState>) -> Json<VersionBody> {
-    Json(VersionBody { version: v1(&state) })
+    Json(VersionBody {
+        version: v1(&state),
+    })
 }
 
 /// Health of the server and its dependencies; 503 when one is down.
@@ -427,7 +490,11 @@ pub async fn healthcheck(State(state): State<AppState>) -> impl IntoResponse {
     };
     let healthy = database == "ok";
     checks.insert("database".to_owned(), database);
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = Health {
         status: if healthy { "OK" } else { "DEGRADED" }.into(),
         checks,

@@ -43,7 +43,9 @@ fn runtime(e: impl Into<anyhow::Error>) -> StartError {
 /// Runs the command `args` names.
 pub fn main(args: Args) -> Result<(), StartError> {
     match &args.command {
-        Some(Command::Config { command: ConfigCommand::Sample }) => {
+        Some(Command::Config {
+            command: ConfigCommand::Sample,
+        }) => {
             print!("{}", sample());
             return Ok(());
         }
@@ -54,10 +56,11 @@ pub fn main(args: Args) -> Result<(), StartError> {
         }
         _ => {}
     }
-    let config_path = args
-        .config_file
-        .clone()
-        .or_else(|| Path::new(DEFAULT_CONFIG_FILE).exists().then(|| PathBuf::from(DEFAULT_CONFIG_FILE)));
+    let config_path = args.config_file.clone().or_else(|| {
+        Path::new(DEFAULT_CONFIG_FILE)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG_FILE))
+    });
     let mut config = Config::load(config_path.as_deref()).map_err(usage)?;
     if let Some(host) = args.bind_host {
         config.bind_host = host;
@@ -70,7 +73,10 @@ pub fn main(args: Args) -> Result<(), StartError> {
     for option in &config.unknown_options {
         tracing::warn!(
             "ignoring unknown option {option} in {} (see navigator-server config sample)",
-            config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+            config_path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         );
     }
     let database_url = match &config.database_connection {
@@ -85,13 +91,17 @@ pub fn main(args: Args) -> Result<(), StartError> {
             .map_err(runtime)
     };
     match &args.command {
-        Some(Command::Db { command: DbCommand::Sync }) => runtime_builder()?.block_on(async {
+        Some(Command::Db {
+            command: DbCommand::Sync,
+        }) => runtime_builder()?.block_on(async {
             let store = Store::connect(&database_url).await.map_err(runtime)?;
             store.migrate().await.map_err(runtime)?;
             println!("database {} is up to date", redact(&database_url));
             Ok(())
         }),
-        Some(Command::Config { command: ConfigCommand::Check }) => {
+        Some(Command::Config {
+            command: ConfigCommand::Check,
+        }) => {
             check_serving_policy(&config, &args)?;
             println!(
                 "configuration OK: API on {}:{}, database {}, backend {}, proxy addresses {}, ports {}",
@@ -99,7 +109,12 @@ pub fn main(args: Args) -> Result<(), StartError> {
                 config.bind_port,
                 redact(&database_url),
                 config.backend,
-                config.external_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                config
+                    .external_addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 config.port_range
             );
             Ok(())
@@ -125,7 +140,10 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
             redact(&config.transport_url)
         )));
     }
-    if config.auth_strategy == AuthStrategy::NoAuth && !config.bind_host.is_loopback() && !args.allow_insecure_noauth {
+    if config.auth_strategy == AuthStrategy::NoAuth
+        && !config.bind_host.is_loopback()
+        && !args.allow_insecure_noauth
+    {
         return Err(usage(anyhow!(
             "refusing to serve auth_strategy = noauth on {}: without authentication anyone who can reach the port is admin of every project. \
              Bind to 127.0.0.1 or ::1, enable Keystone authentication, or pass --allow-insecure-noauth if this network is trusted",
@@ -140,14 +158,19 @@ fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
         Some(dir) => Ok(dir.clone()),
         None => dirs::data_dir()
             .map(|dir| dir.join("navigator"))
-            .ok_or_else(|| usage(anyhow!("cannot determine a data directory (no HOME?); pass --data-dir DIR"))),
+            .ok_or_else(|| {
+                usage(anyhow!(
+                    "cannot determine a data directory (no HOME?); pass --data-dir DIR"
+                ))
+            }),
     }
 }
 
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,hyper=info")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,hyper=info"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -164,7 +187,12 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
     let shutdown = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
 
-    let control = Arc::new(Control::new(store.clone(), transport.clone(), config.clone(), loopback_allowed(&config)));
+    let control = Arc::new(Control::new(
+        store.clone(),
+        transport.clone(),
+        config.clone(),
+        loopback_allowed(&config),
+    ));
     // The server listens before the agent starts, so the agent's first
     // heartbeat (which asks for a full sync) is not lost.
     tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
@@ -187,11 +215,18 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
         },
         backend,
     ));
-    tasks.spawn(navigator_agent::run(agent.clone(), transport.clone(), shutdown.child_token()));
+    tasks.spawn(navigator_agent::run(
+        agent.clone(),
+        transport.clone(),
+        shutdown.child_token(),
+    ));
 
     // Register the local proxy and restore every stored forward before the
     // API answers, so that a restart is invisible to clients.
-    control.report_state(agent.state().await).await.map_err(|e| runtime(anyhow!("{e}")))?;
+    control
+        .report_state(agent.state().await)
+        .await
+        .map_err(|e| runtime(anyhow!("{e}")))?;
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
 
     let listener = tokio::net::TcpListener::bind((config.bind_host, config.bind_port))
@@ -216,7 +251,9 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
         let shutdown = shutdown.clone();
         async move {
             wait_for_signal().await;
-            tracing::info!("shutting down: no new requests or connections; letting live ones finish");
+            tracing::info!(
+                "shutting down: no new requests or connections; letting live ones finish"
+            );
             shutdown.cancel();
         }
     });
@@ -224,7 +261,10 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
     shutdown.cancel();
     signal.abort();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown did not complete within {SHUTDOWN_GRACE:?}");
     }
     store.close().await;
@@ -240,18 +280,31 @@ fn loopback_allowed(config: &Config) -> bool {
 }
 
 fn print_banner(config: &Config, public_url: &str, database_url: &str) {
-    let addresses = config.external_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let addresses = config
+        .external_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     println!("Navigator all-in-one is running.");
-    println!("  API       {public_url}  (auth: noauth; project from X-Project-Id, default {:?})", config.default_project_id);
+    println!(
+        "  API       {public_url}  (auth: noauth; project from X-Project-Id, default {:?})",
+        config.default_project_id
+    );
     println!("  database  {}", redact(database_url));
-    println!("  proxy     {} with the relay backend on {addresses}, ports {}", config.host, config.port_range);
+    println!(
+        "  proxy     {} with the relay backend on {addresses}, ports {}",
+        config.host, config.port_range
+    );
     println!("Create a first forward (to a TCP service on 127.0.0.1:8080):");
     let endpoint = if public_url == "http://127.0.0.1:9797" {
         String::new()
     } else {
         format!(" --os-endpoint {public_url}")
     };
-    println!("  navigator{endpoint} forward create --protocol tcp --internal-ip-address 127.0.0.1 --internal-port 8080");
+    println!(
+        "  navigator{endpoint} forward create --protocol tcp --internal-ip-address 127.0.0.1 --internal-port 8080"
+    );
     println!("Stop with Ctrl-C.");
 }
 

@@ -31,7 +31,9 @@ fn config(port_first: u16) -> Config {
 
 async fn harness(port_first: u16) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db"))).await.unwrap();
+    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let config = Arc::new(config(port_first));
     let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
@@ -45,7 +47,11 @@ async fn harness(port_first: u16) -> Harness {
         },
         Arc::new(RelayBackend::new(RelayBackendConfig::default())),
     ));
-    tokio::spawn(navigator_agent::run(agent.clone(), transport, tokio_util::sync::CancellationToken::new()));
+    tokio::spawn(navigator_agent::run(
+        agent.clone(),
+        transport,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     // Wait until the agent listens, then register it as the server does at start.
     for _ in 0..100 {
         if control.report_state(agent.state().await).await.is_ok() {
@@ -58,16 +64,31 @@ async fn harness(port_first: u16) -> Harness {
         config,
         public_url: "http://navigator.test".into(),
     });
-    Harness { app, _dir: dir, _agent: agent }
+    Harness {
+        app,
+        _dir: dir,
+        _agent: agent,
+    }
 }
 
 impl Harness {
-    async fn send(&self, method: &str, path: &str, project: &str, body: Option<&str>) -> (StatusCode, Value, String) {
-        let mut request = Request::builder().method(method).uri(path).header("X-Project-Id", project);
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        project: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("X-Project-Id", project);
         if body.is_some() {
             request = request.header("Content-Type", "application/json");
         }
-        let request = request.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default()).unwrap();
+        let request = request
+            .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default())
+            .unwrap();
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let request_id = response
@@ -75,14 +96,22 @@ impl Harness {
             .get("x-openstack-request-id")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
         (status, value, request_id)
     }
 
     async fn create(&self, project: &str, forward: Value) -> (StatusCode, Value) {
         let body = json!({ "forward": forward }).to_string();
-        let (status, value, _) = self.send("POST", "/v1/forwards", project, Some(&body)).await;
+        let (status, value, _) = self
+            .send("POST", "/v1/forwards", project, Some(&body))
+            .await;
         (status, value)
     }
 }
@@ -104,20 +133,28 @@ async fn create_show_update_delete() {
     assert_eq!(forward["project_id"], "p1");
     let id = forward["id"].as_str().unwrap();
 
-    let (status, body, request_id) = h.send("GET", &format!("/v1/forwards/{id}"), "p1", None).await;
+    let (status, body, request_id) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["forward"]["description"], "x");
     assert!(request_id.starts_with("req-"), "{request_id}");
 
     let update = json!({"forward": {"internal_port": 10}}).to_string();
-    let (status, body, _) = h.send("PUT", &format!("/v1/forwards/{id}"), "p1", Some(&update)).await;
+    let (status, body, _) = h
+        .send("PUT", &format!("/v1/forwards/{id}"), "p1", Some(&update))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["forward"]["internal_port"], 10);
     assert_eq!(body["forward"]["status"], "ACTIVE");
 
-    let (status, _, _) = h.send("DELETE", &format!("/v1/forwards/{id}"), "p1", None).await;
+    let (status, _, _) = h
+        .send("DELETE", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body, _) = h.send("GET", &format!("/v1/forwards/{id}"), "p1", None).await;
+    let (status, body, _) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], 404);
     assert_eq!(body["error"]["title"], "Not Found");
@@ -127,13 +164,29 @@ async fn create_show_update_delete() {
 async fn list_is_scoped_to_the_project_and_pages() {
     let h = harness(42100).await;
     for _ in 0..3 {
-        let (status, _) = h.create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 53})).await;
+        let (status, _) = h
+            .create(
+                "p1",
+                json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 53}),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED);
     }
-    h.create("p2", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 53})).await;
+    h.create(
+        "p2",
+        json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 53}),
+    )
+    .await;
     let (_, body, _) = h.send("GET", "/v1/forwards", "p1", None).await;
     assert_eq!(body["forwards"].as_array().unwrap().len(), 3);
-    let (_, body, _) = h.send("GET", "/v1/forwards?limit=2&sort_key=external_port&sort_dir=desc", "p1", None).await;
+    let (_, body, _) = h
+        .send(
+            "GET",
+            "/v1/forwards?limit=2&sort_key=external_port&sort_dir=desc",
+            "p1",
+            None,
+        )
+        .await;
     let page = body["forwards"].as_array().unwrap();
     assert_eq!(page.len(), 2);
     assert_eq!(page[0]["external_port"], 42102);
@@ -143,7 +196,9 @@ async fn list_is_scoped_to_the_project_and_pages() {
     let (_, body, _) = h.send("GET", path, "p1", None).await;
     assert_eq!(body["forwards"].as_array().unwrap().len(), 1);
     assert_eq!(body["forwards"][0]["external_port"], 42100);
-    let (_, body, _) = h.send("GET", "/v1/forwards?all_projects=true", "p1", None).await;
+    let (_, body, _) = h
+        .send("GET", "/v1/forwards?all_projects=true", "p1", None)
+        .await;
     assert_eq!(body["forwards"].as_array().unwrap().len(), 4);
 }
 
@@ -151,32 +206,88 @@ async fn list_is_scoped_to_the_project_and_pages() {
 async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     let h = harness(42200).await;
     let cases = [
-        (r#"{"forward": {"protocol": "sctp", "internal_ip_address": "10.0.0.1", "internal_port": 1}}"#, 400, "invalid protocol"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.300", "internal_port": 1}}"#, 400, "invalid internal_ip_address"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 70000}}"#, 400, "invalid internal_port"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "external_port": 80}}"#, 400, "outside the port range"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "169.254.169.254", "internal_port": 80}}"#, 400, "link-local"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "224.0.0.1", "internal_port": 80}}"#, 400, "multicast"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 42210}}"#, 400, "loop"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "colour": "red"}}"#, 400, "unknown field `colour`"),
-        (r#"{"forward": {"protocol": "tcp""#, 400, "malformed request body"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1"}}"#, 400, "missing field `internal_port`"),
-        (r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": "22"}}"#, 400, "forward.internal_port"),
+        (
+            r#"{"forward": {"protocol": "sctp", "internal_ip_address": "10.0.0.1", "internal_port": 1}}"#,
+            400,
+            "invalid protocol",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.300", "internal_port": 1}}"#,
+            400,
+            "invalid internal_ip_address",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 70000}}"#,
+            400,
+            "invalid internal_port",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "external_port": 80}}"#,
+            400,
+            "outside the port range",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "169.254.169.254", "internal_port": 80}}"#,
+            400,
+            "link-local",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "224.0.0.1", "internal_port": 80}}"#,
+            400,
+            "multicast",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 42210}}"#,
+            400,
+            "loop",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "colour": "red"}}"#,
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp""#,
+            400,
+            "malformed request body",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1"}}"#,
+            400,
+            "missing field `internal_port`",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": "22"}}"#,
+            400,
+            "forward.internal_port",
+        ),
     ];
     for (body, status, message) in cases {
         let (got, value, _) = h.send("POST", "/v1/forwards", "p1", Some(body)).await;
         assert_eq!(got.as_u16(), status, "{body}: {value}");
         assert!(error_message(&value).contains(message), "{body}: {value}");
     }
-    let big = format!(r#"{{"forward": {{"description": "{}"}}}}"#, "x".repeat(70_000));
+    let big = format!(
+        r#"{{"forward": {{"description": "{}"}}}}"#,
+        "x".repeat(70_000)
+    );
     let (status, value, _) = h.send("POST", "/v1/forwards", "p1", Some(&big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");
-    for (query, message) in [("limit=0", "invalid limit"), ("colour=red", "unknown field"), ("marker=nope", "invalid marker"), ("status=UP", "invalid status")] {
-        let (status, value, _) = h.send("GET", &format!("/v1/forwards?{query}"), "p1", None).await;
+    for (query, message) in [
+        ("limit=0", "invalid limit"),
+        ("colour=red", "unknown field"),
+        ("marker=nope", "invalid marker"),
+        ("status=UP", "invalid status"),
+    ] {
+        let (status, value, _) = h
+            .send("GET", &format!("/v1/forwards?{query}"), "p1", None)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {value}");
         assert!(error_message(&value).contains(message), "{query}: {value}");
     }
-    let (_, body, _) = h.send("GET", "/v1/forwards?all_projects=true", "p1", None).await;
+    let (_, body, _) = h
+        .send("GET", "/v1/forwards?all_projects=true", "p1", None)
+        .await;
     assert_eq!(body["forwards"], json!([]), "nothing was created");
 }
 
@@ -199,11 +310,20 @@ async fn meta_documents_and_unknown_routes() {
     let (_, body, _) = h.send("GET", "/v1", "p1", None).await;
     assert_eq!(body["version"]["status"], "CURRENT");
     let (status, body, _) = h.send("GET", "/healthcheck", "p1", None).await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("OK")));
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("OK"))
+    );
     let (status, body, _) = h.send("GET", "/v1/nothing", "p1", None).await;
-    assert_eq!((status, body["error"]["code"].as_u64()), (StatusCode::NOT_FOUND, Some(404)));
+    assert_eq!(
+        (status, body["error"]["code"].as_u64()),
+        (StatusCode::NOT_FOUND, Some(404))
+    );
     let (status, body, _) = h.send("PATCH", "/v1/forwards", "p1", None).await;
-    assert_eq!((status, body["error"]["code"].as_u64()), (StatusCode::METHOD_NOT_ALLOWED, Some(405)));
+    assert_eq!(
+        (status, body["error"]["code"].as_u64()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some(405))
+    );
     let (status, body, _) = h.send("GET", "/v1/proxies", "p1", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["proxies"][0]["host"], "proxy-1");

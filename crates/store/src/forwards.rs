@@ -129,11 +129,24 @@ impl Store {
             // The first try takes the lowest free port, which keeps allocation
             // predictable. After a lost race, every contender would find the
             // same "lowest" port again, so later tries start at a random point.
-            let start = if attempt == 0 { pool.first() } else { random_port_in(pool) };
-            let found = match self.lowest_free_port(new.external_address, new.protocol, start, pool.last()).await? {
+            let start = if attempt == 0 {
+                pool.first()
+            } else {
+                random_port_in(pool)
+            };
+            let found = match self
+                .lowest_free_port(new.external_address, new.protocol, start, pool.last())
+                .await?
+            {
                 Some(port) => Some(port),
                 None if start > pool.first() => {
-                    self.lowest_free_port(new.external_address, new.protocol, pool.first(), pool.last()).await?
+                    self.lowest_free_port(
+                        new.external_address,
+                        new.protocol,
+                        pool.first(),
+                        pool.last(),
+                    )
+                    .await?
                 }
                 None => None,
             };
@@ -273,15 +286,25 @@ impl Store {
         text("instance_id", filter.instance_id.clone());
         text("protocol", filter.protocol.map(|p| p.as_str().to_owned()));
         text("status", filter.status.map(|s| s.as_str().to_owned()));
-        text("external_address", filter.external_address.map(|a| a.to_string()));
-        text("internal_ip_address", filter.internal_ip_address.map(|a| a.to_string()));
+        text(
+            "external_address",
+            filter.external_address.map(|a| a.to_string()),
+        );
+        text(
+            "internal_ip_address",
+            filter.internal_ip_address.map(|a| a.to_string()),
+        );
         text("proxy", filter.proxy.clone());
         if let Some(port) = filter.external_port {
             values.push(Value::Int(i64::from(port)));
             conditions.push(format!("external_port = ?{}", values.len()));
         }
         let column = order.column.column();
-        let (cmp, dir) = if order.descending { ("<", "DESC") } else { (">", "ASC") };
+        let (cmp, dir) = if order.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         if let Some(marker) = order.marker {
             // The marker must itself be visible through the filter, so that
             // a marker cannot be used to probe other projects' ids.
@@ -326,7 +349,10 @@ impl Store {
     /// Every forward placed on `proxy`: the desired set its agent must carry.
     pub async fn forwards_on_proxy(&self, proxy: &str) -> Result<Vec<PortForward>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM forwards WHERE proxy = ?1 ORDER BY id");
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(proxy).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(proxy)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -409,7 +435,10 @@ fn matches_filter(f: &PortForward, filter: &ForwardFilter) -> bool {
         want.as_ref().is_none_or(|w| w == have)
     }
     ok(&filter.project_id, &f.project_id)
-        && filter.instance_id.as_ref().is_none_or(|w| f.instance_id.as_ref() == Some(w))
+        && filter
+            .instance_id
+            .as_ref()
+            .is_none_or(|w| f.instance_id.as_ref() == Some(w))
         && ok(&filter.protocol, &f.protocol)
         && ok(&filter.status, &f.status)
         && ok(&filter.external_address, &f.external_address)
@@ -442,11 +471,13 @@ fn new_forward(new: &NewForwardRow, external_port: u16) -> PortForward {
 /// which is plenty for spreading contenders apart.
 fn random_port_in(pool: PortRange) -> u16 {
     let offset = uuid::Uuid::new_v4().as_u128() % u128::from(pool.len());
-    pool.first().saturating_add(u16::try_from(offset).unwrap_or(0))
+    pool.first()
+        .saturating_add(u16::try_from(offset).unwrap_or(0))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error().is_some_and(|db| db.is_unique_violation())
+    e.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
 }
 
 fn from_row(row: &SqliteRow) -> Result<PortForward, StoreError> {
@@ -461,21 +492,29 @@ fn from_row(row: &SqliteRow) -> Result<PortForward, StoreError> {
     };
     let ip = |name: &str| -> Result<IpAddr, StoreError> {
         let value = text(name)?;
-        value.parse().map_err(|_| corrupt(format!("{name} {value:?} is not an address")))
+        value
+            .parse()
+            .map_err(|_| corrupt(format!("{name} {value:?} is not an address")))
     };
     let id = text("id")?;
     Ok(PortForward {
-        id: id.parse().map_err(|_| corrupt(format!("id {id:?} is not a UUID")))?,
+        id: id
+            .parse()
+            .map_err(|_| corrupt(format!("id {id:?} is not a UUID")))?,
         project_id: text("project_id")?,
         description: text("description")?,
-        protocol: text("protocol")?.parse().map_err(|e| corrupt(format!("{e}")))?,
+        protocol: text("protocol")?
+            .parse()
+            .map_err(|e| corrupt(format!("{e}")))?,
         external_address: ip("external_address")?,
         external_port: port("external_port")?,
         internal_ip_address: ip("internal_ip_address")?,
         internal_port: port("internal_port")?,
         instance_id: row.try_get("instance_id")?,
         proxy: text("proxy")?,
-        status: text("status")?.parse().map_err(|e| corrupt(format!("{e}")))?,
+        status: text("status")?
+            .parse()
+            .map_err(|e| corrupt(format!("{e}")))?,
         status_reason: row.try_get("status_reason")?,
         created_at: text("created_at")?,
         updated_at: text("updated_at")?,

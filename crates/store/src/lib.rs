@@ -17,7 +17,7 @@ use std::time::Duration;
 use navigator_core::ForwardId;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{SqlitePool, SqlStr};
+use sqlx::{SqlStr, SqlitePool};
 
 pub use forwards::{ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, TargetChange};
 pub use proxies::ProxyRecord;
@@ -28,7 +28,9 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database connection {0:?}: expected sqlite:///PATH (PostgreSQL and MySQL arrive with cluster mode)")]
+    #[error(
+        "unsupported database connection {0:?}: expected sqlite:///PATH (PostgreSQL and MySQL arrive with cluster mode)"
+    )]
     UnsupportedUrl(String),
     #[error("cannot open database {url}: {source}")]
     Connect {
@@ -77,7 +79,10 @@ pub struct Store {
 
 /// The URL oslo.db would use for a SQLite file at `path`.
 pub fn sqlite_url(path: &Path) -> String {
-    format!("sqlite:///{}", path.display().to_string().trim_start_matches('/'))
+    format!(
+        "sqlite:///{}",
+        path.display().to_string().trim_start_matches('/')
+    )
 }
 
 /// Parses `sqlite:///abs/path`, `sqlite:////abs/path` (oslo.db spells an
@@ -179,7 +184,9 @@ fn migrator() -> Migrator {
 /// The current time as stored: RFC 3339 UTC with microseconds, a fixed width
 /// so that text order is time order.
 pub fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -189,7 +196,9 @@ pub(crate) mod testing {
     /// A migrated store in a fresh temporary directory.
     pub(crate) async fn store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&sqlite_url(&dir.path().join("nav.db"))).await.unwrap();
+        let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         (store, dir)
     }
@@ -201,8 +210,14 @@ mod tests {
 
     #[test]
     fn parses_oslo_sqlite_urls() {
-        assert_eq!(sqlite_path("sqlite:///var/lib/n.db"), Some(PathBuf::from("/var/lib/n.db")));
-        assert_eq!(sqlite_path("sqlite:////var/lib/n.db"), Some(PathBuf::from("/var/lib/n.db")));
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/n.db"),
+            Some(PathBuf::from("/var/lib/n.db"))
+        );
+        assert_eq!(
+            sqlite_path("sqlite:////var/lib/n.db"),
+            Some(PathBuf::from("/var/lib/n.db"))
+        );
         assert_eq!(sqlite_path("sqlite://n.db"), Some(PathBuf::from("n.db")));
         assert_eq!(sqlite_path("sqlite://"), None);
         assert_eq!(sqlite_path("postgresql://x"), None);

@@ -58,7 +58,9 @@ impl Store {
     }
 
     pub async fn list_proxies(&self) -> Result<Vec<ProxyRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM proxies ORDER BY host").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM proxies ORDER BY host")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(proxy_from_row).collect()
     }
 
@@ -80,12 +82,16 @@ fn proxy_from_row(row: &SqliteRow) -> Result<ProxyRecord, StoreError> {
     let external_addresses = addresses
         .split(',')
         .filter(|a| !a.is_empty())
-        .map(|a| a.parse().map_err(|_| corrupt(format!("{a:?} is not an address"))))
+        .map(|a| {
+            a.parse()
+                .map_err(|_| corrupt(format!("{a:?} is not an address")))
+        })
         .collect::<Result<_, _>>()?;
     let first: i64 = row.try_get("port_first")?;
     let last: i64 = row.try_get("port_last")?;
     let port = |p: i64| u16::try_from(p).map_err(|_| corrupt(format!("{p} is not a port")));
-    let port_range = PortRange::new(port(first)?, port(last)?).map_err(|e| corrupt(e.to_string()))?;
+    let port_range =
+        PortRange::new(port(first)?, port(last)?).map_err(|e| corrupt(e.to_string()))?;
     Ok(ProxyRecord {
         host: row.try_get("host")?,
         backend: row.try_get("backend")?,
@@ -104,8 +110,19 @@ mod tests {
     async fn heartbeat_creates_then_refreshes() {
         let (store, _dir) = store().await;
         let range = PortRange::new(20000, 20010).unwrap();
-        let first = store.upsert_proxy("p1", "relay", &["127.0.0.1".parse().unwrap()], range).await.unwrap();
-        let second = store.upsert_proxy("p1", "relay", &["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()], range).await.unwrap();
+        let first = store
+            .upsert_proxy("p1", "relay", &["127.0.0.1".parse().unwrap()], range)
+            .await
+            .unwrap();
+        let second = store
+            .upsert_proxy(
+                "p1",
+                "relay",
+                &["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+                range,
+            )
+            .await
+            .unwrap();
         assert!(second.last_heartbeat >= first.last_heartbeat);
         let listed = store.list_proxies().await.unwrap();
         assert_eq!(listed, vec![second.clone()]);

@@ -6,12 +6,15 @@ use std::net::IpAddr;
 
 use navigator_core::{ForwardStatus, PortRange, Protocol};
 use navigator_store::{
-    ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, Store, StoreError, TargetChange, sqlite_url,
+    ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, Store, StoreError, TargetChange,
+    sqlite_url,
 };
 
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db"))).await.unwrap();
+    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     (store, dir)
 }
@@ -44,8 +47,14 @@ fn page(limit: u32) -> ForwardOrder {
 #[tokio::test]
 async fn duplicate_endpoint_is_refused_and_names_the_holder() {
     let (store, _dir) = store().await;
-    let first = store.create_forward(&new_forward("a", Protocol::Tcp, 20000)).await.unwrap();
-    let err = store.create_forward(&new_forward("b", Protocol::Tcp, 20000)).await.unwrap_err();
+    let first = store
+        .create_forward(&new_forward("a", Protocol::Tcp, 20000))
+        .await
+        .unwrap();
+    let err = store
+        .create_forward(&new_forward("b", Protocol::Tcp, 20000))
+        .await
+        .unwrap_err();
     match err {
         StoreError::PortTaken { holder, port, .. } => {
             assert_eq!(holder, first.id);
@@ -54,8 +63,14 @@ async fn duplicate_endpoint_is_refused_and_names_the_holder() {
         other => panic!("expected PortTaken, got {other}"),
     }
     // Same port with the other protocol is a different endpoint.
-    store.create_forward(&new_forward("b", Protocol::Udp, 20000)).await.unwrap();
-    let all = store.list_forwards(&ForwardFilter::default(), &page(100)).await.unwrap();
+    store
+        .create_forward(&new_forward("b", Protocol::Udp, 20000))
+        .await
+        .unwrap();
+    let all = store
+        .list_forwards(&ForwardFilter::default(), &page(100))
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2, "the refused create left nothing behind");
 }
 
@@ -63,16 +78,31 @@ async fn duplicate_endpoint_is_refused_and_names_the_holder() {
 async fn allocation_takes_lowest_free_port_and_reports_exhaustion() {
     let (store, _dir) = store().await;
     let pool = PortRange::new(20000, 20003).unwrap();
-    store.create_forward(&new_forward("a", Protocol::Tcp, 20001)).await.unwrap();
+    store
+        .create_forward(&new_forward("a", Protocol::Tcp, 20001))
+        .await
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(store.create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool).await.unwrap().external_port);
+        got.push(
+            store
+                .create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool)
+                .await
+                .unwrap()
+                .external_port,
+        );
     }
     assert_eq!(got, vec![20000, 20002, 20003]);
-    let err = store.create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool).await.unwrap_err();
+    let err = store
+        .create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::PoolExhausted { .. }), "{err}");
     // UDP has its own pool.
-    let udp = store.create_forward_allocating(&new_forward("a", Protocol::Udp, 0), pool).await.unwrap();
+    let udp = store
+        .create_forward_allocating(&new_forward("a", Protocol::Udp, 0), pool)
+        .await
+        .unwrap();
     assert_eq!(udp.external_port, 20000);
 }
 
@@ -84,13 +114,19 @@ async fn concurrent_allocations_never_share_a_port() {
     for _ in 0..40 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store.create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool).await
+            store
+                .create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool)
+                .await
         }));
     }
     let mut ports = HashSet::new();
     for task in tasks {
         let forward = task.await.unwrap().unwrap();
-        assert!(ports.insert(forward.external_port), "port {} handed out twice", forward.external_port);
+        assert!(
+            ports.insert(forward.external_port),
+            "port {} handed out twice",
+            forward.external_port
+        );
     }
     assert_eq!(ports.len(), 40);
 }
@@ -100,9 +136,18 @@ async fn pagination_walks_every_row_once_in_both_directions() {
     let (store, _dir) = store().await;
     let mut ids = Vec::new();
     for port in 20000..20007 {
-        ids.push(store.create_forward(&new_forward("a", Protocol::Tcp, port)).await.unwrap().id);
+        ids.push(
+            store
+                .create_forward(&new_forward("a", Protocol::Tcp, port))
+                .await
+                .unwrap()
+                .id,
+        );
     }
-    store.create_forward(&new_forward("other", Protocol::Tcp, 20100)).await.unwrap();
+    store
+        .create_forward(&new_forward("other", Protocol::Tcp, 20100))
+        .await
+        .unwrap();
     let filter = ForwardFilter {
         project_id: Some("a".into()),
         ..Default::default()
@@ -132,14 +177,23 @@ async fn pagination_walks_every_row_once_in_both_directions() {
     }
     // Another project's id is not a usable marker.
     let others = store
-        .list_forwards(&ForwardFilter { project_id: Some("other".into()), ..Default::default() }, &page(10))
+        .list_forwards(
+            &ForwardFilter {
+                project_id: Some("other".into()),
+                ..Default::default()
+            },
+            &page(10),
+        )
         .await
         .unwrap();
     let order = ForwardOrder {
         marker: Some(others[0].id),
         ..page(10)
     };
-    assert!(matches!(store.list_forwards(&filter, &order).await, Err(StoreError::BadMarker(_))));
+    assert!(matches!(
+        store.list_forwards(&filter, &order).await,
+        Err(StoreError::BadMarker(_))
+    ));
 }
 
 #[tokio::test]
@@ -148,39 +202,94 @@ async fn filters_select_matching_rows() {
     let mut with_instance = new_forward("a", Protocol::Udp, 20000);
     with_instance.instance_id = Some("vm-1".into());
     store.create_forward(&with_instance).await.unwrap();
-    store.create_forward(&new_forward("a", Protocol::Tcp, 20001)).await.unwrap();
+    store
+        .create_forward(&new_forward("a", Protocol::Tcp, 20001))
+        .await
+        .unwrap();
     let by_instance = ForwardFilter {
         instance_id: Some("vm-1".into()),
         ..Default::default()
     };
-    assert_eq!(store.list_forwards(&by_instance, &page(10)).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_forwards(&by_instance, &page(10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let by_protocol = ForwardFilter {
         protocol: Some(Protocol::Tcp),
         external_port: Some(20001),
         ..Default::default()
     };
-    assert_eq!(store.list_forwards(&by_protocol, &page(10)).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_forwards(&by_protocol, &page(10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn update_retargets_and_status_follows() {
     let (store, _dir) = store().await;
-    let forward = store.create_forward(&new_forward("a", Protocol::Tcp, 20000)).await.unwrap();
-    assert!(store.set_status(forward.id, ForwardStatus::Active, None).await.unwrap());
-    assert!(!store.set_status(forward.id, ForwardStatus::Active, None).await.unwrap(), "no-op writes nothing");
+    let forward = store
+        .create_forward(&new_forward("a", Protocol::Tcp, 20000))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_status(forward.id, ForwardStatus::Active, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_status(forward.id, ForwardStatus::Active, None)
+            .await
+            .unwrap(),
+        "no-op writes nothing"
+    );
     let changed = store
-        .update_forward(forward.id, &TargetChange { description: Some("web".into()), ..Default::default() })
+        .update_forward(
+            forward.id,
+            &TargetChange {
+                description: Some("web".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((changed.status, changed.description.as_str()), (ForwardStatus::Active, "web"));
+    assert_eq!(
+        (changed.status, changed.description.as_str()),
+        (ForwardStatus::Active, "web")
+    );
     let retargeted = store
-        .update_forward(forward.id, &TargetChange { internal_port: Some(8080), ..Default::default() })
+        .update_forward(
+            forward.id,
+            &TargetChange {
+                internal_port: Some(8080),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((retargeted.status, retargeted.internal_port), (ForwardStatus::Pending, 8080));
+    assert_eq!(
+        (retargeted.status, retargeted.internal_port),
+        (ForwardStatus::Pending, 8080)
+    );
     assert!(store.delete_forward(forward.id).await.unwrap());
     assert!(!store.delete_forward(forward.id).await.unwrap());
-    assert_eq!(store.update_forward(forward.id, &TargetChange::default()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .update_forward(forward.id, &TargetChange::default())
+            .await
+            .unwrap(),
+        None
+    );
 }

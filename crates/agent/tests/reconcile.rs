@@ -1,0 +1,193 @@
+//! The agent's reconcile loop against a fake backend, and its RPC service
+//! over the in-process transport.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use navigator_agent::{Agent, AgentConfig};
+use navigator_core::{ForwardId, ForwardSpec, Plan, PortRange, Protocol};
+use navigator_dataplane::{ApplyReport, Backend, BoxFuture, ForwardFailure};
+use navigator_rpc::inproc::InProcTransport;
+use navigator_rpc::{AgentClient, ForwardEntry, ResultStatus, Transport};
+
+/// Carries forwards in a map; ports listed in `busy` fail to apply.
+#[derive(Default)]
+struct FakeBackend {
+    carried: Mutex<BTreeMap<ForwardId, ForwardSpec>>,
+    busy: Mutex<BTreeSet<u16>>,
+    plans: Mutex<Vec<Plan>>,
+}
+
+impl Backend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>> {
+        let carried = self.carried.lock().unwrap().values().copied().collect();
+        Box::pin(async move { carried })
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
+        Box::pin(async move {
+            self.plans.lock().unwrap().push(plan.clone());
+            let mut carried = self.carried.lock().unwrap();
+            let busy = self.busy.lock().unwrap();
+            let mut report = ApplyReport::default();
+            for id in &plan.remove {
+                carried.remove(id);
+            }
+            for spec in plan.retarget.iter().chain(&plan.add) {
+                if busy.contains(&spec.listen.port()) {
+                    report.failed.push(ForwardFailure {
+                        id: spec.id,
+                        reason: format!("port {} already in use on host", spec.listen.port()),
+                    });
+                } else {
+                    carried.insert(spec.id, *spec);
+                }
+            }
+            report
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn spec(port: u16, target_port: u16) -> ForwardSpec {
+    ForwardSpec {
+        id: ForwardId::new_random(),
+        protocol: Protocol::Tcp,
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        target: format!("10.0.0.5:{target_port}").parse().unwrap(),
+    }
+}
+
+fn agent(backend: Arc<FakeBackend>) -> Arc<Agent> {
+    Arc::new(Agent::new(
+        AgentConfig {
+            host: "p1".into(),
+            external_addresses: vec!["127.0.0.1".parse().unwrap()],
+            port_range: PortRange::new(20000, 20100).unwrap(),
+            report_interval: Duration::from_secs(3600),
+        },
+        backend,
+    ))
+}
+
+#[tokio::test]
+async fn sync_converges_and_reports_each_forward() {
+    let backend = Arc::new(FakeBackend::default());
+    backend.busy.lock().unwrap().insert(20001);
+    let agent = agent(backend.clone());
+    let (good, bad) = (spec(20000, 22), spec(20001, 22));
+    let results = agent.sync(vec![good, bad], 7).await;
+    let status: BTreeMap<String, ResultStatus> =
+        results.iter().map(|r| (r.id.clone(), r.status)).collect();
+    assert_eq!(status[&good.id.to_string()], ResultStatus::Active);
+    assert_eq!(status[&bad.id.to_string()], ResultStatus::Error);
+    assert_eq!(agent.state().await.generation, 7);
+
+    // The port is freed: a retry carries the failed forward.
+    backend.busy.lock().unwrap().clear();
+    agent.retry_failed().await;
+    assert!(
+        agent
+            .state()
+            .await
+            .forwards
+            .iter()
+            .all(|r| r.status == ResultStatus::Active)
+    );
+
+    // A full sync without `good` removes it; nothing else is touched.
+    agent.sync(vec![bad], 8).await;
+    let last = backend.plans.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        Plan {
+            remove: vec![good.id],
+            ..Plan::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn upsert_retargets_in_place_and_remove_is_idempotent() {
+    let backend = Arc::new(FakeBackend::default());
+    let agent = agent(backend.clone());
+    let original = spec(20000, 22);
+    assert_eq!(agent.upsert(original).await.status, ResultStatus::Active);
+    let retargeted = ForwardSpec {
+        target: "10.0.0.6:22".parse().unwrap(),
+        ..original
+    };
+    agent.upsert(retargeted).await;
+    let last = backend.plans.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.retarget, vec![retargeted]);
+    agent.remove(original.id).await;
+    agent.remove(original.id).await;
+    assert!(backend.carried.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn serves_the_proxy_manager_methods_over_rpc() {
+    let backend = Arc::new(FakeBackend::default());
+    let agent = agent(backend.clone());
+    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(navigator_agent::run(
+        agent,
+        transport.clone(),
+        shutdown.clone(),
+    ));
+    let client = AgentClient::new(transport, Duration::from_secs(5));
+    let forward = spec(20000, 22);
+    // The agent starts listening asynchronously; retry briefly until it does.
+    let mut result = None;
+    for _ in 0..100 {
+        match client
+            .sync_forwards("p1", vec![ForwardEntry::from(&forward)], 3)
+            .await
+        {
+            Ok(r) => {
+                result = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let result = result.expect("agent never answered");
+    assert_eq!(result.generation, 3);
+    assert_eq!(result.results[0].status, ResultStatus::Active);
+    let state = client.get_state("p1").await.unwrap();
+    assert_eq!(
+        (
+            state.host.as_str(),
+            state.backend.as_str(),
+            state.generation
+        ),
+        ("p1", "fake", 3)
+    );
+    client
+        .delete_forward("p1", forward.id.to_string())
+        .await
+        .unwrap();
+    assert!(backend.carried.lock().unwrap().is_empty());
+    let err = client
+        .create_forward(
+            "p1",
+            ForwardEntry {
+                target_address: "bogus".into(),
+                ..ForwardEntry::from(&forward)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid target_address"), "{err}");
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
