@@ -1,0 +1,1 @@
+//! Authenticating to Keystone and reading the service catalog (client side).

@@ -1,0 +1,1 @@
+//! Token documents as Keystone returns them, and their expiry times.

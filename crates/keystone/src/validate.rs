@@ -1,0 +1,1 @@
+//! Validating user tokens with the service's own credentials, with a cache (server side).
