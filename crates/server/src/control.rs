@@ -42,6 +42,11 @@ pub struct Control {
     /// server never reuses one an agent still holds.
     next_generation: AtomicU64,
     placements: AtomicU64,
+    /// One lock per agent host, held while a message is sent to it together
+    /// with the store read it is based on: a full sync built from an older
+    /// snapshot must not reach the agent after a newer create, update or
+    /// delete, or it would undo that change until the next sync.
+    host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Whether a proxy's last heartbeat is recent enough.
@@ -73,7 +78,17 @@ impl Control {
             synced: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(now_ms),
             placements: AtomicU64::new(0),
+            host_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.host_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(host.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -159,6 +174,8 @@ impl Control {
 
     /// Deletes a forward and tells its agent.
     pub async fn delete(&self, forward: &PortForward) -> Result<bool, ApiError> {
+        let lock = self.host_lock(&forward.proxy);
+        let _agent = lock.lock().await;
         if !self.store.delete_forward(forward.id).await? {
             return Ok(false);
         }
@@ -176,6 +193,8 @@ impl Control {
     /// Sends one forward to its agent and records the outcome; on an RPC
     /// failure the forward stays `PENDING` with the reason, for the next sync.
     async fn push(&self, forward: PortForward) -> PortForward {
+        let lock = self.host_lock(&forward.proxy);
+        let _agent = lock.lock().await;
         let entry = ForwardEntry::from(&forward.spec());
         let (status, reason) = match self.agents.create_forward(&forward.proxy, entry).await {
             Ok(result) => result_status(&result),
@@ -266,13 +285,32 @@ impl Control {
 
     /// Sends `host` its full desired set and records the per-forward results.
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
+        let lock = self.host_lock(host);
+        let _agent = lock.lock().await;
         let forwards = self.store.forwards_on_proxy(host).await?;
-        let entries = forwards
+        let entries: Vec<ForwardEntry> = forwards
             .iter()
             .map(|f| ForwardEntry::from(&f.spec()))
             .collect();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        match self.agents.sync_forwards(host, entries, generation).await {
+        // An agent that is starting may not listen yet (the all-in-one agent
+        // task is spawned just before the start-up sync): wait a little
+        // rather than fail the start-up.
+        let mut attempts = 0;
+        let synced = loop {
+            match self
+                .agents
+                .sync_forwards(host, entries.clone(), generation)
+                .await
+            {
+                Err(navigator_rpc::RpcError::NoListener { .. }) if attempts < 40 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other,
+            }
+        };
+        match synced {
             Ok(result) => {
                 self.record_results(host, &result.results).await;
                 self.synced

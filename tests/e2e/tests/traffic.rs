@@ -1,0 +1,274 @@
+//! End-to-end journeys with real traffic: the real `navigator-server
+//! --all-in-one` driven only by the real `navigator` CLI, forwarding to TCP
+//! and UDP echo servers on loopback that tag their replies ("A:", "B:") so
+//! each test can tell which target answered.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use navigator_e2e::{
+    Env, TcpEcho, UdpEcho, assert_tcp_reply, assert_udp_reply, eventually, field, ipv6_available,
+    tcp_refused, tcp_round_trip, udp_round_trip,
+};
+use serde_json::Value;
+
+/// The external address and port of a forward, checked to lie in the test's
+/// port range.
+fn external(env: &Env, forward: &Value) -> (String, u16) {
+    let port = forward["external_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no external_port in {forward}"));
+    let (first, last) = env.port_range;
+    assert!(
+        (first..=last).contains(&port),
+        "external port {port} outside {first}-{last}"
+    );
+    (field(forward, "external_address"), port)
+}
+
+fn assert_active(forward: &Value) {
+    assert_eq!(
+        field(forward, "status"),
+        "ACTIVE",
+        "forward not ACTIVE: {forward}"
+    );
+}
+
+#[test]
+fn tcp_forward_create_retarget_delete() {
+    let env = Env::new("tcp", "");
+    let server = env.start();
+    let a = TcpEcho::start("127.0.0.1", "A:");
+    let b = TcpEcho::start("127.0.0.1", "B:");
+
+    let created = server.create_forward(&[
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &a.port(),
+        "--description",
+        "tcp journey",
+    ]);
+    assert_active(&created);
+    let id = field(&created, "id");
+    let (ip, port) = external(&env, &created);
+    assert_eq!(ip, "127.0.0.1");
+    assert_eq!(field(&created, "internal_port"), a.port());
+    // ACTIVE means the proxy listens: the very first connection must pass.
+    assert_eq!(tcp_round_trip(&ip, port, "hello").as_deref(), Ok("A:hello"));
+
+    server.cli_ok(&["forward", "set", &id, "--internal-port", &b.port()]);
+    let shown = server.show_forward(&id);
+    assert_active(&shown);
+    assert_eq!(field(&shown, "internal_port"), b.port());
+    assert_eq!(
+        shown["external_port"], created["external_port"],
+        "retargeting kept the external port"
+    );
+    // New connections reach the new target as soon as `set` returns.
+    assert_eq!(tcp_round_trip(&ip, port, "again").as_deref(), Ok("B:again"));
+    assert_tcp_reply(&ip, port, "and again", "B:and again");
+
+    server.cli_ok(&["forward", "delete", &id]);
+    eventually(
+        "the deleted forward's port to refuse connections",
+        Duration::from_secs(5),
+        || tcp_refused(&ip, port),
+    );
+    let show = server.cli(&["forward", "show", &id]);
+    assert!(!show.success(), "show after delete: {show}");
+    assert!(
+        show.stderr.contains("404") && show.stderr.contains(&id),
+        "{show}"
+    );
+    assert_eq!(server.forward_count(), 0);
+}
+
+#[test]
+fn udp_forward_create_retarget_delete() {
+    let env = Env::new("udp", "");
+    let server = env.start();
+    let a = UdpEcho::start("127.0.0.1", "A:");
+    let b = UdpEcho::start("127.0.0.1", "B:");
+
+    let created = server.create_forward(&[
+        "--protocol",
+        "udp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &a.port(),
+    ]);
+    assert_active(&created);
+    assert_eq!(field(&created, "protocol"), "udp");
+    let id = field(&created, "id");
+    let (ip, port) = external(&env, &created);
+    assert_eq!(udp_round_trip(&ip, port, "ping").as_deref(), Ok("A:ping"));
+
+    server.cli_ok(&["forward", "set", &id, "--internal-port", &b.port()]);
+    let shown = server.show_forward(&id);
+    assert_active(&shown);
+    assert_eq!(field(&shown, "internal_port"), b.port());
+    // A new client (new source port) reaches the new target.
+    assert_eq!(udp_round_trip(&ip, port, "pong").as_deref(), Ok("B:pong"));
+
+    server.cli_ok(&["forward", "delete", &id]);
+    eventually(
+        "the deleted UDP forward to stop answering",
+        Duration::from_secs(5),
+        || match udp_round_trip(&ip, port, "anyone?") {
+            Ok(reply) => Err(format!("still answered {reply:?}")),
+            Err(_) => Ok(()),
+        },
+    );
+    assert_eq!(server.forward_count(), 0);
+}
+
+#[test]
+fn forwards_survive_a_server_restart() {
+    let env = Env::new("restart", "");
+    let tcp_echo = TcpEcho::start("127.0.0.1", "T:");
+    let udp_echo = UdpEcho::start("127.0.0.1", "U:");
+    let mut server = env.start();
+    let tcp = server.create_forward(&[
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &tcp_echo.port(),
+    ]);
+    let udp = server.create_forward(&[
+        "--protocol",
+        "udp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &udp_echo.port(),
+    ]);
+    assert_active(&tcp);
+    assert_active(&udp);
+    let (tcp_ip, tcp_port) = external(&env, &tcp);
+    let (udp_ip, udp_port) = external(&env, &udp);
+    assert_tcp_reply(&tcp_ip, tcp_port, "before", "T:before");
+    assert_udp_reply(&udp_ip, udp_port, "before", "U:before");
+
+    let status = server.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM should stop the server cleanly, got {status:?}\n{}",
+        server.logs()
+    );
+    eventually(
+        "the stopped server's forward to go away",
+        Duration::from_secs(5),
+        || tcp_refused(&tcp_ip, tcp_port),
+    );
+
+    let server = env.start();
+    let mut listed = server.forward_ids(&[]);
+    listed.sort();
+    let mut expected = vec![field(&tcp, "id"), field(&udp, "id")];
+    expected.sort();
+    assert_eq!(listed, expected, "forwards listed after the restart");
+    for before in [&tcp, &udp] {
+        let after = server.show_forward(&field(before, "id"));
+        assert_active(&after);
+        assert_eq!(after["external_port"], before["external_port"]);
+        assert_eq!(after["external_address"], before["external_address"]);
+    }
+    // The server restores forwards before it serves, so traffic passes at once.
+    assert_eq!(
+        tcp_round_trip(&tcp_ip, tcp_port, "after").as_deref(),
+        Ok("T:after")
+    );
+    assert_udp_reply(&udp_ip, udp_port, "after", "U:after");
+}
+
+#[test]
+fn ipv6_tcp_forward() {
+    if !ipv6_available() {
+        eprintln!(
+            "\n!!!!!!!! skipped: no IPv6 loopback (cannot bind [::1]) — ipv6_tcp_forward did NOT run !!!!!!!!\n"
+        );
+        return;
+    }
+    let env = Env::new("ipv6", "");
+    let server = env.start();
+    let echo = TcpEcho::start("::1", "6:");
+    let created = server.create_forward(&[
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "::1",
+        "--internal-port",
+        &echo.port(),
+        "--external-address",
+        "::1",
+    ]);
+    assert_active(&created);
+    let (ip, port) = external(&env, &created);
+    assert_eq!(ip, "::1");
+    assert_eq!(field(&created, "internal_ip_address"), "::1");
+    assert_eq!(
+        tcp_round_trip(&ip, port, "hello6").as_deref(),
+        Ok("6:hello6")
+    );
+    // Nothing listens on the IPv4 side of that port.
+    tcp_refused("127.0.0.1", port).unwrap();
+}
+
+#[test]
+fn external_port_busy_on_host_is_an_error_with_reason() {
+    // A fast re-sync, to see the forward repaired once the port is free.
+    let env = Env::with_agent_options("busy", "resync_interval = 1", "");
+    let server = env.start();
+    let echo = TcpEcho::start("127.0.0.1", "A:");
+    let busy_port = env.port_range.1;
+    let squatter = TcpListener::bind(("127.0.0.1", busy_port)).expect("occupy a port of the range");
+
+    let created = server.create_forward(&[
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &echo.port(),
+        "--external-port",
+        &busy_port.to_string(),
+    ]);
+    assert_eq!(field(&created, "status"), "ERROR", "{created}");
+    assert!(
+        field(&created, "status_reason").contains("already in use"),
+        "{created}"
+    );
+    let shown = server.show_forward(&field(&created, "id"));
+    assert_eq!(field(&shown, "status"), "ERROR", "{shown}");
+    assert!(
+        field(&shown, "status_reason").contains("already in use"),
+        "{shown}"
+    );
+    let errors = server.forward_ids(&["--status", "ERROR"]);
+    assert_eq!(errors, [field(&created, "id")]);
+    tcp_refused("127.0.0.1", busy_port).expect_err("the squatter still holds the port");
+
+    // Once the port is free, the periodic re-sync brings the forward up.
+    drop(squatter);
+    let id = field(&created, "id");
+    eventually(
+        "the forward to become ACTIVE after the port was freed",
+        Duration::from_secs(10),
+        || {
+            let shown = server.show_forward(&id);
+            if field(&shown, "status") == "ACTIVE" {
+                Ok(())
+            } else {
+                Err(shown.to_string())
+            }
+        },
+    );
+    assert_tcp_reply("127.0.0.1", busy_port, "repaired", "A:repaired");
+}
