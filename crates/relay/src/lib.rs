@@ -1,0 +1,415 @@
+//! `navigator-relay`: a userspace TCP/UDP port-forwarding relay.
+//!
+//! It forwards between socket addresses it is given and knows nothing of Navigator.
+//! One [`Relay`] (one tokio runtime) serves any number of listeners; each listener
+//! forwards one local address to one target address and can be retargeted, resized
+//! or removed while running.
+
+mod config;
+mod copy;
+mod error;
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::{RelayConfig, SpliceMode};
+pub use error::RelayError;
+
+/// Transport protocol of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Caller-chosen identity of a listener (e.g. a UUID as `u128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]
+pub struct ListenerId(pub u128);
+
+impl fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// What a listener does: accept `protocol` on `listen`, forward to `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub protocol: Protocol,
+    /// Local address to bind. Port 0 picks a free port; [`Relay::listeners`] then
+    /// reports the port actually bound.
+    pub listen: SocketAddr,
+    pub target: SocketAddr,
+    /// Concurrent TCP connections (or UDP sessions) allowed; `None` = unlimited
+    /// (UDP is additionally capped by [`RelayConfig::max_udp_sessions`]).
+    pub max_connections: Option<usize>,
+}
+
+/// Counters of one listener. Byte counts are payload bytes relayed so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Live TCP connections or UDP sessions.
+    pub active: usize,
+    /// TCP connections accepted and admitted / UDP sessions opened (refused ones are
+    /// counted in `refused` only).
+    pub accepted: u64,
+    /// Connections closed (or UDP datagrams dropped) because the limit was reached.
+    pub refused: u64,
+    /// TCP connections whose target could not be reached in time.
+    pub connect_failures: u64,
+    /// Bytes client → target.
+    pub bytes_to_target: u64,
+    /// Bytes target → client.
+    pub bytes_from_target: u64,
+}
+
+/// State shared between the control API and a listener's tasks.
+pub(crate) struct ListenerShared {
+    pub(crate) protocol: Protocol,
+    /// Address actually bound (port 0 resolved).
+    pub(crate) listen: SocketAddr,
+    target: RwLock<SocketAddr>,
+    /// `usize::MAX` encodes "unlimited" so the hot path is one atomic load.
+    limit: AtomicUsize,
+    pub(crate) active: AtomicUsize,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) bytes_to_target: AtomicU64,
+    pub(crate) bytes_from_target: AtomicU64,
+    /// Time (ms, process-relative, 0 = never) of the last out-of-fds error, so the
+    /// warning is logged once per burst instead of once per failed accept.
+    pub(crate) last_fd_error_ms: AtomicU64,
+    /// Wakes the UDP loop so it drops sessions bound to the old target.
+    pub(crate) retargeted: Notify,
+    /// Cancels the live connections / sessions of this listener.
+    pub(crate) conn_cancel: CancellationToken,
+    /// Tracks every connection / session task of this listener.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl ListenerShared {
+    pub(crate) fn target(&self) -> SocketAddr {
+        *self.target.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn max_connections(&self) -> Option<usize> {
+        match self.limit() {
+            usize::MAX => None,
+            n => Some(n),
+        }
+    }
+}
+
+/// Decrements the listener's active count when a connection / session ends.
+pub(crate) struct ActiveGuard(pub(crate) Arc<ListenerShared>);
+
+impl ActiveGuard {
+    /// Claims a slot if the listener is under its limit.
+    pub(crate) fn try_acquire(shared: &Arc<ListenerShared>, cap: usize) -> Option<ActiveGuard> {
+        let limit = shared.limit().min(cap);
+        // fetch_update rather than load+add so two racing accepts cannot both take
+        // the last slot.
+        shared
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ActiveGuard(Arc::clone(shared)))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct ListenerEntry {
+    shared: Arc<ListenerShared>,
+    /// Stops the accept / receive loop (which owns the listening socket).
+    accept_cancel: CancellationToken,
+    accept_task: JoinHandle<()>,
+}
+
+struct Inner {
+    config: RelayConfig,
+    listeners: Mutex<HashMap<ListenerId, ListenerEntry>>,
+    shut_down: AtomicBool,
+    /// Relay-wide pool of empty pipes for splice, so idle connections hold none.
+    pipes: Arc<copy::PipePool>,
+}
+
+/// The relay: a set of listeners served on the current tokio runtime.
+/// Cloning is cheap and all clones control the same listeners.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("config", &self.inner.config)
+            .field("listeners", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Relay {
+        Relay {
+            inner: Arc::new(Inner {
+                config,
+                listeners: Mutex::new(HashMap::new()),
+                shut_down: AtomicBool::new(false),
+                pipes: Arc::new(copy::PipePool::new()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ListenerId, ListenerEntry>> {
+        // A panic elsewhere must not wedge the control API; the map stays consistent
+        // because every critical section is a single insert/remove/lookup.
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Binds the listener now (so the caller knows it is live) and starts serving it.
+    /// Must be called from within a tokio runtime.
+    pub async fn add(&self, id: ListenerId, spec: ListenerSpec) -> Result<(), RelayError> {
+        let mut map = self.lock();
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(RelayError::ShutDown);
+        }
+        if map.contains_key(&id) {
+            return Err(RelayError::AlreadyExists(id));
+        }
+        let bind_err = |source| RelayError::Bind {
+            addr: spec.listen,
+            protocol: spec.protocol,
+            source,
+        };
+        // Bind synchronously, under the lock, so a failure is reported to this caller
+        // and two concurrent adds of the same id cannot both bind.
+        let socket = match spec.protocol {
+            Protocol::Tcp => tcp::bind(spec.listen).map(Bound::Tcp),
+            Protocol::Udp => udp::bind(spec.listen).map(Bound::Udp),
+        }
+        .map_err(bind_err)?;
+        let listen = socket.local_addr().map_err(bind_err)?;
+        let shared = Arc::new(ListenerShared {
+            protocol: spec.protocol,
+            listen,
+            target: RwLock::new(spec.target),
+            limit: AtomicUsize::new(spec.max_connections.unwrap_or(usize::MAX)),
+            active: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            bytes_to_target: AtomicU64::new(0),
+            bytes_from_target: AtomicU64::new(0),
+            last_fd_error_ms: AtomicU64::new(0),
+            retargeted: Notify::new(),
+            conn_cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let accept_cancel = CancellationToken::new();
+        let accept_task = match socket {
+            Bound::Tcp(l) => tokio::spawn(tcp::serve(
+                l,
+                Arc::clone(&shared),
+                self.inner.config.clone(),
+                accept_cancel.clone(),
+                Arc::clone(&self.inner.pipes),
+            )),
+            Bound::Udp(s) => tokio::spawn(udp::serve(
+                s,
+                Arc::clone(&shared),
+                self.inner.config.clone(),
+                accept_cancel.clone(),
+            )),
+        };
+        info!(listener = %id, protocol = %spec.protocol, %listen, target = %spec.target,
+            max_connections = ?spec.max_connections, "relay listener added");
+        map.insert(
+            id,
+            ListenerEntry {
+                shared,
+                accept_cancel,
+                accept_task,
+            },
+        );
+        Ok(())
+    }
+
+    /// Changes the target: new connections / new UDP sessions go to the new target;
+    /// existing TCP connections continue; existing UDP sessions are dropped so they
+    /// re-open toward the new target.
+    pub fn retarget(&self, id: ListenerId, target: SocketAddr) -> Result<(), RelayError> {
+        let map = self.lock();
+        let entry = map.get(&id).ok_or(RelayError::NotFound(id))?;
+        let old = std::mem::replace(
+            &mut *entry
+                .shared
+                .target
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            target,
+        );
+        entry.shared.retargeted.notify_one();
+        info!(listener = %id, %old, new = %target, "relay listener retargeted");
+        Ok(())
+    }
+
+    /// Changes the per-listener connection limit (`None` = unlimited). Lowering it
+    /// does not close live connections; it only refuses new ones until under the limit.
+    pub fn set_max_connections(
+        &self,
+        id: ListenerId,
+        max: Option<usize>,
+    ) -> Result<(), RelayError> {
+        let map = self.lock();
+        let entry = map.get(&id).ok_or(RelayError::NotFound(id))?;
+        entry
+            .shared
+            .limit
+            .store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+        info!(listener = %id, max_connections = ?max, "relay listener limit changed");
+        Ok(())
+    }
+
+    /// Closes the listener (the port is free when this returns) and closes its live
+    /// connections / sessions.
+    pub async fn remove(&self, id: ListenerId) -> Result<(), RelayError> {
+        let entry = self.lock().remove(&id).ok_or(RelayError::NotFound(id))?;
+        entry.accept_cancel.cancel();
+        entry.shared.conn_cancel.cancel();
+        // The accept task owns the listening socket; once it has returned the socket
+        // is closed. UDP session tasks hold the socket too, hence waiting on `tasks`.
+        let _ = entry.accept_task.await;
+        entry.shared.tasks.close();
+        entry.shared.tasks.wait().await;
+        info!(listener = %id, listen = %entry.shared.listen, "relay listener removed");
+        Ok(())
+    }
+
+    /// All listeners with their current spec (bound address, current target and limit).
+    pub fn listeners(&self) -> Vec<(ListenerId, ListenerSpec)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| {
+                let s = &e.shared;
+                let spec = ListenerSpec {
+                    protocol: s.protocol,
+                    listen: s.listen,
+                    target: s.target(),
+                    max_connections: s.max_connections(),
+                };
+                (*id, spec)
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    pub fn stats(&self, id: ListenerId) -> Option<ListenerStats> {
+        let map = self.lock();
+        let s = &map.get(&id)?.shared;
+        Some(ListenerStats {
+            active: s.active.load(Ordering::Relaxed),
+            accepted: s.accepted.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            bytes_to_target: s.bytes_to_target.load(Ordering::Relaxed),
+            bytes_from_target: s.bytes_from_target.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Stops accepting everywhere, lets live connections finish for up to
+    /// `config.shutdown_grace`, then cuts them. Listeners stay listed (with their
+    /// final stats) but serve nothing; `add` fails afterwards.
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        let (entries, tasks): (Vec<_>, Vec<_>) = {
+            let mut map = self.lock();
+            map.values_mut()
+                .map(|e| {
+                    e.accept_cancel.cancel();
+                    // Swap in a finished handle so the real one can be awaited outside the lock.
+                    let task = std::mem::replace(&mut e.accept_task, tokio::spawn(async {}));
+                    (Arc::clone(&e.shared), task)
+                })
+                .unzip()
+        };
+        info!(listeners = entries.len(), grace = ?self.inner.config.shutdown_grace, "relay shutting down");
+        for task in tasks {
+            let _ = task.await;
+        }
+        for shared in &entries {
+            shared.tasks.close();
+        }
+        let drained = tokio::time::timeout(self.inner.config.shutdown_grace, async {
+            for shared in &entries {
+                shared.tasks.wait().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let left: usize = entries.iter().map(|s| s.tasks.len()).sum();
+            info!(
+                connections = left,
+                "shutdown grace elapsed; closing remaining connections"
+            );
+        }
+        for shared in &entries {
+            shared.conn_cancel.cancel();
+        }
+        for shared in &entries {
+            shared.tasks.wait().await;
+        }
+        info!("relay shut down");
+    }
+}
+
+enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
