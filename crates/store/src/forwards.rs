@@ -3,9 +3,10 @@
 use std::net::IpAddr;
 
 use navigator_core::{ForwardId, ForwardStatus, PortForward, PortRange, Protocol};
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments, AssertSqlSafe, Row};
+use sqlx::Row;
+use sqlx::any::AnyRow;
 
+use crate::sql::{Value, is_unique_violation};
 use crate::{Store, StoreError, now};
 
 /// How many times an automatic allocation is retried when another server took
@@ -88,24 +89,6 @@ pub struct TargetChange {
     pub description: Option<String>,
 }
 
-/// A value bound to a statement, for queries built from optional parts.
-enum Value {
-    Text(String),
-    Int(i64),
-}
-
-fn bind_all(values: Vec<Value>) -> Result<SqliteArguments, StoreError> {
-    let mut args = SqliteArguments::default();
-    for value in values {
-        let res = match value {
-            Value::Text(text) => args.add(text),
-            Value::Int(int) => args.add(int),
-        };
-        res.map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
-    }
-    Ok(args)
-}
-
 impl Store {
     /// Inserts a forward on the port it names.
     pub async fn create_forward(&self, new: &NewForwardRow) -> Result<PortForward, StoreError> {
@@ -180,60 +163,80 @@ impl Store {
         first: u16,
         last: u16,
     ) -> Result<Option<u16>, StoreError> {
-        let sql = "SELECT MIN(candidate) FROM ( \
-               SELECT ?1 AS candidate WHERE NOT EXISTS ( \
-                 SELECT 1 FROM forwards WHERE external_address = ?3 AND protocol = ?4 AND external_port = ?1) \
-               UNION ALL \
-               SELECT f.external_port + 1 FROM forwards f \
-                 WHERE f.external_address = ?3 AND f.protocol = ?4 \
-                   AND f.external_port >= ?1 AND f.external_port < ?2 \
-                   AND NOT EXISTS (SELECT 1 FROM forwards g WHERE g.external_address = ?3 \
-                     AND g.protocol = ?4 AND g.external_port = f.external_port + 1) \
-             ) AS free";
-        let port: Option<i64> = sqlx::query_scalar(sql)
-            .bind(i64::from(first))
-            .bind(i64::from(last))
-            .bind(address.to_string())
-            .bind(protocol.as_str())
-            .fetch_one(&self.pool)
+        // Either `first` itself or the port right after a held one. Written
+        // as one CASE without FROM, which every backend accepts (MySQL 5.7
+        // refuses `SELECT … WHERE` without a table).
+        let sql = "SELECT CASE WHEN NOT EXISTS ( \
+                 SELECT 1 FROM forwards WHERE external_address = $3 AND protocol = $4 AND external_port = $1) \
+               THEN $1 \
+               ELSE (SELECT MIN(f.external_port + 1) FROM forwards f \
+                 WHERE f.external_address = $3 AND f.protocol = $4 \
+                   AND f.external_port >= $1 AND f.external_port < $2 \
+                   AND NOT EXISTS (SELECT 1 FROM forwards g WHERE g.external_address = $3 \
+                     AND g.protocol = $4 AND g.external_port = f.external_port + 1)) \
+             END AS candidate";
+        let row = self
+            .fetch_optional(
+                sql,
+                &[
+                    first.into(),
+                    last.into(),
+                    address.to_string().into(),
+                    protocol.as_str().into(),
+                ],
+            )
             .await?;
+        let port: Option<i64> = match row {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        };
         Ok(port.and_then(|p| u16::try_from(p).ok()))
     }
 
     async fn insert(&self, f: &PortForward) -> Result<(), sqlx::Error> {
         let sql = "INSERT INTO forwards (id, project_id, description, protocol, external_address, external_port, \
              internal_ip_address, internal_port, instance_id, proxy, status, status_reason, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
-        sqlx::query(sql)
-            .bind(f.id.to_string())
-            .bind(&f.project_id)
-            .bind(&f.description)
-            .bind(f.protocol.as_str())
-            .bind(f.external_address.to_string())
-            .bind(i64::from(f.external_port))
-            .bind(f.internal_ip_address.to_string())
-            .bind(i64::from(f.internal_port))
-            .bind(&f.instance_id)
-            .bind(&f.proxy)
-            .bind(f.status.as_str())
-            .bind(&f.status_reason)
-            .bind(&f.created_at)
-            .bind(&f.updated_at)
-            .execute(&self.pool)
-            .await?;
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+        self.execute(
+            sql,
+            &[
+                f.id.to_string().into(),
+                (&f.project_id).into(),
+                (&f.description).into(),
+                f.protocol.as_str().into(),
+                f.external_address.to_string().into(),
+                f.external_port.into(),
+                f.internal_ip_address.to_string().into(),
+                f.internal_port.into(),
+                f.instance_id.clone().into(),
+                (&f.proxy).into(),
+                f.status.as_str().into(),
+                f.status_reason.clone().into(),
+                (&f.created_at).into(),
+                (&f.updated_at).into(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
     /// The error for a port already held, naming the holder.
     async fn port_taken(&self, f: &PortForward) -> StoreError {
-        let holder = sqlx::query_scalar::<_, String>(
-            "SELECT id FROM forwards WHERE external_address = ?1 AND protocol = ?2 AND external_port = ?3",
-        )
-        .bind(f.external_address.to_string())
-        .bind(f.protocol.as_str())
-        .bind(i64::from(f.external_port))
-        .fetch_optional(&self.pool)
-        .await;
+        let holder = self
+            .fetch_optional(
+                "SELECT id FROM forwards WHERE external_address = $1 AND protocol = $2 AND external_port = $3",
+                &[
+                    f.external_address.to_string().into(),
+                    f.protocol.as_str().into(),
+                    f.external_port.into(),
+                ],
+            )
+            .await
+            .and_then(|row| {
+                row.map(|row| row.try_get::<String, _>(0))
+                    .transpose()
+                    .map_err(StoreError::Database)
+            });
         match holder {
             Ok(Some(id)) => match id.parse() {
                 Ok(holder) => StoreError::PortTaken {
@@ -255,16 +258,13 @@ impl Store {
                 port: f.external_port,
                 holder: f.id,
             },
-            Err(e) => StoreError::Database(e),
+            Err(e) => e,
         }
     }
 
     pub async fn get_forward(&self, id: ForwardId) -> Result<Option<PortForward>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE id = ?1");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE id = $1");
+        let row = self.fetch_optional(&sql, &[id.to_string().into()]).await?;
         row.map(|row| from_row(&row)).transpose()
     }
 
@@ -279,7 +279,7 @@ impl Store {
         let mut text = |column: &'static str, value: Option<String>| {
             if let Some(value) = value {
                 values.push(Value::Text(value));
-                conditions.push(format!("{column} = ?{}", values.len()));
+                conditions.push(format!("{column} = ${}", values.len()));
             }
         };
         text("project_id", filter.project_id.clone());
@@ -297,7 +297,7 @@ impl Store {
         text("proxy", filter.proxy.clone());
         if let Some(port) = filter.external_port {
             values.push(Value::Int(i64::from(port)));
-            conditions.push(format!("external_port = ?{}", values.len()));
+            conditions.push(format!("external_port = ${}", values.len()));
         }
         let column = order.column.column();
         let (cmp, dir) = if order.descending {
@@ -327,7 +327,7 @@ impl Store {
             values.push(Value::Text(marker.to_string()));
             let id_at = values.len();
             conditions.push(format!(
-                "({column} {cmp} ?{value_at} OR ({column} = ?{value_at} AND id {cmp} ?{id_at}))"
+                "({column} {cmp} ${value_at} OR ({column} = ${value_at} AND id {cmp} ${id_at}))"
             ));
         }
         let where_clause = if conditions.is_empty() {
@@ -337,22 +337,17 @@ impl Store {
         };
         values.push(Value::Int(i64::from(order.limit)));
         let sql = format!(
-            "SELECT {COLUMNS} FROM forwards {where_clause} ORDER BY {column} {dir}, id {dir} LIMIT ?{}",
+            "SELECT {COLUMNS} FROM forwards {where_clause} ORDER BY {column} {dir}, id {dir} LIMIT ${}",
             values.len()
         );
-        let rows = sqlx::query_with(AssertSqlSafe(sql), bind_all(values)?)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.fetch_all(&sql, &values).await?;
         rows.iter().map(from_row).collect()
     }
 
     /// Every forward placed on `proxy`: the desired set its agent must carry.
     pub async fn forwards_on_proxy(&self, proxy: &str) -> Result<Vec<PortForward>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE proxy = ?1 ORDER BY id");
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(proxy)
-            .fetch_all(&self.pool)
-            .await?;
+        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE proxy = $1 ORDER BY id");
+        let rows = self.fetch_all(&sql, &[proxy.into()]).await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -364,22 +359,33 @@ impl Store {
         change: &TargetChange,
     ) -> Result<Option<PortForward>, StoreError> {
         let retargets = change.internal_ip_address.is_some() || change.internal_port.is_some();
+        // One statement, and each column is set from its own old value
+        // (COALESCE keeps it when the change does not name it). Two updates
+        // of one row therefore serialize on its row lock, and the second
+        // sees the first's result, so racing changes of different fields
+        // (a description and a retarget) both apply. No assignment reads
+        // another assigned column: MySQL evaluates SET left to right with
+        // the new values, the others with the old ones.
         let sql = "UPDATE forwards SET \
-               internal_ip_address = COALESCE(?2, internal_ip_address), \
-               internal_port = COALESCE(?3, internal_port), \
-               description = COALESCE(?4, description), \
-               status = CASE WHEN ?5 THEN 'PENDING' ELSE status END, \
-               status_reason = CASE WHEN ?5 THEN NULL ELSE status_reason END, \
-               updated_at = ?6 \
-             WHERE id = ?1";
-        let done = sqlx::query(sql)
-            .bind(id.to_string())
-            .bind(change.internal_ip_address.map(|ip| ip.to_string()))
-            .bind(change.internal_port.map(i64::from))
-            .bind(&change.description)
-            .bind(retargets)
-            .bind(now())
-            .execute(&self.pool)
+               internal_ip_address = COALESCE($2, internal_ip_address), \
+               internal_port = COALESCE($3, internal_port), \
+               description = COALESCE($4, description), \
+               status = CASE WHEN $5 THEN 'PENDING' ELSE status END, \
+               status_reason = CASE WHEN $5 THEN NULL ELSE status_reason END, \
+               updated_at = $6 \
+             WHERE id = $1";
+        let done = self
+            .execute(
+                sql,
+                &[
+                    id.to_string().into(),
+                    change.internal_ip_address.map(|ip| ip.to_string()).into(),
+                    change.internal_port.into(),
+                    change.description.clone().into(),
+                    retargets.into(),
+                    now().into(),
+                ],
+            )
             .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
@@ -395,31 +401,40 @@ impl Store {
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let sql = "UPDATE forwards SET status = ?2, status_reason = ?3, updated_at = ?4 \
-             WHERE id = ?1 AND (status <> ?2 OR COALESCE(status_reason, '') <> COALESCE(?3, ''))";
-        let done = sqlx::query(sql)
-            .bind(id.to_string())
-            .bind(status.as_str())
-            .bind(reason)
-            .bind(now())
-            .execute(&self.pool)
+        let sql = "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
+             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, ''))";
+        let done = self
+            .execute(
+                sql,
+                &[
+                    id.to_string().into(),
+                    status.as_str().into(),
+                    reason.into(),
+                    now().into(),
+                ],
+            )
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM forwards WHERE id = ?1")
-            .bind(id.to_string())
-            .execute(&self.pool)
+        let done = self
+            .execute(
+                "DELETE FROM forwards WHERE id = $1",
+                &[id.to_string().into()],
+            )
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Number of forwards per proxy host.
     pub async fn forward_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = sqlx::query("SELECT proxy, COUNT(*) AS n FROM forwards GROUP BY proxy")
-            .fetch_all(&self.pool)
+        let rows = self
+            .fetch_all(
+                "SELECT proxy, COUNT(*) AS n FROM forwards GROUP BY proxy",
+                &[],
+            )
             .await?;
         rows.iter()
             .map(|row| {
@@ -475,12 +490,7 @@ fn random_port_in(pool: PortRange) -> u16 {
         .saturating_add(u16::try_from(offset).unwrap_or(0))
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|db| db.is_unique_violation())
-}
-
-fn from_row(row: &SqliteRow) -> Result<PortForward, StoreError> {
+fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         table: "forwards",
         reason,

@@ -4,9 +4,11 @@ use std::net::IpAddr;
 
 use navigator_core::PortRange;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
-use crate::{Store, StoreError, now};
+use crate::{Backend, Store, StoreError, now};
+
+const COLUMNS: &str = "host, backend, external_addresses, port_first, port_last, last_heartbeat";
 
 /// A proxy as last reported by its agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,20 +36,39 @@ impl Store {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let sql = "INSERT INTO proxies (host, backend, external_addresses, port_first, port_last, last_heartbeat, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
-             ON CONFLICT (host) DO UPDATE SET backend = excluded.backend, \
-               external_addresses = excluded.external_addresses, port_first = excluded.port_first, \
-               port_last = excluded.port_last, last_heartbeat = excluded.last_heartbeat";
-        sqlx::query(sql)
-            .bind(host)
-            .bind(backend)
-            .bind(addresses)
-            .bind(i64::from(port_range.first()))
-            .bind(i64::from(port_range.last()))
-            .bind(&now)
-            .execute(&self.pool)
-            .await?;
+        // One statement either way, so that two servers recording the same
+        // proxy's heartbeat never collide on the primary key. The syntax is
+        // the one place the dialects really differ.
+        let upsert = match self.backend {
+            Backend::Sqlite | Backend::Postgres => {
+                "ON CONFLICT (host) DO UPDATE SET backend = excluded.backend, \
+                 external_addresses = excluded.external_addresses, port_first = excluded.port_first, \
+                 port_last = excluded.port_last, last_heartbeat = excluded.last_heartbeat"
+            }
+            // VALUES(col) is deprecated in MySQL 8.0.20 in favour of a row
+            // alias, which MariaDB does not have; both still accept it.
+            Backend::MySql => {
+                "ON DUPLICATE KEY UPDATE backend = VALUES(backend), \
+                 external_addresses = VALUES(external_addresses), port_first = VALUES(port_first), \
+                 port_last = VALUES(port_last), last_heartbeat = VALUES(last_heartbeat)"
+            }
+        };
+        let sql = format!(
+            "INSERT INTO proxies (host, backend, external_addresses, port_first, port_last, last_heartbeat, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) {upsert}"
+        );
+        self.execute(
+            &sql,
+            &[
+                host.into(),
+                backend.into(),
+                addresses.into(),
+                port_range.first().into(),
+                port_range.last().into(),
+                (&now).into(),
+            ],
+        )
+        .await?;
         Ok(ProxyRecord {
             host: host.to_owned(),
             backend: backend.to_owned(),
@@ -58,22 +79,24 @@ impl Store {
     }
 
     pub async fn list_proxies(&self) -> Result<Vec<ProxyRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM proxies ORDER BY host")
-            .fetch_all(&self.pool)
+        let rows = self
+            .fetch_all(&format!("SELECT {COLUMNS} FROM proxies ORDER BY host"), &[])
             .await?;
         rows.iter().map(proxy_from_row).collect()
     }
 
     pub async fn get_proxy(&self, host: &str) -> Result<Option<ProxyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM proxies WHERE host = ?1")
-            .bind(host)
-            .fetch_optional(&self.pool)
+        let row = self
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM proxies WHERE host = $1"),
+                &[host.into()],
+            )
             .await?;
         row.as_ref().map(proxy_from_row).transpose()
     }
 }
 
-fn proxy_from_row(row: &SqliteRow) -> Result<ProxyRecord, StoreError> {
+fn proxy_from_row(row: &AnyRow) -> Result<ProxyRecord, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         table: "proxies",
         reason,

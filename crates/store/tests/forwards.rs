@@ -1,23 +1,28 @@
-//! The store's guarantees on a real SQLite file: constraints, allocation,
+//! The store's guarantees on every backend (SQLite always; PostgreSQL and
+//! MariaDB/MySQL when configured, see `support`): constraints, allocation,
 //! pagination and updates.
+
+mod support;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
 use navigator_core::{ForwardStatus, PortRange, Protocol};
 use navigator_store::{
-    ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, Store, StoreError, TargetChange,
-    sqlite_url,
+    ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, StoreError, TargetChange,
 };
+use support::TestDb;
 
-async fn store() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
+backend_tests!(every: [
+    duplicate_endpoint_is_refused_and_names_the_holder,
+    allocation_takes_lowest_free_port_and_reports_exhaustion,
+    concurrent_allocations_never_share_a_port,
+    pagination_walks_every_row_once_in_both_directions,
+    filters_select_matching_rows,
+    update_retargets_and_status_follows,
+    proxies_upsert_and_list,
+    text_round_trips_exactly,
+]);
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -44,9 +49,8 @@ fn page(limit: u32) -> ForwardOrder {
     }
 }
 
-#[tokio::test]
-async fn duplicate_endpoint_is_refused_and_names_the_holder() {
-    let (store, _dir) = store().await;
+async fn duplicate_endpoint_is_refused_and_names_the_holder(db: &'static TestDb) {
+    let store = &db.store;
     let first = store
         .create_forward(&new_forward("a", Protocol::Tcp, 20000))
         .await
@@ -74,9 +78,8 @@ async fn duplicate_endpoint_is_refused_and_names_the_holder() {
     assert_eq!(all.len(), 2, "the refused create left nothing behind");
 }
 
-#[tokio::test]
-async fn allocation_takes_lowest_free_port_and_reports_exhaustion() {
-    let (store, _dir) = store().await;
+async fn allocation_takes_lowest_free_port_and_reports_exhaustion(db: &'static TestDb) {
+    let store = &db.store;
     let pool = PortRange::new(20000, 20003).unwrap();
     store
         .create_forward(&new_forward("a", Protocol::Tcp, 20001))
@@ -106,9 +109,8 @@ async fn allocation_takes_lowest_free_port_and_reports_exhaustion() {
     assert_eq!(udp.external_port, 20000);
 }
 
-#[tokio::test]
-async fn concurrent_allocations_never_share_a_port() {
-    let (store, _dir) = store().await;
+async fn concurrent_allocations_never_share_a_port(db: &'static TestDb) {
+    let store = &db.store;
     let pool = PortRange::new(30000, 30999).unwrap();
     let mut tasks = Vec::new();
     for _ in 0..40 {
@@ -131,9 +133,8 @@ async fn concurrent_allocations_never_share_a_port() {
     assert_eq!(ports.len(), 40);
 }
 
-#[tokio::test]
-async fn pagination_walks_every_row_once_in_both_directions() {
-    let (store, _dir) = store().await;
+async fn pagination_walks_every_row_once_in_both_directions(db: &'static TestDb) {
+    let store = &db.store;
     let mut ids = Vec::new();
     for port in 20000..20007 {
         ids.push(
@@ -196,9 +197,8 @@ async fn pagination_walks_every_row_once_in_both_directions() {
     ));
 }
 
-#[tokio::test]
-async fn filters_select_matching_rows() {
-    let (store, _dir) = store().await;
+async fn filters_select_matching_rows(db: &'static TestDb) {
+    let store = &db.store;
     let mut with_instance = new_forward("a", Protocol::Udp, 20000);
     with_instance.instance_id = Some("vm-1".into());
     store.create_forward(&with_instance).await.unwrap();
@@ -233,9 +233,8 @@ async fn filters_select_matching_rows() {
     );
 }
 
-#[tokio::test]
-async fn update_retargets_and_status_follows() {
-    let (store, _dir) = store().await;
+async fn update_retargets_and_status_follows(db: &'static TestDb) {
+    let store = &db.store;
     let forward = store
         .create_forward(&new_forward("a", Protocol::Tcp, 20000))
         .await
@@ -292,4 +291,66 @@ async fn update_retargets_and_status_follows() {
             .unwrap(),
         None
     );
+}
+
+async fn proxies_upsert_and_list(db: &'static TestDb) {
+    let store = &db.store;
+    let range = PortRange::new(20000, 20010).unwrap();
+    let first = store
+        .upsert_proxy("p1", "relay", &[ip("127.0.0.1")], range)
+        .await
+        .unwrap();
+    let wider = PortRange::new(20000, 29999).unwrap();
+    let second = store
+        .upsert_proxy("p1", "relay", &[ip("127.0.0.1"), ip("::1")], wider)
+        .await
+        .unwrap();
+    assert!(second.last_heartbeat >= first.last_heartbeat);
+    store
+        .upsert_proxy("p0", "nftables", &[], range)
+        .await
+        .unwrap();
+    let listed = store.list_proxies().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|p| p.host.as_str()).collect::<Vec<_>>(),
+        ["p0", "p1"]
+    );
+    assert_eq!(listed[1], second);
+    assert_eq!(store.get_proxy("p1").await.unwrap(), Some(second));
+    assert_eq!(store.get_proxy("nope").await.unwrap(), None);
+    store
+        .create_forward(&new_forward("a", Protocol::Tcp, 20000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.forward_counts().await.unwrap(),
+        vec![("p1".to_owned(), 1)]
+    );
+    assert_eq!(store.forwards_on_proxy("p1").await.unwrap().len(), 1);
+    assert!(store.forwards_on_proxy("p0").await.unwrap().is_empty());
+}
+
+/// Text comes back byte for byte (4-byte UTF-8 on MySQL needs utf8mb4), and
+/// compares exactly: ids differing only in case are different projects.
+async fn text_round_trips_exactly(db: &'static TestDb) {
+    let store = &db.store;
+    let mut row = new_forward("Project", Protocol::Tcp, 20000);
+    row.description = "web \u{1F680} ünïcode 'quoted' $1 ?".into();
+    row.instance_id = Some("vm-\u{00e9}".into());
+    row.external_address = ip("2001:db8::1");
+    let created = store.create_forward(&row).await.unwrap();
+    let got = store.get_forward(created.id).await.unwrap().unwrap();
+    assert_eq!(got, created);
+    let lower = ForwardFilter {
+        project_id: Some("project".into()),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_forwards(&lower, &page(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(created.created_at.len() == 27 && created.created_at.ends_with('Z'));
 }

@@ -1,0 +1,250 @@
+//! Running SQL on whichever backend the store was opened on.
+//!
+//! Every statement is written once, with PostgreSQL's numbered placeholders
+//! (`$1`, `$2`, …), and its arguments are kept as a list of [`Value`]s until
+//! it runs. SQLite understands `$N` as it is; PostgreSQL needs it; MySQL only
+//! knows positional `?`, so [`to_positional`] rewrites the text and lists which
+//! value each `?` takes, which also makes a `$N` used twice work there.
+//!
+//! Statements run in autocommit mode, one at a time: none holds a lock past
+//! its own end, which is what Galera clusters need. A statement the database
+//! aborted because of a deadlock or a serialization conflict (on Galera, a
+//! certification failure reports the same SQLSTATE) is run again, a few times,
+//! since such an abort undid it completely.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
+use sqlx::{Arguments, AssertSqlSafe};
+
+use crate::{Backend, Store, StoreError};
+
+/// How often a statement aborted by a deadlock or serialization failure is
+/// tried in all.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// A value bound to a statement.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    Text(String),
+    /// A text that may be NULL.
+    OptText(Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+    Bool(bool),
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::Text(s.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value::Text(s)
+    }
+}
+
+impl From<&String> for Value {
+    fn from(s: &String) -> Value {
+        Value::Text(s.clone())
+    }
+}
+
+impl From<Option<String>> for Value {
+    fn from(s: Option<String>) -> Value {
+        Value::OptText(s)
+    }
+}
+
+impl From<Option<&str>> for Value {
+    fn from(s: Option<&str>) -> Value {
+        Value::OptText(s.map(str::to_owned))
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Value {
+        Value::Int(i)
+    }
+}
+
+impl From<u16> for Value {
+    fn from(i: u16) -> Value {
+        Value::Int(i64::from(i))
+    }
+}
+
+impl From<Option<u16>> for Value {
+    fn from(i: Option<u16>) -> Value {
+        Value::OptInt(i.map(i64::from))
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+/// Rewrites `$N` placeholders to `?` and returns, for each `?` in order, the
+/// zero-based index of the value it takes. Quoted strings and identifiers are
+/// copied untouched.
+pub(crate) fn to_positional(sql: &str) -> (String, Vec<usize>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut order = Vec::new();
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            out.push(c);
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut number = 0usize;
+                while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    number = number * 10 + digit as usize;
+                    chars.next();
+                }
+                out.push('?');
+                // `$0` does not exist; map it to an index that fails to bind.
+                order.push(number.wrapping_sub(1));
+            }
+            _ => out.push(c),
+        }
+    }
+    (out, order)
+}
+
+/// Whether `e` is a violation of a unique constraint, on any backend.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}
+
+/// Whether the database aborted the statement to break a deadlock or a
+/// serialization conflict, so that running it again is safe and may succeed.
+/// SQLSTATE 40001 is a serialization failure on PostgreSQL and a deadlock
+/// (1213, also Galera's certification failure) on MySQL/MariaDB; 40P01 is
+/// PostgreSQL's deadlock.
+pub(crate) fn is_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "40001" || code == "40P01")
+}
+
+impl Store {
+    /// The statement text for this backend and its arguments in bind order.
+    fn prepare(&self, sql: &str, values: &[Value]) -> Result<(String, AnyArguments), sqlx::Error> {
+        let (text, order) = match self.backend {
+            Backend::MySql => to_positional(sql),
+            Backend::Sqlite | Backend::Postgres => (sql.to_owned(), (0..values.len()).collect()),
+        };
+        let mut args = AnyArguments::default();
+        for index in order {
+            let value = values.get(index).ok_or_else(|| {
+                sqlx::Error::Protocol(format!("statement has no value for placeholder {index}"))
+            })?;
+            let added = match value {
+                Value::Text(text) => args.add(text.clone()),
+                Value::OptText(text) => args.add(text.clone()),
+                Value::Int(int) => args.add(*int),
+                Value::OptInt(int) => args.add(*int),
+                Value::Bool(b) => args.add(*b),
+            };
+            added.map_err(sqlx::Error::Encode)?;
+        }
+        Ok((text, args))
+    }
+
+    /// Runs a statement that returns no rows.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<AnyQueryResult, sqlx::Error> {
+        let mut attempt = 1;
+        loop {
+            let (text, args) = self.prepare(sql, values)?;
+            match sqlx::query_with(AssertSqlSafe(text), args)
+                .execute(&self.pool)
+                .await
+            {
+                Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "statement aborted by a conflict; retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Runs a query and returns all its rows.
+    pub(crate) async fn fetch_all(
+        &self,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let (text, args) = self.prepare(sql, values)?;
+            match sqlx::query_with(AssertSqlSafe(text), args)
+                .fetch_all(&self.pool)
+                .await
+            {
+                Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                done => return Ok(done?),
+            }
+        }
+    }
+
+    /// Runs a query and returns its first row, if any.
+    pub(crate) async fn fetch_optional(
+        &self,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Option<AnyRow>, StoreError> {
+        Ok(self.fetch_all(sql, values).await?.into_iter().next())
+    }
+}
+
+/// A short pause before retrying, growing with the attempt and jittered, so
+/// that the statements that collided do not collide again in lockstep.
+async fn backoff(attempt: u32) {
+    let jitter = u64::try_from(uuid::Uuid::new_v4().as_u128() % 8).unwrap_or(0);
+    let millis = u64::from(attempt) * 5 + jitter;
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_numbered_placeholders() {
+        let (sql, order) =
+            to_positional("SELECT $2, $1 FROM t WHERE a = $1 AND b = '$3' AND c = $10");
+        assert_eq!(sql, "SELECT ?, ? FROM t WHERE a = ? AND b = '$3' AND c = ?");
+        assert_eq!(order, vec![1, 0, 0, 9]);
+    }
+
+    #[test]
+    fn leaves_dollars_without_digits_alone() {
+        let (sql, order) = to_positional("SELECT '$' || $1, \"$2\"");
+        assert_eq!(sql, "SELECT '$' || ?, \"$2\"");
+        assert_eq!(order, vec![0]);
+    }
+}

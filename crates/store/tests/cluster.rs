@@ -1,0 +1,365 @@
+//! Several API servers on one database (cluster mode): each "server" is its
+//! own [`Store`] with its own pool, and many tasks race through them at once.
+//! Also: a database outage is reported as unavailable and recovered from
+//! with nothing lost.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use navigator_core::{ForwardStatus, PortForward, PortRange, Protocol};
+use navigator_store::{
+    ForwardFilter, ForwardOrder, NewForwardRow, Store, StoreError, TargetChange,
+};
+use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor};
+use support::{Forwarder, TestDb};
+use tokio::sync::Barrier;
+
+backend_tests!(
+    every: [
+        racing_creates_of_one_port_have_one_winner,
+        racing_allocations_never_share_a_port,
+        racing_allocations_fill_a_small_pool_exactly,
+        racing_updates_of_one_forward_all_apply,
+        servers_starting_together_all_migrate,
+    ],
+    network: [outage_is_unavailable_then_recovers_with_nothing_lost],
+);
+
+/// Tasks per server in the races.
+const TASKS_PER_SERVER: usize = 16;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn new_forward(project: &str, port: u16) -> NewForwardRow {
+    NewForwardRow {
+        project_id: project.into(),
+        description: String::new(),
+        protocol: Protocol::Tcp,
+        external_address: ip("127.0.0.1"),
+        external_port: port,
+        internal_ip_address: ip("10.0.0.5"),
+        internal_port: 22,
+        instance_id: None,
+        proxy: "p1".into(),
+    }
+}
+
+/// Two servers on the test's database.
+async fn servers(db: &'static TestDb) -> [Store; 2] {
+    [db.store.clone(), db.second_server().await]
+}
+
+async fn all_forwards(store: &Store) -> Vec<PortForward> {
+    let order = ForwardOrder {
+        limit: 10_000,
+        ..Default::default()
+    };
+    store
+        .list_forwards(&ForwardFilter::default(), &order)
+        .await
+        .unwrap()
+}
+
+/// Runs `count` tasks per server, all released at once by a barrier so that
+/// they really overlap; returns their results in task order.
+async fn race<T, F, Fut>(servers: &[Store], count: usize, work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Store, usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(servers.len() * count));
+    let mut tasks = Vec::new();
+    for i in 0..servers.len() * count {
+        let work = work(servers[i % servers.len()].clone(), i);
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            work.await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("task panicked"));
+    }
+    results
+}
+
+async fn racing_creates_of_one_port_have_one_winner(db: &'static TestDb) {
+    let servers = servers(db).await;
+    for round in 0..5u16 {
+        let port = 21000 + round;
+        let results = race(&servers, TASKS_PER_SERVER, |store, i| async move {
+            store
+                .create_forward(&new_forward(&format!("project-{i}"), port))
+                .await
+        })
+        .await;
+        let winners: Vec<&PortForward> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one create wins");
+        let winner = winners[0];
+        for result in &results {
+            match result {
+                Ok(f) => assert_eq!(f.id, winner.id),
+                Err(StoreError::PortTaken {
+                    holder,
+                    port: taken,
+                    ..
+                }) => {
+                    assert_eq!(*holder, winner.id, "the conflict names the holder");
+                    assert_eq!(*taken, port);
+                }
+                Err(other) => panic!("round {round}: expected PortTaken, got {other}"),
+            }
+        }
+    }
+    let stored = all_forwards(&servers[1]).await;
+    assert_eq!(stored.len(), 5, "losers left nothing behind");
+}
+
+async fn racing_allocations_never_share_a_port(db: &'static TestDb) {
+    let servers = servers(db).await;
+    let pool = PortRange::new(30000, 30999).unwrap();
+    let results = race(&servers, TASKS_PER_SERVER, |store, i| async move {
+        store
+            .create_forward_allocating(&new_forward(&format!("project-{i}"), 0), pool)
+            .await
+    })
+    .await;
+    let mut ports = HashSet::new();
+    for result in results {
+        let forward = result.unwrap_or_else(|e| panic!("allocation failed: {e}"));
+        assert!(
+            ports.insert(forward.external_port),
+            "port {} handed out twice",
+            forward.external_port
+        );
+    }
+    assert_eq!(ports.len(), 2 * TASKS_PER_SERVER);
+    let stored: HashSet<u16> = all_forwards(&servers[0])
+        .await
+        .iter()
+        .map(|f| f.external_port)
+        .collect();
+    assert_eq!(stored, ports);
+}
+
+/// More contenders than ports: every port is handed out exactly once and
+/// the others learn that the pool is exhausted. (No task can lose more races
+/// than there are ports, so the retry limit never ends one early.)
+async fn racing_allocations_fill_a_small_pool_exactly(db: &'static TestDb) {
+    let servers = servers(db).await;
+    let pool = PortRange::new(31000, 31007).unwrap();
+    let results = race(&servers, 12, |store, i| async move {
+        store
+            .create_forward_allocating(&new_forward(&format!("project-{i}"), 0), pool)
+            .await
+    })
+    .await;
+    let mut ports = Vec::new();
+    for result in results {
+        match result {
+            Ok(forward) => ports.push(forward.external_port),
+            Err(StoreError::PoolExhausted { .. }) => {}
+            Err(other) => panic!("expected PoolExhausted, got {other}"),
+        }
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, (31000..=31007).collect::<Vec<_>>());
+}
+
+/// Three servers-worth of changes to one forward at once: a description, a
+/// new internal port and a new internal address, plus an agent's status
+/// report. Each UPDATE names only its own columns, so all of them apply.
+async fn racing_updates_of_one_forward_all_apply(db: &'static TestDb) {
+    let servers = servers(db).await;
+    let mut ids = Vec::new();
+    for port in 22000..22020 {
+        ids.push(
+            servers[0]
+                .create_forward(&new_forward("a", port))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let ids = Arc::new(ids);
+    let changes = ids.len() * 3;
+    let barrier = Arc::new(Barrier::new(changes));
+    let mut tasks = Vec::new();
+    for n in 0..changes {
+        let (index, which) = (n / 3, n % 3);
+        let id = ids[index];
+        let store = servers[n % 2].clone();
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            let change = match which {
+                0 => TargetChange {
+                    description: Some(format!("web-{index}")),
+                    ..Default::default()
+                },
+                1 => TargetChange {
+                    internal_port: Some(8000 + u16::try_from(index).unwrap()),
+                    ..Default::default()
+                },
+                _ => TargetChange {
+                    internal_ip_address: Some(ip(&format!("10.1.0.{index}"))),
+                    ..Default::default()
+                },
+            };
+            barrier.wait().await;
+            let updated = store.update_forward(id, &change).await.unwrap();
+            assert!(updated.is_some(), "forward {id} vanished");
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for (index, id) in ids.iter().enumerate() {
+        let f = servers[1].get_forward(*id).await.unwrap().unwrap();
+        assert_eq!(
+            f.description,
+            format!("web-{index}"),
+            "{id}: description lost"
+        );
+        assert_eq!(
+            f.internal_port,
+            8000 + u16::try_from(index).unwrap(),
+            "{id}: port lost"
+        );
+        assert_eq!(
+            f.internal_ip_address,
+            ip(&format!("10.1.0.{index}")),
+            "{id}: address lost"
+        );
+        assert_eq!(
+            f.status,
+            ForwardStatus::Pending,
+            "a retarget waits for its agent"
+        );
+    }
+    // Status reports racing description changes: both land too.
+    let results = race(&servers, ids.len(), |store, n| {
+        let ids = Arc::clone(&ids);
+        async move {
+            let id = ids[n / 2];
+            if n % 2 == 0 {
+                store
+                    .set_status(id, ForwardStatus::Active, None)
+                    .await
+                    .map(|_| ())
+            } else {
+                store
+                    .update_forward(
+                        id,
+                        &TargetChange {
+                            description: Some(format!("again-{}", n / 2)),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        }
+    })
+    .await;
+    for result in results {
+        result.unwrap();
+    }
+    for (index, id) in ids.iter().enumerate() {
+        let f = servers[0].get_forward(*id).await.unwrap().unwrap();
+        assert_eq!(
+            (f.status, f.description.as_str()),
+            (ForwardStatus::Active, format!("again-{index}").as_str())
+        );
+    }
+}
+
+/// Every server migrates at start-up; several starting at once on an empty
+/// database all succeed and leave one schema.
+async fn servers_starting_together_all_migrate(db: &'static TestDb) {
+    // Empty the test's database again: the harness migrated it.
+    let mut conn = AnyConnection::connect(&db.url).await.unwrap();
+    for table in ["forwards", "proxies", "_sqlx_migrations"] {
+        conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        servers.push(db.second_server().await);
+    }
+    let results = race(&servers, 1, |store, _| async move { store.migrate().await }).await;
+    for result in results {
+        result.unwrap_or_else(|e| panic!("a server failed to migrate: {e}"));
+    }
+    let created = servers[0]
+        .create_forward(&new_forward("a", 24000))
+        .await
+        .unwrap();
+    assert_eq!(all_forwards(&servers[3]).await, vec![created]);
+}
+
+/// The store reaches the database through a forwarder that the test cuts
+/// (connections reset, new ones refused) and restores: in between, every
+/// call fails with an error the API maps to 503; afterwards the same store
+/// works again and everything written before is still there.
+async fn outage_is_unavailable_then_recovers_with_nothing_lost(db: &'static TestDb) {
+    let mut forwarder = Forwarder::start(support::address_of(&db.url)).await;
+    let url = support::with_address(&db.url, forwarder.address);
+    let store = Store::connect_with(&url, &support::impatient())
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    for port in 23000..23010 {
+        before.push(store.create_forward(&new_forward("a", port)).await.unwrap());
+    }
+    store.ping().await.unwrap();
+
+    forwarder.cut().await;
+    let err = store.get_forward(before[0].id).await.unwrap_err();
+    assert!(err.is_unavailable(), "read during outage: {err:?}");
+    eprintln!("read during outage: {err}");
+    let err = store
+        .create_forward(&new_forward("a", 23100))
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "write during outage: {err:?}");
+    eprintln!("write during outage: {err}");
+    let err = store
+        .update_forward(before[1].id, &TargetChange::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "update during outage: {err:?}");
+    assert!(store.ping().await.unwrap_err().is_unavailable());
+    // A server that starts during the outage fails to open the database,
+    // and says so as unavailable too.
+    let err = Store::connect_with(&url, &support::impatient())
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "connect during outage: {err:?}");
+    eprintln!("connect during outage: {err}");
+
+    forwarder.restore().await;
+    store
+        .ping()
+        .await
+        .expect("store works again after the outage");
+    let after = store
+        .create_forward(&new_forward("a", 23100))
+        .await
+        .unwrap();
+    let mut stored = all_forwards(&store).await;
+    stored.sort_by_key(|f| f.external_port);
+    let mut expected = before;
+    expected.push(after);
+    assert_eq!(stored, expected, "nothing lost, nothing half-written");
+    store.close().await;
+    forwarder.cut().await;
+}
