@@ -82,6 +82,9 @@ impl Client {
         if url.host().is_none() {
             return Err(invalid("the URL has no host"));
         }
+        // reqwest is built with TLS but without a default crypto provider
+        // (ring, not aws-lc); an error only means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))

@@ -1,9 +1,10 @@
-//! The command line: `navigator [global options] <forward|proxy> <action>`.
+//! The command line: `navigator [global options] <forward|proxy|token> <action>`.
 
 use clap::{Parser, Subcommand};
 
 use crate::commands::forward::ForwardCommand;
 use crate::commands::proxy::ProxyCommand;
+use crate::commands::token::TokenCommand;
 use crate::config::GlobalArgs;
 
 /// Command-line client for Navigator, the port-forwarding service for
@@ -25,6 +26,9 @@ pub enum Command {
     /// Inspect proxies (the nodes that carry forwards)
     #[command(subcommand)]
     Proxy(ProxyCommand),
+    /// Get a Keystone token, to check the login settings
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[cfg(test)]
@@ -47,7 +51,7 @@ mod tests {
         let before = parse(&["--os-endpoint", "http://h:1", "--debug", "proxy", "list"]).unwrap();
         let after = parse(&["proxy", "list", "--os-endpoint", "http://h:1", "--debug"]).unwrap();
         assert_eq!(before.global, after.global);
-        assert_eq!(before.global.os_endpoint, "http://h:1");
+        assert_eq!(before.global.os.os_endpoint.as_deref(), Some("http://h:1"));
         assert!(after.global.debug);
     }
 

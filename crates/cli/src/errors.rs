@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use navigator_api::ClientError;
+use navigator_keystone::auth::AuthError;
 
 /// A mistake in the command line that clap cannot catch by itself (e.g.
 /// `forward set ID` with nothing to set); exits 2 like clap's own errors.
@@ -90,6 +91,24 @@ fn unreachable_reason(err: &(dyn std::error::Error + 'static)) -> String {
     deepest.to_string()
 }
 
+/// One line for a Keystone error whose own text would be reqwest's
+/// uninformative "error sending request"; `None` when its text is fine.
+fn describe_auth(err: &AuthError) -> Option<String> {
+    match err {
+        AuthError::Unreachable { url, source } => {
+            let reason = if source.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                unreachable_reason(source)
+            };
+            Some(format!(
+                "cannot reach Keystone at {url}: {reason} (check --os-auth-url, OS_AUTH_URL or auth_url in clouds.yaml)"
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// The message for any failure of a command.
 pub fn message(err: &anyhow::Error) -> String {
     let mut parts = Vec::new();
@@ -97,6 +116,10 @@ pub fn message(err: &anyhow::Error) -> String {
         if let Some(client) = cause.downcast_ref::<ClientError>() {
             // The description already says everything its causes would.
             parts.push(describe(client));
+            break;
+        }
+        if let Some(text) = cause.downcast_ref::<AuthError>().and_then(describe_auth) {
+            parts.push(text);
             break;
         }
         parts.push(cause.to_string());

@@ -5,6 +5,7 @@
 //! success, 1 for API and runtime errors, 2 for usage errors.
 
 mod cli;
+mod cloud;
 mod commands;
 mod config;
 mod errors;
@@ -16,6 +17,9 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // Before any HTTP client exists: reqwest is built without a default TLS
+    // crypto provider, and ring is the one Navigator uses.
+    navigator_keystone::auth::install_tls_provider();
     // clap prints its own usage errors and exits 2 (0 for --help/--version).
     let cli = cli::Cli::parse();
     let debug = cli.global.debug;

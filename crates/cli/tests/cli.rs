@@ -5,15 +5,20 @@
 use std::process::{Command, Output};
 
 /// Runs `navigator` with `args`, isolated from the caller's environment so
-/// that an exported `NAVIGATOR_ENDPOINT` or `OS_TOKEN` cannot change results.
+/// that an exported `NAVIGATOR_ENDPOINT`, `OS_CLOUD` or `OS_TOKEN` cannot
+/// change results.
 fn navigator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_navigator"))
-        .args(args)
-        .env_remove("NAVIGATOR_ENDPOINT")
-        .env_remove("OS_PROJECT_ID")
-        .env_remove("OS_TOKEN")
-        .output()
-        .expect("the navigator binary runs")
+    navigator_with(args, &[])
+}
+
+/// Runs `navigator` with only the variables in `env`.
+fn navigator_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_navigator"));
+    command.args(args).env_clear();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the navigator binary runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -26,7 +31,7 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 10] = [
+    let commands: [&[&str]; 12] = [
         &[],
         &["forward"],
         &["forward", "create"],
@@ -37,6 +42,8 @@ fn every_command_has_help() {
         &["proxy"],
         &["proxy", "list"],
         &["proxy", "show"],
+        &["token"],
+        &["token", "issue"],
     ];
     for command in commands {
         let mut args = command.to_vec();
@@ -115,11 +122,10 @@ fn debug_shows_the_causes() {
 
 #[test]
 fn endpoint_comes_from_the_environment() {
-    let output = Command::new(env!("CARGO_BIN_EXE_navigator"))
-        .args(["proxy", "list"])
-        .env("NAVIGATOR_ENDPOINT", "http://127.0.0.1:1")
-        .output()
-        .expect("the navigator binary runs");
+    let output = navigator_with(
+        &["proxy", "list"],
+        &[("NAVIGATOR_ENDPOINT", "http://127.0.0.1:1")],
+    );
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("http://127.0.0.1:1"),
@@ -220,4 +226,100 @@ fn usage_errors_found_before_any_request_exit_2() {
             stderr(&output)
         );
     }
+}
+
+#[test]
+fn missing_credentials_say_which_and_where() {
+    // Checked before any request: the auth URL goes nowhere.
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("OS_AUTH_URL", "http://127.0.0.1:1/v3"),
+                ("OS_USERNAME", "alice"),
+            ],
+            "missing credential: set --os-password or OS_PASSWORD",
+        ),
+        (
+            &[
+                ("OS_AUTH_URL", "http://127.0.0.1:1/v3"),
+                ("OS_PASSWORD", "secret-1"),
+            ],
+            "missing credential: set --os-username or OS_USERNAME, or --os-user-id or OS_USER_ID",
+        ),
+        (
+            &[
+                ("OS_AUTH_TYPE", "v3password"),
+                ("OS_USERNAME", "alice"),
+                ("OS_PASSWORD", "secret-1"),
+            ],
+            "missing credential: set --os-auth-url or OS_AUTH_URL",
+        ),
+        (
+            &[
+                ("OS_AUTH_URL", "http://127.0.0.1:1/v3"),
+                ("OS_AUTH_TYPE", "v3applicationcredential"),
+                ("OS_APPLICATION_CREDENTIAL_SECRET", "secret-1"),
+            ],
+            "missing credential: set --os-application-credential-id or OS_APPLICATION_CREDENTIAL_ID, or --os-application-credential-name or OS_APPLICATION_CREDENTIAL_NAME",
+        ),
+    ];
+    for (env, expected) in cases {
+        for command in [&["token", "issue"][..], &["forward", "list"]] {
+            let output = navigator_with(command, env);
+            assert_eq!(output.status.code(), Some(1), "{env:?}");
+            let message = stderr(&output);
+            assert_eq!(message.trim(), expected, "{env:?} {command:?}");
+        }
+    }
+}
+
+#[test]
+fn missing_password_names_the_cloud() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(
+        dir.path().join("clouds.yaml"),
+        "clouds:\n  mine:\n    auth:\n      auth_url: http://127.0.0.1:1\n      username: alice\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_navigator"))
+        .args(["token", "issue", "--os-cloud", "mine"])
+        .env_clear()
+        .current_dir(dir.path())
+        .output()
+        .expect("the navigator binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output).trim(),
+        "missing credential: set --os-password or OS_PASSWORD (or password in clouds.yaml cloud 'mine')"
+    );
+}
+
+#[test]
+fn unreachable_keystone_names_the_auth_url() {
+    let output = navigator_with(
+        &["token", "issue"],
+        &[
+            ("OS_AUTH_URL", "http://127.0.0.1:1"),
+            ("OS_USERNAME", "alice"),
+            ("OS_PASSWORD", "secret-1"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.starts_with("cannot reach Keystone at http://127.0.0.1:1/v3: connection refused"),
+        "{message}"
+    );
+    assert!(!message.contains("secret-1"), "{message}");
+}
+
+#[test]
+fn token_issue_without_keystone_says_so() {
+    let output = navigator(&["token", "issue"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("set --os-auth-url or OS_AUTH_URL"),
+        "{}",
+        stderr(&output)
+    );
 }

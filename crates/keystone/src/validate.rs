@@ -1,1 +1,814 @@
 //! Validating user tokens with the service's own credentials, with a cache (server side).
+//!
+//! The server logs in as its own service user (password, project-scoped),
+//! keeps that token and renews it shortly before it expires, and asks
+//! Keystone about each user token it has not seen recently
+//! (`GET /v3/auth/tokens?nocatalog`). Answers are cached for at most
+//! `token_cache_time` and never past the token's own `expires_at`.
+//!
+//! Every doubt is an error: a token Keystone does not vouch for is
+//! [`ValidateError::Invalid`] (HTTP 401 for the caller), and a Keystone that
+//! cannot be asked is [`ValidateError::Unavailable`] (HTTP 503). Nothing here
+//! ever answers "valid" without Keystone having said so within the cache bound.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::token::{Token, TokenBody};
+
+/// Why a user token was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValidateError {
+    /// Keystone does not know the token, or it expired or was revoked: the
+    /// caller must authenticate again (HTTP 401).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Keystone could not be asked, or refused Navigator's own credentials:
+    /// nothing can be decided (HTTP 503).
+    #[error("keystone unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A failure of an administrative call (login, catalog registration).
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoneError {
+    #[error("cannot reach keystone at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("keystone answered {status} to {what}: {message}")]
+    Status {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("unexpected answer from keystone to {what}: {message}")]
+    Protocol { what: String, message: String },
+}
+
+/// Password credentials, in keystonemiddleware's `[keystone_authtoken]` terms.
+#[derive(Clone)]
+pub struct PasswordCredentials {
+    /// Keystone's URL, with or without `/v3`.
+    pub auth_url: String,
+    pub username: String,
+    pub password: String,
+    pub project_name: String,
+    pub user_domain_name: String,
+    pub project_domain_name: String,
+}
+
+impl std::fmt::Debug for PasswordCredentials {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCredentials")
+            .field("auth_url", &self.auth_url)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("project_name", &self.project_name)
+            .field("user_domain_name", &self.user_domain_name)
+            .field("project_domain_name", &self.project_domain_name)
+            .finish()
+    }
+}
+
+/// How the validator behaves.
+#[derive(Clone, Debug)]
+pub struct ValidatorConfig {
+    pub credentials: PasswordCredentials,
+    /// Longest time a validation is trusted without asking Keystone again
+    /// (`token_cache_time`); zero disables the cache.
+    pub cache_time: Duration,
+    /// Most tokens remembered at once; beyond it the soonest-expiring go first.
+    pub cache_capacity: usize,
+    /// Limit on each request to Keystone, connection included.
+    pub timeout: Duration,
+}
+
+impl ValidatorConfig {
+    pub fn new(credentials: PasswordCredentials, cache_time: Duration) -> ValidatorConfig {
+        ValidatorConfig {
+            credentials,
+            cache_time,
+            cache_capacity: 10_000,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `auth_url` normalised to end in `/v3` (keystonemiddleware accepts both).
+pub fn v3_url(auth_url: &str) -> String {
+    let trimmed = auth_url.trim().trim_end_matches('/');
+    if trimmed.ends_with("/v3") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v3")
+    }
+}
+
+/// An HTTP client for Keystone. No connection reuse: Keystone under uwsgi's
+/// `--http-socket` closes kept-alive connections without saying so, and a
+/// pooled client then fails the next request with a reset.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, KeystoneError> {
+    // reqwest is built without a default crypto provider and panics when it
+    // builds a client with none installed; an error here only means one is
+    // installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("navigator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| KeystoneError::Protocol {
+            what: "building an HTTP client".into(),
+            message: error_chain(&e),
+        })
+}
+
+fn unreachable(url: &str, e: &reqwest::Error) -> KeystoneError {
+    KeystoneError::Unreachable {
+        url: url.to_owned(),
+        message: error_chain(e),
+    }
+}
+
+/// reqwest's top-level message is "error sending request"; the cause
+/// ("connection refused", "operation timed out") is what an operator needs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Keystone's error message from a `{"error": {"message": ...}}` body, or the body.
+async fn error_message(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.chars().take(200).collect())
+}
+
+/// A token Navigator obtained for itself.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub id: String,
+    pub token: Token,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Logs in with `credentials`, scoped to their project, and returns the token.
+pub async fn password_token(
+    http: &reqwest::Client,
+    credentials: &PasswordCredentials,
+) -> Result<IssuedToken, KeystoneError> {
+    let url = format!("{}/auth/tokens?nocatalog", v3_url(&credentials.auth_url));
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": credentials.username,
+            "domain": {"name": credentials.user_domain_name},
+            "password": credentials.password,
+        }}},
+        // Explicit scope: Keystone silently scopes an unscoped login to the
+        // user's default project, which need not be the one configured.
+        "scope": {"project": {
+            "name": credentials.project_name,
+            "domain": {"name": credentials.project_domain_name},
+        }},
+    }});
+    let what = format!("password login of {}", credentials.username);
+    let response = http
+        .post(&url)
+        .header(reqwest::header::CONNECTION, "close")
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| unreachable(&url, &e))?;
+    let status = response.status();
+    if status != StatusCode::CREATED && status != StatusCode::OK {
+        return Err(KeystoneError::Status {
+            what,
+            status: status.as_u16(),
+            message: error_message(response).await,
+        });
+    }
+    let id = response
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| KeystoneError::Protocol {
+            what: what.clone(),
+            message: "no X-Subject-Token header".into(),
+        })?;
+    let body: TokenBody = response.json().await.map_err(|e| KeystoneError::Protocol {
+        what: what.clone(),
+        message: error_chain(&e),
+    })?;
+    let expires_at = body
+        .token
+        .expires_at()
+        .map_err(|e| KeystoneError::Protocol {
+            what,
+            message: e.to_string(),
+        })?;
+    Ok(IssuedToken {
+        id,
+        token: body.token,
+        expires_at,
+    })
+}
+
+/// One remembered validation. The raw token is kept to compare on lookup:
+/// the map key is only a 64-bit hash, and a collision must never hand one
+/// user's identity to another.
+struct Entry {
+    raw: String,
+    token: Arc<Token>,
+    token_expires_at: DateTime<Utc>,
+    /// When Keystone must be asked again: min(now + cache_time, expires_at).
+    recheck_at: Instant,
+}
+
+struct Cache {
+    hasher: RandomState,
+    entries: HashMap<u64, Entry>,
+}
+
+/// Validates user tokens; share one per server (it is `Send + Sync`).
+pub struct Validator {
+    config: ValidatorConfig,
+    url: String,
+    http: reqwest::Client,
+    /// The service token, renewed by whoever finds it stale; the async lock
+    /// makes concurrent requests wait for one login instead of each logging in.
+    service: tokio::sync::Mutex<Option<IssuedToken>>,
+    cache: Mutex<Cache>,
+}
+
+/// Renew the service token this long before it expires, so that it never
+/// expires between being read and being used.
+const RENEW_MARGIN: Duration = Duration::from_secs(120);
+
+impl Validator {
+    pub fn new(config: ValidatorConfig) -> Result<Validator, KeystoneError> {
+        Ok(Validator {
+            url: v3_url(&config.credentials.auth_url),
+            http: http_client(config.timeout)?,
+            config,
+            service: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(Cache {
+                hasher: RandomState::new(),
+                entries: HashMap::new(),
+            }),
+        })
+    }
+
+    /// Keystone's v3 URL this validator talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The identity behind `user_token`, from the cache or from Keystone.
+    pub async fn validate(&self, user_token: &str) -> Result<Arc<Token>, ValidateError> {
+        let user_token = user_token.trim();
+        if user_token.is_empty() {
+            return Err(ValidateError::Invalid("empty token".into()));
+        }
+        if let Some(hit) = self.cached(user_token)? {
+            return Ok(hit);
+        }
+        let token = Arc::new(self.ask_keystone(user_token).await?);
+        let expires_at = token.expires_at().map_err(|e| {
+            // Keystone vouched for it but we cannot tell until when: refuse
+            // rather than trust it forever.
+            ValidateError::Invalid(format!("token has an unreadable expiry: {e}"))
+        })?;
+        if expires_at <= Utc::now() {
+            return Err(ValidateError::Invalid("token expired".into()));
+        }
+        self.remember(user_token, &token, expires_at);
+        Ok(token)
+    }
+
+    /// The service token currently held, if any (tests revoke it to check
+    /// that the validator logs in again).
+    pub async fn service_token_id(&self) -> Option<String> {
+        self.service.lock().await.as_ref().map(|t| t.id.clone())
+    }
+
+    /// Number of validations remembered (for tests and metrics).
+    pub fn cached_len(&self) -> usize {
+        self.lock_cache().entries.len()
+    }
+
+    /// Forgets every cached validation.
+    pub fn clear_cache(&self) {
+        self.lock_cache().entries.clear();
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A panic while holding the lock leaves at worst a stale entry whose
+        // expiry is still checked on every lookup, so the data stays usable.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cached(&self, raw: &str) -> Result<Option<Arc<Token>>, ValidateError> {
+        if self.config.cache_time.is_zero() {
+            return Ok(None);
+        }
+        let mut cache = self.lock_cache();
+        let key = cache.hasher.hash_one(raw);
+        let Some(entry) = cache.entries.get(&key) else {
+            return Ok(None);
+        };
+        if entry.raw != raw {
+            return Ok(None);
+        }
+        if entry.token_expires_at <= Utc::now() {
+            cache.entries.remove(&key);
+            return Err(ValidateError::Invalid("token expired".into()));
+        }
+        if entry.recheck_at <= Instant::now() {
+            cache.entries.remove(&key);
+            return Ok(None);
+        }
+        Ok(Some(entry.token.clone()))
+    }
+
+    fn remember(&self, raw: &str, token: &Arc<Token>, expires_at: DateTime<Utc>) {
+        if self.config.cache_time.is_zero() || self.config.cache_capacity == 0 {
+            return;
+        }
+        let left = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let now = Instant::now();
+        let recheck_at = now + left.min(self.config.cache_time);
+        let mut cache = self.lock_cache();
+        if cache.entries.len() >= self.config.cache_capacity {
+            cache.entries.retain(|_, e| e.recheck_at > now);
+        }
+        if cache.entries.len() >= self.config.cache_capacity {
+            // Still full of live entries: drop the one Keystone must be asked
+            // about soonest anyway. O(n), but only when the cache is full.
+            if let Some(key) = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.recheck_at)
+                .map(|(k, _)| *k)
+            {
+                cache.entries.remove(&key);
+            }
+        }
+        let key = cache.hasher.hash_one(raw);
+        cache.entries.insert(
+            key,
+            Entry {
+                raw: raw.to_owned(),
+                token: token.clone(),
+                token_expires_at: expires_at,
+                recheck_at,
+            },
+        );
+    }
+
+    /// A service token valid for at least [`RENEW_MARGIN`] (or half its
+    /// lifetime, for very short-lived ones), logging in if needed.
+    async fn service_token(&self, force_renew: bool) -> Result<String, ValidateError> {
+        let mut service = self.service.lock().await;
+        if let Some(current) = service.as_ref().filter(|_| !force_renew) {
+            let lifetime = current
+                .token
+                .issued_at
+                .as_deref()
+                .and_then(|t| crate::token::parse_time(t).ok())
+                .and_then(|issued| (current.expires_at - issued).to_std().ok())
+                .unwrap_or(RENEW_MARGIN * 2);
+            let margin = RENEW_MARGIN.min(lifetime / 2);
+            let renew_at = current.expires_at
+                - chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::zero());
+            if Utc::now() < renew_at {
+                return Ok(current.id.clone());
+            }
+        }
+        let issued = password_token(&self.http, &self.config.credentials)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot obtain navigator's service token");
+                ValidateError::Unavailable(format!("cannot obtain the service token: {e}"))
+            })?;
+        tracing::debug!(expires_at = %issued.expires_at, "obtained a service token");
+        let id = issued.id.clone();
+        *service = Some(issued);
+        Ok(id)
+    }
+
+    async fn ask_keystone(&self, user_token: &str) -> Result<Token, ValidateError> {
+        let mut renewed = false;
+        loop {
+            let service_token = self.service_token(renewed).await?;
+            let url = format!("{}/auth/tokens?nocatalog", self.url);
+            let response = self
+                .http
+                .get(&url)
+                .header(reqwest::header::CONNECTION, "close")
+                .header("X-Auth-Token", &service_token)
+                .header("X-Subject-Token", user_token)
+                .send()
+                .await
+                .map_err(|e| {
+                    ValidateError::Unavailable(format!("cannot reach {url}: {}", error_chain(&e)))
+                })?;
+            let status = response.status();
+            match status {
+                StatusCode::OK => {
+                    let body: TokenBody = response.json().await.map_err(|e| {
+                        ValidateError::Unavailable(format!(
+                            "unreadable token validation from keystone: {}",
+                            error_chain(&e)
+                        ))
+                    })?;
+                    return Ok(body.token);
+                }
+                // Keystone says 404 for a subject token it does not
+                // recognise, that expired or that was revoked.
+                StatusCode::NOT_FOUND => {
+                    return Err(ValidateError::Invalid(error_message(response).await));
+                }
+                // Our own token was refused (expired early, revoked, keys
+                // rotated): log in again, once.
+                StatusCode::UNAUTHORIZED if !renewed => {
+                    tracing::info!("keystone refused the service token; logging in again");
+                    renewed = true;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    return Err(ValidateError::Unavailable(format!(
+                        "keystone refused a fresh service token: {}",
+                        error_message(response).await
+                    )));
+                }
+                // The service user may not validate others' tokens: a
+                // deployment error, not the caller's fault.
+                StatusCode::FORBIDDEN => {
+                    let message = error_message(response).await;
+                    tracing::error!(%message, "navigator's service user may not validate tokens; give it the service (or admin) role");
+                    return Err(ValidateError::Unavailable(format!(
+                        "the service user may not validate tokens: {message}"
+                    )));
+                }
+                other => {
+                    return Err(ValidateError::Unavailable(format!(
+                        "keystone answered {other} to a token validation: {}",
+                        error_message(response).await
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// One endpoint of a service in the catalog.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    /// `public`, `internal` or `admin`.
+    pub interface: String,
+    pub url: String,
+}
+
+/// What [`register_service`] did, for the operator.
+#[derive(Clone, Debug, Default)]
+pub struct RegisterReport {
+    pub service_id: String,
+    pub service_created: bool,
+    pub region_created: bool,
+    pub endpoints_created: Vec<String>,
+    pub endpoints_updated: Vec<String>,
+    pub endpoints_unchanged: Vec<String>,
+}
+
+/// A Keystone admin session for catalog registration.
+struct Admin<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Admin<'_> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        what: &str,
+    ) -> Result<(StatusCode, serde_json::Value), KeystoneError> {
+        let url = format!("{}{path}", self.url);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header(reqwest::header::CONNECTION, "close")
+            .header("X-Auth-Token", &self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| unreachable(&url, &e))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok((status, serde_json::Value::Null));
+        }
+        if !status.is_success() {
+            return Err(KeystoneError::Status {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message: error_message(response).await,
+            });
+        }
+        let value = response.json().await.map_err(|e| KeystoneError::Protocol {
+            what: what.to_owned(),
+            message: error_chain(&e),
+        })?;
+        Ok((status, value))
+    }
+}
+
+fn string_field(value: &serde_json::Value, what: &str) -> Result<String, KeystoneError> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| KeystoneError::Protocol {
+            what: what.to_owned(),
+            message: "missing id".into(),
+        })
+}
+
+/// Creates (or brings up to date) the catalog entry of a service: the
+/// service found by type and name, the region, and one endpoint per
+/// interface. Idempotent: running it twice changes nothing the second time.
+pub async fn register_service(
+    admin: &PasswordCredentials,
+    name: &str,
+    service_type: &str,
+    description: &str,
+    region: &str,
+    endpoints: &[EndpointSpec],
+) -> Result<RegisterReport, KeystoneError> {
+    let http = http_client(Duration::from_secs(30))?;
+    let login = password_token(&http, admin).await?;
+    let admin = Admin {
+        http: &http,
+        url: v3_url(&admin.auth_url),
+        token: login.id,
+    };
+    let mut report = RegisterReport::default();
+
+    let (_, services) = admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/services?type={service_type}"),
+            None,
+            "list services",
+        )
+        .await?;
+    let existing = services["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name);
+    report.service_id = match existing {
+        Some(service) => string_field(&service["id"], "list services")?,
+        None => {
+            let (_, created) = admin
+                .call(
+                    reqwest::Method::POST,
+                    "/services",
+                    Some(json!({"service": {
+                        "name": name, "type": service_type,
+                        "description": description, "enabled": true,
+                    }})),
+                    "create service",
+                )
+                .await?;
+            report.service_created = true;
+            string_field(&created["service"]["id"], "create service")?
+        }
+    };
+
+    let (status, _) = admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/regions/{region}"),
+            None,
+            "show region",
+        )
+        .await?;
+    if status == StatusCode::NOT_FOUND {
+        admin
+            .call(
+                reqwest::Method::POST,
+                "/regions",
+                Some(json!({"region": {"id": region}})),
+                "create region",
+            )
+            .await?;
+        report.region_created = true;
+    }
+
+    let (_, listed) = admin
+        .call(
+            reqwest::Method::GET,
+            &format!("/endpoints?service_id={}", report.service_id),
+            None,
+            "list endpoints",
+        )
+        .await?;
+    let current: Vec<serde_json::Value> =
+        listed["endpoints"].as_array().cloned().unwrap_or_default();
+    for spec in endpoints {
+        let found = current.iter().find(|e| {
+            e["interface"] == spec.interface.as_str()
+                && (e["region_id"] == region || e["region"] == region)
+        });
+        match found {
+            Some(endpoint) if endpoint["url"] == spec.url.as_str() => {
+                report.endpoints_unchanged.push(spec.interface.clone());
+            }
+            Some(endpoint) => {
+                let id = string_field(&endpoint["id"], "list endpoints")?;
+                admin
+                    .call(
+                        reqwest::Method::PATCH,
+                        &format!("/endpoints/{id}"),
+                        Some(json!({"endpoint": {"url": spec.url}})),
+                        "update endpoint",
+                    )
+                    .await?;
+                report.endpoints_updated.push(spec.interface.clone());
+            }
+            None => {
+                admin
+                    .call(
+                        reqwest::Method::POST,
+                        "/endpoints",
+                        Some(json!({"endpoint": {
+                            "service_id": report.service_id, "interface": spec.interface,
+                            "region_id": region, "url": spec.url, "enabled": true,
+                        }})),
+                        "create endpoint",
+                    )
+                    .await?;
+                report.endpoints_created.push(spec.interface.clone());
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(expires_at: &str) -> Token {
+        serde_json::from_value(json!({
+            "methods": ["password"],
+            "user": {"id": "u1", "name": "alice"},
+            "project": {"id": "p1", "name": "demo"},
+            "roles": [{"id": "r", "name": "member"}],
+            "expires_at": expires_at,
+        }))
+        .unwrap()
+    }
+
+    fn validator(cache_time: Duration) -> Validator {
+        Validator::new(ValidatorConfig {
+            credentials: PasswordCredentials {
+                // Nothing listens on port 9 of loopback: any call to
+                // Keystone fails, so hits can only come from the cache.
+                auth_url: "http://127.0.0.1:9".into(),
+                username: "navigator".into(),
+                password: "secret".into(),
+                project_name: "service".into(),
+                user_domain_name: "Default".into(),
+                project_domain_name: "Default".into(),
+            },
+            cache_time,
+            cache_capacity: 2,
+            timeout: Duration::from_secs(2),
+        })
+        .unwrap()
+    }
+
+    fn format_both(t: DateTime<Utc>) -> [String; 2] {
+        [
+            t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        ]
+    }
+
+    #[test]
+    fn v3_url_accepts_both_spellings() {
+        assert_eq!(v3_url("http://k:5000"), "http://k:5000/v3");
+        assert_eq!(v3_url("http://k:5000/v3/"), "http://k:5000/v3");
+        assert_eq!(v3_url("http://k/identity/v3"), "http://k/identity/v3");
+    }
+
+    #[test]
+    fn password_is_not_printed() {
+        let v = validator(Duration::from_secs(1));
+        assert!(!format!("{:?}", v.config).contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn cache_hits_until_the_bound_in_both_expiry_forms() {
+        for text in format_both(Utc::now() + chrono::Duration::hours(1)) {
+            let v = validator(Duration::from_millis(300));
+            let t = Arc::new(token(&text));
+            v.remember("tok", &t, t.expires_at().unwrap());
+            assert_eq!(v.validate("tok").await.unwrap().user.id, "u1", "{text}");
+            std::thread::sleep(Duration::from_millis(350));
+            // Past the cache bound Keystone must be asked, and it is down.
+            assert!(matches!(
+                v.validate("tok").await,
+                Err(ValidateError::Unavailable(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_tokens_are_refused_even_when_cached() {
+        for text in format_both(Utc::now() + chrono::Duration::seconds(1)) {
+            let v = validator(Duration::from_secs(300));
+            let t = Arc::new(token(&text));
+            v.remember("tok", &t, t.expires_at().unwrap());
+            // Whole seconds: the no-fraction form may be up to 1 s earlier.
+            std::thread::sleep(Duration::from_millis(1100));
+            assert_eq!(
+                v.validate("tok").await.unwrap_err(),
+                ValidateError::Invalid("token expired".into()),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn cache_entries_never_outlive_the_token() {
+        let v = validator(Duration::from_secs(300));
+        let expires = Utc::now() + chrono::Duration::milliseconds(1500);
+        let t = Arc::new(token(&expires.to_rfc3339()));
+        v.remember("tok", &t, expires);
+        let cache = v.lock_cache();
+        let entry = cache.entries.values().next().unwrap();
+        assert!(entry.recheck_at <= Instant::now() + Duration::from_millis(1500));
+    }
+
+    #[tokio::test]
+    async fn a_different_token_with_the_same_key_is_not_a_hit() {
+        let v = validator(Duration::from_secs(300));
+        let t = Arc::new(token(
+            &(Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        ));
+        v.remember("tok", &t, t.expires_at().unwrap());
+        // Forge a collision: the entry under "tok"'s key holds another raw token.
+        {
+            let mut cache = v.lock_cache();
+            let key = cache.hasher.hash_one("tok");
+            let entry = cache.entries.get_mut(&key).unwrap();
+            entry.raw = "other".into();
+        }
+        assert!(v.cached("tok").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let v = validator(Duration::from_secs(300));
+        let t = Arc::new(token(
+            &(Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        ));
+        for raw in ["a", "b", "c", "d"] {
+            v.remember(raw, &t, t.expires_at().unwrap());
+        }
+        assert_eq!(v.cached_len(), 2);
+    }
+
+    #[tokio::test]
+    async fn keystone_down_is_unavailable_never_valid() {
+        let v = validator(Duration::from_secs(300));
+        assert!(matches!(
+            v.validate("anything").await,
+            Err(ValidateError::Unavailable(_))
+        ));
+        assert!(matches!(
+            v.validate("  ").await,
+            Err(ValidateError::Invalid(_))
+        ));
+    }
+}

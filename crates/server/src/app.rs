@@ -24,6 +24,8 @@ use crate::handlers;
 pub struct AppState {
     pub control: Arc<Control>,
     pub config: Arc<Config>,
+    /// Authentication (`auth_strategy`) and policy.
+    pub auth: Arc<crate::auth::Auth>,
     /// Base URL for links in responses, e.g. `http://127.0.0.1:9797`.
     pub public_url: String,
 }

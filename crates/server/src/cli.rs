@@ -61,6 +61,48 @@ pub enum Command {
     },
     /// Print the OpenAPI document of API v1 as JSON.
     Openapi,
+    /// Authorisation policy helpers.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Keystone helpers.
+    Keystone {
+        #[command(subcommand)]
+        command: KeystoneCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print a sample policy.yaml with every default rule and what it guards.
+    Sample,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeystoneCommand {
+    /// Create or update Navigator's service (type port-forwarding) and its
+    /// endpoints in the Keystone catalog (idempotent). Uses admin credentials
+    /// from OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME,
+    /// OS_USER_DOMAIN_NAME, OS_PROJECT_DOMAIN_NAME when OS_AUTH_URL is set,
+    /// else those of [keystone_authtoken].
+    Register(RegisterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// URL of the public endpoint, e.g. https://navigator.example.com:9797.
+    #[arg(long, value_name = "URL")]
+    pub public_url: String,
+    /// URL of the internal endpoint. Default: the public URL.
+    #[arg(long, value_name = "URL")]
+    pub internal_url: Option<String>,
+    /// URL of the admin endpoint. Default: the internal URL.
+    #[arg(long, value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// Region of the endpoints. Default: [keystone_authtoken] region_name, else RegionOne.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

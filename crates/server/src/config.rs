@@ -58,7 +58,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "DEFAULT",
         key: "auth_strategy",
         default: "noauth",
-        help: "noauth: no authentication; the project comes from the X-Project-Id header (\"default\" when absent) and every caller is an admin. keystone: validate X-Auth-Token with Keystone (not available in this build yet).",
+        help: "noauth: no authentication; the project comes from the X-Project-Id header (\"default\" when absent) and every caller is an admin. keystone: validate X-Auth-Token with Keystone using the service credentials of [keystone_authtoken], and authorise with [oslo_policy].",
     },
     OptionDoc {
         section: "DEFAULT",
@@ -85,6 +85,78 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Project of noauth requests without an X-Project-Id header.",
     },
     OptionDoc {
+        section: "keystone_authtoken",
+        key: "www_authenticate_uri",
+        default: "",
+        help: "Keystone URL clients are sent to in the WWW-Authenticate header of a 401 (keystonemiddleware's name). Default: auth_url.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "auth_url",
+        default: "",
+        help: "Keystone URL Navigator validates tokens at, e.g. http://controller:5000/v3 (with or without /v3). Required with auth_strategy = keystone.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "auth_type",
+        default: "password",
+        help: "How Navigator authenticates itself to Keystone; only password is supported.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "username",
+        default: "",
+        help: "Navigator's service user. It needs the service (or admin) role on project_name to validate users' tokens. Required with auth_strategy = keystone.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "password",
+        default: "",
+        help: "Password of the service user. Required with auth_strategy = keystone.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "project_name",
+        default: "",
+        help: "Project the service user's token is scoped to, usually service. Required with auth_strategy = keystone.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "user_domain_name",
+        default: "Default",
+        help: "Domain of the service user.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "project_domain_name",
+        default: "Default",
+        help: "Domain of project_name.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "region_name",
+        default: "",
+        help: "Region of Navigator's endpoints (used by navigator-server keystone register; default RegionOne).",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "memcached_servers",
+        default: "",
+        help: "Accepted for compatibility with keystonemiddleware and ignored: validations are cached in the server's memory.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "token_cache_time",
+        default: "300",
+        help: "Seconds a token validation is trusted before Keystone is asked again (never past the token's expiry); a revoked token is refused at most this long after revocation. 0 or -1 disables the cache.",
+    },
+    OptionDoc {
+        section: "oslo_policy",
+        key: "policy_file",
+        default: "",
+        help: "oslo.policy YAML file overriding default rules (see etc/policy.yaml.sample, or navigator-server policy sample). Relative paths are read from the configuration file's directory. Default: built-in rules only.",
+    },
+    OptionDoc {
         section: "forwards",
         key: "allowed_target_networks",
         default: "",
@@ -106,7 +178,37 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "agent",
         key: "backend",
         default: "relay",
-        help: "Data plane of the agent: relay (userspace, no root needed). nft, iptables and socat are not available in this build yet.",
+        help: "Data plane of the agent: relay (userspace relay in the agent, no root needed), nft (kernel NAT in table inet navigator; the kernel default, needs root), iptables (kernel NAT in NAVIGATOR-* chains, needs root) or socat (one socat process per forward). See docs/dataplane.md.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "conntrack_cleanup",
+        default: "udp",
+        help: "Kernel backends: conntrack entries deleted when a forward is deleted or retargeted. udp: UDP flows follow the change, established TCP connections finish on the old target; all: TCP connections are cut too; off: never touch conntrack.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "fix_sysctls",
+        default: "false",
+        help: "Kernel backends: turn on net.ipv4.ip_forward, net.ipv6.conf.all.forwarding and bridge-nf-call-ip(6)tables when they are off, instead of reporting the forwards ERROR with the fix.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "full_sync_interval",
+        default: "600",
+        help: "Kernel backends: seconds between full rewrites of Navigator's ruleset, repairing drift; a missing table or chain is repaired at the next reconcile regardless.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "nft_table",
+        default: "navigator",
+        help: "nft backend: name of the inet table Navigator owns. Navigator deletes and rewrites this table and touches no other.",
+    },
+    OptionDoc {
+        section: "agent",
+        key: "iptables_variant",
+        default: "auto",
+        help: "iptables backend: auto (the host's iptables), nft (iptables-nft) or legacy (iptables-legacy).",
     },
     OptionDoc {
         section: "agent",
@@ -204,10 +306,19 @@ pub struct Config {
     pub database_connection: Option<String>,
     pub max_request_body_size: usize,
     pub default_project_id: String,
+    /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
+    pub keystone_authtoken: KeystoneAuthtoken,
+    /// `[oslo_policy] policy_file`, resolved against the configuration file's directory.
+    pub policy_file: Option<PathBuf>,
     pub allowed_target_networks: Vec<IpNet>,
     pub allow_loopback_targets: Option<bool>,
     pub scheduler_strategy: navigator_scheduler::Strategy,
     pub backend: String,
+    pub conntrack_cleanup: navigator_dataplane::ConntrackCleanup,
+    pub fix_sysctls: bool,
+    pub full_sync_interval: Duration,
+    pub nft_table: String,
+    pub iptables_variant: navigator_dataplane::iptables::Variant,
     pub external_addresses: Vec<IpAddr>,
     pub port_range: PortRange,
     pub report_interval: Duration,
@@ -363,6 +474,16 @@ impl Config {
                     Ok(v.to_owned())
                 }
             })?,
+            keystone_authtoken: KeystoneAuthtoken::parse(&raw)?,
+            policy_file: raw.parse("oslo_policy", "policy_file", |v| {
+                Ok((!v.is_empty()).then(|| {
+                    let file = Path::new(v);
+                    match Path::new(path).parent() {
+                        Some(dir) if file.is_relative() && !dir.as_os_str().is_empty() => dir.join(file),
+                        _ => file.to_owned(),
+                    }
+                }))
+            })?,
             allowed_target_networks: raw.parse("forwards", "allowed_target_networks", |v| {
                 list(v, "a CIDR network such as 10.0.0.0/8")
             })?,
@@ -371,12 +492,20 @@ impl Config {
             })?,
             scheduler_strategy: raw.parse("scheduler", "strategy", |v| v.parse())?,
             backend: raw.parse("agent", "backend", |v| match v {
-                "relay" => Ok(v.to_owned()),
-                "nft" | "iptables" | "socat" => Err(format!(
-                    "the {v} backend is not available in this build yet; use relay"
-                )),
-                _ => Err("expected relay".into()),
+                "relay" | "nft" | "iptables" | "socat" => Ok(v.to_owned()),
+                _ => Err("expected relay, nft, iptables or socat".into()),
             })?,
+            conntrack_cleanup: raw.parse("agent", "conntrack_cleanup", |v| v.parse())?,
+            fix_sysctls: raw.parse("agent", "fix_sysctls", boolean)?,
+            full_sync_interval: raw.parse("agent", "full_sync_interval", seconds)?,
+            nft_table: raw.parse("agent", "nft_table", |v| {
+                if !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                    Ok(v.to_owned())
+                } else {
+                    Err("expected a table name of letters, digits, _ and -, at most 64 characters".into())
+                }
+            })?,
+            iptables_variant: raw.parse("agent", "iptables_variant", |v| v.parse())?,
             external_addresses: raw.parse("agent", "external_addresses", |v| {
                 let addresses: Vec<IpAddr> = list(v, "an IPv4 or IPv6 address")?;
                 if addresses.is_empty() {
@@ -402,6 +531,90 @@ impl Config {
             udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", seconds)?,
             connect_timeout: raw.parse("relay", "connect_timeout", seconds)?,
             unknown_options,
+        })
+    }
+}
+
+/// `[keystone_authtoken]` with keystonemiddleware's option names.
+#[derive(Clone, Default)]
+pub struct KeystoneAuthtoken {
+    pub www_authenticate_uri: Option<String>,
+    pub auth_url: String,
+    pub username: String,
+    pub password: String,
+    pub project_name: String,
+    pub user_domain_name: String,
+    pub project_domain_name: String,
+    pub region_name: Option<String>,
+    pub memcached_servers: Option<String>,
+    /// Zero: every request asks Keystone.
+    pub token_cache_time: Duration,
+}
+
+impl std::fmt::Debug for KeystoneAuthtoken {
+    // Config is logged in debug output; the password must not be.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeystoneAuthtoken")
+            .field("www_authenticate_uri", &self.www_authenticate_uri)
+            .field("auth_url", &self.auth_url)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("project_name", &self.project_name)
+            .field("user_domain_name", &self.user_domain_name)
+            .field("project_domain_name", &self.project_domain_name)
+            .field("region_name", &self.region_name)
+            .field("memcached_servers", &self.memcached_servers)
+            .field("token_cache_time", &self.token_cache_time)
+            .finish()
+    }
+}
+
+impl KeystoneAuthtoken {
+    fn parse(raw: &Raw) -> Result<KeystoneAuthtoken, ConfigError> {
+        // Required options are only required when Keystone is in use; the
+        // section may sit unused in a noauth configuration.
+        let keystone = raw.get("DEFAULT", "auth_strategy").trim() == "keystone";
+        let required = |v: &str| {
+            if keystone && v.is_empty() {
+                Err("required when [DEFAULT] auth_strategy = keystone".to_owned())
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        let url = |v: &str| {
+            if v.is_empty() || v.starts_with("http://") || v.starts_with("https://") {
+                Ok(v.to_owned())
+            } else {
+                Err("expected an http:// or https:// URL".to_owned())
+            }
+        };
+        let optional = |v: &str| Ok((!v.is_empty()).then(|| v.to_owned()));
+        let section = "keystone_authtoken";
+        Ok(KeystoneAuthtoken {
+            www_authenticate_uri: raw.parse(section, "www_authenticate_uri", |v| {
+                url(v).map(|v| (!v.is_empty()).then_some(v))
+            })?,
+            auth_url: raw.parse(section, "auth_url", |v| required(v).and_then(|v| url(&v)))?,
+            username: raw.parse(section, "username", required)?,
+            password: raw.parse(section, "password", required)?,
+            project_name: raw.parse(section, "project_name", required)?,
+            user_domain_name: raw.parse(section, "user_domain_name", required)?,
+            project_domain_name: raw.parse(section, "project_domain_name", required)?,
+            region_name: raw.parse(section, "region_name", optional)?,
+            memcached_servers: raw.parse(section, "memcached_servers", optional)?,
+            token_cache_time: raw
+                .parse(section, "token_cache_time", |v| match v.parse::<i64>() {
+                    Ok(-1 | 0) => Ok(Duration::ZERO),
+                    Ok(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n as u64)),
+                    _ => Err("expected a whole number of seconds from 0 to 86400 (-1 or 0 disables the cache)".to_owned()),
+                })
+                .and_then(|t| {
+                    // Checked here because it depends on nothing else.
+                    raw.parse(section, "auth_type", |v| match v {
+                        "password" | "" => Ok(t),
+                        _ => Err("only password is supported".to_owned()),
+                    })
+                })?,
         })
     }
 }
@@ -475,8 +688,8 @@ mod tests {
                 "t.conf: [DEFAULT] auth_strategy = \"ldap\": expected noauth or keystone",
             ),
             (
-                "[agent]\nbackend = nft\n",
-                "t.conf: [agent] backend = \"nft\": the nft backend is not available in this build yet; use relay",
+                "[agent]\nbackend = ebpf\n",
+                "t.conf: [agent] backend = \"ebpf\": expected relay, nft, iptables or socat",
             ),
             (
                 "[agent]\nreport_interval = soon\n",
@@ -495,6 +708,41 @@ mod tests {
             let err = Config::parse("t.conf", text).unwrap_err();
             assert_eq!(err.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn keystone_needs_its_section_and_names_the_missing_key() {
+        let err = Config::parse("t.conf", "[DEFAULT]\nauth_strategy = keystone\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf: [keystone_authtoken] auth_url = \"\": required when [DEFAULT] auth_strategy = keystone"
+        );
+        let text = "[DEFAULT]\nauth_strategy = keystone\n[keystone_authtoken]\nauth_url = http://k:5000\nusername = navigator\npassword = pw\n";
+        let err = Config::parse("t.conf", text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf: [keystone_authtoken] project_name = \"\": required when [DEFAULT] auth_strategy = keystone"
+        );
+        let text = format!(
+            "{text}project_name = service\ntoken_cache_time = -1\nmemcached_servers = m:11211\n[oslo_policy]\npolicy_file = policy.yaml\n"
+        );
+        let config = Config::parse("/etc/navigator/navigator.conf", &text).unwrap();
+        assert_eq!(config.keystone_authtoken.token_cache_time, Duration::ZERO);
+        assert_eq!(config.keystone_authtoken.user_domain_name, "Default");
+        assert_eq!(
+            config.policy_file,
+            Some(PathBuf::from("/etc/navigator/policy.yaml"))
+        );
+        assert!(config.unknown_options.is_empty());
+        assert!(!format!("{config:?}").contains("pw\""));
+        let err = Config::parse(
+            "t.conf",
+            &format!("{text}[keystone_authtoken]\nauth_type = v3token\n"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth_type"), "{err}");
+        // noauth ignores an incomplete section.
+        assert!(Config::parse("t.conf", "[keystone_authtoken]\nusername = x\n").is_ok());
     }
 
     #[test]

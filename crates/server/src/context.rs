@@ -8,10 +8,13 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::app::AppState;
+use crate::auth::{Identity, NOAUTH_ROLES, credentials};
 use crate::error::ApiError;
+use crate::policy::Credentials;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-openstack-request-id");
 const PROJECT_ID_HEADER: &str = "x-project-id";
+const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 
 /// `req-<uuid>`, as every OpenStack service names its requests.
 #[derive(Clone, Debug)]
@@ -40,8 +43,53 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
 pub struct Context {
     pub request_id: String,
     pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    /// Always the token's project (or noauth's header): never a request body's.
     pub project_id: String,
+    /// `context_is_admin` of the policy: may act across projects.
     pub is_admin: bool,
+    /// Role names, as the policy's `role:` checks see them.
+    pub roles: Vec<String>,
+    /// What policy checks evaluate.
+    pub credentials: Credentials,
+}
+
+impl Context {
+    /// Whether the policy allows `rule` on a resource of `project_id`.
+    pub fn allowed(&self, state: &AppState, rule: &str, project_id: &str) -> bool {
+        state
+            .auth
+            .policy
+            .check(rule, &self.credentials, &[("project_id", project_id)])
+    }
+
+    /// `Ok` when [`Context::allowed`], else 403 naming the rule.
+    pub fn enforce(&self, state: &AppState, rule: &str, project_id: &str) -> Result<(), ApiError> {
+        if self.allowed(state, rule, project_id) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "policy does not allow {rule} to be performed"
+            )))
+        }
+    }
+
+    fn new(request_id: String, identity: Identity, state: &AppState) -> Context {
+        let credentials = credentials(&identity);
+        let is_admin = state
+            .auth
+            .policy
+            .check("context_is_admin", &credentials, &[]);
+        Context {
+            request_id,
+            user_id: identity.user_id,
+            user_name: identity.user_name,
+            project_id: identity.project_id,
+            is_admin,
+            roles: identity.roles,
+            credentials,
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Context {
@@ -56,6 +104,16 @@ impl FromRequestParts<AppState> for Context {
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_default();
+        if state.auth.is_keystone() {
+            let token = match parts.headers.get(AUTH_TOKEN_HEADER) {
+                None => None,
+                // A header that is not ASCII cannot be a token Keystone
+                // issued: treated as no token (401), never sent on.
+                Some(value) => Some(value.to_str().unwrap_or("")),
+            };
+            let identity = state.auth.authenticate(token, &request_id).await?;
+            return Ok(Context::new(request_id, identity, state));
+        }
         // noauth: the project is whatever the caller says, and every caller
         // is an admin. It is only served on loopback unless forced.
         let project_id = match parts.headers.get(PROJECT_ID_HEADER) {
@@ -77,11 +135,13 @@ impl FromRequestParts<AppState> for Context {
                 value.to_owned()
             }
         };
-        Ok(Context {
-            request_id,
+        let identity = Identity {
             user_id: None,
+            user_name: None,
             project_id,
-            is_admin: true,
-        })
+            project_name: None,
+            roles: NOAUTH_ROLES.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        Ok(Context::new(request_id, identity, state))
     }
 }

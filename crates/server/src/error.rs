@@ -13,6 +13,9 @@ use navigator_store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// No token, or one Keystone does not vouch for; `uri` is where to get one.
+    #[error("{message}")]
+    Unauthorized { message: String, uri: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -35,6 +38,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -98,6 +102,16 @@ impl IntoResponse for ApiError {
             status.canonical_reason().unwrap_or("Error"),
             message,
         );
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unauthorized { uri, .. } = &self {
+            // What keystonemiddleware sends, so clients know where to log in.
+            let value = format!("Keystone uri=\"{}\"", uri.replace('"', "%22"));
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
     }
 }

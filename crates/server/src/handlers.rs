@@ -107,7 +107,9 @@ async fn visible_forward(
         return Err(ApiError::forward_not_found(id));
     };
     match state.control.store().get_forward(forward_id).await? {
-        Some(forward) if ctx.is_admin || forward.project_id == ctx.project_id => Ok(forward),
+        // Policy `get_forward` on the forward's own project: a forward the
+        // caller may not see is indistinguishable from one that is absent.
+        Some(forward) if ctx.allowed(state, "get_forward", &forward.project_id) => Ok(forward),
         _ => Err(ApiError::forward_not_found(id)),
     }
 }
@@ -131,8 +133,10 @@ pub async fn create_forward(
     ApiJson(body): ApiJson<ForwardCreateBody>,
 ) -> Result<(StatusCode, Json<ForwardBody>), ApiError> {
     let result = async {
+        // The forward's project is the caller's (token) project, never the body's.
+        ctx.enforce(&state, "create_forward", &ctx.project_id)?;
         let new = body.forward.validate()?;
-        if new.proxy.is_some() && !ctx.is_admin {
+        if new.proxy.is_some() && !ctx.allowed(&state, "create_forward:proxy", &ctx.project_id) {
             return Err(ApiError::Forbidden(
                 "only an admin may choose the proxy".into(),
             ));
@@ -173,7 +177,10 @@ pub async fn list_forwards(
     ApiQuery(query): ApiQuery<ForwardListQuery>,
 ) -> Result<Json<ForwardList>, ApiError> {
     let all_projects = query.all_projects.unwrap_or(false);
-    if all_projects && !ctx.is_admin {
+    if !all_projects {
+        ctx.enforce(&state, "get_forward", &ctx.project_id)?;
+    }
+    if all_projects && !ctx.allowed(&state, "list_all_projects", &ctx.project_id) {
         return Err(ApiError::Forbidden(
             "all_projects is for admins only".into(),
         ));
@@ -327,6 +334,9 @@ pub async fn update_forward(
     let result = async {
         let changes = body.forward.validate()?;
         let forward = visible_forward(&state, &ctx, &id).await?;
+        // Visible but not changeable (a reader): 403, the forward's existence
+        // is no secret to this caller.
+        ctx.enforce(&state, "update_forward", &forward.project_id)?;
         state
             .control
             .update(&forward, changes)
@@ -353,6 +363,7 @@ pub async fn delete_forward(
 ) -> Result<StatusCode, ApiError> {
     let result = async {
         let forward = visible_forward(&state, &ctx, &id).await?;
+        ctx.enforce(&state, "delete_forward", &forward.project_id)?;
         if state.control.delete(&forward).await? {
             Ok(StatusCode::NO_CONTENT)
         } else {
@@ -405,7 +416,7 @@ pub async fn list_proxies(
     State(state): State<AppState>,
     ctx: Context,
 ) -> Result<Json<ProxyList>, ApiError> {
-    if !ctx.is_admin {
+    if !ctx.allowed(&state, "get_proxy", &ctx.project_id) {
         return Err(ApiError::Forbidden(
             "listing proxies is for admins only".into(),
         ));
@@ -432,7 +443,7 @@ pub async fn show_proxy(
     ctx: Context,
     Path(host): Path<String>,
 ) -> Result<Json<ProxyBody>, ApiError> {
-    if !ctx.is_admin {
+    if !ctx.allowed(&state, "get_proxy", &ctx.project_id) {
         return Err(ApiError::Forbidden(
             "showing proxies is for admins only".into(),
         ));

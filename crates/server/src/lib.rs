@@ -7,10 +7,13 @@
 //! configuration, start.
 
 pub mod app;
+pub mod auth;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod control;
 pub mod error;
 pub mod handlers;
+pub mod policy;
 pub mod run;

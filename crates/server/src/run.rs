@@ -49,6 +49,12 @@ pub fn main(args: Args) -> Result<(), StartError> {
             print!("{}", sample());
             return Ok(());
         }
+        Some(Command::Policy {
+            command: crate::cli::PolicyCommand::Sample,
+        }) => {
+            print!("{}", crate::policy::sample());
+            return Ok(());
+        }
         Some(Command::Openapi) => {
             let json = serde_json::to_string_pretty(&crate::app::openapi()).map_err(runtime)?;
             println!("{json}");
@@ -99,6 +105,13 @@ pub fn main(args: Args) -> Result<(), StartError> {
             println!("database {} is up to date", redact(&database_url));
             Ok(())
         }),
+        Some(Command::Keystone {
+            command: crate::cli::KeystoneCommand::Register(register),
+        }) => runtime_builder()?.block_on(async {
+            let report = crate::catalog::register(&config, register).await?;
+            print!("{report}");
+            Ok(())
+        }),
         Some(Command::Config {
             command: ConfigCommand::Check,
         }) => {
@@ -129,11 +142,9 @@ pub fn main(args: Args) -> Result<(), StartError> {
 /// Refuses configurations that would serve something unsafe or that this
 /// build cannot do, before anything is started.
 fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> {
-    if config.auth_strategy == AuthStrategy::Keystone {
-        return Err(usage(anyhow!(
-            "[DEFAULT] auth_strategy = keystone is not available in this build yet; refusing to start rather than serve without authentication"
-        )));
-    }
+    // Loads the policy file and checks the Keystone options, so that
+    // `config check` and start-up refuse the same mistakes (exit 64).
+    crate::auth::Auth::from_config(config).map_err(usage)?;
     if config.transport_url != "inproc://" {
         return Err(usage(anyhow!(
             "[DEFAULT] transport_url = {}: RabbitMQ transport (cluster mode) is not available in this build yet; leave transport_url unset (or inproc://) and run with --all-in-one",
@@ -197,15 +208,19 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
     // heartbeat (which asks for a full sync) is not lost.
     tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
 
-    let backend = Arc::new(RelayBackend::new(RelayBackendConfig {
-        relay: RelayConfig {
-            udp_idle_timeout: config.udp_idle_timeout,
-            connect_timeout: config.connect_timeout,
-            shutdown_grace: SHUTDOWN_GRACE,
-            ..RelayConfig::default()
-        },
-        max_connections_per_forward: config.max_connections_per_forward,
-    }));
+    let backend = make_backend(&config);
+    // Explain a host that is not ready before the first forward arrives;
+    // forwards it blocks are reported ERROR with the same words.
+    for finding in backend.preflight(&[]).await {
+        match finding.severity {
+            navigator_dataplane::Severity::Blocking => {
+                tracing::error!(backend = backend.name(), "host not ready: {finding}")
+            }
+            navigator_dataplane::Severity::Warning => {
+                tracing::warn!(backend = backend.name(), "host check: {finding}")
+            }
+        }
+    }
     let agent = Arc::new(Agent::new(
         AgentConfig {
             host: config.host.clone(),
@@ -235,7 +250,9 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
         .map_err(runtime)?;
     let local = listener.local_addr().map_err(runtime)?;
     let public_url = format!("http://{local}");
+    let auth = Arc::new(crate::auth::Auth::from_config(&config).map_err(usage)?);
     let state = AppState {
+        auth,
         control: control.clone(),
         config: config.clone(),
         public_url: public_url.clone(),
@@ -273,6 +290,45 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
     Ok(())
 }
 
+/// The data plane `[agent] backend` names.
+fn make_backend(config: &Config) -> Arc<dyn navigator_dataplane::Backend> {
+    use navigator_dataplane::{
+        IptablesBackend, IptablesConfig, KernelConfig, NftBackend, NftConfig, SocatBackend,
+        SocatConfig,
+    };
+    let kernel = KernelConfig {
+        conntrack_cleanup: config.conntrack_cleanup,
+        fix_sysctls: config.fix_sysctls,
+        full_sync_interval: config.full_sync_interval,
+        ..KernelConfig::default()
+    };
+    match config.backend.as_str() {
+        "nft" => Arc::new(NftBackend::new(NftConfig {
+            kernel,
+            table: config.nft_table.clone(),
+            ..NftConfig::default()
+        })),
+        "iptables" => Arc::new(IptablesBackend::new(IptablesConfig {
+            kernel,
+            variant: config.iptables_variant,
+        })),
+        "socat" => Arc::new(SocatBackend::new(SocatConfig {
+            owner_tag: format!("navigator-agent:{}", config.host),
+            udp_idle_timeout: config.udp_idle_timeout,
+            ..SocatConfig::default()
+        })),
+        _ => Arc::new(RelayBackend::new(RelayBackendConfig {
+            relay: RelayConfig {
+                udp_idle_timeout: config.udp_idle_timeout,
+                connect_timeout: config.connect_timeout,
+                shutdown_grace: SHUTDOWN_GRACE,
+                ..RelayConfig::default()
+            },
+            max_connections_per_forward: config.max_connections_per_forward,
+        })),
+    }
+}
+
 /// Loopback targets make sense when proxy and targets are the same machine,
 /// which is the all-in-one mode's case unless the operator says otherwise.
 fn loopback_allowed(config: &Config) -> bool {
@@ -288,13 +344,22 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
         .join(", ");
     println!("Navigator all-in-one is running.");
     println!(
-        "  API       {public_url}  (auth: noauth; project from X-Project-Id, default {:?})",
-        config.default_project_id
+        "  API       {public_url}  ({})",
+        match config.auth_strategy {
+            AuthStrategy::NoAuth => format!(
+                "auth: noauth; project from X-Project-Id, default {:?}",
+                config.default_project_id
+            ),
+            AuthStrategy::Keystone => format!(
+                "auth: keystone at {}",
+                crate::auth::www_authenticate_uri(&config.keystone_authtoken)
+            ),
+        }
     );
     println!("  database  {}", redact(database_url));
     println!(
-        "  proxy     {} with the relay backend on {addresses}, ports {}",
-        config.host, config.port_range
+        "  proxy     {} with the {} backend on {addresses}, ports {}",
+        config.host, config.backend, config.port_range
     );
     println!("Create a first forward (to a TCP service on 127.0.0.1:8080):");
     let endpoint = if public_url == "http://127.0.0.1:9797" {

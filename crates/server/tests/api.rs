@@ -60,6 +60,7 @@ async fn harness(port_first: u16) -> Harness {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let app = router(AppState {
+        auth: Arc::new(navigator_server::auth::Auth::noauth()),
         control,
         config,
         public_url: "http://navigator.test".into(),

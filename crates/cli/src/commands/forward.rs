@@ -258,7 +258,7 @@ pub async fn run(global: &GlobalArgs, command: ForwardCommand) -> Result<()> {
         ForwardCommand::List(args) => list(global, args).await,
         ForwardCommand::Show(args) => {
             let columns = show_columns(&args.output.columns)?;
-            let forward = global.client()?.get_forward(&args.id).await?;
+            let forward = global.client().await?.get_forward(&args.id).await?;
             print_forward(&columns, &forward, &args.output)
         }
         ForwardCommand::Set(args) => set(global, args).await,
@@ -279,7 +279,7 @@ async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
         description: args.description,
         proxy: args.proxy,
     };
-    let forward = global.client()?.create_forward(body).await?;
+    let forward = global.client().await?.create_forward(body).await?;
     print_forward(&columns, &forward, &args.output)
 }
 
@@ -291,7 +291,7 @@ async fn list(global: &GlobalArgs, args: ListArgs) -> Result<()> {
     };
     let columns = output::select_columns(&COLUMNS, defaults, &args.output.columns, Shape::List)?;
     let query = list_query(&args);
-    let client = global.client()?;
+    let client = global.client().await?;
     let forwards = if args.limit.is_some() {
         client.list_forwards(&query).await?.forwards
     } else {
@@ -399,12 +399,16 @@ async fn set(global: &GlobalArgs, args: SetArgs) -> Result<()> {
         .into());
     }
     // Like `openstack ... set`, success prints nothing.
-    global.client()?.update_forward(&args.id, changes).await?;
+    global
+        .client()
+        .await?
+        .update_forward(&args.id, changes)
+        .await?;
     Ok(())
 }
 
 async fn delete(global: &GlobalArgs, args: DeleteArgs) -> Result<()> {
-    let client = global.client()?;
+    let client = global.client().await?;
     let mut failed = 0;
     for id in &args.ids {
         if let Err(err) = client.delete_forward(id).await {
@@ -458,7 +462,7 @@ mod tests {
             .chain(args.iter().copied());
         match Cli::try_parse_from(argv)?.command {
             Command::Forward(command) => Ok(command),
-            Command::Proxy(_) => unreachable!("parsed a forward command"),
+            Command::Proxy(_) | Command::Token(_) => unreachable!("parsed a forward command"),
         }
     }
 

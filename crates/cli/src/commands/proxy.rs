@@ -57,7 +57,7 @@ pub async fn run(global: &GlobalArgs, command: ProxyCommand) -> Result<()> {
             };
             let columns =
                 output::select_columns(&COLUMNS, defaults, &args.output.columns, Shape::List)?;
-            let proxies = global.client()?.list_proxies().await?;
+            let proxies = global.client().await?.list_proxies().await?;
             let rows = proxies
                 .iter()
                 .map(serde_json::to_value)
@@ -66,7 +66,7 @@ pub async fn run(global: &GlobalArgs, command: ProxyCommand) -> Result<()> {
         }
         ProxyCommand::Show(args) => {
             let columns = show_columns(&args.output.columns)?;
-            let proxy = global.client()?.get_proxy(&args.host).await?;
+            let proxy = global.client().await?.get_proxy(&args.host).await?;
             let object = serde_json::to_value(&proxy)?;
             output::emit(&output::render_show(&columns, &object, args.output.format)?)
         }

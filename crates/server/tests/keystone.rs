@@ -1,0 +1,547 @@
+//! The REST API with `auth_strategy = keystone` against a real Keystone
+//! (`scripts/keystone start DIR`, then `source DIR/env`): identity from
+//! validated tokens, default policy, project isolation, expiry, revocation,
+//! and a Keystone that goes away. Each test makes its own projects and users.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use navigator_agent::{Agent, AgentConfig};
+use navigator_dataplane::{RelayBackend, RelayBackendConfig};
+use navigator_rpc::Transport;
+use navigator_rpc::inproc::InProcTransport;
+use navigator_server::app::{AppState, router};
+use navigator_server::auth::Auth;
+use navigator_server::config::Config;
+use navigator_server::control::Control;
+use navigator_store::{ForwardFilter, ForwardOrder, SortColumn, Store, sqlite_url};
+use serde_json::{Value, json};
+use support::keystone_admin::{self as ks, Admin, Env};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+struct Harness {
+    app: axum::Router,
+    control: Arc<Control>,
+    auth: Arc<Auth>,
+    _dir: tempfile::TempDir,
+    _agent: Arc<Agent>,
+}
+
+struct Response {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+/// A keystone configuration for `auth_url` with this test's port pool.
+fn config(env: &Env, auth_url: &str, cache_time: u64, port_first: u16) -> Config {
+    let text = format!(
+        "[DEFAULT]\nauth_strategy = keystone\n\
+         [keystone_authtoken]\nwww_authenticate_uri = {}\nauth_url = {auth_url}\nauth_type = password\n\
+         username = {}\npassword = {}\nproject_name = service\n\
+         user_domain_name = Default\nproject_domain_name = Default\ntoken_cache_time = {cache_time}\n\
+         [agent]\nport_range = {port_first}-{}\n",
+        env.url,
+        env.service_user,
+        env.service_password,
+        port_first + 19
+    );
+    Config::parse("keystone-test.conf", &text).unwrap()
+}
+
+async fn harness(config: Config) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let config = Arc::new(config);
+    let auth = Arc::new(Auth::from_config(&config).unwrap());
+    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
+    let control = Arc::new(Control::new(store, transport.clone(), config.clone(), true));
+    let agent = Arc::new(Agent::new(
+        AgentConfig {
+            host: "proxy-1".into(),
+            external_addresses: config.external_addresses.clone(),
+            port_range: config.port_range,
+            report_interval: config.report_interval,
+        },
+        Arc::new(RelayBackend::new(RelayBackendConfig::default())),
+    ));
+    tokio::spawn(navigator_agent::run(
+        agent.clone(),
+        transport,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    for _ in 0..100 {
+        if control.report_state(agent.state().await).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let app = router(AppState {
+        control: control.clone(),
+        config,
+        auth: auth.clone(),
+        public_url: "http://navigator.test".into(),
+    });
+    Harness {
+        app,
+        control,
+        auth,
+        _dir: dir,
+        _agent: agent,
+    }
+}
+
+impl Harness {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("X-Auth-Token", token);
+        }
+        if body.is_some() {
+            request = request.header("Content-Type", "application/json");
+        }
+        let request = request
+            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn create(&self, token: &str, port: u16) -> Response {
+        self.send(
+            "POST",
+            "/v1/forwards",
+            Some(token),
+            Some(json!({"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": port}})),
+        )
+        .await
+    }
+
+    /// Every forward in the store, whatever the API says.
+    async fn stored(&self) -> usize {
+        let order = ForwardOrder {
+            column: SortColumn::CreatedAt,
+            descending: false,
+            limit: 1000,
+            marker: None,
+        };
+        self.control
+            .store()
+            .list_forwards(&ForwardFilter::default(), &order)
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list["forwards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn assert_401(response: &Response, env: &Env) {
+    assert_eq!(
+        response.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        response.body
+    );
+    assert_eq!(
+        response.headers["www-authenticate"].to_str().unwrap(),
+        format!("Keystone uri=\"{}\"", env.url)
+    );
+    assert_eq!(response.body["error"]["code"], 401);
+}
+
+#[tokio::test]
+async fn projects_are_isolated_readers_read_and_admins_see_all() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let a = admin.project(&ks::unique("nav-a")).await;
+    let b = admin.project(&ks::unique("nav-b")).await;
+    let (_, member_a) = admin.user_with_role(&a, "member").await;
+    let (_, member_b) = admin.user_with_role(&b, "member").await;
+    let (_, reader_a) = admin.user_with_role(&a, "reader").await;
+    let (_, admin_a) = admin.user_with_role(&a, "admin").await;
+    let h = harness(config(&env, &env.url, 300, 46100)).await;
+
+    let created = h.create(&member_a.token, 7001).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["forward"]["project_id"], a.as_str());
+    let fwd_a = created.body["forward"]["id"].as_str().unwrap().to_owned();
+    let created = h.create(&member_b.token, 7002).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["forward"]["project_id"], b.as_str());
+    let fwd_b = created.body["forward"]["id"].as_str().unwrap().to_owned();
+
+    // The project comes from the token; a body naming one is refused.
+    let r = h
+        .send(
+            "POST",
+            "/v1/forwards",
+            Some(&member_a.token),
+            Some(json!({"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 7003, "project_id": b}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(h.stored().await, 2);
+
+    // Member of A: B's forward does not exist, whatever the verb.
+    let path_b = format!("/v1/forwards/{fwd_b}");
+    for (method, body) in [
+        ("GET", None),
+        ("PUT", Some(json!({"forward": {"description": "mine now"}}))),
+        ("DELETE", None),
+    ] {
+        let r = h.send(method, &path_b, Some(&member_a.token), body).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method}: {}", r.body);
+        assert_eq!(
+            r.body["error"]["message"],
+            format!("forward {fwd_b} not found")
+        );
+    }
+    let list = h
+        .send("GET", "/v1/forwards", Some(&member_a.token), None)
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(ids(&list.body), [fwd_a.as_str()]);
+    let r = h
+        .send(
+            "GET",
+            "/v1/forwards?all_projects=true",
+            Some(&member_a.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = h
+        .send("GET", "/v1/proxies", Some(&member_a.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+
+    // Reader of A: may look, not touch; B's forward still does not exist.
+    let path_a = format!("/v1/forwards/{fwd_a}");
+    let list = h
+        .send("GET", "/v1/forwards", Some(&reader_a.token), None)
+        .await;
+    assert_eq!(ids(&list.body), [fwd_a.as_str()]);
+    let r = h.send("GET", &path_a, Some(&reader_a.token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h.create(&reader_a.token, 7004).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = h
+        .send(
+            "PUT",
+            &path_a,
+            Some(&reader_a.token),
+            Some(json!({"forward": {"description": "x"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = h.send("DELETE", &path_a, Some(&reader_a.token), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = h.send("GET", &path_b, Some(&reader_a.token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!(h.stored().await, 2);
+
+    // Admin (of A): every project, and the proxies.
+    let list = h
+        .send(
+            "GET",
+            "/v1/forwards?all_projects=true",
+            Some(&admin_a.token),
+            None,
+        )
+        .await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    let mut all = ids(&list.body);
+    all.sort();
+    let mut expected = vec![fwd_a.clone(), fwd_b.clone()];
+    expected.sort();
+    assert_eq!(all, expected);
+    let r = h.send("GET", &path_b, Some(&admin_a.token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h
+        .send("GET", "/v1/proxies", Some(&admin_a.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Members change their own project's forwards.
+    let r = h
+        .send(
+            "PUT",
+            &path_a,
+            Some(&member_a.token),
+            Some(json!({"forward": {"description": "ok"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h.send("DELETE", &path_a, Some(&member_a.token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = h.send("DELETE", &path_b, Some(&admin_a.token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(h.stored().await, 0);
+}
+
+#[tokio::test]
+async fn missing_and_garbage_tokens_are_401_with_www_authenticate() {
+    let Some(env) = ks::env() else { return };
+    let h = harness(config(&env, &env.url, 300, 46200)).await;
+    let r = h.send("GET", "/v1/forwards", None, None).await;
+    assert_401(&r, &env);
+    let r = h.send("GET", "/v1/forwards", Some("garbage"), None).await;
+    assert_401(&r, &env);
+    let r = h.create("gAAAAABnot-a-real-fernet-token", 7001).await;
+    assert_401(&r, &env);
+    assert_eq!(h.stored().await, 0);
+    // Version documents need no token.
+    assert_eq!(h.send("GET", "/", None, None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_401_even_when_cached() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let project = admin.project(&ks::unique("nav-exp")).await;
+    let (_, member) = admin.user_with_role(&project, "member").await;
+    // An application credential expiring a few seconds from now caps its
+    // tokens' expiry; Keystone writes that time without fraction or zone.
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let short = ks::app_credential_token(
+        &admin,
+        &project,
+        &member,
+        "member",
+        &expires.format("%Y-%m-%dT%H:%M:%S").to_string(),
+    )
+    .await;
+    let h = harness(config(&env, &env.url, 300, 46300)).await;
+    let r = h
+        .send("GET", "/v1/forwards", Some(&short.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let r = h
+        .send("GET", "/v1/forwards", Some(&short.token), None)
+        .await;
+    assert_401(&r, &env);
+    let r = h.create(&short.token, 7001).await;
+    assert_401(&r, &env);
+    assert_eq!(h.stored().await, 0);
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_401_after_the_cache_bound() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let project = admin.project(&ks::unique("nav-rev")).await;
+    let (_, member) = admin.user_with_role(&project, "member").await;
+    let h = harness(config(&env, &env.url, 2, 46400)).await;
+    let r = h
+        .send("GET", "/v1/forwards", Some(&member.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    admin.revoke(&member.token).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = h
+        .send("GET", "/v1/forwards", Some(&member.token), None)
+        .await;
+    assert_401(&r, &env);
+    let r = h.create(&member.token, 7001).await;
+    assert_401(&r, &env);
+    assert_eq!(h.stored().await, 0);
+}
+
+#[tokio::test]
+async fn a_revoked_service_token_is_replaced_by_a_new_login() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let project = admin.project(&ks::unique("nav-svc")).await;
+    let (_, member) = admin.user_with_role(&project, "member").await;
+    let (_, other) = admin.user_with_role(&project, "reader").await;
+    let h = harness(config(&env, &env.url, 300, 46600)).await;
+    let r = h
+        .send("GET", "/v1/forwards", Some(&member.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let validator = h.auth.validator().unwrap();
+    let first = validator.service_token_id().await.unwrap();
+    admin.revoke(&first).await;
+    // Keystone now answers 401 to the old service token: the validator
+    // logs in once more and the user's request still succeeds.
+    let r = h
+        .send("GET", "/v1/forwards", Some(&other.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let second = validator.service_token_id().await.unwrap();
+    assert_ne!(first, second);
+}
+
+/// A TCP forwarder to Keystone that can be stopped, to make Keystone
+/// unreachable for one server without stopping the shared Keystone.
+struct Forwarder {
+    port: u16,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+async fn forwarder(target: String) -> Forwarder {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = token.cancelled() => return, // drops the listener
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((mut client, _)) = accepted else {
+                continue;
+            };
+            let target = target.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                    }
+                }
+            });
+        }
+    });
+    Forwarder { port, stop }
+}
+
+#[tokio::test]
+async fn keystone_unreachable_is_503_and_changes_nothing() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let project = admin.project(&ks::unique("nav-down")).await;
+    let (_, member) = admin.user_with_role(&project, "member").await;
+    let host_port = env
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let fwd = forwarder(host_port).await;
+    let auth_url = format!("http://127.0.0.1:{}/v3", fwd.port);
+    let h = harness(config(&env, &auth_url, 300, 46500)).await;
+
+    let r = h.create(&member.token, 7001).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(h.stored().await, 1);
+
+    fwd.stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A token the server has not seen cannot be checked: 503, never a guess.
+    let (_, other) = admin.user_with_role(&project, "member").await;
+    let r = h.create(&other.token, 7002).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.headers.get("www-authenticate").is_none());
+    let r = h
+        .send("GET", "/v1/forwards", Some(&other.token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let r = h.send("GET", "/v1/forwards", Some("garbage"), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(h.stored().await, 1);
+}
+
+#[tokio::test]
+async fn catalog_registration_is_idempotent() {
+    use navigator_keystone::validate::{EndpointSpec, PasswordCredentials, register_service};
+    let Some(env) = ks::env() else { return };
+    let admin = PasswordCredentials {
+        auth_url: env.url.clone(),
+        username: "admin".into(),
+        password: env.admin_password.clone(),
+        project_name: "admin".into(),
+        user_domain_name: "Default".into(),
+        project_domain_name: "Default".into(),
+    };
+    // A name and type of its own, so the real navigator entry is untouched.
+    let name = ks::unique("navigator-test");
+    let service_type = ks::unique("pf-test");
+    let endpoints = |public: &str| {
+        ["public", "internal", "admin"].map(|interface| EndpointSpec {
+            interface: interface.into(),
+            url: if interface == "public" {
+                public.to_owned()
+            } else {
+                "http://10.0.0.1:9797".to_owned()
+            },
+        })
+    };
+    let first = register_service(
+        &admin,
+        &name,
+        &service_type,
+        "test",
+        "RegionOne",
+        &endpoints("http://a:9797"),
+    )
+    .await
+    .unwrap();
+    assert!(first.service_created);
+    assert_eq!(first.endpoints_created.len(), 3);
+    let again = register_service(
+        &admin,
+        &name,
+        &service_type,
+        "test",
+        "RegionOne",
+        &endpoints("http://a:9797"),
+    )
+    .await
+    .unwrap();
+    assert!(!again.service_created);
+    assert_eq!(again.service_id, first.service_id);
+    assert_eq!(again.endpoints_unchanged.len(), 3);
+    let moved = register_service(
+        &admin,
+        &name,
+        &service_type,
+        "test",
+        "RegionOne",
+        &endpoints("http://b:9797"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.endpoints_updated, ["public"]);
+    assert_eq!(moved.endpoints_unchanged.len(), 2);
+}
