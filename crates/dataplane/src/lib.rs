@@ -6,18 +6,32 @@
 //! it can and reports per-forward failures, so one bad forward never blocks
 //! the others.
 //!
-//! Backends today: `relay` (the userspace relay, no privileges needed). The
-//! kernel backends (`nft`, `iptables`) and `socat` arrive with the kernel data
-//! plane work and fit the same trait.
+//! Backends: `relay` (the userspace relay, no privileges needed), `nft`
+//! (kernel NAT through one nftables table of its own; the kernel default),
+//! `iptables` (kernel NAT through `NAVIGATOR-*` chains) and `socat` (one
+//! supervised socat per forward, the original method). Host tools run
+//! through [`exec`]; host preconditions are checked by [`preflight`].
 
+pub mod exec;
+pub mod iptables;
+pub mod kernel;
+pub mod nft;
+pub mod preflight;
 pub mod relay;
+pub mod socat;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use navigator_core::{ForwardId, ForwardSpec, Plan};
 
+pub use exec::Host;
+pub use iptables::{IptablesBackend, IptablesConfig};
+pub use kernel::{ConntrackCleanup, KernelConfig};
+pub use nft::{NftBackend, NftConfig};
+pub use preflight::{Finding, Severity};
 pub use relay::{RelayBackend, RelayBackendConfig};
+pub use socat::{SocatBackend, SocatConfig};
 
 /// A boxed future, so backends can be chosen at run time (`Box<dyn Backend>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -48,6 +62,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Applies `plan` in its order (removals, retargets, additions).
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport>;
+
+    /// Checks the host's preconditions for carrying forwards to `targets`
+    /// (tools, sysctls, kernel features) and returns what is wrong, each
+    /// with its fix. Backends that need nothing of the host return nothing.
+    fn preflight<'a>(&'a self, targets: &'a [std::net::IpAddr]) -> BoxFuture<'a, Vec<Finding>> {
+        let _ = targets;
+        Box::pin(async { Vec::new() })
+    }
 
     /// Stops carrying traffic, letting live connections finish where the
     /// backend has such a notion.

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: nft backend control-plane cost at 1 / 1,000 / 10,000 /
+# 100,000 forwards (apply all, add one, remove one), each in a throw-away
+# network namespace. Needs root. One command:
+#   bench/dataplane/run.sh              (SIZES=1,1000 to override; NFT_COMMENTS=0 to drop element comments)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-dp}"
+[ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, nft)" >&2; exit 1; }
+command -v nft >/dev/null || { echo "nft not installed (apt-get install -y nftables)" >&2; exit 1; }
+cargo build --release -q -p navigator-dataplane --example nft_scale
+echo "# $(date -u +%F) $(uname -r), nft $(nft --version | awk '{print $2}'), $(nproc) cores"
+"$CARGO_TARGET_DIR/release/examples/nft_scale" "${SIZES:-1,1000,10000,100000}"

@@ -1,0 +1,548 @@
+//! What the two kernel-NAT backends (`nft`, `iptables`) share: the in-memory
+//! mirror of what was written, per-forward validation, diff-driven updates
+//! with a full rewrite as repair, failure isolation (one bad forward never
+//! blocks the others), preflight reasons and conntrack hygiene.
+//!
+//! A backend only says how to write its ruleset ([`Ruleset`]); this module
+//! decides when to write what.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
+
+use crate::exec::{ExecError, Host};
+use crate::preflight::{self, Finding};
+use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
+
+/// Which conntrack entries are deleted when a forward changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConntrackCleanup {
+    /// UDP entries of a deleted, retargeted or new forward: live UDP flows
+    /// follow the change; established TCP connections finish where they are.
+    #[default]
+    Udp,
+    /// UDP and TCP: a delete or retarget also cuts established connections.
+    All,
+    /// Never touch conntrack.
+    Off,
+}
+
+impl std::str::FromStr for ConntrackCleanup {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "udp" => Ok(ConntrackCleanup::Udp),
+            "all" => Ok(ConntrackCleanup::All),
+            "off" => Ok(ConntrackCleanup::Off),
+            _ => Err("expected udp, all or off".into()),
+        }
+    }
+}
+
+/// Settings shared by the kernel backends.
+#[derive(Clone, Debug)]
+pub struct KernelConfig {
+    /// Where the tools run (this host, or a namespace in tests).
+    pub host: Host,
+    pub conntrack_cleanup: ConntrackCleanup,
+    /// A full rewrite of the ruleset at least this often repairs drift that
+    /// the cheap presence check does not see.
+    pub full_sync_interval: Duration,
+    /// Turn on forwarding / bridge sysctls instead of reporting them.
+    pub fix_sysctls: bool,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            host: Host::local(),
+            conntrack_cleanup: ConntrackCleanup::Udp,
+            full_sync_interval: Duration::from_secs(600),
+            fix_sysctls: false,
+        }
+    }
+}
+
+/// The lookup key of a forward in the kernel: one forward per key.
+pub type Key = (IpAddr, Protocol, u16);
+
+pub fn key(spec: &ForwardSpec) -> Key {
+    (spec.listen.ip(), spec.protocol, spec.listen.port())
+}
+
+/// A change to the listen-address sets, as reference counts move.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenDelta {
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+}
+
+/// How one kernel backend writes its ruleset.
+pub trait Ruleset: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Tools this backend needs (checked by preflight).
+    fn tools(&self) -> &'static [&'static str];
+    /// Replaces everything this backend owns with exactly `all`, atomically,
+    /// removing stale objects of its own and nothing else.
+    fn replace<'a>(
+        &'a self,
+        host: &'a Host,
+        all: &'a [ForwardSpec],
+    ) -> impl Future<Output = Result<(), ExecError>> + Send + 'a;
+    /// Whether [`Ruleset::update`] needs the whole state after the diff
+    /// (backends that can only rewrite). When false, `update` gets an empty
+    /// `all`: collecting 100,000 forwards on every apply would make an
+    /// incremental update O(n) for a backend that only writes the diff.
+    fn update_needs_all(&self) -> bool {
+        true
+    }
+    /// Applies a diff atomically; `all` is the state after it when
+    /// [`Ruleset::update_needs_all`], otherwise empty.
+    fn update<'a>(
+        &'a self,
+        host: &'a Host,
+        all: &'a [ForwardSpec],
+        removed: &'a [ForwardSpec],
+        added: &'a [ForwardSpec],
+        listen: &'a ListenDelta,
+    ) -> impl Future<Output = Result<(), ExecError>> + Send + 'a;
+    /// A cheap check that the ruleset is still installed (drift detection).
+    fn present<'a>(&'a self, host: &'a Host) -> impl Future<Output = bool> + Send + 'a;
+}
+
+struct State {
+    mirror: BTreeMap<ForwardId, ForwardSpec>,
+    keys: HashMap<Key, ForwardId>,
+    listen: HashMap<IpAddr, usize>,
+    /// When the ruleset was last rewritten in full; `None` before the first
+    /// apply, so the first apply always replaces whatever a previous agent
+    /// left behind.
+    synced_at: Option<Instant>,
+    /// Host findings from the last check.
+    findings: Vec<Finding>,
+}
+
+impl State {
+    fn insert(&mut self, spec: ForwardSpec) {
+        self.keys.insert(key(&spec), spec.id);
+        *self.listen.entry(spec.listen.ip()).or_default() += 1;
+        self.mirror.insert(spec.id, spec);
+    }
+
+    fn remove(&mut self, id: ForwardId) -> Option<ForwardSpec> {
+        let spec = self.mirror.remove(&id)?;
+        self.keys.remove(&key(&spec));
+        if let Some(n) = self.listen.get_mut(&spec.listen.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.listen.remove(&spec.listen.ip());
+            }
+        }
+        Some(spec)
+    }
+
+    fn all(&self) -> Vec<ForwardSpec> {
+        self.mirror.values().copied().collect()
+    }
+
+    fn clear(&mut self) {
+        self.mirror.clear();
+        self.keys.clear();
+        self.listen.clear();
+    }
+}
+
+/// A kernel-NAT backend: `nft` or `iptables`.
+pub struct KernelBackend<R: Ruleset> {
+    ruleset: R,
+    config: KernelConfig,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl<R: Ruleset> KernelBackend<R> {
+    pub fn with_ruleset(ruleset: R, config: KernelConfig) -> Self {
+        KernelBackend {
+            ruleset,
+            config,
+            state: tokio::sync::Mutex::new(State {
+                mirror: BTreeMap::new(),
+                keys: HashMap::new(),
+                listen: HashMap::new(),
+                synced_at: None,
+                findings: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &KernelConfig {
+        &self.config
+    }
+
+    /// Every precondition of this backend: tools, forwarding, bridge
+    /// netfilter for `targets`.
+    pub async fn check_host(&self, targets: &[IpAddr]) -> Vec<Finding> {
+        let host = &self.config.host;
+        let mut findings = preflight::tools(
+            host,
+            self.ruleset.tools(),
+            preflight::Severity::Blocking,
+            &format!(
+                "the {} backend programs the kernel with it",
+                self.ruleset.name()
+            ),
+        )
+        .await;
+        if self.config.conntrack_cleanup != ConntrackCleanup::Off {
+            findings.extend(
+                preflight::tools(
+                    host,
+                    &["conntrack"],
+                    preflight::Severity::Warning,
+                    "without it live UDP flows keep their old target after a retarget or delete",
+                )
+                .await,
+            );
+        }
+        findings.extend(preflight::forwarding(host, self.config.fix_sysctls).await);
+        findings.extend(preflight::bridge_netfilter(host, targets, self.config.fix_sysctls).await);
+        findings
+    }
+
+    /// Why `spec` cannot be carried, before the kernel is asked.
+    fn validate(&self, state: &State, spec: &ForwardSpec) -> Result<(), String> {
+        if spec.listen.is_ipv4() != spec.target.is_ipv4() {
+            return Err(format!(
+                "listen address {} and target {} are of different IP families; kernel NAT translates within one family (use the relay backend to bridge IPv4 and IPv6)",
+                spec.listen.ip(),
+                spec.target.ip()
+            ));
+        }
+        if spec.target.ip().is_loopback() {
+            return Err(format!(
+                "target {} is a loopback address, which kernel NAT cannot forward to from other hosts; use the relay or socat backend for loopback targets",
+                spec.target
+            ));
+        }
+        if let Some(reason) = preflight::blocking_reason(&state.findings, spec) {
+            return Err(reason);
+        }
+        if let Some(other) = state.keys.get(&key(spec))
+            && *other != spec.id
+        {
+            return Err(format!(
+                "{}/{} is already forwarded by {other}",
+                spec.listen, spec.protocol
+            ));
+        }
+        Ok(())
+    }
+
+    async fn apply_plan(&self, plan: &Plan) -> ApplyReport {
+        let mut state = self.state.lock().await;
+        let host = &self.config.host;
+        let mut report = ApplyReport::default();
+
+        // Host checks: complete ones on the first apply, the cheap sysctl
+        // ones whenever something is added (a fixed host heals on retry).
+        if state.synced_at.is_none() {
+            let targets: Vec<IpAddr> = plan.add.iter().map(|s| s.target.ip()).collect();
+            state.findings = self.check_host(&targets).await;
+        } else if !plan.add.is_empty() || !plan.retarget.is_empty() {
+            let mut findings: Vec<Finding> = state
+                .findings
+                .iter()
+                .filter(|f| f.problem.contains("not installed"))
+                .cloned()
+                .collect();
+            findings.extend(preflight::forwarding(host, self.config.fix_sysctls).await);
+            state.findings = findings;
+        }
+
+        let listen_before: Vec<IpAddr> = state.listen.keys().copied().collect();
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        for id in &plan.remove {
+            if let Some(old) = state.remove(*id) {
+                removed.push(old);
+            }
+        }
+        for spec in plan.retarget.iter().chain(&plan.add) {
+            if let Some(old) = state.remove(spec.id) {
+                removed.push(old);
+            }
+            match self.validate(&state, spec) {
+                Ok(()) => {
+                    state.insert(*spec);
+                    added.push(*spec);
+                }
+                Err(reason) => report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason,
+                }),
+            }
+        }
+        let listen = ListenDelta {
+            added: state
+                .listen
+                .keys()
+                .filter(|a| !listen_before.contains(a))
+                .copied()
+                .collect(),
+            removed: listen_before
+                .iter()
+                .filter(|a| !state.listen.contains_key(a))
+                .copied()
+                .collect(),
+        };
+
+        let full_due = state
+            .synced_at
+            .is_none_or(|at| at.elapsed() >= self.config.full_sync_interval);
+        let changed = !removed.is_empty() || !added.is_empty();
+        let result = if full_due {
+            self.replace(&mut state).await
+        } else if changed {
+            let all = if self.ruleset.update_needs_all() {
+                state.all()
+            } else {
+                Vec::new()
+            };
+            match self
+                .ruleset
+                .update(host, &all, &removed, &added, &listen)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(backend = self.ruleset.name(), error = %e, "incremental update failed; rewriting the ruleset");
+                    self.replace(&mut state).await
+                }
+            }
+        } else if !self.ruleset.present(host).await {
+            tracing::warn!(
+                backend = self.ruleset.name(),
+                "the ruleset is missing or damaged (drift); rewriting it"
+            );
+            self.replace(&mut state).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(backend = self.ruleset.name(), error = %e, "rewriting the ruleset failed; isolating the forwards that break it");
+            self.isolate(&mut state, &added, &mut report).await;
+        }
+
+        // Conntrack: NAT is decided on a flow's first packet, so flows that
+        // began before this change would keep their old translation.
+        let mode = self.config.conntrack_cleanup;
+        if mode != ConntrackCleanup::Off {
+            let mut seen = std::collections::HashSet::new();
+            // Removed (and retargeted-from) forwards: their flows must stop or
+            // move before this apply reports success, so they are cleaned
+            // now.
+            let stale: Vec<&ForwardSpec> = removed
+                .iter()
+                .filter(|s| s.protocol == Protocol::Udp || mode == ConntrackCleanup::All)
+                .filter(|s| seen.insert(key(s)))
+                .collect();
+            clean_conntrack(host, &stale).await;
+            // New UDP forwards: a flow that began before the forward existed
+            // has an untranslated entry that would shadow it. Only such a
+            // pre-existing flow is affected, and its next datagram may come
+            // at any time anyway, so nothing is promised about *when* it
+            // switches: the cleanup runs in the background, off the add path
+            // (a `conntrack` run costs 5-50 ms, more than the whole nft
+            // transaction). Keys a retarget just cleaned are skipped.
+            let fresh: Vec<ForwardSpec> = added
+                .iter()
+                .filter(|s| s.protocol == Protocol::Udp && seen.insert(key(s)))
+                .copied()
+                .collect();
+            if !fresh.is_empty() {
+                let host = host.clone();
+                tokio::spawn(async move {
+                    let fresh: Vec<&ForwardSpec> = fresh.iter().collect();
+                    clean_conntrack(&host, &fresh).await;
+                });
+            }
+        }
+        report
+    }
+
+    async fn replace(&self, state: &mut State) -> Result<(), ExecError> {
+        let all = state.all();
+        self.ruleset.replace(&self.config.host, &all).await?;
+        state.synced_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The full rewrite failed: install what was carried before this plan,
+    /// then add the plan's forwards one at a time, failing only those the
+    /// kernel refuses.
+    async fn isolate(&self, state: &mut State, added: &[ForwardSpec], report: &mut ApplyReport) {
+        for spec in added {
+            state.remove(spec.id);
+        }
+        if let Err(e) = self.replace(state).await {
+            // Nothing can be installed: the host is the problem.
+            let reason = format!(
+                "the {} backend cannot program the kernel: {e}",
+                self.ruleset.name()
+            );
+            for spec in state.mirror.values().chain(added) {
+                report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason: reason.clone(),
+                });
+            }
+            state.clear();
+            state.synced_at = None;
+            return;
+        }
+        for spec in added {
+            let before: Vec<IpAddr> = state.listen.keys().copied().collect();
+            state.insert(*spec);
+            let listen = ListenDelta {
+                added: state
+                    .listen
+                    .keys()
+                    .filter(|a| !before.contains(a))
+                    .copied()
+                    .collect(),
+                removed: Vec::new(),
+            };
+            let all = if self.ruleset.update_needs_all() {
+                state.all()
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = self
+                .ruleset
+                .update(
+                    &self.config.host,
+                    &all,
+                    &[],
+                    std::slice::from_ref(spec),
+                    &listen,
+                )
+                .await
+            {
+                state.remove(spec.id);
+                report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason: format!("the kernel refused the forward: {e}"),
+                });
+            }
+        }
+    }
+}
+
+/// Deletes the conntrack entries of `stale` forwards. A few are deleted one
+/// by one; many (a first sync of thousands of UDP forwards) would cost one
+/// subprocess each, so the table is listed once and only keys that have
+/// entries are deleted.
+async fn clean_conntrack(host: &Host, stale: &[&ForwardSpec]) {
+    const ONE_BY_ONE: usize = 16;
+    if stale.len() <= ONE_BY_ONE {
+        for spec in stale {
+            delete_conntrack(host, spec).await;
+        }
+        return;
+    }
+    let mut with_entries = std::collections::HashSet::new();
+    for (family, proto) in [
+        ("ipv4", "udp"),
+        ("ipv4", "tcp"),
+        ("ipv6", "udp"),
+        ("ipv6", "tcp"),
+    ] {
+        if !stale
+            .iter()
+            .any(|s| s.protocol.as_str() == proto && s.listen.is_ipv4() == (family == "ipv4"))
+        {
+            continue;
+        }
+        let argv = ["conntrack", "-L", "-f", family, "-p", proto];
+        let Ok(out) = host.run(&argv, None, crate::exec::DEFAULT_TIMEOUT).await else {
+            continue;
+        };
+        for line in out.stdout.lines() {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            if let (Some(dst), Some(dport)) = (field("dst="), field("dport="))
+                && let (Ok(ip), Ok(port)) = (dst.parse::<IpAddr>(), dport.parse::<u16>())
+            {
+                let protocol = if proto == "udp" {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                };
+                with_entries.insert((ip, protocol, port));
+            }
+        }
+    }
+    for spec in stale {
+        if with_entries.contains(&key(spec)) {
+            delete_conntrack(host, spec).await;
+        }
+    }
+}
+
+/// Deletes the conntrack entries whose original destination is `spec`'s
+/// listen socket. "Nothing to delete" is success.
+pub async fn delete_conntrack(host: &Host, spec: &ForwardSpec) {
+    let family = if spec.listen.is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    };
+    let ip = spec.listen.ip().to_string();
+    let port = spec.listen.port().to_string();
+    let argv = [
+        "conntrack",
+        "-D",
+        "-f",
+        family,
+        "-p",
+        spec.protocol.as_str(),
+        "--orig-dst",
+        &ip,
+        "--orig-port-dst",
+        &port,
+    ];
+    match host.run(&argv, None, crate::exec::DEFAULT_TIMEOUT).await {
+        Ok(_) => tracing::debug!(forward = %spec.id, "deleted conntrack entries"),
+        Err(e) if e.stderr().is_some_and(|s| s.contains("0 flow entries")) => {}
+        Err(e) => tracing::warn!(forward = %spec.id, error = %e, "cannot delete conntrack entries"),
+    }
+}
+
+impl<R: Ruleset> Backend for KernelBackend<R> {
+    fn name(&self) -> &'static str {
+        self.ruleset.name()
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>> {
+        Box::pin(async move { self.state.lock().await.all() })
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
+        Box::pin(self.apply_plan(plan))
+    }
+
+    fn preflight<'a>(&'a self, targets: &'a [IpAddr]) -> BoxFuture<'a, Vec<Finding>> {
+        Box::pin(self.check_host(targets))
+    }
+
+    /// The ruleset stays: forwarded traffic keeps flowing while the agent
+    /// restarts, and the next agent's first apply replaces it.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}

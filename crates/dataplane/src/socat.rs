@@ -1,0 +1,436 @@
+//! The `socat` backend: the original Navigator's method, kept for parity and
+//! for hosts where kernel NAT is not an option. One supervised `socat` per
+//! forward (`TCP-LISTEN:port,fork,reuseaddr TCP:ip:port`, and the UDP
+//! equivalent); socat forks a child per connection, which is why the relay
+//! backend exists.
+//!
+//! Every socat runs in its own process group (so stopping a forward also
+//! stops the per-connection children) and carries the environment variable
+//! `NAVIGATOR_SOCAT_OWNER=<tag>`: at start the backend kills every process
+//! with its tag, so an agent that died without cleaning up leaves no orphans
+//! listening on the ports the new agent needs.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
+use tokio::io::AsyncReadExt as _;
+use tokio::process::Child;
+use tokio::sync::watch;
+
+use crate::exec::Host;
+use crate::preflight::{self, Finding};
+use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
+
+/// The environment variable that marks Navigator's socat processes.
+pub const OWNER_ENV: &str = "NAVIGATOR_SOCAT_OWNER";
+
+/// Settings of the socat backend.
+#[derive(Clone, Debug)]
+pub struct SocatConfig {
+    pub host: Host,
+    /// Marks this agent's socat processes; one tag per agent on a host.
+    pub owner_tag: String,
+    /// Idle seconds after which a UDP session's socat child exits (`-T`).
+    pub udp_idle_timeout: Duration,
+    /// How long a new socat must stay up to count as listening.
+    pub start_grace: Duration,
+    /// Longest pause between restarts of a socat that keeps dying.
+    pub max_backoff: Duration,
+}
+
+impl Default for SocatConfig {
+    fn default() -> Self {
+        SocatConfig {
+            host: Host::local(),
+            owner_tag: "navigator-agent".to_owned(),
+            udp_idle_timeout: Duration::from_secs(60),
+            start_grace: Duration::from_millis(300),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Supervised {
+    spec: ForwardSpec,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct SocatBackend {
+    config: SocatConfig,
+    procs: tokio::sync::Mutex<Procs>,
+}
+
+struct Procs {
+    running: BTreeMap<ForwardId, Supervised>,
+    swept: bool,
+}
+
+impl SocatBackend {
+    pub fn new(config: SocatConfig) -> SocatBackend {
+        SocatBackend {
+            config,
+            procs: tokio::sync::Mutex::new(Procs {
+                running: BTreeMap::new(),
+                swept: false,
+            }),
+        }
+    }
+
+    /// socat's argv for `spec`.
+    pub fn argv(&self, spec: &ForwardSpec) -> Vec<String> {
+        argv(spec, self.config.udp_idle_timeout)
+    }
+
+    fn spawn(&self, spec: &ForwardSpec) -> std::io::Result<Child> {
+        spawn(&self.config, spec)
+    }
+
+    async fn apply_plan(&self, plan: &Plan) -> ApplyReport {
+        let mut procs = self.procs.lock().await;
+        if !procs.swept {
+            kill_tagged(&self.config.owner_tag).await;
+            procs.swept = true;
+        }
+        let mut report = ApplyReport::default();
+        for id in plan
+            .remove
+            .iter()
+            .chain(plan.retarget.iter().map(|s| &s.id))
+        {
+            if let Some(old) = procs.running.remove(id) {
+                stop(old).await;
+            }
+        }
+        // Start everything first, then wait once: a socat that cannot bind
+        // exits at once with the reason on stderr.
+        let mut started = Vec::new();
+        for spec in plan.retarget.iter().chain(&plan.add) {
+            if let Some(old) = procs.running.remove(&spec.id) {
+                stop(old).await;
+            }
+            match self.spawn(spec) {
+                Ok(child) => started.push((*spec, child)),
+                Err(e) => report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason: if e.kind() == std::io::ErrorKind::NotFound {
+                        "socat is not installed: install it with `apt-get install -y socat`"
+                            .to_owned()
+                    } else {
+                        format!("cannot start socat: {e}")
+                    },
+                }),
+            }
+        }
+        if !started.is_empty() {
+            tokio::time::sleep(self.config.start_grace).await;
+        }
+        for (spec, mut child) in started {
+            match child.try_wait() {
+                Ok(None) => {
+                    let (stop, stopped) = watch::channel(false);
+                    let task = tokio::spawn(supervise(self.config.clone(), spec, child, stopped));
+                    procs
+                        .running
+                        .insert(spec.id, Supervised { spec, stop, task });
+                }
+                Ok(Some(status)) => {
+                    let stderr = read_stderr(&mut child).await;
+                    report.failed.push(ForwardFailure {
+                        id: spec.id,
+                        reason: start_failure(&spec, &stderr, &status.to_string()),
+                    });
+                }
+                Err(e) => report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason: format!("cannot watch socat: {e}"),
+                }),
+            }
+        }
+        report
+    }
+}
+
+fn spawn(config: &SocatConfig, spec: &ForwardSpec) -> std::io::Result<Child> {
+    let argv = argv(spec, config.udp_idle_timeout);
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    tracing::debug!(forward = %spec.id, argv = ?refs, "starting socat");
+    let mut cmd = config.host.command(&refs);
+    cmd.env(OWNER_ENV, &config.owner_tag)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn()
+}
+
+/// socat's argv for `spec`.
+pub fn argv(spec: &ForwardSpec, udp_idle: Duration) -> Vec<String> {
+    let v = |ip: std::net::IpAddr| if ip.is_ipv4() { "4" } else { "6" };
+    let bracket = |ip: std::net::IpAddr| {
+        if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        }
+    };
+    let (listen, connect) = match spec.protocol {
+        Protocol::Tcp => ("TCP", "TCP"),
+        Protocol::Udp => ("UDP", "UDP"),
+    };
+    let mut argv = vec!["socat".to_owned()];
+    if spec.protocol == Protocol::Udp {
+        // A forked UDP child serves one peer; -T ends it when idle.
+        argv.push("-T".to_owned());
+        argv.push(udp_idle.as_secs().max(1).to_string());
+    }
+    argv.push(format!(
+        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr",
+        v(spec.listen.ip()),
+        spec.listen.port(),
+        bracket(spec.listen.ip())
+    ));
+    argv.push(format!(
+        "{connect}{}:{}:{}",
+        v(spec.target.ip()),
+        bracket(spec.target.ip()),
+        spec.target.port()
+    ));
+    argv
+}
+
+fn start_failure(spec: &ForwardSpec, stderr: &str, status: &str) -> String {
+    if stderr.contains("Address already in use") {
+        format!(
+            "port {}/{} already in use on host ({})",
+            spec.listen.port(),
+            spec.protocol,
+            spec.listen
+        )
+    } else if stderr.contains("Cannot assign requested address") {
+        format!(
+            "address {} is not configured on this host",
+            spec.listen.ip()
+        )
+    } else if stderr.contains("No such file") || status.contains("127") {
+        "socat is not installed: install it with `apt-get install -y socat`".to_owned()
+    } else {
+        let last = stderr.lines().last().unwrap_or("(no message)");
+        format!("socat exited at start ({status}): {last}")
+    }
+}
+
+async fn read_stderr(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.read_to_string(&mut text)).await;
+    }
+    text
+}
+
+/// Keeps one forward's socat running: restarts it with exponential backoff
+/// when it dies, stops it (and its per-connection children) when told.
+async fn supervise(
+    config: SocatConfig,
+    spec: ForwardSpec,
+    mut child: Child,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = tokio::time::Instant::now();
+        let pid = child.id();
+        tokio::select! {
+            status = child.wait() => {
+                let stderr = read_stderr(&mut child).await;
+                tracing::warn!(forward = %spec.id, status = ?status.ok(), stderr = %stderr.trim(), "socat exited; restarting in {backoff:?}");
+                if let Some(pid) = pid {
+                    // Per-connection children of the dead socat would keep
+                    // old connections alive; they die with their group.
+                    kill_group(pid, false);
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped.changed() => return,
+                }
+                backoff = (backoff * 2).min(config.max_backoff);
+                match spawn(&config, &spec) {
+                    Ok(next) => child = next,
+                    Err(e) => {
+                        tracing::warn!(forward = %spec.id, error = %e, "cannot restart socat");
+                        // Try again after the next backoff with a child
+                        // that exits at once.
+                        match config.host.command(&["true"]).spawn() {
+                            Ok(next) => child = next,
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+            _ = stopped.changed() => {
+                if let Some(pid) = pid {
+                    kill_group(pid, false);
+                    if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
+                        kill_group(pid, true);
+                    }
+                }
+                let _ = child.wait().await;
+                return;
+            }
+        }
+    }
+}
+
+async fn stop(supervised: Supervised) {
+    let _ = supervised.stop.send(true);
+    let _ = supervised.task.await;
+    tracing::debug!(forward = %supervised.spec.id, "socat stopped");
+}
+
+fn kill_group(pid: u32, hard: bool) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let signal = if hard {
+        rustix::process::Signal::KILL
+    } else {
+        rustix::process::Signal::TERM
+    };
+    let _ = rustix::process::kill_process_group(pid, signal);
+}
+
+/// Signals `pid` and, if it leads one, its process group.
+fn kill_one(pid: u32, hard: bool) {
+    kill_group(pid, hard);
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let signal = if hard {
+        rustix::process::Signal::KILL
+    } else {
+        rustix::process::Signal::TERM
+    };
+    let _ = rustix::process::kill_process(raw, signal);
+}
+
+/// The processes whose environment carries `OWNER_ENV=tag`.
+pub fn tagged_pids(tag: &str) -> Vec<u32> {
+    let marker = format!("{OWNER_ENV}={tag}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Kills socat processes a previous agent with the same tag left behind.
+async fn kill_tagged(tag: &str) {
+    let pids = tagged_pids(tag);
+    if pids.is_empty() {
+        return;
+    }
+    tracing::warn!(count = pids.len(), %tag, "stopping socat processes left by a previous agent");
+    for pid in &pids {
+        kill_one(*pid, false);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for pid in tagged_pids(tag) {
+        kill_one(pid, true);
+    }
+}
+
+impl Backend for SocatBackend {
+    fn name(&self) -> &'static str {
+        "socat"
+    }
+
+    fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>> {
+        Box::pin(async move {
+            self.procs
+                .lock()
+                .await
+                .running
+                .values()
+                .map(|s| s.spec)
+                .collect()
+        })
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
+        Box::pin(self.apply_plan(plan))
+    }
+
+    fn preflight<'a>(&'a self, _targets: &'a [std::net::IpAddr]) -> BoxFuture<'a, Vec<Finding>> {
+        Box::pin(async move {
+            preflight::tools(
+                &self.config.host,
+                &["socat"],
+                preflight::Severity::Blocking,
+                "the socat backend runs one socat per forward",
+            )
+            .await
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut procs = self.procs.lock().await;
+            let running = std::mem::take(&mut procs.running);
+            for (_, supervised) in running {
+                stop(supervised).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_per_family_and_protocol() {
+        let spec = |protocol, listen: &str, target: &str| ForwardSpec {
+            id: ForwardId::new_random(),
+            protocol,
+            listen: listen.parse().unwrap(),
+            target: target.parse().unwrap(),
+        };
+        let idle = Duration::from_secs(60);
+        assert_eq!(
+            argv(&spec(Protocol::Tcp, "10.0.0.1:20000", "10.1.0.5:22"), idle),
+            [
+                "socat",
+                "TCP4-LISTEN:20000,bind=10.0.0.1,fork,reuseaddr",
+                "TCP4:10.1.0.5:22"
+            ]
+        );
+        assert_eq!(
+            argv(&spec(Protocol::Udp, "[fd00::1]:53", "[fd01::5]:5353"), idle),
+            [
+                "socat",
+                "-T",
+                "60",
+                "UDP6-LISTEN:53,bind=[fd00::1],fork,reuseaddr",
+                "UDP6:[fd01::5]:5353"
+            ]
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Golden snapshots of the rendered nft batches and iptables-restore inputs
+//! for representative plans. They double as documentation of what Navigator
+//! writes into the kernel; a change in rendering fails here until the
+//! snapshot is regenerated with `UPDATE_SNAPSHOTS=1 cargo test -p
+//! navigator-dataplane --test render` and reviewed.
+//!
+//! With NAVIGATOR_PRIVILEGED_TESTS=1 every nft batch is also checked by the
+//! kernel (`nft -c -f`) in a throw-away network namespace, and every
+//! iptables input by `iptables-restore --test`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use navigator_core::{ForwardId, ForwardSpec, Protocol};
+use navigator_dataplane::iptables::{Family, JUMPS, render_restore};
+use navigator_dataplane::kernel::ListenDelta;
+use navigator_dataplane::nft::{render_replace, render_update};
+
+fn spec(n: u128, protocol: Protocol, listen: &str, target: &str) -> ForwardSpec {
+    ForwardSpec {
+        id: ForwardId(uuid::Uuid::from_u128(n)),
+        protocol,
+        listen: listen.parse().unwrap(),
+        target: target.parse().unwrap(),
+    }
+}
+
+fn forwards() -> Vec<ForwardSpec> {
+    vec![
+        spec(1, Protocol::Tcp, "203.0.113.10:20022", "10.0.0.5:22"),
+        spec(2, Protocol::Udp, "203.0.113.10:20053", "10.0.0.6:53"),
+        spec(3, Protocol::Tcp, "203.0.113.11:20080", "10.0.1.7:80"),
+        spec(4, Protocol::Tcp, "[2001:db8::10]:20022", "[fd00::5]:22"),
+        spec(5, Protocol::Udp, "[2001:db8::10]:20053", "[fd00::6]:53"),
+    ]
+}
+
+/// (snapshot file, rendered text, checker).
+fn cases() -> Vec<(&'static str, String, &'static str)> {
+    let all = forwards();
+    let retargeted = spec(2, Protocol::Udp, "203.0.113.10:20053", "10.0.0.9:53");
+    let added = spec(6, Protocol::Tcp, "198.51.100.1:20443", "10.0.0.8:443");
+    vec![
+        (
+            "nft_empty.nft",
+            render_replace("navigator", &[], true),
+            "nft",
+        ),
+        (
+            "nft_full_sync.nft",
+            render_replace("navigator", &all, true),
+            "nft",
+        ),
+        (
+            "nft_update_retarget_add_delete.nft",
+            render_update(
+                "navigator",
+                &[all[1], all[2]],
+                &[retargeted, added],
+                &ListenDelta {
+                    added: vec![added.listen.ip()],
+                    removed: vec![all[2].listen.ip()],
+                },
+                true,
+            ),
+            "nft-update",
+        ),
+        (
+            "iptables_v4.rules",
+            render_restore(Family::V4, &all, &JUMPS),
+            "iptables-restore",
+        ),
+        (
+            "ip6tables_v6.rules",
+            render_restore(Family::V6, &all, &JUMPS),
+            "ip6tables-restore",
+        ),
+        (
+            "iptables_v4_jumps_present.rules",
+            render_restore(Family::V4, &all, &[]),
+            "iptables-restore",
+        ),
+    ]
+}
+
+#[test]
+fn rendered_rulesets_match_snapshots() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let update = std::env::var("UPDATE_SNAPSHOTS").as_deref() == Ok("1");
+    for (file, text, _) in cases() {
+        let path = dir.join(file);
+        if update {
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run with UPDATE_SNAPSHOTS=1 to create it",
+                path.display()
+            )
+        });
+        assert!(
+            want == text,
+            "{file} differs from the rendering; review and run with UPDATE_SNAPSHOTS=1.\n--- rendered:\n{text}"
+        );
+    }
+}
+
+fn run_in(netns: &str, argv: &[&str], stdin: &str) -> Result<(), String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn every_rendered_batch_passes_the_kernel_check() {
+    if std::env::var("NAVIGATOR_PRIVILEGED_TESTS").as_deref() != Ok("1") {
+        eprintln!(
+            "every_rendered_batch_passes_the_kernel_check: skipped: set NAVIGATOR_PRIVILEGED_TESTS=1 (needs root and network namespaces)"
+        );
+        return;
+    }
+    let netns = format!("nvr{}", std::process::id());
+    let created = Command::new("ip").args(["netns", "add", &netns]).status();
+    assert!(
+        created.is_ok_and(|s| s.success()),
+        "cannot create network namespace {netns}: NAVIGATOR_PRIVILEGED_TESTS=1 requires root"
+    );
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(netns.clone());
+    // The update batch applies to an existing table: load the full sync
+    // first (for real), then check the update against it.
+    run_in(
+        &netns,
+        &["nft", "-f", "-"],
+        &render_replace("navigator", &forwards(), true),
+    )
+    .expect("loading the full sync");
+    for (file, text, checker) in cases() {
+        let argv: &[&str] = match checker {
+            "nft" | "nft-update" => &["nft", "-c", "-f", "-"],
+            "iptables-restore" => &["iptables-restore", "--noflush", "--test"],
+            _ => &["ip6tables-restore", "--noflush", "--test"],
+        };
+        if let Err(e) = run_in(&netns, argv, &text) {
+            panic!("{file} is refused by {argv:?}: {e}\n{text}");
+        }
+    }
+}
