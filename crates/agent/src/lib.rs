@@ -109,6 +109,13 @@ impl Agent {
         }
     }
 
+    /// Forgets the generation applied, so that the agent reports 0 and the
+    /// server sends the full set: after an RPC reconnect, messages sent while
+    /// the broker was unreachable may have been lost.
+    pub async fn request_full_sync(&self) {
+        self.state.lock().await.generation = 0;
+    }
+
     /// The agent's report of itself.
     pub async fn state(&self) -> AgentState {
         let state = self.state.lock().await;

@@ -9,6 +9,7 @@ use navigator_rpc::{
     Incoming, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport, methods, topics,
 };
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Agent, specs_from_entries};
@@ -35,6 +36,7 @@ pub async fn run(
     let heartbeat = tokio::spawn(heartbeat(
         agent.clone(),
         ServerClient::new(transport.clone()),
+        transport.reconnects(),
         shutdown.clone(),
     ));
     loop {
@@ -104,13 +106,35 @@ async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteErr
 }
 
 /// Reports the agent's state every `report_interval`, and retries forwards
-/// that failed, so that a port freed by another program is picked up.
-async fn heartbeat(agent: Arc<Agent>, server: ServerClient, shutdown: CancellationToken) {
+/// that failed, so that a port freed by another program is picked up. After
+/// a transport reconnect it reports generation 0 at once, which asks the
+/// server for a full sync.
+async fn heartbeat(
+    agent: Arc<Agent>,
+    server: ServerClient,
+    mut reconnects: Option<watch::Receiver<u64>>,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(agent.config().report_interval);
     loop {
+        let reconnected = async {
+            match reconnects.as_mut() {
+                Some(reconnects) => reconnects.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            ok = reconnected => {
+                if !ok {
+                    // The transport is gone; stop watching it.
+                    reconnects = None;
+                    continue;
+                }
+                tracing::info!("RPC transport reconnected; asking the server for a full sync");
+                agent.request_full_sync().await;
+            }
         }
         agent.retry_failed().await;
         if let Err(e) = server.report_state(agent.state().await).await {

@@ -8,10 +8,13 @@
 //! the previous release must understand what a new server sends, so fields are
 //! only ever added, with defaults.
 
+pub mod amqp;
 pub mod inproc;
 pub mod messages;
+pub mod oslo;
 pub mod transport;
 
+pub use amqp::AmqpTransport;
 pub use messages::{
     AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, methods, topics,
 };

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::messages::{AgentState, ForwardEntry, ForwardResult, SyncResult, args, methods, topics};
 
@@ -125,6 +125,14 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Starts receiving messages for `target`.
     fn listen(&self, target: &Target) -> BoxFuture<'_, Result<mpsc::Receiver<Incoming>, RpcError>>;
+
+    /// For transports that can lose their connection: a counter that changes
+    /// after every reconnect. Messages sent meanwhile may be lost, so a
+    /// listener that sees it change asks for a full sync. `None` (the
+    /// in-process transport) never reconnects.
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 fn encode(method: &str, args: &impl Serialize) -> Result<Value, RpcError> {
