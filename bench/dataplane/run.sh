@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: nft backend control-plane cost at 1 / 1,000 / 10,000 /
-# 100,000 forwards (apply all, add one, remove one), each in a throw-away
+# 100,000 forwards (apply all; add one, remove one: median of 7), each in a throw-away
 # network namespace. Needs root. One command:
 #   bench/dataplane/run.sh              (SIZES=1,1000 to override; NFT_COMMENTS=0 to drop element comments)
 set -euo pipefail
@@ -11,3 +11,4 @@ command -v nft >/dev/null || { echo "nft not installed (apt-get install -y nftab
 cargo build --release -q -p navigator-dataplane --example nft_scale
 echo "# $(date -u +%F) $(uname -r), nft $(nft --version | awk '{print $2}'), $(nproc) cores"
 "$CARGO_TARGET_DIR/release/examples/nft_scale" "${SIZES:-1,1000,10000,100000}"
+# Traffic through every backend side by side: bench/dataplane/traffic.sh

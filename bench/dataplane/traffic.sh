@@ -135,7 +135,7 @@ awk -F'\t' '{ if ($2 == "") printf "| %s | | | | | %s / %s |\n", $1, $7, $8;
 awk -F'\t' -v title="Navigator data planes, $(date -u +%F), $(nproc) cores" '
   $2 != "" { n++; name[n]=$1; tp[n]=$2; cps[n]=$3; if ($2>mt) mt=$2; if ($3>mc) mc=$3 }
   END {
-    bw=360; rowh=26; top=50; h=top+n*rowh*2+90;
+    bw=360; rowh=26; top=50; h=top+n*rowh+40;
     printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", 2*bw+220, h;
     printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">%s</text>\n", title;
     split("Single-stream throughput (MB/s)|Short connections per second", head, "|");

@@ -77,7 +77,9 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = async {
-        let name = args.first().ok_or("usage: dp_hold BACKEND EXTRA FORWARD...")?;
+        let name = args
+            .first()
+            .ok_or("usage: dp_hold BACKEND EXTRA FORWARD...")?;
         let extra: u32 = args
             .get(1)
             .and_then(|n| n.parse().ok())
@@ -96,7 +98,11 @@ async fn main() -> ExitCode {
             })
             .await;
         if let Some(failure) = report.failed.first() {
-            return Err(format!("{name}: {} forwards failed, first: {}", report.failed.len(), failure.reason));
+            return Err(format!(
+                "{name}: {} forwards failed, first: {}",
+                report.failed.len(),
+                failure.reason
+            ));
         }
         println!("READY {:.3}", started.elapsed().as_secs_f64());
         // Hold until the driver closes stdin.

@@ -54,7 +54,9 @@ async fn main() {
         .map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 1_000, 10_000, 100_000]);
     let comments = std::env::var("NFT_COMMENTS").as_deref() != Ok("0");
-    println!("| forwards | apply all (full sync) | add one more (median of {ROUNDS}) | remove one (median of {ROUNDS}) |");
+    println!(
+        "| forwards | apply all (full sync) | add one more (median of {ROUNDS}) | remove one (median of {ROUNDS}) |"
+    );
     println!("|---:|---:|---:|---:|");
     for n in sizes {
         let ns = Netns(format!("nvbench{}x{n}", std::process::id()));

@@ -229,10 +229,7 @@ impl Host {
 /// `netns`; `None` when the namespace cannot be joined (the caller falls
 /// back to `ip netns exec`). The child is registered with the current tokio
 /// runtime, so it is awaited like any other.
-fn spawn_in_netns(
-    netns: &str,
-    mut cmd: Command,
-) -> Option<std::io::Result<tokio::process::Child>> {
+fn spawn_in_netns(netns: &str, mut cmd: Command) -> Option<std::io::Result<tokio::process::Child>> {
     use std::os::fd::AsFd as _;
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let ns_path = format!("/run/netns/{netns}");

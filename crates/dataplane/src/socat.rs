@@ -187,8 +187,16 @@ pub fn argv(spec: &ForwardSpec, udp_idle: Duration) -> Vec<String> {
         argv.push("-T".to_owned());
         argv.push(udp_idle.as_secs().max(1).to_string());
     }
+    // socat's default listen backlog is 5: with a few dozen clients
+    // connecting at once, SYNs are dropped and retried after a second
+    // (docs/benchmarks.md). The relay's backlog is 1024; so is this one.
+    let backlog = if spec.protocol == Protocol::Tcp {
+        ",backlog=1024"
+    } else {
+        ""
+    };
     argv.push(format!(
-        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr",
+        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr{backlog}",
         v(spec.listen.ip()),
         spec.listen.port(),
         bracket(spec.listen.ip())
@@ -418,7 +426,7 @@ mod tests {
             argv(&spec(Protocol::Tcp, "10.0.0.1:20000", "10.1.0.5:22"), idle),
             [
                 "socat",
-                "TCP4-LISTEN:20000,bind=10.0.0.1,fork,reuseaddr",
+                "TCP4-LISTEN:20000,bind=10.0.0.1,fork,reuseaddr,backlog=1024",
                 "TCP4:10.1.0.5:22"
             ]
         );

@@ -9,8 +9,9 @@
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`),
 //! like `tests/e2e`: run `cargo build --workspace --bins` first. Needs root:
-//! runs when NAVIGATOR_PRIVILEGED_TESTS=1 and fails loudly otherwise broken;
-//! without it each test prints a "skipped" line.
+//! runs when NAVIGATOR_PRIVILEGED_TESTS=1, and then fails loudly when a
+//! binary, a tool or the privilege is missing; without it each test prints a
+//! "skipped" line.
 
 mod support;
 
