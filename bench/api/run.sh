@@ -7,7 +7,7 @@
 # Every process started here is tracked by PID and killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-ks}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 SECS="${SECS:-10}"
 CONC="${CONC:-16}"
 ROUNDS="${ROUNDS:-3}"

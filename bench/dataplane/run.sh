@@ -5,7 +5,7 @@
 #   bench/dataplane/run.sh              (SIZES=1,1000 to override; NFT_COMMENTS=0 to drop element comments)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-dp}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, nft)" >&2; exit 1; }
 command -v nft >/dev/null || { echo "nft not installed (apt-get install -y nftables)" >&2; exit 1; }
 cargo build --release -q -p navigator-dataplane --example nft_scale

@@ -16,7 +16,7 @@
 # PID and every namespace deleted on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-dp}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 BYTES="${BYTES:-2147483648}"     # 2 GiB per throughput run
 RATE_SECS="${RATE_SECS:-4}"
 LAT_SECS="${LAT_SECS:-3}"

@@ -5,7 +5,7 @@
 # Every process started here is tracked by PID and killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-relay}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 BYTES="${BYTES:-2147483648}"      # 2 GiB per bulk run
 RATE_SECS="${RATE_SECS:-5}"
 REPEAT="${REPEAT:-3}"
