@@ -25,9 +25,6 @@ pub struct RequestId(pub String);
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = format!("req-{}", uuid::Uuid::new_v4());
     request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id);
-    let _enter = span.enter();
-    drop(_enter);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut response = next.run(request).await;
