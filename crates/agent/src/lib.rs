@@ -6,6 +6,8 @@
 //! [`Agent::reconcile`] makes the backend match. Nothing survives in the agent
 //! that the server cannot rebuild.
 
+pub mod config;
+pub mod options;
 mod service;
 
 use std::collections::BTreeMap;

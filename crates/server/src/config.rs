@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+// The value parsers live with the agent, which reads the same keys from the
+// same file (`navigator-agent`); one implementation keeps the two agreeing.
+use navigator_agent::options::{boolean, list, seconds};
 use navigator_core::PortRange;
 
 /// Where the configuration is read from when `--config-file` is not given
@@ -34,7 +36,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "DEFAULT",
         key: "host",
         default: "",
-        help: "Name of this node, used as the proxy host of the all-in-one agent. Default: the system host name.",
+        help: "Name of this node: the proxy host of the all-in-one agent, or of navigator-agent, which reads the same file. Must be unique among agents. Default: the system host name.",
     },
     OptionDoc {
         section: "DEFAULT",
@@ -64,7 +66,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "DEFAULT",
         key: "transport_url",
         default: "inproc://",
-        help: "RPC transport to the agents. inproc:// runs the agent inside the server (all-in-one); rabbit:// is not available in this build yet.",
+        help: "RPC transport to the agents. inproc:// runs the agent inside the server (navigator-server --all-in-one). rabbit://USER:PASSWORD@HOST:PORT/VHOST is cluster mode: navigator-server serves the API only (run navigator-server db sync first) and one navigator-agent per proxy node, with this same URL, carries the forwards.",
     },
     OptionDoc {
         section: "database",
@@ -367,34 +369,6 @@ impl Raw {
     }
 }
 
-fn boolean(value: &str) -> Result<bool, String> {
-    // oslo.config's BoolOpt spellings.
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-fn seconds(value: &str) -> Result<Duration, String> {
-    match value.parse::<u64>() {
-        Ok(n) if n > 0 && n <= 86_400 => Ok(Duration::from_secs(n)),
-        _ => Err("expected a whole number of seconds from 1 to 86400".into()),
-    }
-}
-
-fn list<T: FromStr>(value: &str, what: &str) -> Result<Vec<T>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(|item| {
-            item.parse::<T>()
-                .map_err(|_| format!("{item:?} is not {what}"))
-        })
-        .collect()
-}
-
 impl Config {
     /// Reads `path`, or the defaults when `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -434,21 +408,15 @@ impl Config {
         };
         let optional = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         Ok(Config {
-            host: raw.parse("DEFAULT", "host", |v| {
-                if v.is_empty() {
-                    Ok(system_host_name())
-                } else if v.len() > 255 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    Err("expected a host name without spaces, at most 255 characters".into())
-                } else {
-                    Ok(v.to_owned())
-                }
-            })?,
+            host: raw.parse("DEFAULT", "host", navigator_agent::options::host_name)?,
             debug: raw.parse("DEFAULT", "debug", boolean)?,
             bind_host: raw.parse("DEFAULT", "bind_host", |v| {
-                v.parse().map_err(|_| "expected an IPv4 or IPv6 address".to_owned())
+                v.parse()
+                    .map_err(|_| "expected an IPv4 or IPv6 address".to_owned())
             })?,
             bind_port: raw.parse("DEFAULT", "bind_port", |v| {
-                v.parse().map_err(|_| "expected a port number 0-65535".to_owned())
+                v.parse()
+                    .map_err(|_| "expected a port number 0-65535".to_owned())
             })?,
             auth_strategy: raw.parse("DEFAULT", "auth_strategy", |v| match v {
                 "noauth" => Ok(AuthStrategy::NoAuth),
@@ -457,15 +425,21 @@ impl Config {
             })?,
             transport_url: raw.parse("DEFAULT", "transport_url", |v| {
                 if v.is_empty() || v == "inproc://" || v.starts_with("rabbit://") {
-                    Ok(if v.is_empty() { "inproc://".to_owned() } else { v.to_owned() })
+                    Ok(if v.is_empty() {
+                        "inproc://".to_owned()
+                    } else {
+                        v.to_owned()
+                    })
                 } else {
                     Err("expected inproc:// or rabbit://USER:PASSWORD@HOST:PORT/".into())
                 }
             })?,
             database_connection: raw.parse("database", "connection", |v| Ok(optional(v)))?,
-            max_request_body_size: raw.parse("api", "max_request_body_size", |v| match v.parse::<usize>() {
-                Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
-                _ => Err("expected a size in bytes from 1024 to 16777216".into()),
+            max_request_body_size: raw.parse("api", "max_request_body_size", |v| {
+                match v.parse::<usize>() {
+                    Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
+                    _ => Err("expected a size in bytes from 1024 to 16777216".into()),
+                }
             })?,
             default_project_id: raw.parse("api", "default_project_id", |v| {
                 if v.is_empty() {
@@ -479,7 +453,9 @@ impl Config {
                 Ok((!v.is_empty()).then(|| {
                     let file = Path::new(v);
                     match Path::new(path).parent() {
-                        Some(dir) if file.is_relative() && !dir.as_os_str().is_empty() => dir.join(file),
+                        Some(dir) if file.is_relative() && !dir.as_os_str().is_empty() => {
+                            dir.join(file)
+                        }
                         _ => file.to_owned(),
                     }
                 }))
@@ -488,46 +464,34 @@ impl Config {
                 list(v, "a CIDR network such as 10.0.0.0/8")
             })?,
             allow_loopback_targets: raw.parse("forwards", "allow_loopback_targets", |v| {
-                if v.is_empty() { Ok(None) } else { boolean(v).map(Some) }
+                if v.is_empty() {
+                    Ok(None)
+                } else {
+                    boolean(v).map(Some)
+                }
             })?,
             scheduler_strategy: raw.parse("scheduler", "strategy", |v| v.parse())?,
-            backend: raw.parse("agent", "backend", |v| match v {
-                "relay" | "nft" | "iptables" | "socat" => Ok(v.to_owned()),
-                _ => Err("expected relay, nft, iptables or socat".into()),
-            })?,
+            backend: raw.parse("agent", "backend", navigator_agent::options::backend)?,
             conntrack_cleanup: raw.parse("agent", "conntrack_cleanup", |v| v.parse())?,
             fix_sysctls: raw.parse("agent", "fix_sysctls", boolean)?,
             full_sync_interval: raw.parse("agent", "full_sync_interval", seconds)?,
-            nft_table: raw.parse("agent", "nft_table", |v| {
-                if !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                    Ok(v.to_owned())
-                } else {
-                    Err("expected a table name of letters, digits, _ and -, at most 64 characters".into())
-                }
-            })?,
+            nft_table: raw.parse("agent", "nft_table", navigator_agent::options::nft_table)?,
             iptables_variant: raw.parse("agent", "iptables_variant", |v| v.parse())?,
-            external_addresses: raw.parse("agent", "external_addresses", |v| {
-                let addresses: Vec<IpAddr> = list(v, "an IPv4 or IPv6 address")?;
-                if addresses.is_empty() {
-                    return Err("at least one address is needed".into());
-                }
-                if let Some(bad) = addresses.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
-                    return Err(format!("{bad} cannot be listened on by a forward; give a unicast address of this host"));
-                }
-                Ok(addresses)
-            })?,
-            port_range: raw.parse("agent", "port_range", |v| v.parse::<PortRange>().map_err(|e| e.to_string()))?,
+            external_addresses: raw.parse(
+                "agent",
+                "external_addresses",
+                navigator_agent::options::external_addresses,
+            )?,
+            port_range: raw.parse("agent", "port_range", navigator_agent::options::port_range)?,
             report_interval: raw.parse("agent", "report_interval", seconds)?,
             agent_down_time: raw.parse("agent", "agent_down_time", seconds)?,
             rpc_timeout: raw.parse("agent", "rpc_timeout", seconds)?,
             resync_interval: raw.parse("agent", "resync_interval", seconds)?,
-            max_connections_per_forward: raw.parse("relay", "max_connections_per_forward", |v| {
-                match v.parse::<usize>() {
-                    Ok(0) => Ok(None),
-                    Ok(n) => Ok(Some(n)),
-                    Err(_) => Err("expected a whole number (0 for unlimited)".into()),
-                }
-            })?,
+            max_connections_per_forward: raw.parse(
+                "relay",
+                "max_connections_per_forward",
+                navigator_agent::options::max_connections,
+            )?,
             udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", seconds)?,
             connect_timeout: raw.parse("relay", "connect_timeout", seconds)?,
             unknown_options,
@@ -617,15 +581,6 @@ impl KeystoneAuthtoken {
                 })?,
         })
     }
-}
-
-/// The host name, from the kernel; `localhost` if it cannot be read.
-fn system_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// The text of `navigator.conf.sample`.
@@ -743,6 +698,19 @@ mod tests {
         assert!(err.to_string().contains("auth_type"), "{err}");
         // noauth ignores an incomplete section.
         assert!(Config::parse("t.conf", "[keystone_authtoken]\nusername = x\n").is_ok());
+    }
+
+    #[test]
+    fn agent_defaults_match_the_option_table() {
+        // navigator-agent parses its keys without this table; a default
+        // changed here must change there too.
+        for (section, key, default) in navigator_agent::config::DEFAULTS {
+            let option = OPTIONS
+                .iter()
+                .find(|o| o.section == *section && o.key == *key)
+                .unwrap_or_else(|| panic!("[{section}] {key} is not in OPTIONS"));
+            assert_eq!(option.default, *default, "[{section}] {key}");
+        }
     }
 
     #[test]

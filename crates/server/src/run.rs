@@ -1,15 +1,15 @@
 //! Start-up and shutdown of `navigator-server`: configuration, logging, the
-//! store, the in-process agent and the HTTP listener, in that order, and the
-//! reverse on SIGINT/SIGTERM.
+//! store, the RPC transport, the in-process agent (all-in-one only; in
+//! cluster mode `navigator-agent` processes report over RabbitMQ) and the HTTP
+//! listener, in that order, and the reverse on SIGINT/SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
+use navigator_agent::options::{BackendOptions, log_preflight, make_backend};
 use navigator_agent::{Agent, AgentConfig};
-use navigator_dataplane::{RelayBackend, RelayBackendConfig};
-use navigator_relay::RelayConfig;
 use navigator_rpc::Transport;
 use navigator_rpc::inproc::InProcTransport;
 use navigator_store::{Store, redact, sqlite_url};
@@ -134,7 +134,7 @@ pub fn main(args: Args) -> Result<(), StartError> {
         }
         _ => {
             check_serving_policy(&config, &args)?;
-            runtime_builder()?.block_on(serve_all_in_one(Arc::new(config), database_url))
+            runtime_builder()?.block_on(serve(Arc::new(config), database_url))
         }
     }
 }
@@ -145,9 +145,11 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
     // Loads the policy file and checks the Keystone options, so that
     // `config check` and start-up refuse the same mistakes (exit 64).
     crate::auth::Auth::from_config(config).map_err(usage)?;
-    if config.transport_url != "inproc://" {
+    if is_cluster(config) && args.all_in_one {
         return Err(usage(anyhow!(
-            "[DEFAULT] transport_url = {}: RabbitMQ transport (cluster mode) is not available in this build yet; leave transport_url unset (or inproc://) and run with --all-in-one",
+            "--all-in-one cannot be used with [DEFAULT] transport_url = {}: \
+             all-in-one runs the agent inside the server and needs transport_url unset (or inproc://); \
+             cluster mode (rabbit://) runs navigator-server without --all-in-one and one navigator-agent per proxy node",
             redact(&config.transport_url)
         )));
     }
@@ -189,12 +191,56 @@ fn init_logging(debug: bool) {
         .try_init();
 }
 
-async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(), StartError> {
-    let store = Store::connect(&database_url).await.map_err(runtime)?;
-    // All-in-one owns its database, so it keeps the schema current itself.
-    store.migrate().await.map_err(runtime)?;
+/// Whether `transport_url` selects cluster mode: agents are separate
+/// `navigator-agent` processes reached through RabbitMQ.
+fn is_cluster(config: &Config) -> bool {
+    config.transport_url.starts_with("rabbit://")
+}
 
-    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
+/// Serves all-in-one (in-process agent) or, with a rabbit:// transport,
+/// cluster mode (API and control only; agents report over RabbitMQ).
+async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartError> {
+    let cluster = is_cluster(&config);
+    let store = Store::connect(&database_url).await.map_err(runtime)?;
+    if cluster {
+        // Several servers share a cluster's database; upgrading its schema
+        // is the operator's step, not a side effect of starting one of them.
+        let pending = store.pending_migrations().await.map_err(runtime)?;
+        if !pending.is_empty() {
+            store.close().await;
+            return Err(runtime(anyhow!(
+                "database {} is missing {} schema migration(s) of this release; run `navigator-server db sync` (with the same configuration file) first",
+                redact(&database_url),
+                pending.len()
+            )));
+        }
+    } else {
+        // All-in-one owns its database, so it keeps the schema current itself.
+        store.migrate().await.map_err(runtime)?;
+    }
+
+    let amqp = if cluster {
+        Some(Arc::new(
+            navigator_rpc::AmqpTransport::connect(
+                &config.transport_url,
+                navigator_rpc::amqp::DEFAULT_EXCHANGE,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to RabbitMQ at [DEFAULT] transport_url = {}",
+                    redact(&config.transport_url)
+                )
+            })
+            .map_err(runtime)?,
+        ))
+    } else {
+        None
+    };
+    let transport: Arc<dyn Transport> = match &amqp {
+        Some(amqp) => amqp.clone(),
+        None => Arc::new(InProcTransport::new()),
+    };
     let shutdown = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
 
@@ -208,40 +254,9 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
     // heartbeat (which asks for a full sync) is not lost.
     tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
 
-    let backend = make_backend(&config);
-    // Explain a host that is not ready before the first forward arrives;
-    // forwards it blocks are reported ERROR with the same words.
-    for finding in backend.preflight(&[]).await {
-        match finding.severity {
-            navigator_dataplane::Severity::Blocking => {
-                tracing::error!(backend = backend.name(), "host not ready: {finding}")
-            }
-            navigator_dataplane::Severity::Warning => {
-                tracing::warn!(backend = backend.name(), "host check: {finding}")
-            }
-        }
+    if !cluster {
+        start_local_agent(&config, &control, &transport, &tasks, &shutdown).await?;
     }
-    let agent = Arc::new(Agent::new(
-        AgentConfig {
-            host: config.host.clone(),
-            external_addresses: config.external_addresses.clone(),
-            port_range: config.port_range,
-            report_interval: config.report_interval,
-        },
-        backend,
-    ));
-    tasks.spawn(navigator_agent::run(
-        agent.clone(),
-        transport.clone(),
-        shutdown.child_token(),
-    ));
-
-    // Register the local proxy and restore every stored forward before the
-    // API answers, so that a restart is invisible to clients.
-    control
-        .report_state(agent.state().await)
-        .await
-        .map_err(|e| runtime(anyhow!("{e}")))?;
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
 
     let listener = tokio::net::TcpListener::bind((config.bind_host, config.bind_port))
@@ -284,55 +299,70 @@ async fn serve_all_in_one(config: Arc<Config>, database_url: String) -> Result<(
     {
         tracing::warn!("shutdown did not complete within {SHUTDOWN_GRACE:?}");
     }
+    if let Some(amqp) = &amqp {
+        amqp.close().await;
+    }
     store.close().await;
     served.context("the HTTP server failed").map_err(runtime)?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The data plane `[agent] backend` names.
-fn make_backend(config: &Config) -> Arc<dyn navigator_dataplane::Backend> {
-    use navigator_dataplane::{
-        IptablesBackend, IptablesConfig, KernelConfig, NftBackend, NftConfig, SocatBackend,
-        SocatConfig,
-    };
-    let kernel = KernelConfig {
+/// Starts the all-in-one agent on the in-process transport, then registers
+/// it and restores every stored forward before the API answers, so that a
+/// restart is invisible to clients.
+async fn start_local_agent(
+    config: &Config,
+    control: &Arc<Control>,
+    transport: &Arc<dyn Transport>,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
+    let backend = make_backend(&backend_options(config));
+    log_preflight(backend.as_ref()).await;
+    let agent = Arc::new(Agent::new(
+        AgentConfig {
+            host: config.host.clone(),
+            external_addresses: config.external_addresses.clone(),
+            port_range: config.port_range,
+            report_interval: config.report_interval,
+        },
+        backend,
+    ));
+    tasks.spawn(navigator_agent::run(
+        agent.clone(),
+        transport.clone(),
+        shutdown.child_token(),
+    ));
+    control
+        .report_state(agent.state().await)
+        .await
+        .map_err(|e| runtime(anyhow!("{e}")))?;
+    Ok(())
+}
+
+/// The backend options of the server's configuration, for the all-in-one agent.
+fn backend_options(config: &Config) -> BackendOptions {
+    BackendOptions {
+        backend: config.backend.clone(),
+        host: config.host.clone(),
         conntrack_cleanup: config.conntrack_cleanup,
         fix_sysctls: config.fix_sysctls,
         full_sync_interval: config.full_sync_interval,
-        ..KernelConfig::default()
-    };
-    match config.backend.as_str() {
-        "nft" => Arc::new(NftBackend::new(NftConfig {
-            kernel,
-            table: config.nft_table.clone(),
-            ..NftConfig::default()
-        })),
-        "iptables" => Arc::new(IptablesBackend::new(IptablesConfig {
-            kernel,
-            variant: config.iptables_variant,
-        })),
-        "socat" => Arc::new(SocatBackend::new(SocatConfig {
-            owner_tag: format!("navigator-agent:{}", config.host),
-            udp_idle_timeout: config.udp_idle_timeout,
-            ..SocatConfig::default()
-        })),
-        _ => Arc::new(RelayBackend::new(RelayBackendConfig {
-            relay: RelayConfig {
-                udp_idle_timeout: config.udp_idle_timeout,
-                connect_timeout: config.connect_timeout,
-                shutdown_grace: SHUTDOWN_GRACE,
-                ..RelayConfig::default()
-            },
-            max_connections_per_forward: config.max_connections_per_forward,
-        })),
+        nft_table: config.nft_table.clone(),
+        iptables_variant: config.iptables_variant,
+        max_connections_per_forward: config.max_connections_per_forward,
+        udp_idle_timeout: config.udp_idle_timeout,
+        connect_timeout: config.connect_timeout,
+        shutdown_grace: SHUTDOWN_GRACE,
     }
 }
 
 /// Loopback targets make sense when proxy and targets are the same machine,
-/// which is the all-in-one mode's case unless the operator says otherwise.
+/// which is the all-in-one mode's case unless the operator says otherwise;
+/// in cluster mode the proxies are other machines.
 fn loopback_allowed(config: &Config) -> bool {
-    config.allow_loopback_targets.unwrap_or(true)
+    config.allow_loopback_targets.unwrap_or(!is_cluster(config))
 }
 
 fn print_banner(config: &Config, public_url: &str, database_url: &str) {
@@ -342,7 +372,12 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    println!("Navigator all-in-one is running.");
+    let cluster = is_cluster(config);
+    if cluster {
+        println!("Navigator server (cluster mode) is running.");
+    } else {
+        println!("Navigator all-in-one is running.");
+    }
     println!(
         "  API       {public_url}  ({})",
         match config.auth_strategy {
@@ -357,6 +392,14 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
         }
     );
     println!("  database  {}", redact(database_url));
+    if cluster {
+        println!(
+            "  agents    navigator-agent processes report over {}; see `navigator proxy list`",
+            redact(&config.transport_url)
+        );
+        println!("Stop with Ctrl-C.");
+        return;
+    }
     println!(
         "  proxy     {} with the {} backend on {addresses}, ports {}",
         config.host, config.backend, config.port_range

@@ -308,6 +308,30 @@ impl Store {
         }
     }
 
+    /// Versions of the migrations this release has that the database has not
+    /// applied, lowest first; empty when the schema is current. For servers
+    /// that must not migrate a shared database on their own.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        // A database that answers but has no bookkeeping table was never
+        // migrated; any other failure is the database's and is returned.
+        self.ping().await?;
+        let applied: Vec<i64> = match self
+            .fetch_all("SELECT version FROM _sqlx_migrations WHERE success", &[])
+            .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| sqlx::Row::try_get::<i64, _>(row, 0))
+                .collect::<Result<_, _>>()?,
+            Err(_) => Vec::new(),
+        };
+        Ok(migrator(self.backend)
+            .iter()
+            .map(|m| m.version)
+            .filter(|version| !applied.contains(version))
+            .collect())
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.execute("SELECT 1", &[]).await?;

@@ -24,6 +24,7 @@ backend_tests!(
         racing_allocations_fill_a_small_pool_exactly,
         racing_updates_of_one_forward_all_apply,
         servers_starting_together_all_migrate,
+        pending_migrations_are_what_db_sync_applies,
     ],
     network: [outage_is_unavailable_then_recovers_with_nothing_lost],
 );
@@ -304,6 +305,30 @@ async fn servers_starting_together_all_migrate(db: &'static TestDb) {
         .await
         .unwrap();
     assert_eq!(all_forwards(&servers[3]).await, vec![created]);
+}
+
+/// A cluster-mode server refuses to start on a schema `db sync` has not
+/// brought up to date; `pending_migrations` is how it tells.
+async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
+    assert_eq!(
+        db.store.pending_migrations().await.unwrap(),
+        Vec::<i64>::new()
+    );
+    let mut conn = AnyConnection::connect(&db.url).await.unwrap();
+    for table in ["forwards", "proxies", "_sqlx_migrations"] {
+        conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
+            .await
+            .unwrap();
+    }
+    conn.close().await.unwrap();
+    let server = db.second_server().await;
+    assert_eq!(server.pending_migrations().await.unwrap(), vec![1]);
+    server.migrate().await.unwrap();
+    assert_eq!(
+        server.pending_migrations().await.unwrap(),
+        Vec::<i64>::new()
+    );
+    server.close().await;
 }
 
 /// The store reaches the database through a forwarder that the test cuts

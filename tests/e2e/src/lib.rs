@@ -239,14 +239,34 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `navigator-server --all-in-one` on `data_dir` and `config_file`.
     pub fn start(data_dir: &Path, config_file: &Path) -> Server {
+        Server::start_args(&[
+            "--all-in-one".as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+            "--config-file".as_ref(),
+            config_file.as_os_str(),
+            "--bind-port".as_ref(),
+            "0".as_ref(),
+        ])
+    }
+
+    /// Starts `navigator-server` in cluster mode (no `--all-in-one`; the
+    /// configuration names a rabbit:// transport and a database).
+    pub fn start_cluster(config_file: &Path) -> Server {
+        Server::start_args(&[
+            "--config-file".as_ref(),
+            config_file.as_os_str(),
+            "--bind-port".as_ref(),
+            "0".as_ref(),
+        ])
+    }
+
+    /// Starts `navigator-server ARGS` and waits for its API banner line.
+    pub fn start_args(args: &[&std::ffi::OsStr]) -> Server {
         let mut child = Command::new(binary("navigator-server"))
-            .arg("--all-in-one")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--config-file")
-            .arg(config_file)
-            .args(["--bind-port", "0"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -433,6 +453,115 @@ pub fn run_server_to_exit(args: &[&std::ffi::OsStr]) -> CliOutput {
     run_bounded(
         Command::new(binary("navigator-server")).args(args),
         "navigator-server",
+    )
+}
+
+// ---------------------------------------------------------------- agent
+
+/// A running `navigator-agent`, stopped by PID (SIGTERM, then SIGKILL after
+/// [`STOP_TIMEOUT`]) when dropped.
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// The `host` it was configured with, for messages.
+    pub host: String,
+    stdout: Collected,
+    stderr: Collected,
+}
+
+impl AgentProcess {
+    /// Starts `navigator-agent --config-file CONFIG_FILE`; it is ready when
+    /// the server lists its proxy as up.
+    pub fn start(config_file: &Path, host: &str) -> AgentProcess {
+        let mut child = Command::new(binary("navigator-agent"))
+            .arg("--config-file")
+            .arg(config_file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start navigator-agent");
+        let stdout: Collected = Arc::default();
+        let stderr: Collected = Arc::default();
+        collect_lines(child.stdout.take().expect("piped"), stdout.clone(), None);
+        collect_lines(child.stderr.take().expect("piped"), stderr.clone(), None);
+        AgentProcess {
+            child: Some(child),
+            host: host.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// What the agent printed so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let take = |c: &Collected| c.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        format!(
+            "--- agent {} stdout ---\n{}--- agent {} stderr ---\n{}---",
+            self.host,
+            take(&self.stdout),
+            self.host,
+            take(&self.stderr)
+        )
+    }
+
+    /// SIGKILL: the agent gets no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to [`STOP_TIMEOUT`] (SIGKILL after that).
+    /// Returns the exit status if the agent exited by itself.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => {
+                    eprintln!(
+                        "navigator-agent (pid {}) ignored SIGTERM for {STOP_TIMEOUT:?}; killing it",
+                        child.id()
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stop();
+        if thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// Runs `navigator-agent ARGS` to completion (bounded); for start-up failures.
+pub fn run_agent_to_exit(args: &[&std::ffi::OsStr]) -> CliOutput {
+    run_bounded(
+        Command::new(binary("navigator-agent")).args(args),
+        "navigator-agent",
     )
 }
 

@@ -1,0 +1,215 @@
+//! The part of `navigator.conf` that `navigator-agent` reads: the same file,
+//! sections and keys as `navigator-server`, so that one file can serve a
+//! whole node. Keys only the server reads are ignored here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use navigator_core::PortRange;
+
+use crate::options::{self, BackendOptions};
+
+/// How long relayed connections may finish after SIGTERM, as in the server.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Defaults of the keys the agent reads, as written in the file. They must
+/// equal those of the server's option table (a server test checks this).
+pub const DEFAULTS: &[(&str, &str, &str)] = &[
+    ("DEFAULT", "host", ""),
+    ("DEFAULT", "debug", "false"),
+    ("DEFAULT", "transport_url", "inproc://"),
+    ("agent", "backend", "relay"),
+    ("agent", "conntrack_cleanup", "udp"),
+    ("agent", "fix_sysctls", "false"),
+    ("agent", "full_sync_interval", "600"),
+    ("agent", "nft_table", "navigator"),
+    ("agent", "iptables_variant", "auto"),
+    ("agent", "external_addresses", "127.0.0.1,::1"),
+    ("agent", "port_range", "20000-40000"),
+    ("agent", "report_interval", "10"),
+    ("relay", "max_connections_per_forward", "0"),
+    ("relay", "udp_idle_timeout", "60"),
+    ("relay", "connect_timeout", "10"),
+];
+
+/// A configuration problem, named precisely enough to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid INI file: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: [{section}] {key} = {value:?}: {message}")]
+    Value {
+        path: String,
+        section: &'static str,
+        key: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+/// The typed configuration of `navigator-agent`.
+#[derive(Clone, Debug)]
+pub struct AgentFileConfig {
+    pub host: String,
+    pub debug: bool,
+    /// Always `rabbit://…`: the agent process has no other way to reach a server.
+    pub transport_url: String,
+    pub external_addresses: Vec<IpAddr>,
+    pub port_range: PortRange,
+    pub report_interval: Duration,
+    pub backend: BackendOptions,
+}
+
+struct Raw {
+    path: String,
+    values: BTreeMap<(String, String), String>,
+}
+
+impl Raw {
+    fn parse<T>(
+        &self,
+        section: &'static str,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let value = self
+            .values
+            .get(&(section.to_owned(), key.to_owned()))
+            .cloned()
+            .or_else(|| {
+                DEFAULTS
+                    .iter()
+                    .find(|(s, k, _)| *s == section && *k == key)
+                    .map(|(_, _, default)| (*default).to_owned())
+            })
+            .unwrap_or_default();
+        parse(value.trim()).map_err(|message| ConfigError::Value {
+            path: self.path.clone(),
+            section,
+            key,
+            value,
+            message,
+        })
+    }
+}
+
+impl AgentFileConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<AgentFileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        AgentFileConfig::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses the text of a configuration file named `path` (for messages).
+    pub fn parse(path: &str, text: &str) -> Result<AgentFileConfig, ConfigError> {
+        let ini = ini::Ini::load_from_str_noescape(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut values = BTreeMap::new();
+        for (section, properties) in ini.iter() {
+            let section = section.unwrap_or("DEFAULT");
+            for (key, value) in properties.iter() {
+                values.insert((section.to_owned(), key.to_owned()), value.to_owned());
+            }
+        }
+        let raw = Raw {
+            path: path.to_owned(),
+            values,
+        };
+        let host = raw.parse("DEFAULT", "host", options::host_name)?;
+        Ok(AgentFileConfig {
+            debug: raw.parse("DEFAULT", "debug", options::boolean)?,
+            transport_url: raw.parse("DEFAULT", "transport_url", |v| {
+                if v.starts_with("rabbit://") {
+                    Ok(v.to_owned())
+                } else {
+                    // inproc:// only exists inside one process.
+                    Err(
+                        "navigator-agent needs rabbit://USER:PASSWORD@HOST:PORT/VHOST; \
+                         inproc:// works only inside navigator-server --all-in-one"
+                            .into(),
+                    )
+                }
+            })?,
+            external_addresses: raw.parse(
+                "agent",
+                "external_addresses",
+                options::external_addresses,
+            )?,
+            port_range: raw.parse("agent", "port_range", options::port_range)?,
+            report_interval: raw.parse("agent", "report_interval", options::seconds)?,
+            backend: BackendOptions {
+                backend: raw.parse("agent", "backend", options::backend)?,
+                conntrack_cleanup: raw.parse("agent", "conntrack_cleanup", |v| v.parse())?,
+                fix_sysctls: raw.parse("agent", "fix_sysctls", options::boolean)?,
+                full_sync_interval: raw.parse("agent", "full_sync_interval", options::seconds)?,
+                nft_table: raw.parse("agent", "nft_table", options::nft_table)?,
+                iptables_variant: raw.parse("agent", "iptables_variant", |v| v.parse())?,
+                max_connections_per_forward: raw.parse(
+                    "relay",
+                    "max_connections_per_forward",
+                    options::max_connections,
+                )?,
+                udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", options::seconds)?,
+                connect_timeout: raw.parse("relay", "connect_timeout", options::seconds)?,
+                shutdown_grace: SHUTDOWN_GRACE,
+                host: host.clone(),
+            },
+            host,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RABBIT: &str = "[DEFAULT]\ntransport_url = rabbit://u:p@127.0.0.1:5672/\n";
+
+    #[test]
+    fn reads_the_agent_keys_and_ignores_the_servers() {
+        let text = format!(
+            "{RABBIT}host = proxy-1\nbind_port = 1\n[agent]\nexternal_addresses = 192.0.2.1\nport_range = 30000-30010\nrpc_timeout = 3\n[database]\nconnection = sqlite:///x\n"
+        );
+        let config = AgentFileConfig::parse("t.conf", &text).unwrap();
+        assert_eq!(config.host, "proxy-1");
+        assert_eq!(config.backend.host, "proxy-1");
+        assert_eq!(config.backend.backend, "relay");
+        assert_eq!(config.port_range.to_string(), "30000-30010");
+        assert_eq!(config.report_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn refuses_a_transport_other_than_rabbit() {
+        for text in ["", "[DEFAULT]\ntransport_url = inproc://\n"] {
+            let err = AgentFileConfig::parse("t.conf", text).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with("t.conf: [DEFAULT] transport_url = \"inproc://\": "),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_name_file_section_and_key() {
+        let err = AgentFileConfig::parse("t.conf", &format!("{RABBIT}[agent]\nbackend = ebpf\n"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf: [agent] backend = \"ebpf\": expected relay, nft, iptables or socat"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! `navigator-agent`: the proxy agent of cluster mode, one per proxy node.
+//! It reads `navigator.conf`, connects to RabbitMQ, serves its host's topic
+//! with the configured data plane and reports to the servers, until
+//! SIGINT/SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use navigator_agent::config::{AgentFileConfig, SHUTDOWN_GRACE};
+use navigator_agent::options::{log_preflight, make_backend};
+use navigator_agent::{Agent, AgentConfig};
+use navigator_rpc::{AmqpTransport, Transport, amqp};
+use tokio_util::sync::CancellationToken;
+
+/// Read when `--config-file` is not given, as by the server.
+const DEFAULT_CONFIG_FILE: &str = "/etc/navigator/navigator.conf";
+/// EX_USAGE: the configuration or the command line is wrong.
+const EXIT_USAGE: u8 = 64;
+
+/// Navigator proxy agent (cluster mode): carries the forwards the servers
+/// place on this host.
+#[derive(Debug, Parser)]
+#[command(name = "navigator-agent", version)]
+struct Args {
+    /// Configuration file (the same navigator.conf as the server's).
+    /// Default: /etc/navigator/navigator.conf.
+    #[arg(long, value_name = "PATH")]
+    config_file: Option<PathBuf>,
+
+    /// Log at debug level (overrides [DEFAULT] debug).
+    #[arg(long)]
+    debug: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let path = args
+        .config_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    let config = match AgentFileConfig::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("navigator-agent: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(config.debug || args.debug);
+    match run(config, &path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("navigator-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, path))
+}
+
+async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
+    tracing::info!(
+        host = %config.host,
+        backend = %config.backend.backend,
+        config = %path.display(),
+        "starting"
+    );
+    let amqp = Arc::new(
+        AmqpTransport::connect(&config.transport_url, amqp::DEFAULT_EXCHANGE)
+            .await
+            .context("cannot connect to RabbitMQ ([DEFAULT] transport_url)")?,
+    );
+    let transport: Arc<dyn Transport> = amqp.clone();
+    let backend = make_backend(&config.backend);
+    log_preflight(backend.as_ref()).await;
+    let agent = Arc::new(Agent::new(
+        AgentConfig {
+            host: config.host.clone(),
+            external_addresses: config.external_addresses.clone(),
+            port_range: config.port_range,
+            report_interval: config.report_interval,
+        },
+        backend,
+    ));
+
+    let shutdown = CancellationToken::new();
+    let signal = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: closing listeners, letting live connections finish");
+            shutdown.cancel();
+        }
+    });
+    // `run` returns once `shutdown` is cancelled and the backend has let live
+    // connections finish (at most SHUTDOWN_GRACE for the relay).
+    let served = navigator_agent::run(agent, transport, shutdown.clone()).await;
+    signal.abort();
+    // Deletes this agent's fanout queue at once instead of leaving it to
+    // expire on the broker.
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), amqp.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the RabbitMQ connection did not close in time");
+    }
+    served.context("the agent's RPC service failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},lapin=warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
