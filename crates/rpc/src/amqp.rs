@@ -35,7 +35,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::oslo::{self, ReplyKind, ReplyTo};
-use crate::transport::{BoxFuture, Incoming, RemoteError, RpcError, Target, Transport};
+use crate::transport::{
+    BoxFuture, Incoming, RemoteError, RpcError, Target, Transport, call_outcome,
+};
 
 /// oslo's default `control_exchange` is `openstack`; Navigator uses its own.
 pub const DEFAULT_EXCHANGE: &str = "navigator";
@@ -815,20 +817,8 @@ impl Transport for AmqpTransport {
                     RpcError::Transport(format!("the call to {method} on {target} was dropped"))
                 })
             };
-            match tokio::time::timeout(timeout, exchange_and_wait).await {
-                Err(_) => Err(RpcError::Timeout {
-                    method: method.clone(),
-                    target: target.to_string(),
-                    after: timeout,
-                }),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(Ok(value))) => Ok(value),
-                Ok(Ok(Err(remote))) => Err(RpcError::Remote {
-                    method: method.clone(),
-                    target: target.to_string(),
-                    source: remote,
-                }),
-            }
+            let outcome = tokio::time::timeout(timeout, exchange_and_wait).await;
+            call_outcome(&method, &target, timeout, outcome)
         })
     }
 

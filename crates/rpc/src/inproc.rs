@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::transport::{BoxFuture, Incoming, RpcError, Target, Transport};
+use crate::transport::{BoxFuture, Incoming, RpcError, Target, Transport, call_outcome};
 
 /// Depth of each listener's queue; a slow listener makes senders wait rather
 /// than buffer without bound.
@@ -85,11 +85,6 @@ impl Transport for InProcTransport {
                 args,
                 reply: Some(reply),
             };
-            let timed_out = || RpcError::Timeout {
-                method: method.clone(),
-                target: target.to_string(),
-                after: timeout,
-            };
             let exchange = async {
                 sender
                     .send(incoming)
@@ -101,16 +96,8 @@ impl Transport for InProcTransport {
                     RpcError::Transport(format!("{target} dropped the call to {method}"))
                 })
             };
-            match tokio::time::timeout(timeout, exchange).await {
-                Err(_) => Err(timed_out()),
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(Ok(value))) => Ok(value),
-                Ok(Ok(Err(remote))) => Err(RpcError::Remote {
-                    method: method.clone(),
-                    target: target.to_string(),
-                    source: remote,
-                }),
-            }
+            let outcome = tokio::time::timeout(timeout, exchange).await;
+            call_outcome(&method, &target, timeout, outcome)
         })
     }
 

@@ -250,6 +250,31 @@ pub fn decode_args<T: DeserializeOwned>(incoming: &Incoming) -> Result<T, Remote
     })
 }
 
+/// What a transport's call came to: the deadline passed, the transport
+/// failed, or the listener answered with a value or an exception. Turns that
+/// into the call's result, naming the method and target in errors.
+pub(crate) fn call_outcome(
+    method: &str,
+    target: &Target,
+    timeout: Duration,
+    outcome: Result<Result<Result<Value, RemoteError>, RpcError>, tokio::time::error::Elapsed>,
+) -> Result<Value, RpcError> {
+    match outcome {
+        Err(_) => Err(RpcError::Timeout {
+            method: method.to_owned(),
+            target: target.to_string(),
+            after: timeout,
+        }),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(remote))) => Err(RpcError::Remote {
+            method: method.to_owned(),
+            target: target.to_string(),
+            source: remote,
+        }),
+    }
+}
+
 /// Encodes a listener's reply.
 pub fn encode_reply(value: &impl Serialize) -> Result<Value, RemoteError> {
     serde_json::to_value(value).map_err(|e| RemoteError::new("ValueError", e.to_string()))

@@ -268,26 +268,9 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
 ];
 
-/// A configuration problem, named precisely enough to fix it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a valid INI file: {message}")]
-    Syntax { path: String, message: String },
-    #[error("{path}: [{section}] {key} = {value:?}: {message}")]
-    Value {
-        path: String,
-        section: &'static str,
-        key: &'static str,
-        value: String,
-        message: String,
-    },
-}
+/// A configuration problem, named precisely enough to fix it. The agent reads
+/// the same file, so both programs share one error type.
+pub use navigator_agent::config::ConfigError;
 
 /// `auth_strategy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
