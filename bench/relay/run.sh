@@ -2,6 +2,7 @@
 # Relay vs socat on loopback: bulk throughput, short-connection rate, RSS per idle
 # relayed connection, and the open-file-limit warning. One command:
 #   bench/relay/run.sh            (env: BYTES, RATE_SECS, REPEAT, CONC, HOLD_MAX, OUT to override)
+#   PIN=1 bench/relay/run.sh      forwarders (relay, socat) on CPU 0, load generator and backend on CPU 1
 # Every process started here is tracked by PID and killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,6 +15,10 @@ HOLD_SMALL=1000
 HOLD_MAX="${HOLD_MAX:-9500}"      # 2 fds each in the relay: 19,000 of the 20,000 fd cap
 OUT="${OUT:-/tmp/relay-bench}"
 mkdir -p "$OUT"
+# With PIN=1 each forwarder gets one core to itself and the clients and backend
+# the other, so that a forwarder's rate is not capped by the CPU the load
+# generator takes (on a 2-core machine that is otherwise the bottleneck).
+if [ "${PIN:-0}" = 1 ]; then FWD=(taskset -c 0); GEN=(taskset -c 1); else FWD=(); GEN=(); fi
 
 cargo build --release -q -p navigator-relay --examples
 BIN="$CARGO_TARGET_DIR/release/examples/relay_bench"
@@ -47,20 +52,20 @@ tree_kb() { local f=$1 p=$2 s=0 v; for q in $p $(pgrep -P "$p" || true); do
   v=$(awk -v f="$f" '$1==f":" {print $2}' "/proc/$q/smaps_rollup" 2>/dev/null || echo 0); s=$((s + ${v:-0})); done; echo $s; }
 
 SINK=127.0.0.1:24101 ECHO=127.0.0.1:24102
-start backend "$BIN" backend $SINK $ECHO
+start backend "${GEN[@]}" "$BIN" backend $SINK $ECHO
 declare -A PORTS=([auto]=24201 [never]=24211 [always]=24221 [socat]=24231 [socatbl]=24241)
 for m in auto never always; do
   p=${PORTS[$m]}
-  start "relay-$m" "$BIN" serve $m 127.0.0.1:$p=$SINK 127.0.0.1:$((p+1))=$ECHO
+  start "relay-$m" "${FWD[@]}" "$BIN" serve $m 127.0.0.1:$p=$SINK 127.0.0.1:$((p+1))=$ECHO
 done
 p=${PORTS[socat]}
-socat TCP-LISTEN:$p,fork,reuseaddr,bind=127.0.0.1 TCP:$SINK 2>"$OUT/socat-sink.log" & PIDS+=($!)
-socat TCP-LISTEN:$((p+1)),fork,reuseaddr,bind=127.0.0.1 TCP:$ECHO 2>"$OUT/socat-echo.log" & PIDS+=($!)
+"${FWD[@]}" socat TCP-LISTEN:$p,fork,reuseaddr,bind=127.0.0.1 TCP:$SINK 2>"$OUT/socat-sink.log" & PIDS+=($!)
+"${FWD[@]}" socat TCP-LISTEN:$((p+1)),fork,reuseaddr,bind=127.0.0.1 TCP:$ECHO 2>"$OUT/socat-echo.log" & PIDS+=($!)
 # Same, with a listen backlog of 1024 like the relay (socat's default backlog is 5,
 # which on its own causes SYN retries under 64 concurrent clients).
 p=${PORTS[socatbl]}
-socat TCP-LISTEN:$p,fork,reuseaddr,backlog=1024,bind=127.0.0.1 TCP:$SINK 2>"$OUT/socat-sink-bl.log" & PIDS+=($!)
-socat TCP-LISTEN:$((p+1)),fork,reuseaddr,backlog=1024,bind=127.0.0.1 TCP:$ECHO 2>"$OUT/socat-echo-bl.log" & PIDS+=($!)
+"${FWD[@]}" socat TCP-LISTEN:$p,fork,reuseaddr,backlog=1024,bind=127.0.0.1 TCP:$SINK 2>"$OUT/socat-sink-bl.log" & PIDS+=($!)
+"${FWD[@]}" socat TCP-LISTEN:$((p+1)),fork,reuseaddr,backlog=1024,bind=127.0.0.1 TCP:$ECHO 2>"$OUT/socat-echo-bl.log" & PIDS+=($!)
 for q in ${PORTS[socat]} ${PORTS[socatbl]}; do wait_port $q; wait_port $((q+1)); done
 
 RESULTS="$OUT/results.md"
@@ -72,8 +77,8 @@ rm -f "$OUT"/m.*
 for round in $(seq "$REPEAT"); do
   for i in "${!NAMES[@]}"; do
     port=${TARGETS[$i]}
-    "$BIN" throughput 127.0.0.1:$port "$BYTES" | sed -n 's/.*MBps=\([0-9]*\).*/\1/p' >>"$OUT/m.$i.tput"
-    r=$("$BIN" rate 127.0.0.1:$((port+1)) "$CONC" "$RATE_SECS")
+    "${GEN[@]}" "$BIN" throughput 127.0.0.1:$port "$BYTES" | sed -n 's/.*MBps=\([0-9]*\).*/\1/p' >>"$OUT/m.$i.tput"
+    r=$("${GEN[@]}" "$BIN" rate 127.0.0.1:$((port+1)) "$CONC" "$RATE_SECS")
     for k in cps p50_us p99_us errors; do sed -n "s/.* $k=\([0-9]*\).*/\1/p; s/^RATE $k=\([0-9]*\).*/\1/p" <<<"$r" >>"$OUT/m.$i.$k"; done
   done
   echo "round $round/$REPEAT done" >&2
