@@ -2,25 +2,18 @@
 //! agent with the relay backend over the in-process transport, and requests
 //! sent straight into the router.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use navigator_agent::{Agent, AgentConfig};
-use navigator_dataplane::{RelayBackend, RelayBackendConfig};
-use navigator_rpc::Transport;
-use navigator_rpc::inproc::InProcTransport;
-use navigator_server::app::{AppState, router};
 use navigator_server::config::Config;
-use navigator_server::control::Control;
-use navigator_store::{Store, sqlite_url};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+#[path = "support/stack.rs"]
+mod stack;
+
 struct Harness {
     app: axum::Router,
-    _dir: tempfile::TempDir,
-    _agent: Arc<Agent>,
+    _stack: stack::Stack,
 }
 
 /// A config whose port pool is free on this machine for the test's forwards.
@@ -30,45 +23,10 @@ fn config(port_first: u16) -> Config {
 }
 
 async fn harness(port_first: u16) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let config = Arc::new(config(port_first));
-    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
-    let control = Arc::new(Control::new(store, transport.clone(), config.clone(), true));
-    let agent = Arc::new(Agent::new(
-        AgentConfig {
-            host: "proxy-1".into(),
-            external_addresses: config.external_addresses.clone(),
-            port_range: config.port_range,
-            report_interval: config.report_interval,
-        },
-        Arc::new(RelayBackend::new(RelayBackendConfig::default())),
-    ));
-    tokio::spawn(navigator_agent::run(
-        agent.clone(),
-        transport,
-        tokio_util::sync::CancellationToken::new(),
-    ));
-    // Wait until the agent listens, then register it as the server does at start.
-    for _ in 0..100 {
-        if control.report_state(agent.state().await).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let app = router(AppState {
-        auth: Arc::new(navigator_server::auth::Auth::noauth()),
-        control,
-        config,
-        public_url: "http://navigator.test".into(),
-    });
+    let stack = stack::start(config(port_first)).await;
     Harness {
-        app,
-        _dir: dir,
-        _agent: agent,
+        app: stack.app.clone(),
+        _stack: stack,
     }
 }
 

@@ -10,15 +10,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use navigator_agent::{Agent, AgentConfig};
-use navigator_dataplane::{RelayBackend, RelayBackendConfig};
-use navigator_rpc::Transport;
-use navigator_rpc::inproc::InProcTransport;
-use navigator_server::app::{AppState, router};
 use navigator_server::auth::Auth;
 use navigator_server::config::Config;
 use navigator_server::control::Control;
-use navigator_store::{ForwardFilter, ForwardOrder, SortColumn, Store, sqlite_url};
+use navigator_store::{ForwardFilter, ForwardOrder, SortColumn};
 use serde_json::{Value, json};
 use support::keystone_admin::{self as ks, Admin, Env};
 use tokio::net::TcpListener;
@@ -28,8 +23,7 @@ struct Harness {
     app: axum::Router,
     control: Arc<Control>,
     auth: Arc<Auth>,
-    _dir: tempfile::TempDir,
-    _agent: Arc<Agent>,
+    _stack: support::stack::Stack,
 }
 
 struct Response {
@@ -55,47 +49,12 @@ fn config(env: &Env, auth_url: &str, cache_time: u64, port_first: u16) -> Config
 }
 
 async fn harness(config: Config) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let config = Arc::new(config);
-    let auth = Arc::new(Auth::from_config(&config).unwrap());
-    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
-    let control = Arc::new(Control::new(store, transport.clone(), config.clone(), true));
-    let agent = Arc::new(Agent::new(
-        AgentConfig {
-            host: "proxy-1".into(),
-            external_addresses: config.external_addresses.clone(),
-            port_range: config.port_range,
-            report_interval: config.report_interval,
-        },
-        Arc::new(RelayBackend::new(RelayBackendConfig::default())),
-    ));
-    tokio::spawn(navigator_agent::run(
-        agent.clone(),
-        transport,
-        tokio_util::sync::CancellationToken::new(),
-    ));
-    for _ in 0..100 {
-        if control.report_state(agent.state().await).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let app = router(AppState {
-        control: control.clone(),
-        config,
-        auth: auth.clone(),
-        public_url: "http://navigator.test".into(),
-    });
+    let stack = support::stack::start(config).await;
     Harness {
-        app,
-        control,
-        auth,
-        _dir: dir,
-        _agent: agent,
+        app: stack.app.clone(),
+        control: stack.control.clone(),
+        auth: stack.auth.clone(),
+        _stack: stack,
     }
 }
 

@@ -1,3 +1,5 @@
 //! Helpers shared by the integration tests.
 
 pub mod keystone_admin;
+
+pub mod stack;
