@@ -300,6 +300,22 @@ impl Serialize for Ordered<'_> {
     }
 }
 
+/// Asserts that `columns` name exactly the fields of the API object `value`,
+/// so that a field added to the API cannot be forgotten by the CLI.
+#[cfg(test)]
+pub(crate) fn assert_columns_match(columns: &[Column], value: &serde_json::Value) {
+    let mut fields: Vec<&str> = value
+        .as_object()
+        .expect("an API object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut ours: Vec<&str> = columns.iter().map(|c| c.field).collect();
+    fields.sort_unstable();
+    ours.sort_unstable();
+    assert_eq!(fields, ours);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -673,16 +673,7 @@ mod tests {
             updated_at: "2024-01-01T00:00:00Z".into(),
         };
         let value = serde_json::to_value(&forward).unwrap();
-        let mut fields: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut ours: Vec<&str> = COLUMNS.iter().map(|c| c.field).collect();
-        fields.sort_unstable();
-        ours.sort_unstable();
-        assert_eq!(fields, ours);
+        output::assert_columns_match(&COLUMNS, &value);
         let id_only = show_columns(&["ID".to_owned()]).unwrap();
         assert_eq!(
             output::render_show(&id_only, &value, Format::Value).unwrap(),

@@ -98,16 +98,7 @@ mod tests {
             load: 0.5,
         };
         let value = serde_json::to_value(&proxy).unwrap();
-        let mut fields: Vec<&str> = value
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut ours: Vec<&str> = COLUMNS.iter().map(|c| c.field).collect();
-        fields.sort_unstable();
-        ours.sort_unstable();
-        assert_eq!(fields, ours);
+        output::assert_columns_match(&COLUMNS, &value);
         let columns = show_columns(&[]).unwrap();
         let text = output::render_show(&columns, &value, output::Format::Value).unwrap();
         assert_eq!(text, "relay\n203.0.113.5\n3\npx1\n\n0.5\n20000-40000\nup\n");
