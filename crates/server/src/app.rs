@@ -66,8 +66,14 @@ pub fn openapi() -> OpenApiDoc {
     routes().split_for_parts().1
 }
 
-/// The full application for `state`.
+/// The full application for `state`: the REST API, with the built-in
+/// dashboard (`/dashboard`, HTML, not in the OpenAPI document) in front.
 pub fn router(state: AppState) -> Router {
+    crate::dashboard::mount(api_router(state.clone()), &state)
+}
+
+/// The REST API alone (the dashboard calls it in process).
+fn api_router(state: AppState) -> Router {
     let (router, doc) = routes().split_for_parts();
     let doc = Arc::new(doc);
     let body_limit = state.config.max_request_body_size;

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod control;
+pub mod dashboard;
 pub mod error;
 pub mod handlers;
 pub mod policy;

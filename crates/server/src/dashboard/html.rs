@@ -1,0 +1,491 @@
+//! The dashboard's HTML, rendered on the server. Every value that did not
+//! come from this file goes through [`esc`]; forms use real labels, buttons
+//! and links, so the page works from the keyboard and without JavaScript
+//! (the script only refreshes the status column).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use navigator_api::v1::{Forward, Proxy};
+
+use super::session::{Flash, Session};
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a form shows: the values entered, errors per field, and an error
+/// about the whole form.
+#[derive(Debug, Default, Clone)]
+pub struct FormState {
+    pub values: HashMap<String, String>,
+    pub errors: HashMap<String, String>,
+    pub general: Option<String>,
+}
+
+impl FormState {
+    pub fn value(&self, name: &str) -> &str {
+        self.values.get(name).map_or("", String::as_str)
+    }
+}
+
+/// One labelled input with its error (linked by `aria-describedby`).
+fn input(
+    out: &mut String,
+    form: &FormState,
+    prefix: &str,
+    name: &str,
+    label: &str,
+    attrs: &str,
+    hint: &str,
+) {
+    let id = format!("{prefix}-{name}");
+    let error = form.errors.get(name);
+    let mut described = Vec::new();
+    if !hint.is_empty() {
+        described.push(format!("{id}-hint"));
+    }
+    if error.is_some() {
+        described.push(format!("{id}-error"));
+    }
+    let _ = write!(
+        out,
+        "<div class=\"field{}\"><label for=\"{id}\">{}</label>",
+        if error.is_some() { " invalid" } else { "" },
+        esc(label)
+    );
+    let _ = write!(
+        out,
+        "<input id=\"{id}\" name=\"{name}\" value=\"{}\" {attrs}{}{}>",
+        esc(form.value(name)),
+        if described.is_empty() {
+            String::new()
+        } else {
+            format!(" aria-describedby=\"{}\"", described.join(" "))
+        },
+        if error.is_some() {
+            " aria-invalid=\"true\""
+        } else {
+            ""
+        }
+    );
+    if !hint.is_empty() {
+        let _ = write!(out, "<p class=\"hint\" id=\"{id}-hint\">{}</p>", esc(hint));
+    }
+    if let Some(error) = error {
+        let _ = write!(
+            out,
+            "<p class=\"error\" id=\"{id}-error\" data-field-error=\"{name}\">{}</p>",
+            esc(error)
+        );
+    }
+    out.push_str("</div>");
+}
+
+fn csrf_input(csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf_token\" value=\"{}\">",
+        esc(csrf)
+    )
+}
+
+fn general_error(out: &mut String, form: &FormState) {
+    if let Some(message) = &form.general {
+        let _ = write!(
+            out,
+            "<p class=\"error form-error\" role=\"alert\" data-form-error>{}</p>",
+            esc(message)
+        );
+    }
+}
+
+/// A whole page. `session` adds the navigation and the logout button.
+pub fn page(title: &str, session: Option<&Session>, flash: Option<&Flash>, main: &str) -> String {
+    let mut out = String::with_capacity(main.len() + 2048);
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · Navigator</title>\
+         <link rel=\"icon\" href=\"/dashboard/static/favicon.svg\" type=\"image/svg+xml\">\
+         <link rel=\"stylesheet\" href=\"/dashboard/static/dashboard.css\">\
+         <script src=\"/dashboard/static/dashboard.js\" defer></script></head><body>\
+         <a class=\"skip\" href=\"#main\">Skip to main content</a>\
+         <header><p class=\"brand\"><a href=\"/dashboard\">Navigator</a></p>",
+        esc(title)
+    );
+    if let Some(s) = session {
+        out.push_str(
+            "<nav aria-label=\"Main\"><ul><li><a href=\"/dashboard\">Port forwards</a></li>",
+        );
+        if s.proxies_visible {
+            out.push_str("<li><a href=\"/dashboard/proxies\">Proxies</a></li>");
+        }
+        let _ = write!(
+            out,
+            "</ul></nav><div class=\"who\"><span data-user>{}</span> · project <span data-project>{}</span>\
+             <form method=\"post\" action=\"/dashboard/logout\" class=\"inline\">{}\
+             <button type=\"submit\">Log out</button></form></div>",
+            esc(&s.user),
+            esc(&s.project),
+            csrf_input(&s.csrf)
+        );
+    }
+    let _ = write!(
+        out,
+        "</header><main id=\"main\" tabindex=\"-1\"><h1>{}</h1>",
+        esc(title)
+    );
+    if let Some(flash) = flash {
+        let _ = write!(
+            out,
+            "<p class=\"flash{}\" role=\"{}\" data-flash>{}</p>",
+            if flash.error { " error" } else { "" },
+            if flash.error { "alert" } else { "status" },
+            esc(&flash.text)
+        );
+    }
+    out.push_str(main);
+    out.push_str("</main></body></html>");
+    out
+}
+
+/// The login form: Keystone credentials, or only a project with noauth.
+pub fn login(keystone: bool, form: &FormState, login_csrf: &str) -> String {
+    let mut out = String::new();
+    general_error(&mut out, form);
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/dashboard/login\" class=\"card\" novalidate>{}",
+        csrf_input(login_csrf)
+    );
+    if keystone {
+        out.push_str("<p>Log in with your OpenStack (Keystone) account.</p>");
+        input(
+            &mut out,
+            form,
+            "login",
+            "username",
+            "User name",
+            "type=\"text\" autocomplete=\"username\" required",
+            "",
+        );
+        input(
+            &mut out,
+            form,
+            "login",
+            "password",
+            "Password",
+            "type=\"password\" autocomplete=\"current-password\" required",
+            "",
+        );
+        input(
+            &mut out,
+            form,
+            "login",
+            "project",
+            "Project",
+            "type=\"text\" required",
+            "The project name whose port forwards you manage.",
+        );
+        input(
+            &mut out,
+            form,
+            "login",
+            "domain",
+            "Domain",
+            "type=\"text\" required",
+            "The domain name of your user and project, usually Default.",
+        );
+    } else {
+        out.push_str(
+            "<p>This server runs without authentication (noauth, loopback only): \
+             choose the project to act in.</p>",
+        );
+        input(
+            &mut out,
+            form,
+            "login",
+            "project",
+            "Project",
+            "type=\"text\" required",
+            "Any project id; \"default\" is the CLI's.",
+        );
+    }
+    out.push_str("<button type=\"submit\">Log in</button></form>");
+    out
+}
+
+fn target(f: &Forward) -> String {
+    if f.internal_ip_address.contains(':') {
+        format!("[{}]:{}", f.internal_ip_address, f.internal_port)
+    } else {
+        format!("{}:{}", f.internal_ip_address, f.internal_port)
+    }
+}
+
+fn external(f: &Forward) -> String {
+    if f.external_address.contains(':') {
+        format!("[{}]:{}", f.external_address, f.external_port)
+    } else {
+        format!("{}:{}", f.external_address, f.external_port)
+    }
+}
+
+/// The status cell's content (also produced by the script on refresh).
+fn status_cell(f: &Forward) -> String {
+    let mut out = format!(
+        "<span class=\"status status-{}\" data-status>{}</span>",
+        esc(&f.status.to_ascii_lowercase()),
+        esc(&f.status)
+    );
+    if let Some(reason) = f.status_reason.as_deref().filter(|r| !r.is_empty()) {
+        let _ = write!(
+            out,
+            " <span class=\"reason\" data-reason>{}</span>",
+            esc(reason)
+        );
+    } else {
+        out.push_str(" <span class=\"reason\" data-reason></span>");
+    }
+    out
+}
+
+/// The list of forwards with the create form.
+pub fn forwards(session: &Session, forwards: &[Forward], form: &FormState) -> String {
+    let mut out = String::new();
+    if forwards.is_empty() {
+        out.push_str("<p data-empty>No port forwards yet. Create one below.</p>");
+    } else {
+        out.push_str(
+            "<table data-forwards><caption>Port forwards of this project \
+             <span class=\"live\" aria-live=\"polite\" data-live></span></caption><thead><tr>\
+             <th scope=\"col\">External address</th><th scope=\"col\">Target</th>\
+             <th scope=\"col\">Protocol</th><th scope=\"col\">Status</th>\
+             <th scope=\"col\">Proxy</th><th scope=\"col\">Description</th>\
+             <th scope=\"col\">Actions</th></tr></thead><tbody>",
+        );
+        for f in forwards {
+            let _ = write!(
+                out,
+                "<tr data-forward-id=\"{id}\" data-external-address=\"{addr}\" data-external-port=\"{port}\">\
+                 <td data-external>{ext}</td><td data-target>{tgt}</td><td>{proto}</td>\
+                 <td data-status-cell>{status}</td><td>{proxy}</td><td data-description>{desc}</td>\
+                 <td class=\"actions\"><a href=\"/dashboard/forwards/{id}/edit\" \
+                 aria-label=\"Edit forward {ext}\">Edit</a>\
+                 <form method=\"post\" action=\"/dashboard/forwards/{id}/delete\" class=\"inline\">{csrf}\
+                 <button type=\"submit\" class=\"danger\" aria-label=\"Delete forward {ext}\">Delete</button>\
+                 </form></td></tr>",
+                id = esc(&f.id),
+                addr = esc(&f.external_address),
+                port = f.external_port,
+                ext = esc(&external(f)),
+                tgt = esc(&target(f)),
+                proto = esc(&f.protocol.to_ascii_uppercase()),
+                status = status_cell(f),
+                proxy = esc(&f.proxy),
+                desc = esc(&f.description),
+                csrf = csrf_input(&session.csrf),
+            );
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("<h2 id=\"create\">Create a port forward</h2>");
+    general_error(&mut out, form);
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/dashboard/forwards\" class=\"card\" novalidate \
+         aria-labelledby=\"create\">{}",
+        csrf_input(&session.csrf)
+    );
+    let protocol = form.value("protocol");
+    let _ = write!(
+        out,
+        "<div class=\"field\"><label for=\"create-protocol\">Protocol</label>\
+         <select id=\"create-protocol\" name=\"protocol\">\
+         <option value=\"tcp\"{}>TCP</option><option value=\"udp\"{}>UDP</option></select></div>",
+        if protocol != "udp" { " selected" } else { "" },
+        if protocol == "udp" { " selected" } else { "" },
+    );
+    input(
+        &mut out,
+        form,
+        "create",
+        "internal_ip_address",
+        "Internal IP address",
+        "type=\"text\" required spellcheck=\"false\"",
+        "The instance's address, IPv4 or IPv6.",
+    );
+    input(
+        &mut out,
+        form,
+        "create",
+        "internal_port",
+        "Internal port",
+        "type=\"text\" inputmode=\"numeric\" required",
+        "1-65535",
+    );
+    input(
+        &mut out,
+        form,
+        "create",
+        "external_port",
+        "External port",
+        "type=\"text\" inputmode=\"numeric\"",
+        "Optional: empty picks a free port of the proxy's range.",
+    );
+    input(
+        &mut out,
+        form,
+        "create",
+        "description",
+        "Description",
+        "type=\"text\" maxlength=\"255\"",
+        "",
+    );
+    out.push_str("<button type=\"submit\">Create forward</button></form>");
+    out
+}
+
+/// The retarget form of one forward.
+pub fn edit(session: &Session, forward: &Forward, form: &FormState) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<p>Forward <code>{}</code> on <strong data-external>{}</strong> ({}), now to \
+         <strong>{}</strong>. New connections go to the new target at once.</p>",
+        esc(&forward.id),
+        esc(&external(forward)),
+        esc(&forward.protocol.to_ascii_uppercase()),
+        esc(&target(forward))
+    );
+    general_error(&mut out, form);
+    let _ = write!(
+        out,
+        "<form method=\"post\" action=\"/dashboard/forwards/{}\" class=\"card\" novalidate>{}",
+        esc(&forward.id),
+        csrf_input(&session.csrf)
+    );
+    input(
+        &mut out,
+        form,
+        "edit",
+        "internal_ip_address",
+        "Internal IP address",
+        "type=\"text\" required spellcheck=\"false\"",
+        "",
+    );
+    input(
+        &mut out,
+        form,
+        "edit",
+        "internal_port",
+        "Internal port",
+        "type=\"text\" inputmode=\"numeric\" required",
+        "1-65535",
+    );
+    input(
+        &mut out,
+        form,
+        "edit",
+        "description",
+        "Description",
+        "type=\"text\" maxlength=\"255\"",
+        "",
+    );
+    out.push_str(
+        "<button type=\"submit\">Save</button> <a href=\"/dashboard\" class=\"button-link\">Cancel</a></form>",
+    );
+    out
+}
+
+/// The admin overview of proxies.
+pub fn proxies(proxies: &[Proxy]) -> String {
+    if proxies.is_empty() {
+        return "<p>No proxy has registered yet.</p>".into();
+    }
+    let mut out = String::from(
+        "<table data-proxies><caption>Forwarding nodes</caption><thead><tr>\
+         <th scope=\"col\">Host</th><th scope=\"col\">State</th><th scope=\"col\">Backend</th>\
+         <th scope=\"col\">External addresses</th><th scope=\"col\">Port range</th>\
+         <th scope=\"col\">Forwards</th><th scope=\"col\">Load</th>\
+         <th scope=\"col\">Last heartbeat</th></tr></thead><tbody>",
+    );
+    for p in proxies {
+        let _ = write!(
+            out,
+            "<tr data-proxy=\"{host}\"><td>{host}</td><td><span class=\"status state-{state}\">{state}</span></td>\
+             <td>{backend}</td><td>{addresses}</td><td>{range}</td><td>{count}</td>\
+             <td>{load:.1}%</td><td>{beat}</td></tr>",
+            host = esc(&p.host),
+            state = esc(&p.state),
+            backend = esc(&p.backend),
+            addresses = esc(&p.external_addresses.join(", ")),
+            range = esc(&p.port_range),
+            count = p.forward_count,
+            load = p.load * 100.0,
+            beat = esc(p.last_heartbeat.as_deref().unwrap_or("-")),
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// A page with one paragraph (errors, refusals).
+pub fn message(text: &str, link: Option<(&str, &str)>) -> String {
+    let mut out = format!("<p data-message>{}</p>", esc(text));
+    if let Some((href, label)) = link {
+        let _ = write!(out, "<p><a href=\"{}\">{}</a></p>", esc(href), esc(label));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn field_errors_sit_next_to_their_input() {
+        let mut form = FormState::default();
+        form.values.insert("internal_port".into(), "<70000>".into());
+        form.errors
+            .insert("internal_port".into(), "70000 is outside 1-65535".into());
+        let mut out = String::new();
+        input(
+            &mut out,
+            &form,
+            "create",
+            "internal_port",
+            "Internal port",
+            "type=\"text\"",
+            "",
+        );
+        assert!(out.contains("value=\"&lt;70000&gt;\""), "{out}");
+        assert!(out.contains("aria-invalid=\"true\""), "{out}");
+        assert!(
+            out.contains("aria-describedby=\"create-internal_port-error\""),
+            "{out}"
+        );
+        assert!(out.contains("id=\"create-internal_port-error\" data-field-error=\"internal_port\">70000 is outside 1-65535</p>"), "{out}");
+    }
+}
