@@ -64,6 +64,11 @@ async function sessionCookie(context) {
     assert(c.httpOnly, 'the session cookie is HttpOnly');
     assert(c.sameSite === 'Strict', `the session cookie is SameSite=Strict (${c.sameSite})`);
     assert(c.path === '/dashboard', `the session cookie's path is /dashboard (${c.path})`);
+    if (keystone) {
+        // It lasts as long as the Keystone token (the test Keystone's are 1 h), not longer.
+        const left = c.expires - Date.now() / 1000;
+        assert(left > 60 && left <= 3600 + 60, `the session cookie expires with the token (in ${left} s)`);
+    }
     return `${c.name}=${c.value}`;
 }
 
@@ -218,6 +223,19 @@ await run(`dashboard-${mode}`, async ({ page, context, launch }) => {
         await checkpoint('logged-out', { cookie });
         await screenshot(page, 'logged-out');
     });
+
+    if (keystone) {
+        await step('the session ends when Keystone stops vouching for the token', async () => {
+            await login(page, alice);
+            await checkpoint('disable-user', {});
+            await page.reload();
+            await page.waitForURL(/\/dashboard\/login\?expired=1$/);
+            const flash = await page.locator('[data-flash]').textContent();
+            assert(/session has ended/.test(flash), `the login page says why: ${flash}`);
+            const cookies = await context.cookies(`${base}/dashboard`);
+            assert(!cookies.some((c) => c.name === 'navigator_session' && c.value), 'the session cookie is cleared');
+        });
+    }
 
     // Pages answered 4xx on purpose (field errors, refusals) are logged by
     // Chromium as failed loads; script errors are what must not happen.

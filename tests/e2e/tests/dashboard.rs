@@ -105,8 +105,9 @@ impl KeystoneAdmin {
             .to_owned()
     }
 
-    /// A new project with a new member: (project name, user name, password).
-    fn project_with_member(&self, prefix: &str) -> (String, String, String) {
+    /// A new project with a new member: (project name, user name,
+    /// password, user id).
+    fn project_with_member(&self, prefix: &str) -> (String, String, String, String) {
         let project = unique(&format!("{prefix}-project"));
         let user = unique(&format!("{prefix}-member"));
         let password = unique("pw");
@@ -131,7 +132,24 @@ impl KeystoneAdmin {
             None,
         );
         assert_eq!(grant.status, 204, "grant member: {}", grant.body);
-        (project, user, password)
+        (project, user, password, user_id)
+    }
+
+    /// Disables a user: Keystone then refuses every token of theirs.
+    fn disable_user(&self, user_id: &str) -> Verdict {
+        let response = self.request(
+            "PATCH",
+            &format!("/users/{user_id}"),
+            Some(&json!({"user": {"enabled": false}})),
+        );
+        if response.status == 200 {
+            Ok(Value::Null)
+        } else {
+            Err(format!(
+                "disabling {user_id}: {} {}",
+                response.status, response.body
+            ))
+        }
     }
 }
 
@@ -223,7 +241,14 @@ fn logged_out(server: &Server, data: &Value) -> Verdict {
     }
 }
 
-fn journey(browser: &Browser, server: &Server, env: Vec<(&str, String)>) {
+/// Runs the browser journey; `disable_user` (Keystone only) makes Keystone
+/// refuse the first user's tokens.
+fn journey(
+    browser: &Browser,
+    server: &Server,
+    env: Vec<(&str, String)>,
+    disable_user: Option<&dyn Fn() -> Verdict>,
+) {
     let one = TcpEcho::start("127.0.0.1", "ONE:");
     let two = TcpEcho::start("127.0.0.1", "TWO:");
     let mut vars = env;
@@ -251,6 +276,9 @@ fn journey(browser: &Browser, server: &Server, env: Vec<(&str, String)>) {
             }
         }
         "logged-out" => logged_out(server, data),
+        "disable-user" => {
+            disable_user.map_or_else(|| Err("not a Keystone journey".into()), |f| f())
+        }
         other => Err(format!("unknown checkpoint {other}")),
     });
     // The server's log follows when it is dropped during the panic.
@@ -268,15 +296,16 @@ fn dashboard_journey_with_keystone() {
         return;
     };
     let admin = KeystoneAdmin::connect(&url, &admin_password);
-    let (project1, user1, password1) = admin.project_with_member("dash-a");
-    let (project2, user2, password2) = admin.project_with_member("dash-b");
+    let (project1, user1, password1, user1_id) = admin.project_with_member("dash-a");
+    let (project2, user2, password2, _) = admin.project_with_member("dash-b");
     let env = Env::new(
         "dashboard-keystone",
         &format!(
             "[DEFAULT]\nauth_strategy = keystone\n\n[keystone_authtoken]\n\
              www_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\
              username = {service_user}\npassword = {service_password}\nproject_name = service\n\
-             user_domain_name = Default\nproject_domain_name = Default\n"
+             user_domain_name = Default\nproject_domain_name = Default\n\
+             token_cache_time = 0\n"
         ),
     );
     let server = env.start();
@@ -293,6 +322,7 @@ fn dashboard_journey_with_keystone() {
             ("DASHBOARD_PROJECT2", project2),
             ("DASHBOARD_DOMAIN", "Default".into()),
         ],
+        Some(&|| admin.disable_user(&user1_id)),
     );
 }
 
@@ -311,5 +341,74 @@ fn dashboard_journey_with_noauth_on_loopback() {
             ("DASHBOARD_PROJECT1", unique("dash-a")),
             ("DASHBOARD_PROJECT2", unique("dash-b")),
         ],
+        None,
+    );
+}
+
+/// With Keystone unreachable the login page says so (503), in words, with
+/// no session made and no internals shown. No browser needed: the login
+/// form is posted as a browser would, with its pre-login token.
+#[test]
+fn dashboard_login_says_when_keystone_is_down() {
+    // Nothing listens on a port we bound and closed again.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_url = format!("http://{}/v3", dead.local_addr().expect("addr"));
+    drop(dead);
+    let env = Env::new(
+        "dashboard-keystone-down",
+        &format!(
+            "[DEFAULT]\nauth_strategy = keystone\n\n[keystone_authtoken]\n\
+             www_authenticate_uri = {dead_url}\nauth_url = {dead_url}\nauth_type = password\n\
+             username = navigator\npassword = secret\nproject_name = service\n\
+             user_domain_name = Default\nproject_domain_name = Default\n"
+        ),
+    );
+    let server = env.start();
+    let page = server.http("GET", "/dashboard/login", &[], b"");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let cookie = page
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a pre-login cookie")
+        .to_owned();
+    let token = cookie.split_once('=').expect("name=value").1.to_owned();
+    assert!(
+        page.body
+            .contains(&format!("name=\"csrf_token\" value=\"{token}\"")),
+        "the form carries the cookie's token"
+    );
+    let form = format!("csrf_token={token}&username=alice&password=pw&project=demo&domain=Default");
+    let authority = server.url.trim_start_matches("http://").to_owned();
+    let origin = format!("http://{authority}");
+    let answer = server.http(
+        "POST",
+        "/dashboard/login",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", &origin),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        form.as_bytes(),
+    );
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains("The identity service (Keystone) cannot be reached"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        !answer.body.contains("navigator_session") && !answer.body.contains("panicked"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        !answer
+            .headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.starts_with("navigator_session=")),
+        "no session without a login"
     );
 }

@@ -268,6 +268,33 @@ mod tests {
         assert_eq!(cookie(&h, "c"), None);
     }
 
+    fn session(expires_at: DateTime<Utc>) -> Session {
+        Session {
+            credential: Credential::Project("p".into()),
+            user: "u".into(),
+            project: "p".into(),
+            csrf: random_token(),
+            expires_at,
+            proxies_visible: false,
+            flash: None,
+        }
+    }
+
+    #[test]
+    fn a_session_ends_with_its_token() {
+        let sessions = Sessions::default();
+        let live = sessions
+            .insert(session(Utc::now() + chrono::Duration::seconds(60)))
+            .unwrap();
+        let over = sessions
+            .insert(session(Utc::now() - chrono::Duration::seconds(1)))
+            .unwrap();
+        assert!(sessions.get(&live).is_some());
+        assert!(sessions.get(&over).is_none());
+        sessions.remove(&live);
+        assert!(sessions.get(&live).is_none());
+    }
+
     #[test]
     fn tokens_are_long_and_distinct() {
         let (a, b) = (random_token(), random_token());
