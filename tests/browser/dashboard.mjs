@@ -7,6 +7,7 @@
 //   DASHBOARD_MODE           keystone | noauth
 //   DASHBOARD_USER1/PASSWORD1/PROJECT1   the member who does the journey
 //   DASHBOARD_USER2/PASSWORD2/PROJECT2   a member of another project
+//   DASHBOARD_ADMIN_USER/_PASSWORD/_PROJECT  an admin (keystone)
 //   DASHBOARD_DOMAIN         domain name (keystone; default "Default")
 //   ECHO_IP, ECHO_PORT1, ECHO_PORT2      the two echo servers' address
 
@@ -194,11 +195,31 @@ await run(`dashboard-${mode}`, async ({ page, context, launch }) => {
         if (keystone) {
             const text = await page.locator('[data-message]').textContent();
             assert(/Only administrators/.test(text), `a member is refused the proxies: ${text}`);
-        } else {
-            await page.locator('table[data-proxies] tr[data-proxy]').first().waitFor();
-            const state = await page.locator('table[data-proxies] tr[data-proxy]').first().textContent();
-            assert(/up/.test(state), `the proxy is up: ${state}`);
-            await screenshot(page, 'proxies');
+        }
+        // An admin (every noauth caller is one) gets the link and the table.
+        let adminPage = page;
+        let other = null;
+        if (keystone) {
+            other = await launch();
+            adminPage = other.page;
+            focusPage(adminPage);
+            await login(adminPage, {
+                name: env('DASHBOARD_ADMIN_USER'),
+                password: env('DASHBOARD_ADMIN_PASSWORD'),
+                project: env('DASHBOARD_ADMIN_PROJECT'),
+            });
+        }
+        try {
+            await adminPage.getByRole('link', { name: 'Proxies' }).click();
+            await adminPage.waitForURL(/\/dashboard\/proxies$/);
+            const first = adminPage.locator('table[data-proxies] tr[data-proxy]').first();
+            await first.waitFor();
+            const state = (await first.locator('[data-state]').textContent()).trim();
+            assert(state === 'up', `the proxy is up: ${state}`);
+            await screenshot(adminPage, 'proxies');
+        } finally {
+            if (other) await other.close();
+            focusPage(page);
         }
         await page.goto(`${base}/dashboard`);
     });

@@ -105,11 +105,11 @@ impl KeystoneAdmin {
             .to_owned()
     }
 
-    /// A new project with a new member: (project name, user name,
-    /// password, user id).
-    fn project_with_member(&self, prefix: &str) -> (String, String, String, String) {
+    /// A new project with a new user holding `role` on it: (project name,
+    /// user name, password, user id).
+    fn project_with_user(&self, prefix: &str, role: &str) -> (String, String, String, String) {
         let project = unique(&format!("{prefix}-project"));
-        let user = unique(&format!("{prefix}-member"));
+        let user = unique(&format!("{prefix}-{role}"));
         let password = unique("pw");
         let project_id = self.create(
             "/projects",
@@ -121,17 +121,17 @@ impl KeystoneAdmin {
             &json!({"user": {"name": user, "domain_id": "default", "password": password}}),
             "user",
         );
-        let roles = self.request("GET", "/roles?name=member", None);
+        let roles = self.request("GET", &format!("/roles?name={role}"), None);
         let role = roles.json()["roles"][0]["id"]
             .as_str()
-            .expect("the member role")
+            .unwrap_or_else(|| panic!("no role {role}"))
             .to_owned();
         let grant = self.request(
             "PUT",
             &format!("/projects/{project_id}/users/{user_id}/roles/{role}"),
             None,
         );
-        assert_eq!(grant.status, 204, "grant member: {}", grant.body);
+        assert_eq!(grant.status, 204, "grant: {}", grant.body);
         (project, user, password, user_id)
     }
 
@@ -296,8 +296,9 @@ fn dashboard_journey_with_keystone() {
         return;
     };
     let admin = KeystoneAdmin::connect(&url, &admin_password);
-    let (project1, user1, password1, user1_id) = admin.project_with_member("dash-a");
-    let (project2, user2, password2, _) = admin.project_with_member("dash-b");
+    let (project1, user1, password1, user1_id) = admin.project_with_user("dash-a", "member");
+    let (project2, user2, password2, _) = admin.project_with_user("dash-b", "member");
+    let (project3, user3, password3, _) = admin.project_with_user("dash-c", "admin");
     let env = Env::new(
         "dashboard-keystone",
         &format!(
@@ -320,6 +321,9 @@ fn dashboard_journey_with_keystone() {
             ("DASHBOARD_USER2", user2),
             ("DASHBOARD_PASSWORD2", password2),
             ("DASHBOARD_PROJECT2", project2),
+            ("DASHBOARD_ADMIN_USER", user3),
+            ("DASHBOARD_ADMIN_PASSWORD", password3),
+            ("DASHBOARD_ADMIN_PROJECT", project3),
             ("DASHBOARD_DOMAIN", "Default".into()),
         ],
         Some(&|| admin.disable_user(&user1_id)),

@@ -426,7 +426,7 @@ pub fn proxies(proxies: &[Proxy]) -> String {
     for p in proxies {
         let _ = write!(
             out,
-            "<tr data-proxy=\"{host}\"><td>{host}</td><td><span class=\"status state-{state}\">{state}</span></td>\
+            "<tr data-proxy=\"{host}\"><td>{host}</td><td><span class=\"status state-{state}\" data-state>{state}</span></td>\
              <td>{backend}</td><td>{addresses}</td><td>{range}</td><td>{count}</td>\
              <td>{load:.1}%</td><td>{beat}</td></tr>",
             host = esc(&p.host),
