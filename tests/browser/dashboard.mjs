@@ -83,6 +83,9 @@ await run(`dashboard-${mode}`, async ({ page, context, launch }) => {
         await page.keyboard.press('Tab');
         const focused = await page.evaluate(() => document.activeElement && document.activeElement.textContent);
         assert(focused === 'Skip to main content', `the first Tab stop is the skip link (got ${focused})`);
+        await page.keyboard.press('Enter');
+        const target = await page.evaluate(() => document.activeElement && document.activeElement.id);
+        assert(target === 'main', `the skip link moves focus to the main content (got ${target})`);
         await screenshot(page, 'login');
     });
 
@@ -140,6 +143,8 @@ await run(`dashboard-${mode}`, async ({ page, context, launch }) => {
             port: Number(await rows.first().getAttribute('data-external-port')),
         };
         await waitActive(page, id);
+        // The status column is kept live by the page's script (allowed by the CSP).
+        await page.waitForResponse((r) => r.url().endsWith('/dashboard/status.json') && r.status() === 200);
         await screenshot(page, 'forward-active');
     });
 
