@@ -12,25 +12,22 @@
 //! the instance tab and overview.
 //!
 //! Needs: Keystone env (`NAVIGATOR_TEST_KEYSTONE_URL`, ...), openstack-dashboard,
-//! Chromium, node with `tests/browser/node_modules` (`npm ci`). Without them
-//! the tests print `skipped:`, or panic when `CI` is set.
+//! and what `navigator_e2e::browser` needs (Chromium, node, `npm ci` in
+//! `tests/browser`). Without them the tests print `skipped:`, or panic when
+//! `CI` is set.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use navigator_e2e::browser::Browser;
 use navigator_e2e::{
     Env, HttpResponse, TcpEcho, assert_tcp_reply, binary, eventually, raw_http, tcp_refused,
 };
 use serde_json::{Value, json};
 
 const HORIZON_PACKAGE: &str = "/usr/lib/python3/dist-packages/openstack_dashboard";
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Upper bound for the whole browser journey (Horizon pages take ~1 s on a
-/// busy 2-core machine; the journey has about 40 page loads).
-const JOURNEY_TIMEOUT: Duration = Duration::from_secs(400);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -77,24 +74,6 @@ fn prerequisites() -> Option<Prerequisites> {
     }
     if !Path::new(HORIZON_PACKAGE).is_dir() {
         missing("Horizon (apt-get install --no-install-recommends openstack-dashboard)")?;
-    }
-    if !Path::new(CHROMIUM).is_file() {
-        missing("Chromium (apt-get install --no-install-recommends chromium)")?;
-    }
-    let node_ok = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !node_ok {
-        missing("node (>= 20)")?;
-    }
-    if !repo_root()
-        .join("tests/browser/node_modules/playwright-core")
-        .is_dir()
-    {
-        missing("playwright-core (npm ci in tests/browser)")?;
     }
     python3_is_debians()?;
     Some(Prerequisites {
@@ -262,86 +241,10 @@ impl Drop for Horizon {
 
 // ---------------------------------------------------------------- browser
 
-/// The node process running a browser script, killed on drop.
-struct Script(Child);
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn artifacts_dir() -> PathBuf {
     std::env::var_os("NAVIGATOR_ARTIFACTS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/artifacts/screenshots"))
-}
-
-/// Runs `tests/browser/SCRIPT` with `envs`, answering each checkpoint with
-/// `answer(name, data)` (Ok: `ok`, Err: `fail <reason>` and a panic).
-fn run_script(
-    script: &str,
-    envs: &[(&str, String)],
-    mut answer: impl FnMut(&str, &Value) -> Result<(), String>,
-) {
-    let dir = repo_root().join("tests/browser");
-    let mut child = Command::new("node")
-        .arg(dir.join(script))
-        .current_dir(&dir)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("NAVIGATOR_ARTIFACTS_DIR", artifacts_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("cannot run node");
-    let mut stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let mut running = Script(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + JOURNEY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                panic!("{script} did not finish within {JOURNEY_TIMEOUT:?}")
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let Some(rest) = line.strip_prefix("NAVIGATOR-CHECKPOINT ") else {
-            eprintln!("[{script}] {line}");
-            continue;
-        };
-        let checkpoint: Value = serde_json::from_str(rest).expect("checkpoint JSON");
-        let name = checkpoint["name"].as_str().unwrap_or_default().to_owned();
-        eprintln!("checkpoint {name}: {}", checkpoint["data"]);
-        let verdict = answer(&name, &checkpoint["data"]);
-        let reply = match &verdict {
-            Ok(()) => "ok\n".to_owned(),
-            Err(reason) => format!("fail {}\n", reason.replace('\n', " ")),
-        };
-        let _ = stdin.write_all(reply.as_bytes());
-        let _ = stdin.flush();
-        if let Err(reason) = verdict {
-            panic!("checkpoint {name} failed: {reason}");
-        }
-    }
-    let status = running.0.wait().expect("wait for node");
-    assert!(
-        status.success(),
-        "{script} failed ({status}); screenshots in {}",
-        artifacts_dir().display()
-    );
 }
 
 /// `127.0.0.1:20001` or `[::1]:20001` → (ip, port).
@@ -368,6 +271,9 @@ fn catches<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, Strin
 #[test]
 fn a_member_manages_forwards_in_horizon() {
     let Some(pre) = prerequisites() else { return };
+    let Some(browser) = Browser::find("a_member_manages_forwards_in_horizon") else {
+        return;
+    };
     let keystone = Keystone::connect(&pre.keystone_url, &pre.admin_password);
     let (alice, alice_password, _) = keystone.member("hz-alice");
     let (bob, bob_password, _) = keystone.member("hz-bob");
@@ -414,9 +320,13 @@ fn a_member_manages_forwards_in_horizon() {
     let two = TcpEcho::start("127.0.0.1", "two:");
     let horizon = Horizon::start(&pre.keystone_url);
 
-    run_script(
+    let outcome = browser.run(
         "horizon.mjs",
         &[
+            (
+                "NAVIGATOR_ARTIFACTS_DIR",
+                artifacts_dir().display().to_string(),
+            ),
             ("HORIZON_URL", horizon.url.clone()),
             ("ALICE_USER", alice),
             ("ALICE_PASSWORD", alice_password),
@@ -434,6 +344,7 @@ fn a_member_manages_forwards_in_horizon() {
                     let tag = data["tag"].as_str().unwrap_or_default().to_owned();
                     let (ip, port) = split_external(&external)?;
                     catches(move || assert_tcp_reply(&ip, port, "ping", &format!("{tag}:ping")))
+                        .map(|()| Value::Null)
                 }
                 "forward-deleted" => {
                     let (ip, port) = split_external(&external)?;
@@ -444,15 +355,19 @@ fn a_member_manages_forwards_in_horizon() {
                             || tcp_refused(&ip, port),
                         )
                     })
+                    .map(|()| Value::Null)
                 }
                 "stop-api" => {
                     server.stop();
-                    Ok(())
+                    Ok(Value::Null)
                 }
                 other => Err(format!("unknown checkpoint {other}")),
             }
         },
     );
+    if let Err(failure) = outcome {
+        panic!("{failure}\nscreenshots in {}", artifacts_dir().display());
+    }
     drop(horizon);
 }
 
