@@ -56,7 +56,14 @@ class NotFound(NavigatorError, exceptions.NotFound):
 
 
 class Unauthorized(NavigatorError, exceptions.NotAuthorized):
-    """401/403: the token expired or was revoked, or policy forbids it."""
+    """401: the token expired or was revoked; Horizon logs the user out."""
+
+
+class Forbidden(NavigatorError, exceptions.NotAvailable):
+    """403: Navigator's policy forbids it (e.g. a reader creating a forward).
+
+    Recoverable (a message), unlike 401: the session itself is fine.
+    """
 
 
 class Unavailable(NavigatorError, exceptions.NotAvailable):
@@ -121,8 +128,10 @@ def _error_for(status, message):
         return Conflict(message, status, field_of(status, message))
     if status == 404:
         return NotFound(message, status)
-    if status in (401, 403):
+    if status == 401:
         return Unauthorized(message, status)
+    if status == 403:
+        return Forbidden(_('Not allowed: %s') % message, status)
     return Unavailable(
         _('Navigator failed (HTTP %(status)s): %(message)s')
         % {'status': status, 'message': message}, status)
@@ -170,11 +179,16 @@ def call(request, method, path, body=None, params=None, base_url=None,
         response = requests.request(method, url, json=body, params=params,
                                     headers=headers, timeout=timeout,
                                     verify=_verify())
+    except requests.Timeout as e:
+        LOG.warning('Navigator %s %s timed out: %s', method, url, e)
+        raise Unavailable(
+            _('Navigator (port forwarding) is unavailable: no answer '
+              'within %s seconds') % timeout)
     except requests.RequestException as e:
         LOG.warning('Navigator %s %s failed: %s', method, url, e)
         raise Unavailable(
-            _('Navigator (port forwarding) is unavailable: %s')
-            % type(e).__name__)
+            _('Navigator (port forwarding) is unavailable: cannot connect '
+              'to its API'))
     if response.status_code >= 400:
         message = _message(response)
         LOG.info('Navigator %s %s: %s %s', method, url,

@@ -85,7 +85,7 @@ class ApiClientTest(unittest.TestCase):
         from horizon import exceptions
         cases = [(404, api.NotFound, exceptions.NotFound),
                  (401, api.Unauthorized, exceptions.NotAuthorized),
-                 (403, api.Unauthorized, exceptions.NotAuthorized),
+                 (403, api.Forbidden, exceptions.NotAvailable),
                  (503, api.Unavailable, exceptions.NotAvailable),
                  (500, api.Unavailable, exceptions.NotAvailable)]
         for status, ours, horizons in cases:
