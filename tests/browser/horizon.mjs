@@ -6,7 +6,8 @@
 //   TCP forward to echo server one and sees it Active (traffic checked),
 //   retargets it to echo server two (traffic checked), sees a bad port
 //   rejected next to the field, deletes it (single), creates two more and
-//   deletes both (bulk); a member of another project sees none of alice's
+//   deletes both (bulk), after a third one on an external port that another
+//   program holds shows Error with Navigator's reason; a member of another project sees none of alice's
 //   forwards; a POST without the CSRF token is refused; with Navigator
 //   stopped the panel shows Horizon's error message, not a traceback.
 
@@ -52,13 +53,14 @@ async function rowIds(page) {
         (rows) => rows.map((r) => r.getAttribute('data-object-id')));
 }
 
-async function createForward(page, { ip, port, protocol = 'tcp', description = '' }) {
+async function createForward(page, { ip, port, protocol = 'tcp', description = '', externalPort = '' }) {
     const before = await rowIds(page);
     await openModal(page, '#port_forwards__action_create', 'create_port_forward_form');
     await page.fill('#id_internal_ip_address', ip);
     await page.fill('#id_internal_port', String(port));
     await page.selectOption('#id_protocol', protocol);
     if (description) await page.fill('#id_description', description);
+    if (externalPort) await page.fill('#id_external_port', String(externalPort));
     await submitModal(page, 'create_port_forward_form');
     // On success Horizon's JS follows the redirect back to the table.
     return eventually('the new row', async () => {
@@ -176,12 +178,22 @@ await run('horizon', async ({ page, launch }) => {
     });
     await checkpoint('forward-deleted', { id: first, external });
 
-    await step('create two and delete both (bulk)', async () => {
+    await step('create three, one failing with a reason, and delete them all (bulk)', async () => {
         const a = await createForward(page, { ip: target, port: portOne, description: 'bulk a' });
         const b = await createForward(page, { ip: target, port: portTwo, protocol: 'udp', description: 'bulk b' });
-        await page.goto(panel);
-        await screenshot(page, 'two-forwards');
-        for (const id of [a, b]) {
+        const busy = env('BUSY_EXTERNAL_PORT');
+        const c = await createForward(page, { ip: target, port: portOne, externalPort: busy, description: 'port held elsewhere' });
+        const status = await eventually(`forward ${c} to be Error`, async () => {
+            await page.goto(panel);
+            const text = await cellText(page, c, 'Status');
+            return text.startsWith('Error') && text;
+        });
+        log(`status with reason: ${status}`);
+        assert(status.length > 'Error'.length + 3, `the Error status carries a reason: ${status}`);
+        await waitForStatus(page, a, 'Active');
+        await waitForStatus(page, b, 'Active');
+        await screenshot(page, 'three-forwards');
+        for (const id of [a, b, c]) {
             // Horizon's themed checkbox: the input is hidden behind its label.
             await row(page, id).locator('td.multi_select_column label').click();
             assert(await row(page, id).locator('input.table-row-multi-select').isChecked(), `row ${id} selected`);

@@ -318,6 +318,10 @@ fn a_member_manages_forwards_in_horizon() {
 
     let one = TcpEcho::start("127.0.0.1", "one:");
     let two = TcpEcho::start("127.0.0.1", "two:");
+    // A program holding a port of the proxy's range: a forward asking for it
+    // cannot be carried and must show Error with the reason.
+    let busy =
+        TcpListener::bind(("127.0.0.1", env.port_range.1)).expect("hold a port of the range");
     let horizon = Horizon::start(&pre.keystone_url);
 
     let outcome = browser.run(
@@ -336,6 +340,7 @@ fn a_member_manages_forwards_in_horizon() {
             ("TARGET_IP", "127.0.0.1".into()),
             ("TARGET_PORT_ONE", one.port()),
             ("TARGET_PORT_TWO", two.port()),
+            ("BUSY_EXTERNAL_PORT", env.port_range.1.to_string()),
         ],
         |name, data| {
             let external = data["external"].as_str().unwrap_or_default().to_owned();
@@ -369,6 +374,7 @@ fn a_member_manages_forwards_in_horizon() {
         panic!("{failure}\nscreenshots in {}", artifacts_dir().display());
     }
     drop(horizon);
+    drop(busy);
 }
 
 #[test]
