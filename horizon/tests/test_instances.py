@@ -67,6 +67,19 @@ class InstanceViewTest(unittest.TestCase):
         self.assertEqual(['by-ip', 'by-id'], [f.id for f in forwards])
         self.assertEqual(['web', 'web'], [f.instance_name for f in forwards])
 
+    def test_tab_table_has_link_actions_only(self):
+        # Horizon's instance page does not accept table POSTs (deletes).
+        tab = pf_tabs.PortForwardsTab(self.tab_group(), self.request)
+        tab.load_table_data()
+        table = tab._tables['instance_port_forwards']
+        self.assertEqual([], table.get_table_actions())
+        by_id = [f for f in table.data if f.id == 'by-id'][0]
+        actions = table.get_row_actions(by_id)
+        self.assertEqual(['retarget'], [a.name for a in actions])
+        self.assertEqual('/project/port_forwards/by-id/retarget/',
+                         actions[0].get_link_url(by_id))
+        self.assertEqual('203.0.113.5:20001', table.get_object_display(by_id))
+
     def test_tab_hidden_without_navigator_in_the_region(self):
         request = support.request(self.stub.url, current_region='Elsewhere2')
         tab = pf_tabs.PortForwardsTab(self.tab_group(), request)

@@ -133,10 +133,15 @@ class PortForwardsTable(tables.DataTable):
 
 
 class InstancePortForwardsTable(PortForwardsTable):
+    """The instance tab's table. Horizon's instance detail page is a plain
+    TabView that does not accept table POSTs, so only link actions live here;
+    deleting is done in the panel."""
+
     class Meta(object):
         name = 'instance_port_forwards'
         verbose_name = _("Port Forwards")
         status_columns = ('status',)
         row_class = UpdateRow
-        table_actions = (DeletePortForward,)
-        row_actions = (RetargetPortForward, DeletePortForward)
+        multi_select = False
+        table_actions = ()
+        row_actions = (RetargetPortForward,)
