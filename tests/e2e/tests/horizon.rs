@@ -36,8 +36,8 @@ fn repo_root() -> PathBuf {
         .expect("repository root")
 }
 
-/// Skips (prints `skipped: ...`) or, under `CI`, panics.
-fn missing(what: &str) -> Option<()> {
+/// Prints `skipped: ...` and returns `None`, or panics under `CI`.
+fn missing<T>(what: &str) -> Option<T> {
     if std::env::var_os("CI").is_some() {
         panic!("the Horizon test needs {what} (scripts/test-all installs and starts it)");
     }
@@ -45,14 +45,19 @@ fn missing(what: &str) -> Option<()> {
     None
 }
 
-fn python3_is_debians() -> Option<()> {
-    Path::new("/usr/bin/python3")
-        .is_file()
-        .then_some(())
-        .or_else(|| missing("/usr/bin/python3"))
+/// Debian's Horizon and the Python it runs on (pyenv's `python3` on PATH
+/// has no Django).
+fn horizon_installed() -> Option<()> {
+    if !Path::new(HORIZON_PACKAGE).is_dir() {
+        return missing("Horizon (apt-get install --no-install-recommends openstack-dashboard)");
+    }
+    if !Path::new("/usr/bin/python3").is_file() {
+        return missing("/usr/bin/python3");
+    }
+    Some(())
 }
 
-/// What the journey needs from the machine, or `None` after saying what is missing.
+/// The test Keystone's URL and admin password (`scripts/keystone`'s env).
 struct Prerequisites {
     keystone_url: String,
     admin_password: String,
@@ -60,22 +65,16 @@ struct Prerequisites {
 
 fn prerequisites() -> Option<Prerequisites> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let (Some(keystone_url), Some(admin_password)) = (
+    let (Some(keystone_url), Some(admin_password), Some(_service_user)) = (
         var("NAVIGATOR_TEST_KEYSTONE_URL"),
         var("NAVIGATOR_TEST_ADMIN_PASSWORD"),
+        var("NAVIGATOR_TEST_SERVICE_USER"),
     ) else {
         return missing(
-            "a test Keystone (NAVIGATOR_TEST_KEYSTONE_URL; scripts/keystone start DIR, then source DIR/env)",
-        )
-        .map(|_| unreachable!());
+            "a test Keystone (NAVIGATOR_TEST_KEYSTONE_URL, ...; scripts/keystone start DIR, then source DIR/env)",
+        );
     };
-    if var("NAVIGATOR_TEST_SERVICE_USER").is_none() {
-        missing("NAVIGATOR_TEST_SERVICE_USER (scripts/keystone's env)")?;
-    }
-    if !Path::new(HORIZON_PACKAGE).is_dir() {
-        missing("Horizon (apt-get install --no-install-recommends openstack-dashboard)")?;
-    }
-    python3_is_debians()?;
+    horizon_installed()?;
     Some(Prerequisites {
         keystone_url,
         admin_password,
@@ -379,17 +378,14 @@ fn a_member_manages_forwards_in_horizon() {
 
 #[test]
 fn plugin_unit_tests_pass() {
-    if !Path::new(HORIZON_PACKAGE).is_dir() {
-        missing("Horizon (apt-get install --no-install-recommends openstack-dashboard)");
-        return;
-    }
-    let Some(()) = python3_is_debians() else {
+    let Some(()) = horizon_installed() else {
         return;
     };
     let root = repo_root().join("horizon");
     let output = Command::new("/usr/bin/python3")
         .args(["-m", "unittest", "discover", "-s", "tests", "-t", ".", "-v"])
         .current_dir(&root)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .expect("run python3");
     let text = format!(
