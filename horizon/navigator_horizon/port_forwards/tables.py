@@ -91,7 +91,8 @@ class StatusColumn(tables.Column):
 
 
 def instance_link(forward):
-    if not forward.instance_id:
+    # Only instances Nova named (so Nova is there and the user sees them).
+    if not (forward.instance_id and forward.instance_name):
         return None
     try:
         return reverse('horizon:project:instances:detail',
