@@ -38,9 +38,6 @@ pub struct Control {
     config: Arc<Config>,
     /// Whether loopback targets are allowed (all-in-one mode).
     allow_loopback: bool,
-    /// Generation of the last full sync each host acknowledged. A heartbeat
-    /// with another generation (0 after an agent start) triggers a sync.
-    synced: Mutex<HashMap<String, u64>>,
     /// Source of generations: starts at the wall clock so that a restarted
     /// server never reuses one an agent still holds.
     next_generation: AtomicU64,
@@ -78,7 +75,6 @@ impl Control {
             transport,
             config,
             allow_loopback,
-            synced: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(now_ms),
             placements: AtomicU64::new(0),
             host_locks: Mutex::new(HashMap::new()),
@@ -340,10 +336,6 @@ impl Control {
         match synced {
             Ok(result) => {
                 self.record_results(host, &result.results).await;
-                self.synced
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(host.to_owned(), result.generation);
                 tracing::info!(%host, forwards = forwards.len(), generation, "agent synced");
                 Ok(())
             }
@@ -407,14 +399,29 @@ impl Control {
             tracing::info!(host = %state.host, "proxy is back after being down; full sync");
             return self.sync_host(&state.host).await;
         }
-        let known = self
-            .synced
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&state.host)
-            .copied();
-        if state.generation == 0 || known != Some(state.generation) {
+        // Generation 0: the agent (re)started or reconnected and may have
+        // missed messages. Any other generation comes from a full sync by
+        // some server (there may be several, each with its own generations),
+        // and what a lost message missed since, the periodic sync repairs.
+        if state.generation == 0 {
             tracing::info!(host = %state.host, generation = state.generation, "agent needs a full sync");
+            return self.sync_host(&state.host).await;
+        }
+        // The agent must carry exactly the forwards stored for it. With
+        // several servers, a full sync one built from an older snapshot can
+        // reach the agent after another's create or delete: the heartbeat
+        // shows the difference, and a sync repairs it at once.
+        let stored: std::collections::BTreeSet<String> = self
+            .store
+            .forwards_on_proxy(&state.host)
+            .await?
+            .iter()
+            .map(|f| f.id.to_string())
+            .collect();
+        let carried: std::collections::BTreeSet<String> =
+            state.forwards.iter().map(|f| f.id.clone()).collect();
+        if stored != carried {
+            tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store; full sync");
             return self.sync_host(&state.host).await;
         }
         self.record_results(&state.host, &state.forwards).await;
@@ -484,16 +491,29 @@ impl Control {
 
     /// Checks every `report_interval` for proxies that are down and fails
     /// their forwards over, until `shutdown`.
+    ///
+    /// Only once this server has reached the database for `agent_down_time`
+    /// without a break: after its own start or a database outage, heartbeats
+    /// that nobody could record would otherwise make every proxy look dead.
     pub async fn watch_failures(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.config.report_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected_since: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(e) = self.fail_over().await {
-                tracing::warn!(error = %e, "failover check failed; retrying at the next tick");
+            let now = std::time::Instant::now();
+            let since = *connected_since.get_or_insert(now);
+            let result = if now.duration_since(since) < self.config.agent_down_time {
+                self.store.list_proxies().await.map(|_| ())
+            } else {
+                self.fail_over().await
+            };
+            if let Err(e) = result {
+                connected_since = None;
+                tracing::warn!(error = %e, "failover check failed; proxies are judged again once the database has been reachable for agent_down_time");
             }
         }
     }
