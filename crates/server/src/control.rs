@@ -413,10 +413,10 @@ impl Control {
         // shows the difference, and a sync repairs it at once.
         let stored: std::collections::BTreeSet<String> = self
             .store
-            .forwards_on_proxy(&state.host)
+            .forward_ids_on_proxy(&state.host)
             .await?
             .iter()
-            .map(|f| f.id.to_string())
+            .map(ToString::to_string)
             .collect();
         let carried: std::collections::BTreeSet<String> =
             state.forwards.iter().map(|f| f.id.clone()).collect();
@@ -595,7 +595,8 @@ impl Control {
                         why.push_str(&format!("; proxy {host}: {error}"));
                     }
                     let reason = format!("{down_reason}; cannot move the forward: {why}");
-                    self.store
+                    let changed = self
+                        .store
                         .set_reported_status(
                             forward.id,
                             &ReportedVersion::from(&forward),
@@ -603,7 +604,10 @@ impl Control {
                             Some(&reason),
                         )
                         .await?;
-                    tracing::warn!(forward = %forward.id, %reason, "failover impossible");
+                    // Retried at every check; said once per change.
+                    if changed {
+                        tracing::warn!(forward = %forward.id, %reason, "failover impossible for now");
+                    }
                     return Ok(());
                 }
             };
