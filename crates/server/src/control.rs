@@ -535,6 +535,7 @@ impl Control {
         }
         let mut counts: HashMap<String, u64> =
             self.store.forward_counts().await?.into_iter().collect();
+        let mut receivers = std::collections::BTreeSet::new();
         for proxy in down {
             if counts.get(&proxy.host).copied().unwrap_or(0) == 0 {
                 continue;
@@ -552,9 +553,20 @@ impl Control {
                 continue;
             }
             for forward in self.store.forwards_on_proxy(&proxy.host).await? {
-                self.move_one(&proxies, &mut counts, proxy, forward, &reason)
-                    .await?;
+                if let Some(to) = self
+                    .move_one(&proxies, &mut counts, proxy, forward, &reason)
+                    .await?
+                {
+                    receivers.insert(to);
+                }
             }
+        }
+        // One full sync per proxy that received forwards rather than one
+        // call per forward: a failed proxy may have carried thousands.
+        for host in receivers {
+            // A failure is logged; the forwards stay PENDING until the
+            // proxy's next heartbeat shows it lacks them.
+            let _ = self.sync_host(&host).await;
         }
         Ok(())
     }
@@ -562,6 +574,7 @@ impl Control {
     /// Moves one forward of the down `from` to the proxy the scheduler
     /// chooses among the others, trying the next best when the chosen one
     /// has no free port after all; `ERROR` with the reason if none can.
+    /// Returns the proxy it moved to, if this server moved it.
     async fn move_one(
         &self,
         proxies: &[ProxyRecord],
@@ -569,7 +582,7 @@ impl Control {
         from: &ProxyRecord,
         forward: PortForward,
         down_reason: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let mut tried: Vec<ProxyRecord> = proxies
             .iter()
             .filter(|p| p.host != from.host)
@@ -608,7 +621,7 @@ impl Control {
                     if changed {
                         tracing::warn!(forward = %forward.id, %reason, "failover impossible for now");
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
             };
             let target = Move {
@@ -631,11 +644,10 @@ impl Control {
                         external = %format!("{}:{}", moved.external_address, moved.external_port),
                         "forward moved off a down proxy"
                     );
-                    self.push(moved).await;
-                    return Ok(());
+                    return Ok(Some(moved.proxy));
                 }
                 // Another server moved it (or it was deleted) meanwhile.
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e @ StoreError::PoolExhausted { .. }) => {
                     full.push((to.host.clone(), e.to_string()));
                     tried.retain(|p| p.host != to.host);
