@@ -88,6 +88,7 @@ impl Agent {
                 id: forward.id.to_string(),
                 status: ResultStatus::Error,
                 reason: Some("the agent lost track of the forward".into()),
+                applied: Some(ForwardEntry::from(&forward)),
             })
     }
 
@@ -187,6 +188,7 @@ impl Agent {
                         id: want.id.to_string(),
                         status,
                         reason,
+                        applied: Some(ForwardEntry::from(want)),
                     },
                 )
             })
@@ -205,6 +207,7 @@ fn specs_from_entries(entries: &[ForwardEntry]) -> (Vec<ForwardSpec>, Vec<Forwar
                 id: entry.id.clone(),
                 status: ResultStatus::Error,
                 reason: Some(reason),
+                applied: Some(entry.clone()),
             }),
         }
     }

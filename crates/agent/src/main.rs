@@ -75,11 +75,21 @@ async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
         config = %path.display(),
         "starting"
     );
-    let amqp = Arc::new(
-        AmqpTransport::connect(&config.transport_url, amqp::DEFAULT_EXCHANGE)
-            .await
-            .context("cannot connect to RabbitMQ ([DEFAULT] transport_url)")?,
-    );
+    let shutdown = CancellationToken::new();
+    let signal = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: closing listeners, letting live connections finish");
+            shutdown.cancel();
+        }
+    });
+    let Some(amqp) = connect_with_backoff(&config.transport_url, &shutdown).await else {
+        signal.abort();
+        tracing::info!("stopped before RabbitMQ could be reached");
+        return Ok(());
+    };
+    let amqp = Arc::new(amqp);
     let transport: Arc<dyn Transport> = amqp.clone();
     let backend = make_backend(&config.backend);
     log_preflight(backend.as_ref()).await;
@@ -93,15 +103,6 @@ async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
         backend,
     ));
 
-    let shutdown = CancellationToken::new();
-    let signal = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: closing listeners, letting live connections finish");
-            shutdown.cancel();
-        }
-    });
     // `run` returns once `shutdown` is cancelled and the backend has let live
     // connections finish (at most SHUTDOWN_GRACE for the relay).
     let served = navigator_agent::run(agent, transport, shutdown.clone()).await;
@@ -117,6 +118,47 @@ async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
     served.context("the agent's RPC service failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to RabbitMQ, retrying with exponential backoff (1 s doubling to
+/// 30 s) while it cannot be reached: an agent started before the broker, or
+/// during its restart, waits for it instead of exiting. `None` if `shutdown`
+/// comes first.
+async fn connect_with_backoff(
+    transport_url: &str,
+    shutdown: &CancellationToken,
+) -> Option<AmqpTransport> {
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 1u32;
+    loop {
+        let connect = AmqpTransport::connect(transport_url, amqp::DEFAULT_EXCHANGE);
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = connect => result,
+        };
+        match result {
+            Ok(transport) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "connected to RabbitMQ");
+                }
+                return Some(transport);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    attempt,
+                    error = %e,
+                    retry_in = ?delay,
+                    "cannot reach RabbitMQ ([DEFAULT] transport_url); retrying"
+                );
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+        attempt = attempt.saturating_add(1);
+    }
 }
 
 fn init_logging(debug: bool) {

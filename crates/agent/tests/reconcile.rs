@@ -125,7 +125,10 @@ async fn upsert_retargets_in_place_and_remove_is_idempotent() {
         target: "10.0.0.6:22".parse().unwrap(),
         ..original
     };
-    agent.upsert(retargeted).await;
+    // Each result names the version it is about, so that the server can
+    // drop one about a version it has changed since.
+    let result = agent.upsert(retargeted).await;
+    assert_eq!(result.applied, Some(ForwardEntry::from(&retargeted)));
     let last = backend.plans.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.retarget, vec![retargeted]);
     agent.remove(original.id).await;

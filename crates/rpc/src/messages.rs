@@ -92,6 +92,11 @@ pub struct ForwardResult {
     pub status: ResultStatus,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The version of the forward this result is about, so that the server
+    /// can ignore a result about a version it has since changed (a retarget
+    /// or a move to another proxy). Agents before this field omit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<ForwardEntry>,
 }
 
 /// Reply to `sync_forwards`: the generation applied and a result per forward.

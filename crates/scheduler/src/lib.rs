@@ -1,10 +1,22 @@
-//! Placement: which proxy carries a new forward.
+//! Placement: which proxy carries a new (or rescheduled) forward.
 //!
-//! Pure functions over a snapshot of the live proxies, so that "why did it
-//! land there?" is answered by a table in a test. The server filters and
-//! snapshots; this crate only chooses.
+//! Pure functions over a snapshot of the proxies, so that "why did it land
+//! there?" (and "why could it land nowhere?") is answered by a table in a
+//! test. The server snapshots; this crate filters and chooses.
+//!
+//! Filters, in order, each naming what it rejected:
+//! 1. the proxy is up (heartbeat within `agent_down_time`);
+//! 2. the address: a requested `external_address` must be one of the proxy's;
+//!    otherwise the proxy needs an external address of the target's family,
+//!    unless its data plane translates between families (the relay and socat
+//!    do; nft/iptables DNAT cannot turn IPv4 into IPv6). Among the proxies
+//!    left, those with an address of the target's family are preferred;
+//! 3. free ports: a requested `external_port` must be inside its pool, and
+//!    its pool must not be full.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 
 /// `[scheduler] strategy`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,14 +43,21 @@ impl std::str::FromStr for Strategy {
     }
 }
 
-/// A live proxy as the scheduler sees it.
+/// A registered proxy as the scheduler sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
     pub host: String,
     pub external_addresses: Vec<IpAddr>,
     pub forward_count: u64,
-    /// Ports in its pool, per protocol.
+    /// Forwards its pool can hold (ports × protocols × addresses).
     pub capacity: u64,
+    /// Its pool of external ports.
+    pub pool: RangeInclusive<u16>,
+    /// Whether its heartbeat is recent.
+    pub up: bool,
+    /// Whether its data plane can listen in one address family and forward
+    /// to the other (relay, socat), unlike kernel NAT.
+    pub cross_family: bool,
 }
 
 /// What is being placed.
@@ -46,56 +65,177 @@ pub struct Candidate {
 pub struct Request<'a> {
     /// The target, whose family the proxy should be able to listen in.
     pub target: IpAddr,
+    /// An external address the caller asked for.
+    pub external_address: Option<IpAddr>,
+    /// An external port the caller asked for.
+    pub external_port: Option<u16>,
     /// Key for [`Strategy::Hash`].
     pub affinity_key: &'a str,
     /// A counter that increases with every placement, for round robin.
     pub sequence: u64,
 }
 
-/// Chooses a proxy, or `None` when no candidate can carry the forward.
-///
-/// Candidates with an external address of the target's family are preferred;
-/// if there are none, any candidate with free ports will do (the relay can
-/// forward across families).
+/// Why a proxy cannot carry a forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Down,
+    LacksAddress(IpAddr),
+    NoAddressOfFamily {
+        ipv6: bool,
+    },
+    PortOutsidePool {
+        port: u16,
+        pool: RangeInclusive<u16>,
+    },
+    PoolFull {
+        pool: RangeInclusive<u16>,
+    },
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Down => write!(f, "is down"),
+            Rejection::LacksAddress(address) => write!(f, "does not have address {address}"),
+            Rejection::NoAddressOfFamily { ipv6 } => write!(
+                f,
+                "has no {} external address and its data plane cannot translate between families",
+                if *ipv6 { "IPv6" } else { "IPv4" }
+            ),
+            Rejection::PortOutsidePool { port, pool } => write!(
+                f,
+                "has port range {}-{}, which does not contain {port}",
+                pool.start(),
+                pool.end()
+            ),
+            Rejection::PoolFull { pool } => {
+                write!(f, "has no free port in {}-{}", pool.start(), pool.end())
+            }
+        }
+    }
+}
+
+/// No proxy can carry the forward; says why for each one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoProxy {
+    pub rejected: Vec<(String, Rejection)>,
+}
+
+impl NoProxy {
+    /// True when the only obstacle is that no proxy is up (or none is
+    /// registered): a transient condition (503) rather than a request that
+    /// no proxy can satisfy (409).
+    pub fn is_transient(&self) -> bool {
+        self.rejected.iter().all(|(_, r)| *r == Rejection::Down)
+    }
+}
+
+impl fmt::Display for NoProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rejected.is_empty() {
+            return write!(f, "no proxy agent has registered");
+        }
+        write!(f, "no proxy can carry this forward: ")?;
+        for (index, (host, why)) in self.rejected.iter().enumerate() {
+            if index > 0 {
+                write!(f, "; ")?;
+            }
+            write!(f, "proxy {host} {why}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoProxy {}
+
+/// Why `candidate` cannot carry `request`, if it cannot.
+pub fn reject(candidate: &Candidate, request: &Request<'_>) -> Option<Rejection> {
+    if !candidate.up {
+        return Some(Rejection::Down);
+    }
+    match request.external_address {
+        Some(address) if !candidate.external_addresses.contains(&address) => {
+            return Some(Rejection::LacksAddress(address));
+        }
+        Some(_) => {}
+        None if !candidate.cross_family && !has_family(candidate, request.target) => {
+            return Some(Rejection::NoAddressOfFamily {
+                ipv6: request.target.is_ipv6(),
+            });
+        }
+        None if candidate.external_addresses.is_empty() => {
+            return Some(Rejection::NoAddressOfFamily {
+                ipv6: request.target.is_ipv6(),
+            });
+        }
+        None => {}
+    }
+    if let Some(port) = request.external_port
+        && !candidate.pool.contains(&port)
+    {
+        return Some(Rejection::PortOutsidePool {
+            port,
+            pool: candidate.pool.clone(),
+        });
+    }
+    if candidate.forward_count >= candidate.capacity {
+        return Some(Rejection::PoolFull {
+            pool: candidate.pool.clone(),
+        });
+    }
+    None
+}
+
+fn has_family(candidate: &Candidate, target: IpAddr) -> bool {
+    candidate
+        .external_addresses
+        .iter()
+        .any(|a| a.is_ipv4() == target.is_ipv4())
+}
+
+/// Chooses a proxy, or says why none can carry the forward.
 pub fn place<'c>(
     strategy: Strategy,
     candidates: &'c [Candidate],
     request: &Request<'_>,
-) -> Option<&'c Candidate> {
-    let mut usable: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| c.forward_count < c.capacity)
-        .collect();
-    let same_family: Vec<&Candidate> = usable
-        .iter()
-        .copied()
-        .filter(|c| {
-            c.external_addresses
-                .iter()
-                .any(|a| a.is_ipv4() == request.target.is_ipv4())
-        })
-        .collect();
-    if !same_family.is_empty() {
-        usable = same_family;
+) -> Result<&'c Candidate, NoProxy> {
+    let mut rejected = Vec::new();
+    let mut usable: Vec<&Candidate> = Vec::new();
+    for candidate in candidates {
+        match reject(candidate, request) {
+            Some(why) => rejected.push((candidate.host.clone(), why)),
+            None => usable.push(candidate),
+        }
+    }
+    if usable.is_empty() {
+        rejected.sort_by(|a, b| a.0.cmp(&b.0));
+        return Err(NoProxy { rejected });
+    }
+    // Listening in the target's family avoids a translation; prefer it.
+    if usable.iter().any(|c| has_family(c, request.target)) {
+        usable.retain(|c| has_family(c, request.target));
     }
     usable.sort_by(|a, b| a.host.cmp(&b.host));
-    if usable.is_empty() {
-        return None;
-    }
     let n = usable.len() as u64;
     let index = match strategy {
         Strategy::RoundRobin => request.sequence % n,
         Strategy::Hash => fnv1a(request.affinity_key.as_bytes()) % n,
         Strategy::LeastLoaded => {
-            return usable.into_iter().min_by(|a, b| {
-                // Compare count/capacity without floats: a.count * b.cap vs b.count * a.cap.
-                let left = u128::from(a.forward_count) * u128::from(b.capacity);
-                let right = u128::from(b.forward_count) * u128::from(a.capacity);
-                left.cmp(&right).then_with(|| a.host.cmp(&b.host))
-            });
+            return usable
+                .into_iter()
+                .min_by(|a, b| {
+                    // Compare count/capacity without floats: a.count * b.cap vs b.count * a.cap.
+                    let left = u128::from(a.forward_count) * u128::from(b.capacity);
+                    let right = u128::from(b.forward_count) * u128::from(a.capacity);
+                    left.cmp(&right).then_with(|| a.host.cmp(&b.host))
+                })
+                .ok_or(NoProxy { rejected });
         }
     };
-    usable.get(usize::try_from(index).ok()?).copied()
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| usable.get(i).copied())
+        .ok_or(NoProxy { rejected })
 }
 
 /// FNV-1a: tiny, stable across releases and platforms (unlike std's hasher),
@@ -116,12 +256,17 @@ mod tests {
             external_addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             forward_count: count,
             capacity,
+            pool: 20000..=20009,
+            up: true,
+            cross_family: true,
         }
     }
 
     fn request(target: &str, key: &str, sequence: u64) -> Request<'static> {
         Request {
             target: target.parse().unwrap(),
+            external_address: None,
+            external_port: None,
             affinity_key: Box::leak(key.to_owned().into_boxed_str()),
             sequence,
         }
@@ -183,33 +328,84 @@ mod tests {
             candidate("v6", &["2001:db8::1"], 0, 10),
             candidate("v4", &["192.0.2.2"], 9, 10),
         ];
+        let placed = |target: &str| {
+            place(Strategy::LeastLoaded, &proxies, &request(target, "p", 0))
+                .unwrap()
+                .host
+                .clone()
+        };
+        assert_eq!(placed("10.0.0.1"), "v4");
+        assert_eq!(placed("2001:db8::5"), "v6");
+        let none = place(
+            Strategy::RoundRobin,
+            &proxies[..1],
+            &request("10.0.0.1", "p", 0),
+        )
+        .unwrap_err();
+        assert!(!none.is_transient());
         assert_eq!(
-            place(
-                Strategy::LeastLoaded,
-                &proxies,
-                &request("10.0.0.1", "p", 0)
-            )
-            .unwrap()
-            .host,
-            "v4"
+            none.to_string(),
+            "no proxy can carry this forward: proxy full has no free port in 20000-20009"
         );
+    }
+
+    #[test]
+    fn kernel_nat_proxies_need_the_target_family() {
+        let mut v4_only = candidate("nft", &["192.0.2.1"], 0, 10);
+        v4_only.cross_family = false;
+        let err = place(
+            Strategy::RoundRobin,
+            std::slice::from_ref(&v4_only),
+            &request("2001:db8::5", "p", 0),
+        )
+        .unwrap_err();
         assert_eq!(
-            place(
-                Strategy::LeastLoaded,
-                &proxies,
-                &request("2001:db8::5", "p", 0)
-            )
-            .unwrap()
-            .host,
-            "v6"
+            err.to_string(),
+            "no proxy can carry this forward: proxy nft has no IPv6 external address \
+             and its data plane cannot translate between families"
         );
-        assert_eq!(
+        // The relay can listen on IPv4 for an IPv6 target.
+        v4_only.cross_family = true;
+        assert!(
             place(
                 Strategy::RoundRobin,
-                &proxies[..1],
-                &request("10.0.0.1", "p", 0)
-            ),
-            None
+                &[v4_only],
+                &request("2001:db8::5", "p", 0)
+            )
+            .is_ok()
         );
+    }
+
+    #[test]
+    fn down_proxies_and_requested_address_and_port_filter_and_explain() {
+        let mut down = candidate("a", &["192.0.2.1"], 0, 10);
+        down.up = false;
+        let up = candidate("b", &["192.0.2.2"], 0, 10);
+        let proxies = [down.clone(), up];
+        let mut wanted = request("10.0.0.1", "p", 0);
+        assert_eq!(
+            place(Strategy::RoundRobin, &proxies, &wanted).unwrap().host,
+            "b"
+        );
+        wanted.external_address = Some("192.0.2.1".parse().unwrap());
+        let err = place(Strategy::RoundRobin, &proxies, &wanted).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no proxy can carry this forward: proxy a is down; proxy b does not have address 192.0.2.1"
+        );
+        wanted.external_address = None;
+        wanted.external_port = Some(30000);
+        let err = place(Strategy::RoundRobin, &proxies, &wanted).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("proxy b has port range 20000-20009, which does not contain 30000"),
+            "{err}"
+        );
+        let only_down =
+            place(Strategy::RoundRobin, &[down], &request("10.0.0.1", "p", 0)).unwrap_err();
+        assert!(only_down.is_transient());
+        let nobody = place(Strategy::RoundRobin, &[], &request("10.0.0.1", "p", 0)).unwrap_err();
+        assert!(nobody.is_transient());
+        assert_eq!(nobody.to_string(), "no proxy agent has registered");
     }
 }

@@ -177,6 +177,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "How a new forward's proxy is chosen: round_robin, hash (stable by instance, else project) or least_loaded.",
     },
     OptionDoc {
+        section: "scheduler",
+        key: "reschedule_on_failure",
+        default: "true",
+        help: "Move the forwards of a proxy that has been down longer than [agent] agent_down_time to live proxies (keeping the external port when it is free there). false: they stay and show ERROR \"proxy HOST is down\" until the proxy returns.",
+    },
+    OptionDoc {
         section: "agent",
         key: "backend",
         default: "relay",
@@ -298,6 +304,7 @@ pub struct Config {
     pub allowed_target_networks: Vec<IpNet>,
     pub allow_loopback_targets: Option<bool>,
     pub scheduler_strategy: navigator_scheduler::Strategy,
+    pub reschedule_on_failure: bool,
     pub backend: String,
     pub conntrack_cleanup: navigator_dataplane::ConntrackCleanup,
     pub fix_sysctls: bool,
@@ -454,6 +461,7 @@ impl Config {
                 }
             })?,
             scheduler_strategy: raw.parse("scheduler", "strategy", |v| v.parse())?,
+            reschedule_on_failure: raw.parse("scheduler", "reschedule_on_failure", boolean)?,
             backend: raw.parse("agent", "backend", navigator_agent::options::backend)?,
             conntrack_cleanup: raw.parse("agent", "conntrack_cleanup", |v| v.parse())?,
             fix_sysctls: raw.parse("agent", "fix_sysctls", boolean)?,

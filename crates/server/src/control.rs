@@ -21,8 +21,11 @@ use navigator_rpc::{
     AgentClient, AgentState, ForwardEntry, ForwardResult, ResultStatus, Target, Transport, methods,
     topics,
 };
-use navigator_scheduler::{Candidate, Request};
-use navigator_store::{NewForwardRow, ProxyRecord, Store, TargetChange};
+use navigator_scheduler::{Candidate, NoProxy, Request};
+use navigator_store::{
+    AppliedVersion, Move, NewForwardRow, ProxyRecord, ReportedVersion, Store, StoreError,
+    TargetChange,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -35,9 +38,6 @@ pub struct Control {
     config: Arc<Config>,
     /// Whether loopback targets are allowed (all-in-one mode).
     allow_loopback: bool,
-    /// Generation of the last full sync each host acknowledged. A heartbeat
-    /// with another generation (0 after an agent start) triggers a sync.
-    synced: Mutex<HashMap<String, u64>>,
     /// Source of generations: starts at the wall clock so that a restarted
     /// server never reuses one an agent still holds.
     next_generation: AtomicU64,
@@ -75,7 +75,6 @@ impl Control {
             transport,
             config,
             allow_loopback,
-            synced: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(now_ms),
             placements: AtomicU64::new(0),
             host_locks: Mutex::new(HashMap::new()),
@@ -206,9 +205,16 @@ impl Control {
                 )
             }
         };
+        // Only if the forward is still this version on this proxy: a
+        // retarget or a move meanwhile has its own push.
         if let Err(e) = self
             .store
-            .set_status(forward.id, status, reason.as_deref())
+            .set_reported_status(
+                forward.id,
+                &ReportedVersion::from(&forward),
+                status,
+                reason.as_deref(),
+            )
             .await
         {
             tracing::warn!(forward = %forward.id, error = %e, "cannot record the forward's status");
@@ -237,35 +243,52 @@ impl Control {
                 });
         }
         let counts: HashMap<String, u64> = self.store.forward_counts().await?.into_iter().collect();
-        let live: Vec<ProxyRecord> = proxies
-            .into_iter()
-            .filter(|p| is_up(p, self.config.agent_down_time))
-            .collect();
-        let candidates: Vec<Candidate> = live
-            .iter()
-            .map(|p| Candidate {
-                host: p.host.clone(),
-                external_addresses: p.external_addresses.clone(),
-                forward_count: counts.get(&p.host).copied().unwrap_or(0),
-                // Both protocols draw from the pool, per address.
-                capacity: u64::from(p.port_range.len()) * 2 * p.external_addresses.len() as u64,
-            })
-            .collect();
         let request = Request {
             target: new.internal_ip_address,
+            external_address: new.external_address,
+            external_port: new.external_port,
             affinity_key: new.instance_id.as_deref().unwrap_or(project_id),
             sequence: self.placements.fetch_add(1, Ordering::Relaxed),
         };
+        let chosen = self
+            .place(&proxies, &counts, &request)
+            .map_err(|e| no_proxy_error(&e, "nothing was created"))?;
+        Ok(chosen.clone())
+    }
+
+    /// Runs the scheduler (filters, then the configured strategy) over
+    /// `proxies`.
+    fn place<'p>(
+        &self,
+        proxies: &'p [ProxyRecord],
+        counts: &HashMap<String, u64>,
+        request: &Request<'_>,
+    ) -> Result<&'p ProxyRecord, NoProxy> {
+        let candidates: Vec<Candidate> = proxies
+            .iter()
+            .map(|p| self.candidate(p, counts.get(&p.host).copied().unwrap_or(0)))
+            .collect();
         let chosen =
-            navigator_scheduler::place(self.config.scheduler_strategy, &candidates, &request)
-                .ok_or_else(|| {
-                    ApiError::Unavailable(
-                        "no proxy agent is up with free ports; nothing was created".into(),
-                    )
-                })?;
-        live.into_iter()
+            navigator_scheduler::place(self.config.scheduler_strategy, &candidates, request)?;
+        proxies
+            .iter()
             .find(|p| p.host == chosen.host)
-            .ok_or_else(|| ApiError::Internal("scheduler chose an unknown proxy".into()))
+            .ok_or(NoProxy { rejected: vec![] })
+    }
+
+    fn candidate(&self, proxy: &ProxyRecord, forward_count: u64) -> Candidate {
+        Candidate {
+            host: proxy.host.clone(),
+            external_addresses: proxy.external_addresses.clone(),
+            forward_count,
+            // Both protocols draw from the pool, per address.
+            capacity: u64::from(proxy.port_range.len()) * 2 * proxy.external_addresses.len() as u64,
+            pool: proxy.port_range.first()..=proxy.port_range.last(),
+            up: is_up(proxy, self.config.agent_down_time),
+            // Userspace forwarders connect out in whatever family the target
+            // has; kernel DNAT cannot change the family of a packet.
+            cross_family: matches!(proxy.backend.as_str(), "relay" | "socat"),
+        }
     }
 
     fn check_target(&self, proxy: &ProxyRecord, ip: IpAddr, port: u16) -> Result<(), ApiError> {
@@ -313,10 +336,6 @@ impl Control {
         match synced {
             Ok(result) => {
                 self.record_results(host, &result.results).await;
-                self.synced
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(host.to_owned(), result.generation);
                 tracing::info!(%host, forwards = forwards.len(), generation, "agent synced");
                 Ok(())
             }
@@ -336,8 +355,19 @@ impl Control {
                 continue;
             };
             let (status, reason) = result_status(result);
-            if let Err(e) = self.store.set_status(id, status, reason.as_deref()).await {
-                tracing::warn!(forward = %id, error = %e, "cannot record the forward's status");
+            let version = ReportedVersion {
+                proxy: host.to_owned(),
+                applied: result.applied.as_ref().and_then(applied_version),
+            };
+            match self
+                .store
+                .set_reported_status(id, &version, status, reason.as_deref())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(forward = %id, error = %e, "cannot record the forward's status");
+                }
             }
         }
     }
@@ -358,17 +388,40 @@ impl Control {
                 state.host
             ))
         })?;
+        let before = self.store.get_proxy(&state.host).await?;
         self.store
             .upsert_proxy(&state.host, &state.backend, &addresses, port_range)
             .await?;
-        let known = self
-            .synced
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&state.host)
-            .copied();
-        if state.generation == 0 || known != Some(state.generation) {
+        // A proxy that was down may have lost forwards to failover (or been
+        // marked ERROR): its full sync removes what it no longer owns and
+        // reports the rest, whatever generation it holds.
+        if before.is_some_and(|p| !is_up(&p, self.config.agent_down_time)) {
+            tracing::info!(host = %state.host, "proxy is back after being down; full sync");
+            return self.sync_host(&state.host).await;
+        }
+        // Generation 0: the agent (re)started or reconnected and may have
+        // missed messages. Any other generation comes from a full sync by
+        // some server (there may be several, each with its own generations),
+        // and what a lost message missed since, the periodic sync repairs.
+        if state.generation == 0 {
             tracing::info!(host = %state.host, generation = state.generation, "agent needs a full sync");
+            return self.sync_host(&state.host).await;
+        }
+        // The agent must carry exactly the forwards stored for it. With
+        // several servers, a full sync one built from an older snapshot can
+        // reach the agent after another's create or delete: the heartbeat
+        // shows the difference, and a sync repairs it at once.
+        let stored: std::collections::BTreeSet<String> = self
+            .store
+            .forward_ids_on_proxy(&state.host)
+            .await?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let carried: std::collections::BTreeSet<String> =
+            state.forwards.iter().map(|f| f.id.clone()).collect();
+        if stored != carried {
+            tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store; full sync");
             return self.sync_host(&state.host).await;
         }
         self.record_results(&state.host, &state.forwards).await;
@@ -435,6 +488,220 @@ impl Control {
             }
         }
     }
+
+    /// Checks every `report_interval` for proxies that are down and fails
+    /// their forwards over, until `shutdown`.
+    ///
+    /// Only once this server has reached the database for `agent_down_time`
+    /// without a break: after its own start or a database outage, heartbeats
+    /// that nobody could record would otherwise make every proxy look dead.
+    pub async fn watch_failures(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.config.report_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let now = std::time::Instant::now();
+            let since = *connected_since.get_or_insert(now);
+            let result = if now.duration_since(since) < self.config.agent_down_time {
+                self.store.list_proxies().await.map(|_| ())
+            } else {
+                self.fail_over().await
+            };
+            if let Err(e) = result {
+                connected_since = None;
+                tracing::warn!(error = %e, "failover check failed; proxies are judged again once the database has been reachable for agent_down_time");
+            }
+        }
+    }
+
+    /// One pass of failover: the forwards of every proxy whose heartbeat is
+    /// older than `agent_down_time` move to live proxies
+    /// (`reschedule_on_failure`) or are shown `ERROR` with the reason.
+    ///
+    /// Several servers run this at once; each move is claimed by a
+    /// conditional update in the store, so a forward moves exactly once.
+    pub async fn fail_over(&self) -> Result<(), StoreError> {
+        let proxies = self.store.list_proxies().await?;
+        let down: Vec<&ProxyRecord> = proxies
+            .iter()
+            .filter(|p| !is_up(p, self.config.agent_down_time))
+            .collect();
+        if down.is_empty() {
+            return Ok(());
+        }
+        let mut counts: HashMap<String, u64> =
+            self.store.forward_counts().await?.into_iter().collect();
+        let mut receivers = std::collections::BTreeSet::new();
+        for proxy in down {
+            if counts.get(&proxy.host).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            let reason = format!(
+                "proxy {} is down (no heartbeat for more than {} s)",
+                proxy.host,
+                self.config.agent_down_time.as_secs()
+            );
+            if !self.config.reschedule_on_failure {
+                let marked = self.store.set_proxy_error(&proxy.host, &reason).await?;
+                if marked > 0 {
+                    tracing::warn!(host = %proxy.host, forwards = marked, "proxy is down; its forwards are shown ERROR (reschedule_on_failure = false)");
+                }
+                continue;
+            }
+            for forward in self.store.forwards_on_proxy(&proxy.host).await? {
+                if let Some(to) = self
+                    .move_one(&proxies, &mut counts, proxy, forward, &reason)
+                    .await?
+                {
+                    receivers.insert(to);
+                }
+            }
+        }
+        // One full sync per proxy that received forwards rather than one
+        // call per forward: a failed proxy may have carried thousands.
+        for host in receivers {
+            // A failure is logged; the forwards stay PENDING until the
+            // proxy's next heartbeat shows it lacks them.
+            let _ = self.sync_host(&host).await;
+        }
+        Ok(())
+    }
+
+    /// Moves one forward of the down `from` to the proxy the scheduler
+    /// chooses among the others, trying the next best when the chosen one
+    /// has no free port after all; `ERROR` with the reason if none can.
+    /// Returns the proxy it moved to, if this server moved it.
+    async fn move_one(
+        &self,
+        proxies: &[ProxyRecord],
+        counts: &mut HashMap<String, u64>,
+        from: &ProxyRecord,
+        forward: PortForward,
+        down_reason: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut tried: Vec<ProxyRecord> = proxies
+            .iter()
+            .filter(|p| p.host != from.host)
+            .cloned()
+            .collect();
+        let mut full = Vec::new();
+        loop {
+            let request = Request {
+                target: forward.internal_ip_address,
+                external_address: None,
+                external_port: None,
+                affinity_key: forward
+                    .instance_id
+                    .as_deref()
+                    .unwrap_or(&forward.project_id),
+                sequence: self.placements.fetch_add(1, Ordering::Relaxed),
+            };
+            let to = match self.place(&tried, counts, &request) {
+                Ok(to) => to.clone(),
+                Err(none) => {
+                    let mut why = none.to_string();
+                    for (host, error) in &full {
+                        why.push_str(&format!("; proxy {host}: {error}"));
+                    }
+                    let reason = format!("{down_reason}; cannot move the forward: {why}");
+                    let changed = self
+                        .store
+                        .set_reported_status(
+                            forward.id,
+                            &ReportedVersion::from(&forward),
+                            ForwardStatus::Error,
+                            Some(&reason),
+                        )
+                        .await?;
+                    // Retried at every check; said once per change.
+                    if changed {
+                        tracing::warn!(forward = %forward.id, %reason, "failover impossible for now");
+                    }
+                    return Ok(None);
+                }
+            };
+            let target = Move {
+                from_proxy: from.host.clone(),
+                to_proxy: to.host.clone(),
+                external_address: pick_address(&to.external_addresses, forward.internal_ip_address),
+                pool: to.port_range,
+            };
+            match self.store.move_forward(forward.id, &target).await {
+                Ok(Some(moved)) => {
+                    *counts.entry(to.host.clone()).or_default() += 1;
+                    if let Some(n) = counts.get_mut(&from.host) {
+                        *n = n.saturating_sub(1);
+                    }
+                    tracing::info!(
+                        target: "navigator::failover",
+                        forward = %moved.id,
+                        from = %from.host,
+                        to = %moved.proxy,
+                        external = %format!("{}:{}", moved.external_address, moved.external_port),
+                        "forward moved off a down proxy"
+                    );
+                    return Ok(Some(moved.proxy));
+                }
+                // Another server moved it (or it was deleted) meanwhile.
+                Ok(None) => return Ok(None),
+                Err(e @ StoreError::PoolExhausted { .. }) => {
+                    full.push((to.host.clone(), e.to_string()));
+                    tried.retain(|p| p.host != to.host);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The API error for a placement that found no proxy: 503 while no proxy is
+/// up (that passes); 400 naming the field when the only obstacle among the
+/// live proxies is the external address or port the caller asked for; 409
+/// when the proxies there are cannot carry it (full, wrong address family).
+fn no_proxy_error(e: &NoProxy, outcome: &str) -> ApiError {
+    use navigator_scheduler::Rejection;
+    if e.is_transient() {
+        return ApiError::Unavailable(format!("{e}; {outcome}"));
+    }
+    let live: Vec<&Rejection> = e
+        .rejected
+        .iter()
+        .map(|(_, why)| why)
+        .filter(|why| **why != Rejection::Down)
+        .collect();
+    if live
+        .iter()
+        .all(|why| matches!(why, Rejection::LacksAddress(_)))
+    {
+        return ApiError::BadRequest(format!(
+            "invalid external_address: no proxy that is up has it ({e}); {outcome}"
+        ));
+    }
+    if live
+        .iter()
+        .all(|why| matches!(why, Rejection::PortOutsidePool { .. }))
+    {
+        return ApiError::BadRequest(format!(
+            "invalid external_port: outside the port range of every proxy that is up ({e}); {outcome}"
+        ));
+    }
+    ApiError::Conflict(format!("{e}; {outcome}"))
+}
+
+/// The version an agent says it applied, if it is well formed.
+fn applied_version(entry: &ForwardEntry) -> Option<AppliedVersion> {
+    let spec = entry.to_spec().ok()?;
+    Some(AppliedVersion {
+        protocol: spec.protocol,
+        external_address: spec.listen.ip(),
+        external_port: spec.listen.port(),
+        internal_ip_address: spec.target.ip(),
+        internal_port: spec.target.port(),
+    })
 }
 
 fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {

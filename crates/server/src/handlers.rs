@@ -122,7 +122,7 @@ async fn visible_forward(
         (status = 201, description = "Created; `status` says whether the proxy carries it yet", body = ForwardBody),
         (status = 400, description = "Invalid field", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
-        (status = 409, description = "External port already in use, or pool exhausted", body = ErrorBody),
+        (status = 409, description = "External port already in use, pool exhausted, or no live proxy can carry the forward (the message names each proxy and why)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 503, description = "No proxy up, or the database is down", body = ErrorBody),
     )

@@ -258,6 +258,7 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
         start_local_agent(&config, &control, &transport, &tasks, &shutdown).await?;
     }
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
+    tasks.spawn(control.clone().watch_failures(shutdown.child_token()));
 
     let listener = tokio::net::TcpListener::bind((config.bind_host, config.bind_port))
         .await

@@ -81,6 +81,52 @@ pub struct ForwardOrder {
     pub marker: Option<ForwardId>,
 }
 
+/// What a status report is about: the proxy that sent it and, when the agent
+/// said so, the version of the forward it applied. A report is recorded only
+/// if the forward is still on that proxy with that version, so a late report
+/// about a forward that was retargeted or moved since cannot mark the current
+/// version `ACTIVE` or `ERROR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedVersion {
+    pub proxy: String,
+    pub applied: Option<AppliedVersion>,
+}
+
+/// The fields of a forward that its agent acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedVersion {
+    pub protocol: Protocol,
+    pub external_address: IpAddr,
+    pub external_port: u16,
+    pub internal_ip_address: IpAddr,
+    pub internal_port: u16,
+}
+
+impl From<&PortForward> for ReportedVersion {
+    fn from(f: &PortForward) -> ReportedVersion {
+        ReportedVersion {
+            proxy: f.proxy.clone(),
+            applied: Some(AppliedVersion {
+                protocol: f.protocol,
+                external_address: f.external_address,
+                external_port: f.external_port,
+                internal_ip_address: f.internal_ip_address,
+                internal_port: f.internal_port,
+            }),
+        }
+    }
+}
+
+/// Where a forward of a failed proxy goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub from_proxy: String,
+    pub to_proxy: String,
+    pub external_address: IpAddr,
+    /// Pool of the new proxy, for when the forward's port is taken there.
+    pub pool: PortRange,
+}
+
 /// A change of target (and description) for an existing forward.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetChange {
@@ -351,6 +397,23 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// The ids of the forwards placed on `proxy` (what a heartbeat is
+    /// compared with; lighter than [`Store::forwards_on_proxy`]).
+    pub async fn forward_ids_on_proxy(&self, proxy: &str) -> Result<Vec<ForwardId>, StoreError> {
+        let rows = self
+            .fetch_all("SELECT id FROM forwards WHERE proxy = $1", &[proxy.into()])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                id.parse().map_err(|_| StoreError::Corrupt {
+                    table: "forwards",
+                    reason: format!("id {id:?} is not a UUID"),
+                })
+            })
+            .collect()
+    }
+
     /// Applies `change`; a changed target puts the forward back to `PENDING`
     /// until its agent confirms. Returns `None` if the forward is gone.
     pub async fn update_forward(
@@ -415,6 +478,147 @@ impl Store {
             )
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Records a status reported about `version`; `false` (and nothing
+    /// written) when the forward has changed or moved since, or the status is
+    /// the one recorded already.
+    pub async fn set_reported_status(
+        &self,
+        id: ForwardId,
+        version: &ReportedVersion,
+        status: ForwardStatus,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut values: Vec<Value> = vec![
+            id.to_string().into(),
+            status.as_str().into(),
+            reason.into(),
+            now().into(),
+            version.proxy.as_str().into(),
+        ];
+        let mut sql = String::from(
+            "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
+             WHERE id = $1 AND proxy = $5 \
+               AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, ''))",
+        );
+        if let Some(applied) = &version.applied {
+            values.extend([
+                applied.protocol.as_str().into(),
+                applied.external_address.to_string().into(),
+                applied.external_port.into(),
+                applied.internal_ip_address.to_string().into(),
+                applied.internal_port.into(),
+            ]);
+            sql.push_str(
+                " AND protocol = $6 AND external_address = $7 AND external_port = $8 \
+                 AND internal_ip_address = $9 AND internal_port = $10",
+            );
+        }
+        let done = self.execute(&sql, &values).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Marks every forward of `proxy` `ERROR` with `reason` (a proxy that is
+    /// down and whose forwards stay). Returns how many changed.
+    pub async fn set_proxy_error(&self, proxy: &str, reason: &str) -> Result<u64, StoreError> {
+        let done = self
+            .execute(
+                "UPDATE forwards SET status = 'ERROR', status_reason = $2, updated_at = $3 \
+                 WHERE proxy = $1 AND (status <> 'ERROR' OR COALESCE(status_reason, '') <> $2)",
+                &[proxy.into(), reason.into(), now().into()],
+            )
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Moves forward `id` off `to.from_proxy`, keeping its external port if
+    /// it is free on the new address (and in the new pool), else on the
+    /// lowest free port of the new pool. The move is claimed by a conditional
+    /// update (`WHERE proxy = from_proxy`), so of several servers failing
+    /// over at once exactly one moves each forward; the others get `None`,
+    /// as does a forward deleted meanwhile. The forward comes back `PENDING`
+    /// until its new agent confirms.
+    pub async fn move_forward(
+        &self,
+        id: ForwardId,
+        to: &Move,
+    ) -> Result<Option<PortForward>, StoreError> {
+        let Some(current) = self.get_forward(id).await? else {
+            return Ok(None);
+        };
+        if current.proxy != to.from_proxy {
+            return Ok(None);
+        }
+        if to.pool.contains(current.external_port) {
+            match self.claim_move(id, to, current.external_port).await {
+                Ok(moved) => return Ok(moved),
+                Err(e) if is_unique_violation(&e) => {}
+                Err(e) => return Err(StoreError::Database(e)),
+            }
+        }
+        for attempt in 0..ALLOCATION_ATTEMPTS {
+            let start = if attempt == 0 {
+                to.pool.first()
+            } else {
+                random_port_in(to.pool)
+            };
+            let mut found = self
+                .lowest_free_port(to.external_address, current.protocol, start, to.pool.last())
+                .await?;
+            if found.is_none() && start > to.pool.first() {
+                found = self
+                    .lowest_free_port(
+                        to.external_address,
+                        current.protocol,
+                        to.pool.first(),
+                        to.pool.last(),
+                    )
+                    .await?;
+            }
+            let Some(port) = found else { break };
+            match self.claim_move(id, to, port).await {
+                Ok(moved) => return Ok(moved),
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(StoreError::Database(e)),
+            }
+        }
+        Err(StoreError::PoolExhausted {
+            address: to.external_address.to_string(),
+            protocol: current.protocol.to_string(),
+            range: to.pool.to_string(),
+        })
+    }
+
+    async fn claim_move(
+        &self,
+        id: ForwardId,
+        to: &Move,
+        port: u16,
+    ) -> Result<Option<PortForward>, sqlx::Error> {
+        let done = self
+            .execute(
+                "UPDATE forwards SET proxy = $2, external_address = $3, external_port = $4, \
+                 status = 'PENDING', status_reason = NULL, updated_at = $5 \
+                 WHERE id = $1 AND proxy = $6",
+                &[
+                    id.to_string().into(),
+                    to.to_proxy.as_str().into(),
+                    to.external_address.to_string().into(),
+                    port.into(),
+                    now().into(),
+                    to.from_proxy.as_str().into(),
+                ],
+            )
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        match self.get_forward(id).await {
+            Ok(moved) => Ok(moved),
+            Err(StoreError::Database(e)) => Err(e),
+            Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
+        }
     }
 
     /// Removes a forward; `false` if there was none.

@@ -50,7 +50,10 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor, SqlStr};
 
-pub use forwards::{ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, TargetChange};
+pub use forwards::{
+    AppliedVersion, ForwardFilter, ForwardOrder, Move, NewForwardRow, ReportedVersion, SortColumn,
+    TargetChange,
+};
 pub use proxies::ProxyRecord;
 
 /// How long a writer waits for SQLite's lock before giving up (10 s). Writes

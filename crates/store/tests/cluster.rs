@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use navigator_core::{ForwardStatus, PortForward, PortRange, Protocol};
 use navigator_store::{
-    ForwardFilter, ForwardOrder, NewForwardRow, Store, StoreError, TargetChange,
+    ForwardFilter, ForwardOrder, Move, NewForwardRow, ReportedVersion, Store, StoreError,
+    TargetChange,
 };
 use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor};
 use support::{Forwarder, TestDb};
@@ -25,6 +26,10 @@ backend_tests!(
         racing_updates_of_one_forward_all_apply,
         servers_starting_together_all_migrate,
         pending_migrations_are_what_db_sync_applies,
+        racing_failovers_move_each_forward_exactly_once,
+        failover_keeps_the_port_when_free_else_allocates,
+        reports_about_an_older_version_are_ignored,
+        a_down_proxys_forwards_show_the_reason,
     ],
     network: [outage_is_unavailable_then_recovers_with_nothing_lost],
 );
@@ -387,4 +392,238 @@ async fn outage_is_unavailable_then_recovers_with_nothing_lost(db: &'static Test
     assert_eq!(stored, expected, "nothing lost, nothing half-written");
     store.close().await;
     forwarder.cut().await;
+}
+
+fn move_to(to: &str, address: &str, pool: PortRange) -> Move {
+    Move {
+        from_proxy: "p1".into(),
+        to_proxy: to.into(),
+        external_address: ip(address),
+        pool,
+    }
+}
+
+async fn racing_failovers_move_each_forward_exactly_once(db: &'static TestDb) {
+    let servers = servers(db).await;
+    let mut ids = Vec::new();
+    for port in 22000..22010u16 {
+        ids.push(
+            servers[0]
+                .create_forward(&new_forward("p", port))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let pool = PortRange::new(22000, 22100).unwrap();
+    let ids = Arc::new(ids);
+    // Every task tries to move every forward, half of them to p2, half to p3.
+    let results = race(&servers, TASKS_PER_SERVER, |store, i| {
+        let ids = Arc::clone(&ids);
+        async move {
+            let (host, address) = if i % 2 == 0 {
+                ("p2", "127.0.0.2")
+            } else {
+                ("p3", "127.0.0.3")
+            };
+            let mut moved = Vec::new();
+            for id in ids.iter() {
+                if let Some(f) = store
+                    .move_forward(*id, &move_to(host, address, pool))
+                    .await
+                    .unwrap()
+                {
+                    moved.push(f);
+                }
+            }
+            moved
+        }
+    })
+    .await;
+    let moves: Vec<&PortForward> = results.iter().flatten().collect();
+    assert_eq!(
+        moves.len(),
+        ids.len(),
+        "each forward moved exactly once: {moves:?}"
+    );
+    let stored = all_forwards(&servers[1]).await;
+    for forward in &stored {
+        let claimed = moves.iter().find(|m| m.id == forward.id).unwrap();
+        assert_eq!(
+            forward.proxy, claimed.proxy,
+            "the winner's move is what is stored"
+        );
+        assert_eq!(forward.external_address, claimed.external_address);
+        assert_eq!(forward.status, ForwardStatus::Pending);
+        assert_ne!(forward.proxy, "p1");
+    }
+}
+
+async fn failover_keeps_the_port_when_free_else_allocates(db: &'static TestDb) {
+    let store = &db.store;
+    let a = store
+        .create_forward(&new_forward("p", 23000))
+        .await
+        .unwrap();
+    let b = store
+        .create_forward(&new_forward("p", 23001))
+        .await
+        .unwrap();
+    // p2 already holds 23001 on its address.
+    let mut holder = new_forward("p", 23001);
+    holder.proxy = "p2".into();
+    holder.external_address = ip("127.0.0.2");
+    store.create_forward(&holder).await.unwrap();
+    let pool = PortRange::new(23000, 23002).unwrap();
+    let moved = store
+        .move_forward(a.id, &move_to("p2", "127.0.0.2", pool))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (moved.proxy.as_str(), moved.external_port),
+        ("p2", 23000),
+        "port kept"
+    );
+    assert_eq!(moved.external_address, ip("127.0.0.2"));
+    let moved = store
+        .move_forward(b.id, &move_to("p2", "127.0.0.2", pool))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        moved.external_port, 23002,
+        "taken port replaced by the lowest free one"
+    );
+    // A second move of the same forward from p1 finds it gone from p1.
+    assert_eq!(
+        store
+            .move_forward(b.id, &move_to("p3", "127.0.0.3", pool))
+            .await
+            .unwrap(),
+        None
+    );
+    // Nothing free: the forward stays where it was, and the error says why.
+    let c = store
+        .create_forward(&new_forward("p", 23005))
+        .await
+        .unwrap();
+    let full = PortRange::new(23000, 23002).unwrap();
+    match store
+        .move_forward(c.id, &move_to("p2", "127.0.0.2", full))
+        .await
+    {
+        Err(StoreError::PoolExhausted { range, .. }) => assert_eq!(range, "23000-23002"),
+        other => panic!("expected PoolExhausted, got {other:?}"),
+    }
+    assert_eq!(store.get_forward(c.id).await.unwrap().unwrap().proxy, "p1");
+}
+
+async fn reports_about_an_older_version_are_ignored(db: &'static TestDb) {
+    let store = &db.store;
+    let created = store
+        .create_forward(&new_forward("p", 24000))
+        .await
+        .unwrap();
+    let old = ReportedVersion::from(&created);
+    let retargeted = store
+        .update_forward(
+            created.id,
+            &TargetChange {
+                internal_port: Some(2222),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !store
+            .set_reported_status(created.id, &old, ForwardStatus::Active, None)
+            .await
+            .unwrap(),
+        "a report about the old target must not mark the new one"
+    );
+    assert_eq!(
+        store.get_forward(created.id).await.unwrap().unwrap().status,
+        ForwardStatus::Pending
+    );
+    let current = ReportedVersion::from(&retargeted);
+    assert!(
+        store
+            .set_reported_status(created.id, &current, ForwardStatus::Active, None)
+            .await
+            .unwrap()
+    );
+    // After a move, the old proxy's reports (even without a version) are ignored.
+    let moved = store
+        .move_forward(
+            created.id,
+            &move_to("p2", "127.0.0.2", PortRange::new(24000, 24010).unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let from_old_proxy = ReportedVersion {
+        proxy: "p1".into(),
+        applied: None,
+    };
+    assert!(
+        !store
+            .set_reported_status(created.id, &from_old_proxy, ForwardStatus::Error, Some("x"))
+            .await
+            .unwrap()
+    );
+    let shown = store.get_forward(created.id).await.unwrap().unwrap();
+    assert_eq!(
+        (shown.status, shown.proxy.as_str()),
+        (ForwardStatus::Pending, "p2")
+    );
+    assert!(
+        store
+            .set_reported_status(
+                created.id,
+                &ReportedVersion::from(&moved),
+                ForwardStatus::Active,
+                None
+            )
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_down_proxys_forwards_show_the_reason(db: &'static TestDb) {
+    let store = &db.store;
+    let a = store
+        .create_forward(&new_forward("p", 25000))
+        .await
+        .unwrap();
+    let mut elsewhere = new_forward("p", 25001);
+    elsewhere.proxy = "p2".into();
+    let b = store.create_forward(&elsewhere).await.unwrap();
+    assert_eq!(
+        store
+            .set_proxy_error("p1", "proxy p1 is down")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .set_proxy_error("p1", "proxy p1 is down")
+            .await
+            .unwrap(),
+        0,
+        "no rewrite"
+    );
+    let shown = store.get_forward(a.id).await.unwrap().unwrap();
+    assert_eq!(shown.status, ForwardStatus::Error);
+    assert_eq!(shown.status_reason.as_deref(), Some("proxy p1 is down"));
+    assert_eq!(
+        store.get_forward(b.id).await.unwrap().unwrap().status,
+        ForwardStatus::Pending
+    );
+    assert_eq!(store.forward_ids_on_proxy("p1").await.unwrap(), vec![a.id]);
+    assert_eq!(store.forward_ids_on_proxy("p2").await.unwrap(), vec![b.id]);
+    assert!(store.forward_ids_on_proxy("p3").await.unwrap().is_empty());
 }

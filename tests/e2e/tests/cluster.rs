@@ -1,27 +1,46 @@
-//! Cluster mode end to end: one `navigator-server` on a real PostgreSQL and a
-//! real RabbitMQ, two `navigator-agent`s with the relay backend on their own
-//! loopback addresses, driven by the `navigator` CLI, with traffic through
-//! every forward and an agent crash (SIGKILL) and restart.
+//! Cluster mode end to end: `navigator-server`s on a real PostgreSQL (or
+//! MariaDB) and a real RabbitMQ, `navigator-agent`s with the relay backend
+//! each on its own loopback address (127.0.0.2, .3, .4), driven by the
+//! `navigator` CLI, with traffic through the forwards: placement per
+//! strategy, agent crash and failover (exactly once with two servers), an
+//! agent frozen and thawed (it drops what it no longer owns), failover turned
+//! off, a broker restart and a database outage.
 //!
 //! Needs `scripts/rabbitmq` and `scripts/databases` (their `DIR/env` export
-//! `NAVIGATOR_TEST_TRANSPORT_URL` and `NAVIGATOR_TEST_POSTGRES_URL`); without
-//! them the test fails under `CI` and prints a `skipped:` line otherwise.
+//! `NAVIGATOR_TEST_TRANSPORT_URL`, `NAVIGATOR_TEST_RABBITMQ_DIR`,
+//! `NAVIGATOR_TEST_POSTGRES_URL` and `NAVIGATOR_TEST_MYSQL_URL`); without them
+//! a test fails under `CI` and prints a `skipped:` line otherwise.
+//!
+//! Isolation: every test has its own RabbitMQ virtual host (the queue
+//! `navigator-server` is shared by every server of a vhost, so tests on one
+//! vhost would take each other's heartbeats) and its own database. The broker
+//! restart and the database outage use a broker and a PostgreSQL of their own,
+//! started by the test with the same scripts, so that the other tests running
+//! in parallel are not disturbed.
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use navigator_e2e::{
     AgentProcess, Server, TcpEcho, assert_tcp_reply, claim_port_range, eventually, field,
-    parse_json, run_agent_to_exit, run_server_to_exit,
+    parse_json, run_agent_to_exit, run_server_to_exit, tcp_round_trip,
 };
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection, Executor};
 
-/// The external addresses of the two agents: distinct loopback addresses, so
-/// that both can use the same port range on one machine.
-const ADDRESS_A: &str = "127.0.0.2";
-const ADDRESS_B: &str = "127.0.0.3";
+/// The external addresses of the agents: distinct loopback addresses, so that
+/// all can use the same port range on one machine.
+const ADDRESSES: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+
+/// Heartbeat period and down time in these tests: a crashed agent is noticed
+/// within seconds.
+const REPORT_INTERVAL: u64 = 1;
+const AGENT_DOWN_TIME: u64 = 5;
+
+/// Long enough for a failover: down time, the failover tick, the push.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn env_or_skip(var: &str, what: &str) -> Option<String> {
     match std::env::var(var) {
@@ -39,7 +58,7 @@ fn env_or_skip(var: &str, what: &str) -> Option<String> {
     }
 }
 
-/// A name no other run uses: queues on the shared broker and databases on
+/// A name no other run uses: vhosts on the shared broker and databases on
 /// the shared server outlive a crashed test.
 fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
@@ -49,30 +68,210 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{nanos:x}", std::process::id())
 }
 
-/// A fresh PostgreSQL database for one test, dropped (with its connections)
-/// when the test ends.
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name)
+}
+
+/// Runs a project script and panics with its output if it fails.
+fn run_script(name: &str, args: &[&str]) -> String {
+    let out = Command::new(script(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of `export VAR=value` in a script's `DIR/env`.
+fn env_file_value(dir: &Path, var: &str) -> String {
+    let text = std::fs::read_to_string(dir.join("env")).expect("DIR/env of a started service");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {var}=")))
+        .map(|v| v.trim_matches('\'').to_owned())
+        .unwrap_or_else(|| panic!("{var} missing from {}/env:\n{text}", dir.display()))
+}
+
+/// The URL `url` with its path (vhost or database) replaced by `path`.
+fn with_path(url: &str, path: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").expect("URL with a scheme");
+    let server = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{server}/{path}{query}")
+}
+
+// ------------------------------------------------------------------ services
+
+/// A RabbitMQ virtual host of one test on the shared broker, deleted at the
+/// end.
+struct Vhost {
+    broker_dir: String,
+    name: String,
+    url: String,
+}
+
+impl Vhost {
+    fn create(transport_url: &str, broker_dir: &str) -> Vhost {
+        let name = unique("nav_e2e_");
+        run_script("rabbitmq", &["ctl", broker_dir, "add_vhost", &name]);
+        run_script(
+            "rabbitmq",
+            &[
+                "ctl",
+                broker_dir,
+                "set_permissions",
+                "-p",
+                &name,
+                "navigator",
+                ".*",
+                ".*",
+                ".*",
+            ],
+        );
+        Vhost {
+            broker_dir: broker_dir.to_owned(),
+            url: with_path(transport_url, &name),
+            name,
+        }
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new(script("rabbitmq"))
+            .args(["ctl", &self.broker_dir, "delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// A broker of one test's own, for restarting it.
+struct OwnBroker {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnBroker {
+    fn start() -> OwnBroker {
+        let dir = tempfile::Builder::new()
+            .prefix("navigator-e2e-rabbitmq-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
+        run_script("rabbitmq", &["start", &path]);
+        let url = env_file_value(dir.path(), "NAVIGATOR_TEST_TRANSPORT_URL");
+        OwnBroker { dir, url }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().expect("UTF-8 temp dir")
+    }
+
+    fn stop(&self) {
+        run_script("rabbitmq", &["stop", self.path()]);
+    }
+
+    /// Starts it again on the same port, with the same user and vhost.
+    fn restart(&self) {
+        run_script("rabbitmq", &["start", self.path()]);
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(script("rabbitmq"))
+            .args(["stop", self.path()])
+            .output();
+    }
+}
+
+/// A PostgreSQL of one test's own, for stopping it.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let dir = tempfile::Builder::new()
+            .prefix("navigator-e2e-postgres-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
+        run_script("databases", &["start", &path, "postgres"]);
+        let url = env_file_value(dir.path(), "NAVIGATOR_TEST_POSTGRES_URL");
+        OwnPostgres { dir, url }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().expect("UTF-8 temp dir")
+    }
+
+    fn pause(&self) {
+        run_script("databases", &["pause", self.path()]);
+    }
+
+    fn resume(&self) {
+        run_script("databases", &["resume", self.path()]);
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(script("databases"))
+            .args(["stop", self.path()])
+            .output();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DbKind {
+    Postgres,
+    MariaDb,
+}
+
+/// A fresh database for one test on the shared server, dropped (with its
+/// connections) when the test ends.
 struct Database {
+    kind: DbKind,
     admin_url: String,
     name: String,
     url: String,
 }
 
 impl Database {
-    fn create(admin_url: &str) -> Database {
+    fn create(kind: DbKind, admin_url: &str) -> Database {
         let name = unique("nav_e2e_");
+        let sql = match kind {
+            DbKind::Postgres => format!("CREATE DATABASE {name}"),
+            DbKind::MariaDb => {
+                format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            }
+        };
         block_on(async {
             let mut admin = AnyConnection::connect(admin_url)
                 .await
-                .unwrap_or_else(|e| panic!("cannot reach NAVIGATOR_TEST_POSTGRES_URL: {e}"));
+                .unwrap_or_else(|e| panic!("cannot reach the {kind:?} server: {e}"));
             admin
-                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(sqlx::AssertSqlSafe(sql))
                 .await
                 .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
             let _ = admin.close().await;
         });
         Database {
+            kind,
             admin_url: admin_url.to_owned(),
-            url: with_database(admin_url, &name),
+            url: with_path(admin_url, &name),
             name,
         }
     }
@@ -80,7 +279,10 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let sql = match self.kind {
+            DbKind::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            DbKind::MariaDb => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
         block_on(async {
             match AnyConnection::connect(&self.admin_url).await {
                 Ok(mut admin) => {
@@ -104,21 +306,110 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
         .block_on(future)
 }
 
-/// The URL naming database `name` on the server of `url`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let (scheme, rest) = base.split_once("://").expect("URL with a scheme");
-    let server = rest.split('/').next().unwrap_or(rest);
-    format!("{scheme}://{server}/{name}{query}")
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("cannot write a config file");
     path
+}
+
+// ------------------------------------------------------------------ cluster
+
+/// The configuration of one test's cluster: where its servers and agents
+/// meet, and the names and addresses of its agents.
+struct Cluster {
+    dir: tempfile::TempDir,
+    transport_url: String,
+    database_url: String,
+    first: u16,
+    last: u16,
+    hosts: Vec<String>,
+}
+
+impl Cluster {
+    /// Writes the configuration for `agents` agents and migrates the
+    /// database (`db sync`, as an operator does before starting servers).
+    fn new(transport_url: &str, database_url: &str, agents: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("navigator-e2e-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let (first, last) = claim_port_range();
+        let run = unique("c");
+        let cluster = Cluster {
+            dir,
+            transport_url: transport_url.to_owned(),
+            database_url: database_url.to_owned(),
+            first,
+            last,
+            hosts: (0..agents)
+                .map(|i| format!("e2e-{run}-{}", ["a", "b", "c"][i]))
+                .collect(),
+        };
+        let conf = cluster.server_conf("migrate", "");
+        let synced = run_server_to_exit(&[
+            OsStr::new("--config-file"),
+            conf.as_os_str(),
+            OsStr::new("db"),
+            OsStr::new("sync"),
+        ]);
+        assert!(synced.success(), "db sync failed:\n{synced}");
+        cluster
+    }
+
+    /// A server configuration; `extra` is appended (more sections). An
+    /// `agent_down_time = N` line in `extra` replaces the default.
+    fn server_conf(&self, name: &str, extra: &str) -> PathBuf {
+        let down_time = extra
+            .lines()
+            .find_map(|l| l.strip_prefix("agent_down_time = "))
+            .map_or(AGENT_DOWN_TIME.to_string(), str::to_owned);
+        let extra: String = extra
+            .lines()
+            .filter(|l| !l.starts_with("agent_down_time = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write(
+            self.dir.path(),
+            &format!("server-{name}.conf"),
+            &format!(
+                "[DEFAULT]\nhost = {name}\ntransport_url = {}\n\
+                 [database]\nconnection = {}\n\
+                 [forwards]\nallow_loopback_targets = true\n\
+                 [agent]\nreport_interval = {REPORT_INTERVAL}\nagent_down_time = {down_time}\n\
+                 rpc_timeout = 5\n{extra}",
+                self.transport_url, self.database_url
+            ),
+        )
+    }
+
+    fn start_server(&self, name: &str, extra: &str) -> Server {
+        Server::start_cluster(&self.server_conf(name, extra))
+    }
+
+    fn agent_conf(&self, index: usize) -> PathBuf {
+        let host = &self.hosts[index];
+        write(
+            self.dir.path(),
+            &format!("{host}.conf"),
+            &format!(
+                "[DEFAULT]\nhost = {host}\ntransport_url = {}\n\
+                 [agent]\nbackend = relay\nexternal_addresses = {}\n\
+                 port_range = {}-{}\nreport_interval = {REPORT_INTERVAL}\n",
+                self.transport_url, ADDRESSES[index], self.first, self.last
+            ),
+        )
+    }
+
+    fn start_agent(&self, index: usize) -> AgentProcess {
+        AgentProcess::start(&self.agent_conf(index), &self.hosts[index])
+    }
+
+    fn host_index(&self, host: &str) -> usize {
+        self.hosts
+            .iter()
+            .position(|h| h == host)
+            .unwrap_or_else(|| panic!("{host} is not an agent of this cluster"))
+    }
 }
 
 /// `proxy list -f json`, as `(host, state, forward count)`.
@@ -137,8 +428,8 @@ fn proxies(server: &Server) -> Vec<(String, String, u64)> {
         .collect()
 }
 
-fn wait_up(server: &Server, hosts: &[&str]) {
-    eventually("both agents up", Duration::from_secs(30), || {
+fn wait_up(server: &Server, hosts: &[String]) {
+    eventually("the agents up", Duration::from_secs(30), || {
         let listed = proxies(server);
         let up = hosts.iter().all(|h| {
             listed
@@ -160,48 +451,114 @@ fn external_port(forward: &Value) -> u16 {
         .unwrap_or_else(|| panic!("no external_port in {forward}"))
 }
 
+/// Creates a TCP forward to `echo` through `server`.
+fn create_to(server: &Server, echo: &TcpEcho, extra: &[&str]) -> Value {
+    let port = echo.port();
+    let mut args = vec![
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    server.create_forward(&args)
+}
+
+/// Waits until forward `id` satisfies `ok` and returns it.
+fn wait_forward(
+    server: &Server,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, timeout, || {
+        let shown = server.show_forward(id);
+        if ok(&shown) {
+            Ok(shown)
+        } else {
+            Err(format!("{shown}"))
+        }
+    })
+}
+
+/// Checks that `forward` relays to the echo server tagged `tag`, through the
+/// external address of the proxy it names.
+fn assert_relays(forward: &Value, tag: &str, cluster: &Cluster) {
+    let proxy = field(forward, "proxy");
+    let address = field(forward, "external_address");
+    assert_eq!(
+        address,
+        ADDRESSES[cluster.host_index(&proxy)],
+        "a forward listens on its proxy's address: {forward}"
+    );
+    assert_tcp_reply(
+        &address,
+        external_port(forward),
+        "ping",
+        &format!("{tag}ping"),
+    );
+}
+
+fn signal(agent: &AgentProcess, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &agent.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {}", agent.pid());
+}
+
+/// Tags for the echo servers (they must be `'static`).
+const TAGS: [&str; 12] = [
+    "0:", "1:", "2:", "3:", "4:", "5:", "6:", "7:", "8:", "9:", "10:", "11:",
+];
+
+// ------------------------------------------------------------------ tests
+
+/// Services of the tests that use the shared broker and PostgreSQL.
+fn shared_services() -> Option<(String, String, String)> {
+    let transport = env_or_skip("NAVIGATOR_TEST_TRANSPORT_URL", "RabbitMQ")?;
+    let broker_dir = env_or_skip("NAVIGATOR_TEST_RABBITMQ_DIR", "RabbitMQ")?;
+    let postgres = env_or_skip("NAVIGATOR_TEST_POSTGRES_URL", "PostgreSQL")?;
+    Some((transport, broker_dir, postgres))
+}
+
 #[test]
 fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
-    let (Some(transport_url), Some(postgres_url)) = (
-        env_or_skip("NAVIGATOR_TEST_TRANSPORT_URL", "RabbitMQ"),
-        env_or_skip("NAVIGATOR_TEST_POSTGRES_URL", "PostgreSQL"),
-    ) else {
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
         return;
     };
-    let database = Database::create(&postgres_url);
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
     let dir = tempfile::Builder::new()
         .prefix("navigator-e2e-cluster-")
         .tempdir()
         .expect("temp dir");
-    let (first, last) = claim_port_range();
     let run = unique("c");
-    let host_a = format!("e2e-{run}-a");
-    let host_b = format!("e2e-{run}-b");
-
+    let (first, last) = claim_port_range();
+    let cluster = Cluster {
+        dir,
+        transport_url: vhost.url.clone(),
+        database_url: database.url.clone(),
+        first,
+        last,
+        hosts: vec![format!("e2e-{run}-a"), format!("e2e-{run}-b")],
+    };
+    // The default agent_down_time (75 s): this test is about resync, not
+    // failover.
     let server_conf = write(
-        dir.path(),
+        cluster.dir.path(),
         "server.conf",
         &format!(
-            "[DEFAULT]\nhost = e2e-{run}-server\ntransport_url = {transport_url}\n\
+            "[DEFAULT]\nhost = e2e-{run}-server\ntransport_url = {}\n\
              [database]\nconnection = {}\n\
              [forwards]\nallow_loopback_targets = true\n\
              [agent]\nreport_interval = 1\nrpc_timeout = 5\n",
-            database.url
+            vhost.url, database.url
         ),
     );
-    let agent_conf = |host: &str, address: &str| {
-        write(
-            dir.path(),
-            &format!("{host}.conf"),
-            &format!(
-                "[DEFAULT]\nhost = {host}\ntransport_url = {transport_url}\n\
-                 [agent]\nbackend = relay\nexternal_addresses = {address}\n\
-                 port_range = {first}-{last}\nreport_interval = 1\n"
-            ),
-        )
-    };
-    let conf_a = agent_conf(&host_a, ADDRESS_A);
-    let conf_b = agent_conf(&host_b, ADDRESS_B);
 
     // Cluster mode does not migrate a shared database by itself.
     let refused = run_server_to_exit(&[
@@ -235,7 +592,7 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
     );
     // An agent cannot use the in-process transport.
     let inproc = write(
-        dir.path(),
+        cluster.dir.path(),
         "inproc.conf",
         "[DEFAULT]\ntransport_url = inproc://\n",
     );
@@ -248,26 +605,19 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
     );
 
     let mut server = Server::start_cluster(&server_conf);
-    let mut agent_a = AgentProcess::start(&conf_a, &host_a);
-    let mut agent_b = AgentProcess::start(&conf_b, &host_b);
-    wait_up(&server, &[&host_a, &host_b]);
+    let mut agent_a = cluster.start_agent(0);
+    let mut agent_b = cluster.start_agent(1);
+    let host_a = cluster.hosts[0].clone();
+    let host_b = cluster.hosts[1].clone();
+    wait_up(&server, &cluster.hosts);
 
-    let echoes: Vec<TcpEcho> = ["0:", "1:", "2:", "3:"]
-        .into_iter()
+    let echoes: Vec<TcpEcho> = TAGS[..4]
+        .iter()
         .map(|tag| TcpEcho::start("127.0.0.1", tag))
         .collect();
     let forwards: Vec<Value> = echoes
         .iter()
-        .map(|echo| {
-            server.create_forward(&[
-                "--protocol",
-                "tcp",
-                "--internal-ip-address",
-                "127.0.0.1",
-                "--internal-port",
-                &echo.port(),
-            ])
-        })
+        .map(|echo| create_to(&server, echo, &[]))
         .collect();
     for forward in &forwards {
         assert_eq!(field(forward, "status"), "ACTIVE", "{forward}");
@@ -288,19 +638,7 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
             if which.is_some_and(|host| field(forward, "proxy") != host) {
                 continue;
             }
-            let address = field(forward, "external_address");
-            let expected_address = if field(forward, "proxy") == host_a {
-                ADDRESS_A
-            } else {
-                ADDRESS_B
-            };
-            assert_eq!(address, expected_address, "{forward}");
-            assert_tcp_reply(
-                &address,
-                external_port(forward),
-                "ping",
-                &format!("{index}:ping"),
-            );
+            assert_relays(forward, TAGS[index], &cluster);
         }
     };
     check_traffic(None);
@@ -317,7 +655,7 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
         Duration::from_secs(5),
         || navigator_e2e::tcp_refused(&field(victim, "external_address"), external_port(victim)),
     );
-    let _agent_a = AgentProcess::start(&conf_a, &host_a);
+    let _agent_a = cluster.start_agent(0);
     check_traffic(Some(&host_a));
     check_traffic(None);
     let full_syncs = server
@@ -338,7 +676,7 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
         let shown = server.show_forward(&field(forward, "id"));
         assert_eq!(field(&shown, "status"), "ACTIVE", "{shown}");
     }
-    wait_up(&server, &[&host_a, &host_b]);
+    wait_up(&server, &cluster.hosts);
 
     // SIGTERM is a clean stop for both binaries.
     let stopped = agent_b.stop();
@@ -352,5 +690,511 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
         stopped.is_some_and(|s| s.success()),
         "the server did not exit cleanly on SIGTERM: {stopped:?}\n{}",
         server.logs()
+    );
+}
+
+/// Two servers, three agents: each strategy places as it promises, whichever
+/// server takes the request.
+#[test]
+fn placement_follows_each_strategy_across_two_servers() {
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    let cluster = Cluster::new(&vhost.url, &database.url, 3);
+    let _agents: Vec<AgentProcess> = (0..3).map(|i| cluster.start_agent(i)).collect();
+    let echo = TcpEcho::start("127.0.0.1", "e:");
+    let servers_with = |strategy: &str| {
+        // A long down time: a heartbeat late on a loaded machine must not
+        // take a proxy out of the placement under test.
+        let extra = format!("agent_down_time = 30\n[scheduler]\nstrategy = {strategy}\n");
+        let servers = [
+            cluster.start_server(&format!("{strategy}-1"), &extra),
+            cluster.start_server(&format!("{strategy}-2"), &extra),
+        ];
+        wait_up(&servers[0], &cluster.hosts);
+        servers
+    };
+    let mut count = [0usize; 3];
+
+    // hash: every forward of an instance lands on one proxy, from either
+    // server; different instances spread over the proxies.
+    let servers = servers_with("hash");
+    let mut used = std::collections::HashSet::new();
+    for vm in 0..6 {
+        let instance = format!("vm-{vm}");
+        let placed: Vec<String> = (0..2)
+            .map(|i| {
+                let forward = create_to(&servers[i], &echo, &["--instance-id", &instance]);
+                assert_eq!(field(&forward, "status"), "ACTIVE", "{forward}");
+                assert_relays(&forward, "e:", &cluster);
+                field(&forward, "proxy")
+            })
+            .collect();
+        assert_eq!(placed[0], placed[1], "{instance} stays on one proxy");
+        count[cluster.host_index(&placed[0])] += 2;
+        used.insert(placed[0].clone());
+    }
+    assert!(
+        used.len() >= 2,
+        "six instances all hashed to one proxy: {used:?}"
+    );
+    drop(servers);
+
+    // round_robin: each server cycles through the proxies in host order.
+    let servers = servers_with("round_robin");
+    let before = count;
+    for server in &servers {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let forward = create_to(server, &echo, &[]);
+            assert_eq!(field(&forward, "status"), "ACTIVE", "{forward}");
+            seen.push(cluster.host_index(&field(&forward, "proxy")));
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 2], "three creates visit every proxy once");
+        for index in seen {
+            count[index] += 1;
+        }
+    }
+    assert_eq!(
+        count
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
+    drop(servers);
+
+    // least_loaded: every create goes to the proxy with the fewest forwards
+    // (equal pools), ties in host order, whichever server takes it.
+    let servers = servers_with("least_loaded");
+    for i in 0..6 {
+        let least = (0..3)
+            .min_by_key(|&p| (count[p], p))
+            .expect("three proxies");
+        let forward = create_to(&servers[i % 2], &echo, &[]);
+        assert_eq!(
+            field(&forward, "proxy"),
+            cluster.hosts[least],
+            "with counts {count:?} the least loaded proxy takes it"
+        );
+        count[least] += 1;
+    }
+    let listed = proxies(&servers[0]);
+    for (index, host) in cluster.hosts.iter().enumerate() {
+        let (_, state, forwards) = listed.iter().find(|(h, _, _)| h == host).expect("listed");
+        assert_eq!(state, "up");
+        assert_eq!(*forwards, count[index] as u64, "{listed:?}");
+    }
+}
+
+/// kill -9 of an agent: its forwards move, exactly once with two servers, to
+/// the live proxies, keep their external port where it is free, and carry
+/// traffic there. A frozen agent that comes back drops what moved away.
+fn failover_journey(database_url: &str, transport_url: &str) {
+    let cluster = Cluster::new(transport_url, database_url, 3);
+    let servers = [
+        cluster.start_server("s1", ""),
+        cluster.start_server("s2", ""),
+    ];
+    let mut agents: Vec<AgentProcess> = (0..3).map(|i| cluster.start_agent(i)).collect();
+    wait_up(&servers[0], &cluster.hosts);
+    let echoes: Vec<TcpEcho> = TAGS[..7]
+        .iter()
+        .map(|tag| TcpEcho::start("127.0.0.1", tag))
+        .collect();
+    // Six by round robin (two per proxy), and one on agent a's address with
+    // a port no other forward uses, which must survive the move.
+    let mut forwards: Vec<Value> = echoes[..6]
+        .iter()
+        .enumerate()
+        .map(|(i, echo)| create_to(&servers[i % 2], echo, &[]))
+        .collect();
+    let kept_port = (cluster.last - 5).to_string();
+    forwards.push(create_to(
+        &servers[0],
+        &echoes[6],
+        &[
+            "--external-address",
+            ADDRESSES[0],
+            "--external-port",
+            &kept_port,
+        ],
+    ));
+    for (i, forward) in forwards.iter().enumerate() {
+        assert_eq!(field(forward, "status"), "ACTIVE", "{forward}");
+        assert_relays(forward, TAGS[i], &cluster);
+    }
+    let host_a = cluster.hosts[0].clone();
+    let on_a: Vec<usize> = (0..forwards.len())
+        .filter(|&i| field(&forwards[i], "proxy") == host_a)
+        .collect();
+    assert_eq!(on_a.len(), 3, "{forwards:?}");
+
+    // Servers fail over only once they have seen the database for
+    // agent_down_time; then agent a dies.
+    std::thread::sleep(Duration::from_secs(AGENT_DOWN_TIME));
+    agents[0].kill9();
+    for &i in &on_a {
+        let id = field(&forwards[i], "id");
+        let moved = wait_forward(
+            &servers[1],
+            &id,
+            "the forward to move off the dead agent and be confirmed",
+            FAILOVER_TIMEOUT,
+            |f| field(f, "proxy") != host_a && field(f, "status") == "ACTIVE",
+        );
+        assert_relays(&moved, TAGS[i], &cluster);
+        if i == 6 {
+            assert_eq!(
+                moved["external_port"].to_string(),
+                kept_port,
+                "the port is free on the new proxy, so it is kept: {moved}"
+            );
+        }
+        forwards[i] = moved;
+    }
+    // Exactly one server moved each of agent a's forwards off it, once.
+    // (Under heavy load a live proxy may miss a heartbeat and lose forwards
+    // too; that is failover working, so only moves off a are counted.)
+    let logs: String = servers.iter().map(Server::logs).collect();
+    for &i in &on_a {
+        let id = field(&forwards[i], "id");
+        let moves = logs
+            .lines()
+            .filter(|l| {
+                l.contains("forward moved off a down proxy")
+                    && l.contains(&id)
+                    && l.contains(&format!("from={host_a} "))
+            })
+            .count();
+        assert_eq!(moves, 1, "forward {id} moved {moves} times:\n{logs}");
+    }
+    let listed = proxies(&servers[0]);
+    let a = listed
+        .iter()
+        .find(|(h, _, _)| *h == host_a)
+        .expect("listed");
+    assert_eq!((a.1.as_str(), a.2), ("down", 0), "{listed:?}");
+    // Every forward relays where the API says it is.
+    let current = |i: usize, forwards: &[Value]| {
+        wait_forward(
+            &servers[0],
+            &field(&forwards[i], "id"),
+            "the forward ACTIVE on a live proxy",
+            FAILOVER_TIMEOUT,
+            |f| field(f, "status") == "ACTIVE" && field(f, "proxy") != host_a,
+        )
+    };
+    for i in 0..forwards.len() {
+        let shown = current(i, &forwards);
+        assert_relays(&shown, TAGS[i], &cluster);
+        forwards[i] = shown;
+    }
+
+    // Agent b freezes (SIGSTOP): alive, listening, but silent. Its forwards
+    // move to c; thawed, its heartbeat brings a full sync that removes the
+    // listeners it no longer owns.
+    let host_b = cluster.hosts[1].clone();
+    let on_b: Vec<(usize, u16)> = (0..forwards.len())
+        .filter(|&i| field(&forwards[i], "proxy") == host_b)
+        .map(|i| (i, external_port(&forwards[i])))
+        .collect();
+    assert!(!on_b.is_empty(), "{forwards:?}");
+    signal(&agents[1], "STOP");
+    for &(i, _) in &on_b {
+        let moved = wait_forward(
+            &servers[0],
+            &field(&forwards[i], "id"),
+            "the frozen agent's forward to move",
+            FAILOVER_TIMEOUT,
+            |f| field(f, "proxy") == cluster.hosts[2] && field(f, "status") == "ACTIVE",
+        );
+        assert_relays(&moved, TAGS[i], &cluster);
+        forwards[i] = moved;
+    }
+    signal(&agents[1], "CONT");
+    wait_up(&servers[0], &cluster.hosts[1..]);
+    for &(i, old_port) in &on_b {
+        let old = ADDRESSES[1];
+        eventually(
+            "the thawed agent to drop a forward it no longer owns",
+            Duration::from_secs(20),
+            || {
+                let shown = servers[1].show_forward(&field(&forwards[i], "id"));
+                if field(&shown, "proxy") == host_b && external_port(&shown) == old_port {
+                    return Ok(()); // moved back meanwhile: b owns it again
+                }
+                match tcp_round_trip(old, old_port, "ping") {
+                    Ok(reply) => Err(format!("{old}:{old_port} still answers {reply:?}")),
+                    Err(_) => Ok(()),
+                }
+            },
+        );
+    }
+    for (i, tag) in TAGS.iter().enumerate().take(forwards.len()) {
+        let shown = current(i, &forwards);
+        assert_relays(&shown, tag, &cluster);
+    }
+}
+
+#[test]
+fn a_killed_agents_forwards_move_once_and_carry_traffic() {
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    failover_journey(&database.url, &vhost.url);
+}
+
+#[test]
+fn a_killed_agents_forwards_move_once_on_mariadb() {
+    let Some((transport_url, broker_dir, _)) = shared_services() else {
+        return;
+    };
+    let Some(mysql_url) = env_or_skip("NAVIGATOR_TEST_MYSQL_URL", "MariaDB") else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::MariaDb, &mysql_url);
+    failover_journey(&database.url, &vhost.url);
+}
+
+/// reschedule_on_failure = false: a silent proxy's forwards stay, shown ERROR
+/// with the reason, and go back to ACTIVE when it returns.
+#[test]
+fn without_rescheduling_a_down_proxys_forwards_show_the_reason() {
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    let cluster = Cluster::new(&vhost.url, &database.url, 2);
+    let server = cluster.start_server("s1", "[scheduler]\nreschedule_on_failure = false\n");
+    let agents: Vec<AgentProcess> = (0..2).map(|i| cluster.start_agent(i)).collect();
+    wait_up(&server, &cluster.hosts);
+    let echo = TcpEcho::start("127.0.0.1", "e:");
+    let forwards: Vec<Value> = (0..2).map(|_| create_to(&server, &echo, &[])).collect();
+    let host_a = &cluster.hosts[0];
+    let on_a = forwards
+        .iter()
+        .find(|f| field(f, "proxy") == *host_a)
+        .expect("round robin used agent a");
+    std::thread::sleep(Duration::from_secs(AGENT_DOWN_TIME));
+    signal(&agents[0], "STOP");
+    let shown = wait_forward(
+        &server,
+        &field(on_a, "id"),
+        "the forward of the silent proxy to show ERROR",
+        FAILOVER_TIMEOUT,
+        |f| field(f, "status") == "ERROR",
+    );
+    assert_eq!(field(&shown, "proxy"), *host_a, "it stays: {shown}");
+    let reason = field(&shown, "status_reason");
+    assert!(
+        reason.contains(&format!("proxy {host_a} is down")),
+        "{shown}"
+    );
+    let other = forwards
+        .iter()
+        .find(|f| field(f, "proxy") != *host_a)
+        .expect("round robin used agent b");
+    assert_eq!(
+        field(&server.show_forward(&field(other, "id")), "status"),
+        "ACTIVE"
+    );
+    signal(&agents[0], "CONT");
+    let back = wait_forward(
+        &server,
+        &field(on_a, "id"),
+        "the forward to be ACTIVE again when its proxy returns",
+        FAILOVER_TIMEOUT,
+        |f| field(f, "status") == "ACTIVE",
+    );
+    assert_relays(&back, "e:", &cluster);
+}
+
+/// The broker restarts under two servers and two agents: they reconnect,
+/// what was created meanwhile is applied, nothing is lost.
+#[test]
+fn a_broker_restart_converges_with_nothing_lost() {
+    let Some(postgres_url) = env_or_skip("NAVIGATOR_TEST_POSTGRES_URL", "PostgreSQL") else {
+        return;
+    };
+    if env_or_skip("NAVIGATOR_TEST_RABBITMQ_DIR", "RabbitMQ").is_none() {
+        return;
+    }
+    let broker = OwnBroker::start();
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    let cluster = Cluster::new(&broker.url, &database.url, 3);
+    // A long down time: the outage must not look like dead agents.
+    let extra = "agent_down_time = 60\n";
+    let servers = [
+        cluster.start_server("s1", extra),
+        cluster.start_server("s2", extra),
+    ];
+    let _agents: Vec<AgentProcess> = (0..2).map(|i| cluster.start_agent(i)).collect();
+    wait_up(&servers[0], &cluster.hosts[..2]);
+    let echoes: Vec<TcpEcho> = TAGS[..6]
+        .iter()
+        .map(|tag| TcpEcho::start("127.0.0.1", tag))
+        .collect();
+    let mut forwards: Vec<Value> = echoes[..4]
+        .iter()
+        .enumerate()
+        .map(|(i, echo)| create_to(&servers[i % 2], echo, &[]))
+        .collect();
+
+    broker.stop();
+    // An agent started while the broker is down waits for it.
+    let late = cluster.start_agent(2);
+    // The API keeps working on the database: creates are stored (PENDING,
+    // waiting for their proxy), deletes too; the data plane keeps relaying.
+    for (i, echo) in echoes.iter().enumerate().skip(4) {
+        let forward = create_to(&servers[i % 2], echo, &[]);
+        assert_eq!(field(&forward, "status"), "PENDING", "{forward}");
+        forwards.push(forward);
+    }
+    let deleted = forwards.remove(0);
+    servers[1].cli_ok(&["forward", "delete", &field(&deleted, "id")]);
+    for (i, forward) in forwards.iter().enumerate() {
+        if field(forward, "status") == "ACTIVE" {
+            assert_relays(forward, TAGS[i + 1], &cluster);
+        }
+    }
+
+    broker.restart();
+    for (i, forward) in forwards.iter().enumerate() {
+        let shown = wait_forward(
+            &servers[0],
+            &field(forward, "id"),
+            "every forward ACTIVE after the broker returns",
+            Duration::from_secs(60),
+            |f| field(f, "status") == "ACTIVE",
+        );
+        assert_relays(&shown, TAGS[i + 1], &cluster);
+    }
+    eventually(
+        "the forward deleted during the outage to be gone from its agent",
+        Duration::from_secs(60),
+        || {
+            navigator_e2e::tcp_refused(
+                &field(&deleted, "external_address"),
+                external_port(&deleted),
+            )
+        },
+    );
+    wait_up(&servers[1], &cluster.hosts);
+    assert!(
+        late.logs().contains("cannot reach RabbitMQ"),
+        "the late agent should have said why it waits:\n{}",
+        late.logs()
+    );
+    assert_eq!(servers[0].forward_count(), 5, "nothing lost, nothing added");
+}
+
+/// PostgreSQL stops under two servers: the API answers 503 with an OpenStack
+/// error body naming the database, the data plane keeps relaying, no proxy
+/// is failed over, and everything is back when it returns.
+#[test]
+fn a_database_outage_is_503_then_recovers_with_nothing_lost() {
+    let Some(transport_url) = env_or_skip("NAVIGATOR_TEST_TRANSPORT_URL", "RabbitMQ") else {
+        return;
+    };
+    let Some(broker_dir) = env_or_skip("NAVIGATOR_TEST_RABBITMQ_DIR", "RabbitMQ") else {
+        return;
+    };
+    if env_or_skip("NAVIGATOR_TEST_POSTGRES_URL", "PostgreSQL").is_none() {
+        return;
+    }
+    let postgres = OwnPostgres::start();
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let cluster = Cluster::new(&vhost.url, &postgres.url, 2);
+    let servers = [
+        cluster.start_server("s1", ""),
+        cluster.start_server("s2", ""),
+    ];
+    let _agents: Vec<AgentProcess> = (0..2).map(|i| cluster.start_agent(i)).collect();
+    wait_up(&servers[0], &cluster.hosts);
+    let echoes: Vec<TcpEcho> = TAGS[..3]
+        .iter()
+        .map(|tag| TcpEcho::start("127.0.0.1", tag))
+        .collect();
+    let forwards: Vec<Value> = echoes[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, echo)| create_to(&servers[i], echo, &[]))
+        .collect();
+    let project = field(&forwards[0], "project_id");
+
+    postgres.pause();
+    for server in &servers {
+        let echo_port = echoes[2].port();
+        let body = format!(
+            r#"{{"forward": {{"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": {echo_port}}}}}"#
+        );
+        for (method, path, body) in [
+            ("GET", "/v1/forwards".to_owned(), ""),
+            (
+                "GET",
+                format!("/v1/forwards/{}", field(&forwards[0], "id")),
+                "",
+            ),
+            ("POST", "/v1/forwards".to_owned(), body.as_str()),
+        ] {
+            let response = server.http(
+                method,
+                &path,
+                &[
+                    ("X-Project-Id", &project),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            );
+            assert_eq!(response.status, 503, "{method} {path}: {}", response.body);
+            let error = response.json();
+            assert_eq!(error["error"]["code"], 503, "{}", response.body);
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("database"), "{}", response.body);
+        }
+    }
+    // The data plane does not need the database.
+    for (i, forward) in forwards.iter().enumerate() {
+        assert_relays(forward, TAGS[i], &cluster);
+    }
+    // Longer than agent_down_time without recorded heartbeats.
+    std::thread::sleep(Duration::from_secs(AGENT_DOWN_TIME + 2));
+
+    postgres.resume();
+    eventually("the API back", Duration::from_secs(30), || {
+        let out = servers[1].cli(&["forward", "list", "-f", "value", "-c", "id"]);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+    // Until the next heartbeats are recorded the proxies look down, and a
+    // create is a 503 "retry later"; then it succeeds.
+    wait_up(&servers[0], &cluster.hosts);
+    let created = create_to(&servers[0], &echoes[2], &[]);
+    assert_eq!(field(&created, "status"), "ACTIVE", "{created}");
+    assert_relays(&created, TAGS[2], &cluster);
+    // Nothing lost, nothing moved: the outage was not the agents' fault.
+    std::thread::sleep(Duration::from_secs(AGENT_DOWN_TIME + 2));
+    for forward in &forwards {
+        let shown = servers[0].show_forward(&field(forward, "id"));
+        assert_eq!(field(&shown, "status"), "ACTIVE", "{shown}");
+        assert_eq!(field(&shown, "proxy"), field(forward, "proxy"), "{shown}");
+    }
+    assert_eq!(servers[1].forward_count(), 3);
+    let logs: String = servers.iter().map(Server::logs).collect();
+    assert!(
+        !logs.contains("forward moved off a down proxy"),
+        "a database outage must not move forwards:\n{logs}"
     );
 }
