@@ -15,5 +15,6 @@ pub mod context;
 pub mod control;
 pub mod error;
 pub mod handlers;
+pub mod openapi_auth;
 pub mod policy;
 pub mod run;
