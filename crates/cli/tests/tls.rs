@@ -193,7 +193,7 @@ fn server_certificates_are_checked_unless_told_otherwise() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
     assert!(
-        text(&out.stderr).to_lowercase().contains("certificate"),
+        text(&out.stderr).contains("certificate") && text(&out.stderr).contains("--os-cacert"),
         "{}",
         text(&out.stderr)
     );
@@ -214,6 +214,33 @@ fn server_certificates_are_checked_unless_told_otherwise() {
         );
         assert_eq!(text(&out.stdout).trim(), "[]", "{extra:?} {env:?}");
     }
+
+    // The same rules hold for Keystone: with an unknown CA the login fails
+    // on the certificate; trusted, the TLS handshake succeeds and the
+    // stand-in (which has no Keystone API) answers HTTP 501.
+    let keystone = [
+        ("OS_AUTH_URL", endpoint.as_str()),
+        ("OS_USERNAME", "alice"),
+        ("OS_PASSWORD", "secret"),
+        ("OS_PROJECT_NAME", "demo"),
+    ];
+    let login = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_navigator"));
+        command.args(["token", "issue"]).args(extra).env_clear();
+        command.envs(keystone);
+        command.output().expect("the navigator binary runs")
+    };
+    let out = login(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Keystone") && err.contains("certificate") && err.contains("--os-cacert"),
+        "{err}"
+    );
+    let out = login(&["--os-cacert", &ca]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("501") && !err.contains("certificate"), "{err}");
 
     // A bundle that is not there, or holds no certificate, is named.
     let missing = dir.path().join("missing.pem").display().to_string();

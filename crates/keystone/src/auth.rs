@@ -296,12 +296,10 @@ pub struct Tls {
 /// A CA bundle that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the CA bundle {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The I/O error is in the message, not a `source`, so that printing
+    // the chain of causes does not say it twice.
+    #[error("cannot read the CA bundle {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("the CA bundle {path} holds no PEM certificate: {reason}")]
     Invalid { path: String, reason: String },
 }
@@ -316,9 +314,9 @@ impl Tls {
         let mut builder = builder;
         if let Some(path) = &self.cacert {
             let shown = path.display().to_string();
-            let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+            let pem = std::fs::read(path).map_err(|error| TlsError::Read {
                 path: shown.clone(),
-                source,
+                error,
             })?;
             let certs =
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TlsError::Invalid {
