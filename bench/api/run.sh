@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# GET /v1/forwards with auth_strategy = keystone (warm token cache) vs noauth,
-# against two release-mode all-in-one servers running side by side.
-#   source DIR/env   # from scripts/keystone start DIR
+# GET /v1/forwards (`navigator forward list`) with auth_strategy = keystone
+# (warm token cache) vs noauth, against two release-mode all-in-one servers
+# running side by side.
+#   source DIR/env   # from scripts/keystone start DIR PORT
 #   bench/api/run.sh            (env: SECS, CONC, ROUNDS, FORWARDS, OUT to override)
-# Rounds alternate between the two servers so background load hits both alike.
+# Rounds alternate between the two servers, in ABBA order, so background load
+# and drift hit both alike; each round's keystone figure is compared with the
+# noauth figure of the same round, and the summary is the median and spread of
+# those paired overheads. The last line is the one-line summary.
+# Binaries: built here (release) unless NAVIGATOR_SERVER_BIN and API_LOAD_BIN
+# name copies (useful when the target directory is shared).
 # Every process started here is tracked by PID and killed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-SECS="${SECS:-10}"
+SECS="${SECS:-5}"
 CONC="${CONC:-16}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-10}"
 FORWARDS="${FORWARDS:-20}"
 OUT="${OUT:-/tmp/api-bench}"
 : "${NAVIGATOR_TEST_KEYSTONE_URL:?source the env file of scripts/keystone start DIR}"
 rm -rf "$OUT" && mkdir -p "$OUT"
 
-cargo build --release -q -p navigator-server --bin navigator-server --example api_load
-BIN="$CARGO_TARGET_DIR/release/navigator-server"
-LOAD="$CARGO_TARGET_DIR/release/examples/api_load"
+if [ -n "${NAVIGATOR_SERVER_BIN:-}" ] && [ -n "${API_LOAD_BIN:-}" ]; then
+  BIN=$NAVIGATOR_SERVER_BIN
+  LOAD=$API_LOAD_BIN
+else
+  cargo build --release -q -p navigator-server --bin navigator-server --example api_load
+  BIN="$CARGO_TARGET_DIR/release/navigator-server"
+  LOAD="$CARGO_TARGET_DIR/release/examples/api_load"
+fi
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 KS=$NAVIGATOR_TEST_KEYSTONE_URL
+# Both servers log the same way (one line per request, to a file), so
+# logging costs both alike.
 cat > "$OUT/noauth.conf" <<CONF
 [DEFAULT]
 bind_port = 0
@@ -70,28 +83,46 @@ for i in $(seq 1 "$FORWARDS"); do
   curl -sf -o /dev/null -H 'Content-Type: application/json' -H "X-Auth-Token: $TOKEN" -d "$body" "$KEYSTONE_URL/v1/forwards"
 done
 
-# Warm-up (fills the token cache, JITs nothing but warms the page cache and sockets).
+# Warm-up: fills the token cache, the page cache and the connection pools.
 "$LOAD" "$NOAUTH_URL/v1/forwards" 2 "$CONC" "X-Project-Id: bench" >/dev/null
 "$LOAD" "$KEYSTONE_URL/v1/forwards" 2 "$CONC" "X-Auth-Token: $TOKEN" >/dev/null
 
+run() { # MODE ROUND
+  local line
+  if [ "$1" = noauth ]; then
+    line=$("$LOAD" "$NOAUTH_URL/v1/forwards" "$SECS" "$CONC" "X-Project-Id: bench")
+  else
+    line=$("$LOAD" "$KEYSTONE_URL/v1/forwards" "$SECS" "$CONC" "X-Auth-Token: $TOKEN")
+  fi
+  echo "$line" | /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($2, '$1', d['rps'], d['p50_ms'], d['p99_ms'], d['requests'], d['errors'])" | tee -a "$OUT/results.txt"
+}
+
 echo "round mode rps p50_ms p99_ms requests errors" | tee "$OUT/results.txt"
 for r in $(seq 1 "$ROUNDS"); do
-  for mode in noauth keystone; do
-    if [ $mode = noauth ]; then
-      line=$("$LOAD" "$NOAUTH_URL/v1/forwards" "$SECS" "$CONC" "X-Project-Id: bench")
-    else
-      line=$("$LOAD" "$KEYSTONE_URL/v1/forwards" "$SECS" "$CONC" "X-Auth-Token: $TOKEN")
-    fi
-    echo "$line" | /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($r, '$mode', d['rps'], d['p50_ms'], d['p99_ms'], d['requests'], d['errors'])" | tee -a "$OUT/results.txt"
-  done
+  if [ $((r % 2)) -eq 1 ]; then run noauth "$r"; run keystone "$r"; else run keystone "$r"; run noauth "$r"; fi
 done
-/usr/bin/python3 - "$OUT/results.txt" <<'PY'
-import statistics, sys
+
+/usr/bin/python3 - "$OUT/results.txt" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
+import statistics, sys, datetime
 rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:]]
-med = {m: (statistics.median(float(r[2]) for r in rows if r[1] == m),
-           statistics.median(float(r[4]) for r in rows if r[1] == m)) for m in ("noauth", "keystone")}
-(n_rps, n_p99), (k_rps, k_p99) = med["noauth"], med["keystone"]
-print(f"median noauth:   {n_rps:.0f} req/s, p99 {n_p99:.2f} ms")
-print(f"median keystone: {k_rps:.0f} req/s, p99 {k_p99:.2f} ms")
-print(f"keystone overhead: {100 * (1 - k_rps / n_rps):+.1f}% req/s, {100 * (k_p99 / n_p99 - 1):+.1f}% p99")
+by = {}
+for r in rows:
+    by.setdefault(int(r[0]), {})[r[1]] = (float(r[2]), float(r[4]), int(r[6]))
+errors = sum(v[2] for m in by.values() for v in m.values())
+rps_over = sorted(100 * (1 - m["keystone"][0] / m["noauth"][0]) for m in by.values())
+p99_over = sorted(100 * (m["keystone"][1] / m["noauth"][1] - 1) for m in by.values())
+def q(xs, p):
+    return xs[min(len(xs) - 1, round((len(xs) - 1) * p))]
+med = lambda mode, i: statistics.median(m[mode][i] for m in by.values())
+print(f"noauth   median {med('noauth', 0):.0f} req/s (rounds {min(m['noauth'][0] for m in by.values()):.0f}-{max(m['noauth'][0] for m in by.values()):.0f}), p99 {med('noauth', 1):.2f} ms")
+print(f"keystone median {med('keystone', 0):.0f} req/s (rounds {min(m['keystone'][0] for m in by.values()):.0f}-{max(m['keystone'][0] for m in by.values()):.0f}), p99 {med('keystone', 1):.2f} ms")
+print("paired req/s overhead per round (%): " + " ".join(f"{x:+.1f}" for x in rps_over))
+verdict = "meets" if statistics.median(rps_over) <= 10 else "MISSES"
+print(
+    f"SUMMARY keystone vs noauth, forward list: overhead {statistics.median(rps_over):+.1f}% req/s "
+    f"(IQR {q(rps_over, .25):+.1f}..{q(rps_over, .75):+.1f}, {len(rps_over)} rounds), "
+    f"{statistics.median(p99_over):+.1f}% p99 (IQR {q(p99_over, .25):+.1f}..{q(p99_over, .75):+.1f}); "
+    f"{verdict} the 10% target; errors {errors}; {sys.argv[2]} CPUs, load {sys.argv[3]}, "
+    f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+)
 PY

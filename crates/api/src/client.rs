@@ -71,6 +71,16 @@ pub struct Client {
 
 impl Client {
     pub fn new(endpoint: &str, auth: Auth) -> Result<Client, ClientError> {
+        Client::with_builder(endpoint, auth, reqwest::Client::builder())
+    }
+
+    /// Like [`Client::new`], starting from `builder` (for example with the
+    /// CA bundle of `--os-cacert`); timeouts are set here.
+    pub fn with_builder(
+        endpoint: &str,
+        auth: Auth,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Client, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),
@@ -85,7 +95,7 @@ impl Client {
         // reqwest is built with TLS but without a default crypto provider
         // (ring, not aws-lc); an error only means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()

@@ -100,9 +100,12 @@ pub const ENDPOINT: Setting = setting(
     "port_forwarding_endpoint_override",
 );
 
+/// A CA bundle to trust for Keystone and Navigator (openstacksdk's `cacert`).
+pub const CACERT: Setting = setting("--os-cacert", "OS_CACERT", "cacert");
+
 /// Every setting the flags carry, for the consistency test.
 #[cfg(test)]
-pub const ALL: [Setting; 20] = [
+pub const ALL: [Setting; 21] = [
     AUTH_URL,
     AUTH_TYPE,
     USERNAME,
@@ -123,6 +126,7 @@ pub const ALL: [Setting; 20] = [
     TOKEN,
     IDENTITY_API_VERSION,
     ENDPOINT,
+    CACERT,
 ];
 
 /// The service type Navigator registers in the catalog.
@@ -205,6 +209,14 @@ pub struct OsArgs {
     /// Keystone: http://127.0.0.1:9797] (Env: NAVIGATOR_ENDPOINT)
     #[arg(long, global = true, value_name = "URL")]
     pub os_endpoint: Option<String>,
+    /// PEM bundle of the CAs to trust for Keystone and Navigator, instead
+    /// of the built-in roots (Env: OS_CACERT)
+    #[arg(long, global = true, value_name = "CA_BUNDLE_FILE")]
+    pub os_cacert: Option<String>,
+    /// Do not check server certificates (testing only; Env: OS_INSECURE;
+    /// clouds.yaml: verify: false)
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 impl OsArgs {
@@ -231,6 +243,7 @@ impl OsArgs {
             "--os-token" => &self.os_token,
             "--os-identity-api-version" => &self.os_identity_api_version,
             "--os-endpoint" => &self.os_endpoint,
+            "--os-cacert" => &self.os_cacert,
             _ => &None,
         };
         value.as_deref()
@@ -581,6 +594,8 @@ pub struct Plan {
     pub login: Login,
     /// The selected cloud and its file, for `--debug`.
     pub cloud: Option<(String, PathBuf)>,
+    /// How Keystone's and Navigator's certificates are checked.
+    pub tls: navigator_keystone::auth::Tls,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -645,7 +660,9 @@ fn resolve_inputs(inputs: &Inputs<'_>) -> Result<Plan> {
         .value(&REGION_NAME)
         .or_else(|| inputs.cloud.as_ref().and_then(Cloud::first_region));
     let login = login(inputs)?;
+    let tls = tls(inputs)?;
     Ok(Plan {
+        tls,
         endpoint: inputs.value(&ENDPOINT),
         interface,
         region,
@@ -655,6 +672,33 @@ fn resolve_inputs(inputs: &Inputs<'_>) -> Result<Plan> {
             .as_ref()
             .map(|c| (c.name.clone(), c.file.clone())),
     })
+}
+
+/// `--os-cacert` / `OS_CACERT` / `cacert`, and `--insecure` / `OS_INSECURE`
+/// / `verify: false` (or `insecure: true`) in clouds.yaml.
+fn tls(inputs: &Inputs<'_>) -> Result<navigator_keystone::auth::Tls> {
+    let cacert = inputs.value(&CACERT).map(PathBuf::from);
+    let boolean = |value: &str, from: &str| -> Result<bool> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            other => bail!("invalid {from} '{other}': use true or false"),
+        }
+    };
+    let insecure = if inputs.flags.insecure {
+        true
+    } else if let Some(value) = inputs.env.get("OS_INSECURE") {
+        boolean(value, "OS_INSECURE")?
+    } else if let Some(cloud) = &inputs.cloud {
+        match (cloud.get("verify"), cloud.get("insecure")) {
+            (Some(verify), _) => !boolean(&verify, "verify in clouds.yaml")?,
+            (None, Some(insecure)) => boolean(&insecure, "insecure in clouds.yaml")?,
+            (None, None) => false,
+        }
+    } else {
+        false
+    };
+    Ok(navigator_keystone::auth::Tls { cacert, insecure })
 }
 
 fn login(inputs: &Inputs<'_>) -> Result<Login> {
@@ -839,6 +883,52 @@ clouds:
             let parsed = flags(&[setting.flag, "x"]);
             assert_eq!(parsed.flag(&setting), Some("x"), "{}", setting.flag);
         }
+    }
+
+    #[test]
+    fn certificate_settings_follow_flag_env_cloud_precedence() {
+        let dirs = Dirs::new();
+        dirs.write(
+            "cwd/clouds.yaml",
+            "clouds:\n  mine:\n    auth:\n      auth_url: http://keystone:5000\n      token: t\n\
+             \x20   cacert: /from/clouds.pem\n    verify: false\n  plain:\n    auth:\n      auth_url: http://keystone:5000\n      token: t\n",
+        );
+        let tls = |args: &[&str], env: &[(&str, &str)]| dirs.resolve(args, env).unwrap().tls;
+        // Nothing set: built-in roots, certificates checked.
+        assert_eq!(tls(&[], &[]), navigator_keystone::auth::Tls::default());
+        assert_eq!(
+            tls(&["--os-cloud", "plain"], &[]),
+            navigator_keystone::auth::Tls::default()
+        );
+        let from_cloud = tls(&["--os-cloud", "mine"], &[]);
+        assert_eq!(
+            from_cloud.cacert.as_deref(),
+            Some(Path::new("/from/clouds.pem"))
+        );
+        assert!(from_cloud.insecure, "verify: false");
+        let from_env = tls(
+            &["--os-cloud", "mine"],
+            &[("OS_CACERT", "/from/env.pem"), ("OS_INSECURE", "false")],
+        );
+        assert_eq!(from_env.cacert.as_deref(), Some(Path::new("/from/env.pem")));
+        assert!(!from_env.insecure, "OS_INSECURE=false beats verify: false");
+        let from_flags = tls(
+            &[
+                "--os-cloud",
+                "mine",
+                "--os-cacert",
+                "/from/flag.pem",
+                "--insecure",
+            ],
+            &[("OS_CACERT", "/from/env.pem"), ("OS_INSECURE", "false")],
+        );
+        assert_eq!(
+            from_flags.cacert.as_deref(),
+            Some(Path::new("/from/flag.pem"))
+        );
+        assert!(from_flags.insecure);
+        let err = dirs.resolve(&[], &[("OS_INSECURE", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("OS_INSECURE"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,12 @@ fn debug_plan(plan: &Plan) {
             credentials.describe()
         ),
     }
+    if let Some(cacert) = &plan.tls.cacert {
+        eprintln!("trusting only the CAs in {}", cacert.display());
+    }
+    if plan.tls.insecure {
+        eprintln!("NOT checking server certificates (--insecure)");
+    }
     match &plan.endpoint {
         Some(endpoint) => eprintln!("Navigator endpoint {endpoint} (not from the catalog)"),
         None => eprintln!(
@@ -89,7 +95,7 @@ pub async fn login(plan: &Plan) -> Result<Session> {
             "this needs Keystone: set --os-auth-url or OS_AUTH_URL, or choose a cloud with --os-cloud or OS_CLOUD"
         ));
     };
-    match keystone::authenticate(auth_url, credentials).await {
+    match keystone::authenticate_with(auth_url, credentials, &plan.tls).await {
         Err(err @ AuthError::Rejected { .. }) => {
             let what = match credentials {
                 Credentials::Password { .. } => "password",
@@ -133,7 +139,8 @@ pub async fn connect(plan: &Plan) -> Result<Client> {
             (endpoint, Auth::Token(session.token.expose().to_owned()))
         }
     };
-    Ok(Client::new(endpoint.trim(), auth)?)
+    let builder = plan.tls.configure(reqwest::Client::builder())?;
+    Ok(Client::with_builder(endpoint.trim(), auth, builder)?)
 }
 
 /// Navigator's URL in the token's catalog.
@@ -177,6 +184,7 @@ mod tests {
             region: Some("RegionOne".into()),
             login,
             cloud: None,
+            tls: Default::default(),
         }
     }
 

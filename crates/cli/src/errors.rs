@@ -51,7 +51,11 @@ pub fn describe(err: &ClientError) -> String {
             } else {
                 unreachable_reason(source)
             };
-            if source.is_connect() || source.is_timeout() {
+            if reason.contains("certificate") {
+                format!(
+                    "cannot reach Navigator at {endpoint}: {reason} — trust its CA with --os-cacert or OS_CACERT (--insecure skips the check, for testing only)"
+                )
+            } else if source.is_connect() || source.is_timeout() {
                 format!(
                     "cannot reach Navigator at {endpoint}: {reason} — is navigator-server running? {ENDPOINT_HINT}"
                 )
@@ -101,9 +105,12 @@ fn describe_auth(err: &AuthError) -> Option<String> {
             } else {
                 unreachable_reason(source)
             };
-            Some(format!(
-                "cannot reach Keystone at {url}: {reason} (check --os-auth-url, OS_AUTH_URL or auth_url in clouds.yaml)"
-            ))
+            let hint = if reason.contains("certificate") {
+                "trust its CA with --os-cacert or OS_CACERT; --insecure skips the check, for testing only"
+            } else {
+                "check --os-auth-url, OS_AUTH_URL or auth_url in clouds.yaml"
+            };
+            Some(format!("cannot reach Keystone at {url}: {reason} ({hint})"))
         }
         _ => None,
     }

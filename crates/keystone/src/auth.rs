@@ -246,6 +246,8 @@ pub enum AuthError {
     },
     #[error("unexpected response from Keystone at {url}: {reason}")]
     BadResponse { url: String, reason: String },
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The v3 API root for `auth_url`, which users give with or without `/v3`
@@ -279,9 +281,71 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// How the certificates of HTTPS servers (Keystone, Navigator) are checked,
+/// as openstackclient's `--os-cacert` and `--insecure` say. The default
+/// trusts the built-in web roots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// A PEM bundle to trust instead of the built-in roots.
+    pub cacert: Option<std::path::PathBuf>,
+    /// Accept any certificate (testing only: anyone on the path can then
+    /// read the password and the token).
+    pub insecure: bool,
+}
+
+/// A CA bundle that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    // The I/O error is in the message, not a `source`, so that printing
+    // the chain of causes does not say it twice.
+    #[error("cannot read the CA bundle {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("the CA bundle {path} holds no PEM certificate: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl Tls {
+    /// `builder` with these certificate rules applied.
+    pub fn configure(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, TlsError> {
+        install_tls_provider();
+        let mut builder = builder;
+        if let Some(path) = &self.cacert {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|error| TlsError::Read {
+                path: shown.clone(),
+                error,
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TlsError::Invalid {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(TlsError::Invalid {
+                    path: shown,
+                    reason: "no BEGIN CERTIFICATE block".into(),
+                });
+            }
+            // Like requests' `verify=<bundle>`: only the bundle is trusted.
+            builder = builder.tls_certs_only(certs);
+        }
+        if self.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        Ok(builder)
+    }
+}
+
 /// An HTTP client suited to Keystone.
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     install_tls_provider();
+    keystone_client_builder().build()
+}
+
+fn keystone_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
@@ -289,14 +353,25 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         // without saying so, and the next request on a pooled connection
         // fails with "connection reset"; one connection per request avoids it.
         .pool_max_idle_per_host(0)
-        .build()
 }
 
 /// Gets a token for `credentials` from the Keystone at `auth_url`.
 pub async fn authenticate(auth_url: &str, credentials: &Credentials) -> Result<Session, AuthError> {
+    authenticate_with(auth_url, credentials, &Tls::default()).await
+}
+
+/// [`authenticate`], checking Keystone's certificate as `tls` says.
+pub async fn authenticate_with(
+    auth_url: &str,
+    credentials: &Credentials,
+    tls: &Tls,
+) -> Result<Session, AuthError> {
     let base = v3_url(auth_url)?;
     let url = format!("{base}/auth/tokens");
-    let http = http_client().map_err(|source| AuthError::Unreachable {
+    let builder = tls
+        .configure(keystone_client_builder())
+        .map_err(|e| AuthError::Tls(e.to_string()))?;
+    let http = builder.build().map_err(|source| AuthError::Unreachable {
         url: base.clone(),
         source,
     })?;

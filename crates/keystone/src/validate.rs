@@ -6,6 +6,14 @@
 //! (`GET /v3/auth/tokens?nocatalog`). Answers are cached for at most
 //! `token_cache_time` and never past the token's own `expires_at`.
 //!
+//! Refusals are remembered too, for a short time (`refused_cache_time`, at
+//! most `token_cache_time`): a client retrying with an expired or revoked
+//! token, or a flood of one bad token, costs Keystone one request instead of
+//! one per attempt. A remembered refusal can only ever refuse again; it is
+//! keyed by a 128-bit keyed hash (no token text is kept), so its memory is
+//! bounded whatever the tokens look like, and a collision could at worst
+//! refuse a valid token for that short time, never accept one.
+//!
 //! Every doubt is an error: a token Keystone does not vouch for is
 //! [`ValidateError::Invalid`] (HTTP 401 for the caller), and a Keystone that
 //! cannot be asked is [`ValidateError::Unavailable`] (HTTP 503). Nothing here
@@ -85,6 +93,12 @@ pub struct ValidatorConfig {
     pub cache_time: Duration,
     /// Most tokens remembered at once; beyond it the soonest-expiring go first.
     pub cache_capacity: usize,
+    /// How long Keystone's refusal of a token is remembered (capped by
+    /// `cache_time`; zero disables it).
+    pub refused_cache_time: Duration,
+    /// Most refusals remembered at once; when full of live ones, new
+    /// refusals are not remembered (each then costs a Keystone request).
+    pub refused_capacity: usize,
     /// Limit on each request to Keystone, connection included.
     pub timeout: Duration,
 }
@@ -95,10 +109,16 @@ impl ValidatorConfig {
             credentials,
             cache_time,
             cache_capacity: 10_000,
+            refused_cache_time: DEFAULT_REFUSED_CACHE_TIME,
+            refused_capacity: 10_000,
             timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// Default of [`ValidatorConfig::refused_cache_time`]: long enough to absorb
+/// retry loops and floods, short enough that nobody waits on it.
+pub const DEFAULT_REFUSED_CACHE_TIME: Duration = Duration::from_secs(10);
 
 /// `auth_url` normalised to end in `/v3` (keystonemiddleware accepts both).
 pub fn v3_url(auth_url: &str) -> String {
@@ -243,6 +263,16 @@ struct Entry {
 struct Cache {
     hasher: RandomState,
     entries: HashMap<u64, Entry>,
+    /// Second key for the refusal map: with `hasher`, 128 bits.
+    refused_hasher: RandomState,
+    /// Refused tokens by their two keyed hashes, until when they stay refused.
+    refused: HashMap<(u64, u64), Instant>,
+}
+
+impl Cache {
+    fn refused_key(&self, raw: &str) -> (u64, u64) {
+        (self.hasher.hash_one(raw), self.refused_hasher.hash_one(raw))
+    }
 }
 
 /// Validates user tokens; share one per server (it is `Send + Sync`).
@@ -270,6 +300,8 @@ impl Validator {
             cache: Mutex::new(Cache {
                 hasher: RandomState::new(),
                 entries: HashMap::new(),
+                refused_hasher: RandomState::new(),
+                refused: HashMap::new(),
             }),
         })
     }
@@ -288,6 +320,25 @@ impl Validator {
         if let Some(hit) = self.cached(user_token)? {
             return Ok(hit);
         }
+        match self.ask_keystone_and_check(user_token).await {
+            Ok((token, expires_at)) => {
+                self.remember(user_token, &token, expires_at);
+                Ok(token)
+            }
+            Err(ValidateError::Invalid(reason)) => {
+                self.remember_refusal(user_token);
+                Err(ValidateError::Invalid(reason))
+            }
+            // Keystone could not say: nothing to remember.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keystone's answer, and until when the token is valid.
+    async fn ask_keystone_and_check(
+        &self,
+        user_token: &str,
+    ) -> Result<(Arc<Token>, DateTime<Utc>), ValidateError> {
         let token = Arc::new(self.ask_keystone(user_token).await?);
         let expires_at = token.expires_at().map_err(|e| {
             // Keystone vouched for it but we cannot tell until when: refuse
@@ -297,8 +348,39 @@ impl Validator {
         if expires_at <= Utc::now() {
             return Err(ValidateError::Invalid("token expired".into()));
         }
-        self.remember(user_token, &token, expires_at);
-        Ok(token)
+        Ok((token, expires_at))
+    }
+
+    /// How long refusals are remembered: zero when disabled.
+    fn refused_cache_time(&self) -> Duration {
+        if self.config.refused_capacity == 0 {
+            return Duration::ZERO;
+        }
+        self.config.refused_cache_time.min(self.config.cache_time)
+    }
+
+    fn remember_refusal(&self, raw: &str) {
+        let keep = self.refused_cache_time();
+        if keep.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.lock_cache();
+        if cache.refused.len() >= self.config.refused_capacity {
+            cache.refused.retain(|_, until| *until > now);
+        }
+        if cache.refused.len() >= self.config.refused_capacity {
+            // Full of live refusals (a flood of distinct tokens): remembering
+            // one more would not spare Keystone anything the others do not.
+            return;
+        }
+        let key = cache.refused_key(raw);
+        cache.refused.insert(key, now + keep);
+    }
+
+    /// Number of refusals remembered (for tests and metrics).
+    pub fn refused_len(&self) -> usize {
+        self.lock_cache().refused.len()
     }
 
     /// The service token currently held, if any (tests revoke it to check
@@ -312,9 +394,11 @@ impl Validator {
         self.lock_cache().entries.len()
     }
 
-    /// Forgets every cached validation.
+    /// Forgets every cached validation and refusal.
     pub fn clear_cache(&self) {
-        self.lock_cache().entries.clear();
+        let mut cache = self.lock_cache();
+        cache.entries.clear();
+        cache.refused.clear();
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -332,7 +416,7 @@ impl Validator {
         let mut cache = self.lock_cache();
         let key = cache.hasher.hash_one(raw);
         let Some(entry) = cache.entries.get(&key) else {
-            return Ok(None);
+            return Self::refused_recently(&mut cache, raw);
         };
         if entry.raw != raw {
             return Ok(None);
@@ -346,6 +430,24 @@ impl Validator {
             return Ok(None);
         }
         Ok(Some(entry.token.clone()))
+    }
+
+    /// `Invalid` when Keystone refused `raw` a short while ago, else a miss.
+    fn refused_recently(cache: &mut Cache, raw: &str) -> Result<Option<Arc<Token>>, ValidateError> {
+        if cache.refused.is_empty() {
+            return Ok(None);
+        }
+        let key = cache.refused_key(raw);
+        match cache.refused.get(&key) {
+            Some(until) if *until > Instant::now() => Err(ValidateError::Invalid(
+                "keystone refused this token a moment ago".into(),
+            )),
+            Some(_) => {
+                cache.refused.remove(&key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 
     fn remember(&self, raw: &str, token: &Arc<Token>, expires_at: DateTime<Utc>) {
@@ -702,6 +804,8 @@ mod tests {
             },
             cache_time,
             cache_capacity: 2,
+            refused_cache_time: Duration::from_millis(300),
+            refused_capacity: 2,
             timeout: Duration::from_secs(2),
         })
         .unwrap()
@@ -797,6 +901,138 @@ mod tests {
             v.remember(raw, &t, t.expires_at().unwrap());
         }
         assert_eq!(v.cached_len(), 2);
+    }
+
+    /// A stand-in Keystone on loopback that logs the service user in and
+    /// refuses (404) every token it is asked about, counting those requests.
+    async fn refusing_keystone() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", listener.local_addr().unwrap());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Headers, then a body of Content-Length bytes.
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    let (status, extra, body) = if request.starts_with(b"POST") {
+                        let expires = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+                        let body = json!({"token": {
+                            "methods": ["password"],
+                            "user": {"id": "svc", "name": "navigator"},
+                            "project": {"id": "s", "name": "service"},
+                            "roles": [{"id": "r", "name": "service"}],
+                            "expires_at": expires,
+                        }});
+                        ("201 Created", "X-Subject-Token: service-token\r\n", body)
+                    } else {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let body =
+                            json!({"error": {"code": 404, "message": "Could not find token"}});
+                        ("404 Not Found", "", body)
+                    };
+                    let body = body.to_string();
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (url, asked)
+    }
+
+    fn validator_at(url: &str, cache_time: Duration, refused_cache_time: Duration) -> Validator {
+        let mut config = validator(cache_time).config.clone();
+        config.credentials.auth_url = url.to_owned();
+        config.refused_cache_time = refused_cache_time;
+        Validator::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_remembered_for_a_short_bounded_time() {
+        use std::sync::atomic::Ordering;
+        let (url, asked) = refusing_keystone().await;
+        let v = validator_at(&url, Duration::from_secs(300), Duration::from_millis(300));
+        assert!(matches!(
+            v.validate("bad").await,
+            Err(ValidateError::Invalid(_))
+        ));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        // Refused again without asking Keystone.
+        for _ in 0..5 {
+            assert!(matches!(
+                v.validate("bad").await,
+                Err(ValidateError::Invalid(_))
+            ));
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            v.cached_len(),
+            0,
+            "a refusal never lands in the valid cache"
+        );
+        // Another token is asked about on its own.
+        assert!(matches!(
+            v.validate("worse").await,
+            Err(ValidateError::Invalid(_))
+        ));
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // Past the bound, Keystone is asked again.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(matches!(
+            v.validate("bad").await,
+            Err(ValidateError::Invalid(_))
+        ));
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_bounded_in_number_and_by_the_cache_time() {
+        use std::sync::atomic::Ordering;
+        let (url, asked) = refusing_keystone().await;
+        // Capacity 2 (see `validator`): a third live refusal is not kept.
+        let v = validator_at(&url, Duration::from_secs(300), Duration::from_secs(60));
+        for raw in ["a", "b", "c"] {
+            assert!(v.validate(raw).await.is_err());
+        }
+        assert_eq!(v.refused_len(), 2);
+        assert!(v.validate("c").await.is_err());
+        assert_eq!(asked.load(Ordering::SeqCst), 4, "c was not remembered");
+        // token_cache_time = 0 disables every cache, refusals included.
+        let v = validator_at(&url, Duration::ZERO, Duration::from_secs(60));
+        assert!(v.validate("a").await.is_err());
+        assert!(v.validate("a").await.is_err());
+        assert_eq!(v.refused_len(), 0);
+        assert_eq!(asked.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]

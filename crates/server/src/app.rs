@@ -63,7 +63,9 @@ fn routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document of API v1 (served at `/openapi.json`, committed as
 /// `docs/openapi.json`).
 pub fn openapi() -> OpenApiDoc {
-    routes().split_for_parts().1
+    let mut doc = routes().split_for_parts().1;
+    crate::openapi_auth::document(&mut doc);
+    doc
 }
 
 /// The full application for `state`: the REST API, with the built-in
@@ -74,7 +76,8 @@ pub fn router(state: AppState) -> Router {
 
 /// The REST API alone (the dashboard calls it in process).
 fn api_router(state: AppState) -> Router {
-    let (router, doc) = routes().split_for_parts();
+    let (router, mut doc) = routes().split_for_parts();
+    crate::openapi_auth::document(&mut doc);
     let doc = Arc::new(doc);
     let body_limit = state.config.max_request_body_size;
     router

@@ -150,7 +150,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "keystone_authtoken",
         key: "token_cache_time",
         default: "300",
-        help: "Seconds a token validation is trusted before Keystone is asked again (never past the token's expiry); a revoked token is refused at most this long after revocation. 0 or -1 disables the cache.",
+        help: "Seconds a token validation is trusted before Keystone is asked again (never past the token's expiry); a revoked token is refused at most this long after revocation. Keystone's refusals are remembered for 10 s (at most this long). 0 or -1 disables both caches.",
     },
     OptionDoc {
         section: "oslo_policy",

@@ -16,5 +16,6 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod handlers;
+pub mod openapi_auth;
 pub mod policy;
 pub mod run;

@@ -424,6 +424,10 @@ async fn keystone_unreachable_is_503_and_changes_nothing() {
     let r = h.create(&member.token, 7001).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(h.stored().await, 1);
+    // Keystone refuses this one now; the refusal is remembered briefly.
+    let refused = "gAAAAABrefused-while-keystone-was-up";
+    let r = h.send("GET", "/v1/forwards", Some(refused), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 
     fwd.stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -438,6 +442,11 @@ async fn keystone_unreachable_is_503_and_changes_nothing() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     let r = h.send("GET", "/v1/forwards", Some("garbage"), None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    // A token Keystone refused moments ago is still refused without asking
+    // it (negative cache): 401, not 503, and never accepted.
+    let r = h.send("POST", "/v1/forwards", Some(refused), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(r.headers.get("www-authenticate").is_some());
     assert_eq!(h.stored().await, 1);
 }
 

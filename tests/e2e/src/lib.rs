@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod auth;
 pub mod browser;
+
+pub use auth::{Auth, KeystoneProject, KeystoneSettings};
 
 /// How long a server may take to print its API address.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -164,17 +167,20 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config_file: PathBuf,
     pub port_range: (u16, u16),
+    /// How the server authenticates and the CLI logs in.
+    pub auth: Auth,
 }
 
 impl Env {
     /// A fresh temp dir with a config file giving this test its own port
-    /// range, fast heartbeats, and `extra` appended (more INI text).
-    pub fn new(name: &str, extra: &str) -> Env {
-        Env::with_agent_options(name, "", extra)
+    /// range, fast heartbeats, the `auth_strategy` of `auth`, and `extra`
+    /// appended (more INI text).
+    pub fn new(name: &str, auth: &Auth, extra: &str) -> Env {
+        Env::with_agent_options(name, auth, "", extra)
     }
 
     /// Like [`Env::new`], with `agent` (INI lines) added to `[agent]`.
-    pub fn with_agent_options(name: &str, agent: &str, extra: &str) -> Env {
+    pub fn with_agent_options(name: &str, auth: &Auth, agent: &str, extra: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix(&format!("navigator-e2e-{name}-"))
             .tempdir()
@@ -185,8 +191,9 @@ impl Env {
         } else {
             "127.0.0.1"
         };
+        let (auth_default, auth_sections) = auth.config();
         let text = format!(
-            "[DEFAULT]\nhost = e2e-{name}\n\n[agent]\nport_range = {}-{}\nexternal_addresses = {external}\nreport_interval = 1\n{agent}\n\n{extra}\n",
+            "[DEFAULT]\nhost = e2e-{name}\n{auth_default}\n[agent]\nport_range = {}-{}\nexternal_addresses = {external}\nreport_interval = 1\n{agent}\n\n{auth_sections}\n{extra}\n",
             port_range.0, port_range.1
         );
         let config_file = dir.path().join("navigator.conf");
@@ -195,6 +202,7 @@ impl Env {
             dir,
             config_file,
             port_range,
+            auth: auth.clone(),
         }
     }
 
@@ -202,9 +210,12 @@ impl Env {
         self.dir.path()
     }
 
-    /// Starts `navigator-server --all-in-one` on this environment.
+    /// Starts `navigator-server --all-in-one` on this environment; its CLI
+    /// runs and raw requests authenticate as [`Env::auth`] says.
     pub fn start(&self) -> Server {
-        Server::start(self.data_dir(), &self.config_file)
+        let mut server = Server::start(self.data_dir(), &self.config_file);
+        server.auth = self.auth.clone();
+        server
     }
 }
 
@@ -238,6 +249,8 @@ pub struct Server {
     pub url: String,
     stdout: Collected,
     stderr: Collected,
+    /// How [`Server::cli`] logs in and [`Server::http`] authenticates.
+    pub auth: Auth,
 }
 
 impl Server {
@@ -289,6 +302,7 @@ impl Server {
             url: String::new(),
             stdout,
             stderr,
+            auth: Auth::Noauth,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -376,9 +390,9 @@ impl Server {
         status
     }
 
-    /// Runs the CLI against this server.
+    /// Runs the CLI against this server, logged in as [`Server::auth`].
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        run_cli(&self.url, args)
+        run_cli_as(&self.url, &self.auth, args)
     }
 
     /// Runs the CLI and panics (with the server log) unless it succeeded.
@@ -419,7 +433,8 @@ impl Server {
         self.forward_ids(&[]).len()
     }
 
-    /// Raw HTTP/1.1 request to the API.
+    /// Raw HTTP/1.1 request to the API, with the `X-Auth-Token` of
+    /// [`Server::auth`] (none with noauth).
     pub fn http(
         &self,
         method: &str,
@@ -427,8 +442,17 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> HttpResponse {
-        let authority = self.url.trim_start_matches("http://");
-        raw_http(authority, method, path, headers, body)
+        let token = self.auth.token();
+        let mut all = headers.to_vec();
+        if let Some(token) = &token {
+            all.push(("X-Auth-Token", token));
+        }
+        raw_http(self.authority(), method, path, &all, body)
+    }
+
+    /// `host:port` of the API.
+    pub fn authority(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 }
 
@@ -593,17 +617,33 @@ impl std::fmt::Display for CliOutput {
     }
 }
 
-/// Runs `navigator --os-endpoint URL ARGS` with a clean environment for its
-/// own variables.
+/// Runs `navigator --os-endpoint URL ARGS` without credentials (noauth).
 pub fn run_cli(url: &str, args: &[&str]) -> CliOutput {
+    run_cli_as(url, &Auth::Noauth, args)
+}
+
+/// Runs `navigator --os-endpoint URL ARGS` logged in as `auth` says (`OS_*`
+/// variables), with none of the caller's own `OS_*` or `NAVIGATOR_ENDPOINT`
+/// settings leaking in.
+pub fn run_cli_as(url: &str, auth: &Auth, args: &[&str]) -> CliOutput {
+    run_cli_with_env(url, &auth.os_environment(), args)
+}
+
+/// Runs `navigator --os-endpoint URL ARGS` with exactly the `OS_*` variables
+/// of `os_env` (none of the caller's own, nor `NAVIGATOR_ENDPOINT`).
+pub fn run_cli_with_env(url: &str, os_env: &[(&str, String)], args: &[&str]) -> CliOutput {
     let mut command = Command::new(binary("navigator"));
     command
         .arg("--os-endpoint")
         .arg(url)
         .args(args)
-        .env_remove("NAVIGATOR_ENDPOINT")
-        .env_remove("OS_TOKEN")
-        .env_remove("OS_PROJECT_ID");
+        .env_remove("NAVIGATOR_ENDPOINT");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OS_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(os_env.iter().map(|(k, v)| (k, v)));
     run_bounded(&mut command, "navigator")
 }
 

@@ -15,7 +15,9 @@
 use std::time::Duration;
 
 use navigator_e2e::browser::{Browser, Verdict};
-use navigator_e2e::{Env, HttpResponse, Server, TcpEcho, eventually, raw_http, tcp_round_trip};
+use navigator_e2e::{
+    Auth, Env, HttpResponse, Server, TcpEcho, eventually, raw_http, tcp_round_trip,
+};
 use serde_json::{Value, json};
 
 /// The test Keystone's URL (`.../v3`) and admin password, or `None` after
@@ -301,6 +303,8 @@ fn dashboard_journey_with_keystone() {
     let (project3, user3, password3, _) = admin.project_with_user("dash-c", "admin");
     let env = Env::new(
         "dashboard-keystone",
+        // The harness adds no auth; this test configures Keystone itself.
+        &Auth::Noauth,
         &format!(
             "[DEFAULT]\nauth_strategy = keystone\n\n[keystone_authtoken]\n\
              www_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\
@@ -335,7 +339,7 @@ fn dashboard_journey_with_noauth_on_loopback() {
     let Some(browser) = Browser::find("dashboard_journey_with_noauth_on_loopback") else {
         return;
     };
-    let env = Env::new("dashboard-noauth", "");
+    let env = Env::new("dashboard-noauth", &Auth::Noauth, "");
     let server = env.start();
     journey(
         &browser,
@@ -360,6 +364,8 @@ fn dashboard_login_says_when_keystone_is_down() {
     drop(dead);
     let env = Env::new(
         "dashboard-keystone-down",
+        // The harness adds no auth; this test configures Keystone itself.
+        &Auth::Noauth,
         &format!(
             "[DEFAULT]\nauth_strategy = keystone\n\n[keystone_authtoken]\n\
              www_authenticate_uri = {dead_url}\nauth_url = {dead_url}\nauth_type = password\n\

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use navigator_e2e::browser::Browser;
 use navigator_e2e::{
-    Env, HttpResponse, TcpEcho, assert_tcp_reply, binary, eventually, raw_http, tcp_refused,
+    Auth, Env, HttpResponse, TcpEcho, assert_tcp_reply, binary, eventually, raw_http, tcp_refused,
 };
 use serde_json::{Value, json};
 
@@ -278,7 +278,7 @@ fn a_member_manages_forwards_in_horizon() {
     let (bob, bob_password, _) = keystone.member("hz-bob");
 
     // Navigator with Keystone auth, in all-in-one mode (relay data plane).
-    let env = Env::new("horizon", "");
+    let env = Env::new("horizon", &Auth::Noauth, "");
     let config = format!(
         "[DEFAULT]\nhost = e2e-horizon\nauth_strategy = keystone\n\n\
          [keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\

@@ -2,15 +2,25 @@
 //! input, requests the server refuses, raw HTTP errors, bad configuration —
 //! and of listing with pagination and sorting. Every refusal must leave the
 //! forwards exactly as they were.
+//!
+//! The journeys run with `auth_strategy = noauth` and with `keystone`
+//! (`NAME::noauth`, `NAME::keystone`); with Keystone, a request without a
+//! valid token must be a 401 that says where to get one.
 
 use std::ffi::OsStr;
 use std::io::Write as _;
 
-use navigator_e2e::{Env, Server, TcpEcho, field, run_server_to_exit};
+use navigator_e2e::{
+    Auth, Env, Server, TcpEcho, both_auth_modes, field, raw_http, run_server_to_exit,
+};
 
 /// A server with one forward to an echo server, and that forward's fields.
-fn server_with_one_forward(name: &str, extra: &str) -> (Env, Server, TcpEcho, serde_json::Value) {
-    let env = Env::new(name, extra);
+fn server_with_one_forward(
+    name: &str,
+    auth: &Auth,
+    extra: &str,
+) -> (Env, Server, TcpEcho, serde_json::Value) {
+    let env = Env::new(name, auth, extra);
     let server = env.start();
     let echo = TcpEcho::start("127.0.0.1", "A:");
     let forward = server.create_forward(&[
@@ -55,9 +65,8 @@ fn assert_create_refused(server: &Server, args: &[&str], code: i32, needles: &[&
     );
 }
 
-#[test]
-fn bad_cli_input_is_refused_naming_the_field() {
-    let (_env, server, echo, existing) = server_with_one_forward("badcli", "");
+fn bad_cli_input_is_refused_naming_the_field(auth: Auth) {
+    let (_env, server, echo, existing) = server_with_one_forward("badcli", &auth, "");
     let port = echo.port();
     let target = |ip: &'static str, internal_port: &'static str| -> Vec<&'static str> {
         vec![
@@ -169,10 +178,9 @@ fn bad_cli_input_is_refused_naming_the_field() {
     assert_eq!(field(&after, "status"), "ACTIVE");
 }
 
-#[test]
-fn raw_http_errors_are_openstack_error_bodies() {
+fn raw_http_errors_are_openstack_error_bodies(auth: Auth) {
     let (_env, server, _echo, _existing) =
-        server_with_one_forward("rawhttp", "[api]\nmax_request_body_size = 1024\n");
+        server_with_one_forward("rawhttp", &auth, "[api]\nmax_request_body_size = 1024\n");
     let json = [("Content-Type", "application/json")];
 
     let ok = server.http("GET", "/v1/forwards", &[], b"");
@@ -291,7 +299,7 @@ fn bad_config_exits_64_naming_file_section_and_key() {
 
 #[test]
 fn noauth_on_a_non_loopback_address_is_refused() {
-    let env = Env::new("noauth", "");
+    let env = Env::new("noauth", &Auth::Noauth, "");
     let out = run_server_to_exit(&[
         OsStr::new("--all-in-one"),
         OsStr::new("--data-dir"),
@@ -316,9 +324,8 @@ fn noauth_on_a_non_loopback_address_is_refused() {
     );
 }
 
-#[test]
-fn list_pages_and_sorts() {
-    let env = Env::new("pages", "");
+fn list_pages_and_sorts(auth: Auth) {
+    let env = Env::new("pages", &auth, "");
     let server = env.start();
     let echo = TcpEcho::start("127.0.0.1", "A:");
     let mut created = Vec::new();
@@ -389,3 +396,95 @@ fn list_pages_and_sorts() {
     let rows = table.lines().filter(|l| l.starts_with('|')).count();
     assert_eq!(rows, 3, "header + 2 rows:\n{table}");
 }
+
+#[test]
+fn requests_without_a_valid_token_are_401_with_www_authenticate() {
+    let Some(auth) = Auth::keystone("unauthenticated") else {
+        return;
+    };
+    let Auth::Keystone(project) = &auth else {
+        unreachable!("Auth::keystone gives Keystone mode")
+    };
+    let (_env, server, echo, existing) = server_with_one_forward("401", &auth, "");
+    let json = ("Content-Type", "application/json");
+    let create = format!(
+        r#"{{"forward": {{"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": {}}}}}"#,
+        echo.port()
+    );
+    let id = field(&existing, "id");
+    let forward_path = format!("/v1/forwards/{id}");
+    let expected_challenge = format!("Keystone uri=\"{}\"", project.settings.url);
+
+    let no_token: &[(&str, &str)] = &[json];
+    let bad_token: &[(&str, &str)] = &[json, ("X-Auth-Token", "gAAAAABnot-a-real-token")];
+    let empty_token: &[(&str, &str)] = &[json, ("X-Auth-Token", "")];
+    for (what, headers) in [
+        ("no token", no_token),
+        ("a garbage token", bad_token),
+        ("an empty token", empty_token),
+    ] {
+        for (method, path, body) in [
+            ("GET", "/v1/forwards", ""),
+            ("POST", "/v1/forwards", create.as_str()),
+            ("GET", forward_path.as_str(), ""),
+            (
+                "PUT",
+                forward_path.as_str(),
+                r#"{"forward": {"internal_port": 1}}"#,
+            ),
+            ("DELETE", forward_path.as_str(), ""),
+            ("GET", "/v1/proxies", ""),
+        ] {
+            let response = raw_http(server.authority(), method, path, headers, body.as_bytes());
+            assert_eq!(
+                response.status, 401,
+                "{method} {path} with {what}: {response:?}"
+            );
+            assert_eq!(
+                response.header("www-authenticate"),
+                Some(expected_challenge.as_str()),
+                "{method} {path} with {what}: {response:?}"
+            );
+            assert_eq!(response.json()["error"]["code"], 401, "{response:?}");
+            assert!(
+                response
+                    .header("x-openstack-request-id")
+                    .is_some_and(|id| id.starts_with("req-")),
+                "{response:?}"
+            );
+        }
+    }
+
+    // The version documents and the health check need no token.
+    for path in ["/", "/v1", "/healthcheck"] {
+        let response = raw_http(server.authority(), "GET", path, &[], b"");
+        assert_eq!(
+            response.status, 200,
+            "GET {path} without a token: {response:?}"
+        );
+    }
+
+    // A user whose password is wrong never reaches Navigator: the CLI says
+    // Keystone refused the login.
+    let mut wrong = (**project).os_environment();
+    for (name, value) in &mut wrong {
+        if *name == "OS_PASSWORD" {
+            *value = "not-the-password".to_owned();
+        }
+    }
+    let out = navigator_e2e::run_cli_with_env(&server.url, &wrong, &["forward", "list"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+
+    // Nothing the refused requests asked for happened.
+    let after = server.show_forward(&id);
+    assert_eq!(after["internal_port"], existing["internal_port"]);
+    assert_eq!(field(&after, "status"), "ACTIVE");
+    assert_eq!(server.forward_count(), 1);
+}
+
+both_auth_modes!(
+    bad_cli_input_is_refused_naming_the_field,
+    raw_http_errors_are_openstack_error_bodies,
+    list_pages_and_sorts,
+);

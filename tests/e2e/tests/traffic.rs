@@ -2,13 +2,17 @@
 //! --all-in-one` driven only by the real `navigator` CLI, forwarding to TCP
 //! and UDP echo servers on loopback that tag their replies ("A:", "B:") so
 //! each test can tell which target answered.
+//!
+//! Every journey runs twice (`NAME::noauth`, `NAME::keystone`): with
+//! `auth_strategy = noauth`, and with `auth_strategy = keystone` where the CLI
+//! logs in to a real Keystone as a member of a project made for the test.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
 use navigator_e2e::{
-    Env, TcpEcho, UdpEcho, assert_tcp_reply, assert_udp_reply, eventually, field, ipv6_available,
-    tcp_refused, tcp_round_trip, udp_round_trip,
+    Auth, Env, TcpEcho, UdpEcho, assert_tcp_reply, assert_udp_reply, both_auth_modes, eventually,
+    field, ipv6_available, tcp_refused, tcp_round_trip, udp_round_trip,
 };
 use serde_json::Value;
 
@@ -35,9 +39,8 @@ fn assert_active(forward: &Value) {
     );
 }
 
-#[test]
-fn tcp_forward_create_retarget_delete() {
-    let env = Env::new("tcp", "");
+fn tcp_forward_create_retarget_delete(auth: Auth) {
+    let env = Env::new("tcp", &auth, "");
     let server = env.start();
     let a = TcpEcho::start("127.0.0.1", "A:");
     let b = TcpEcho::start("127.0.0.1", "B:");
@@ -54,6 +57,12 @@ fn tcp_forward_create_retarget_delete() {
     ]);
     assert_active(&created);
     let id = field(&created, "id");
+    // The project comes from the token (or noauth's default), never the body.
+    assert_eq!(
+        field(&created, "project_id"),
+        auth.project_id(),
+        "{created}"
+    );
     let (ip, port) = external(&env, &created);
     assert_eq!(ip, "127.0.0.1");
     assert_eq!(field(&created, "internal_port"), a.port());
@@ -87,9 +96,8 @@ fn tcp_forward_create_retarget_delete() {
     assert_eq!(server.forward_count(), 0);
 }
 
-#[test]
-fn udp_forward_create_retarget_delete() {
-    let env = Env::new("udp", "");
+fn udp_forward_create_retarget_delete(auth: Auth) {
+    let env = Env::new("udp", &auth, "");
     let server = env.start();
     let a = UdpEcho::start("127.0.0.1", "A:");
     let b = UdpEcho::start("127.0.0.1", "B:");
@@ -127,9 +135,8 @@ fn udp_forward_create_retarget_delete() {
     assert_eq!(server.forward_count(), 0);
 }
 
-#[test]
-fn forwards_survive_a_server_restart() {
-    let env = Env::new("restart", "");
+fn forwards_survive_a_server_restart(auth: Auth) {
+    let env = Env::new("restart", &auth, "");
     let tcp_echo = TcpEcho::start("127.0.0.1", "T:");
     let udp_echo = UdpEcho::start("127.0.0.1", "U:");
     let mut server = env.start();
@@ -188,15 +195,14 @@ fn forwards_survive_a_server_restart() {
     assert_udp_reply(&udp_ip, udp_port, "after", "U:after");
 }
 
-#[test]
-fn ipv6_tcp_forward() {
+fn ipv6_tcp_forward(auth: Auth) {
     if !ipv6_available() {
         eprintln!(
             "\n!!!!!!!! skipped: no IPv6 loopback (cannot bind [::1]) — ipv6_tcp_forward did NOT run !!!!!!!!\n"
         );
         return;
     }
-    let env = Env::new("ipv6", "");
+    let env = Env::new("ipv6", &auth, "");
     let server = env.start();
     let echo = TcpEcho::start("::1", "6:");
     let created = server.create_forward(&[
@@ -221,10 +227,9 @@ fn ipv6_tcp_forward() {
     tcp_refused("127.0.0.1", port).unwrap();
 }
 
-#[test]
-fn external_port_busy_on_host_is_an_error_with_reason() {
+fn external_port_busy_on_host_is_an_error_with_reason(auth: Auth) {
     // A fast re-sync, to see the forward repaired once the port is free.
-    let env = Env::with_agent_options("busy", "resync_interval = 1", "");
+    let env = Env::with_agent_options("busy", &auth, "resync_interval = 1", "");
     let server = env.start();
     let echo = TcpEcho::start("127.0.0.1", "A:");
     let busy_port = env.port_range.1;
@@ -272,3 +277,11 @@ fn external_port_busy_on_host_is_an_error_with_reason() {
     );
     assert_tcp_reply("127.0.0.1", busy_port, "repaired", "A:repaired");
 }
+
+both_auth_modes!(
+    tcp_forward_create_retarget_delete,
+    udp_forward_create_retarget_delete,
+    forwards_survive_a_server_restart,
+    ipv6_tcp_forward,
+    external_port_busy_on_host_is_an_error_with_reason,
+);
