@@ -2,7 +2,7 @@
 # Data-plane benchmark: nft backend control-plane cost at 1 / 1,000 / 10,000 /
 # 100,000 forwards (apply all; add one, remove one: median of 7), each in a throw-away
 # network namespace. Needs root. One command:
-#   bench/dataplane/run.sh              (SIZES=1,1000 to override; NFT_COMMENTS=0 to drop element comments)
+#   bench/dataplane/run.sh              (SIZES=1,1000 to override; NFT_COMMENTS=1 for element comments)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
