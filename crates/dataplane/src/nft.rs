@@ -39,8 +39,8 @@ pub struct NftConfig {
     /// Put `comment "fwd <id>"` on every map element, so an operator can map a
     /// kernel element to an API object. Off by default: the agent never reads
     /// them back (observe answers from the in-memory mirror, and a full sync
-    /// rewrites the table), and they are ~40 % of the batch nft parses (at
-    /// 100,000 forwards, the difference between meeting 3 s and not).
+    /// rewrites the table), and they are half the bytes of the batch nft parses
+    /// and ~25 % of its CPU time (0.4 s of a full sync at 100,000 forwards).
     pub element_comments: bool,
 }
 
