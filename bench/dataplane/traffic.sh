@@ -7,10 +7,19 @@
 # connection each; p50/p99), and new-connection latency (one client, one
 # connection at a time; p50/p99). Then nft and iptables again with BIG filler
 # forwards installed (new-connection latency at 100,000 forwards).
+# Fairness on a small host: with PIN=1 (the default when there are 2+ CPUs)
+# the forwarder process (relay, socat and its forks; idle for nft/iptables)
+# runs on CPU 0 and the load generator and backend servers on CPU 1, as
+# bench/relay/run.sh PIN=1 does. Kernel NAT has no process of its own: its
+# work runs in softirq on the CPU that sends the packet, i.e. CPU 1 with the
+# generator. Each mode is measured ROUNDS times (default 3), the modes
+# interleaved and their order reversed every other round so a burst of load
+# on a shared host hits every mode alike; the table shows the median and
+# (min-max) of the rounds, and one `TARGET` line per target closes the output.
 # The forwarders are the real backends (crates/dataplane/examples/dp_hold.rs);
 # the client and servers are crates/relay/examples/relay_bench.rs. Needs root.
 # One command:
-#   bench/dataplane/traffic.sh   (env: BYTES, RATE_SECS, LAT_SECS, CONC, BIG, MODES, OUT, SVG)
+#   bench/dataplane/traffic.sh   (env: BYTES, RATE_SECS, LAT_SECS, CONC, BIG, MODES, ROUNDS, PIN, BIN, OUT, SVG)
 # Writes a Markdown table to stdout and an SVG plot to $SVG
 # (default docs/dataplane-traffic.svg). Every process started is stopped by
 # PID and every namespace deleted on exit.
@@ -23,6 +32,9 @@ LAT_SECS="${LAT_SECS:-3}"
 CONC="${CONC:-64}"
 BIG="${BIG:-100000}"
 MODES="${MODES:-plain relay nft iptables socat}"
+ROUNDS="${ROUNDS:-3}"
+if [ "$(nproc)" -ge 2 ]; then PIN="${PIN:-1}"; else PIN=0; fi
+if [ "$PIN" = 1 ]; then FWD=(taskset -c 0); GEN=(taskset -c 1); else FWD=(); GEN=(); fi
 OUT="${OUT:-/tmp/dataplane-traffic}"
 SVG="${SVG:-docs/dataplane-traffic.svg}"
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
@@ -30,10 +42,16 @@ for t in nft iptables-restore socat ip; do
   command -v "$t" >/dev/null || { echo "$t not installed" >&2; exit 1; }
 done
 mkdir -p "$OUT"
-cargo build --release -q -p navigator-relay --examples
-cargo build --release -q -p navigator-dataplane --examples
-RB="$CARGO_TARGET_DIR/release/examples/relay_bench"
-HOLD="$CARGO_TARGET_DIR/release/examples/dp_hold"
+if [ -n "${BIN:-}" ]; then
+  # Prebuilt binaries (a shared target directory may be busy): BIN=dir with
+  # relay_bench and dp_hold built by the two cargo commands below.
+  RB="$BIN/relay_bench"; HOLD="$BIN/dp_hold"
+else
+  cargo build --release -q -p navigator-relay --examples
+  cargo build --release -q -p navigator-dataplane --examples
+  RB="$CARGO_TARGET_DIR/release/examples/relay_bench"
+  HOLD="$CARGO_TARGET_DIR/release/examples/dp_hold"
+fi
 
 N="nvtr$$"; C="${N}c"; P="${N}p"; B="${N}b"
 PIDS=()
@@ -66,30 +84,31 @@ for ns in "$C" "$P" "$B"; do
   nsx "$ns" sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
 done
 
-nsx "$B" "$RB" backend 10.92.0.2:9001 10.92.0.2:9002 >"$OUT/backend.out" 2>"$OUT/backend.log" &
+nsx "$B" "${GEN[@]}" "$RB" backend 10.92.0.2:9001 10.92.0.2:9002 >"$OUT/backend.out" 2>"$OUT/backend.log" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q READY "$OUT/backend.out" 2>/dev/null && break; sleep 0.05; done
 
 RESULTS="$OUT/results.tsv"
 : >"$RESULTS"
-# measure LABEL SINK ECHO: throughput, rate, latency from the client namespace.
+# measure LABEL ROUND SINK ECHO: throughput, rate, latency from the client
+# namespace, on the generator's CPU.
 measure() {
-  local label=$1 sink=$2 echo=$3 tp rate lat
-  tp=$(nsx "$C" "$RB" throughput "$sink" "$BYTES" | awk -F'[= ]' '{print $3}')
-  rate=$(nsx "$C" "$RB" rate "$echo" "$CONC" "$RATE_SECS")
-  lat=$(nsx "$C" "$RB" rate "$echo" 1 "$LAT_SECS")
+  local label=$1 round=$2 sink=$3 echo=$4 tp rate lat
+  tp=$(nsx "$C" "${GEN[@]}" "$RB" throughput "$sink" "$BYTES" | awk -F'[= ]' '{print $3}')
+  rate=$(nsx "$C" "${GEN[@]}" "$RB" rate "$echo" "$CONC" "$RATE_SECS")
+  lat=$(nsx "$C" "${GEN[@]}" "$RB" rate "$echo" 1 "$LAT_SECS")
   local f='{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}} END{print v["cps"], v["p50_us"], v["p99_us"], v["errors"]}'
   read -r cps p50 p99 err <<<"$(echo "$rate" | awk "$f")"
   read -r _ l50 l99 lerr <<<"$(echo "$lat" | awk "$f")"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$tp" "$cps" "$p50" "$p99" "$err" "$l50" "$l99" >>"$RESULTS"
-  echo "  $label: ${tp} MB/s, ${cps} conn/s (p50 ${p50} us, p99 ${p99} us, errors ${err}), latency p50 ${l50} us p99 ${l99} us" >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$round" "$tp" "$cps" "$p50" "$p99" "$err" "$l50" "$l99" >>"$RESULTS"
+  echo "  $label (round $round): ${tp} MB/s, ${cps} conn/s (p50 ${p50} us, p99 ${p99} us, errors ${err}), latency p50 ${l50} us p99 ${l99} us" >&2
 }
 # hold MODE EXTRA: starts the backend in the proxy namespace; its stdin is a
 # fifo, closing it makes dp_hold remove everything and exit.
 hold() {
   local mode=$1 extra=$2 fifo="$OUT/ctl.$1.$2"
   rm -f "$fifo"; mkfifo "$fifo"
-  nsx "$P" "$HOLD" "$mode" "$extra" tcp:10.91.0.1:30001=10.92.0.2:9001 tcp:10.91.0.1:30002=10.92.0.2:9002 \
+  nsx "$P" "${FWD[@]}" "$HOLD" "$mode" "$extra" tcp:10.91.0.1:30001=10.92.0.2:9001 tcp:10.91.0.1:30002=10.92.0.2:9002 \
     <"$fifo" >"$OUT/hold.$mode.$extra.out" 2>"$OUT/hold.$mode.$extra.log" &
   HOLD_PID=$!
   PIDS+=("$HOLD_PID")
@@ -103,37 +122,83 @@ hold() {
 }
 unhold() { exec 7>&-; wait "$HOLD_PID" 2>/dev/null || true; }
 
-echo "# $(date -u +%F) $(uname -r), $(nproc) cores, BYTES=$BYTES CONC=$CONC RATE_SECS=$RATE_SECS LAT_SECS=$LAT_SECS" >&2
-for mode in $MODES; do
-  echo "$mode:" >&2
-  if [ "$mode" = plain ]; then
-    measure plain 10.92.0.2:9001 10.92.0.2:9002
-  else
-    hold "$mode" 0
-    measure "$mode" 10.91.0.1:30001 10.91.0.1:30002
-    unhold
-  fi
+echo "# $(date -u +%F) $(uname -r), $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg), BYTES=$BYTES CONC=$CONC RATE_SECS=$RATE_SECS LAT_SECS=$LAT_SECS ROUNDS=$ROUNDS PIN=$PIN" >&2
+read -r -a ORDER <<<"$MODES"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round: ${ORDER[*]}" >&2
+  for mode in "${ORDER[@]}"; do
+    if [ "$mode" = plain ]; then
+      measure plain "$round" 10.92.0.2:9001 10.92.0.2:9002
+    else
+      hold "$mode" 0
+      measure "$mode" "$round" 10.91.0.1:30001 10.91.0.1:30002
+      unhold
+    fi
+  done
+  # Reverse the order for the next round.
+  REV=(); for ((i=${#ORDER[@]}-1; i>=0; i--)); do REV+=("${ORDER[i]}"); done; ORDER=("${REV[@]}")
 done
 for mode in nft iptables; do
   case " $MODES " in *" $mode "*) ;; *) continue ;; esac
   [ "$BIG" -gt 0 ] || continue
   echo "$mode at $BIG forwards:" >&2
   hold "$mode" "$BIG"
-  lat=$(nsx "$C" "$RB" rate 10.91.0.1:30002 1 "$LAT_SECS")
-  echo "$lat" | awk -v m="$mode@$BIG" '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}} END{printf "%s\t\t\t\t\t\t%s\t%s\n", m, v["p50_us"], v["p99_us"]}' >>"$RESULTS"
-  echo "  latency $lat" >&2
+  for round in $(seq "$ROUNDS"); do
+    lat=$(nsx "$C" "${GEN[@]}" "$RB" rate 10.91.0.1:30002 1 "$LAT_SECS")
+    echo "$lat" | awk -v m="$mode@$BIG" -v r="$round" '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}} END{printf "%s\t%s\t\t\t\t\t\t%s\t%s\n", m, r, v["p50_us"], v["p99_us"]}' >>"$RESULTS"
+    echo "  latency (round $round) $lat" >&2
+  done
   unhold
 done
 
-echo "| mode | throughput MB/s | conn/s ($CONC clients) | p50 / p99 µs | errors | new-connection latency p50 / p99 µs |"
+# Per mode: the median of the rounds and (min-max), in first-seen order.
+SUMMARY="$OUT/summary.tsv"
+awk -F'\t' '
+  function med(s,   a, n, t, i, j) { n = split(s, a, " "); for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+                                     lo = a[1]; hi = a[n]; return a[int((n + 1) / 2)] }
+  !($1 in seen) { seen[$1] = 1; order[++n] = $1 }
+  { for (c = 3; c <= 9; c++) if ($c != "") v[$1, c] = v[$1, c] " " $c }
+  END {
+    for (k = 1; k <= n; k++) {
+      m = order[k]; line = m
+      for (c = 3; c <= 9; c++) {
+        if (v[m, c] == "") { line = line "\t\t"; continue }
+        x = med(v[m, c]); line = line "\t" x "\t" lo "-" hi
+      }
+      print line
+    }
+  }' "$RESULTS" >"$SUMMARY"
+
+echo "| mode | throughput MB/s, median (min-max) | conn/s ($CONC clients), median (min-max) | p50 / p99 µs | errors (max) | new-connection latency p50 / p99 µs |"
 echo "|---|---:|---:|---:|---:|---:|"
-awk -F'\t' '{ if ($2 == "") printf "| %s | | | | | %s / %s |\n", $1, $7, $8;
-              else printf "| %s | %s | %s | %s / %s | %s | %s / %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$RESULTS"
+awk -F'\t' '{ if ($2 == "") printf "| %s | | | | | %s / %s |\n", $1, $12, $14;
+              else { split($11, e, "-"); printf "| %s | %s (%s) | %s (%s) | %s / %s | %s | %s / %s |\n", $1, $2, $3, $4, $5, $6, $8, e[2], $12, $14 } }' "$SUMMARY"
+echo "(rounds: $ROUNDS; all values per round are in $RESULTS)"
+
+# One line per target.
+get() { awk -F'\t' -v m="$1" -v c="$2" '$1 == m { print $c }' "$SUMMARY"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+verdict() { awk -v x="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? (x + 0 >= t) : (x + 0 <= t); print (x == "n/a") ? "n/a" : (ok ? "met" : "NOT met") }'; }
+rounds_ratio() { # per-round ratios of column $3 for modes $1/$2
+  awk -F'\t' -v a="$1" -v b="$2" -v c="$3" '$1 == a { x[$2] = $c } $1 == b { y[$2] = $c }
+    END { s = ""; for (r in x) if (y[r] > 0) s = s (s == "" ? "" : "/") sprintf("%.2f", x[r] / y[r]); print s }' "$RESULTS"
+}
+has() { case " $MODES " in *" $1 "*) return 0 ;; esac; return 1; }
+if has relay && has nft; then
+  r=$(ratio "$(get relay 2)" "$(get nft 2)")
+  echo "TARGET relay throughput >= 0.7x nft: ${r}x (median relay $(get relay 2) / nft $(get nft 2) MB/s; per round $(rounds_ratio relay nft 3)): $(verdict "$r" ">=" 0.7)"
+  r=$(ratio "$(get relay 4)" "$(get nft 4)")
+  echo "TARGET relay connection rate >= 0.8x nft: ${r}x (median relay $(get relay 4) / nft $(get nft 4) conn/s; per round $(rounds_ratio relay nft 4)): $(verdict "$r" ">=" 0.8)"
+fi
+if [ "$BIG" -gt 0 ] && has nft; then
+  r=$(ratio "$(get "nft@$BIG" 12)" "$(get nft 12)")
+  echo "TARGET nft new-connection latency at $BIG within 10% of at 1: ${r}x (p50 $(get "nft@$BIG" 12) vs $(get nft 12) us, medians): $(verdict "$r" "<=" 1.10)"
+fi
 
 # The plot: two bar panels (throughput, connection rate), written by awk so
 # nothing beyond the base system is needed.
-awk -F'\t' -v title="Navigator data planes, $(date -u +%F), $(nproc) cores" '
-  $2 != "" { n++; name[n]=$1; tp[n]=$2; cps[n]=$3; if ($2>mt) mt=$2; if ($3>mc) mc=$3 }
+awk -F'\t' -v title="Navigator data planes, $(date -u +%F), $(nproc) cores, median of $ROUNDS rounds, PIN=$PIN" '
+  $2 != "" { n++; name[n]=$1; tp[n]=$2; cps[n]=$4; if ($2>mt) mt=$2; if ($4>mc) mc=$4 }
   END {
     bw=360; rowh=26; top=50; h=top+n*rowh+40;
     printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", 2*bw+220, h;
@@ -150,5 +215,5 @@ awk -F'\t' -v title="Navigator data planes, $(date -u +%F), $(nproc) cores" '
       }
     }
     print "</svg>";
-  }' "$RESULTS" >"$SVG"
+  }' "$SUMMARY" >"$SVG"
 echo "plot written to $SVG" >&2

@@ -25,6 +25,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("agent", "fix_sysctls", "false"),
     ("agent", "full_sync_interval", "600"),
     ("agent", "nft_table", "navigator"),
+    ("agent", "nft_element_comments", "false"),
     ("agent", "iptables_variant", "auto"),
     ("agent", "external_addresses", "127.0.0.1,::1"),
     ("agent", "port_range", "20000-40000"),
@@ -156,6 +157,11 @@ impl AgentFileConfig {
                 fix_sysctls: raw.parse("agent", "fix_sysctls", options::boolean)?,
                 full_sync_interval: raw.parse("agent", "full_sync_interval", options::seconds)?,
                 nft_table: raw.parse("agent", "nft_table", options::nft_table)?,
+                nft_element_comments: raw.parse(
+                    "agent",
+                    "nft_element_comments",
+                    options::boolean,
+                )?,
                 iptables_variant: raw.parse("agent", "iptables_variant", |v| v.parse())?,
                 max_connections_per_forward: raw.parse(
                     "relay",

@@ -133,6 +133,8 @@ pub struct BackendOptions {
     pub fix_sysctls: bool,
     pub full_sync_interval: Duration,
     pub nft_table: String,
+    /// `comment "fwd <id>"` on every nft map element (operator convenience).
+    pub nft_element_comments: bool,
     pub iptables_variant: navigator_dataplane::iptables::Variant,
     pub max_connections_per_forward: Option<usize>,
     pub udp_idle_timeout: Duration,
@@ -153,7 +155,7 @@ pub fn make_backend(options: &BackendOptions) -> Arc<dyn Backend> {
         "nft" => Arc::new(NftBackend::new(NftConfig {
             kernel,
             table: options.nft_table.clone(),
-            ..NftConfig::default()
+            element_comments: options.nft_element_comments,
         })),
         "iptables" => Arc::new(IptablesBackend::new(IptablesConfig {
             kernel,

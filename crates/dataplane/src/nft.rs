@@ -37,7 +37,10 @@ pub struct NftConfig {
     /// Name of the `inet` table Navigator owns (and deletes at will).
     pub table: String,
     /// Put `comment "fwd <id>"` on every map element, so an operator can map a
-    /// kernel element to an API object.
+    /// kernel element to an API object. Off by default: the agent never reads
+    /// them back (observe answers from the in-memory mirror, and a full sync
+    /// rewrites the table), and they are half the bytes of the batch nft parses
+    /// and ~25 % of its CPU time (0.4 s of a full sync at 100,000 forwards).
     pub element_comments: bool,
 }
 
@@ -46,7 +49,7 @@ impl Default for NftConfig {
         NftConfig {
             kernel: KernelConfig::default(),
             table: DEFAULT_TABLE.to_owned(),
-            element_comments: true,
+            element_comments: false,
         }
     }
 }

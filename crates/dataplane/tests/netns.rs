@@ -97,6 +97,36 @@ fn assert_basic_traffic(topo: &Topo, snat: bool) {
     }
 }
 
+/// Hairpin: a host on the internal network (another bridge port in the
+/// bridge layout, with `br_netfilter` on) uses the external address, over
+/// TCP and UDP, IPv4 and IPv6, and the target sees the proxy's internal
+/// address.
+fn assert_hairpin(topo: &Topo) {
+    let inside = topo.internal_host().to_owned();
+    for (proto, ext, port, internal) in [
+        ("tcp", EXT4, 20000, PROXY_INT4),
+        ("udp", EXT4, 20001, PROXY_INT4),
+        (
+            "tcp",
+            EXT6,
+            20000,
+            "fd92:0000:0000:0000:0000:0000:0000:0001",
+        ),
+        (
+            "udp",
+            EXT6,
+            20001,
+            "fd92:0000:0000:0000:0000:0000:0000:0001",
+        ),
+    ] {
+        let answer = topo.expect_from(&inside, proto, ext, port, None, "A");
+        assert!(
+            answer.contains(internal),
+            "hairpin {proto} via {ext} from {inside}: the target should see {internal}, saw {answer:?}"
+        );
+    }
+}
+
 async fn two_nics_or_bridge(bridge: bool) {
     let mut topo = Topo::new(bridge);
     topo.start_services();
@@ -105,14 +135,7 @@ async fn two_nics_or_bridge(bridge: bool) {
     converge(&backend, &forwards).await;
     assert_basic_traffic(&topo, true);
     // Hairpin: a host on the internal network uses the external address.
-    let inside = topo.internal_host().to_owned();
-    topo.expect_from(&inside, "tcp", EXT4, 20000, None, "A");
-    if !bridge {
-        // KNOWN ISSUE: IPv6 hairpin from another port of the same Linux
-        // bridge (br_netfilter on, the namespace default) gets no answer;
-        // IPv4 hairpin there works. Not yet diagnosed; see docs/dataplane.md.
-        topo.expect_from(&inside, "udp", EXT6, 20001, None, "A");
-    }
+    assert_hairpin(&topo);
     // The proxy itself uses the external address (output hook).
     topo.expect_from(&topo.proxy, "tcp", EXT4, 20000, None, "A");
     let ruleset = topo.nft_ruleset();
@@ -332,6 +355,7 @@ async fn nft_bridge_netfilter_off_is_reported_then_clears() {
     // Navigator's SNAT keeps forwards working with bridge netfilter off.
     converge(&backend, &basic_forwards()).await;
     assert_basic_traffic(&topo, true);
+    assert_hairpin(&topo);
     topo.ns(
         &proxy,
         &["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"],
@@ -351,6 +375,7 @@ async fn nft_bridge_netfilter_off_is_reported_then_clears() {
         "{findings:?}"
     );
     assert_basic_traffic(&topo, true);
+    assert_hairpin(&topo);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,6 +546,38 @@ async fn iptables_legacy_two_nics_foreign_chains_survive() {
         return;
     }
     iptables_variant(Variant::Legacy).await;
+}
+
+/// The br100 layout through iptables: client traffic and hairpin from
+/// another bridge port, IPv4 and IPv6, with `br_netfilter` on.
+async fn iptables_bridge(variant: Variant) {
+    let mut topo = Topo::new(true);
+    topo.start_services();
+    let backend = IptablesBackend::new(IptablesConfig {
+        kernel: kernel(&topo),
+        variant,
+    });
+    converge(&backend, &basic_forwards()).await;
+    assert_basic_traffic(&topo, true);
+    assert_hairpin(&topo);
+    converge(&backend, &[]).await;
+    assert!(topo.request("tcp", EXT4, 20000).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_nft_behind_linux_bridge_hairpin() {
+    if !privileged("iptables_nft_behind_linux_bridge_hairpin") {
+        return;
+    }
+    iptables_bridge(Variant::Nft).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_legacy_behind_linux_bridge_hairpin() {
+    if !privileged("iptables_legacy_behind_linux_bridge_hairpin") {
+        return;
+    }
+    iptables_bridge(Variant::Legacy).await;
 }
 
 // ------------------------------------------------------------------ socat

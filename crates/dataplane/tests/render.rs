@@ -44,11 +44,17 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
     vec![
         (
             "nft_empty.nft",
-            render_replace("navigator", &[], true),
+            render_replace("navigator", &[], false),
             "nft",
         ),
         (
             "nft_full_sync.nft",
+            render_replace("navigator", &all, false),
+            "nft",
+        ),
+        (
+            // `[agent] nft_element_comments = true`.
+            "nft_full_sync_comments.nft",
             render_replace("navigator", &all, true),
             "nft",
         ),
@@ -62,7 +68,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
                     added: vec![added.listen.ip()],
                     removed: vec![all[2].listen.ip()],
                 },
-                true,
+                false,
             ),
             "nft-update",
         ),

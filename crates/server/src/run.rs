@@ -351,6 +351,7 @@ fn backend_options(config: &Config) -> BackendOptions {
         fix_sysctls: config.fix_sysctls,
         full_sync_interval: config.full_sync_interval,
         nft_table: config.nft_table.clone(),
+        nft_element_comments: config.nft_element_comments,
         iptables_variant: config.iptables_variant,
         max_connections_per_forward: config.max_connections_per_forward,
         udp_idle_timeout: config.udp_idle_timeout,

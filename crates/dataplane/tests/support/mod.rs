@@ -234,7 +234,12 @@ impl Topo {
             } else {
                 addr.to_owned()
             };
-            let reply = format!("SYSTEM:echo {tag} $SOCAT_PEERADDR");
+            // Read the request before answering: a service that answers and
+            // exits first makes socat's write of the request fail (EPIPE),
+            // and socat then exits before relaying the answer. On a loaded
+            // host that race lost a third of the requests, which looked
+            // like data-plane failures (it was the "IPv6 hairpin" issue).
+            let reply = format!("SYSTEM:read -r line; echo {tag} $SOCAT_PEERADDR");
             self.spawn(
                 &backend,
                 &[
