@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 pub struct Control {
     store: Store,
@@ -47,6 +48,8 @@ pub struct Control {
     /// snapshot must not reach the agent after a newer create, update or
     /// delete, or it would undo that change until the next sync.
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counters served at `/metrics`.
+    metrics: Metrics,
 }
 
 /// Whether a proxy's last heartbeat is recent enough.
@@ -79,6 +82,7 @@ impl Control {
             next_generation: AtomicU64::new(now_ms),
             placements: AtomicU64::new(0),
             host_locks: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
     }
 
@@ -93,6 +97,10 @@ impl Control {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Places, stores and applies a new forward for `project_id`.
@@ -179,11 +187,13 @@ impl Control {
         if !self.store.delete_forward(forward.id).await? {
             return Ok(false);
         }
-        if let Err(e) = self
+        let deleted = self
             .agents
             .delete_forward(&forward.proxy, forward.id.to_string())
-            .await
-        {
+            .await;
+        self.metrics
+            .record_rpc(methods::DELETE_FORWARD, deleted.is_ok());
+        if let Err(e) = deleted {
             // The row is gone, so the next full sync removes the listener.
             tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told of the delete; the next sync will remove it");
         }
@@ -196,7 +206,10 @@ impl Control {
         let lock = self.host_lock(&forward.proxy);
         let _agent = lock.lock().await;
         let entry = ForwardEntry::from(&forward.spec());
-        let (status, reason) = match self.agents.create_forward(&forward.proxy, entry).await {
+        let created = self.agents.create_forward(&forward.proxy, entry).await;
+        self.metrics
+            .record_rpc(methods::CREATE_FORWARD, created.is_ok());
+        let (status, reason) = match created {
             Ok(result) => result_status(&result),
             Err(e) => {
                 tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent did not confirm the forward");
@@ -310,6 +323,8 @@ impl Control {
                 other => break other,
             }
         };
+        self.metrics
+            .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
             Ok(result) => {
                 self.record_results(host, &result.results).await;

@@ -291,6 +291,107 @@ async fn meta_documents_and_unknown_routes() {
     assert_eq!(status, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
+    let h = harness(42500).await;
+    let (status, body) = h.create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42501})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (status, _, _) = h
+            .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, _) = h.send("GET", "/v1/forwards/not-a-uuid", "p1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.send("GET", "/no/such/path", "p1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "no token or project needed"
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"navigator_http_requests_total{route="/v1/forwards",method="POST",status="201"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_requests_total{route="/v1/forwards/{id}",method="GET",status="200"}"#
+        ),
+        2.0,
+        "counted by route template, not by concrete path"
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_requests_total{route="/v1/forwards/{id}",method="GET",status="404"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"navigator_http_requests_total{route="unmatched",method="GET",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_request_duration_seconds_count{route="/v1/forwards/{id}",method="GET"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_request_duration_seconds_bucket{route="/v1/forwards/{id}",method="GET",le="+Inf"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(r#"navigator_forwards{protocol="udp",status="ACTIVE"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"navigator_forwards{protocol="tcp",status="ACTIVE"}"#),
+        0.0
+    );
+    assert_eq!(value(r#"navigator_proxies{state="up"}"#), 1.0);
+    assert_eq!(value(r#"navigator_proxies{state="down"}"#), 0.0);
+    assert_eq!(value("navigator_database_up"), 1.0);
+    assert_eq!(
+        value(r#"navigator_agent_rpc_calls_total{method="create_forward"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"navigator_agent_rpc_failures_total{method="create_forward"}"#),
+        0.0
+    );
+    assert!(
+        value(r#"navigator_agent_rpc_calls_total{method="sync_forwards"}"#) >= 1.0,
+        "the start-up sync is counted"
+    );
+    assert!(text.contains("# TYPE navigator_http_request_duration_seconds histogram\n"));
+}
+
 #[test]
 fn committed_openapi_document_is_fresh() {
     let generated = serde_json::to_string_pretty(&navigator_server::app::openapi()).unwrap() + "\n";

@@ -428,6 +428,35 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Number of forwards per protocol and status (for metrics); combinations
+    /// with no forward are absent.
+    pub async fn forward_status_counts(
+        &self,
+    ) -> Result<Vec<(Protocol, ForwardStatus, u64)>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "SELECT protocol, status, COUNT(*) AS n FROM forwards GROUP BY protocol, status",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let protocol: String = row.try_get("protocol")?;
+                let status: String = row.try_get("status")?;
+                let n: i64 = row.try_get("n")?;
+                let protocol = protocol.parse().map_err(|e| StoreError::Corrupt {
+                    table: "forwards",
+                    reason: format!("{e}"),
+                })?;
+                let status = status.parse().map_err(|e| StoreError::Corrupt {
+                    table: "forwards",
+                    reason: format!("{e}"),
+                })?;
+                Ok((protocol, status, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Number of forwards per proxy host.
     pub async fn forward_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let rows = self
