@@ -26,6 +26,8 @@ fn spec(protocol: Protocol, listen: &str, target: &str) -> ForwardSpec {
         protocol,
         listen: listen.parse().unwrap(),
         target: target.parse().unwrap(),
+        ports: 1,
+        one_target_port: false,
     }
 }
 

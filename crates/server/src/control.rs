@@ -117,22 +117,50 @@ impl Control {
             }
             None => pick_address(&proxy.external_addresses, new.internal_ip_address),
         };
-        self.check_target(&proxy, new.internal_ip_address, new.internal_port)?;
+        let internal = new.internal_ports;
+        // Without external ports, as many are allocated as the internal range has.
+        let external_len = new.external_ports.map_or(internal.len(), |r| r.len());
+        let max = self.config.max_port_range_size;
+        if external_len.max(internal.len()) > max {
+            let field = if new.external_ports.is_some() && external_len > max {
+                "external_port_range"
+            } else {
+                "internal_port_range"
+            };
+            return Err(ApiError::BadRequest(format!(
+                "invalid {field}: the range has {} ports; at most {max} are allowed ([api] max_port_range_size)",
+                external_len.max(internal.len())
+            )));
+        }
+        self.check_target(&proxy, new.internal_ip_address, internal)?;
         let row = NewForwardRow {
             project_id: project_id.to_owned(),
             description: new.description,
             protocol: new.protocol,
             external_address,
-            external_port: new.external_port.unwrap_or(0),
+            external_port: new.external_ports.map_or(0, |r| r.first()),
+            ports: u16::try_from(external_len).unwrap_or(u16::MAX),
             internal_ip_address: new.internal_ip_address,
-            internal_port: new.internal_port,
+            internal_port: internal.first(),
+            internal_port_end: internal.last(),
             instance_id: new.instance_id,
             proxy: proxy.host.clone(),
         };
-        let forward = match new.external_port {
-            Some(port) if !proxy.port_range.contains(port) => {
+        let forward = match new.external_ports {
+            Some(range)
+                if !proxy.port_range.contains(range.first())
+                    || !proxy.port_range.contains(range.last()) =>
+            {
+                let (field, ports) = if range.len() == 1 {
+                    ("external_port", range.first().to_string())
+                } else {
+                    (
+                        "external_port_range",
+                        format!("{}:{}", range.first(), range.last()),
+                    )
+                };
                 return Err(ApiError::BadRequest(format!(
-                    "invalid external_port: {port} is outside the port range {} of proxy {}",
+                    "invalid {field}: {ports} is outside the port range {} of proxy {}",
                     proxy.port_range, proxy.host
                 )));
             }
@@ -156,6 +184,18 @@ impl Control {
             .internal_ip_address
             .unwrap_or(forward.internal_ip_address);
         let port = changes.internal_port.unwrap_or(forward.internal_port);
+        // A range keeps its size: internal_port moves its first port (and an
+        // N:1 forward's single port).
+        let span = forward.internal_port_end - forward.internal_port;
+        let Some(port_end) = port.checked_add(span) else {
+            return Err(ApiError::BadRequest(format!(
+                "invalid internal_port: this forward's internal range has {} ports, so it must start at {} or lower",
+                u32::from(span) + 1,
+                65535 - span
+            )));
+        };
+        let internal = navigator_core::PortRange::new(port, port_end)
+            .map_err(|e| ApiError::BadRequest(format!("invalid internal_port: {e}")))?;
         let retarget = ip != forward.internal_ip_address || port != forward.internal_port;
         if retarget {
             let proxy = self.store.get_proxy(&forward.proxy).await?.ok_or_else(|| {
@@ -164,11 +204,12 @@ impl Control {
                     forward.proxy
                 ))
             })?;
-            self.check_target(&proxy, ip, port)?;
+            self.check_target(&proxy, ip, internal)?;
         }
         let change = TargetChange {
             internal_ip_address: retarget.then_some(ip),
             internal_port: retarget.then_some(port),
+            internal_port_end: retarget.then_some(port_end),
             description: changes.description,
         };
         let Some(updated) = self.store.update_forward(forward.id, &change).await? else {
@@ -281,7 +322,13 @@ impl Control {
             .ok_or_else(|| ApiError::Internal("scheduler chose an unknown proxy".into()))
     }
 
-    fn check_target(&self, proxy: &ProxyRecord, ip: IpAddr, port: u16) -> Result<(), ApiError> {
+    /// Checks the target against the policy, for every port of `ports`.
+    fn check_target(
+        &self,
+        proxy: &ProxyRecord,
+        ip: IpAddr,
+        ports: navigator_core::PortRange,
+    ) -> Result<(), ApiError> {
         let policy = TargetPolicy {
             allowed_networks: self.config.allowed_target_networks.clone(),
             allow_loopback: self.allow_loopback,
@@ -291,8 +338,9 @@ impl Control {
                 .map(|a| (*a, proxy.port_range))
                 .collect(),
         };
-        policy
-            .check(ip, port)
+        ports
+            .iter()
+            .try_for_each(|port| policy.check(ip, port))
             .map_err(|e| ApiError::BadRequest(format!("invalid internal_ip_address: {e}")))
     }
 

@@ -14,7 +14,12 @@ use crate::{Store, StoreError, now};
 const ALLOCATION_ATTEMPTS: usize = 16;
 
 const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
-     internal_ip_address, internal_port, instance_id, proxy, status, status_reason, created_at, updated_at";
+     external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
+     status, status_reason, created_at, updated_at";
+
+/// Rows of `forward_ports` inserted per statement: 4 values each, well under
+/// every backend's limit on bound values.
+const PORT_ROWS_PER_INSERT: usize = 250;
 
 /// A forward to insert. `external_port` is ignored by
 /// [`Store::create_forward_allocating`].
@@ -24,9 +29,15 @@ pub struct NewForwardRow {
     pub description: String,
     pub protocol: Protocol,
     pub external_address: IpAddr,
+    /// The first external port.
     pub external_port: u16,
+    /// External ports from the first: 1 for a single-port forward. The
+    /// caller checked the range rules (`navigator_core::check_port_mapping`).
+    pub ports: u16,
     pub internal_ip_address: IpAddr,
     pub internal_port: u16,
+    /// The last internal port: `internal_port` for one port or an N:1 range.
+    pub internal_port_end: u16,
     pub instance_id: Option<String>,
     pub proxy: String,
 }
@@ -86,6 +97,9 @@ pub struct ForwardOrder {
 pub struct TargetChange {
     pub internal_ip_address: Option<IpAddr>,
     pub internal_port: Option<u16>,
+    /// With `internal_port`, the last internal port: a range keeps its size
+    /// (and an N:1 forward its single port), so the caller computes it.
+    pub internal_port_end: Option<u16>,
     pub description: Option<String>,
 }
 
@@ -93,6 +107,15 @@ impl Store {
     /// Inserts a forward on the port it names.
     pub async fn create_forward(&self, new: &NewForwardRow) -> Result<PortForward, StoreError> {
         let forward = new_forward(new, new.external_port);
+        if u32::from(new.external_port) + u32::from(new.ports.max(1)) - 1 > 65535 {
+            return Err(StoreError::Corrupt {
+                table: "forwards",
+                reason: format!(
+                    "range of {} ports from {} runs past port 65535",
+                    new.ports, new.external_port
+                ),
+            });
+        }
         match self.insert(&forward).await {
             Ok(()) => Ok(forward),
             Err(e) if is_unique_violation(&e) => Err(self.port_taken(&forward).await),
@@ -100,9 +123,10 @@ impl Store {
         }
     }
 
-    /// Inserts a forward on the lowest free port of `pool` for its address and
-    /// protocol. Several servers may allocate at once: the unique constraint
-    /// turns a lost race into a retry, never into a shared port.
+    /// Inserts a forward on the lowest free port (for a range: the lowest
+    /// free block of `new.ports` consecutive ports) of `pool` for its address
+    /// and protocol. Several servers may allocate at once: the unique
+    /// constraint turns a lost race into a retry, never into a shared port.
     pub async fn create_forward_allocating(
         &self,
         new: &NewForwardRow,
@@ -117,19 +141,10 @@ impl Store {
             } else {
                 random_port_in(pool)
             };
-            let found = match self
-                .lowest_free_port(new.external_address, new.protocol, start, pool.last())
-                .await?
-            {
+            let found = match self.lowest_free(new, start, pool.last()).await? {
                 Some(port) => Some(port),
                 None if start > pool.first() => {
-                    self.lowest_free_port(
-                        new.external_address,
-                        new.protocol,
-                        pool.first(),
-                        pool.last(),
-                    )
-                    .await?
+                    self.lowest_free(new, pool.first(), pool.last()).await?
                 }
                 None => None,
             };
@@ -154,6 +169,63 @@ impl Store {
         })
     }
 
+    /// The first port of the lowest free block of `new.ports` ports within
+    /// `first..=last`.
+    async fn lowest_free(
+        &self,
+        new: &NewForwardRow,
+        first: u16,
+        last: u16,
+    ) -> Result<Option<u16>, StoreError> {
+        if new.ports <= 1 {
+            return self
+                .lowest_free_port(new.external_address, new.protocol, first, last)
+                .await;
+        }
+        self.lowest_free_block(new.external_address, new.protocol, new.ports, first, last)
+            .await
+    }
+
+    /// The lowest start of `size` consecutive free ports in `first..=last`.
+    /// Reads the held ports of the pool and looks for the gap in Rust: ranges
+    /// are created rarely, and this stays portable across the three backends.
+    async fn lowest_free_block(
+        &self,
+        address: IpAddr,
+        protocol: Protocol,
+        size: u16,
+        first: u16,
+        last: u16,
+    ) -> Result<Option<u16>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "SELECT port FROM forward_ports WHERE external_address = $1 AND protocol = $2 \
+                 AND port >= $3 AND port <= $4 ORDER BY port",
+                &[
+                    address.to_string().into(),
+                    protocol.as_str().into(),
+                    first.into(),
+                    last.into(),
+                ],
+            )
+            .await?;
+        let mut start = u32::from(first);
+        let size = u32::from(size);
+        for row in &rows {
+            let held: i64 = row.try_get(0)?;
+            let held = u32::try_from(held).unwrap_or(0);
+            if held >= start + size {
+                break;
+            }
+            start = start.max(held + 1);
+        }
+        if start + size - 1 <= u32::from(last) {
+            Ok(u16::try_from(start).ok())
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The lowest port in `first..=last` that no forward holds, found with one
     /// query: either `first` itself, or the port right after a held one.
     async fn lowest_free_port(
@@ -167,13 +239,13 @@ impl Store {
         // as one CASE without FROM, which every backend accepts (MySQL 5.7
         // refuses `SELECT … WHERE` without a table).
         let sql = "SELECT CASE WHEN NOT EXISTS ( \
-                 SELECT 1 FROM forwards WHERE external_address = $3 AND protocol = $4 AND external_port = $1) \
+                 SELECT 1 FROM forward_ports WHERE external_address = $3 AND protocol = $4 AND port = $1) \
                THEN $1 \
-               ELSE (SELECT MIN(f.external_port + 1) FROM forwards f \
+               ELSE (SELECT MIN(f.port + 1) FROM forward_ports f \
                  WHERE f.external_address = $3 AND f.protocol = $4 \
-                   AND f.external_port >= $1 AND f.external_port < $2 \
-                   AND NOT EXISTS (SELECT 1 FROM forwards g WHERE g.external_address = $3 \
-                     AND g.protocol = $4 AND g.external_port = f.external_port + 1)) \
+                   AND f.port >= $1 AND f.port < $2 \
+                   AND NOT EXISTS (SELECT 1 FROM forward_ports g WHERE g.external_address = $3 \
+                     AND g.protocol = $4 AND g.port = f.port + 1)) \
              END AS candidate";
         let row = self
             .fetch_optional(
@@ -193,21 +265,27 @@ impl Store {
         Ok(port.and_then(|p| u16::try_from(p).ok()))
     }
 
+    /// Inserts the forward and one `forward_ports` row per external port in
+    /// one transaction: either the forward holds all its ports, or it does
+    /// not exist.
     async fn insert(&self, f: &PortForward) -> Result<(), sqlx::Error> {
         let sql = "INSERT INTO forwards (id, project_id, description, protocol, external_address, external_port, \
-             internal_ip_address, internal_port, instance_id, proxy, status, status_reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-        self.execute(
-            sql,
-            &[
+             external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
+             status, status_reason, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+        let mut statements = vec![(
+            sql.to_owned(),
+            vec![
                 f.id.to_string().into(),
                 (&f.project_id).into(),
                 (&f.description).into(),
                 f.protocol.as_str().into(),
                 f.external_address.to_string().into(),
                 f.external_port.into(),
+                f.external_port_end.into(),
                 f.internal_ip_address.to_string().into(),
                 f.internal_port.into(),
+                f.internal_port_end.into(),
                 f.instance_id.clone().into(),
                 (&f.proxy).into(),
                 f.status.as_str().into(),
@@ -215,34 +293,61 @@ impl Store {
                 (&f.created_at).into(),
                 (&f.updated_at).into(),
             ],
-        )
-        .await?;
+        )];
+        let ports: Vec<u16> = (f.external_port..=f.external_port_end).collect();
+        for chunk in ports.chunks(PORT_ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO forward_ports (external_address, protocol, port, forward_id) VALUES ",
+            );
+            let mut values = Vec::with_capacity(chunk.len() * 4);
+            for (i, port) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let n = i * 4;
+                sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+                values.push(f.external_address.to_string().into());
+                values.push(f.protocol.as_str().into());
+                values.push((*port).into());
+                values.push(f.id.to_string().into());
+            }
+            statements.push((sql, values));
+        }
+        self.execute_in_transaction(&statements).await?;
         Ok(())
     }
 
     /// The error for a port already held, naming the holder.
     async fn port_taken(&self, f: &PortForward) -> StoreError {
+        // The lowest port of the range another forward holds.
         let holder = self
             .fetch_optional(
-                "SELECT id FROM forwards WHERE external_address = $1 AND protocol = $2 AND external_port = $3",
+                "SELECT forward_id, port FROM forward_ports WHERE external_address = $1 AND protocol = $2 \
+                 AND port >= $3 AND port <= $4 ORDER BY port LIMIT 1",
                 &[
                     f.external_address.to_string().into(),
                     f.protocol.as_str().into(),
                     f.external_port.into(),
+                    f.external_port_end.into(),
                 ],
             )
             .await
             .and_then(|row| {
-                row.map(|row| row.try_get::<String, _>(0))
-                    .transpose()
-                    .map_err(StoreError::Database)
+                row.map(|row| {
+                    Ok((
+                        row.try_get::<String, _>(0)?,
+                        row.try_get::<i64, _>(1)?,
+                    ))
+                })
+                .transpose()
+                .map_err(StoreError::Database)
             });
         match holder {
-            Ok(Some(id)) => match id.parse() {
+            Ok(Some((id, port))) => match id.parse() {
                 Ok(holder) => StoreError::PortTaken {
                     address: f.external_address.to_string(),
                     protocol: f.protocol.to_string(),
-                    port: f.external_port,
+                    port: u16::try_from(port).unwrap_or(f.external_port),
                     holder,
                 },
                 Err(e) => StoreError::Corrupt {
@@ -369,6 +474,7 @@ impl Store {
         let sql = "UPDATE forwards SET \
                internal_ip_address = COALESCE($2, internal_ip_address), \
                internal_port = COALESCE($3, internal_port), \
+               internal_port_end = COALESCE($7, internal_port_end), \
                description = COALESCE($4, description), \
                status = CASE WHEN $5 THEN 'PENDING' ELSE status END, \
                status_reason = CASE WHEN $5 THEN NULL ELSE status_reason END, \
@@ -384,6 +490,7 @@ impl Store {
                     change.description.clone().into(),
                     retargets.into(),
                     now().into(),
+                    change.internal_port_end.into(),
                 ],
             )
             .await?;
@@ -419,13 +526,22 @@ impl Store {
 
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
-        let done = self
-            .execute(
-                "DELETE FROM forwards WHERE id = $1",
-                &[id.to_string().into()],
-            )
+        // The ports go in the same transaction as the forward, so a port is
+        // never free while its forward still exists, nor held after.
+        let id = id.to_string();
+        let affected = self
+            .execute_in_transaction(&[
+                (
+                    "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
+                    vec![id.clone().into()],
+                ),
+                (
+                    "DELETE FROM forwards WHERE id = $1".to_owned(),
+                    vec![id.into()],
+                ),
+            ])
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(affected.last().copied().unwrap_or(0) > 0)
     }
 
     /// Number of forwards per protocol and status (for metrics); combinations
@@ -500,8 +616,10 @@ fn new_forward(new: &NewForwardRow, external_port: u16) -> PortForward {
         protocol: new.protocol,
         external_address: new.external_address,
         external_port,
+        external_port_end: external_port.saturating_add(new.ports.max(1) - 1),
         internal_ip_address: new.internal_ip_address,
         internal_port: new.internal_port,
+        internal_port_end: new.internal_port_end.max(new.internal_port),
         instance_id: new.instance_id.clone(),
         proxy: new.proxy.clone(),
         status: ForwardStatus::Pending,
@@ -547,8 +665,10 @@ fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
             .map_err(|e| corrupt(format!("{e}")))?,
         external_address: ip("external_address")?,
         external_port: port("external_port")?,
+        external_port_end: port("external_port_end")?,
         internal_ip_address: ip("internal_ip_address")?,
         internal_port: port("internal_port")?,
+        internal_port_end: port("internal_port_end")?,
         instance_id: row.try_get("instance_id")?,
         proxy: text("proxy")?,
         status: text("status")?
