@@ -608,3 +608,50 @@ async fn socat_forwards_restarts_stops_and_leaves_no_orphans() {
     );
     restarted.shutdown().await;
 }
+
+/// A port range (N:1, since the backends serve one port) over IPv4 TCP and
+/// IPv6 UDP: one map element per port, traffic on every port of the range and
+/// none past it, and a delete removes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nft_port_ranges_carry_every_port_and_delete_removes_them() {
+    if !privileged("nft_port_ranges_carry_every_port_and_delete_removes_them") {
+        return;
+    }
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let backend = nft(&topo);
+    let tcp = ForwardSpec {
+        ports: 4,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21000", "10.92.0.2:8080")
+    };
+    let udp = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Udp, "[fd91::1]:21100", "[fd92::2]:8080")
+    };
+    converge(&backend, &[tcp, udp]).await;
+    for port in 21000..21004 {
+        topo.expect("tcp", EXT4, port, "A");
+    }
+    for port in 21100..21103 {
+        topo.expect("udp", EXT6, port, "A");
+    }
+    assert!(
+        topo.request("tcp", EXT4, 21004).is_empty(),
+        "the port after the range is not forwarded"
+    );
+    let ruleset = topo.nft_ruleset();
+    assert_eq!(
+        ruleset.matches(&format!("fwd {}", tcp.id)).count(),
+        4,
+        "one element per port: {ruleset}"
+    );
+    converge(&backend, &[]).await;
+    for port in 21000..21004 {
+        assert!(topo.request("tcp", EXT4, port).is_empty(), "port {port}");
+    }
+    for port in 21100..21103 {
+        assert!(topo.request("udp", EXT6, port).is_empty(), "port {port}");
+    }
+}
