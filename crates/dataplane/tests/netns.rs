@@ -655,3 +655,70 @@ async fn nft_port_ranges_carry_every_port_and_delete_removes_them() {
         assert!(topo.request("udp", EXT6, port).is_empty(), "port {port}");
     }
 }
+
+/// socat carries a port range as one process per port; a range with one
+/// taken port is an ERROR naming it, and none of its processes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socat_port_range_is_one_process_per_port_all_or_nothing() {
+    if !privileged("socat_port_range_is_one_process_per_port_all_or_nothing") {
+        return;
+    }
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let tag = format!("navigator-test-range:{}", topo.proxy);
+    let backend = SocatBackend::new(SocatConfig {
+        host: Host::netns(&topo.proxy),
+        owner_tag: tag.clone(),
+        ..SocatConfig::default()
+    });
+    let range = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21000", "10.92.0.2:8080")
+    };
+    converge(&backend, &[range]).await;
+    for port in 21000..21003 {
+        topo.expect("tcp", EXT4, port, "A");
+    }
+    assert_eq!(navigator_dataplane::socat::tagged_pids(&tag).len(), 3);
+    converge(&backend, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(navigator_dataplane::socat::tagged_pids(&tag).is_empty());
+
+    // Port 21102 is taken on the proxy: the range fails naming it.
+    let mut blocker = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.proxy,
+            "socat",
+            "TCP4-LISTEN:21102,bind=10.91.0.1,fork,reuseaddr",
+            "TCP4:10.92.0.3:8080",
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocked = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21100", "10.92.0.2:8080")
+    };
+    let report = backend.apply(&plan(&[blocked], &[])).await;
+    let _ = blocker.kill();
+    let _ = blocker.wait();
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert!(
+        report.failed[0]
+            .reason
+            .contains("port 21102/tcp already in use"),
+        "{:?}",
+        report.failed
+    );
+    assert!(backend.observe().await.is_empty());
+    let left = navigator_dataplane::socat::tagged_pids(&tag);
+    assert!(
+        left.is_empty(),
+        "the range's other socats stopped: {left:?}"
+    );
+    backend.shutdown().await;
+}
