@@ -342,6 +342,7 @@ pub struct ForwardListQuery {
     /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
     pub status: Option<String>,
     pub external_address: Option<String>,
+    /// Forwards holding this external port, alone or inside their range.
     pub external_port: Option<u16>,
     pub internal_ip_address: Option<String>,
     pub proxy: Option<String>,

@@ -401,8 +401,12 @@ impl Store {
         );
         text("proxy", filter.proxy.clone());
         if let Some(port) = filter.external_port {
+            // A port inside a range finds the range forward.
             values.push(Value::Int(i64::from(port)));
-            conditions.push(format!("external_port = ${}", values.len()));
+            conditions.push(format!(
+                "external_port <= ${0} AND external_port_end >= ${0}",
+                values.len()
+            ));
         }
         let column = order.column.column();
         let (cmp, dir) = if order.descending {
@@ -602,7 +606,9 @@ fn matches_filter(f: &PortForward, filter: &ForwardFilter) -> bool {
         && ok(&filter.protocol, &f.protocol)
         && ok(&filter.status, &f.status)
         && ok(&filter.external_address, &f.external_address)
-        && ok(&filter.external_port, &f.external_port)
+        && filter
+            .external_port
+            .is_none_or(|p| (f.external_port..=f.external_port_end).contains(&p))
         && ok(&filter.internal_ip_address, &f.internal_ip_address)
         && ok(&filter.proxy, &f.proxy)
 }

@@ -426,6 +426,22 @@ async fn overlapping_ranges_are_refused_naming_the_holder(db: &'static TestDb) {
         .unwrap();
     assert_eq!(all.len(), 4, "refused creates left nothing behind");
 
+    let found = store
+        .list_forwards(
+            &ForwardFilter {
+                external_port: Some(21004),
+                protocol: Some(Protocol::Tcp),
+                ..Default::default()
+            },
+            &page(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![range.id],
+        "filtering by a port inside a range finds the range"
+    );
     assert!(store.delete_forward(range.id).await.unwrap());
     store
         .create_forward(&new_forward("b", Protocol::Tcp, 21005))
