@@ -722,3 +722,40 @@ async fn socat_port_range_is_one_process_per_port_all_or_nothing() {
     );
     backend.shutdown().await;
 }
+
+/// The iptables backend carries an N:1 range as one rule matching the port
+/// range, for IPv4 and IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_port_range_carries_every_port() {
+    if !privileged("iptables_port_range_carries_every_port") {
+        return;
+    }
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let backend = IptablesBackend::new(IptablesConfig {
+        kernel: kernel(&topo),
+        variant: Variant::Nft,
+    });
+    let tcp = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21000", "10.92.0.2:8080")
+    };
+    let udp = ForwardSpec {
+        ports: 2,
+        one_target_port: true,
+        ..spec(Protocol::Udp, "[fd91::1]:21100", "[fd92::2]:8080")
+    };
+    converge(&backend, &[tcp, udp]).await;
+    for port in 21000..21003 {
+        topo.expect("tcp", EXT4, port, "A");
+    }
+    for port in 21100..21102 {
+        topo.expect("udp", EXT6, port, "A");
+    }
+    assert!(topo.request("tcp", EXT4, 21003).is_empty());
+    converge(&backend, &[]).await;
+    for port in 21000..21003 {
+        assert!(topo.request("tcp", EXT4, port).is_empty(), "port {port}");
+    }
+}
