@@ -290,7 +290,8 @@ impl Control {
                     ))
                 });
         }
-        let counts: HashMap<String, u64> = self.store.forward_counts().await?.into_iter().collect();
+        // Ports, not forwards: a range uses as much of a pool as its size.
+        let counts: HashMap<String, u64> = self.store.port_counts().await?.into_iter().collect();
         let live: Vec<ProxyRecord> = proxies
             .into_iter()
             .filter(|p| is_up(p, self.config.agent_down_time))

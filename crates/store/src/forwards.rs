@@ -548,6 +548,24 @@ impl Store {
         Ok(affected.last().copied().unwrap_or(0) > 0)
     }
 
+    /// Number of external ports held per proxy host: what placement weighs
+    /// against a proxy's pool, where a range counts once per port.
+    pub async fn port_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "SELECT f.proxy, COUNT(*) AS n FROM forward_ports p \
+                 JOIN forwards f ON f.id = p.forward_id GROUP BY f.proxy",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n")?;
+                Ok((row.try_get("proxy")?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Number of forwards per protocol and status (for metrics); combinations
     /// with no forward are absent.
     pub async fn forward_status_counts(

@@ -425,6 +425,11 @@ async fn overlapping_ranges_are_refused_naming_the_holder(db: &'static TestDb) {
         .await
         .unwrap();
     assert_eq!(all.len(), 4, "refused creates left nothing behind");
+    assert_eq!(
+        store.port_counts().await.unwrap(),
+        vec![("p1".to_owned(), 31)],
+        "placement weighs ports: 10 + 1 + 10 + 10"
+    );
 
     let found = store
         .list_forwards(
