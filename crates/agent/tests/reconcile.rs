@@ -63,6 +63,8 @@ fn spec(port: u16, target_port: u16) -> ForwardSpec {
         protocol: Protocol::Tcp,
         listen: format!("127.0.0.1:{port}").parse().unwrap(),
         target: format!("10.0.0.5:{target_port}").parse().unwrap(),
+        ports: 1,
+        one_target_port: false,
     }
 }
 

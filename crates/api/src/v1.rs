@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use navigator_core::{ForwardStatus, PortForward, Protocol};
+use navigator_core::{ForwardStatus, PortForward, PortRange, Protocol, check_port_mapping};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -46,10 +46,20 @@ pub struct Forward {
     pub protocol: String,
     /// Address on the proxy that clients connect to.
     pub external_address: String,
+    /// The external port; for a range forward, its first port.
     pub external_port: u16,
+    /// `N:M` for a range forward (ports N to M inclusive), `null` for a
+    /// single-port forward.
+    #[serde(default)]
+    pub external_port_range: Option<String>,
     /// Address of the instance the traffic is forwarded to.
     pub internal_ip_address: String,
+    /// The internal port; for a range forward, its first port.
     pub internal_port: u16,
+    /// `N:M` for a range forward (`N:N` when every external port goes to
+    /// port N), `null` for a single-port forward.
+    #[serde(default)]
+    pub internal_port_range: Option<String>,
     /// Nova instance the target belongs to, if given.
     pub instance_id: Option<String>,
     /// Host name of the proxy node carrying the forward.
@@ -73,8 +83,14 @@ impl From<&PortForward> for Forward {
             protocol: f.protocol.to_string(),
             external_address: f.external_address.to_string(),
             external_port: f.external_port,
+            external_port_range: f
+                .is_range()
+                .then(|| format!("{}:{}", f.external_port, f.external_port_end)),
             internal_ip_address: f.internal_ip_address.to_string(),
             internal_port: f.internal_port,
+            internal_port_range: f
+                .is_range()
+                .then(|| format!("{}:{}", f.internal_port, f.internal_port_end)),
             instance_id: f.instance_id.clone(),
             proxy: f.proxy.clone(),
             status: f.status.to_string(),
@@ -115,11 +131,23 @@ pub struct ForwardCreate {
     pub protocol: String,
     /// Target address (IPv4 or IPv6).
     pub internal_ip_address: String,
-    /// Target port, 1-65535.
-    pub internal_port: i64,
-    /// Port on the proxy; omitted means one is allocated from the proxy's pool.
+    /// Target port, 1-65535. Give this or `internal_port_range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_port: Option<i64>,
+    /// Target ports `N:M` (or `N`), as Neutron's port-forwarding ranges:
+    /// the same number of ports as `external_port_range`, or one port that
+    /// every external port goes to. Exclusive with `internal_port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_port_range: Option<String>,
+    /// Port on the proxy; omitted (with `external_port_range`) means one is
+    /// allocated from the proxy's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_port: Option<i64>,
+    /// Ports on the proxy `N:M` (or `N`). Exclusive with `external_port`;
+    /// omitted with an `internal_port_range` means a free block of as many
+    /// ports is allocated from the proxy's pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_port_range: Option<String>,
     /// Address on the proxy; omitted means the proxy's first address of the
     /// target's family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,8 +172,10 @@ pub struct ForwardCreateBody {
 pub struct NewForward {
     pub protocol: Protocol,
     pub internal_ip_address: IpAddr,
-    pub internal_port: u16,
-    pub external_port: Option<u16>,
+    /// One port or a range; a single port may serve a whole external range.
+    pub internal_ports: PortRange,
+    /// `None`: allocate as many ports as `internal_ports` holds.
+    pub external_ports: Option<PortRange>,
     pub external_address: Option<IpAddr>,
     pub instance_id: Option<String>,
     pub description: String,
@@ -154,14 +184,45 @@ pub struct NewForward {
 
 impl ForwardCreate {
     pub fn validate(&self) -> Result<NewForward, FieldError> {
+        let protocol = parse_protocol(&self.protocol)?;
+        let internal_ip_address = parse_ip("internal_ip_address", &self.internal_ip_address)?;
+        let internal_ports = match (self.internal_port, self.internal_port_range.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "internal_port_range",
+                    "give either internal_port or internal_port_range, not both",
+                ));
+            }
+            (Some(port), None) => PortRange::single(parse_port("internal_port", port)?),
+            (None, Some(range)) => parse_port_range("internal_port_range", range)?,
+            (None, None) => {
+                return Err(FieldError::new(
+                    "internal_port",
+                    "is required (or internal_port_range)",
+                ));
+            }
+        };
+        let external_ports = match (self.external_port, self.external_port_range.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "external_port_range",
+                    "give either external_port or external_port_range, not both",
+                ));
+            }
+            (Some(port), None) => Some(PortRange::single(parse_port("external_port", port)?)),
+            (None, Some(range)) => Some(parse_port_range("external_port_range", range)?),
+            (None, None) => None,
+        };
+        if let Some(external) = external_ports {
+            // The size rules; the operator's cap on sizes is the server's.
+            check_port_mapping(external, internal_ports, u32::MAX)
+                .map_err(|e| FieldError::new("internal_port_range", e.to_string()))?;
+        }
         Ok(NewForward {
-            protocol: parse_protocol(&self.protocol)?,
-            internal_ip_address: parse_ip("internal_ip_address", &self.internal_ip_address)?,
-            internal_port: parse_port("internal_port", self.internal_port)?,
-            external_port: self
-                .external_port
-                .map(|port| parse_port("external_port", port))
-                .transpose()?,
+            protocol,
+            internal_ip_address,
+            internal_ports,
+            external_ports,
             external_address: self
                 .external_address
                 .as_deref()
@@ -281,6 +342,7 @@ pub struct ForwardListQuery {
     /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
     pub status: Option<String>,
     pub external_address: Option<String>,
+    /// Forwards holding this external port, alone or inside their range.
     pub external_port: Option<u16>,
     pub internal_ip_address: Option<String>,
     pub proxy: Option<String>,
@@ -390,6 +452,22 @@ fn parse_port(field: &'static str, value: i64) -> Result<u16, FieldError> {
     }
 }
 
+/// `N` or `N:M` (Neutron's notation) with ports 1-65535 and N <= M.
+pub fn parse_port_range(field: &'static str, value: &str) -> Result<PortRange, FieldError> {
+    let bad = || {
+        FieldError::new(
+            field,
+            format!(
+                "{value:?} is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100"
+            ),
+        )
+    };
+    let (first, last) = value.split_once(':').unwrap_or((value, value));
+    let first: u16 = first.parse().map_err(|_| bad())?;
+    let last: u16 = last.parse().map_err(|_| bad())?;
+    PortRange::new(first, last).map_err(|_| bad())
+}
+
 fn check_text(field: &'static str, value: &str, may_be_empty: bool) -> Result<String, FieldError> {
     if !may_be_empty && value.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
@@ -426,7 +504,8 @@ mod tests {
         }}))
         .unwrap();
         assert_eq!(got.protocol, Protocol::Udp);
-        assert_eq!(got.external_port, Some(20053));
+        assert_eq!(got.external_ports, PortRange::new(20053, 20053).ok());
+        assert_eq!(got.internal_ports, PortRange::single(53));
         assert_eq!(got.description, "dns");
     }
 
@@ -477,6 +556,67 @@ mod tests {
                 create(serde_json::json!({"forward": forward})),
                 Err(expected.to_owned())
             );
+        }
+    }
+
+    #[test]
+    fn port_ranges_follow_neutrons_rules() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5"});
+        let with = |fields: serde_json::Value| {
+            let mut forward = base.clone();
+            for (k, v) in fields.as_object().unwrap() {
+                forward[k] = v.clone();
+            }
+            create(serde_json::json!({ "forward": forward }))
+        };
+        let r = |a, b| PortRange::new(a, b).unwrap();
+        let same_size = with(serde_json::json!({"internal_port_range": "8000:8009", "external_port_range": "9000:9009"})).unwrap();
+        assert_eq!(
+            (same_size.internal_ports, same_size.external_ports),
+            (r(8000, 8009), Some(r(9000, 9009)))
+        );
+        let to_one =
+            with(serde_json::json!({"internal_port": 22, "external_port_range": "9000:9009"}))
+                .unwrap();
+        assert_eq!(to_one.internal_ports, r(22, 22));
+        let allocated = with(serde_json::json!({"internal_port_range": "8000:8009"})).unwrap();
+        assert_eq!(allocated.external_ports, None);
+        let cases = [
+            (
+                serde_json::json!({"internal_port": 22, "internal_port_range": "22:23"}),
+                "invalid internal_port_range: give either internal_port or internal_port_range, not both",
+            ),
+            (
+                serde_json::json!({"internal_port": 22, "external_port": 1, "external_port_range": "1:2"}),
+                "invalid external_port_range: give either external_port or external_port_range, not both",
+            ),
+            (
+                serde_json::json!({"internal_port_range": "8000-8009"}),
+                "invalid internal_port_range: \"8000-8009\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
+            ),
+            (
+                serde_json::json!({"internal_port": 22, "external_port_range": "9009:9000"}),
+                "invalid external_port_range: \"9009:9000\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
+            ),
+            (
+                serde_json::json!({"internal_port": 22, "external_port_range": "0:10"}),
+                "invalid external_port_range: \"0:10\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
+            ),
+            (
+                serde_json::json!({"internal_port_range": "8000:8001", "external_port_range": "9000:9009"}),
+                "invalid internal_port_range: the internal range 8000:8001 has 2 ports but the external range 9000:9009 has 10: they must be the same size, or the internal range a single port",
+            ),
+            (
+                serde_json::json!({"internal_port_range": "8000:8001", "external_port": 9000}),
+                "invalid internal_port_range: the internal range 8000:8001 has 2 ports but the external range 9000:9000 has 1: they must be the same size, or the internal range a single port",
+            ),
+            (
+                serde_json::json!({}),
+                "invalid internal_port: is required (or internal_port_range)",
+            ),
+        ];
+        for (fields, expected) in cases {
+            assert_eq!(with(fields.clone()), Err(expected.to_owned()), "{fields}");
         }
     }
 

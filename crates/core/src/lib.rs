@@ -11,7 +11,10 @@ pub mod port_range;
 pub mod reconcile;
 pub mod target;
 
-pub use forward::{ForwardId, ForwardSpec, ForwardStatus, ParseError, PortForward, Protocol};
+pub use forward::{
+    ForwardId, ForwardSpec, ForwardStatus, ParseError, PortForward, PortMappingError, Protocol,
+    check_port_mapping,
+};
 pub use port_range::{PortRange, PortRangeError};
 pub use reconcile::{Plan, plan};
 pub use target::{TargetError, TargetPolicy};

@@ -33,6 +33,14 @@ impl PortRange {
         Ok(PortRange { first, last })
     }
 
+    /// The range of one port; `port` 0 is the caller's to refuse.
+    pub fn single(port: u16) -> PortRange {
+        PortRange {
+            first: port.max(1),
+            last: port.max(1),
+        }
+    }
+
     pub fn first(self) -> u16 {
         self.first
     }

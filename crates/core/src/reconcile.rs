@@ -27,8 +27,8 @@ impl Plan {
 
 /// Computes the plan that turns `observed` into `desired`.
 ///
-/// A forward whose listen socket or protocol changed is removed and added
-/// again, since its listener (or kernel rule key) changes. The output is sorted
+/// A forward whose listen socket, number of ports or protocol changed is
+/// removed and added again, since its listeners (or kernel rule keys) change. The output is sorted
 /// by id so that the same inputs always give the same plan.
 pub fn plan(desired: &[ForwardSpec], observed: &[ForwardSpec]) -> Plan {
     let desired: BTreeMap<ForwardId, &ForwardSpec> = desired.iter().map(|f| (f.id, f)).collect();
@@ -37,11 +37,19 @@ pub fn plan(desired: &[ForwardSpec], observed: &[ForwardSpec]) -> Plan {
     for (id, have) in &observed {
         match desired.get(id) {
             None => plan.remove.push(*id),
-            Some(want) if want.listen != have.listen || want.protocol != have.protocol => {
+            Some(want)
+                if want.listen != have.listen
+                    || want.ports != have.ports
+                    || want.protocol != have.protocol =>
+            {
                 plan.remove.push(*id);
                 plan.add.push(**want);
             }
-            Some(want) if want.target != have.target => plan.retarget.push(**want),
+            Some(want)
+                if want.target != have.target || want.one_target_port != have.one_target_port =>
+            {
+                plan.retarget.push(**want)
+            }
             Some(_) => {}
         }
     }
@@ -60,12 +68,12 @@ mod tests {
     use crate::Protocol;
 
     fn spec(n: u128, protocol: Protocol, listen: &str, target: &str) -> ForwardSpec {
-        ForwardSpec {
-            id: ForwardId(uuid::Uuid::from_u128(n)),
+        ForwardSpec::single(
+            ForwardId(uuid::Uuid::from_u128(n)),
             protocol,
-            listen: listen.parse().unwrap(),
-            target: target.parse().unwrap(),
-        }
+            listen.parse().unwrap(),
+            target.parse().unwrap(),
+        )
     }
 
     #[test]
@@ -98,6 +106,19 @@ mod tests {
                 add: vec![moved_new, reproto_new, new],
             }
         );
+    }
+
+    #[test]
+    fn a_range_that_grows_is_re_added_and_one_that_fans_in_is_retargeted() {
+        let old = spec(1, Protocol::Tcp, "127.0.0.1:9000", "10.0.0.1:8000");
+        let old = ForwardSpec { ports: 3, ..old };
+        let grown = ForwardSpec { ports: 4, ..old };
+        let fanned = ForwardSpec {
+            one_target_port: true,
+            ..old
+        };
+        assert_eq!(plan(&[grown], &[old]).remove, vec![old.id]);
+        assert_eq!(plan(&[fanned], &[old]).retarget, vec![fanned]);
     }
 
     #[test]

@@ -28,6 +28,8 @@ fn filler(i: u32) -> ForwardSpec {
         protocol: Protocol::Tcp,
         listen: SocketAddr::V4(SocketAddrV4::new(listen, 1_000 + (i % 60_000) as u16)),
         target: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 201, 0, 1), 9)),
+        ports: 1,
+        one_target_port: false,
     }
 }
 
@@ -47,6 +49,8 @@ fn parse(arg: &str) -> Result<ForwardSpec, String> {
         },
         listen: listen.parse().map_err(|e| format!("{listen:?}: {e}"))?,
         target: target.parse().map_err(|e| format!("{target:?}: {e}"))?,
+        ports: 1,
+        one_target_port: false,
     })
 }
 

@@ -36,6 +36,8 @@ fn forward(i: u32) -> ForwardSpec {
             Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 92, 0, 0)) + 2 + i % 60_000),
             8080,
         )),
+        ports: 1,
+        one_target_port: false,
     }
 }
 

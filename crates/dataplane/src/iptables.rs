@@ -200,18 +200,19 @@ pub fn render_restore(
         if table == "nat" {
             for chain in ["NAVIGATOR-PREROUTING", "NAVIGATOR-OUTPUT"] {
                 for spec in &mine {
-                    let target = match spec.target.ip() {
-                        IpAddr::V4(ip) => format!("{ip}:{}", spec.target.port()),
-                        IpAddr::V6(ip) => format!("[{ip}]:{}", spec.target.port()),
-                    };
-                    let _ = writeln!(
-                        out,
-                        "-A {chain} -d {}/{host_len} -p {proto} -m {proto} --dport {} -m comment --comment \"fwd {}\" -j DNAT --to-destination {target}",
-                        spec.listen.ip(),
-                        spec.listen.port(),
-                        spec.id,
-                        proto = spec.protocol,
-                    );
+                    for (dport, target) in dnat_rules(spec) {
+                        let target = match target.ip() {
+                            IpAddr::V4(ip) => format!("{ip}:{}", target.port()),
+                            IpAddr::V6(ip) => format!("[{ip}]:{}", target.port()),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "-A {chain} -d {}/{host_len} -p {proto} -m {proto} --dport {dport} -m comment --comment \"fwd {}\" -j DNAT --to-destination {target}",
+                            spec.listen.ip(),
+                            spec.id,
+                            proto = spec.protocol,
+                        );
+                    }
                 }
             }
             for ip in &listen {
@@ -231,4 +232,17 @@ pub fn render_restore(
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// The `--dport` match and DNAT target of each rule a forward needs. An N:1
+/// range is one rule matching `first:last`; an N:N range is one rule per
+/// port, since DNAT to a port range picks ports freely instead of keeping the
+/// offset.
+fn dnat_rules(spec: &ForwardSpec) -> Vec<(String, std::net::SocketAddr)> {
+    if spec.one_target_port {
+        return vec![(spec.listen_ports().replace('-', ":"), spec.target)];
+    }
+    spec.pairs()
+        .map(|(listen, target)| (listen.port().to_string(), target))
+        .collect()
 }

@@ -69,8 +69,15 @@ impl Default for KernelConfig {
 /// The lookup key of a forward in the kernel: one forward per key.
 pub type Key = (IpAddr, Protocol, u16);
 
+/// A forward's first key (its only one unless it is a port range).
 pub fn key(spec: &ForwardSpec) -> Key {
     (spec.listen.ip(), spec.protocol, spec.listen.port())
+}
+
+/// Every key of a forward: one per port of its range.
+pub fn keys(spec: &ForwardSpec) -> impl Iterator<Item = Key> + '_ {
+    spec.pairs()
+        .map(|(listen, _)| (listen.ip(), spec.protocol, listen.port()))
 }
 
 /// A change to the listen-address sets, as reference counts move.
@@ -127,14 +134,18 @@ struct State {
 
 impl State {
     fn insert(&mut self, spec: ForwardSpec) {
-        self.keys.insert(key(&spec), spec.id);
+        for key in keys(&spec) {
+            self.keys.insert(key, spec.id);
+        }
         *self.listen.entry(spec.listen.ip()).or_default() += 1;
         self.mirror.insert(spec.id, spec);
     }
 
     fn remove(&mut self, id: ForwardId) -> Option<ForwardSpec> {
         let spec = self.mirror.remove(&id)?;
-        self.keys.remove(&key(&spec));
+        for key in keys(&spec) {
+            self.keys.remove(&key);
+        }
         if let Some(n) = self.listen.get_mut(&spec.listen.ip()) {
             *n -= 1;
             if *n == 0 {
@@ -229,13 +240,15 @@ impl<R: Ruleset> KernelBackend<R> {
         if let Some(reason) = preflight::blocking_reason(&state.findings, spec) {
             return Err(reason);
         }
-        if let Some(other) = state.keys.get(&key(spec))
-            && *other != spec.id
-        {
-            return Err(format!(
-                "{}/{} is already forwarded by {other}",
-                spec.listen, spec.protocol
-            ));
+        for (ip, protocol, port) in keys(spec) {
+            if let Some(other) = state.keys.get(&(ip, protocol, port))
+                && *other != spec.id
+            {
+                let listen = std::net::SocketAddr::new(ip, port);
+                return Err(format!(
+                    "{listen}/{protocol} is already forwarded by {other}"
+                ));
+            }
         }
         Ok(())
     }
@@ -488,7 +501,7 @@ async fn clean_conntrack(host: &Host, stale: &[&ForwardSpec]) {
         }
     }
     for spec in stale {
-        if with_entries.contains(&key(spec)) {
+        if keys(spec).any(|key| with_entries.contains(&key)) {
             delete_conntrack(host, spec).await;
         }
     }
@@ -503,23 +516,28 @@ pub async fn delete_conntrack(host: &Host, spec: &ForwardSpec) {
         "ipv6"
     };
     let ip = spec.listen.ip().to_string();
-    let port = spec.listen.port().to_string();
-    let argv = [
-        "conntrack",
-        "-D",
-        "-f",
-        family,
-        "-p",
-        spec.protocol.as_str(),
-        "--orig-dst",
-        &ip,
-        "--orig-port-dst",
-        &port,
-    ];
-    match host.run(&argv, None, crate::exec::DEFAULT_TIMEOUT).await {
-        Ok(_) => tracing::debug!(forward = %spec.id, "deleted conntrack entries"),
-        Err(e) if e.stderr().is_some_and(|s| s.contains("0 flow entries")) => {}
-        Err(e) => tracing::warn!(forward = %spec.id, error = %e, "cannot delete conntrack entries"),
+    // conntrack -D matches one port: a range is one run per port.
+    for (listen, _) in spec.pairs() {
+        let port = listen.port().to_string();
+        let argv = [
+            "conntrack",
+            "-D",
+            "-f",
+            family,
+            "-p",
+            spec.protocol.as_str(),
+            "--orig-dst",
+            &ip,
+            "--orig-port-dst",
+            &port,
+        ];
+        match host.run(&argv, None, crate::exec::DEFAULT_TIMEOUT).await {
+            Ok(_) => tracing::debug!(forward = %spec.id, %port, "deleted conntrack entries"),
+            Err(e) if e.stderr().is_some_and(|s| s.contains("0 flow entries")) => {}
+            Err(e) => {
+                tracing::warn!(forward = %spec.id, error = %e, "cannot delete conntrack entries")
+            }
+        }
     }
 }
 

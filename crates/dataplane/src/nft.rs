@@ -237,7 +237,11 @@ fn push_elements(
         let elements: Vec<String> = forwards
             .iter()
             .filter(|s| s.listen.is_ipv4() == is_v4)
-            .map(|s| element(s, verb == "add", comments))
+            .flat_map(|s| {
+                s.pairs().map(move |(listen, target)| {
+                    element(s, listen, target, verb == "add", comments)
+                })
+            })
             .collect();
         push_set(out, verb, table, map, &elements);
     }
@@ -257,13 +261,21 @@ fn push_set(out: &mut String, verb: &str, table: &str, set: &str, elements: &[St
 
 /// `10.0.0.1 . tcp . 20000 comment "fwd <id>" : 10.1.0.5 . 22`; deletions
 /// need the key only.
-fn element(spec: &ForwardSpec, with_value: bool, comments: bool) -> String {
-    let key = format!(
-        "{} . {} . {}",
-        spec.listen.ip(),
-        spec.protocol,
-        spec.listen.port()
-    );
+///
+/// A port range is one element per port. An interval key
+/// (`10.0.0.1 . tcp . 20000-20009`) would be one element, but the value of a
+/// map is a single `addr . port`: DNAT to it sends every port of the range to
+/// that one port, and a DNAT to a port range picks ports by the kernel's
+/// choice, not by offset. Per-port elements keep port `N + i` going to
+/// target port `M + i`.
+fn element(
+    spec: &ForwardSpec,
+    listen: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    with_value: bool,
+    comments: bool,
+) -> String {
+    let key = format!("{} . {} . {}", listen.ip(), spec.protocol, listen.port());
     if !with_value {
         return key;
     }
@@ -272,11 +284,7 @@ fn element(spec: &ForwardSpec, with_value: bool, comments: bool) -> String {
     } else {
         String::new()
     };
-    format!(
-        "{key}{comment} : {} . {}",
-        spec.target.ip(),
-        spec.target.port()
-    )
+    format!("{key}{comment} : {} . {}", target.ip(), target.port())
 }
 
 #[cfg(test)]

@@ -321,6 +321,8 @@ mod tests {
             protocol: navigator_core::Protocol::Tcp,
             listen: listen.parse().unwrap(),
             target: "10.0.0.1:1".parse().unwrap(),
+            ports: 1,
+            one_target_port: false,
         };
         let findings = vec![Finding {
             severity: Severity::Blocking,

@@ -41,11 +41,24 @@ impl RelayBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Closes the listeners of `ports` ports of forward `id`.
+    async fn remove_listeners(&self, id: ForwardId, ports: u16) -> Result<(), RelayError> {
+        let mut result = Ok(());
+        for offset in 0..ports {
+            match self.relay.remove(listener_id(id, offset)).await {
+                Ok(()) | Err(RelayError::NotFound(_)) => {}
+                Err(e) => result = Err(e),
+            }
+        }
+        result
+    }
+
     async fn apply_plan(&self, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
         for id in &plan.remove {
-            match self.relay.remove(listener_id(*id)).await {
-                Ok(()) | Err(RelayError::NotFound(_)) => {
+            let ports = self.carried().get(id).map_or(1, |spec| spec.ports);
+            match self.remove_listeners(*id, ports).await {
+                Ok(()) => {
                     self.carried().remove(id);
                 }
                 Err(e) => report.failed.push(ForwardFailure {
@@ -55,7 +68,10 @@ impl RelayBackend {
             }
         }
         for spec in &plan.retarget {
-            match self.relay.retarget(listener_id(spec.id), spec.target) {
+            let retargeted = spec.pairs().zip(0..).try_for_each(|((_, target), offset)| {
+                self.relay.retarget(listener_id(spec.id, offset), target)
+            });
+            match retargeted {
                 Ok(()) => {
                     self.carried().insert(spec.id, *spec);
                 }
@@ -66,26 +82,39 @@ impl RelayBackend {
             }
         }
         for spec in &plan.add {
+            match self.add_listeners(spec).await {
+                Ok(()) => {
+                    self.carried().insert(spec.id, *spec);
+                }
+                Err(reason) => report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason,
+                }),
+            }
+        }
+        report
+    }
+
+    /// Binds one listener per port of `spec`. All or nothing: when one port
+    /// cannot be bound, those already bound are closed again and the reason
+    /// names the port, so a forward is never half carried.
+    async fn add_listeners(&self, spec: &ForwardSpec) -> Result<(), String> {
+        for ((listen, target), offset) in spec.pairs().zip(0..) {
             let listener = ListenerSpec {
                 protocol: match spec.protocol {
                     Protocol::Tcp => navigator_relay::Protocol::Tcp,
                     Protocol::Udp => navigator_relay::Protocol::Udp,
                 },
-                listen: spec.listen,
-                target: spec.target,
+                listen,
+                target,
                 max_connections: self.config.max_connections_per_forward,
             };
-            match self.relay.add(listener_id(spec.id), listener).await {
-                Ok(()) => {
-                    self.carried().insert(spec.id, *spec);
-                }
-                Err(e) => report.failed.push(ForwardFailure {
-                    id: spec.id,
-                    reason: bind_reason(spec, &e),
-                }),
+            if let Err(e) = self.relay.add(listener_id(spec.id, offset), listener).await {
+                let _ = self.remove_listeners(spec.id, offset).await;
+                return Err(bind_reason(spec.protocol, listen, &e));
             }
         }
-        report
+        Ok(())
     }
 }
 
@@ -108,31 +137,27 @@ impl Backend for RelayBackend {
     }
 }
 
-fn listener_id(id: ForwardId) -> ListenerId {
-    ListenerId(id.0.as_u128())
+/// The relay listener of the port at `offset` in a forward's range. Ids are
+/// random v4 UUIDs, so two forwards' consecutive ids never meet.
+fn listener_id(id: ForwardId, offset: u16) -> ListenerId {
+    ListenerId(id.0.as_u128().wrapping_add(u128::from(offset)))
 }
 
 /// Words a user can act on for the usual bind failures.
-fn bind_reason(spec: &ForwardSpec, e: &RelayError) -> String {
-    let port = spec.listen.port();
-    let protocol = spec.protocol;
+fn bind_reason(protocol: Protocol, listen: std::net::SocketAddr, e: &RelayError) -> String {
+    let port = listen.port();
     match e {
         RelayError::Bind { source, .. } => match source.kind() {
             io::ErrorKind::AddrInUse => {
-                format!(
-                    "port {port}/{protocol} already in use on host ({})",
-                    spec.listen
-                )
+                format!("port {port}/{protocol} already in use on host ({listen})")
             }
             io::ErrorKind::PermissionDenied => format!(
-                "not permitted to listen on {} (ports below 1024 need CAP_NET_BIND_SERVICE)",
-                spec.listen
+                "not permitted to listen on {listen} (ports below 1024 need CAP_NET_BIND_SERVICE)"
             ),
-            io::ErrorKind::AddrNotAvailable => format!(
-                "address {} is not configured on this host",
-                spec.listen.ip()
-            ),
-            _ => format!("cannot listen on {}/{protocol}: {source}", spec.listen),
+            io::ErrorKind::AddrNotAvailable => {
+                format!("address {} is not configured on this host", listen.ip())
+            }
+            _ => format!("cannot listen on {listen}/{protocol}: {source}"),
         },
         other => other.to_string(),
     }
@@ -149,6 +174,8 @@ mod tests {
             protocol: Protocol::Tcp,
             listen,
             target: target.parse().unwrap(),
+            ports: 1,
+            one_target_port: false,
         }
     }
 
@@ -177,6 +204,64 @@ mod tests {
         assert!(backend.observe().await.is_empty());
         // The port is free again once the forward is removed.
         std::net::TcpListener::bind(free).unwrap();
+        backend.shutdown().await;
+    }
+
+    /// Three consecutive free ports on loopback, found by probing.
+    fn free_block(n: u16) -> u16 {
+        'search: for first in (43600..43900).step_by(usize::from(n)) {
+            for port in first..first + n {
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                    continue 'search;
+                }
+            }
+            return first;
+        }
+        panic!("no block of {n} free ports in 43600-43900");
+    }
+
+    #[tokio::test]
+    async fn a_range_is_one_listener_per_port_and_all_or_nothing() {
+        let backend = RelayBackend::new(RelayBackendConfig::default());
+        let first = free_block(3);
+        let range = ForwardSpec {
+            ports: 3,
+            ..spec(
+                std::net::SocketAddr::from(([127, 0, 0, 1], first)),
+                "127.0.0.1:9",
+            )
+        };
+        let report = backend.apply(&plan(&[range], &[])).await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        for port in first..first + 3 {
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", port)).is_err(),
+                "port {port} is listened on"
+            );
+        }
+        let report = backend.apply(&plan(&[], &[range])).await;
+        assert!(report.failed.is_empty());
+        for port in first..first + 3 {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("closed on delete");
+        }
+
+        // The last port is taken: the forward fails naming it, and the two
+        // ports bound before are closed again.
+        let blocker = std::net::TcpListener::bind(("127.0.0.1", first + 2)).unwrap();
+        let report = backend.apply(&plan(&[range], &[])).await;
+        assert_eq!(report.failed.len(), 1);
+        assert!(
+            report.failed[0]
+                .reason
+                .contains(&format!("port {}/tcp already in use", first + 2)),
+            "{}",
+            report.failed[0].reason
+        );
+        assert!(backend.observe().await.is_empty());
+        drop(blocker);
+        for port in first..first + 2 {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("rolled back");
+        }
         backend.shutdown().await;
     }
 }

@@ -52,8 +52,14 @@ impl Default for SocatConfig {
     }
 }
 
+/// One forward's socat processes: one per port of its range.
 struct Supervised {
     spec: ForwardSpec,
+    units: Vec<Unit>,
+}
+
+/// One supervised socat, serving one port.
+struct Unit {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -105,51 +111,89 @@ impl SocatBackend {
             }
         }
         // Start everything first, then wait once: a socat that cannot bind
-        // exits at once with the reason on stderr.
+        // exits at once with the reason on stderr. A range is one socat per
+        // port, and all or nothing: if one port fails, the others stop.
         let mut started = Vec::new();
         for spec in plan.retarget.iter().chain(&plan.add) {
             if let Some(old) = procs.running.remove(&spec.id) {
                 stop(old).await;
             }
-            match self.spawn(spec) {
-                Ok(child) => started.push((*spec, child)),
-                Err(e) => report.failed.push(ForwardFailure {
-                    id: spec.id,
-                    reason: if e.kind() == std::io::ErrorKind::NotFound {
-                        "socat is not installed: install it with `apt-get install -y socat`"
-                            .to_owned()
-                    } else {
-                        format!("cannot start socat: {e}")
-                    },
-                }),
+            let mut children: Vec<(ForwardSpec, Child)> = Vec::new();
+            let mut failed = None;
+            for (listen, target) in spec.pairs() {
+                let unit = ForwardSpec::single(spec.id, spec.protocol, listen, target);
+                match self.spawn(&unit) {
+                    Ok(child) => children.push((unit, child)),
+                    Err(e) => {
+                        failed = Some(if e.kind() == std::io::ErrorKind::NotFound {
+                            "socat is not installed: install it with `apt-get install -y socat`"
+                                .to_owned()
+                        } else {
+                            format!("cannot start socat for port {}: {e}", listen.port())
+                        });
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(reason) => {
+                    kill_all(children).await;
+                    report.failed.push(ForwardFailure {
+                        id: spec.id,
+                        reason,
+                    });
+                }
+                None => started.push((*spec, children)),
             }
         }
         if !started.is_empty() {
             tokio::time::sleep(self.config.start_grace).await;
         }
-        for (spec, mut child) in started {
-            match child.try_wait() {
-                Ok(None) => {
-                    let (stop, stopped) = watch::channel(false);
-                    let task = tokio::spawn(supervise(self.config.clone(), spec, child, stopped));
-                    procs
-                        .running
-                        .insert(spec.id, Supervised { spec, stop, task });
+        for (spec, mut children) in started {
+            let mut failure = None;
+            for (unit, child) in &mut children {
+                match child.try_wait() {
+                    Ok(None) => {}
+                    Ok(Some(status)) => {
+                        let stderr = read_stderr(child).await;
+                        failure = Some(start_failure(unit, &stderr, &status.to_string()));
+                        break;
+                    }
+                    Err(e) => {
+                        failure = Some(format!("cannot watch socat: {e}"));
+                        break;
+                    }
                 }
-                Ok(Some(status)) => {
-                    let stderr = read_stderr(&mut child).await;
-                    report.failed.push(ForwardFailure {
-                        id: spec.id,
-                        reason: start_failure(&spec, &stderr, &status.to_string()),
-                    });
-                }
-                Err(e) => report.failed.push(ForwardFailure {
-                    id: spec.id,
-                    reason: format!("cannot watch socat: {e}"),
-                }),
             }
+            if let Some(reason) = failure {
+                kill_all(children).await;
+                report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason,
+                });
+                continue;
+            }
+            let units = children
+                .into_iter()
+                .map(|(unit, child)| {
+                    let (stop, stopped) = watch::channel(false);
+                    let task = tokio::spawn(supervise(self.config.clone(), unit, child, stopped));
+                    Unit { stop, task }
+                })
+                .collect();
+            procs.running.insert(spec.id, Supervised { spec, units });
         }
         report
+    }
+}
+
+/// Stops socats started for a forward that failed as a whole.
+async fn kill_all(children: Vec<(ForwardSpec, Child)>) {
+    for (_, mut child) in children {
+        if let Some(pid) = child.id() {
+            kill_group(pid, true);
+        }
+        let _ = child.wait().await;
     }
 }
 
@@ -296,8 +340,13 @@ async fn supervise(
 }
 
 async fn stop(supervised: Supervised) {
-    let _ = supervised.stop.send(true);
-    let _ = supervised.task.await;
+    // Tell every unit first, so a range's socats stop in parallel.
+    for unit in &supervised.units {
+        let _ = unit.stop.send(true);
+    }
+    for unit in supervised.units {
+        let _ = unit.task.await;
+    }
     tracing::debug!(forward = %supervised.spec.id, "socat stopped");
 }
 
@@ -420,6 +469,8 @@ mod tests {
             protocol,
             listen: listen.parse().unwrap(),
             target: target.parse().unwrap(),
+            ports: 1,
+            one_target_port: false,
         };
         let idle = Duration::from_secs(60);
         assert_eq!(

@@ -26,6 +26,8 @@ fn spec(protocol: Protocol, listen: &str, target: &str) -> ForwardSpec {
         protocol,
         listen: listen.parse().unwrap(),
         target: target.parse().unwrap(),
+        ports: 1,
+        one_target_port: false,
     }
 }
 
@@ -662,4 +664,155 @@ async fn socat_forwards_restarts_stops_and_leaves_no_orphans() {
         "socat processes left after delete: {left:?}"
     );
     restarted.shutdown().await;
+}
+
+/// A port range (N:1, since the backends serve one port) over IPv4 TCP and
+/// IPv6 UDP: one map element per port, traffic on every port of the range and
+/// none past it, and a delete removes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nft_port_ranges_carry_every_port_and_delete_removes_them() {
+    if !privileged("nft_port_ranges_carry_every_port_and_delete_removes_them") {
+        return;
+    }
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let backend = nft(&topo);
+    let tcp = ForwardSpec {
+        ports: 4,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21000", "10.92.0.2:8080")
+    };
+    let udp = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Udp, "[fd91::1]:21100", "[fd92::2]:8080")
+    };
+    converge(&backend, &[tcp, udp]).await;
+    for port in 21000..21004 {
+        topo.expect("tcp", EXT4, port, "A");
+    }
+    for port in 21100..21103 {
+        topo.expect("udp", EXT6, port, "A");
+    }
+    assert!(
+        topo.request("tcp", EXT4, 21004).is_empty(),
+        "the port after the range is not forwarded"
+    );
+    let ruleset = topo.nft_ruleset();
+    assert_eq!(
+        ruleset.matches(&format!("fwd {}", tcp.id)).count(),
+        4,
+        "one element per port: {ruleset}"
+    );
+    converge(&backend, &[]).await;
+    for port in 21000..21004 {
+        assert!(topo.request("tcp", EXT4, port).is_empty(), "port {port}");
+    }
+    for port in 21100..21103 {
+        assert!(topo.request("udp", EXT6, port).is_empty(), "port {port}");
+    }
+}
+
+/// socat carries a port range as one process per port; a range with one
+/// taken port is an ERROR naming it, and none of its processes stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socat_port_range_is_one_process_per_port_all_or_nothing() {
+    if !privileged("socat_port_range_is_one_process_per_port_all_or_nothing") {
+        return;
+    }
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let tag = format!("navigator-test-range:{}", topo.proxy);
+    let backend = SocatBackend::new(SocatConfig {
+        host: Host::netns(&topo.proxy),
+        owner_tag: tag.clone(),
+        ..SocatConfig::default()
+    });
+    let range = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21000", "10.92.0.2:8080")
+    };
+    converge(&backend, &[range]).await;
+    for port in 21000..21003 {
+        topo.expect("tcp", EXT4, port, "A");
+    }
+    assert_eq!(navigator_dataplane::socat::tagged_pids(&tag).len(), 3);
+    converge(&backend, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(navigator_dataplane::socat::tagged_pids(&tag).is_empty());
+
+    // Port 21102 is taken on the proxy: the range fails naming it.
+    let mut blocker = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.proxy,
+            "socat",
+            "TCP4-LISTEN:21102,bind=10.91.0.1,fork,reuseaddr",
+            "TCP4:10.92.0.3:8080",
+        ])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocked = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21100", "10.92.0.2:8080")
+    };
+    let report = backend.apply(&plan(&[blocked], &[])).await;
+    let _ = blocker.kill();
+    let _ = blocker.wait();
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert!(
+        report.failed[0]
+            .reason
+            .contains("port 21102/tcp already in use"),
+        "{:?}",
+        report.failed
+    );
+    assert!(backend.observe().await.is_empty());
+    let left = navigator_dataplane::socat::tagged_pids(&tag);
+    assert!(
+        left.is_empty(),
+        "the range's other socats stopped: {left:?}"
+    );
+    backend.shutdown().await;
+}
+
+/// The iptables backend carries an N:1 range as one rule matching the port
+/// range, for IPv4 and IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_port_range_carries_every_port() {
+    if !privileged("iptables_port_range_carries_every_port") {
+        return;
+    }
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let backend = IptablesBackend::new(IptablesConfig {
+        kernel: kernel(&topo),
+        variant: Variant::Nft,
+    });
+    let tcp = ForwardSpec {
+        ports: 3,
+        one_target_port: true,
+        ..spec(Protocol::Tcp, "10.91.0.1:21000", "10.92.0.2:8080")
+    };
+    let udp = ForwardSpec {
+        ports: 2,
+        one_target_port: true,
+        ..spec(Protocol::Udp, "[fd91::1]:21100", "[fd92::2]:8080")
+    };
+    converge(&backend, &[tcp, udp]).await;
+    for port in 21000..21003 {
+        topo.expect("tcp", EXT4, port, "A");
+    }
+    for port in 21100..21102 {
+        topo.expect("udp", EXT6, port, "A");
+    }
+    assert!(topo.request("tcp", EXT4, 21003).is_empty());
+    converge(&backend, &[]).await;
+    for port in 21000..21003 {
+        assert!(topo.request("tcp", EXT4, port).is_empty(), "port {port}");
+    }
 }

@@ -23,6 +23,8 @@ fn spec(n: u128, protocol: Protocol, listen: &str, target: &str) -> ForwardSpec 
         protocol,
         listen: listen.parse().unwrap(),
         target: target.parse().unwrap(),
+        ports: 1,
+        one_target_port: false,
     }
 }
 
@@ -33,6 +35,26 @@ fn forwards() -> Vec<ForwardSpec> {
         spec(3, Protocol::Tcp, "203.0.113.11:20080", "10.0.1.7:80"),
         spec(4, Protocol::Tcp, "[2001:db8::10]:20022", "[fd00::5]:22"),
         spec(5, Protocol::Udp, "[2001:db8::10]:20053", "[fd00::6]:53"),
+    ]
+}
+
+/// Port-range forwards: 4 TCP ports to 4 ports at the same offsets, 3 UDP
+/// ports all to one port (N:1), and an IPv6 range.
+fn ranges() -> Vec<ForwardSpec> {
+    vec![
+        ForwardSpec {
+            ports: 4,
+            ..spec(7, Protocol::Tcp, "203.0.113.10:21000", "10.0.0.5:8000")
+        },
+        ForwardSpec {
+            ports: 3,
+            one_target_port: true,
+            ..spec(8, Protocol::Udp, "203.0.113.10:21100", "10.0.0.6:5060")
+        },
+        ForwardSpec {
+            ports: 2,
+            ..spec(9, Protocol::Tcp, "[2001:db8::10]:21200", "[fd00::5]:8080")
+        },
     ]
 }
 
@@ -86,6 +108,21 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "iptables_v4_jumps_present.rules",
             render_restore(Family::V4, &all, &[]),
             "iptables-restore",
+        ),
+        (
+            "nft_ranges.nft",
+            render_replace("navigator", &ranges(), true),
+            "nft",
+        ),
+        (
+            "iptables_v4_ranges.rules",
+            render_restore(Family::V4, &ranges(), &JUMPS),
+            "iptables-restore",
+        ),
+        (
+            "ip6tables_v6_ranges.rules",
+            render_restore(Family::V6, &ranges(), &JUMPS),
+            "ip6tables-restore",
         ),
     ]
 }

@@ -31,6 +31,19 @@ pub struct ForwardEntry {
     pub listen_port: u16,
     pub target_address: String,
     pub target_port: u16,
+    /// Consecutive listening ports from `listen_port` (a port range). Added
+    /// after the first release: absent means 1, and an older agent that does
+    /// not know it carries only the first port.
+    #[serde(default = "one_port")]
+    pub ports: u16,
+    /// Every listening port goes to `target_port` instead of the port at the
+    /// same offset. Absent means false.
+    #[serde(default)]
+    pub one_target_port: bool,
+}
+
+fn one_port() -> u16 {
+    1
 }
 
 impl From<&ForwardSpec> for ForwardEntry {
@@ -42,6 +55,8 @@ impl From<&ForwardSpec> for ForwardEntry {
             listen_port: spec.listen.port(),
             target_address: spec.target.ip().to_string(),
             target_port: spec.target.port(),
+            ports: spec.ports,
+            one_target_port: spec.one_target_port,
         }
     }
 }
@@ -63,6 +78,16 @@ impl ForwardEntry {
                 .parse::<std::net::IpAddr>()
                 .map_err(|_| format!("forward {id}: invalid {what} {value:?}"))
         };
+        let last = |first: u16| u32::from(first) + u32::from(self.ports) - 1;
+        if self.ports == 0
+            || last(self.listen_port) > 65535
+            || (!self.one_target_port && last(self.target_port) > 65535)
+        {
+            return Err(format!(
+                "forward {id}: invalid ports {}: the range must hold 1 or more ports up to 65535",
+                self.ports
+            ));
+        }
         Ok(ForwardSpec {
             id,
             protocol,
@@ -74,6 +99,8 @@ impl ForwardEntry {
                 ip("target_address", &self.target_address)?,
                 self.target_port,
             ),
+            ports: self.ports,
+            one_target_port: self.one_target_port && self.ports > 1,
         })
     }
 }
@@ -157,14 +184,31 @@ mod tests {
 
     #[test]
     fn forward_entry_round_trips_and_checks_peers_input() {
-        let spec = ForwardSpec {
-            id: ForwardId::new_random(),
-            protocol: Protocol::Udp,
-            listen: "[::1]:20000".parse().unwrap(),
-            target: "[2001:db8::1]:53".parse().unwrap(),
-        };
+        let spec = ForwardSpec::single(
+            ForwardId::new_random(),
+            Protocol::Udp,
+            "[::1]:20000".parse().unwrap(),
+            "[2001:db8::1]:53".parse().unwrap(),
+        );
         let entry = ForwardEntry::from(&spec);
         assert_eq!(entry.to_spec(), Ok(spec));
+        let range = ForwardSpec {
+            ports: 10,
+            one_target_port: true,
+            ..spec
+        };
+        assert_eq!(ForwardEntry::from(&range).to_spec(), Ok(range));
+        let past_the_end = ForwardEntry {
+            listen_port: 65530,
+            ports: 10,
+            ..entry.clone()
+        };
+        assert!(
+            past_the_end
+                .to_spec()
+                .unwrap_err()
+                .contains("invalid ports")
+        );
         let bad = ForwardEntry {
             target_address: "nope".into(),
             ..entry
@@ -174,6 +218,17 @@ mod tests {
                 .unwrap_err()
                 .contains("invalid target_address")
         );
+    }
+
+    #[test]
+    fn an_entry_from_an_older_server_is_a_single_port() {
+        let entry: ForwardEntry = serde_json::from_value(serde_json::json!({
+            "id": ForwardId::new_random().to_string(), "protocol": "tcp",
+            "listen_address": "127.0.0.1", "listen_port": 20000,
+            "target_address": "10.0.0.1", "target_port": 22
+        }))
+        .unwrap();
+        assert_eq!(entry.to_spec().unwrap().ports, 1);
     }
 
     #[test]

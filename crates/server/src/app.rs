@@ -40,7 +40,7 @@ pub struct AppState {
     tags(
         (name = "forwards", description = "Port forwards of the caller's project"),
         (name = "proxies", description = "Forwarding nodes (admin)"),
-        (name = "meta", description = "Versions and health")
+        (name = "meta", description = "Versions, health and metrics")
     )
 )]
 struct ApiDoc;
@@ -50,6 +50,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::versions))
         .routes(routes!(handlers::version_v1))
         .routes(routes!(handlers::healthcheck))
+        .routes(routes!(handlers::metrics))
         .routes(routes!(handlers::create_forward, handlers::list_forwards))
         .routes(routes!(
             handlers::show_forward,
@@ -92,6 +93,10 @@ fn api_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(axum::middleware::from_fn(context::request_id))
         .with_state(state)
 }

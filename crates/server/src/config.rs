@@ -82,6 +82,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "api",
+        key: "max_port_range_size",
+        default: "1000",
+        help: "Most ports one forward may cover with external_port_range/internal_port_range (1-65535). Each port is a listener, map element or socat process on the proxy and a row in the database.",
+    },
+    OptionDoc {
+        section: "api",
         key: "default_project_id",
         default: "default",
         help: "Project of noauth requests without an X-Project-Id header.",
@@ -302,6 +308,8 @@ pub struct Config {
     pub transport_url: String,
     pub database_connection: Option<String>,
     pub max_request_body_size: usize,
+    /// `[api] max_port_range_size`: most ports in one forward's range.
+    pub max_port_range_size: u32,
     pub default_project_id: String,
     /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
     pub keystone_authtoken: KeystoneAuthtoken,
@@ -436,6 +444,12 @@ impl Config {
                 match v.parse::<usize>() {
                     Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
                     _ => Err("expected a size in bytes from 1024 to 16777216".into()),
+                }
+            })?,
+            max_port_range_size: raw.parse("api", "max_port_range_size", |v| {
+                match v.parse::<u32>() {
+                    Ok(n) if (1..=65535).contains(&n) => Ok(n),
+                    _ => Err("expected a number of ports from 1 to 65535".into()),
                 }
             })?,
             default_project_id: raw.parse("api", "default_project_id", |v| {
@@ -652,6 +666,10 @@ mod tests {
             (
                 "[forwards]\nallowed_target_networks = 10.0.0.0/33\n",
                 "t.conf: [forwards] allowed_target_networks = \"10.0.0.0/33\": \"10.0.0.0/33\" is not a CIDR network such as 10.0.0.0/8",
+            ),
+            (
+                "[api]\nmax_port_range_size = 0\n",
+                "t.conf: [api] max_port_range_size = \"0\": expected a number of ports from 1 to 65535",
             ),
             (
                 "[agent]\nexternal_addresses = 0.0.0.0\n",

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 pub struct Control {
     store: Store,
@@ -47,6 +48,8 @@ pub struct Control {
     /// snapshot must not reach the agent after a newer create, update or
     /// delete, or it would undo that change until the next sync.
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counters served at `/metrics`.
+    metrics: Metrics,
 }
 
 /// Whether a proxy's last heartbeat is recent enough.
@@ -78,6 +81,7 @@ impl Control {
             next_generation: AtomicU64::new(now_ms),
             placements: AtomicU64::new(0),
             host_locks: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
         }
     }
 
@@ -94,6 +98,10 @@ impl Control {
         &self.store
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Places, stores and applies a new forward for `project_id`.
     pub async fn create(&self, project_id: &str, new: NewForward) -> Result<PortForward, ApiError> {
         let proxy = self.choose_proxy(project_id, &new).await?;
@@ -108,22 +116,50 @@ impl Control {
             }
             None => pick_address(&proxy.external_addresses, new.internal_ip_address),
         };
-        self.check_target(&proxy, new.internal_ip_address, new.internal_port)?;
+        let internal = new.internal_ports;
+        // Without external ports, as many are allocated as the internal range has.
+        let external_len = new.external_ports.map_or(internal.len(), |r| r.len());
+        let max = self.config.max_port_range_size;
+        if external_len.max(internal.len()) > max {
+            let field = if new.external_ports.is_some() && external_len > max {
+                "external_port_range"
+            } else {
+                "internal_port_range"
+            };
+            return Err(ApiError::BadRequest(format!(
+                "invalid {field}: the range has {} ports; at most {max} are allowed ([api] max_port_range_size)",
+                external_len.max(internal.len())
+            )));
+        }
+        self.check_target(&proxy, new.internal_ip_address, internal)?;
         let row = NewForwardRow {
             project_id: project_id.to_owned(),
             description: new.description,
             protocol: new.protocol,
             external_address,
-            external_port: new.external_port.unwrap_or(0),
+            external_port: new.external_ports.map_or(0, |r| r.first()),
+            ports: u16::try_from(external_len).unwrap_or(u16::MAX),
             internal_ip_address: new.internal_ip_address,
-            internal_port: new.internal_port,
+            internal_port: internal.first(),
+            internal_port_end: internal.last(),
             instance_id: new.instance_id,
             proxy: proxy.host.clone(),
         };
-        let forward = match new.external_port {
-            Some(port) if !proxy.port_range.contains(port) => {
+        let forward = match new.external_ports {
+            Some(range)
+                if !proxy.port_range.contains(range.first())
+                    || !proxy.port_range.contains(range.last()) =>
+            {
+                let (field, ports) = if range.len() == 1 {
+                    ("external_port", range.first().to_string())
+                } else {
+                    (
+                        "external_port_range",
+                        format!("{}:{}", range.first(), range.last()),
+                    )
+                };
                 return Err(ApiError::BadRequest(format!(
-                    "invalid external_port: {port} is outside the port range {} of proxy {}",
+                    "invalid {field}: {ports} is outside the port range {} of proxy {}",
                     proxy.port_range, proxy.host
                 )));
             }
@@ -147,6 +183,18 @@ impl Control {
             .internal_ip_address
             .unwrap_or(forward.internal_ip_address);
         let port = changes.internal_port.unwrap_or(forward.internal_port);
+        // A range keeps its size: internal_port moves its first port (and an
+        // N:1 forward's single port).
+        let span = forward.internal_port_end - forward.internal_port;
+        let Some(port_end) = port.checked_add(span) else {
+            return Err(ApiError::BadRequest(format!(
+                "invalid internal_port: this forward's internal range has {} ports, so it must start at {} or lower",
+                u32::from(span) + 1,
+                65535 - span
+            )));
+        };
+        let internal = navigator_core::PortRange::new(port, port_end)
+            .map_err(|e| ApiError::BadRequest(format!("invalid internal_port: {e}")))?;
         let retarget = ip != forward.internal_ip_address || port != forward.internal_port;
         if retarget {
             let proxy = self.store.get_proxy(&forward.proxy).await?.ok_or_else(|| {
@@ -155,11 +203,12 @@ impl Control {
                     forward.proxy
                 ))
             })?;
-            self.check_target(&proxy, ip, port)?;
+            self.check_target(&proxy, ip, internal)?;
         }
         let change = TargetChange {
             internal_ip_address: retarget.then_some(ip),
             internal_port: retarget.then_some(port),
+            internal_port_end: retarget.then_some(port_end),
             description: changes.description,
         };
         let Some(updated) = self.store.update_forward(forward.id, &change).await? else {
@@ -178,11 +227,13 @@ impl Control {
         if !self.store.delete_forward(forward.id).await? {
             return Ok(false);
         }
-        if let Err(e) = self
+        let deleted = self
             .agents
             .delete_forward(&forward.proxy, forward.id.to_string())
-            .await
-        {
+            .await;
+        self.metrics
+            .record_rpc(methods::DELETE_FORWARD, deleted.is_ok());
+        if let Err(e) = deleted {
             // The row is gone, so the next full sync removes the listener.
             tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told of the delete; the next sync will remove it");
         }
@@ -195,7 +246,10 @@ impl Control {
         let lock = self.host_lock(&forward.proxy);
         let _agent = lock.lock().await;
         let entry = ForwardEntry::from(&forward.spec());
-        let (status, reason) = match self.agents.create_forward(&forward.proxy, entry).await {
+        let created = self.agents.create_forward(&forward.proxy, entry).await;
+        self.metrics
+            .record_rpc(methods::CREATE_FORWARD, created.is_ok());
+        let (status, reason) = match created {
             Ok(result) => result_status(&result),
             Err(e) => {
                 tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent did not confirm the forward");
@@ -242,11 +296,12 @@ impl Control {
                     ))
                 });
         }
-        let counts: HashMap<String, u64> = self.store.forward_counts().await?.into_iter().collect();
+        // Ports, not forwards: a range uses as much of a pool as its size.
+        let counts: HashMap<String, u64> = self.store.port_counts().await?.into_iter().collect();
         let request = Request {
             target: new.internal_ip_address,
             external_address: new.external_address,
-            external_port: new.external_port,
+            external_port: new.external_ports.map(|r| r.first()),
             affinity_key: new.instance_id.as_deref().unwrap_or(project_id),
             sequence: self.placements.fetch_add(1, Ordering::Relaxed),
         };
@@ -291,7 +346,13 @@ impl Control {
         }
     }
 
-    fn check_target(&self, proxy: &ProxyRecord, ip: IpAddr, port: u16) -> Result<(), ApiError> {
+    /// Checks the target against the policy, for every port of `ports`.
+    fn check_target(
+        &self,
+        proxy: &ProxyRecord,
+        ip: IpAddr,
+        ports: navigator_core::PortRange,
+    ) -> Result<(), ApiError> {
         let policy = TargetPolicy {
             allowed_networks: self.config.allowed_target_networks.clone(),
             allow_loopback: self.allow_loopback,
@@ -301,8 +362,9 @@ impl Control {
                 .map(|a| (*a, proxy.port_range))
                 .collect(),
         };
-        policy
-            .check(ip, port)
+        ports
+            .iter()
+            .try_for_each(|port| policy.check(ip, port))
             .map_err(|e| ApiError::BadRequest(format!("invalid internal_ip_address: {e}")))
     }
 
@@ -333,6 +395,8 @@ impl Control {
                 other => break other,
             }
         };
+        self.metrics
+            .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
             Ok(result) => {
                 self.record_results(host, &result.results).await;
@@ -533,8 +597,9 @@ impl Control {
         if down.is_empty() {
             return Ok(());
         }
+        // Ports, not forwards, as in placement.
         let mut counts: HashMap<String, u64> =
-            self.store.forward_counts().await?.into_iter().collect();
+            self.store.port_counts().await?.into_iter().collect();
         let mut receivers = std::collections::BTreeSet::new();
         for proxy in down {
             if counts.get(&proxy.host).copied().unwrap_or(0) == 0 {
@@ -632,9 +697,10 @@ impl Control {
             };
             match self.store.move_forward(forward.id, &target).await {
                 Ok(Some(moved)) => {
-                    *counts.entry(to.host.clone()).or_default() += 1;
+                    let ports = u64::from(moved.external_port_end - moved.external_port) + 1;
+                    *counts.entry(to.host.clone()).or_default() += ports;
                     if let Some(n) = counts.get_mut(&from.host) {
-                        *n = n.saturating_sub(1);
+                        *n = n.saturating_sub(ports);
                     }
                     tracing::info!(
                         target: "navigator::failover",

@@ -512,3 +512,22 @@ pub async fn healthcheck(State(state): State<AppState>) -> impl IntoResponse {
     };
     (status, Json(body))
 }
+
+/// Prometheus metrics, unauthenticated like `/healthcheck`: they carry counts,
+/// never project ids or addresses. Operators restrict who reaches the API
+/// port's `/metrics` at their load balancer (docs/metrics.md).
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Metrics in the Prometheus text exposition format 0.0.4; names in docs/metrics.md", content_type = "text/plain; version=0.0.4", body = String))
+)]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let snapshot = crate::metrics::Snapshot::take(&state).await;
+    let body = state.control.metrics().encode(&snapshot);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+}

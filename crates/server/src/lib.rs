@@ -16,6 +16,7 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod openapi_auth;
 pub mod policy;
 pub mod run;

@@ -213,7 +213,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
         (
             r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1"}}"#,
             400,
-            "missing field `internal_port`",
+            "invalid internal_port: is required (or internal_port_range)",
         ),
         (
             r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": "22"}}"#,
@@ -289,6 +289,265 @@ async fn meta_documents_and_unknown_routes() {
     assert_eq!(body["proxies"][0]["state"], "up");
     let (status, _, _) = h.send("GET", "/openapi.json", "p1", None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn port_ranges_are_created_shown_guarded_and_freed() {
+    let h = harness(42600).await;
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port_range": "8000:8004", "external_port_range": "42610:42614"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let forward = &body["forward"];
+    assert_eq!(forward["status"], "ACTIVE", "every port bound: {body}");
+    assert_eq!(
+        (
+            &forward["external_port"],
+            &forward["external_port_range"],
+            &forward["internal_port"],
+            &forward["internal_port_range"]
+        ),
+        (
+            &json!(42610),
+            &json!("42610:42614"),
+            &json!(8000),
+            &json!("8000:8004")
+        )
+    );
+    let holder = forward["id"].as_str().unwrap().to_owned();
+
+    // A single-port forward shows no ranges.
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42600}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["forward"]["external_port_range"], Value::Null);
+    assert_eq!(body["forward"]["internal_port_range"], Value::Null);
+
+    // Any port of the range is taken, for any project: 409 naming the holder
+    // and the port.
+    let (status, body) = h
+        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42612}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = error_message(&body);
+    assert!(
+        message.contains(&holder) && message.contains("42612"),
+        "{message}"
+    );
+    let (status, body) = h
+        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port_range": "42605:42610"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_message(&body).contains("42610"), "{body}");
+
+    // Only an internal range: a free block of as many ports is allocated,
+    // above the single port and the range.
+    let (status, body) = h
+        .create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port_range": "7000:7002"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["forward"]["external_port_range"], "42600:42602",
+        "udp has its own ports"
+    );
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port_range": "7000:7009"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["forward"]["external_port_range"], "42615:42624");
+
+    // N:1: every external port to one internal port.
+    let (status, body) = h
+        .create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 5060, "external_port_range": "42630:42632"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["forward"]["internal_port_range"], "5060:5060");
+
+    // Retargeting a range moves the whole internal range.
+    let update = json!({"forward": {"internal_port": 8100}}).to_string();
+    let (status, body, _) = h
+        .send(
+            "PUT",
+            &format!("/v1/forwards/{holder}"),
+            "p1",
+            Some(&update),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["forward"]["internal_port_range"], "8100:8104");
+    assert_eq!(body["forward"]["status"], "ACTIVE");
+    let update = json!({"forward": {"internal_port": 65533}}).to_string();
+    let (status, body, _) = h
+        .send(
+            "PUT",
+            &format!("/v1/forwards/{holder}"),
+            "p1",
+            Some(&update),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_message(&body).starts_with("invalid internal_port:"),
+        "{body}"
+    );
+
+    // Deleting the range frees every port of it.
+    let (status, _, _) = h
+        .send("DELETE", &format!("/v1/forwards/{holder}"), "p1", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = h
+        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42614}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn bad_port_ranges_are_refused_naming_the_field() {
+    let h = harness(42700).await;
+    let cases = [
+        (
+            json!({"internal_port_range": "8000:8001", "external_port_range": "42700:42709"}),
+            "invalid internal_port_range: the internal range 8000:8001 has 2 ports but the external range 42700:42709 has 10: they must be the same size, or the internal range a single port",
+        ),
+        (
+            json!({"internal_port": 22, "internal_port_range": "22:23"}),
+            "invalid internal_port_range: give either internal_port or internal_port_range, not both",
+        ),
+        (
+            json!({"internal_port": 22, "external_port_range": "42745:42755"}),
+            "invalid external_port_range: 42745:42755 is outside the port range 42700-42749 of proxy proxy-1",
+        ),
+        (
+            json!({"internal_port_range": "1000:3000"}),
+            "invalid internal_port_range: the range has 2001 ports; at most 1000 are allowed ([api] max_port_range_size)",
+        ),
+        (
+            json!({"internal_port": 22, "external_port_range": "a:b"}),
+            "invalid external_port_range: \"a:b\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
+        ),
+    ];
+    for (fields, expected) in cases {
+        let mut forward = json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1"});
+        for (k, v) in fields.as_object().unwrap() {
+            forward[k] = v.clone();
+        }
+        let (status, body) = h.create("p1", forward).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{fields}: {body}");
+        assert_eq!(error_message(&body), expected, "{fields}");
+    }
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port_range": "8000:8060"}))
+        .await;
+    assert_eq!(
+        status.as_u16() / 100,
+        4,
+        "a block larger than the pool: {body}"
+    );
+    let (_, body, _) = h.send("GET", "/v1/forwards", "p1", None).await;
+    assert_eq!(body["forwards"], json!([]), "nothing was created");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
+    let h = harness(42500).await;
+    let (status, body) = h.create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42501})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (status, _, _) = h
+            .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, _) = h.send("GET", "/v1/forwards/not-a-uuid", "p1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = h.send("GET", "/no/such/path", "p1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "no token or project needed"
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value(r#"navigator_http_requests_total{route="/v1/forwards",method="POST",status="201"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_requests_total{route="/v1/forwards/{id}",method="GET",status="200"}"#
+        ),
+        2.0,
+        "counted by route template, not by concrete path"
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_requests_total{route="/v1/forwards/{id}",method="GET",status="404"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"navigator_http_requests_total{route="unmatched",method="GET",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_request_duration_seconds_count{route="/v1/forwards/{id}",method="GET"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            r#"navigator_http_request_duration_seconds_bucket{route="/v1/forwards/{id}",method="GET",le="+Inf"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(r#"navigator_forwards{protocol="udp",status="ACTIVE"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"navigator_forwards{protocol="tcp",status="ACTIVE"}"#),
+        0.0
+    );
+    assert_eq!(value(r#"navigator_proxies{state="up"}"#), 1.0);
+    assert_eq!(value(r#"navigator_proxies{state="down"}"#), 0.0);
+    assert_eq!(value("navigator_database_up"), 1.0);
+    assert_eq!(
+        value(r#"navigator_agent_rpc_calls_total{method="create_forward"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"navigator_agent_rpc_failures_total{method="create_forward"}"#),
+        0.0
+    );
+    assert!(
+        value(r#"navigator_agent_rpc_calls_total{method="sync_forwards"}"#) >= 1.0,
+        "the start-up sync is counted"
+    );
+    assert!(text.contains("# TYPE navigator_http_request_duration_seconds histogram\n"));
 }
 
 #[test]

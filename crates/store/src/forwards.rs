@@ -14,7 +14,12 @@ use crate::{Store, StoreError, now};
 const ALLOCATION_ATTEMPTS: usize = 16;
 
 const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
-     internal_ip_address, internal_port, instance_id, proxy, status, status_reason, created_at, updated_at";
+     external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
+     status, status_reason, created_at, updated_at";
+
+/// Rows of `forward_ports` inserted per statement: 4 values each, well under
+/// every backend's limit on bound values.
+const PORT_ROWS_PER_INSERT: usize = 250;
 
 /// A forward to insert. `external_port` is ignored by
 /// [`Store::create_forward_allocating`].
@@ -24,9 +29,15 @@ pub struct NewForwardRow {
     pub description: String,
     pub protocol: Protocol,
     pub external_address: IpAddr,
+    /// The first external port.
     pub external_port: u16,
+    /// External ports from the first: 1 for a single-port forward. The
+    /// caller checked the range rules (`navigator_core::check_port_mapping`).
+    pub ports: u16,
     pub internal_ip_address: IpAddr,
     pub internal_port: u16,
+    /// The last internal port: `internal_port` for one port or an N:1 range.
+    pub internal_port_end: u16,
     pub instance_id: Option<String>,
     pub proxy: String,
 }
@@ -132,6 +143,9 @@ pub struct Move {
 pub struct TargetChange {
     pub internal_ip_address: Option<IpAddr>,
     pub internal_port: Option<u16>,
+    /// With `internal_port`, the last internal port: a range keeps its size
+    /// (and an N:1 forward its single port), so the caller computes it.
+    pub internal_port_end: Option<u16>,
     pub description: Option<String>,
 }
 
@@ -139,6 +153,15 @@ impl Store {
     /// Inserts a forward on the port it names.
     pub async fn create_forward(&self, new: &NewForwardRow) -> Result<PortForward, StoreError> {
         let forward = new_forward(new, new.external_port);
+        if u32::from(new.external_port) + u32::from(new.ports.max(1)) - 1 > 65535 {
+            return Err(StoreError::Corrupt {
+                table: "forwards",
+                reason: format!(
+                    "range of {} ports from {} runs past port 65535",
+                    new.ports, new.external_port
+                ),
+            });
+        }
         match self.insert(&forward).await {
             Ok(()) => Ok(forward),
             Err(e) if is_unique_violation(&e) => Err(self.port_taken(&forward).await),
@@ -146,9 +169,10 @@ impl Store {
         }
     }
 
-    /// Inserts a forward on the lowest free port of `pool` for its address and
-    /// protocol. Several servers may allocate at once: the unique constraint
-    /// turns a lost race into a retry, never into a shared port.
+    /// Inserts a forward on the lowest free port (for a range: the lowest
+    /// free block of `new.ports` consecutive ports) of `pool` for its address
+    /// and protocol. Several servers may allocate at once: the unique
+    /// constraint turns a lost race into a retry, never into a shared port.
     pub async fn create_forward_allocating(
         &self,
         new: &NewForwardRow,
@@ -163,19 +187,10 @@ impl Store {
             } else {
                 random_port_in(pool)
             };
-            let found = match self
-                .lowest_free_port(new.external_address, new.protocol, start, pool.last())
-                .await?
-            {
+            let found = match self.lowest_free(new, start, pool.last()).await? {
                 Some(port) => Some(port),
                 None if start > pool.first() => {
-                    self.lowest_free_port(
-                        new.external_address,
-                        new.protocol,
-                        pool.first(),
-                        pool.last(),
-                    )
-                    .await?
+                    self.lowest_free(new, pool.first(), pool.last()).await?
                 }
                 None => None,
             };
@@ -200,6 +215,63 @@ impl Store {
         })
     }
 
+    /// The first port of the lowest free block of `new.ports` ports within
+    /// `first..=last`.
+    async fn lowest_free(
+        &self,
+        new: &NewForwardRow,
+        first: u16,
+        last: u16,
+    ) -> Result<Option<u16>, StoreError> {
+        if new.ports <= 1 {
+            return self
+                .lowest_free_port(new.external_address, new.protocol, first, last)
+                .await;
+        }
+        self.lowest_free_block(new.external_address, new.protocol, new.ports, first, last)
+            .await
+    }
+
+    /// The lowest start of `size` consecutive free ports in `first..=last`.
+    /// Reads the held ports of the pool and looks for the gap in Rust: ranges
+    /// are created rarely, and this stays portable across the three backends.
+    async fn lowest_free_block(
+        &self,
+        address: IpAddr,
+        protocol: Protocol,
+        size: u16,
+        first: u16,
+        last: u16,
+    ) -> Result<Option<u16>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "SELECT port FROM forward_ports WHERE external_address = $1 AND protocol = $2 \
+                 AND port >= $3 AND port <= $4 ORDER BY port",
+                &[
+                    address.to_string().into(),
+                    protocol.as_str().into(),
+                    first.into(),
+                    last.into(),
+                ],
+            )
+            .await?;
+        let mut start = u32::from(first);
+        let size = u32::from(size);
+        for row in &rows {
+            let held: i64 = row.try_get(0)?;
+            let held = u32::try_from(held).unwrap_or(0);
+            if held >= start + size {
+                break;
+            }
+            start = start.max(held + 1);
+        }
+        if start + size - 1 <= u32::from(last) {
+            Ok(u16::try_from(start).ok())
+        } else {
+            Ok(None)
+        }
+    }
+
     /// The lowest port in `first..=last` that no forward holds, found with one
     /// query: either `first` itself, or the port right after a held one.
     async fn lowest_free_port(
@@ -213,13 +285,13 @@ impl Store {
         // as one CASE without FROM, which every backend accepts (MySQL 5.7
         // refuses `SELECT … WHERE` without a table).
         let sql = "SELECT CASE WHEN NOT EXISTS ( \
-                 SELECT 1 FROM forwards WHERE external_address = $3 AND protocol = $4 AND external_port = $1) \
+                 SELECT 1 FROM forward_ports WHERE external_address = $3 AND protocol = $4 AND port = $1) \
                THEN $1 \
-               ELSE (SELECT MIN(f.external_port + 1) FROM forwards f \
+               ELSE (SELECT MIN(f.port + 1) FROM forward_ports f \
                  WHERE f.external_address = $3 AND f.protocol = $4 \
-                   AND f.external_port >= $1 AND f.external_port < $2 \
-                   AND NOT EXISTS (SELECT 1 FROM forwards g WHERE g.external_address = $3 \
-                     AND g.protocol = $4 AND g.external_port = f.external_port + 1)) \
+                   AND f.port >= $1 AND f.port < $2 \
+                   AND NOT EXISTS (SELECT 1 FROM forward_ports g WHERE g.external_address = $3 \
+                     AND g.protocol = $4 AND g.port = f.port + 1)) \
              END AS candidate";
         let row = self
             .fetch_optional(
@@ -239,21 +311,27 @@ impl Store {
         Ok(port.and_then(|p| u16::try_from(p).ok()))
     }
 
+    /// Inserts the forward and one `forward_ports` row per external port in
+    /// one transaction: either the forward holds all its ports, or it does
+    /// not exist.
     async fn insert(&self, f: &PortForward) -> Result<(), sqlx::Error> {
         let sql = "INSERT INTO forwards (id, project_id, description, protocol, external_address, external_port, \
-             internal_ip_address, internal_port, instance_id, proxy, status, status_reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
-        self.execute(
-            sql,
-            &[
+             external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
+             status, status_reason, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+        let mut statements = vec![(
+            sql.to_owned(),
+            vec![
                 f.id.to_string().into(),
                 (&f.project_id).into(),
                 (&f.description).into(),
                 f.protocol.as_str().into(),
                 f.external_address.to_string().into(),
                 f.external_port.into(),
+                f.external_port_end.into(),
                 f.internal_ip_address.to_string().into(),
                 f.internal_port.into(),
+                f.internal_port_end.into(),
                 f.instance_id.clone().into(),
                 (&f.proxy).into(),
                 f.status.as_str().into(),
@@ -261,34 +339,43 @@ impl Store {
                 (&f.created_at).into(),
                 (&f.updated_at).into(),
             ],
-        )
-        .await?;
+        )];
+        statements.extend(port_rows(f));
+        self.execute_in_transaction(&statements).await?;
         Ok(())
     }
 
     /// The error for a port already held, naming the holder.
     async fn port_taken(&self, f: &PortForward) -> StoreError {
+        // The lowest port of the range another forward holds.
         let holder = self
             .fetch_optional(
-                "SELECT id FROM forwards WHERE external_address = $1 AND protocol = $2 AND external_port = $3",
+                "SELECT forward_id, port FROM forward_ports WHERE external_address = $1 AND protocol = $2 \
+                 AND port >= $3 AND port <= $4 ORDER BY port LIMIT 1",
                 &[
                     f.external_address.to_string().into(),
                     f.protocol.as_str().into(),
                     f.external_port.into(),
+                    f.external_port_end.into(),
                 ],
             )
             .await
             .and_then(|row| {
-                row.map(|row| row.try_get::<String, _>(0))
-                    .transpose()
-                    .map_err(StoreError::Database)
+                row.map(|row| {
+                    Ok((
+                        row.try_get::<String, _>(0)?,
+                        row.try_get::<i64, _>(1)?,
+                    ))
+                })
+                .transpose()
+                .map_err(StoreError::Database)
             });
         match holder {
-            Ok(Some(id)) => match id.parse() {
+            Ok(Some((id, port))) => match id.parse() {
                 Ok(holder) => StoreError::PortTaken {
                     address: f.external_address.to_string(),
                     protocol: f.protocol.to_string(),
-                    port: f.external_port,
+                    port: u16::try_from(port).unwrap_or(f.external_port),
                     holder,
                 },
                 Err(e) => StoreError::Corrupt {
@@ -342,8 +429,12 @@ impl Store {
         );
         text("proxy", filter.proxy.clone());
         if let Some(port) = filter.external_port {
+            // A port inside a range finds the range forward.
             values.push(Value::Int(i64::from(port)));
-            conditions.push(format!("external_port = ${}", values.len()));
+            conditions.push(format!(
+                "external_port <= ${0} AND external_port_end >= ${0}",
+                values.len()
+            ));
         }
         let column = order.column.column();
         let (cmp, dir) = if order.descending {
@@ -432,6 +523,7 @@ impl Store {
         let sql = "UPDATE forwards SET \
                internal_ip_address = COALESCE($2, internal_ip_address), \
                internal_port = COALESCE($3, internal_port), \
+               internal_port_end = COALESCE($7, internal_port_end), \
                description = COALESCE($4, description), \
                status = CASE WHEN $5 THEN 'PENDING' ELSE status END, \
                status_reason = CASE WHEN $5 THEN NULL ELSE status_reason END, \
@@ -447,6 +539,7 @@ impl Store {
                     change.description.clone().into(),
                     retargets.into(),
                     now().into(),
+                    change.internal_port_end.into(),
                 ],
             )
             .await?;
@@ -550,8 +643,10 @@ impl Store {
         if current.proxy != to.from_proxy {
             return Ok(None);
         }
-        if to.pool.contains(current.external_port) {
-            match self.claim_move(id, to, current.external_port).await {
+        // A range moves as one block of the same size.
+        let size = current.external_port_end - current.external_port + 1;
+        if to.pool.contains(current.external_port) && to.pool.contains(current.external_port_end) {
+            match self.claim_move(&current, to, current.external_port).await {
                 Ok(moved) => return Ok(moved),
                 Err(e) if is_unique_violation(&e) => {}
                 Err(e) => return Err(StoreError::Database(e)),
@@ -564,20 +659,27 @@ impl Store {
                 random_port_in(to.pool)
             };
             let mut found = self
-                .lowest_free_port(to.external_address, current.protocol, start, to.pool.last())
+                .lowest_free_run(
+                    to.external_address,
+                    current.protocol,
+                    size,
+                    start,
+                    to.pool.last(),
+                )
                 .await?;
             if found.is_none() && start > to.pool.first() {
                 found = self
-                    .lowest_free_port(
+                    .lowest_free_run(
                         to.external_address,
                         current.protocol,
+                        size,
                         to.pool.first(),
                         to.pool.last(),
                     )
                     .await?;
             }
             let Some(port) = found else { break };
-            match self.claim_move(id, to, port).await {
+            match self.claim_move(&current, to, port).await {
                 Ok(moved) => return Ok(moved),
                 Err(e) if is_unique_violation(&e) => continue,
                 Err(e) => return Err(StoreError::Database(e)),
@@ -590,28 +692,64 @@ impl Store {
         })
     }
 
+    /// The first port of the lowest free run of `size` ports in
+    /// `first..=last` (one port: the single-query search).
+    async fn lowest_free_run(
+        &self,
+        address: IpAddr,
+        protocol: Protocol,
+        size: u16,
+        first: u16,
+        last: u16,
+    ) -> Result<Option<u16>, StoreError> {
+        if size <= 1 {
+            self.lowest_free_port(address, protocol, first, last).await
+        } else {
+            self.lowest_free_block(address, protocol, size, first, last)
+                .await
+        }
+    }
+
+    /// Moves `current` to `to` on external ports from `port`, with its
+    /// `forward_ports` rows, in one transaction claimed by the conditional
+    /// update: if another server moved (or deleted) it first, nothing changes.
     async fn claim_move(
         &self,
-        id: ForwardId,
+        current: &PortForward,
         to: &Move,
         port: u16,
     ) -> Result<Option<PortForward>, sqlx::Error> {
-        let done = self
-            .execute(
+        let id = current.id;
+        let moved = PortForward {
+            external_address: to.external_address,
+            external_port: port,
+            external_port_end: port + (current.external_port_end - current.external_port),
+            ..current.clone()
+        };
+        let mut statements = vec![
+            (
                 "UPDATE forwards SET proxy = $2, external_address = $3, external_port = $4, \
-                 status = 'PENDING', status_reason = NULL, updated_at = $5 \
-                 WHERE id = $1 AND proxy = $6",
-                &[
+                 external_port_end = $5, status = 'PENDING', status_reason = NULL, updated_at = $6 \
+                 WHERE id = $1 AND proxy = $7"
+                    .to_owned(),
+                vec![
                     id.to_string().into(),
                     to.to_proxy.as_str().into(),
                     to.external_address.to_string().into(),
                     port.into(),
+                    moved.external_port_end.into(),
                     now().into(),
                     to.from_proxy.as_str().into(),
                 ],
-            )
-            .await?;
-        if done.rows_affected() == 0 {
+            ),
+            (
+                "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
+                vec![id.to_string().into()],
+            ),
+        ];
+        statements.extend(port_rows(&moved));
+        let affected = self.execute_claimed(&statements).await?;
+        if affected.first().copied().unwrap_or(0) == 0 {
             return Ok(None);
         }
         match self.get_forward(id).await {
@@ -623,13 +761,69 @@ impl Store {
 
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
-        let done = self
-            .execute(
-                "DELETE FROM forwards WHERE id = $1",
-                &[id.to_string().into()],
+        // The ports go in the same transaction as the forward, so a port is
+        // never free while its forward still exists, nor held after.
+        let id = id.to_string();
+        let affected = self
+            .execute_in_transaction(&[
+                (
+                    "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
+                    vec![id.clone().into()],
+                ),
+                (
+                    "DELETE FROM forwards WHERE id = $1".to_owned(),
+                    vec![id.into()],
+                ),
+            ])
+            .await?;
+        Ok(affected.last().copied().unwrap_or(0) > 0)
+    }
+
+    /// Number of external ports held per proxy host: what placement weighs
+    /// against a proxy's pool, where a range counts once per port.
+    pub async fn port_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "SELECT f.proxy, COUNT(*) AS n FROM forward_ports p \
+                 JOIN forwards f ON f.id = p.forward_id GROUP BY f.proxy",
+                &[],
             )
             .await?;
-        Ok(done.rows_affected() > 0)
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n")?;
+                Ok((row.try_get("proxy")?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Number of forwards per protocol and status (for metrics); combinations
+    /// with no forward are absent.
+    pub async fn forward_status_counts(
+        &self,
+    ) -> Result<Vec<(Protocol, ForwardStatus, u64)>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "SELECT protocol, status, COUNT(*) AS n FROM forwards GROUP BY protocol, status",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let protocol: String = row.try_get("protocol")?;
+                let status: String = row.try_get("status")?;
+                let n: i64 = row.try_get("n")?;
+                let protocol = protocol.parse().map_err(|e| StoreError::Corrupt {
+                    table: "forwards",
+                    reason: format!("{e}"),
+                })?;
+                let status = status.parse().map_err(|e| StoreError::Corrupt {
+                    table: "forwards",
+                    reason: format!("{e}"),
+                })?;
+                Ok((protocol, status, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
     }
 
     /// Number of forwards per proxy host.
@@ -661,7 +855,9 @@ fn matches_filter(f: &PortForward, filter: &ForwardFilter) -> bool {
         && ok(&filter.protocol, &f.protocol)
         && ok(&filter.status, &f.status)
         && ok(&filter.external_address, &f.external_address)
-        && ok(&filter.external_port, &f.external_port)
+        && filter
+            .external_port
+            .is_none_or(|p| (f.external_port..=f.external_port_end).contains(&p))
         && ok(&filter.internal_ip_address, &f.internal_ip_address)
         && ok(&filter.proxy, &f.proxy)
 }
@@ -675,8 +871,10 @@ fn new_forward(new: &NewForwardRow, external_port: u16) -> PortForward {
         protocol: new.protocol,
         external_address: new.external_address,
         external_port,
+        external_port_end: external_port.saturating_add(new.ports.max(1) - 1),
         internal_ip_address: new.internal_ip_address,
         internal_port: new.internal_port,
+        internal_port_end: new.internal_port_end.max(new.internal_port),
         instance_id: new.instance_id.clone(),
         proxy: new.proxy.clone(),
         status: ForwardStatus::Pending,
@@ -722,8 +920,10 @@ fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
             .map_err(|e| corrupt(format!("{e}")))?,
         external_address: ip("external_address")?,
         external_port: port("external_port")?,
+        external_port_end: port("external_port_end")?,
         internal_ip_address: ip("internal_ip_address")?,
         internal_port: port("internal_port")?,
+        internal_port_end: port("internal_port_end")?,
         instance_id: row.try_get("instance_id")?,
         proxy: text("proxy")?,
         status: text("status")?
@@ -733,4 +933,30 @@ fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
         created_at: text("created_at")?,
         updated_at: text("updated_at")?,
     })
+}
+
+/// The `forward_ports` rows of `f`, one per external port, as INSERT
+/// statements of at most `PORT_ROWS_PER_INSERT` rows each.
+fn port_rows(f: &PortForward) -> Vec<(String, Vec<Value>)> {
+    let ports: Vec<u16> = (f.external_port..=f.external_port_end).collect();
+    let mut statements = Vec::new();
+    for chunk in ports.chunks(PORT_ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO forward_ports (external_address, protocol, port, forward_id) VALUES ",
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 4);
+        for (i, port) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            let n = i * 4;
+            sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+            values.push(f.external_address.to_string().into());
+            values.push(f.protocol.as_str().into());
+            values.push((*port).into());
+            values.push(f.id.to_string().into());
+        }
+        statements.push((sql, values));
+    }
+    statements
 }

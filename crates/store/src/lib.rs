@@ -378,7 +378,15 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => include_str!("../migrations/postgres/0001_initial.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0001_initial.sql"),
     };
-    Migrator::with_migrations(vec![migration(1, "initial", initial)])
+    let port_ranges = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0002_port_ranges.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0002_port_ranges.sql"),
+        Backend::MySql => include_str!("../migrations/mysql/0002_port_ranges.sql"),
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "initial", initial),
+        migration(2, "port ranges", port_ranges),
+    ])
 }
 
 /// The current time as stored: RFC 3339 UTC with microseconds, a fixed width

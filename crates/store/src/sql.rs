@@ -7,7 +7,9 @@
 //! value each `?` takes, which also makes a `$N` used twice work there.
 //!
 //! Statements run in autocommit mode, one at a time: none holds a lock past
-//! its own end, which is what Galera clusters need. A statement the database
+//! its own end, which is what Galera clusters need. The one exception,
+//! [`Store::execute_in_transaction`], writes a forward together with the
+//! rows of the ports it occupies: a few inserts with no reads in between. A statement the database
 //! aborted because of a deadlock or a serialization conflict (on Galera, a
 //! certification failure reports the same SQLSTATE) is run again, a few times,
 //! since such an abort undid it completely.
@@ -181,6 +183,61 @@ impl Store {
             {
                 Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
                     tracing::debug!(attempt, error = %e, "statement aborted by a conflict; retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Runs `statements` in one transaction and returns the rows each
+    /// affected. A conflict abort retries the whole transaction.
+    pub(crate) async fn execute_in_transaction(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        self.transaction(statements, false).await
+    }
+
+    /// Like [`Store::execute_in_transaction`], but the first statement is a
+    /// claim: when it changes no row, the transaction is rolled back before
+    /// the others run (and the result is `[0]`).
+    pub(crate) async fn execute_claimed(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        self.transaction(statements, true).await
+    }
+
+    async fn transaction(
+        &self,
+        statements: &[(String, Vec<Value>)],
+        claim: bool,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let mut tx = self.pool.begin().await?;
+                let mut affected = Vec::with_capacity(statements.len());
+                for (sql, values) in statements {
+                    let (text, args) = self.prepare(sql, values)?;
+                    let done = sqlx::query_with(AssertSqlSafe(text), args)
+                        .execute(&mut *tx)
+                        .await?;
+                    if claim && affected.is_empty() && done.rows_affected() == 0 {
+                        tx.rollback().await?;
+                        return Ok(vec![0]);
+                    }
+                    affected.push(done.rows_affected());
+                }
+                tx.commit().await?;
+                Ok(affected)
+            }
+            .await;
+            match result {
+                Err(e) if is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "transaction aborted by a conflict; retrying");
                     backoff(attempt).await;
                     attempt += 1;
                 }

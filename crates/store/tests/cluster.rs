@@ -48,8 +48,10 @@ fn new_forward(project: &str, port: u16) -> NewForwardRow {
         protocol: Protocol::Tcp,
         external_address: ip("127.0.0.1"),
         external_port: port,
+        ports: 1,
         internal_ip_address: ip("10.0.0.5"),
         internal_port: 22,
+        internal_port_end: 22,
         instance_id: None,
         proxy: "p1".into(),
     }
@@ -291,7 +293,7 @@ async fn racing_updates_of_one_forward_all_apply(db: &'static TestDb) {
 async fn servers_starting_together_all_migrate(db: &'static TestDb) {
     // Empty the test's database again: the harness migrated it.
     let mut conn = AnyConnection::connect(&db.url).await.unwrap();
-    for table in ["forwards", "proxies", "_sqlx_migrations"] {
+    for table in ["forward_ports", "forwards", "proxies", "_sqlx_migrations"] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
             .await
             .unwrap();
@@ -320,14 +322,14 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
         Vec::<i64>::new()
     );
     let mut conn = AnyConnection::connect(&db.url).await.unwrap();
-    for table in ["forwards", "proxies", "_sqlx_migrations"] {
+    for table in ["forward_ports", "forwards", "proxies", "_sqlx_migrations"] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
             .await
             .unwrap();
     }
     conn.close().await.unwrap();
     let server = db.second_server().await;
-    assert_eq!(server.pending_migrations().await.unwrap(), vec![1]);
+    assert_eq!(server.pending_migrations().await.unwrap(), vec![1, 2]);
     server.migrate().await.unwrap();
     assert_eq!(
         server.pending_migrations().await.unwrap(),

@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use navigator_core::{ForwardStatus, PortRange, Protocol};
 use navigator_store::{
@@ -22,6 +23,10 @@ backend_tests!(every: [
     update_retargets_and_status_follows,
     proxies_upsert_and_list,
     text_round_trips_exactly,
+    overlapping_ranges_are_refused_naming_the_holder,
+    range_allocation_takes_the_lowest_free_block,
+    racing_overlapping_ranges_exactly_one_wins,
+    a_retargeted_range_keeps_its_size,
 ]);
 
 fn ip(s: &str) -> IpAddr {
@@ -35,8 +40,10 @@ fn new_forward(project: &str, protocol: Protocol, port: u16) -> NewForwardRow {
         protocol,
         external_address: ip("127.0.0.1"),
         external_port: port,
+        ports: 1,
         internal_ip_address: ip("10.0.0.5"),
         internal_port: 22,
+        internal_port_end: 22,
         instance_id: None,
         proxy: "p1".into(),
     }
@@ -353,4 +360,199 @@ async fn text_round_trips_exactly(db: &'static TestDb) {
             .is_empty()
     );
     assert!(created.created_at.len() == 27 && created.created_at.ends_with('Z'));
+}
+
+fn new_range(project: &str, protocol: Protocol, first: u16, ports: u16) -> NewForwardRow {
+    NewForwardRow {
+        ports,
+        internal_port: 8000,
+        internal_port_end: 8000 + ports - 1,
+        ..new_forward(project, protocol, first)
+    }
+}
+
+fn taken(err: StoreError) -> (navigator_core::ForwardId, u16) {
+    match err {
+        StoreError::PortTaken { holder, port, .. } => (holder, port),
+        other => panic!("expected PortTaken, got {other}"),
+    }
+}
+
+async fn overlapping_ranges_are_refused_naming_the_holder(db: &'static TestDb) {
+    let store = &db.store;
+    let range = store
+        .create_forward(&new_range("a", Protocol::Tcp, 21000, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (range.external_port, range.external_port_end),
+        (21000, 21009)
+    );
+    assert_eq!((range.internal_port, range.internal_port_end), (8000, 8009));
+    let inside = store
+        .create_forward(&new_forward("b", Protocol::Tcp, 21005))
+        .await
+        .unwrap_err();
+    assert_eq!(taken(inside), (range.id, 21005), "a port inside the range");
+    let overlapping = store
+        .create_forward(&new_range("b", Protocol::Tcp, 20995, 6))
+        .await
+        .unwrap_err();
+    assert_eq!(taken(overlapping), (range.id, 21000));
+    let single = store
+        .create_forward(&new_forward("b", Protocol::Tcp, 21020))
+        .await
+        .unwrap();
+    let covering = store
+        .create_forward(&new_range("b", Protocol::Tcp, 21015, 10))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        taken(covering),
+        (single.id, 21020),
+        "a range over a single port"
+    );
+    store
+        .create_forward(&new_range("b", Protocol::Tcp, 21010, 10))
+        .await
+        .expect("the adjacent block is free");
+    store
+        .create_forward(&new_range("b", Protocol::Udp, 21000, 10))
+        .await
+        .expect("the other protocol is another endpoint");
+    let all = store
+        .list_forwards(&ForwardFilter::default(), &page(100))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4, "refused creates left nothing behind");
+    assert_eq!(
+        store.port_counts().await.unwrap(),
+        vec![("p1".to_owned(), 31)],
+        "placement weighs ports: 10 + 1 + 10 + 10"
+    );
+
+    let found = store
+        .list_forwards(
+            &ForwardFilter {
+                external_port: Some(21004),
+                protocol: Some(Protocol::Tcp),
+                ..Default::default()
+            },
+            &page(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![range.id],
+        "filtering by a port inside a range finds the range"
+    );
+    assert!(store.delete_forward(range.id).await.unwrap());
+    store
+        .create_forward(&new_forward("b", Protocol::Tcp, 21005))
+        .await
+        .expect("deleting the range frees every port of it");
+    let got = store.get_forward(range.id).await.unwrap();
+    assert!(got.is_none());
+}
+
+async fn range_allocation_takes_the_lowest_free_block(db: &'static TestDb) {
+    let store = &db.store;
+    let pool = PortRange::new(22000, 22019).unwrap();
+    store
+        .create_forward(&new_forward("a", Protocol::Tcp, 22002))
+        .await
+        .unwrap();
+    let mut blocks = Vec::new();
+    for ports in [5, 3] {
+        let f = store
+            .create_forward_allocating(&new_range("a", Protocol::Tcp, 0, ports), pool)
+            .await
+            .unwrap();
+        blocks.push((f.external_port, f.external_port_end));
+    }
+    assert_eq!(blocks, vec![(22003, 22007), (22008, 22010)]);
+    let single = store
+        .create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool)
+        .await
+        .unwrap();
+    assert_eq!(single.external_port, 22000, "single ports fill the gaps");
+    let err = store
+        .create_forward_allocating(&new_range("a", Protocol::Tcp, 0, 10), pool)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PoolExhausted { .. }),
+        "9 ports are left at the end, not 10: {err}"
+    );
+    let last = store
+        .create_forward_allocating(&new_range("a", Protocol::Tcp, 0, 9), pool)
+        .await
+        .unwrap();
+    assert_eq!((last.external_port, last.external_port_end), (22011, 22019));
+}
+
+async fn racing_overlapping_ranges_exactly_one_wins(db: &'static TestDb) {
+    // Two servers, eight creates of 10-port ranges starting one port apart:
+    // every pair overlaps, so exactly one may exist afterwards.
+    let servers = [db.store.clone(), db.second_server().await];
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for i in 0..8u16 {
+        let store = servers[usize::from(i % 2)].clone();
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store
+                .create_forward(&new_range("a", Protocol::Tcp, 23000 + i, 10))
+                .await
+        }));
+    }
+    let mut won = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(forward) => won.push(forward),
+            Err(StoreError::PortTaken { .. }) => {}
+            Err(other) => panic!("a lost race must be a conflict, got {other}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one overlapping range wins");
+    let all = db
+        .store
+        .list_forwards(&ForwardFilter::default(), &page(100))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    // The losers left no port behind: the block right after the winner's is free.
+    let after = won[0].external_port_end + 1;
+    db.store
+        .create_forward(&new_range("a", Protocol::Tcp, after, 10))
+        .await
+        .unwrap();
+}
+
+async fn a_retargeted_range_keeps_its_size(db: &'static TestDb) {
+    let store = &db.store;
+    let range = store
+        .create_forward(&new_range("a", Protocol::Udp, 24000, 4))
+        .await
+        .unwrap();
+    let moved = store
+        .update_forward(
+            range.id,
+            &TargetChange {
+                internal_port: Some(9000),
+                internal_port_end: Some(9003),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((moved.internal_port, moved.internal_port_end), (9000, 9003));
+    assert_eq!(
+        (moved.external_port, moved.external_port_end),
+        (24000, 24003)
+    );
+    assert_eq!(moved.status, ForwardStatus::Pending);
 }

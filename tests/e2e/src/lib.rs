@@ -719,8 +719,15 @@ pub struct TcpEcho {
 
 impl TcpEcho {
     pub fn start(ip: &str, tag: &'static str) -> TcpEcho {
-        let listener = TcpListener::bind((ip, 0))
-            .unwrap_or_else(|e| panic!("cannot bind a TCP echo server on {ip}: {e}"));
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        TcpEcho::start_at(SocketAddr::new(ip, 0), tag)
+    }
+
+    /// An echo server on a given port (targets of a port range must sit on
+    /// consecutive ports).
+    pub fn start_at(at: SocketAddr, tag: &'static str) -> TcpEcho {
+        let listener = TcpListener::bind(at)
+            .unwrap_or_else(|e| panic!("cannot bind a TCP echo server on {at}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -756,8 +763,14 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start(ip: &str, tag: &'static str) -> UdpEcho {
-        let socket = UdpSocket::bind((ip, 0))
-            .unwrap_or_else(|e| panic!("cannot bind a UDP echo server on {ip}: {e}"));
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        UdpEcho::start_at(SocketAddr::new(ip, 0), tag)
+    }
+
+    /// An echo server on a given port.
+    pub fn start_at(at: SocketAddr, tag: &'static str) -> UdpEcho {
+        let socket = UdpSocket::bind(at)
+            .unwrap_or_else(|e| panic!("cannot bind a UDP echo server on {at}: {e}"));
         let addr = socket.local_addr().expect("local addr");
         thread::spawn(move || {
             let mut buf = [0u8; 2048];

@@ -678,6 +678,24 @@ fn two_agents_share_forwards_and_a_restarted_agent_is_resynced() {
     }
     wait_up(&server, &cluster.hosts);
 
+    // A port range travels over RabbitMQ too: every port of it is carried
+    // by the agent it was placed on (N:1, to the first echo server).
+    let range_first = last - 9;
+    let range = server.create_forward(&[
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port-range",
+        &format!("{0}:{0}", echoes[0].port()),
+        "--external-port-range",
+        &format!("{range_first}:{}", range_first + 2),
+    ]);
+    assert_eq!(field(&range, "status"), "ACTIVE", "{range}");
+    for port in range_first..=range_first + 2 {
+        assert_tcp_reply(&field(&range, "external_address"), port, "r", "0:r");
+    }
+
     // SIGTERM is a clean stop for both binaries.
     let stopped = agent_b.stop();
     assert!(

@@ -11,8 +11,9 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use navigator_e2e::{
-    Auth, Env, TcpEcho, UdpEcho, assert_tcp_reply, assert_udp_reply, both_auth_modes, eventually,
-    field, ipv6_available, tcp_refused, tcp_round_trip, udp_round_trip,
+    Auth, Env, TcpEcho, UdpEcho, assert_tcp_reply, assert_udp_reply, both_auth_modes,
+    claim_port_range, eventually, field, ipv6_available, tcp_refused, tcp_round_trip,
+    udp_round_trip,
 };
 use serde_json::Value;
 
@@ -278,10 +279,132 @@ fn external_port_busy_on_host_is_an_error_with_reason(auth: Auth) {
     assert_tcp_reply("127.0.0.1", busy_port, "repaired", "A:repaired");
 }
 
+/// `"N:M"` of a range forward, checked to lie in the test's port range.
+fn external_range(env: &Env, forward: &Value) -> (String, u16, u16) {
+    let range = field(forward, "external_port_range");
+    let (first, last) = range
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .unwrap_or_else(|| panic!("no external_port_range N:M in {forward}"));
+    let (pool_first, pool_last) = env.port_range;
+    assert!(
+        pool_first <= first && last <= pool_last,
+        "external range {range} outside {pool_first}-{pool_last}"
+    );
+    (field(forward, "external_address"), first, last)
+}
+
+fn tcp_and_udp_port_ranges_carry_every_port_and_close_them_all_on_delete(auth: Auth) {
+    let env = Env::new("ranges", &auth, "");
+    let server = env.start();
+    // Targets on consecutive ports, each tagged with its offset, so a reply
+    // shows that external port N + i reached internal port M + i.
+    let (targets, _) = claim_port_range();
+    let tags = ["P0:", "P1:", "P2:"];
+    let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let _tcp_echoes: Vec<TcpEcho> = (0..3u16)
+        .map(|i| TcpEcho::start_at(loopback(targets + i), tags[usize::from(i)]))
+        .collect();
+    let one_udp = UdpEcho::start("127.0.0.1", "U:");
+
+    // TCP: only the internal range; the server allocates a block of 3.
+    let tcp = server.create_forward(&[
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port-range",
+        &format!("{targets}:{}", targets + 2),
+    ]);
+    assert_active(&tcp);
+    let (ip, first, last) = external_range(&env, &tcp);
+    assert_eq!(last - first, 2, "{tcp}");
+    assert_eq!(
+        field(&tcp, "internal_port_range"),
+        format!("{targets}:{}", targets + 2)
+    );
+    for i in 0..3u16 {
+        assert_eq!(
+            tcp_round_trip(&ip, first + i, "hi").as_deref(),
+            Ok(format!("P{i}:hi").as_str()),
+            "external port {} keeps its offset",
+            first + i
+        );
+    }
+
+    // UDP: an explicit external range, every port to one internal port (N:1).
+    let (pool_first, _) = env.port_range;
+    let udp_first = pool_first + 100;
+    let udp = server.create_forward(&[
+        "--protocol",
+        "udp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port-range",
+        &format!("{0}:{0}", one_udp.port()),
+        "--external-port-range",
+        &format!("{udp_first}:{}", udp_first + 3),
+    ]);
+    assert_active(&udp);
+    for port in udp_first..=udp_first + 3 {
+        assert_eq!(
+            udp_round_trip(&ip, port, "ping").as_deref(),
+            Ok("U:ping"),
+            "udp port {port}"
+        );
+    }
+    // The list shows the ranges.
+    let list = server.cli_ok(&["forward", "list", "--long", "-f", "json"]);
+    assert!(
+        list.contains(&format!("{udp_first}:{}", udp_first + 3)),
+        "{list}"
+    );
+
+    // A port inside the TCP range is taken: the CLI says who holds it.
+    let clash = server.cli(&[
+        "forward",
+        "create",
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &targets.to_string(),
+        "--external-port",
+        &(first + 1).to_string(),
+    ]);
+    assert!(!clash.success(), "{clash}");
+    assert!(
+        clash.stderr.contains("409") && clash.stderr.contains(&field(&tcp, "id")),
+        "{clash}"
+    );
+
+    server.cli_ok(&["forward", "delete", &field(&tcp, "id"), &field(&udp, "id")]);
+    for port in first..=last {
+        eventually(
+            "every port of the deleted TCP range to refuse connections",
+            Duration::from_secs(5),
+            || tcp_refused(&ip, port),
+        );
+    }
+    for port in udp_first..=udp_first + 3 {
+        eventually(
+            "every port of the deleted UDP range to stop answering",
+            Duration::from_secs(5),
+            || match udp_round_trip(&ip, port, "anyone?") {
+                Ok(reply) => Err(format!("port {port} still answered {reply:?}")),
+                Err(_) => Ok(()),
+            },
+        );
+    }
+    assert_eq!(server.forward_count(), 0);
+}
+
 both_auth_modes!(
     tcp_forward_create_retarget_delete,
     udp_forward_create_retarget_delete,
     forwards_survive_a_server_restart,
     ipv6_tcp_forward,
     external_port_busy_on_host_is_an_error_with_reason,
+    tcp_and_udp_port_ranges_carry_every_port_and_close_them_all_on_delete,
 );

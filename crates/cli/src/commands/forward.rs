@@ -19,7 +19,7 @@ use crate::output::{self, Column, OutputArgs, Shape};
 
 /// Every forward attribute, in list order: the default columns, then the
 /// `--long` ones, then the ones only `-c` asks for.
-const COLUMNS: [Column; 14] = [
+const COLUMNS: [Column; 16] = [
     Column::new("id", "ID"),
     Column::new("protocol", "Protocol"),
     Column::new("external_address", "External Address"),
@@ -27,6 +27,8 @@ const COLUMNS: [Column; 14] = [
     Column::new("internal_ip_address", "Internal IP Address"),
     Column::new("internal_port", "Internal Port"),
     Column::new("status", "Status"),
+    Column::new("external_port_range", "External Port Range"),
+    Column::new("internal_port_range", "Internal Port Range"),
     Column::new("instance_id", "Instance ID"),
     Column::new("proxy", "Proxy"),
     Column::new("project_id", "Project"),
@@ -37,8 +39,8 @@ const COLUMNS: [Column; 14] = [
 ];
 /// Columns of `forward list`.
 const SHORT_LIST: usize = 7;
-/// Columns of `forward list --long`.
-const LONG_LIST: usize = 12;
+/// Columns of `forward list --long`: the ranges, then the rest.
+const LONG_LIST: usize = 14;
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
@@ -47,7 +49,15 @@ Examples:
 
   # A fixed external port, and only the new forward's id on stdout
   navigator forward create --protocol udp --internal-ip-address 10.0.0.7 \\
-      --internal-port 53 --external-port 20053 --description dns -f value -c id";
+      --internal-port 53 --external-port 20053 --description dns -f value -c id
+
+  # Ports 9000-9009 of the proxy to ports 8000-8009 of the instance
+  navigator forward create --protocol tcp --internal-ip-address 10.0.0.5 \\
+      --internal-port-range 8000:8009 --external-port-range 9000:9009
+
+  # A block of 10 free proxy ports, allocated, to ports 8000-8009
+  navigator forward create --protocol tcp --internal-ip-address 10.0.0.5 \\
+      --internal-port-range 8000:8009";
 
 #[derive(Debug, Subcommand)]
 pub enum ForwardCommand {
@@ -149,11 +159,21 @@ pub struct CreateArgs {
     #[arg(long, value_name = "IP")]
     pub internal_ip_address: IpAddr,
     /// Port of the instance to forward to
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub internal_port: u16,
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..),
+          required_unless_present = "internal_port_range", conflicts_with = "internal_port_range")]
+    pub internal_port: Option<u16>,
+    /// Ports of the instance, N:M: as many as --external-port-range has, or
+    /// one port (N:N) that every external port goes to
+    #[arg(long, value_name = "N:M")]
+    pub internal_port_range: Option<String>,
     /// Port on the proxy (default: one allocated from the proxy's pool)
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..),
+          conflicts_with = "external_port_range")]
     pub external_port: Option<u16>,
+    /// Ports on the proxy, N:M (default: a free block as large as
+    /// --internal-port-range, allocated from the proxy's pool)
+    #[arg(long, value_name = "N:M")]
+    pub external_port_range: Option<String>,
     /// Address on the proxy (default: the proxy's first address of the
     /// internal address's family)
     #[arg(long, value_name = "ADDR")]
@@ -272,8 +292,10 @@ async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
     let body = ForwardCreate {
         protocol: args.protocol.as_str().to_owned(),
         internal_ip_address: args.internal_ip_address.to_string(),
-        internal_port: i64::from(args.internal_port),
+        internal_port: args.internal_port.map(i64::from),
+        internal_port_range: args.internal_port_range,
         external_port: args.external_port.map(i64::from),
+        external_port_range: args.external_port_range,
         external_address: args.external_address.map(|ip| ip.to_string()),
         instance_id: args.instance_id,
         description: args.description,
@@ -497,7 +519,10 @@ mod tests {
         };
         assert_eq!(args.protocol, ProtocolArg::Udp);
         assert_eq!(args.internal_ip_address.to_string(), "2001:db8::5");
-        assert_eq!((args.internal_port, args.external_port), (53, Some(20053)));
+        assert_eq!(
+            (args.internal_port, args.external_port),
+            (Some(53), Some(20053))
+        );
         assert_eq!(args.output.format, Format::Value);
         assert_eq!(args.output.columns, ["id"]);
     }
@@ -655,6 +680,49 @@ mod tests {
     }
 
     #[test]
+    fn create_takes_ranges_instead_of_ports() {
+        let command = parse(&[
+            "create",
+            "--protocol",
+            "tcp",
+            "--internal-ip-address",
+            "10.0.0.5",
+            "--internal-port-range",
+            "8000:8009",
+            "--external-port-range",
+            "9000:9009",
+        ])
+        .unwrap();
+        let ForwardCommand::Create(args) = command else {
+            panic!("not create: {command:?}");
+        };
+        assert_eq!(args.internal_port_range.as_deref(), Some("8000:8009"));
+        assert_eq!(args.external_port_range.as_deref(), Some("9000:9009"));
+        let both = parse(&[
+            "create",
+            "--protocol",
+            "tcp",
+            "--internal-ip-address",
+            "10.0.0.5",
+            "--internal-port",
+            "22",
+            "--internal-port-range",
+            "22:23",
+        ])
+        .unwrap_err();
+        assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+        let neither = parse(&[
+            "create",
+            "--protocol",
+            "tcp",
+            "--internal-ip-address",
+            "10.0.0.5",
+        ])
+        .unwrap_err();
+        assert_eq!(neither.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
     fn columns_cover_every_forward_field() {
         let forward = Forward {
             id: "f1".into(),
@@ -663,8 +731,10 @@ mod tests {
             protocol: "tcp".into(),
             external_address: "203.0.113.5".into(),
             external_port: 20022,
+            external_port_range: Some("20022:20031".into()),
             internal_ip_address: "10.0.0.5".into(),
             internal_port: 22,
+            internal_port_range: Some("22:31".into()),
             instance_id: None,
             proxy: "px1".into(),
             status: "ACTIVE".into(),
