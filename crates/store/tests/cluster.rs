@@ -28,6 +28,7 @@ backend_tests!(
         pending_migrations_are_what_db_sync_applies,
         racing_failovers_move_each_forward_exactly_once,
         failover_keeps_the_port_when_free_else_allocates,
+        a_moved_range_takes_its_ports_along,
         reports_about_an_older_version_are_ignored,
         a_down_proxys_forwards_show_the_reason,
     ],
@@ -519,6 +520,49 @@ async fn failover_keeps_the_port_when_free_else_allocates(db: &'static TestDb) {
         other => panic!("expected PoolExhausted, got {other:?}"),
     }
     assert_eq!(store.get_forward(c.id).await.unwrap().unwrap().proxy, "p1");
+}
+
+async fn a_moved_range_takes_its_ports_along(db: &'static TestDb) {
+    let store = &db.store;
+    let mut range = new_forward("p", 25000);
+    range.ports = 4;
+    range.internal_port_end = 25;
+    let range = store.create_forward(&range).await.unwrap();
+    // 25001 is taken on p2's address: the range cannot keep 25000-25003 there
+    // and moves as one block to the lowest free run of four.
+    let mut holder = new_forward("p", 25001);
+    holder.proxy = "p2".into();
+    holder.external_address = ip("127.0.0.2");
+    let holder = store.create_forward(&holder).await.unwrap();
+    let pool = PortRange::new(25000, 25010).unwrap();
+    let moved = store
+        .move_forward(range.id, &move_to("p2", "127.0.0.2", pool))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (moved.external_port, moved.external_port_end),
+        (25002, 25005),
+        "same size, lowest free block"
+    );
+    // The old ports are free again on the old address...
+    store
+        .create_forward(&new_forward("p", 25003))
+        .await
+        .expect("the old address's ports were released");
+    // ...and the new ones are held by the moved range.
+    let mut clash = new_forward("p", 25004);
+    clash.proxy = "p2".into();
+    clash.external_address = ip("127.0.0.2");
+    match store.create_forward(&clash).await {
+        Err(StoreError::PortTaken {
+            holder: h, port, ..
+        }) => {
+            assert_eq!((h, port), (range.id, 25004));
+        }
+        other => panic!("expected PortTaken by the moved range, got {other:?}"),
+    }
+    assert_ne!(holder.id, range.id);
 }
 
 async fn reports_about_an_older_version_are_ignored(db: &'static TestDb) {
