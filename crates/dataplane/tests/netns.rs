@@ -700,7 +700,7 @@ async fn nft_port_ranges_carry_every_port_and_delete_removes_them() {
     );
     let ruleset = topo.nft_ruleset();
     assert_eq!(
-        ruleset.matches(&format!("fwd {}", tcp.id)).count(),
+        ruleset.matches("10.91.0.1 . tcp . 2100").count(),
         4,
         "one element per port: {ruleset}"
     );
