@@ -190,6 +190,34 @@ impl Control {
         Ok(true)
     }
 
+    /// Keeps a forward whose instance is gone but marks it `ERROR` with
+    /// `reason` (which starts with [`navigator_store::INSTANCE_DELETED`]), and
+    /// tells its agent to stop carrying it: the store leaves marked forwards
+    /// out of full syncs. `false` if it was already marked or is gone.
+    pub async fn mark_instance_deleted(
+        &self,
+        forward: &PortForward,
+        reason: &str,
+    ) -> Result<bool, ApiError> {
+        let lock = self.host_lock(&forward.proxy);
+        let _agent = lock.lock().await;
+        if !self
+            .store
+            .set_status(forward.id, ForwardStatus::Error, Some(reason))
+            .await?
+        {
+            return Ok(false);
+        }
+        if let Err(e) = self
+            .agents
+            .delete_forward(&forward.proxy, forward.id.to_string())
+            .await
+        {
+            tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told to drop the marked forward; the next sync will remove it");
+        }
+        Ok(true)
+    }
+
     /// Sends one forward to its agent and records the outcome; on an RPC
     /// failure the forward stays `PENDING` with the reason, for the next sync.
     async fn push(&self, forward: PortForward) -> PortForward {

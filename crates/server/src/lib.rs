@@ -15,5 +15,6 @@ pub mod context;
 pub mod control;
 pub mod error;
 pub mod handlers;
+pub mod nova;
 pub mod policy;
 pub mod run;

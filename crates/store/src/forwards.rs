@@ -31,6 +31,16 @@ pub struct NewForwardRow {
     pub proxy: String,
 }
 
+/// Start of the `status_reason` of a forward whose instance was deleted and
+/// that is kept, marked `ERROR`, rather than deleted (`[nova]
+/// on_instance_delete = mark`). Such a forward is no longer sent to its agent.
+pub const INSTANCE_DELETED: &str = "instance deleted: ";
+
+fn instance_deleted_pattern() -> String {
+    // No LIKE wildcards in the prefix itself, so it matches literally.
+    format!("{INSTANCE_DELETED}%")
+}
+
 /// Filters of a listing; `None` matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForwardFilter {
@@ -345,9 +355,26 @@ impl Store {
     }
 
     /// Every forward placed on `proxy`: the desired set its agent must carry.
+    /// Forwards marked [`INSTANCE_DELETED`] are left out: their target
+    /// address may already belong to someone else's new instance.
     pub async fn forwards_on_proxy(&self, proxy: &str) -> Result<Vec<PortForward>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE proxy = $1 ORDER BY id");
-        let rows = self.fetch_all(&sql, &[proxy.into()]).await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM forwards WHERE proxy = $1 \
+             AND NOT (status = 'ERROR' AND COALESCE(status_reason, '') LIKE $2) ORDER BY id"
+        );
+        let rows = self
+            .fetch_all(&sql, &[proxy.into(), instance_deleted_pattern().into()])
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Every forward of the instance `instance_id`, of any project.
+    pub async fn forwards_of_instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<PortForward>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE instance_id = $1 ORDER BY id");
+        let rows = self.fetch_all(&sql, &[instance_id.into()]).await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -394,7 +421,9 @@ impl Store {
     }
 
     /// Records what the agent reported. Only a change of status (or reason)
-    /// is written, so steady heartbeats cost no writes.
+    /// is written, so steady heartbeats cost no writes. A forward marked
+    /// [`INSTANCE_DELETED`] keeps its mark (a late agent report must not
+    /// clear it); only a retarget ([`Store::update_forward`]) or a delete does.
     pub async fn set_status(
         &self,
         id: ForwardId,
@@ -402,7 +431,8 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
         let sql = "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
-             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, ''))";
+             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) \
+             AND NOT (status = 'ERROR' AND COALESCE(status_reason, '') LIKE $5)";
         let done = self
             .execute(
                 sql,
@@ -411,6 +441,7 @@ impl Store {
                     status.as_str().into(),
                     reason.into(),
                     now().into(),
+                    instance_deleted_pattern().into(),
                 ],
             )
             .await?;

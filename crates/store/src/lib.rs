@@ -50,7 +50,9 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor, SqlStr};
 
-pub use forwards::{ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, TargetChange};
+pub use forwards::{
+    ForwardFilter, ForwardOrder, INSTANCE_DELETED, NewForwardRow, SortColumn, TargetChange,
+};
 pub use proxies::ProxyRecord;
 
 /// How long a writer waits for SQLite's lock before giving up (10 s). Writes
