@@ -315,6 +315,7 @@ impl Control {
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
         let lock = self.host_lock(host);
         let _agent = lock.lock().await;
+        let started = std::time::Instant::now();
         let forwards = self.store.forwards_on_proxy(host).await?;
         let entries: Vec<ForwardEntry> = forwards
             .iter()
@@ -340,12 +341,13 @@ impl Control {
         };
         match synced {
             Ok(result) => {
-                self.record_results(host, &result.results).await;
+                self.record_results(host, &result.results, Some(&forwards))
+                    .await;
                 self.synced
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .insert(host.to_owned(), result.generation);
-                tracing::info!(%host, forwards = forwards.len(), generation, "agent synced");
+                tracing::info!(%host, forwards = forwards.len(), generation, elapsed_ms = started.elapsed().as_millis() as u64, "agent synced");
                 Ok(())
             }
             Err(e) => {
@@ -357,13 +359,43 @@ impl Control {
         }
     }
 
-    async fn record_results(&self, host: &str, results: &[ForwardResult]) {
+    /// Records an agent's per-forward results. Only results that differ from
+    /// the store are written: `known` is the host's forwards as just read
+    /// (read here when `None`), so a steady agent with thousands of forwards
+    /// costs one query per report instead of one statement per forward.
+    async fn record_results(
+        &self,
+        host: &str,
+        results: &[ForwardResult],
+        known: Option<&[PortForward]>,
+    ) {
+        let read;
+        let known = match known {
+            Some(known) => known,
+            None => match self.store.forwards_on_proxy(host).await {
+                Ok(forwards) => {
+                    read = forwards;
+                    &read
+                }
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "cannot read the proxy's forwards to record a report");
+                    return;
+                }
+            },
+        };
+        let current: HashMap<ForwardId, (ForwardStatus, Option<&str>)> = known
+            .iter()
+            .map(|f| (f.id, (f.status, f.status_reason.as_deref())))
+            .collect();
         for result in results {
             let Ok(id) = result.id.parse::<ForwardId>() else {
                 tracing::warn!(%host, id = %result.id, "agent reported a malformed forward id");
                 continue;
             };
             let (status, reason) = result_status(result);
+            if current.get(&id) == Some(&(status, reason.as_deref())) {
+                continue;
+            }
             if let Err(e) = self.store.set_status(id, status, reason.as_deref()).await {
                 tracing::warn!(forward = %id, error = %e, "cannot record the forward's status");
             }
@@ -399,7 +431,8 @@ impl Control {
             tracing::info!(host = %state.host, generation = state.generation, "agent needs a full sync");
             return self.sync_host(&state.host).await;
         }
-        self.record_results(&state.host, &state.forwards).await;
+        self.record_results(&state.host, &state.forwards, None)
+            .await;
         Ok(())
     }
 
