@@ -142,6 +142,9 @@ stop_all() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   PIDS=()
+  # Heartbeats the stopped agents sent last would register them, as live
+  # proxies, with the next run's server.
+  scripts/rabbitmq ctl "$OUT/rabbitmq" -q purge_queue -p navigator navigator-server >/dev/null 2>&1 || true
 }
 
 json_field() { sed -n "s/.*\"$2\": *\\([0-9.]*\\).*/\\1/p" <<<"$1"; }

@@ -12,6 +12,8 @@ use crate::{Store, StoreError, now};
 /// How many times an automatic allocation is retried when another server took
 /// the port it found free between its look and its insert.
 const ALLOCATION_ATTEMPTS: usize = 16;
+/// Ports tried from the in-process cursor before asking the database.
+const CURSOR_ATTEMPTS: usize = 4;
 
 const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
      internal_ip_address, internal_port, instance_id, proxy, status, status_reason, created_at, updated_at";
@@ -113,7 +115,71 @@ impl Store {
     /// Inserts a forward on the lowest free port of `pool` for its address and
     /// protocol. Several servers may allocate at once: the unique constraint
     /// turns a lost race into a retry, never into a shared port.
+    ///
+    /// The lowest-free-port query reads every held port of the pool, and
+    /// concurrent creates all find the same port and all but one lose the
+    /// insert. So after an allocation this process keeps a cursor just past
+    /// the port it took and tries the next ports directly (no query; each
+    /// concurrent create gets its own port); the query runs again when the
+    /// cursor reaches the pool's end, after a few lost races, and after any
+    /// delete in this process, so that freed ports are reused lowest first.
     pub async fn create_forward_allocating(
+        &self,
+        new: &NewForwardRow,
+        pool: PortRange,
+    ) -> Result<PortForward, StoreError> {
+        let key = (
+            new.external_address.to_string(),
+            new.protocol.as_str().to_owned(),
+        );
+        for _ in 0..CURSOR_ATTEMPTS {
+            let Some(port) = self.take_cursor(&key, pool) else {
+                break;
+            };
+            let forward = new_forward(new, port);
+            match self.insert(&forward).await {
+                Ok(()) => return Ok(forward),
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(StoreError::Database(e)),
+            }
+        }
+        let forward = self.allocate_by_query(new, pool).await?;
+        self.set_cursor(key, forward.external_port, pool);
+        Ok(forward)
+    }
+
+    /// The next port of this process's cursor for `key`, advancing it.
+    fn take_cursor(&self, key: &(String, String), pool: PortRange) -> Option<u16> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let next = cursors.get_mut(key)?;
+        if *next < pool.first() || *next > pool.last() {
+            cursors.remove(key);
+            return None;
+        }
+        let port = *next;
+        match port.checked_add(1) {
+            Some(after) => *next = after,
+            None => {
+                cursors.remove(key);
+            }
+        }
+        Some(port)
+    }
+
+    fn set_cursor(&self, key: (String, String), taken: u16, pool: PortRange) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        match taken.checked_add(1).filter(|p| *p <= pool.last()) {
+            Some(next) => {
+                cursors.insert(key, next);
+            }
+            None => {
+                cursors.remove(&key);
+            }
+        }
+    }
+
+    /// Lowest free port by query, retrying lost races.
+    async fn allocate_by_query(
         &self,
         new: &NewForwardRow,
         pool: PortRange,
@@ -450,6 +516,11 @@ impl Store {
 
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
+        // A freed port may be lower than a cursor: the next allocation asks.
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let done = self
             .execute(
                 "DELETE FROM forwards WHERE id = $1",

@@ -150,6 +150,9 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Next port to try per (external address, protocol): see
+    /// [`Store::create_forward_allocating`].
+    cursors: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), u16>>>,
 }
 
 /// The URL oslo.db would use for a SQLite file at `path`.
@@ -271,7 +274,11 @@ impl Store {
             });
         }
         let pool = pool.connect_with(connect).await.map_err(connect_error)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            cursors: Default::default(),
+        })
     }
 
     /// The kind of database this store is on.
