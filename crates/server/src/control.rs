@@ -222,7 +222,7 @@ impl Control {
     /// failure the forward stays `PENDING` with the reason, for the next sync.
     async fn push(&self, forward: PortForward) -> PortForward {
         let lock = self.host_lock(&forward.proxy);
-        let _agent = lock.lock().await;
+        let agent = lock.lock().await;
         let entry = ForwardEntry::from(&forward.spec());
         let (status, reason) = match self.agents.create_forward(&forward.proxy, entry).await {
             Ok(result) => result_status(&result),
@@ -234,6 +234,9 @@ impl Control {
                 )
             }
         };
+        // The lock orders messages to the agent; the status write (a commit)
+        // sends none, so the next message to this agent need not wait for it.
+        drop(agent);
         if let Err(e) = self
             .store
             .set_status(forward.id, status, reason.as_deref())
