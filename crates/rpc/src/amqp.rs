@@ -62,13 +62,13 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(15);
 
 /// One broker of `transport_url`, with the credentials to use on it.
 #[derive(Clone, Debug)]
-struct Host {
+pub(crate) struct Host {
     uri: AMQPUri,
 }
 
 impl Host {
     /// `host:port/vhost`, without credentials, for logs and errors.
-    fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         format!(
             "{}:{}/{}",
             self.uri.authority.host, self.uri.authority.port, self.uri.vhost
@@ -79,7 +79,7 @@ impl Host {
 /// Parses oslo's `rabbit://user:pass@host:port[,user:pass@host2:port2]/vhost`.
 /// Hosts without credentials take those of the first host that has some
 /// (else guest/guest); an empty vhost is `/`, as kombu does.
-fn parse_transport_url(url: &str) -> Result<Vec<Host>, RpcError> {
+pub(crate) fn parse_transport_url(url: &str) -> Result<Vec<Host>, RpcError> {
     let invalid = |why: &str| RpcError::Transport(format!("invalid transport_url: {why}"));
     let rest = url
         .strip_prefix("rabbit://")
@@ -340,8 +340,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Tries every host once, in order; the first that answers wins.
 async fn connect_any(inner: &Inner) -> Result<(Connection, String), RpcError> {
+    connect_hosts(&inner.hosts).await
+}
+
+/// Tries every host of `hosts` once, in order; the first that answers wins.
+pub(crate) async fn connect_hosts(hosts: &[Host]) -> Result<(Connection, String), RpcError> {
     let mut errors = Vec::new();
-    for host in &inner.hosts {
+    for host in hosts {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("navigator:{}", std::process::id()).into());
         match tokio::time::timeout(

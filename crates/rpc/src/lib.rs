@@ -11,6 +11,7 @@
 pub mod amqp;
 pub mod inproc;
 pub mod messages;
+pub mod notify;
 pub mod oslo;
 pub mod transport;
 
@@ -18,6 +19,8 @@ pub use amqp::AmqpTransport;
 pub use messages::{
     AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, methods, topics,
 };
+pub use notify::{NotificationListener, NotificationSource};
+pub use oslo::Notification;
 pub use transport::{
     AgentClient, Incoming, RemoteError, RpcError, ServerClient, Target, Transport,
 };

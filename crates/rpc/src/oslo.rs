@@ -145,6 +145,32 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
     })
 }
 
+/// A notification as oslo's notifiers publish it (`messagingv2` in the 2.0
+/// envelope, `messaging` bare): who sent what, and its payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    pub event_type: String,
+    pub publisher_id: Option<String>,
+    pub message_id: Option<String>,
+    /// `INFO`, `ERROR`, ... as the notifier wrote it.
+    pub priority: Option<String>,
+    pub payload: Value,
+}
+
+/// Decodes a notification body of either notifier driver.
+pub fn decode_notification(body: &[u8]) -> Result<Notification, DecodeError> {
+    let message = unwrap_envelope(body)?;
+    let event_type =
+        string_field(&message, "event_type").ok_or(DecodeError::Shape("no event_type"))?;
+    Ok(Notification {
+        event_type,
+        publisher_id: string_field(&message, "publisher_id"),
+        message_id: string_field(&message, "message_id"),
+        priority: string_field(&message, "priority"),
+        payload: message.get("payload").cloned().unwrap_or(Value::Null),
+    })
+}
+
 /// Encodes the one reply oslo 14 sends: the result or failure with `ending: true`.
 pub fn encode_reply(msg_id: &str, result: &Result<Value, RemoteError>) -> Vec<u8> {
     let (result, failure) = match result {
@@ -350,6 +376,30 @@ mod tests {
             decode_reply(heartbeat.as_bytes()).unwrap().kind,
             ReplyKind::Heartbeat
         );
+    }
+
+    #[test]
+    fn notifications_of_both_drivers_decode() {
+        let inner = json!({
+            "message_id": "5fa4aa56-6fe3-4c81-8d7e-9625b82c6e60",
+            "publisher_id": "nova-compute:compute",
+            "event_type": "instance.delete.end",
+            "priority": "INFO",
+            "payload": {"nova_object.data": {"uuid": "178b0921-8f85-4257-88b6-2e743b5a975c"}},
+            "timestamp": "2026-11-25 14:52:33.796793",
+            "_unique_id": "6ac0",
+        });
+        let v2 = decode_notification(&envelope(&inner)).unwrap();
+        let bare = decode_notification(inner.to_string().as_bytes()).unwrap();
+        assert_eq!(v2, bare);
+        assert_eq!(v2.event_type, "instance.delete.end");
+        assert_eq!(v2.publisher_id.as_deref(), Some("nova-compute:compute"));
+        assert_eq!(
+            v2.payload["nova_object.data"]["uuid"],
+            "178b0921-8f85-4257-88b6-2e743b5a975c"
+        );
+        assert!(decode_notification(br#"{"payload": {}}"#).is_err());
+        assert!(decode_notification(b"\xff").is_err());
     }
 
     #[test]

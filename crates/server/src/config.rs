@@ -189,6 +189,42 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Move the forwards of a proxy that has been down longer than [agent] agent_down_time to live proxies (keeping the external port when it is free there). false: they stay and show ERROR \"proxy HOST is down\" until the proxy returns.",
     },
     OptionDoc {
+        section: "nova",
+        key: "notifications",
+        default: "false",
+        help: "Listen to Nova's instance.delete.end notifications (versioned and legacy) and act on the forwards of the deleted instance (on_instance_delete). Needs a RabbitMQ URL: [nova] transport_url, else [DEFAULT] transport_url when it is rabbit:// (cluster mode). Nova must publish them: [oslo_messaging_notifications] driver = messagingv2 in nova.conf.",
+    },
+    OptionDoc {
+        section: "nova",
+        key: "transport_url",
+        default: "",
+        help: "rabbit://USER:PASSWORD@HOST:PORT/VHOST of the broker Nova publishes notifications to (Nova's [oslo_messaging_notifications] transport_url). Default: [DEFAULT] transport_url. Set it to listen from an all-in-one server.",
+    },
+    OptionDoc {
+        section: "nova",
+        key: "exchange",
+        default: "nova",
+        help: "Nova's exchange (its control_exchange). Declared passively: Navigator never creates it, and waits, logging, while it is absent.",
+    },
+    OptionDoc {
+        section: "nova",
+        key: "topics",
+        default: "versioned_notifications,notifications",
+        help: "Comma-separated notification topics, each bound as TOPIC.info: Nova's [notifications] versioned_notifications_topics and [oslo_messaging_notifications] topics.",
+    },
+    OptionDoc {
+        section: "nova",
+        key: "queue",
+        default: "navigator-notifications",
+        help: "Navigator's own durable queue on that exchange, shared by every navigator-server (each notification is handled once; handling twice is harmless). Never one of Nova's *.info queues, which other consumers use.",
+    },
+    OptionDoc {
+        section: "nova",
+        key: "on_instance_delete",
+        default: "delete",
+        help: "What happens to the forwards of a deleted instance: delete (as an API delete, audited as user nova-notification) or mark (kept, ERROR with the reason, and no longer carried by the proxy until retargeted or deleted).",
+    },
+    OptionDoc {
         section: "agent",
         key: "backend",
         default: "relay",
@@ -335,6 +371,8 @@ pub struct Config {
     pub max_connections_per_forward: Option<usize>,
     pub udp_idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// `[nova]`: listening to Nova's notifications.
+    pub nova: NovaConfig,
     /// Options found in the file that Navigator does not know (probably typos).
     pub unknown_options: Vec<String>,
 }
@@ -507,7 +545,96 @@ impl Config {
             )?,
             udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", seconds)?,
             connect_timeout: raw.parse("relay", "connect_timeout", seconds)?,
+            nova: NovaConfig::parse(&raw)?,
             unknown_options,
+        })
+    }
+}
+
+/// What to do with the forwards of an instance Nova deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnInstanceDelete {
+    Delete,
+    Mark,
+}
+
+/// `[nova]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NovaConfig {
+    pub notifications: bool,
+    /// The broker to listen on: `[nova] transport_url`, else the RPC one.
+    /// `None` when notifications are off.
+    pub transport_url: Option<String>,
+    pub exchange: String,
+    pub topics: Vec<String>,
+    pub queue: String,
+    pub on_instance_delete: OnInstanceDelete,
+}
+
+impl NovaConfig {
+    fn parse(raw: &Raw) -> Result<NovaConfig, ConfigError> {
+        let section = "nova";
+        let notifications = raw.parse(section, "notifications", boolean)?;
+        let rpc_url = raw.get("DEFAULT", "transport_url");
+        let rpc_url = rpc_url.trim();
+        let transport_url = raw.parse(section, "transport_url", |v| {
+            if !v.is_empty() && !v.starts_with("rabbit://") {
+                return Err("expected rabbit://USER:PASSWORD@HOST:PORT/VHOST".into());
+            }
+            if !notifications {
+                return Ok(None);
+            }
+            match (v, rpc_url) {
+                ("", rpc) if rpc.starts_with("rabbit://") => Ok(Some(rpc.to_owned())),
+                ("", _) => Err("required when [nova] notifications = true and [DEFAULT] transport_url is not rabbit:// (the broker Nova publishes to)".into()),
+                (v, _) => Ok(Some(v.to_owned())),
+            }
+        })?;
+        let name = |v: &str| {
+            if v.is_empty()
+                || v.len() > 255
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+            {
+                Err("expected a name of 1 to 255 characters: letters, digits, _ - . :".to_owned())
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        Ok(NovaConfig {
+            notifications,
+            transport_url,
+            exchange: raw.parse(section, "exchange", name)?,
+            topics: raw.parse(section, "topics", |v| {
+                let topics: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| name(t).map_err(|e| format!("topic {t:?}: {e}")))
+                    .collect::<Result<_, _>>()?;
+                if topics.is_empty() {
+                    Err("expected at least one topic, e.g. versioned_notifications".into())
+                } else {
+                    Ok(topics)
+                }
+            })?,
+            queue: raw.parse(section, "queue", |v| {
+                let queue = name(v)?;
+                if queue.ends_with(".info") || queue.starts_with("amq.") {
+                    Err(
+                        "must be Navigator's own queue: not a notifier's *.info queue nor amq.*"
+                            .into(),
+                    )
+                } else {
+                    Ok(queue)
+                }
+            })?,
+            on_instance_delete: raw.parse(section, "on_instance_delete", |v| match v {
+                "delete" => Ok(OnInstanceDelete::Delete),
+                "mark" => Ok(OnInstanceDelete::Mark),
+                _ => Err("expected delete or mark".into()),
+            })?,
         })
     }
 }
@@ -715,6 +842,59 @@ mod tests {
         assert!(err.to_string().contains("auth_type"), "{err}");
         // noauth ignores an incomplete section.
         assert!(Config::parse("t.conf", "[keystone_authtoken]\nusername = x\n").is_ok());
+    }
+
+    #[test]
+    fn nova_section_defaults_and_checks() {
+        let config = Config::parse("t.conf", "").unwrap();
+        assert!(!config.nova.notifications);
+        assert_eq!(config.nova.transport_url, None);
+        assert_eq!(
+            config.nova.topics,
+            ["versioned_notifications", "notifications"]
+        );
+        assert_eq!(config.nova.on_instance_delete, OnInstanceDelete::Delete);
+
+        let cluster = "[DEFAULT]\ntransport_url = rabbit://u:p@h:5672/\n[nova]\nnotifications = true\non_instance_delete = mark\n";
+        let config = Config::parse("t.conf", cluster).unwrap();
+        assert_eq!(
+            config.nova.transport_url.as_deref(),
+            Some("rabbit://u:p@h:5672/")
+        );
+        assert_eq!(config.nova.on_instance_delete, OnInstanceDelete::Mark);
+        let own = "[nova]\nnotifications = true\ntransport_url = rabbit://n:p@nova-mq/\n";
+        let config = Config::parse("t.conf", own).unwrap();
+        assert_eq!(
+            config.nova.transport_url.as_deref(),
+            Some("rabbit://n:p@nova-mq/")
+        );
+
+        let cases = [
+            (
+                "[nova]\nnotifications = true\n",
+                "t.conf: [nova] transport_url = \"\": required when [nova] notifications = true and [DEFAULT] transport_url is not rabbit:// (the broker Nova publishes to)",
+            ),
+            (
+                "[nova]\non_instance_delete = keep\n",
+                "t.conf: [nova] on_instance_delete = \"keep\": expected delete or mark",
+            ),
+            (
+                "[nova]\nqueue = notifications.info\n",
+                "t.conf: [nova] queue = \"notifications.info\": must be Navigator's own queue: not a notifier's *.info queue nor amq.*",
+            ),
+            (
+                "[nova]\ntopics = ,\n",
+                "t.conf: [nova] topics = \",\": expected at least one topic, e.g. versioned_notifications",
+            ),
+            (
+                "[nova]\ntransport_url = amqp://h/\n",
+                "t.conf: [nova] transport_url = \"amqp://h/\": expected rabbit://USER:PASSWORD@HOST:PORT/VHOST",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse("t.conf", text).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
     }
 
     #[test]

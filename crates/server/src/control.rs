@@ -240,11 +240,39 @@ impl Control {
         Ok(true)
     }
 
+    /// Keeps a forward whose instance is gone but marks it `ERROR` with
+    /// `reason` (which starts with [`navigator_store::INSTANCE_DELETED`]), and
+    /// tells its agent to stop carrying it: the store leaves marked forwards
+    /// out of full syncs. `false` if it was already marked or is gone.
+    pub async fn mark_instance_deleted(
+        &self,
+        forward: &PortForward,
+        reason: &str,
+    ) -> Result<bool, ApiError> {
+        let lock = self.host_lock(&forward.proxy);
+        let _agent = lock.lock().await;
+        if !self
+            .store
+            .set_status(forward.id, ForwardStatus::Error, Some(reason))
+            .await?
+        {
+            return Ok(false);
+        }
+        if let Err(e) = self
+            .agents
+            .delete_forward(&forward.proxy, forward.id.to_string())
+            .await
+        {
+            tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told to drop the marked forward; the next sync will remove it");
+        }
+        Ok(true)
+    }
+
     /// Sends one forward to its agent and records the outcome; on an RPC
     /// failure the forward stays `PENDING` with the reason, for the next sync.
     async fn push(&self, forward: PortForward) -> PortForward {
         let lock = self.host_lock(&forward.proxy);
-        let _agent = lock.lock().await;
+        let agent = lock.lock().await;
         let entry = ForwardEntry::from(&forward.spec());
         let created = self.agents.create_forward(&forward.proxy, entry).await;
         self.metrics
@@ -259,6 +287,9 @@ impl Control {
                 )
             }
         };
+        // The lock orders messages to the agent; the status write (a commit)
+        // sends none, so the next message to this agent need not wait for it.
+        drop(agent);
         // Only if the forward is still this version on this proxy: a
         // retarget or a move meanwhile has its own push.
         if let Err(e) = self
@@ -372,6 +403,7 @@ impl Control {
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
         let lock = self.host_lock(host);
         let _agent = lock.lock().await;
+        let started = std::time::Instant::now();
         let forwards = self.store.forwards_on_proxy(host).await?;
         let entries: Vec<ForwardEntry> = forwards
             .iter()
@@ -399,8 +431,9 @@ impl Control {
             .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
             Ok(result) => {
-                self.record_results(host, &result.results).await;
-                tracing::info!(%host, forwards = forwards.len(), generation, "agent synced");
+                self.record_results(host, &result.results, Some(&forwards))
+                    .await;
+                tracing::info!(%host, forwards = forwards.len(), generation, elapsed_ms = started.elapsed().as_millis() as u64, "agent synced");
                 Ok(())
             }
             Err(e) => {
@@ -412,26 +445,53 @@ impl Control {
         }
     }
 
-    async fn record_results(&self, host: &str, results: &[ForwardResult]) {
+    /// Records an agent's per-forward results. Only results that differ from
+    /// the store are written: `known` is the host's forwards as just read
+    /// (read here when `None`), so a steady agent with thousands of forwards
+    /// costs one query per report instead of one statement per forward.
+    async fn record_results(
+        &self,
+        host: &str,
+        results: &[ForwardResult],
+        known: Option<&[PortForward]>,
+    ) {
+        let read;
+        let known = match known {
+            Some(known) => known,
+            None => match self.store.forwards_on_proxy(host).await {
+                Ok(forwards) => {
+                    read = forwards;
+                    &read
+                }
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "cannot read the proxy's forwards to record a report");
+                    return;
+                }
+            },
+        };
+        let current: HashMap<ForwardId, (ForwardStatus, Option<&str>)> = known
+            .iter()
+            .map(|f| (f.id, (f.status, f.status_reason.as_deref())))
+            .collect();
         for result in results {
             let Ok(id) = result.id.parse::<ForwardId>() else {
                 tracing::warn!(%host, id = %result.id, "agent reported a malformed forward id");
                 continue;
             };
             let (status, reason) = result_status(result);
+            if current.get(&id) == Some(&(status, reason.as_deref())) {
+                continue;
+            }
             let version = ReportedVersion {
                 proxy: host.to_owned(),
                 applied: result.applied.as_ref().and_then(applied_version),
             };
-            match self
+            if let Err(e) = self
                 .store
                 .set_reported_status(id, &version, status, reason.as_deref())
                 .await
             {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(forward = %id, error = %e, "cannot record the forward's status");
-                }
+                tracing::warn!(forward = %id, error = %e, "cannot record the forward's status");
             }
         }
     }
@@ -488,7 +548,8 @@ impl Control {
             tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store; full sync");
             return self.sync_host(&state.host).await;
         }
-        self.record_results(&state.host, &state.forwards).await;
+        self.record_results(&state.host, &state.forwards, None)
+            .await;
         Ok(())
     }
 

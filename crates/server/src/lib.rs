@@ -17,6 +17,7 @@ pub mod dashboard;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
+pub mod nova;
 pub mod openapi_auth;
 pub mod policy;
 pub mod run;

@@ -259,6 +259,16 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
     }
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
     tasks.spawn(control.clone().watch_failures(shutdown.child_token()));
+    // Nova's deletions: in cluster mode on the RPC broker, or on
+    // [nova] transport_url (which also lets all-in-one listen).
+    let nova = crate::nova::start(control.clone(), &config.nova)
+        .with_context(|| {
+            format!(
+                "cannot listen to Nova notifications ([nova] transport_url = {})",
+                redact(config.nova.transport_url.as_deref().unwrap_or_default())
+            )
+        })
+        .map_err(usage)?;
 
     let listener = tokio::net::TcpListener::bind((config.bind_host, config.bind_port))
         .await
@@ -292,6 +302,10 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
     });
     let served = server.await;
     shutdown.cancel();
+    if let Some(nova) = &nova {
+        // A notification being handled now is redelivered to another server.
+        nova.stop();
+    }
     signal.abort();
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), tasks.wait())

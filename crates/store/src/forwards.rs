@@ -12,6 +12,8 @@ use crate::{Store, StoreError, now};
 /// How many times an automatic allocation is retried when another server took
 /// the port it found free between its look and its insert.
 const ALLOCATION_ATTEMPTS: usize = 16;
+/// Ports tried from the in-process cursor before asking the database.
+const CURSOR_ATTEMPTS: usize = 4;
 
 const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
      external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
@@ -40,6 +42,22 @@ pub struct NewForwardRow {
     pub internal_port_end: u16,
     pub instance_id: Option<String>,
     pub proxy: String,
+}
+
+/// Start of the `status_reason` of a forward whose instance was deleted and
+/// that is kept, marked `ERROR`, rather than deleted (`[nova]
+/// on_instance_delete = mark`). Such a forward is no longer sent to its agent.
+pub const INSTANCE_DELETED: &str = "instance deleted: ";
+
+fn instance_deleted_pattern() -> String {
+    // No LIKE wildcards in the prefix itself, so it matches literally.
+    format!("{INSTANCE_DELETED}%")
+}
+
+/// SQL condition true for a forward that is not marked [`INSTANCE_DELETED`],
+/// with the pattern bound as parameter `$n`.
+fn not_marked(n: usize) -> String {
+    format!("NOT (status = 'ERROR' AND COALESCE(status_reason, '') LIKE ${n})")
 }
 
 /// Filters of a listing; `None` matches everything.
@@ -173,7 +191,75 @@ impl Store {
     /// free block of `new.ports` consecutive ports) of `pool` for its address
     /// and protocol. Several servers may allocate at once: the unique
     /// constraint turns a lost race into a retry, never into a shared port.
+    ///
+    /// The lowest-free-port query reads every held port of the pool, and
+    /// concurrent creates all find the same port and all but one lose the
+    /// insert. So after a single-port allocation this process keeps a cursor
+    /// just past the port it took and tries the next ports directly (no
+    /// query; each concurrent create gets its own port); the query runs again
+    /// when the cursor reaches the pool's end, after a few lost races, after
+    /// any delete in this process (freed ports are reused lowest first), and
+    /// for every range.
     pub async fn create_forward_allocating(
+        &self,
+        new: &NewForwardRow,
+        pool: PortRange,
+    ) -> Result<PortForward, StoreError> {
+        if new.ports > 1 {
+            return self.allocate_by_query(new, pool).await;
+        }
+        let key = (
+            new.external_address.to_string(),
+            new.protocol.as_str().to_owned(),
+        );
+        for _ in 0..CURSOR_ATTEMPTS {
+            let Some(port) = self.take_cursor(&key, pool) else {
+                break;
+            };
+            let forward = new_forward(new, port);
+            match self.insert(&forward).await {
+                Ok(()) => return Ok(forward),
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(StoreError::Database(e)),
+            }
+        }
+        let forward = self.allocate_by_query(new, pool).await?;
+        self.set_cursor(key, forward.external_port, pool);
+        Ok(forward)
+    }
+
+    /// The next port of this process's cursor for `key`, advancing it.
+    fn take_cursor(&self, key: &(String, String), pool: PortRange) -> Option<u16> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let next = cursors.get_mut(key)?;
+        if *next < pool.first() || *next > pool.last() {
+            cursors.remove(key);
+            return None;
+        }
+        let port = *next;
+        match port.checked_add(1) {
+            Some(after) => *next = after,
+            None => {
+                cursors.remove(key);
+            }
+        }
+        Some(port)
+    }
+
+    fn set_cursor(&self, key: (String, String), taken: u16, pool: PortRange) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        match taken.checked_add(1).filter(|p| *p <= pool.last()) {
+            Some(next) => {
+                cursors.insert(key, next);
+            }
+            None => {
+                cursors.remove(&key);
+            }
+        }
+    }
+
+    /// Lowest free port (or block) by query, retrying lost races.
+    async fn allocate_by_query(
         &self,
         new: &NewForwardRow,
         pool: PortRange,
@@ -482,17 +568,39 @@ impl Store {
     }
 
     /// Every forward placed on `proxy`: the desired set its agent must carry.
+    /// Forwards marked [`INSTANCE_DELETED`] are left out: their target
+    /// address may already belong to someone else's new instance.
     pub async fn forwards_on_proxy(&self, proxy: &str) -> Result<Vec<PortForward>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE proxy = $1 ORDER BY id");
-        let rows = self.fetch_all(&sql, &[proxy.into()]).await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM forwards WHERE proxy = $1 AND {} ORDER BY id",
+            not_marked(2)
+        );
+        let rows = self
+            .fetch_all(&sql, &[proxy.into(), instance_deleted_pattern().into()])
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Every forward of the instance `instance_id`, of any project.
+    pub async fn forwards_of_instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<PortForward>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM forwards WHERE instance_id = $1 ORDER BY id");
+        let rows = self.fetch_all(&sql, &[instance_id.into()]).await?;
         rows.iter().map(from_row).collect()
     }
 
     /// The ids of the forwards placed on `proxy` (what a heartbeat is
-    /// compared with; lighter than [`Store::forwards_on_proxy`]).
+    /// compared with; lighter than [`Store::forwards_on_proxy`], and the same
+    /// set).
     pub async fn forward_ids_on_proxy(&self, proxy: &str) -> Result<Vec<ForwardId>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM forwards WHERE proxy = $1 AND {}",
+            not_marked(2)
+        );
         let rows = self
-            .fetch_all("SELECT id FROM forwards WHERE proxy = $1", &[proxy.into()])
+            .fetch_all(&sql, &[proxy.into(), instance_deleted_pattern().into()])
             .await?;
         rows.iter()
             .map(|row| {
@@ -550,23 +658,30 @@ impl Store {
     }
 
     /// Records what the agent reported. Only a change of status (or reason)
-    /// is written, so steady heartbeats cost no writes.
+    /// is written, so steady heartbeats cost no writes. A forward marked
+    /// [`INSTANCE_DELETED`] keeps its mark (a late agent report must not
+    /// clear it); only a retarget ([`Store::update_forward`]) or a delete does.
     pub async fn set_status(
         &self,
         id: ForwardId,
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let sql = "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
-             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, ''))";
+        let sql = format!(
+            "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
+             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) \
+             AND {}",
+            not_marked(5)
+        );
         let done = self
             .execute(
-                sql,
+                &sql,
                 &[
                     id.to_string().into(),
                     status.as_str().into(),
                     reason.into(),
                     now().into(),
+                    instance_deleted_pattern().into(),
                 ],
             )
             .await?;
@@ -589,11 +704,14 @@ impl Store {
             reason.into(),
             now().into(),
             version.proxy.as_str().into(),
+            instance_deleted_pattern().into(),
         ];
-        let mut sql = String::from(
+        // The mark of a deleted instance survives reports, as in `set_status`.
+        let mut sql = format!(
             "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
              WHERE id = $1 AND proxy = $5 \
-               AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, ''))",
+               AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) AND {}",
+            not_marked(6)
         );
         if let Some(applied) = &version.applied {
             values.extend([
@@ -604,8 +722,8 @@ impl Store {
                 applied.internal_port.into(),
             ]);
             sql.push_str(
-                " AND protocol = $6 AND external_address = $7 AND external_port = $8 \
-                 AND internal_ip_address = $9 AND internal_port = $10",
+                " AND protocol = $7 AND external_address = $8 AND external_port = $9 \
+                 AND internal_ip_address = $10 AND internal_port = $11",
             );
         }
         let done = self.execute(&sql, &values).await?;
@@ -617,9 +735,18 @@ impl Store {
     pub async fn set_proxy_error(&self, proxy: &str, reason: &str) -> Result<u64, StoreError> {
         let done = self
             .execute(
-                "UPDATE forwards SET status = 'ERROR', status_reason = $2, updated_at = $3 \
-                 WHERE proxy = $1 AND (status <> 'ERROR' OR COALESCE(status_reason, '') <> $2)",
-                &[proxy.into(), reason.into(), now().into()],
+                &format!(
+                    "UPDATE forwards SET status = 'ERROR', status_reason = $2, updated_at = $3 \
+                     WHERE proxy = $1 AND (status <> 'ERROR' OR COALESCE(status_reason, '') <> $2) \
+                     AND {}",
+                    not_marked(4)
+                ),
+                &[
+                    proxy.into(),
+                    reason.into(),
+                    now().into(),
+                    instance_deleted_pattern().into(),
+                ],
             )
             .await?;
         Ok(done.rows_affected())
@@ -761,6 +888,11 @@ impl Store {
 
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
+        // A freed port may be lower than a cursor: the next allocation asks.
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         // The ports go in the same transaction as the forward, so a port is
         // never free while its forward still exists, nor held after.
         let id = id.to_string();

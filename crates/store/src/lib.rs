@@ -51,8 +51,8 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor, SqlStr};
 
 pub use forwards::{
-    AppliedVersion, ForwardFilter, ForwardOrder, Move, NewForwardRow, ReportedVersion, SortColumn,
-    TargetChange,
+    AppliedVersion, ForwardFilter, ForwardOrder, INSTANCE_DELETED, Move, NewForwardRow,
+    ReportedVersion, SortColumn, TargetChange,
 };
 pub use proxies::ProxyRecord;
 
@@ -151,6 +151,9 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Next port to try per (external address, protocol): see
+    /// [`Store::create_forward_allocating`].
+    cursors: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), u16>>>,
 }
 
 /// The URL oslo.db would use for a SQLite file at `path`.
@@ -272,7 +275,11 @@ impl Store {
             });
         }
         let pool = pool.connect_with(connect).await.map_err(connect_error)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            cursors: Default::default(),
+        })
     }
 
     /// The kind of database this store is on.

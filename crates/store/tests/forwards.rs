@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use navigator_core::{ForwardStatus, PortRange, Protocol};
 use navigator_store::{
-    ForwardFilter, ForwardOrder, NewForwardRow, SortColumn, StoreError, TargetChange,
+    ForwardFilter, ForwardOrder, INSTANCE_DELETED, NewForwardRow, SortColumn, StoreError,
+    TargetChange,
 };
 use support::TestDb;
 
@@ -27,6 +28,7 @@ backend_tests!(every: [
     range_allocation_takes_the_lowest_free_block,
     racing_overlapping_ranges_exactly_one_wins,
     a_retargeted_range_keeps_its_size,
+    instance_lookup_and_deleted_instance_marks,
 ]);
 
 fn ip(s: &str) -> IpAddr {
@@ -555,4 +557,87 @@ async fn a_retargeted_range_keeps_its_size(db: &'static TestDb) {
         (24000, 24003)
     );
     assert_eq!(moved.status, ForwardStatus::Pending);
+}
+
+async fn instance_lookup_and_deleted_instance_marks(db: &'static TestDb) {
+    let store = &db.store;
+    let mut rows = Vec::new();
+    for (project, port, instance) in [
+        ("a", 20000, Some("vm-1")),
+        ("b", 20001, Some("vm-1")),
+        ("a", 20002, Some("vm-2")),
+        ("a", 20003, None),
+    ] {
+        let mut row = new_forward(project, Protocol::Tcp, port);
+        row.instance_id = instance.map(Into::into);
+        rows.push(store.create_forward(&row).await.unwrap());
+    }
+    let of_vm1 = store.forwards_of_instance("vm-1").await.unwrap();
+    assert_eq!(of_vm1.iter().map(|f| f.id).collect::<Vec<_>>(), {
+        let mut ids = vec![rows[0].id, rows[1].id];
+        ids.sort_by_key(|id| id.to_string());
+        ids
+    });
+    assert!(store.forwards_of_instance("vm-9").await.unwrap().is_empty());
+
+    let reason = format!("{INSTANCE_DELETED}vm-1 (Nova instance.delete.end)");
+    assert!(
+        store
+            .set_status(rows[0].id, ForwardStatus::Error, Some(&reason))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_status(rows[0].id, ForwardStatus::Active, None)
+            .await
+            .unwrap(),
+        "an agent report must not clear the mark"
+    );
+    let marked = store.get_forward(rows[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (marked.status, marked.status_reason.as_deref()),
+        (ForwardStatus::Error, Some(reason.as_str()))
+    );
+    let carried: Vec<_> = store
+        .forwards_on_proxy("p1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(carried.len(), 3);
+    assert!(
+        !carried.contains(&rows[0].id),
+        "a marked forward is not carried"
+    );
+    // An ordinary ERROR is still carried and still updated by reports.
+    store
+        .set_status(rows[2].id, ForwardStatus::Error, Some("port in use"))
+        .await
+        .unwrap();
+    assert_eq!(store.forwards_on_proxy("p1").await.unwrap().len(), 3);
+    assert!(
+        store
+            .set_status(rows[2].id, ForwardStatus::Active, None)
+            .await
+            .unwrap()
+    );
+    // A retarget clears the mark: the forward is carried again.
+    let retargeted = store
+        .update_forward(
+            rows[0].id,
+            &TargetChange {
+                internal_port: Some(2222),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (retargeted.status, retargeted.status_reason),
+        (ForwardStatus::Pending, None)
+    );
+    assert_eq!(store.forwards_on_proxy("p1").await.unwrap().len(), 4);
 }

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Cluster-mode benchmarks: release navigator-server(s) and navigator-agents
+# (relay backend, each agent on its own loopback address) over a RabbitMQ and
+# PostgreSQL/MariaDB that this script starts with their DURABLE defaults
+# (fsync and a log flush at every commit: no durability shortcuts).
+#
+#   bench/cluster/run.sh      (env to override: CREATES, CONC, FIRST_BYTE,
+#                              SYNC_FORWARDS, BACKENDS, OUT, BIN_DIR)
+#
+# 1. creates/s through one and through two servers, on each database, two
+#    agents (CREATES creates by CONC concurrent clients, round-robin over
+#    the servers); a create counts only when it answered 201 ACTIVE;
+# 2. create -> first byte through the forward on a remote agent, p50/p99
+#    (FIRST_BYTE forwards one after another, one server, PostgreSQL);
+# 3. full sync of SYNC_FORWARDS forwards to one agent: the agent is killed
+#    (SIGKILL) and started again, and the server's "agent synced" log line
+#    gives the time of the whole sync (store read, RPC, agent apply, statuses
+#    recorded).
+#
+# BIN_DIR: a directory with release navigator-server, navigator-agent and the
+# cluster_load example; without it they are built here. Every process is
+# tracked by PID and stopped on exit. Summary lines start with "SUMMARY".
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+CREATES="${CREATES:-3000}"
+CONC="${CONC:-32}"
+FIRST_BYTE="${FIRST_BYTE:-300}"
+SYNC_FORWARDS="${SYNC_FORWARDS:-10000}"
+BACKENDS="${BACKENDS:-postgres mariadb}"
+OUT="${OUT:-/tmp/cluster-bench}"
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release -q -p navigator-server --bin navigator-server --example cluster_load
+  cargo build --release -q -p navigator-agent --bin navigator-agent
+  BIN_DIR="$CARGO_TARGET_DIR/release"
+  LOAD="$BIN_DIR/examples/cluster_load"
+else
+  LOAD="$BIN_DIR/cluster_load"
+  [ -x "$LOAD" ] || LOAD="$BIN_DIR/examples/cluster_load"
+fi
+SERVER="$BIN_DIR/navigator-server"
+AGENT="$BIN_DIR/navigator-agent"
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/databases stop "$OUT/db" >/dev/null 2>&1 || true
+  scripts/rabbitmq stop "$OUT/rabbitmq" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+echo "starting RabbitMQ and durable PostgreSQL/MariaDB in $OUT"
+scripts/rabbitmq start "$OUT/rabbitmq" >"$OUT/rabbitmq.log"
+DURABLE=1 scripts/databases start "$OUT/db" >"$OUT/db.log"
+# shellcheck disable=SC1091
+. "$OUT/rabbitmq/env"
+# shellcheck disable=SC1091
+. "$OUT/db/env"
+TRANSPORT="$NAVIGATOR_TEST_TRANSPORT_URL"
+
+# new_database KIND NAME: creates it and prints its URL.
+new_database() {
+  local admin base
+  case $1 in
+    postgres)
+      admin=$NAVIGATOR_TEST_POSTGRES_URL
+      psql -q "$admin" -c "CREATE DATABASE $2" >/dev/null ;;
+    mariadb)
+      admin=$NAVIGATOR_TEST_MYSQL_URL
+      local rest=${admin#mysql://} creds hostport
+      creds=${rest%%@*}; hostport=${rest#*@}; hostport=${hostport%%/*}
+      mariadb --no-defaults -h "${hostport%:*}" -P "${hostport#*:}" -u "${creds%%:*}" \
+        -p"${creds#*:}" -e "CREATE DATABASE $2 CHARACTER SET utf8mb4 COLLATE utf8mb4_bin" ;;
+  esac
+  base=${admin%/*}
+  echo "$base/$2"
+}
+
+# server_conf NAME DB_URL: writes OUT/NAME.conf for a cluster-mode server.
+server_conf() {
+  cat >"$OUT/$1.conf" <<CONF
+[DEFAULT]
+host = $1
+bind_port = 0
+transport_url = $TRANSPORT
+[database]
+connection = $2
+[forwards]
+allow_loopback_targets = true
+[agent]
+report_interval = 2
+agent_down_time = 20
+rpc_timeout = 10
+resync_interval = 600
+CONF
+}
+
+# start_server NAME: runs it and sets URL.
+start_server() {
+  "$SERVER" --config-file "$OUT/$1.conf" >"$OUT/$1.out" 2>"$OUT/$1.log" &
+  PIDS+=("$!")
+  for _ in $(seq 600); do
+    URL=$(sed -n 's/^  API *\(http:[^ ]*\).*/\1/p' "$OUT/$1.out" 2>/dev/null | head -1)
+    [ -n "$URL" ] && return
+    sleep 0.1
+  done
+  echo "server $1 did not start; see $OUT/$1.log" >&2; exit 1
+}
+
+# start_agent HOST ADDRESS PORTS: runs an agent and sets AGENT_PID.
+start_agent() {
+  cat >"$OUT/$1.conf" <<CONF
+[DEFAULT]
+host = $1
+transport_url = $TRANSPORT
+[agent]
+backend = relay
+external_addresses = $2
+port_range = $3
+report_interval = 2
+CONF
+  "$AGENT" --config-file "$OUT/$1.conf" >>"$OUT/$1.log" 2>&1 &
+  AGENT_PID=$!
+  PIDS+=("$AGENT_PID")
+}
+
+# wait_up URL N: until N proxies are up.
+wait_up() {
+  for _ in $(seq 600); do
+    local up
+    up=$(curl -sf -H 'X-Project-Id: bench' "$1/v1/proxies" | grep -o '"state": *"up"' | wc -l || true)
+    [ "${up:-0}" -ge "$2" ] && return
+    sleep 0.1
+  done
+  echo "proxies did not come up at $1" >&2; exit 1
+}
+
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+  # Heartbeats the stopped agents sent last would register them, as live
+  # proxies, with the next run's server.
+  scripts/rabbitmq ctl "$OUT/rabbitmq" -q purge_queue -p navigator navigator-server >/dev/null 2>&1 || true
+}
+
+json_field() { sed -n "s/.*\"$2\": *\\([0-9.]*\\).*/\\1/p" <<<"$1"; }
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+echo "machine: $machine; $(date -u +%FT%TZ)" | tee "$OUT/summary.txt"
+
+run=0
+for backend in $BACKENDS; do
+  for servers in 1 2; do
+    run=$((run + 1))
+    db=$(new_database "$backend" "bench_${run}_$$")
+    server_conf "s${run}a" "$db"
+    "$SERVER" --config-file "$OUT/s${run}a.conf" db sync >/dev/null
+    start_server "s${run}a"; urls=$URL
+    if [ "$servers" = 2 ]; then
+      server_conf "s${run}b" "$db"
+      start_server "s${run}b"; urls="$urls,$URL"
+    fi
+    start_agent "bench-${run}-a" 127.0.0.2 20000-39999
+    start_agent "bench-${run}-b" 127.0.0.3 20000-39999
+    wait_up "${urls%%,*}" 2
+    "$LOAD" create "$urls" 200 "$CONC" >/dev/null   # warm-up
+    result=$("$LOAD" create "$urls" "$CREATES" "$CONC")
+    echo "$result" >>"$OUT/results.jsonl"
+    echo "SUMMARY creates $backend servers=$servers: $(json_field "$result" creates_per_s) creates/s (created $(json_field "$result" created) of $CREATES, errors $(json_field "$result" errors), p50 $(json_field "$result" p50_ms) ms, p99 $(json_field "$result" p99_ms) ms; target >= 500/s with 2 servers)" | tee -a "$OUT/summary.txt"
+    if [ "$backend" = postgres ] && [ "$servers" = 1 ]; then
+      result=$("$LOAD" first-byte "${urls%%,*}" "$FIRST_BYTE")
+      echo "$result" >>"$OUT/results.jsonl"
+      echo "SUMMARY create->first byte on a remote agent ($backend, $FIRST_BYTE forwards): p50 $(json_field "$result" p50_ms) ms, p99 $(json_field "$result" p99_ms) ms, max $(json_field "$result" max_ms) ms (target p99 <= 100 ms)" | tee -a "$OUT/summary.txt"
+    fi
+    stop_all
+  done
+
+  # Full sync of SYNC_FORWARDS forwards to one agent.
+  run=$((run + 1))
+  db=$(new_database "$backend" "bench_${run}_$$")
+  server_conf "s${run}" "$db"
+  "$SERVER" --config-file "$OUT/s${run}.conf" db sync >/dev/null
+  start_server "s${run}"
+  host="bench-${run}-sync"
+  start_agent "$host" 127.0.0.4 20000-39999
+  wait_up "$URL" 1
+  result=$("$LOAD" create "$URL" "$SYNC_FORWARDS" "$CONC")
+  echo "$result" >>"$OUT/results.jsonl"
+  echo "  ($SYNC_FORWARDS forwards created for the sync test: $(json_field "$result" creates_per_s) creates/s with one agent)"
+  before=$(grep -c "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" || true)
+  kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+  start_agent "$host" 127.0.0.4 20000-39999
+  line=""
+  for _ in $(seq 1200); do
+    if [ "$(grep -c "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" || true)" -gt "$before" ]; then
+      line=$(grep "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" | tail -1)
+      break
+    fi
+    sleep 0.1
+  done
+  ms=$(sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' <<<"$line")
+  echo "SUMMARY full sync of $SYNC_FORWARDS forwards to one agent ($backend): ${ms:-FAILED} ms (target <= 2000 ms)" | tee -a "$OUT/summary.txt"
+  stop_all
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
+echo "results: $OUT/results.jsonl, logs in $OUT"
