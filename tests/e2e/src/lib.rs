@@ -415,6 +415,21 @@ impl Server {
         parse_json(&self.cli_ok(&all))
     }
 
+    /// `forward create` of a `protocol` forward to `127.0.0.1:port` (a
+    /// test's echo server), with `extra` arguments.
+    pub fn create_loopback_forward(&self, protocol: &str, port: &str, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "--protocol",
+            protocol,
+            "--internal-ip-address",
+            "127.0.0.1",
+            "--internal-port",
+            port,
+        ];
+        args.extend_from_slice(extra);
+        self.create_forward(&args)
+    }
+
     /// `forward show ID -f json`.
     pub fn show_forward(&self, id: &str) -> Value {
         parse_json(&self.cli_ok(&["forward", "show", id, "-f", "json"]))
