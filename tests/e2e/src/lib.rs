@@ -842,6 +842,14 @@ pub fn tcp_refused(ip: &str, port: u16) -> Result<(), String> {
     }
 }
 
+/// Whether a datagram to `ip:port` goes unanswered (a UDP forward is gone).
+pub fn udp_silent(ip: &str, port: u16) -> Result<(), String> {
+    match udp_round_trip(ip, port, "anyone?") {
+        Ok(reply) => Err(format!("{ip}:{port} still answered {reply:?}")),
+        Err(_) => Ok(()),
+    }
+}
+
 /// One UDP round trip through `ip:port` from a fresh socket: the reply, or
 /// what went wrong (including no answer within [`IO_TIMEOUT`]).
 pub fn udp_round_trip(ip: &str, port: u16, payload: &str) -> Result<String, String> {
