@@ -78,7 +78,13 @@ impl NotificationListener {
             ));
         }
         let (consuming_tx, consuming) = watch::channel(false);
-        let task = tokio::spawn(run(hosts, source, handle, consuming_tx));
+        let listener = Listener {
+            hosts,
+            source,
+            handle,
+            consuming: consuming_tx,
+        };
+        let task = tokio::spawn(listener.run());
         Ok(NotificationListener { task, consuming })
     }
 
@@ -108,169 +114,159 @@ enum Ended {
     NoExchange(String),
 }
 
-async fn run<H, F>(
+/// The listener's task and what each of its connections needs.
+struct Listener<H> {
     hosts: Vec<Host>,
     source: NotificationSource,
     handle: H,
+    /// Set while the queue is consumed ([`NotificationListener::consuming`]).
     consuming: watch::Sender<bool>,
-) where
+}
+
+impl<H, F> Listener<H>
+where
     H: Fn(Notification) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let mut delay = BACKOFF_START;
-    loop {
-        let ended = session(&hosts, &source, &handle, &consuming).await;
-        let was_consuming = consuming.send_replace(false);
-        if was_consuming {
-            // It worked until now: come back quickly.
-            delay = BACKOFF_START;
+    async fn run(self) {
+        let source = &self.source;
+        let mut delay = BACKOFF_START;
+        loop {
+            let ended = self.session().await;
+            let was_consuming = self.consuming.send_replace(false);
+            if was_consuming {
+                // It worked until now: come back quickly.
+                delay = BACKOFF_START;
+            }
+            match ended {
+                Ended::Broker(e) => tracing::warn!(
+                    exchange = %source.exchange, queue = %source.queue, error = %e, retry_in = ?delay,
+                    "notification listener: RabbitMQ unavailable; retrying"
+                ),
+                Ended::NoExchange(broker) => tracing::warn!(
+                    exchange = %source.exchange, %broker, retry_in = ?delay,
+                    "notification listener: exchange {:?} does not exist on {broker}; is the notifier \
+                     configured there ([oslo_messaging_notifications] driver = messagingv2 and this \
+                     transport_url)? Navigator never creates it; retrying",
+                    source.exchange
+                ),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(BACKOFF_MAX);
         }
-        match ended {
-            Ended::Broker(e) => tracing::warn!(
-                exchange = %source.exchange, queue = %source.queue, error = %e, retry_in = ?delay,
-                "notification listener: RabbitMQ unavailable; retrying"
-            ),
-            Ended::NoExchange(broker) => tracing::warn!(
-                exchange = %source.exchange, %broker, retry_in = ?delay,
-                "notification listener: exchange {:?} does not exist on {broker}; is the notifier \
-                 configured there ([oslo_messaging_notifications] driver = messagingv2 and this \
-                 transport_url)? Navigator never creates it; retrying",
-                source.exchange
-            ),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(BACKOFF_MAX);
     }
-}
 
-/// One connection: declare, bind, consume until the connection ends.
-async fn session<H, F>(
-    hosts: &[Host],
-    source: &NotificationSource,
-    handle: &H,
-    consuming: &watch::Sender<bool>,
-) -> Ended
-where
-    H: Fn(Notification) -> F,
-    F: Future<Output = ()>,
-{
-    let (connection, broker) = match connect_hosts(hosts).await {
-        Ok(connected) => connected,
-        Err(e) => return Ended::Broker(e.to_string()),
-    };
-    let ended = consume(&connection, &broker, source, handle, consuming).await;
-    let _ = connection.close(200, "OK".into()).await;
-    ended
-}
-
-async fn consume<H, F>(
-    connection: &Connection,
-    broker: &str,
-    source: &NotificationSource,
-    handle: &H,
-    consuming: &watch::Sender<bool>,
-) -> Ended
-where
-    H: Fn(Notification) -> F,
-    F: Future<Output = ()>,
-{
-    let failed =
-        |what: String| move |e: lapin::Error| Ended::Broker(format!("{broker}: {what}: {e}"));
-    let channel = match connection.create_channel().await {
-        Ok(channel) => channel,
-        Err(e) => return failed("open channel".into())(e),
-    };
-    let passive = channel
-        .exchange_declare(
-            source.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                passive: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    if let Err(e) = passive {
-        // A passive declare of a missing exchange closes the channel with
-        // 404 NOT_FOUND; anything else is a broker problem.
-        return if e.to_string().contains("NOT_FOUND") || e.to_string().contains("404") {
-            Ended::NoExchange(broker.to_owned())
-        } else {
-            failed(format!("declare exchange {} passively", source.exchange))(e)
+    /// One connection: declare, bind, consume until the connection ends.
+    async fn session(&self) -> Ended {
+        let (connection, broker) = match connect_hosts(&self.hosts).await {
+            Ok(connected) => connected,
+            Err(e) => return Ended::Broker(e.to_string()),
         };
+        let ended = self.consume(&connection, &broker).await;
+        let _ = connection.close(200, "OK".into()).await;
+        ended
     }
-    if let Err(e) = channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await
-    {
-        return failed("set prefetch".into())(e);
-    }
-    if let Err(e) = channel
-        .queue_declare(
-            source.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-    {
-        return failed(format!("declare queue {}", source.queue))(e);
-    }
-    for topic in &source.topics {
-        let key = format!("{topic}.info");
-        if let Err(e) = channel
-            .queue_bind(
-                source.queue.as_str().into(),
+
+    async fn consume(&self, connection: &Connection, broker: &str) -> Ended {
+        let source = &self.source;
+        let failed =
+            |what: String| move |e: lapin::Error| Ended::Broker(format!("{broker}: {what}: {e}"));
+        let channel = match connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(e) => return failed("open channel".into())(e),
+        };
+        let passive = channel
+            .exchange_declare(
                 source.exchange.as_str().into(),
-                key.as_str().into(),
-                QueueBindOptions::default(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if let Err(e) = passive {
+            // A passive declare of a missing exchange closes the channel with
+            // 404 NOT_FOUND; anything else is a broker problem.
+            return if e.to_string().contains("NOT_FOUND") || e.to_string().contains("404") {
+                Ended::NoExchange(broker.to_owned())
+            } else {
+                failed(format!("declare exchange {} passively", source.exchange))(e)
+            };
+        }
+        if let Err(e) = channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await
+        {
+            return failed("set prefetch".into())(e);
+        }
+        if let Err(e) = channel
+            .queue_declare(
+                source.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
         {
-            return failed(format!(
-                "bind {} to {} with {key}",
-                source.queue, source.exchange
-            ))(e);
+            return failed(format!("declare queue {}", source.queue))(e);
         }
-    }
-    let mut consumer = match channel
-        .basic_consume(
-            source.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    {
-        Ok(consumer) => consumer,
-        Err(e) => return failed(format!("consume {}", source.queue))(e),
-    };
-    consuming.send_replace(true);
-    tracing::info!(
-        %broker, exchange = %source.exchange, queue = %source.queue, topics = ?source.topics,
-        "listening to notifications"
-    );
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(delivery) => delivery,
+        for topic in &source.topics {
+            let key = format!("{topic}.info");
+            if let Err(e) = channel
+                .queue_bind(
+                    source.queue.as_str().into(),
+                    source.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                return failed(format!(
+                    "bind {} to {} with {key}",
+                    source.queue, source.exchange
+                ))(e);
+            }
+        }
+        let mut consumer = match channel
+            .basic_consume(
+                source.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(consumer) => consumer,
             Err(e) => return failed(format!("consume {}", source.queue))(e),
         };
-        match decode_notification(&delivery.data) {
-            Ok(notification) => handle(notification).await,
-            Err(e) => tracing::warn!(
-                queue = %source.queue, error = %e, body = %preview(&delivery.data),
-                "dropping an unreadable notification"
-            ),
+        self.consuming.send_replace(true);
+        tracing::info!(
+            %broker, exchange = %source.exchange, queue = %source.queue, topics = ?source.topics,
+            "listening to notifications"
+        );
+        while let Some(delivery) = consumer.next().await {
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(e) => return failed(format!("consume {}", source.queue))(e),
+            };
+            match decode_notification(&delivery.data) {
+                Ok(notification) => (self.handle)(notification).await,
+                Err(e) => tracing::warn!(
+                    queue = %source.queue, error = %e, body = %preview(&delivery.data),
+                    "dropping an unreadable notification"
+                ),
+            }
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                return failed("acknowledge a notification".into())(e);
+            }
         }
-        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-            return failed("acknowledge a notification".into())(e);
-        }
+        Ended::Broker(format!("{broker}: the consumer of {} ended", source.queue))
     }
-    Ended::Broker(format!("{broker}: the consumer of {} ended", source.queue))
 }
 
 /// The start of a body, for a log line about it.

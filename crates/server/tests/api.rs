@@ -73,6 +73,15 @@ impl Harness {
             .await;
         (status, value)
     }
+
+    /// `PUT /v1/forwards/{id}` with `changes` as the forward's fields.
+    async fn update(&self, project: &str, id: &str, changes: Value) -> (StatusCode, Value) {
+        let body = json!({ "forward": changes }).to_string();
+        let (status, value, _) = self
+            .send("PUT", &format!("/v1/forwards/{id}"), project, Some(&body))
+            .await;
+        (status, value)
+    }
 }
 
 fn error_message(body: &Value) -> &str {
@@ -99,10 +108,7 @@ async fn create_show_update_delete() {
     assert_eq!(body["forward"]["description"], "x");
     assert!(request_id.starts_with("req-"), "{request_id}");
 
-    let update = json!({"forward": {"internal_port": 10}}).to_string();
-    let (status, body, _) = h
-        .send("PUT", &format!("/v1/forwards/{id}"), "p1", Some(&update))
-        .await;
+    let (status, body) = h.update("p1", id, json!({"internal_port": 10})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["forward"]["internal_port"], 10);
     assert_eq!(body["forward"]["status"], "ACTIVE");
@@ -365,26 +371,14 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
     assert_eq!(body["forward"]["internal_port_range"], "5060:5060");
 
     // Retargeting a range moves the whole internal range.
-    let update = json!({"forward": {"internal_port": 8100}}).to_string();
-    let (status, body, _) = h
-        .send(
-            "PUT",
-            &format!("/v1/forwards/{holder}"),
-            "p1",
-            Some(&update),
-        )
+    let (status, body) = h
+        .update("p1", &holder, json!({"internal_port": 8100}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["forward"]["internal_port_range"], "8100:8104");
     assert_eq!(body["forward"]["status"], "ACTIVE");
-    let update = json!({"forward": {"internal_port": 65533}}).to_string();
-    let (status, body, _) = h
-        .send(
-            "PUT",
-            &format!("/v1/forwards/{holder}"),
-            "p1",
-            Some(&update),
-        )
+    let (status, body) = h
+        .update("p1", &holder, json!({"internal_port": 65533}))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(

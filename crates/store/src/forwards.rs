@@ -1,5 +1,6 @@
 //! Queries on the `forwards` table.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use navigator_core::{ForwardId, ForwardStatus, PortForward, PortRange, Protocol};
@@ -667,25 +668,7 @@ impl Store {
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let sql = format!(
-            "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
-             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) \
-             AND {}",
-            not_marked(5)
-        );
-        let done = self
-            .execute(
-                &sql,
-                &[
-                    id.to_string().into(),
-                    status.as_str().into(),
-                    reason.into(),
-                    now().into(),
-                    instance_deleted_pattern().into(),
-                ],
-            )
-            .await?;
-        Ok(done.rows_affected() > 0)
+        self.write_status(id, status, reason, Vec::new()).await
     }
 
     /// Records a status reported about `version`; `false` (and nothing
@@ -698,33 +681,51 @@ impl Store {
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let mut only_if: Vec<(&str, Value)> = vec![("proxy", version.proxy.as_str().into())];
+        if let Some(applied) = &version.applied {
+            only_if.extend([
+                ("protocol", applied.protocol.as_str().into()),
+                (
+                    "external_address",
+                    applied.external_address.to_string().into(),
+                ),
+                ("external_port", applied.external_port.into()),
+                (
+                    "internal_ip_address",
+                    applied.internal_ip_address.to_string().into(),
+                ),
+                ("internal_port", applied.internal_port.into()),
+            ]);
+        }
+        self.write_status(id, status, reason, only_if).await
+    }
+
+    /// The write of [`Store::set_status`] and [`Store::set_reported_status`]:
+    /// only a change of status or reason, never over the mark of a deleted
+    /// instance, and only where each column of `only_if` has its value.
+    async fn write_status(
+        &self,
+        id: ForwardId,
+        status: ForwardStatus,
+        reason: Option<&str>,
+        only_if: Vec<(&str, Value)>,
+    ) -> Result<bool, StoreError> {
         let mut values: Vec<Value> = vec![
             id.to_string().into(),
             status.as_str().into(),
             reason.into(),
             now().into(),
-            version.proxy.as_str().into(),
             instance_deleted_pattern().into(),
         ];
-        // The mark of a deleted instance survives reports, as in `set_status`.
         let mut sql = format!(
             "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
-             WHERE id = $1 AND proxy = $5 \
-               AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) AND {}",
-            not_marked(6)
+             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) \
+             AND {}",
+            not_marked(5)
         );
-        if let Some(applied) = &version.applied {
-            values.extend([
-                applied.protocol.as_str().into(),
-                applied.external_address.to_string().into(),
-                applied.external_port.into(),
-                applied.internal_ip_address.to_string().into(),
-                applied.internal_port.into(),
-            ]);
-            sql.push_str(
-                " AND protocol = $7 AND external_address = $8 AND external_port = $9 \
-                 AND internal_ip_address = $10 AND internal_port = $11",
-            );
+        for (column, value) in only_if {
+            values.push(value);
+            let _ = write!(sql, " AND {column} = ${}", values.len());
         }
         let done = self.execute(&sql, &values).await?;
         Ok(done.rows_affected() > 0)

@@ -174,6 +174,12 @@ pub fn unique(prefix: &str) -> String {
 impl KeystoneProject {
     /// Creates project `e2e-TEST-…` and a user with role `member` on it.
     pub fn create(settings: KeystoneSettings, test: &str) -> KeystoneProject {
+        KeystoneProject::with_role(settings, test, "member")
+    }
+
+    /// Creates project `e2e-TEST-…` and a user with `role` on it (and the
+    /// project as the user's default, where Horizon logs them in).
+    pub fn with_role(settings: KeystoneSettings, test: &str, role: &str) -> KeystoneProject {
         let admin_token = settings.admin_token();
         let admin = |method: &str, path: &str, body: Option<Value>, expect: u16| -> Value {
             let response = settings.call(method, path, Some(&admin_token), body.as_ref());
@@ -204,21 +210,20 @@ impl KeystoneProject {
             201,
         );
         let project_id = id(&project, "project");
-        let user_name = unique(&format!("member-{short}"));
+        let user_name = unique(&format!("{role}-{short}"));
         let password = unique("pw");
         let user = admin(
             "POST",
             "/users",
-            Some(
-                json!({"user": {"name": user_name, "domain_id": "default", "password": password}}),
-            ),
+            Some(json!({"user": {"name": user_name, "domain_id": "default",
+                "password": password, "default_project_id": project_id}})),
             201,
         );
         let user_id = id(&user, "user");
-        let roles = admin("GET", "/roles?name=member", None, 200);
+        let roles = admin("GET", &format!("/roles?name={role}"), None, 200);
         let role_id = roles["roles"][0]["id"]
             .as_str()
-            .unwrap_or_else(|| panic!("Keystone has no role 'member': {roles}"))
+            .unwrap_or_else(|| panic!("Keystone has no role {role:?}: {roles}"))
             .to_owned();
         admin(
             "PUT",
@@ -248,6 +253,24 @@ impl KeystoneProject {
                     .unwrap_or_else(|e| panic!("{e}"))
             })
             .clone()
+    }
+
+    /// Disables the user: Keystone then refuses every token of theirs.
+    pub fn disable_user(&self) -> Result<(), String> {
+        let response = self.settings.call(
+            "PATCH",
+            &format!("/users/{}", self.user_id),
+            Some(&self.admin_token),
+            Some(&json!({"user": {"enabled": false}})),
+        );
+        if response.status == 200 {
+            Ok(())
+        } else {
+            Err(format!(
+                "disabling {}: {} {}",
+                self.user_name, response.status, response.body
+            ))
+        }
     }
 
     /// The `OS_*` variables that log the CLI in as the member user.

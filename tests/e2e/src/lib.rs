@@ -415,6 +415,21 @@ impl Server {
         parse_json(&self.cli_ok(&all))
     }
 
+    /// `forward create` of a `protocol` forward to `127.0.0.1:port` (a
+    /// test's echo server), with `extra` arguments.
+    pub fn create_loopback_forward(&self, protocol: &str, port: &str, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "--protocol",
+            protocol,
+            "--internal-ip-address",
+            "127.0.0.1",
+            "--internal-port",
+            port,
+        ];
+        args.extend_from_slice(extra);
+        self.create_forward(&args)
+    }
+
     /// `forward show ID -f json`.
     pub fn show_forward(&self, id: &str) -> Value {
         parse_json(&self.cli_ok(&["forward", "show", id, "-f", "json"]))
@@ -824,6 +839,14 @@ pub fn tcp_refused(ip: &str, port: u16) -> Result<(), String> {
         Ok(_) => Err(format!(
             "connect {addr}: accepted (expected connection refused)"
         )),
+    }
+}
+
+/// Whether a datagram to `ip:port` goes unanswered (a UDP forward is gone).
+pub fn udp_silent(ip: &str, port: u16) -> Result<(), String> {
+    match udp_round_trip(ip, port, "anyone?") {
+        Ok(reply) => Err(format!("{ip}:{port} still answered {reply:?}")),
+        Err(_) => Ok(()),
     }
 }
 

@@ -453,17 +453,7 @@ fn external_port(forward: &Value) -> u16 {
 
 /// Creates a TCP forward to `echo` through `server`.
 fn create_to(server: &Server, echo: &TcpEcho, extra: &[&str]) -> Value {
-    let port = echo.port();
-    let mut args = vec![
-        "--protocol",
-        "tcp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
-        &port,
-    ];
-    args.extend_from_slice(extra);
-    server.create_forward(&args)
+    server.create_loopback_forward("tcp", &echo.port(), extra)
 }
 
 /// Waits until forward `id` satisfies `ok` and returns it.

@@ -14,146 +14,12 @@
 
 use std::time::Duration;
 
+use navigator_e2e::auth::unique;
 use navigator_e2e::browser::{Browser, Verdict};
 use navigator_e2e::{
-    Auth, Env, HttpResponse, Server, TcpEcho, eventually, raw_http, tcp_round_trip,
+    Auth, Env, KeystoneProject, KeystoneSettings, Server, TcpEcho, eventually, tcp_round_trip,
 };
-use serde_json::{Value, json};
-
-/// The test Keystone's URL (`.../v3`) and admin password, or `None` after
-/// saying why (a panic under `CI`).
-fn keystone_env() -> Option<(String, String, String, String)> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    match (
-        var("NAVIGATOR_TEST_KEYSTONE_URL"),
-        var("NAVIGATOR_TEST_ADMIN_PASSWORD"),
-        var("NAVIGATOR_TEST_SERVICE_USER"),
-        var("NAVIGATOR_TEST_SERVICE_PASSWORD"),
-    ) {
-        (Some(url), Some(admin), Some(user), Some(password)) => Some((url, admin, user, password)),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("the dashboard's Keystone journey needs scripts/keystone (run scripts/test-all)")
-        }
-        _ => {
-            eprintln!(
-                "\n*** skipped: NAVIGATOR_TEST_KEYSTONE_URL is not set; the dashboard's Keystone \
-                 journey needs a test Keystone (scripts/keystone start DIR; source DIR/env)\n"
-            );
-            None
-        }
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-/// Keystone's admin API over plain HTTP on loopback, one connection per
-/// request (`Connection: close`, as Keystone under uwsgi needs).
-struct KeystoneAdmin {
-    authority: String,
-    base_path: String,
-    token: String,
-}
-
-impl KeystoneAdmin {
-    fn connect(url: &str, admin_password: &str) -> KeystoneAdmin {
-        let rest = url
-            .strip_prefix("http://")
-            .unwrap_or_else(|| panic!("the test Keystone must be http:// on loopback: {url}"));
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, "v3"));
-        let mut admin = KeystoneAdmin {
-            authority: authority.to_owned(),
-            base_path: format!("/{}", path.trim_end_matches('/')),
-            token: String::new(),
-        };
-        let body = json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": "admin", "domain": {"id": "default"}, "password": admin_password}}},
-            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}});
-        let response = admin.request("POST", "/auth/tokens?nocatalog", Some(&body));
-        assert_eq!(response.status, 201, "admin login: {}", response.body);
-        admin.token = response
-            .header("x-subject-token")
-            .expect("X-Subject-Token")
-            .to_owned();
-        admin
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> HttpResponse {
-        let text = body.map(Value::to_string).unwrap_or_default();
-        let mut headers = vec![("Content-Type", "application/json")];
-        if !self.token.is_empty() {
-            headers.push(("X-Auth-Token", &self.token));
-        }
-        raw_http(
-            &self.authority,
-            method,
-            &format!("{}{path}", self.base_path),
-            &headers,
-            text.as_bytes(),
-        )
-    }
-
-    fn create(&self, path: &str, body: &Value, field: &str) -> String {
-        let response = self.request("POST", path, Some(body));
-        assert_eq!(response.status, 201, "POST {path}: {}", response.body);
-        response.json()[field]["id"]
-            .as_str()
-            .expect("an id")
-            .to_owned()
-    }
-
-    /// A new project with a new user holding `role` on it: (project name,
-    /// user name, password, user id).
-    fn project_with_user(&self, prefix: &str, role: &str) -> (String, String, String, String) {
-        let project = unique(&format!("{prefix}-project"));
-        let user = unique(&format!("{prefix}-{role}"));
-        let password = unique("pw");
-        let project_id = self.create(
-            "/projects",
-            &json!({"project": {"name": project, "domain_id": "default"}}),
-            "project",
-        );
-        let user_id = self.create(
-            "/users",
-            &json!({"user": {"name": user, "domain_id": "default", "password": password}}),
-            "user",
-        );
-        let roles = self.request("GET", &format!("/roles?name={role}"), None);
-        let role = roles.json()["roles"][0]["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no role {role}"))
-            .to_owned();
-        let grant = self.request(
-            "PUT",
-            &format!("/projects/{project_id}/users/{user_id}/roles/{role}"),
-            None,
-        );
-        assert_eq!(grant.status, 204, "grant: {}", grant.body);
-        (project, user, password, user_id)
-    }
-
-    /// Disables a user: Keystone then refuses every token of theirs.
-    fn disable_user(&self, user_id: &str) -> Verdict {
-        let response = self.request(
-            "PATCH",
-            &format!("/users/{user_id}"),
-            Some(&json!({"user": {"enabled": false}})),
-        );
-        if response.status == 200 {
-            Ok(Value::Null)
-        } else {
-            Err(format!(
-                "disabling {user_id}: {} {}",
-                response.status, response.body
-            ))
-        }
-    }
-}
+use serde_json::Value;
 
 fn data_port(data: &Value) -> (String, u16) {
     let address = data["address"].as_str().unwrap_or("127.0.0.1").to_owned();
@@ -294,13 +160,18 @@ fn dashboard_journey_with_keystone() {
     let Some(browser) = Browser::find("dashboard_journey_with_keystone") else {
         return;
     };
-    let Some((url, admin_password, service_user, service_password)) = keystone_env() else {
+    let Some(keystone) = KeystoneSettings::from_env("dashboard_journey_with_keystone") else {
         return;
     };
-    let admin = KeystoneAdmin::connect(&url, &admin_password);
-    let (project1, user1, password1, user1_id) = admin.project_with_user("dash-a", "member");
-    let (project2, user2, password2, _) = admin.project_with_user("dash-b", "member");
-    let (project3, user3, password3, _) = admin.project_with_user("dash-c", "admin");
+    let one = KeystoneProject::create(keystone.clone(), "dash-a");
+    let two = KeystoneProject::create(keystone.clone(), "dash-b");
+    let admin = KeystoneProject::with_role(keystone.clone(), "dash-c", "admin");
+    let KeystoneSettings {
+        url,
+        service_user,
+        service_password,
+        ..
+    } = &keystone;
     let env = Env::new(
         "dashboard-keystone",
         // The harness adds no auth; this test configures Keystone itself.
@@ -319,18 +190,18 @@ fn dashboard_journey_with_keystone() {
         &server,
         vec![
             ("DASHBOARD_MODE", "keystone".into()),
-            ("DASHBOARD_USER1", user1),
-            ("DASHBOARD_PASSWORD1", password1),
-            ("DASHBOARD_PROJECT1", project1),
-            ("DASHBOARD_USER2", user2),
-            ("DASHBOARD_PASSWORD2", password2),
-            ("DASHBOARD_PROJECT2", project2),
-            ("DASHBOARD_ADMIN_USER", user3),
-            ("DASHBOARD_ADMIN_PASSWORD", password3),
-            ("DASHBOARD_ADMIN_PROJECT", project3),
+            ("DASHBOARD_USER1", one.user_name.clone()),
+            ("DASHBOARD_PASSWORD1", one.password.clone()),
+            ("DASHBOARD_PROJECT1", one.project_name.clone()),
+            ("DASHBOARD_USER2", two.user_name.clone()),
+            ("DASHBOARD_PASSWORD2", two.password.clone()),
+            ("DASHBOARD_PROJECT2", two.project_name.clone()),
+            ("DASHBOARD_ADMIN_USER", admin.user_name.clone()),
+            ("DASHBOARD_ADMIN_PASSWORD", admin.password.clone()),
+            ("DASHBOARD_ADMIN_PROJECT", admin.project_name.clone()),
             ("DASHBOARD_DOMAIN", "Default".into()),
         ],
-        Some(&|| admin.disable_user(&user1_id)),
+        Some(&|| one.disable_user().map(|()| Value::Null)),
     );
 }
 

@@ -19,13 +19,15 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use navigator_e2e::auth::unique;
 use navigator_e2e::browser::Browser;
 use navigator_e2e::{
-    Auth, Env, HttpResponse, TcpEcho, assert_tcp_reply, binary, eventually, raw_http, tcp_refused,
+    Auth, Env, KeystoneProject, KeystoneSettings, TcpEcho, assert_tcp_reply, binary, eventually,
+    tcp_refused,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const HORIZON_PACKAGE: &str = "/usr/lib/python3/dist-packages/openstack_dashboard";
 
@@ -57,125 +59,11 @@ fn horizon_installed() -> Option<()> {
     Some(())
 }
 
-/// The test Keystone's URL and admin password (`scripts/keystone`'s env).
-struct Prerequisites {
-    keystone_url: String,
-    admin_password: String,
-}
-
-fn prerequisites() -> Option<Prerequisites> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let (Some(keystone_url), Some(admin_password), Some(_service_user)) = (
-        var("NAVIGATOR_TEST_KEYSTONE_URL"),
-        var("NAVIGATOR_TEST_ADMIN_PASSWORD"),
-        var("NAVIGATOR_TEST_SERVICE_USER"),
-    ) else {
-        return missing(
-            "a test Keystone (NAVIGATOR_TEST_KEYSTONE_URL, ...; scripts/keystone start DIR, then source DIR/env)",
-        );
-    };
+/// The test Keystone (`scripts/keystone`'s env) and Horizon, or `None`.
+fn prerequisites() -> Option<KeystoneSettings> {
+    let keystone = KeystoneSettings::from_env("a_member_manages_forwards_in_horizon")?;
     horizon_installed()?;
-    Some(Prerequisites {
-        keystone_url,
-        admin_password,
-    })
-}
-
-/// A name no other test (or earlier run) on the shared Keystone uses.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{nanos:08x}", std::process::id())
-}
-
-// ---------------------------------------------------------------- Keystone
-
-/// Just enough of Keystone's admin API: projects, users, role grants.
-struct Keystone {
-    authority: String,
-    prefix: String,
-    token: String,
-}
-
-impl Keystone {
-    fn connect(url: &str, admin_password: &str) -> Keystone {
-        let rest = url
-            .strip_prefix("http://")
-            .unwrap_or_else(|| panic!("the test Keystone must be http://, got {url}"));
-        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let mut keystone = Keystone {
-            authority: authority.to_owned(),
-            prefix: format!("/{}", prefix.trim_end_matches('/')),
-            token: String::new(),
-        };
-        let response = keystone.call(
-            "POST",
-            "/auth/tokens",
-            json!({"auth": {
-                "identity": {"methods": ["password"], "password": {"user": {
-                    "name": "admin", "domain": {"id": "default"}, "password": admin_password}}},
-                "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}),
-        );
-        assert_eq!(response.status, 201, "admin login: {}", response.body);
-        keystone.token = response
-            .header("x-subject-token")
-            .expect("X-Subject-Token")
-            .to_owned();
-        keystone
-    }
-
-    fn call(&self, method: &str, path: &str, body: Value) -> HttpResponse {
-        let body = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let mut headers = vec![("Content-Type", "application/json")];
-        if !self.token.is_empty() {
-            headers.push(("X-Auth-Token", &self.token));
-        }
-        raw_http(
-            &self.authority,
-            method,
-            &format!("{}{path}", self.prefix),
-            &headers,
-            &body,
-        )
-    }
-
-    fn create(&self, path: &str, kind: &str, body: Value) -> String {
-        let response = self.call("POST", path, json!({ kind: body }));
-        assert_eq!(response.status, 201, "POST {path}: {}", response.body);
-        response.json()[kind]["id"].as_str().expect("id").to_owned()
-    }
-
-    /// A new project with a new member; returns (user name, password, project id).
-    fn member(&self, prefix: &str) -> (String, String, String) {
-        let project = self.create(
-            "/projects",
-            "project",
-            json!({"name": unique(&format!("{prefix}-project")), "domain_id": "default"}),
-        );
-        let name = unique(prefix);
-        let password = unique("pw");
-        let user = self.create(
-            "/users",
-            "user",
-            json!({"name": name, "domain_id": "default", "password": password,
-                   "default_project_id": project}),
-        );
-        let roles = self.call("GET", "/roles?name=member", Value::Null).json();
-        let role = roles["roles"][0]["id"].as_str().expect("member role");
-        let response = self.call(
-            "PUT",
-            &format!("/projects/{project}/users/{user}/roles/{role}"),
-            Value::Null,
-        );
-        assert_eq!(response.status, 204, "grant member: {}", response.body);
-        (name, password, project)
-    }
+    Some(keystone)
 }
 
 // ---------------------------------------------------------------- Horizon
@@ -273,9 +161,8 @@ fn a_member_manages_forwards_in_horizon() {
     let Some(browser) = Browser::find("a_member_manages_forwards_in_horizon") else {
         return;
     };
-    let keystone = Keystone::connect(&pre.keystone_url, &pre.admin_password);
-    let (alice, alice_password, _) = keystone.member("hz-alice");
-    let (bob, bob_password, _) = keystone.member("hz-bob");
+    let alice = KeystoneProject::create(pre.clone(), "hz-alice");
+    let bob = KeystoneProject::create(pre.clone(), "hz-bob");
 
     // Navigator with Keystone auth, in all-in-one mode (relay data plane).
     let env = Env::new("horizon", &Auth::Noauth, "");
@@ -285,9 +172,9 @@ fn a_member_manages_forwards_in_horizon() {
          username = {user}\npassword = {password}\nproject_name = service\n\
          user_domain_name = Default\nproject_domain_name = Default\n\n\
          [agent]\nport_range = {first}-{last}\nexternal_addresses = 127.0.0.1\nreport_interval = 1\n",
-        url = pre.keystone_url,
-        user = std::env::var("NAVIGATOR_TEST_SERVICE_USER").unwrap_or_default(),
-        password = std::env::var("NAVIGATOR_TEST_SERVICE_PASSWORD").unwrap_or_default(),
+        url = pre.url,
+        user = pre.service_user,
+        password = pre.service_password,
         first = env.port_range.0,
         last = env.port_range.1,
     );
@@ -303,7 +190,7 @@ fn a_member_manages_forwards_in_horizon() {
         .arg(&env.config_file)
         .args(["keystone", "register", "--public-url", &server.url])
         .args(["--region", &region])
-        .env("OS_AUTH_URL", &pre.keystone_url)
+        .env("OS_AUTH_URL", &pre.url)
         .env("OS_USERNAME", "admin")
         .env("OS_PASSWORD", &pre.admin_password)
         .env("OS_PROJECT_NAME", "admin")
@@ -321,7 +208,7 @@ fn a_member_manages_forwards_in_horizon() {
     // cannot be carried and must show Error with the reason.
     let busy =
         TcpListener::bind(("127.0.0.1", env.port_range.1)).expect("hold a port of the range");
-    let horizon = Horizon::start(&pre.keystone_url);
+    let horizon = Horizon::start(&pre.url);
 
     let outcome = browser.run(
         "horizon.mjs",
@@ -331,10 +218,10 @@ fn a_member_manages_forwards_in_horizon() {
                 artifacts_dir().display().to_string(),
             ),
             ("HORIZON_URL", horizon.url.clone()),
-            ("ALICE_USER", alice),
-            ("ALICE_PASSWORD", alice_password),
-            ("BOB_USER", bob),
-            ("BOB_PASSWORD", bob_password),
+            ("ALICE_USER", alice.user_name.clone()),
+            ("ALICE_PASSWORD", alice.password.clone()),
+            ("BOB_USER", bob.user_name.clone()),
+            ("BOB_PASSWORD", bob.password.clone()),
             ("NAVIGATOR_REGION", region.clone()),
             ("TARGET_IP", "127.0.0.1".into()),
             ("TARGET_PORT_ONE", one.port()),

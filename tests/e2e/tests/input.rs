@@ -23,14 +23,7 @@ fn server_with_one_forward(
     let env = Env::new(name, auth, extra);
     let server = env.start();
     let echo = TcpEcho::start("127.0.0.1", "A:");
-    let forward = server.create_forward(&[
-        "--protocol",
-        "tcp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
-        &echo.port(),
-    ]);
+    let forward = server.create_loopback_forward("tcp", &echo.port(), &[]);
     assert_eq!(field(&forward, "status"), "ACTIVE", "{forward}");
     assert_eq!(server.forward_count(), 1);
     (env, server, echo, forward)
@@ -330,16 +323,11 @@ fn list_pages_and_sorts(auth: Auth) {
     let echo = TcpEcho::start("127.0.0.1", "A:");
     let mut created = Vec::new();
     for n in 0..5 {
-        let forward = server.create_forward(&[
-            "--protocol",
+        let forward = server.create_loopback_forward(
             "tcp",
-            "--internal-ip-address",
-            "127.0.0.1",
-            "--internal-port",
             &echo.port(),
-            "--description",
-            &format!("page test {n}"),
-        ]);
+            &["--description", &format!("page test {n}")],
+        );
         created.push((
             field(&forward, "id"),
             field(&forward, "external_port")

@@ -112,16 +112,7 @@ fn a_deleted_instance_loses_its_forwards() {
     );
     let echo = TcpEcho::start("127.0.0.1", "A:");
     let create = |instance: &str| {
-        server.create_forward(&[
-            "--protocol",
-            "tcp",
-            "--internal-ip-address",
-            "127.0.0.1",
-            "--internal-port",
-            &echo.port(),
-            "--instance-id",
-            instance,
-        ])
+        server.create_loopback_forward("tcp", &echo.port(), &["--instance-id", instance])
     };
     let doomed = create(INSTANCE);
     let kept = create("another-instance");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use navigator_e2e::{
     Auth, Env, TcpEcho, UdpEcho, assert_tcp_reply, assert_udp_reply, both_auth_modes,
     claim_port_range, eventually, field, ipv6_available, tcp_refused, tcp_round_trip,
-    udp_round_trip,
+    udp_round_trip, udp_silent,
 };
 use serde_json::Value;
 
@@ -46,16 +46,8 @@ fn tcp_forward_create_retarget_delete(auth: Auth) {
     let a = TcpEcho::start("127.0.0.1", "A:");
     let b = TcpEcho::start("127.0.0.1", "B:");
 
-    let created = server.create_forward(&[
-        "--protocol",
-        "tcp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
-        &a.port(),
-        "--description",
-        "tcp journey",
-    ]);
+    let created =
+        server.create_loopback_forward("tcp", &a.port(), &["--description", "tcp journey"]);
     assert_active(&created);
     let id = field(&created, "id");
     // The project comes from the token (or noauth's default), never the body.
@@ -103,14 +95,7 @@ fn udp_forward_create_retarget_delete(auth: Auth) {
     let a = UdpEcho::start("127.0.0.1", "A:");
     let b = UdpEcho::start("127.0.0.1", "B:");
 
-    let created = server.create_forward(&[
-        "--protocol",
-        "udp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
-        &a.port(),
-    ]);
+    let created = server.create_loopback_forward("udp", &a.port(), &[]);
     assert_active(&created);
     assert_eq!(field(&created, "protocol"), "udp");
     let id = field(&created, "id");
@@ -128,10 +113,7 @@ fn udp_forward_create_retarget_delete(auth: Auth) {
     eventually(
         "the deleted UDP forward to stop answering",
         Duration::from_secs(5),
-        || match udp_round_trip(&ip, port, "anyone?") {
-            Ok(reply) => Err(format!("still answered {reply:?}")),
-            Err(_) => Ok(()),
-        },
+        || udp_silent(&ip, port),
     );
     assert_eq!(server.forward_count(), 0);
 }
@@ -141,22 +123,8 @@ fn forwards_survive_a_server_restart(auth: Auth) {
     let tcp_echo = TcpEcho::start("127.0.0.1", "T:");
     let udp_echo = UdpEcho::start("127.0.0.1", "U:");
     let mut server = env.start();
-    let tcp = server.create_forward(&[
-        "--protocol",
-        "tcp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
-        &tcp_echo.port(),
-    ]);
-    let udp = server.create_forward(&[
-        "--protocol",
-        "udp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
-        &udp_echo.port(),
-    ]);
+    let tcp = server.create_loopback_forward("tcp", &tcp_echo.port(), &[]);
+    let udp = server.create_loopback_forward("udp", &udp_echo.port(), &[]);
     assert_active(&tcp);
     assert_active(&udp);
     let (tcp_ip, tcp_port) = external(&env, &tcp);
@@ -236,16 +204,11 @@ fn external_port_busy_on_host_is_an_error_with_reason(auth: Auth) {
     let busy_port = env.port_range.1;
     let squatter = TcpListener::bind(("127.0.0.1", busy_port)).expect("occupy a port of the range");
 
-    let created = server.create_forward(&[
-        "--protocol",
+    let created = server.create_loopback_forward(
         "tcp",
-        "--internal-ip-address",
-        "127.0.0.1",
-        "--internal-port",
         &echo.port(),
-        "--external-port",
-        &busy_port.to_string(),
-    ]);
+        &["--external-port", &busy_port.to_string()],
+    );
     assert_eq!(field(&created, "status"), "ERROR", "{created}");
     assert!(
         field(&created, "status_reason").contains("already in use"),
@@ -391,10 +354,7 @@ fn tcp_and_udp_port_ranges_carry_every_port_and_close_them_all_on_delete(auth: A
         eventually(
             "every port of the deleted UDP range to stop answering",
             Duration::from_secs(5),
-            || match udp_round_trip(&ip, port, "anyone?") {
-                Ok(reply) => Err(format!("port {port} still answered {reply:?}")),
-                Err(_) => Ok(()),
-            },
+            || udp_silent(&ip, port),
         );
     }
     assert_eq!(server.forward_count(), 0);

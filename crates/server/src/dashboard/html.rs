@@ -229,18 +229,19 @@ pub fn login(keystone: bool, form: &FormState, login_csrf: &str) -> String {
 }
 
 fn target(f: &Forward) -> String {
-    if f.internal_ip_address.contains(':') {
-        format!("[{}]:{}", f.internal_ip_address, f.internal_port)
-    } else {
-        format!("{}:{}", f.internal_ip_address, f.internal_port)
-    }
+    host_port(&f.internal_ip_address, f.internal_port)
 }
 
 fn external(f: &Forward) -> String {
-    if f.external_address.contains(':') {
-        format!("[{}]:{}", f.external_address, f.external_port)
+    host_port(&f.external_address, f.external_port)
+}
+
+/// `address:port`, with an IPv6 address in brackets.
+fn host_port(address: &str, port: impl std::fmt::Display) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
     } else {
-        format!("{}:{}", f.external_address, f.external_port)
+        format!("{address}:{port}")
     }
 }
 
@@ -455,6 +456,12 @@ pub fn message(text: &str, link: Option<(&str, &str)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_addresses_are_bracketed() {
+        assert_eq!(host_port("192.0.2.7", 22), "192.0.2.7:22");
+        assert_eq!(host_port("2001:db8::7", 22), "[2001:db8::7]:22");
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {

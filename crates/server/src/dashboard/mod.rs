@@ -142,6 +142,13 @@ fn redirect(to: &'static str) -> Response {
     response
 }
 
+/// A JSON answer for the page's script, with the page's headers.
+fn json_response(status: StatusCode, body: Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    protect(response.headers_mut());
+    response
+}
+
 fn with_cookie(mut response: Response, cookie: String) -> Response {
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
@@ -188,6 +195,13 @@ fn session_over(dash: &Dashboard, sid: Option<&str>, headers: &HeaderMap) -> Res
     )
 }
 
+/// Back to the forwards list with a message (an error when `error`) shown
+/// once at its top.
+fn back_to_list(dash: &Dashboard, sid: &str, error: bool, text: impl Into<String>) -> Response {
+    dash.sessions.set_flash(sid, error, text);
+    redirect("/dashboard")
+}
+
 fn refused(session: Option<&Session>, error: &session::CsrfError) -> Response {
     tracing::warn!(%error, "dashboard form refused");
     html_response(
@@ -212,6 +226,31 @@ impl Dashboard {
         let sid = session::cookie(headers, COOKIE)?;
         self.sessions.get(sid).map(|s| (sid.to_owned(), s))
     }
+}
+
+/// A form POST of a logged-in page: the session (with its id) and the
+/// decoded form once the CSRF check has passed, or the response to send
+/// instead (the login page when the session is over, 403 on a failed check).
+// The `Err` is the response that ends the request; boxing it would only add
+// an allocation to a path taken once per request.
+#[allow(clippy::result_large_err)]
+fn posted_form(
+    dash: &Dashboard,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, Session, HashMap<String, String>), Response> {
+    let Some((sid, session)) = dash.session(headers) else {
+        return Err(session_over(dash, None, headers));
+    };
+    let form = parse_form(body);
+    if let Err(e) = session::check_post(
+        headers,
+        form.get("csrf_token").map(String::as_str),
+        &session.csrf,
+    ) {
+        return Err(refused(Some(&session), &e));
+    }
+    Ok((sid, session, form))
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body; the first value of a
@@ -561,17 +600,10 @@ async fn probe_api(
 }
 
 async fn logout(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return session_over(&dash, None, &headers);
+    let (sid, _, _) = match posted_form(&dash, &headers, &body) {
+        Ok(posted) => posted,
+        Err(response) => return response,
     };
-    let form = parse_form(&body);
-    if let Err(e) = session::check_post(
-        &headers,
-        form.get("csrf_token").map(String::as_str),
-        &session.csrf,
-    ) {
-        return refused(Some(&session), &e);
-    }
     dash.sessions.remove(&sid);
     with_cookie(
         redirect("/dashboard/login?logged_out=1"),
@@ -636,17 +668,10 @@ const CREATE_FIELDS: [&str; 5] = [
 ];
 
 async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return session_over(&dash, None, &headers);
+    let (sid, session, form) = match posted_form(&dash, &headers, &body) {
+        Ok(posted) => posted,
+        Err(response) => return response,
     };
-    let form = parse_form(&body);
-    if let Err(e) = session::check_post(
-        &headers,
-        form.get("csrf_token").map(String::as_str),
-        &session.csrf,
-    ) {
-        return refused(Some(&session), &e);
-    }
     let mut state = form_state(&form);
     let internal_port = port_field(&mut state, "internal_port", true);
     let external_port = port_field(&mut state, "external_port", false);
@@ -684,7 +709,8 @@ async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     match result {
         Ok(created) => {
             let f = created.forward;
-            dash.sessions.set_flash(
+            back_to_list(
+                &dash,
                 &sid,
                 false,
                 format!(
@@ -695,8 +721,7 @@ async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
                     f.internal_port,
                     f.status
                 ),
-            );
-            redirect("/dashboard")
+            )
         }
         Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
         Err(failure) => {
@@ -741,9 +766,7 @@ async fn edit_page(
     prefill: bool,
 ) -> Response {
     if !valid_id(id) {
-        dash.sessions
-            .set_flash(sid, true, format!("forward {id} not found"));
-        return redirect("/dashboard");
+        return back_to_list(dash, sid, true, format!("forward {id} not found"));
     }
     let path = format!("/v1/forwards/{id}");
     match api::call::<ForwardBody>(&dash.api, &session.credential, Method::GET, &path, None).await {
@@ -771,10 +794,7 @@ async fn edit_page(
             )
         }
         Err(Failure::Unauthorized) => session_over(dash, Some(sid), headers),
-        Err(failure) => {
-            dash.sessions.set_flash(sid, true, failure.message());
-            redirect("/dashboard")
-        }
+        Err(failure) => back_to_list(dash, sid, true, failure.message()),
     }
 }
 
@@ -786,17 +806,10 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return session_over(&dash, None, &headers);
+    let (sid, session, form) = match posted_form(&dash, &headers, &body) {
+        Ok(posted) => posted,
+        Err(response) => return response,
     };
-    let form = parse_form(&body);
-    if let Err(e) = session::check_post(
-        &headers,
-        form.get("csrf_token").map(String::as_str),
-        &session.csrf,
-    ) {
-        return refused(Some(&session), &e);
-    }
     let mut state = form_state(&form);
     let internal_port = port_field(&mut state, "internal_port", true);
     if !state.errors.is_empty() || !valid_id(&id) {
@@ -829,15 +842,15 @@ async fn update(
     {
         Ok(updated) => {
             let f = updated.forward;
-            dash.sessions.set_flash(
+            back_to_list(
+                &dash,
                 &sid,
                 false,
                 format!(
                     "Forward {}:{} now goes to {}:{}.",
                     f.external_address, f.external_port, f.internal_ip_address, f.internal_port
                 ),
-            );
-            redirect("/dashboard")
+            )
         }
         Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
         Err(failure) => {
@@ -857,48 +870,26 @@ async fn delete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return session_over(&dash, None, &headers);
+    let (sid, session, _) = match posted_form(&dash, &headers, &body) {
+        Ok(posted) => posted,
+        Err(response) => return response,
     };
-    let form = parse_form(&body);
-    if let Err(e) = session::check_post(
-        &headers,
-        form.get("csrf_token").map(String::as_str),
-        &session.csrf,
-    ) {
-        return refused(Some(&session), &e);
-    }
     if !valid_id(&id) {
-        dash.sessions
-            .set_flash(&sid, true, format!("forward {id} not found"));
-        return redirect("/dashboard");
+        return back_to_list(&dash, &sid, true, format!("forward {id} not found"));
     }
     let path = format!("/v1/forwards/{id}");
     match api::call::<Value>(&dash.api, &session.credential, Method::DELETE, &path, None).await {
-        Ok(_) => {
-            dash.sessions.set_flash(&sid, false, "Deleted the forward.");
-            redirect("/dashboard")
-        }
+        Ok(_) => back_to_list(&dash, &sid, false, "Deleted the forward."),
         Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
-        Err(failure) => {
-            dash.sessions.set_flash(&sid, true, failure.message());
-            redirect("/dashboard")
-        }
+        Err(failure) => back_to_list(&dash, &sid, true, failure.message()),
     }
 }
 
 /// Statuses for the page's refresh script: `{"forwards": [{id, status,
 /// status_reason}]}`, or 401 when the session is over.
 async fn status_json(State(dash): State<Shared>, headers: HeaderMap) -> Response {
-    let unauthorized = || {
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": "session ended"})),
-        )
-            .into_response();
-        protect(response.headers_mut());
-        response
-    };
+    let unauthorized =
+        || json_response(StatusCode::UNAUTHORIZED, json!({"error": "session ended"}));
     let Some((sid, session)) = dash.session(&headers) else {
         return unauthorized();
     };
@@ -911,23 +902,13 @@ async fn status_json(State(dash): State<Shared>, headers: HeaderMap) -> Response
                 .iter()
                 .map(|f| json!({"id": f.id, "status": f.status, "status_reason": f.status_reason}))
                 .collect();
-            let mut response = axum::Json(json!({ "forwards": forwards })).into_response();
-            protect(response.headers_mut());
-            response
+            json_response(StatusCode::OK, json!({ "forwards": forwards }))
         }
         Err(Failure::Unauthorized) => {
             dash.sessions.remove(&sid);
             unauthorized()
         }
-        Err(failure) => {
-            let mut response = (
-                failure.status(),
-                axum::Json(json!({"error": failure.message()})),
-            )
-                .into_response();
-            protect(response.headers_mut());
-            response
-        }
+        Err(failure) => json_response(failure.status(), json!({"error": failure.message()})),
     }
 }
 
