@@ -17,6 +17,10 @@ struct Harness {
 }
 
 /// A config whose port pool is free on this machine for the test's forwards.
+/// A proxy pool of 50 ports from `port_first`. Tests use pools below
+/// Linux's ephemeral range (32768-60999): a port in there can be taken at any
+/// moment by another test's outgoing connection, and a range forward would
+/// then fail to bind.
 fn config(port_first: u16) -> Config {
     let text = format!("[agent]\nport_range = {port_first}-{}\n", port_first + 49);
     Config::parse("test.conf", &text).unwrap()
@@ -90,14 +94,14 @@ fn error_message(body: &Value) -> &str {
 
 #[tokio::test]
 async fn create_show_update_delete() {
-    let h = harness(42000).await;
+    let h = harness(27000).await;
     let (status, body) = h
         .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "description": "x"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let forward = &body["forward"];
     assert_eq!(forward["status"], "ACTIVE", "{body}");
-    assert_eq!(forward["external_port"], 42000);
+    assert_eq!(forward["external_port"], 27000);
     assert_eq!(forward["project_id"], "p1");
     let id = forward["id"].as_str().unwrap();
 
@@ -127,7 +131,7 @@ async fn create_show_update_delete() {
 
 #[tokio::test]
 async fn list_is_scoped_to_the_project_and_pages() {
-    let h = harness(42100).await;
+    let h = harness(27100).await;
     for _ in 0..3 {
         let (status, _) = h
             .create(
@@ -154,13 +158,13 @@ async fn list_is_scoped_to_the_project_and_pages() {
         .await;
     let page = body["forwards"].as_array().unwrap();
     assert_eq!(page.len(), 2);
-    assert_eq!(page[0]["external_port"], 42102);
+    assert_eq!(page[0]["external_port"], 27102);
     let next = body["forwards_links"][0]["href"].as_str().unwrap();
     assert!(next.contains("marker="), "{next}");
     let path = next.strip_prefix("http://navigator.test").unwrap();
     let (_, body, _) = h.send("GET", path, "p1", None).await;
     assert_eq!(body["forwards"].as_array().unwrap().len(), 1);
-    assert_eq!(body["forwards"][0]["external_port"], 42100);
+    assert_eq!(body["forwards"][0]["external_port"], 27100);
     let (_, body, _) = h
         .send("GET", "/v1/forwards?all_projects=true", "p1", None)
         .await;
@@ -169,7 +173,7 @@ async fn list_is_scoped_to_the_project_and_pages() {
 
 #[tokio::test]
 async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
-    let h = harness(42200).await;
+    let h = harness(27200).await;
     let cases = [
         (
             r#"{"forward": {"protocol": "sctp", "internal_ip_address": "10.0.0.1", "internal_port": 1}}"#,
@@ -202,7 +206,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             "multicast",
         ),
         (
-            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 42210}}"#,
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 27210}}"#,
             400,
             "loop",
         ),
@@ -258,17 +262,17 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
 
 #[tokio::test]
 async fn duplicate_port_is_a_conflict_naming_the_holder() {
-    let h = harness(42300).await;
-    let (_, body) = h.create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42301})).await;
+    let h = harness(27300).await;
+    let (_, body) = h.create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301})).await;
     let holder = body["forward"]["id"].as_str().unwrap().to_owned();
-    let (status, body) = h.create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42301})).await;
+    let (status, body) = h.create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(error_message(&body).contains(&holder), "{body}");
 }
 
 #[tokio::test]
 async fn meta_documents_and_unknown_routes() {
-    let h = harness(42400).await;
+    let h = harness(27400).await;
     let (status, body, _) = h.send("GET", "/", "p1", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["versions"][0]["id"], "v1.0");
@@ -299,9 +303,9 @@ async fn meta_documents_and_unknown_routes() {
 
 #[tokio::test]
 async fn port_ranges_are_created_shown_guarded_and_freed() {
-    let h = harness(42600).await;
+    let h = harness(27600).await;
     let (status, body) = h
-        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port_range": "8000:8004", "external_port_range": "42610:42614"}))
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port_range": "8000:8004", "external_port_range": "27610:27614"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let forward = &body["forward"];
@@ -314,8 +318,8 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
             &forward["internal_port_range"]
         ),
         (
-            &json!(42610),
-            &json!("42610:42614"),
+            &json!(27610),
+            &json!("27610:27614"),
             &json!(8000),
             &json!("8000:8004")
         )
@@ -324,7 +328,7 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
 
     // A single-port forward shows no ranges.
     let (status, body) = h
-        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42600}))
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27600}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["forward"]["external_port_range"], Value::Null);
@@ -333,19 +337,19 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
     // Any port of the range is taken, for any project: 409 naming the holder
     // and the port.
     let (status, body) = h
-        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42612}))
+        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27612}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let message = error_message(&body);
     assert!(
-        message.contains(&holder) && message.contains("42612"),
+        message.contains(&holder) && message.contains("27612"),
         "{message}"
     );
     let (status, body) = h
-        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port_range": "42605:42610"}))
+        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port_range": "27605:27610"}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(error_message(&body).contains("42610"), "{body}");
+    assert!(error_message(&body).contains("27610"), "{body}");
 
     // Only an internal range: a free block of as many ports is allocated,
     // above the single port and the range.
@@ -354,18 +358,18 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(
-        body["forward"]["external_port_range"], "42600:42602",
+        body["forward"]["external_port_range"], "27600:27602",
         "udp has its own ports"
     );
     let (status, body) = h
         .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port_range": "7000:7009"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["forward"]["external_port_range"], "42615:42624");
+    assert_eq!(body["forward"]["external_port_range"], "27615:27624");
 
     // N:1: every external port to one internal port.
     let (status, body) = h
-        .create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 5060, "external_port_range": "42630:42632"}))
+        .create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 5060, "external_port_range": "27630:27632"}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["forward"]["internal_port_range"], "5060:5060");
@@ -392,26 +396,26 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, body) = h
-        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42614}))
+        .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27614}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 #[tokio::test]
 async fn bad_port_ranges_are_refused_naming_the_field() {
-    let h = harness(42700).await;
+    let h = harness(27700).await;
     let cases = [
         (
-            json!({"internal_port_range": "8000:8001", "external_port_range": "42700:42709"}),
-            "invalid internal_port_range: the internal range 8000:8001 has 2 ports but the external range 42700:42709 has 10: they must be the same size, or the internal range a single port",
+            json!({"internal_port_range": "8000:8001", "external_port_range": "27700:27709"}),
+            "invalid internal_port_range: the internal range 8000:8001 has 2 ports but the external range 27700:27709 has 10: they must be the same size, or the internal range a single port",
         ),
         (
             json!({"internal_port": 22, "internal_port_range": "22:23"}),
             "invalid internal_port_range: give either internal_port or internal_port_range, not both",
         ),
         (
-            json!({"internal_port": 22, "external_port_range": "42745:42755"}),
-            "invalid external_port_range: 42745:42755 is outside the port range 42700-42749 of proxy proxy-1",
+            json!({"internal_port": 22, "external_port_range": "27745:27755"}),
+            "invalid external_port_range: 27745:27755 is outside the port range 27700-27749 of proxy proxy-1",
         ),
         (
             json!({"internal_port_range": "1000:3000"}),
@@ -445,8 +449,8 @@ async fn bad_port_ranges_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
-    let h = harness(42500).await;
-    let (status, body) = h.create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 42501})).await;
+    let h = harness(27500).await;
+    let (status, body) = h.create("p1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27501})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let id = body["forward"]["id"].as_str().unwrap().to_owned();
     for _ in 0..2 {

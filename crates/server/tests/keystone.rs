@@ -154,7 +154,7 @@ async fn projects_are_isolated_readers_read_and_admins_see_all() {
     let (_, member_b) = admin.user_with_role(&b, "member").await;
     let (_, reader_a) = admin.user_with_role(&a, "reader").await;
     let (_, admin_a) = admin.user_with_role(&a, "admin").await;
-    let h = harness(config(&env, &env.url, 300, 46100)).await;
+    let h = harness(config(&env, &env.url, 300, 28100)).await;
 
     let created = h.create(&member_a.token, 7001).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
@@ -277,7 +277,7 @@ async fn projects_are_isolated_readers_read_and_admins_see_all() {
 #[tokio::test]
 async fn missing_and_garbage_tokens_are_401_with_www_authenticate() {
     let Some(env) = ks::env() else { return };
-    let h = harness(config(&env, &env.url, 300, 46200)).await;
+    let h = harness(config(&env, &env.url, 300, 28200)).await;
     let r = h.send("GET", "/v1/forwards", None, None).await;
     assert_401(&r, &env);
     let r = h.send("GET", "/v1/forwards", Some("garbage"), None).await;
@@ -306,7 +306,7 @@ async fn an_expired_token_is_401_even_when_cached() {
         &expires.format("%Y-%m-%dT%H:%M:%S").to_string(),
     )
     .await;
-    let h = harness(config(&env, &env.url, 300, 46300)).await;
+    let h = harness(config(&env, &env.url, 300, 28300)).await;
     let r = h
         .send("GET", "/v1/forwards", Some(&short.token), None)
         .await;
@@ -327,7 +327,7 @@ async fn a_revoked_token_is_401_after_the_cache_bound() {
     let admin = Admin::connect(&env).await;
     let project = admin.project(&ks::unique("nav-rev")).await;
     let (_, member) = admin.user_with_role(&project, "member").await;
-    let h = harness(config(&env, &env.url, 2, 46400)).await;
+    let h = harness(config(&env, &env.url, 2, 28400)).await;
     let r = h
         .send("GET", "/v1/forwards", Some(&member.token), None)
         .await;
@@ -350,7 +350,7 @@ async fn a_revoked_service_token_is_replaced_by_a_new_login() {
     let project = admin.project(&ks::unique("nav-svc")).await;
     let (_, member) = admin.user_with_role(&project, "member").await;
     let (_, other) = admin.user_with_role(&project, "reader").await;
-    let h = harness(config(&env, &env.url, 300, 46600)).await;
+    let h = harness(config(&env, &env.url, 300, 28600)).await;
     let r = h
         .send("GET", "/v1/forwards", Some(&member.token), None)
         .await;
@@ -419,7 +419,7 @@ async fn keystone_unreachable_is_503_and_changes_nothing() {
         .to_owned();
     let fwd = forwarder(host_port).await;
     let auth_url = format!("http://127.0.0.1:{}/v3", fwd.port);
-    let h = harness(config(&env, &auth_url, 300, 46500)).await;
+    let h = harness(config(&env, &auth_url, 300, 28500)).await;
 
     let r = h.create(&member.token, 7001).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
