@@ -350,36 +350,32 @@ async fn stop(supervised: Supervised) {
     tracing::debug!(forward = %supervised.spec.id, "socat stopped");
 }
 
-fn kill_group(pid: u32, hard: bool) {
-    let Some(pid) = i32::try_from(pid)
+/// `pid` as rustix's type and the signal for `hard` (KILL) or not (TERM);
+/// `None` for a pid that cannot be one.
+fn pid_and_signal(pid: u32, hard: bool) -> Option<(rustix::process::Pid, rustix::process::Signal)> {
+    let pid = i32::try_from(pid)
         .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
+        .and_then(rustix::process::Pid::from_raw)?;
     let signal = if hard {
         rustix::process::Signal::KILL
     } else {
         rustix::process::Signal::TERM
     };
-    let _ = rustix::process::kill_process_group(pid, signal);
+    Some((pid, signal))
+}
+
+fn kill_group(pid: u32, hard: bool) {
+    if let Some((pid, signal)) = pid_and_signal(pid, hard) {
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
 }
 
 /// Signals `pid` and, if it leads one, its process group.
 fn kill_one(pid: u32, hard: bool) {
     kill_group(pid, hard);
-    let Some(raw) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let signal = if hard {
-        rustix::process::Signal::KILL
-    } else {
-        rustix::process::Signal::TERM
-    };
-    let _ = rustix::process::kill_process(raw, signal);
+    if let Some((pid, signal)) = pid_and_signal(pid, hard) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 /// The processes whose environment carries `OWNER_ENV=tag`.

@@ -431,8 +431,7 @@ impl Control {
             .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
             Ok(result) => {
-                self.record_results(host, &result.results, Some(&forwards))
-                    .await;
+                self.record_results(host, &result.results, &forwards).await;
                 tracing::info!(%host, forwards = forwards.len(), generation, elapsed_ms = started.elapsed().as_millis() as u64, "agent synced");
                 Ok(())
             }
@@ -449,26 +448,7 @@ impl Control {
     /// the store are written: `known` is the host's forwards as just read
     /// (read here when `None`), so a steady agent with thousands of forwards
     /// costs one query per report instead of one statement per forward.
-    async fn record_results(
-        &self,
-        host: &str,
-        results: &[ForwardResult],
-        known: Option<&[PortForward]>,
-    ) {
-        let read;
-        let known = match known {
-            Some(known) => known,
-            None => match self.store.forwards_on_proxy(host).await {
-                Ok(forwards) => {
-                    read = forwards;
-                    &read
-                }
-                Err(e) => {
-                    tracing::warn!(%host, error = %e, "cannot read the proxy's forwards to record a report");
-                    return;
-                }
-            },
-        };
+    async fn record_results(&self, host: &str, results: &[ForwardResult], known: &[PortForward]) {
         let current: HashMap<ForwardId, (ForwardStatus, Option<&str>)> = known
             .iter()
             .map(|f| (f.id, (f.status, f.status_reason.as_deref())))
@@ -535,20 +515,17 @@ impl Control {
         // several servers, a full sync one built from an older snapshot can
         // reach the agent after another's create or delete: the heartbeat
         // shows the difference, and a sync repairs it at once.
-        let stored: std::collections::BTreeSet<String> = self
-            .store
-            .forward_ids_on_proxy(&state.host)
-            .await?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        // One read serves both the comparison and the statuses recorded below.
+        let stored_forwards = self.store.forwards_on_proxy(&state.host).await?;
+        let stored: std::collections::BTreeSet<String> =
+            stored_forwards.iter().map(|f| f.id.to_string()).collect();
         let carried: std::collections::BTreeSet<String> =
             state.forwards.iter().map(|f| f.id.clone()).collect();
         if stored != carried {
             tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store; full sync");
             return self.sync_host(&state.host).await;
         }
-        self.record_results(&state.host, &state.forwards, None)
+        self.record_results(&state.host, &state.forwards, &stored_forwards)
             .await;
         Ok(())
     }

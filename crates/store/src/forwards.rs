@@ -592,28 +592,6 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// The ids of the forwards placed on `proxy` (what a heartbeat is
-    /// compared with; lighter than [`Store::forwards_on_proxy`], and the same
-    /// set).
-    pub async fn forward_ids_on_proxy(&self, proxy: &str) -> Result<Vec<ForwardId>, StoreError> {
-        let sql = format!(
-            "SELECT id FROM forwards WHERE proxy = $1 AND {}",
-            not_marked(2)
-        );
-        let rows = self
-            .fetch_all(&sql, &[proxy.into(), instance_deleted_pattern().into()])
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get("id")?;
-                id.parse().map_err(|_| StoreError::Corrupt {
-                    table: "forwards",
-                    reason: format!("id {id:?} is not a UUID"),
-                })
-            })
-            .collect()
-    }
-
     /// Applies `change`; a changed target puts the forward back to `PENDING`
     /// until its agent confirms. Returns `None` if the forward is gone.
     pub async fn update_forward(

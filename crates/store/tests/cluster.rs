@@ -669,7 +669,14 @@ async fn a_down_proxys_forwards_show_the_reason(db: &'static TestDb) {
         store.get_forward(b.id).await.unwrap().unwrap().status,
         ForwardStatus::Pending
     );
-    assert_eq!(store.forward_ids_on_proxy("p1").await.unwrap(), vec![a.id]);
-    assert_eq!(store.forward_ids_on_proxy("p2").await.unwrap(), vec![b.id]);
-    assert!(store.forward_ids_on_proxy("p3").await.unwrap().is_empty());
+    let ids = |forwards: Vec<PortForward>| forwards.iter().map(|f| f.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.forwards_on_proxy("p1").await.unwrap()),
+        vec![a.id]
+    );
+    assert_eq!(
+        ids(store.forwards_on_proxy("p2").await.unwrap()),
+        vec![b.id]
+    );
+    assert!(store.forwards_on_proxy("p3").await.unwrap().is_empty());
 }
