@@ -75,11 +75,13 @@ impl Agent {
         state.results.values().cloned().collect()
     }
 
-    /// Adds or changes one forward and converges.
+    /// Adds or changes one forward and converges that forward only: its cost
+    /// does not grow with the number of forwards the agent carries (drift of
+    /// the others is the periodic full sync's and `retry_failed`'s job).
     pub async fn upsert(&self, forward: ForwardSpec) -> ForwardResult {
         let mut state = self.state.lock().await;
         state.desired.insert(forward.id, forward);
-        self.reconcile(&mut state).await;
+        self.reconcile_one(&mut state, forward.id).await;
         state
             .results
             .get(&forward.id)
@@ -92,11 +94,11 @@ impl Agent {
             })
     }
 
-    /// Removes one forward (unknown ids are fine) and converges.
+    /// Removes one forward (unknown ids are fine) and converges that forward.
     pub async fn remove(&self, id: ForwardId) {
         let mut state = self.state.lock().await;
         state.desired.remove(&id);
-        self.reconcile(&mut state).await;
+        self.reconcile_one(&mut state, id).await;
     }
 
     /// Converges again without a change of desired state: retries forwards
@@ -174,25 +176,72 @@ impl Agent {
             .desired
             .values()
             .map(|want| {
-                let (status, reason) = match (failed.get(&want.id), carried.get(&want.id)) {
-                    (Some(reason), _) => (ResultStatus::Error, Some(reason.clone())),
-                    (None, Some(have)) if have == want => (ResultStatus::Active, None),
-                    (None, _) => (
-                        ResultStatus::Error,
-                        Some("the backend does not carry the forward after applying it".to_owned()),
-                    ),
-                };
-                (
-                    want.id,
-                    ForwardResult {
-                        id: want.id.to_string(),
-                        status,
-                        reason,
-                        applied: Some(ForwardEntry::from(want)),
-                    },
-                )
+                let result = result_of(want, failed.get(&want.id), carried.get(&want.id));
+                (want.id, result)
             })
             .collect();
+    }
+
+    /// [`Agent::reconcile`] restricted to forward `id`: the plan, the apply
+    /// and the observation cover that forward alone.
+    async fn reconcile_one(&self, state: &mut State, id: ForwardId) {
+        let desired: Vec<ForwardSpec> = state.desired.get(&id).copied().into_iter().collect();
+        let observed: Vec<ForwardSpec> = self.backend.observe_one(id).await.into_iter().collect();
+        let plan = plan(&desired, &observed);
+        let mut failed = None;
+        let mut carried = observed.first().copied();
+        if !plan.is_empty() {
+            tracing::debug!(
+                host = %self.config.host,
+                forward = %id,
+                remove = plan.remove.len(),
+                retarget = plan.retarget.len(),
+                add = plan.add.len(),
+                "applying plan"
+            );
+            let report = self.backend.apply(&plan).await;
+            failed = report
+                .failed
+                .into_iter()
+                .find(|f| f.id == id)
+                .map(|f| f.reason);
+            if let Some(reason) = &failed {
+                tracing::warn!(forward = %id, %reason, "forward could not be applied");
+            }
+            carried = self.backend.observe_one(id).await;
+        }
+        match desired.first() {
+            Some(want) => {
+                let result = result_of(want, failed.as_ref(), carried.as_ref());
+                state.results.insert(id, result);
+            }
+            None => {
+                state.results.remove(&id);
+            }
+        }
+    }
+}
+
+/// The report of desired forward `want`, from the apply's failure for it (if
+/// any) and what the backend carries of it afterwards.
+fn result_of(
+    want: &ForwardSpec,
+    failed: Option<&String>,
+    carried: Option<&ForwardSpec>,
+) -> ForwardResult {
+    let (status, reason) = match (failed, carried) {
+        (Some(reason), _) => (ResultStatus::Error, Some(reason.clone())),
+        (None, Some(have)) if have == want => (ResultStatus::Active, None),
+        (None, _) => (
+            ResultStatus::Error,
+            Some("the backend does not carry the forward after applying it".to_owned()),
+        ),
+    };
+    ForwardResult {
+        id: want.id.to_string(),
+        status,
+        reason,
+        applied: Some(ForwardEntry::from(want)),
     }
 }
 

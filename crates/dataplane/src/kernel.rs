@@ -550,6 +550,10 @@ impl<R: Ruleset> Backend for KernelBackend<R> {
         Box::pin(async move { self.state.lock().await.all() })
     }
 
+    fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
+        Box::pin(async move { self.state.lock().await.mirror.get(&id).copied() })
+    }
+
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
         Box::pin(self.apply_plan(plan))
     }

@@ -60,6 +60,13 @@ pub trait Backend: Send + Sync + 'static {
     /// The forwards the data plane carries right now.
     fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>>;
 
+    /// What the data plane carries of forward `id`, if anything. Agents use
+    /// it for single-forward changes, whose cost must not grow with the
+    /// number of forwards; backends override it with a lookup.
+    fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
+        Box::pin(async move { self.observe().await.into_iter().find(|f| f.id == id) })
+    }
+
     /// Applies `plan` in its order (removals, retargets, additions).
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport>;
 

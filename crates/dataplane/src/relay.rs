@@ -128,6 +128,11 @@ impl Backend for RelayBackend {
         Box::pin(async move { carried })
     }
 
+    fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
+        let carried = self.carried().get(&id).copied();
+        Box::pin(async move { carried })
+    }
+
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
         Box::pin(self.apply_plan(plan))
     }

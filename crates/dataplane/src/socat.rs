@@ -427,6 +427,10 @@ impl Backend for SocatBackend {
         })
     }
 
+    fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
+        Box::pin(async move { self.procs.lock().await.running.get(&id).map(|s| s.spec) })
+    }
+
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
         Box::pin(self.apply_plan(plan))
     }
