@@ -36,7 +36,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::oslo::{self, ReplyKind, ReplyTo};
 use crate::transport::{
-    BoxFuture, Incoming, RemoteError, RpcError, Target, Transport, call_outcome,
+    BoxFuture, Incoming, PendingReply, RemoteError, RpcError, Target, Transport, call_outcome,
+    call_timeout,
 };
 
 /// oslo's default `control_exchange` is `openstack`; Navigator uses its own.
@@ -750,12 +751,12 @@ async fn publish(
 }
 
 /// Removes a call from the pending map however the call ends.
-struct PendingGuard<'a> {
-    inner: &'a Inner,
+struct PendingGuard {
+    inner: Arc<Inner>,
     msg_id: String,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for PendingGuard {
     fn drop(&mut self) {
         lock(&self.inner.pending).remove(&self.msg_id);
     }
@@ -772,13 +773,13 @@ impl AmqpTransport {
 }
 
 impl Transport for AmqpTransport {
-    fn call(
+    fn send_call(
         &self,
         target: &Target,
         method: &str,
         args: Value,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Value, RpcError>> {
+    ) -> BoxFuture<'_, Result<PendingReply, RpcError>> {
         let target = target.clone();
         let method = method.to_owned();
         Box::pin(async move {
@@ -787,6 +788,7 @@ impl Transport for AmqpTransport {
                     "cannot call {method} on {target}: a fanout target takes casts only"
                 )));
             }
+            let deadline = tokio::time::Instant::now() + timeout;
             let (exchange, routing_key) = self.route(&target);
             let reply_to = ReplyTo {
                 msg_id: oslo::new_id(),
@@ -800,12 +802,13 @@ impl Transport for AmqpTransport {
                     partial: None,
                 },
             );
-            let _guard = PendingGuard {
-                inner: &self.inner,
+            let guard = PendingGuard {
+                inner: self.inner.clone(),
                 msg_id: reply_to.msg_id.clone(),
             };
             let body = oslo::encode_request(&method, &args, Some(&reply_to));
-            let exchange_and_wait = async {
+            let published = tokio::time::timeout_at(
+                deadline,
                 publish(
                     &self.inner,
                     &exchange,
@@ -814,16 +817,27 @@ impl Transport for AmqpTransport {
                     Some(timeout),
                     false,
                     // Longer than the call's deadline, so that a broker
-                    // outage ends in the Timeout below, not another error.
+                    // outage ends in the Timeout, not another error.
                     timeout + Duration::from_secs(1),
-                )
-                .await?;
-                answer.await.map_err(|_| {
-                    RpcError::Transport(format!("the call to {method} on {target} was dropped"))
+                ),
+            )
+            .await;
+            match published {
+                Err(_) => return Err(call_timeout(&method, &target, timeout)),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(())) => {}
+            }
+            let reply: PendingReply = Box::pin(async move {
+                let _guard = guard;
+                let outcome = tokio::time::timeout_at(deadline, async {
+                    answer.await.map_err(|_| {
+                        RpcError::Transport(format!("the call to {method} on {target} was dropped"))
+                    })
                 })
-            };
-            let outcome = tokio::time::timeout(timeout, exchange_and_wait).await;
-            call_outcome(&method, &target, timeout, outcome)
+                .await;
+                call_outcome(&method, &target, timeout, outcome)
+            });
+            Ok(reply)
         })
     }
 

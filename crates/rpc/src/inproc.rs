@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::transport::{BoxFuture, Incoming, RpcError, Target, Transport, call_outcome};
+use crate::transport::{
+    BoxFuture, Incoming, PendingReply, RpcError, Target, Transport, call_outcome, call_timeout,
+};
 
 /// Depth of each listener's queue; a slow listener makes senders wait rather
 /// than buffer without bound.
@@ -68,16 +70,17 @@ impl InProcTransport {
 }
 
 impl Transport for InProcTransport {
-    fn call(
+    fn send_call(
         &self,
         target: &Target,
         method: &str,
         args: Value,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Value, RpcError>> {
+    ) -> BoxFuture<'_, Result<PendingReply, RpcError>> {
         let target = target.clone();
         let method = method.to_owned();
         Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
             let sender = self.pick_one(&target)?;
             let (reply, answer) = oneshot::channel();
             let incoming = Incoming {
@@ -85,19 +88,25 @@ impl Transport for InProcTransport {
                 args,
                 reply: Some(reply),
             };
-            let exchange = async {
-                sender
-                    .send(incoming)
-                    .await
-                    .map_err(|_| RpcError::NoListener {
+            match tokio::time::timeout_at(deadline, sender.send(incoming)).await {
+                Err(_) => return Err(call_timeout(&method, &target, timeout)),
+                Ok(Err(_)) => {
+                    return Err(RpcError::NoListener {
                         target: target.to_string(),
-                    })?;
-                answer.await.map_err(|_| {
-                    RpcError::Transport(format!("{target} dropped the call to {method}"))
+                    });
+                }
+                Ok(Ok(())) => {}
+            }
+            let reply: PendingReply = Box::pin(async move {
+                let outcome = tokio::time::timeout_at(deadline, async {
+                    answer.await.map_err(|_| {
+                        RpcError::Transport(format!("{target} dropped the call to {method}"))
+                    })
                 })
-            };
-            let outcome = tokio::time::timeout(timeout, exchange).await;
-            call_outcome(&method, &target, timeout, outcome)
+                .await;
+                call_outcome(&method, &target, timeout, outcome)
+            });
+            Ok(reply)
         })
     }
 
@@ -184,6 +193,30 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "fail failed on t.a: RuntimeError: boom");
+    }
+
+    #[tokio::test]
+    async fn sent_calls_arrive_in_order_and_their_replies_come_later() {
+        let transport = InProcTransport::new();
+        let mut agent = transport.listen(&Target::host("t", "a")).await.unwrap();
+        let target = Target::host("t", "a");
+        let timeout = Duration::from_secs(5);
+        let first = transport
+            .send_call(&target, "first", Value::Null, timeout)
+            .await
+            .unwrap();
+        let second = transport
+            .send_call(&target, "second", Value::Null, timeout)
+            .await
+            .unwrap();
+        // Both are sent before either is answered, and arrive in order.
+        let a = agent.recv().await.unwrap();
+        let b = agent.recv().await.unwrap();
+        assert_eq!((a.method.as_str(), b.method.as_str()), ("first", "second"));
+        b.reply.unwrap().send(Ok(serde_json::json!(2))).unwrap();
+        assert_eq!(second.await.unwrap(), serde_json::json!(2));
+        a.reply.unwrap().send(Ok(serde_json::json!(1))).unwrap();
+        assert_eq!(first.await.unwrap(), serde_json::json!(1));
     }
 
     #[tokio::test(start_paused = true)]

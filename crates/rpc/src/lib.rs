@@ -22,5 +22,6 @@ pub use messages::{
 pub use notify::{NotificationListener, NotificationSource};
 pub use oslo::Notification;
 pub use transport::{
-    AgentClient, Incoming, RemoteError, RpcError, ServerClient, Target, Transport,
+    AgentClient, Incoming, PendingReply, RemoteError, Reply, RpcError, ServerClient, Target,
+    Transport,
 };

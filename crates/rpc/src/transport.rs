@@ -106,15 +106,36 @@ pub struct Incoming {
     pub reply: Option<oneshot::Sender<Result<Value, RemoteError>>>,
 }
 
+/// The reply to a call that has been sent: it resolves to the answer, or to
+/// an error once the call's deadline has passed.
+pub type PendingReply = BoxFuture<'static, Result<Value, RpcError>>;
+
 /// Moves messages; see the module doc.
 pub trait Transport: Send + Sync + 'static {
+    /// Sends a call and returns as soon as it is on its way, with its reply
+    /// still to come. Messages sent to the same target after this returns
+    /// reach the listener after this one, so a caller can keep its messages
+    /// to an agent in order without waiting for each answer. `timeout` runs
+    /// from now and covers both the sending and the reply.
+    fn send_call(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<PendingReply, RpcError>>;
+
+    /// Sends a call and waits for its reply.
     fn call(
         &self,
         target: &Target,
         method: &str,
         args: Value,
         timeout: Duration,
-    ) -> BoxFuture<'_, Result<Value, RpcError>>;
+    ) -> BoxFuture<'_, Result<Value, RpcError>> {
+        let sent = self.send_call(target, method, args, timeout);
+        Box::pin(async move { sent.await?.await })
+    }
 
     fn cast(
         &self,
@@ -167,12 +188,26 @@ impl AgentClient {
         method: &str,
         args: &impl Serialize,
     ) -> Result<T, RpcError> {
+        self.send(host, method, args).await?.await
+    }
+
+    /// Sends a call to `host` and returns once it is on its way, with the
+    /// typed reply to come (see [`Transport::send_call`]).
+    async fn send<T: DeserializeOwned>(
+        &self,
+        host: &str,
+        method: &str,
+        args: &impl Serialize,
+    ) -> Result<Reply<T>, RpcError> {
         let target = Target::host(topics::PROXY, host);
-        let reply = self
+        let pending = self
             .transport
-            .call(&target, method, encode(method, args)?, self.timeout)
+            .send_call(&target, method, encode(method, args)?, self.timeout)
             .await?;
-        decode(method, reply)
+        let method = method.to_owned();
+        Ok(Reply(Box::pin(
+            async move { decode(&method, pending.await?) },
+        )))
     }
 
     /// Replaces the agent's whole desired set.
@@ -193,13 +228,42 @@ impl AgentClient {
         .await
     }
 
+    /// Replaces the agent's whole desired set; returns once the message is
+    /// sent, with the agent's answer to come.
+    pub async fn send_sync_forwards(
+        &self,
+        host: &str,
+        forwards: Vec<ForwardEntry>,
+        generation: u64,
+    ) -> Result<Reply<SyncResult>, RpcError> {
+        self.send(
+            host,
+            methods::SYNC_FORWARDS,
+            &args::SyncForwards {
+                forwards,
+                generation,
+            },
+        )
+        .await
+    }
+
     /// Adds or changes one forward.
     pub async fn create_forward(
         &self,
         host: &str,
         forward: ForwardEntry,
     ) -> Result<ForwardResult, RpcError> {
-        self.call(
+        self.send_create_forward(host, forward).await?.await
+    }
+
+    /// [`AgentClient::create_forward`] that returns once the message is
+    /// sent, with the agent's answer to come.
+    pub async fn send_create_forward(
+        &self,
+        host: &str,
+        forward: ForwardEntry,
+    ) -> Result<Reply<ForwardResult>, RpcError> {
+        self.send(
             host,
             methods::CREATE_FORWARD,
             &args::CreateForward { forward },
@@ -209,13 +273,33 @@ impl AgentClient {
 
     /// Removes one forward; removing an unknown forward succeeds.
     pub async fn delete_forward(&self, host: &str, id: String) -> Result<(), RpcError> {
-        self.call(host, methods::DELETE_FORWARD, &args::DeleteForward { id })
+        self.send_delete_forward(host, id).await?.await
+    }
+
+    /// [`AgentClient::delete_forward`] that returns once the message is
+    /// sent, with the agent's answer to come.
+    pub async fn send_delete_forward(&self, host: &str, id: String) -> Result<Reply<()>, RpcError> {
+        self.send(host, methods::DELETE_FORWARD, &args::DeleteForward { id })
             .await
     }
 
     pub async fn get_state(&self, host: &str) -> Result<AgentState, RpcError> {
         self.call(host, methods::GET_STATE, &args::GetState {})
             .await
+    }
+}
+
+/// An agent's typed answer to a call already sent; await it for the answer.
+pub struct Reply<T>(BoxFuture<'static, Result<T, RpcError>>);
+
+impl<T> Future for Reply<T> {
+    type Output = Result<T, RpcError>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
     }
 }
 
@@ -250,9 +334,18 @@ pub fn decode_args<T: DeserializeOwned>(incoming: &Incoming) -> Result<T, Remote
     })
 }
 
-/// What a transport's call came to: the deadline passed, the transport
-/// failed, or the listener answered with a value or an exception. Turns that
-/// into the call's result, naming the method and target in errors.
+/// The error of a call whose deadline passed.
+pub(crate) fn call_timeout(method: &str, target: &Target, timeout: Duration) -> RpcError {
+    RpcError::Timeout {
+        method: method.to_owned(),
+        target: target.to_string(),
+        after: timeout,
+    }
+}
+
+/// What a transport's call came to once sent: the deadline passed, the
+/// transport failed, or the listener answered with a value or an exception.
+/// Turns that into the call's result, naming the method and target in errors.
 pub(crate) fn call_outcome(
     method: &str,
     target: &Target,
@@ -260,11 +353,7 @@ pub(crate) fn call_outcome(
     outcome: Result<Result<Result<Value, RemoteError>, RpcError>, tokio::time::error::Elapsed>,
 ) -> Result<Value, RpcError> {
     match outcome {
-        Err(_) => Err(RpcError::Timeout {
-            method: method.to_owned(),
-            target: target.to_string(),
-            after: timeout,
-        }),
+        Err(_) => Err(call_timeout(method, target, timeout)),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(remote))) => Err(RpcError::Remote {
