@@ -13,8 +13,22 @@ use crate::{Store, StoreError, now};
 /// How many times an automatic allocation is retried when another server took
 /// the port it found free between its look and its insert.
 const ALLOCATION_ATTEMPTS: usize = 16;
-/// Ports tried from the in-process cursor before asking the database.
-const CURSOR_ATTEMPTS: usize = 4;
+/// Held ports read per query while looking for a free one.
+const SCAN_WINDOW: usize = 512;
+/// Ports a cursor hands out without a collision before its earlier
+/// collisions are forgotten.
+const SMOOTH_RUN: u16 = 16;
+
+/// A process's next port to try for one external address and protocol; see
+/// [`Store::create_forward_allocating`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cursor {
+    next: u16,
+    /// Ports found held since the cursor last handed out [`SMOOTH_RUN`]
+    /// ports in a row.
+    collisions: u8,
+    handed_out: u16,
+}
 
 const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
      external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
@@ -188,110 +202,84 @@ impl Store {
         }
     }
 
-    /// Inserts a forward on the lowest free port (for a range: the lowest
-    /// free block of `new.ports` consecutive ports) of `pool` for its address
-    /// and protocol. Several servers may allocate at once: the unique
-    /// constraint turns a lost race into a retry, never into a shared port.
+    /// Inserts a forward on a free port (for a range: a free block of
+    /// `new.ports` consecutive ports) of `pool` for its address and protocol.
+    /// Several servers may allocate at once: the primary key of
+    /// `forward_ports` turns a lost race into a retry, never into a shared
+    /// port.
     ///
-    /// The lowest-free-port query reads every held port of the pool, and
-    /// concurrent creates all find the same port and all but one lose the
-    /// insert. So after a single-port allocation this process keeps a cursor
-    /// just past the port it took and tries the next ports directly (no
-    /// query; each concurrent create gets its own port); the query runs again
-    /// when the cursor reaches the pool's end, after a few lost races, after
-    /// any delete in this process (freed ports are reused lowest first), and
-    /// for every range.
+    /// A process's first allocation for an address and protocol takes the
+    /// lowest free port, found by scanning the held ports of the pool from
+    /// its start. Then a [`Cursor`] in this process hands out the ports
+    /// after the one taken, with no query (concurrent creates of this process
+    /// get distinct ports). A cursor port found held makes the scan resume
+    /// just after it, so one server alone keeps taking the lowest free port
+    /// after the ones it took. But when that keeps happening, or a port the
+    /// scan found free is taken first, another server allocates in the same
+    /// region: the next scan starts at a random point of the pool, so the
+    /// two spread apart instead of colliding at every port. Ranges (rare)
+    /// scan from the start of the pool for the lowest free block.
+    ///
+    /// Every scan reads held ports in index order, a window at a time, and
+    /// stops at the first gap: its cost is the held ports it walks past, not
+    /// the size of the table.
     pub async fn create_forward_allocating(
         &self,
         new: &NewForwardRow,
         pool: PortRange,
     ) -> Result<PortForward, StoreError> {
-        if new.ports > 1 {
-            return self.allocate_by_query(new, pool).await;
-        }
         let key = (
             new.external_address.to_string(),
             new.protocol.as_str().to_owned(),
         );
-        for _ in 0..CURSOR_ATTEMPTS {
-            let Some(port) = self.take_cursor(&key, pool) else {
-                break;
-            };
-            let forward = new_forward(new, port);
-            match self.insert(&forward).await {
-                Ok(()) => return Ok(forward),
-                Err(e) if is_unique_violation(&e) => continue,
-                Err(e) => return Err(StoreError::Database(e)),
-            }
-        }
-        let forward = self.allocate_by_query(new, pool).await?;
-        self.set_cursor(key, forward.external_port, pool);
-        Ok(forward)
-    }
-
-    /// The next port of this process's cursor for `key`, advancing it.
-    fn take_cursor(&self, key: &(String, String), pool: PortRange) -> Option<u16> {
-        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        let next = cursors.get_mut(key)?;
-        if *next < pool.first() || *next > pool.last() {
-            cursors.remove(key);
-            return None;
-        }
-        let port = *next;
-        match port.checked_add(1) {
-            Some(after) => *next = after,
-            None => {
-                cursors.remove(key);
-            }
-        }
-        Some(port)
-    }
-
-    fn set_cursor(&self, key: (String, String), taken: u16, pool: PortRange) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        match taken.checked_add(1).filter(|p| *p <= pool.last()) {
-            Some(next) => {
-                cursors.insert(key, next);
-            }
-            None => {
-                cursors.remove(&key);
-            }
-        }
-    }
-
-    /// Lowest free port (or block) by query, retrying lost races.
-    async fn allocate_by_query(
-        &self,
-        new: &NewForwardRow,
-        pool: PortRange,
-    ) -> Result<PortForward, StoreError> {
-        for attempt in 0..ALLOCATION_ATTEMPTS {
-            // The first try takes the lowest free port, which keeps allocation
-            // predictable. After a lost race, every contender would find the
-            // same "lowest" port again, so later tries start at a random point.
-            let start = if attempt == 0 {
-                pool.first()
+        let size = new.ports.max(1);
+        // Where the next scan starts; `None`: at a random point.
+        let mut scan_from = Some(pool.first());
+        // Ports found held since the cursor last ran smoothly.
+        let mut collisions = 0;
+        for _ in 0..ALLOCATION_ATTEMPTS {
+            let cursor = if size == 1 {
+                self.take_cursor(&key, pool)
             } else {
-                random_port_in(pool)
+                None
             };
-            let found = match self.lowest_free(new, start, pool.last()).await? {
-                Some(port) => Some(port),
-                None if start > pool.first() => {
-                    self.lowest_free(new, pool.first(), pool.last()).await?
+            let (port, scanned) = match cursor {
+                Some((port, before)) => {
+                    collisions = before;
+                    (port, false)
                 }
-                None => None,
-            };
-            let Some(port) = found else {
-                return Err(StoreError::PoolExhausted {
-                    address: new.external_address.to_string(),
-                    protocol: new.protocol.to_string(),
-                    range: pool.to_string(),
-                });
+                None => {
+                    let start = scan_from.unwrap_or_else(|| random_port_in(pool));
+                    let Some(port) = self
+                        .free_run_wrapping(new.external_address, new.protocol, size, start, pool)
+                        .await?
+                    else {
+                        return Err(StoreError::PoolExhausted {
+                            address: new.external_address.to_string(),
+                            protocol: new.protocol.to_string(),
+                            range: pool.to_string(),
+                        });
+                    };
+                    (port, true)
+                }
             };
             let forward = new_forward(new, port);
             match self.insert(&forward).await {
-                Ok(()) => return Ok(forward),
-                Err(e) if is_unique_violation(&e) => continue,
+                Ok(()) => {
+                    if size == 1 && scanned {
+                        self.set_cursor(key, port, pool, collisions);
+                    }
+                    return Ok(forward);
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    self.clear_cursor(&key);
+                    collisions = collisions.saturating_add(1);
+                    scan_from = if scanned || collisions > 1 {
+                        None
+                    } else {
+                        port.checked_add(1).filter(|p| *p <= pool.last())
+                    };
+                }
                 Err(e) => return Err(StoreError::Database(e)),
             }
         }
@@ -302,27 +290,92 @@ impl Store {
         })
     }
 
-    /// The first port of the lowest free block of `new.ports` ports within
-    /// `first..=last`.
-    async fn lowest_free(
-        &self,
-        new: &NewForwardRow,
-        first: u16,
-        last: u16,
-    ) -> Result<Option<u16>, StoreError> {
-        if new.ports <= 1 {
-            return self
-                .lowest_free_port(new.external_address, new.protocol, first, last)
-                .await;
+    /// The next port of this process's cursor for `key`, advancing it, with
+    /// the collisions it carries.
+    fn take_cursor(&self, key: &(String, String), pool: PortRange) -> Option<(u16, u8)> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = cursors.get_mut(key)?;
+        if cursor.next < pool.first() || cursor.next > pool.last() {
+            cursors.remove(key);
+            return None;
         }
-        self.lowest_free_block(new.external_address, new.protocol, new.ports, first, last)
+        let port = cursor.next;
+        let collisions = cursor.collisions;
+        match port.checked_add(1) {
+            Some(after) => {
+                cursor.next = after;
+                cursor.handed_out = cursor.handed_out.saturating_add(1);
+                if cursor.handed_out >= SMOOTH_RUN {
+                    cursor.collisions = 0;
+                }
+            }
+            None => {
+                cursors.remove(key);
+            }
+        }
+        Some((port, collisions))
+    }
+
+    fn set_cursor(&self, key: (String, String), taken: u16, pool: PortRange, collisions: u8) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        match taken.checked_add(1).filter(|p| *p <= pool.last()) {
+            Some(next) => {
+                cursors.insert(
+                    key,
+                    Cursor {
+                        next,
+                        collisions,
+                        handed_out: 0,
+                    },
+                );
+            }
+            None => {
+                cursors.remove(&key);
+            }
+        }
+    }
+
+    fn clear_cursor(&self, key: &(String, String)) {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The first port of the first free run of `size` ports in `pool` at or
+    /// after `start`, else the first one before it.
+    async fn free_run_wrapping(
+        &self,
+        address: IpAddr,
+        protocol: Protocol,
+        size: u16,
+        start: u16,
+        pool: PortRange,
+    ) -> Result<Option<u16>, StoreError> {
+        if let Some(port) = self
+            .first_free_run(address, protocol, size, start, pool.last())
+            .await?
+        {
+            return Ok(Some(port));
+        }
+        if start <= pool.first() {
+            return Ok(None);
+        }
+        // A run may straddle `start`, so the second scan ends where one
+        // starting just below `start` would end.
+        let last = start
+            .saturating_add(size - 1)
+            .saturating_sub(1)
+            .min(pool.last());
+        self.first_free_run(address, protocol, size, pool.first(), last)
             .await
     }
 
     /// The lowest start of `size` consecutive free ports in `first..=last`.
-    /// Reads the held ports of the pool and looks for the gap in Rust: ranges
-    /// are created rarely, and this stays portable across the three backends.
-    async fn lowest_free_block(
+    /// Reads the held ports from `first` in index order, [`SCAN_WINDOW`] at a
+    /// time, and looks for the gap in Rust: one plain range query that every
+    /// backend answers from the primary key.
+    async fn first_free_run(
         &self,
         address: IpAddr,
         protocol: Protocol,
@@ -330,72 +383,47 @@ impl Store {
         first: u16,
         last: u16,
     ) -> Result<Option<u16>, StoreError> {
-        let rows = self
-            .fetch_all(
-                "SELECT port FROM forward_ports WHERE external_address = $1 AND protocol = $2 \
-                 AND port >= $3 AND port <= $4 ORDER BY port",
-                &[
-                    address.to_string().into(),
-                    protocol.as_str().into(),
-                    first.into(),
-                    last.into(),
-                ],
-            )
-            .await?;
+        let size = u32::from(size.max(1));
+        let last = u32::from(last);
         let mut start = u32::from(first);
-        let size = u32::from(size);
-        for row in &rows {
-            let held: i64 = row.try_get(0)?;
-            let held = u32::try_from(held).unwrap_or(0);
-            if held >= start + size {
-                break;
+        let mut from = start;
+        loop {
+            if start + size - 1 > last {
+                return Ok(None);
             }
-            start = start.max(held + 1);
+            let rows = self
+                .fetch_all(
+                    "SELECT port FROM forward_ports WHERE external_address = $1 AND protocol = $2 \
+                     AND port >= $3 AND port <= $4 ORDER BY port LIMIT $5",
+                    &[
+                        address.to_string().into(),
+                        protocol.as_str().into(),
+                        i64::from(from).into(),
+                        i64::from(last).into(),
+                        (SCAN_WINDOW as i64).into(),
+                    ],
+                )
+                .await?;
+            for row in &rows {
+                let held: i64 = row.try_get(0)?;
+                let held = u32::try_from(held).unwrap_or(0);
+                if held >= start + size {
+                    break;
+                }
+                start = start.max(held + 1);
+            }
+            let gap_seen = rows.last().is_some_and(|row| {
+                row.try_get::<i64, _>(0)
+                    .is_ok_and(|held| i64::from(start + size) <= held)
+            });
+            if rows.len() < SCAN_WINDOW || gap_seen {
+                return Ok((start + size - 1 <= last)
+                    .then(|| u16::try_from(start).ok())
+                    .flatten());
+            }
+            // A full window of held ports with no gap yet: read the next.
+            from = start;
         }
-        if start + size - 1 <= u32::from(last) {
-            Ok(u16::try_from(start).ok())
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// The lowest port in `first..=last` that no forward holds, found with one
-    /// query: either `first` itself, or the port right after a held one.
-    async fn lowest_free_port(
-        &self,
-        address: IpAddr,
-        protocol: Protocol,
-        first: u16,
-        last: u16,
-    ) -> Result<Option<u16>, StoreError> {
-        // Either `first` itself or the port right after a held one. Written
-        // as one CASE without FROM, which every backend accepts (MySQL 5.7
-        // refuses `SELECT … WHERE` without a table).
-        let sql = "SELECT CASE WHEN NOT EXISTS ( \
-                 SELECT 1 FROM forward_ports WHERE external_address = $3 AND protocol = $4 AND port = $1) \
-               THEN $1 \
-               ELSE (SELECT MIN(f.port + 1) FROM forward_ports f \
-                 WHERE f.external_address = $3 AND f.protocol = $4 \
-                   AND f.port >= $1 AND f.port < $2 \
-                   AND NOT EXISTS (SELECT 1 FROM forward_ports g WHERE g.external_address = $3 \
-                     AND g.protocol = $4 AND g.port = f.port + 1)) \
-             END AS candidate";
-        let row = self
-            .fetch_optional(
-                sql,
-                &[
-                    first.into(),
-                    last.into(),
-                    address.to_string().into(),
-                    protocol.as_str().into(),
-                ],
-            )
-            .await?;
-        let port: Option<i64> = match row {
-            Some(row) => row.try_get(0)?,
-            None => None,
-        };
-        Ok(port.and_then(|p| u16::try_from(p).ok()))
     }
 
     /// Inserts the forward and one `forward_ports` row per external port in
@@ -759,31 +787,16 @@ impl Store {
             }
         }
         for attempt in 0..ALLOCATION_ATTEMPTS {
+            // The lowest free run first; after a lost race, from a random
+            // point, so that servers moving forwards at once spread apart.
             let start = if attempt == 0 {
                 to.pool.first()
             } else {
                 random_port_in(to.pool)
             };
-            let mut found = self
-                .lowest_free_run(
-                    to.external_address,
-                    current.protocol,
-                    size,
-                    start,
-                    to.pool.last(),
-                )
+            let found = self
+                .free_run_wrapping(to.external_address, current.protocol, size, start, to.pool)
                 .await?;
-            if found.is_none() && start > to.pool.first() {
-                found = self
-                    .lowest_free_run(
-                        to.external_address,
-                        current.protocol,
-                        size,
-                        to.pool.first(),
-                        to.pool.last(),
-                    )
-                    .await?;
-            }
             let Some(port) = found else { break };
             match self.claim_move(&current, to, port).await {
                 Ok(moved) => return Ok(moved),
@@ -796,24 +809,6 @@ impl Store {
             protocol: current.protocol.to_string(),
             range: to.pool.to_string(),
         })
-    }
-
-    /// The first port of the lowest free run of `size` ports in
-    /// `first..=last` (one port: the single-query search).
-    async fn lowest_free_run(
-        &self,
-        address: IpAddr,
-        protocol: Protocol,
-        size: u16,
-        first: u16,
-        last: u16,
-    ) -> Result<Option<u16>, StoreError> {
-        if size <= 1 {
-            self.lowest_free_port(address, protocol, first, last).await
-        } else {
-            self.lowest_free_block(address, protocol, size, first, last)
-                .await
-        }
     }
 
     /// Moves `current` to `to` on external ports from `port`, with its
@@ -867,11 +862,6 @@ impl Store {
 
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
-        // A freed port may be lower than a cursor: the next allocation asks.
-        self.cursors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         // The ports go in the same transaction as the forward, so a port is
         // never free while its forward still exists, nor held after.
         let id = id.to_string();

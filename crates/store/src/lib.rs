@@ -153,7 +153,9 @@ pub struct Store {
     backend: Backend,
     /// Next port to try per (external address, protocol): see
     /// [`Store::create_forward_allocating`].
-    cursors: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), u16>>>,
+    cursors: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<(String, String), forwards::Cursor>>,
+    >,
 }
 
 /// The URL oslo.db would use for a SQLite file at `path`.

@@ -18,6 +18,7 @@ use support::TestDb;
 backend_tests!(every: [
     duplicate_endpoint_is_refused_and_names_the_holder,
     allocation_takes_lowest_free_port_and_reports_exhaustion,
+    allocation_scans_past_many_held_ports,
     concurrent_allocations_never_share_a_port,
     pagination_walks_every_row_once_in_both_directions,
     filters_select_matching_rows,
@@ -116,6 +117,46 @@ async fn allocation_takes_lowest_free_port_and_reports_exhaustion(db: &'static T
         .await
         .unwrap();
     assert_eq!(udp.external_port, 20000);
+}
+
+async fn allocation_scans_past_many_held_ports(db: &'static TestDb) {
+    let store = &db.store;
+    // More held ports in a row than one scan window reads.
+    let mut held = Vec::new();
+    for port in 24000..24600 {
+        held.push(
+            store
+                .create_forward(&new_forward("a", Protocol::Tcp, port))
+                .await
+                .unwrap(),
+        );
+    }
+    let pool = PortRange::new(24000, 24999).unwrap();
+    let allocate = |store: navigator_store::Store| async move {
+        store
+            .create_forward_allocating(&new_forward("a", Protocol::Tcp, 0), pool)
+            .await
+            .unwrap()
+            .external_port
+    };
+    assert_eq!(allocate(store.clone()).await, 24600, "the first free port");
+    // The cursor hands out the next ports, stepping over a held one.
+    store
+        .create_forward(&new_forward("a", Protocol::Tcp, 24602))
+        .await
+        .unwrap();
+    assert_eq!(allocate(store.clone()).await, 24601);
+    assert_eq!(allocate(store.clone()).await, 24603, "24602 is held");
+    // A port freed low in the pool is what a process's first scan finds.
+    assert!(store.delete_forward(held[100].id).await.unwrap());
+    let other_server = db.second_server().await;
+    assert_eq!(allocate(other_server).await, 24100);
+    // A range takes the first free block, past the long held run.
+    let range = store
+        .create_forward_allocating(&new_range("a", Protocol::Tcp, 0, 3), pool)
+        .await
+        .unwrap();
+    assert_eq!((range.external_port, range.external_port_end), (24604, 24606));
 }
 
 async fn concurrent_allocations_never_share_a_port(db: &'static TestDb) {
