@@ -180,7 +180,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "scheduler",
         key: "strategy",
         default: "round_robin",
-        help: "How a new forward's proxy is chosen: round_robin, hash (stable by instance, else project) or least_loaded.",
+        help: "How a new forward's proxy is chosen: round_robin, hash (stable by instance, else project) or least_loaded (the smallest share of its port pool in use; it counts every proxy's ports at each create, so it is the slowest of the three with many forwards).",
     },
     OptionDoc {
         section: "scheduler",

@@ -6,7 +6,7 @@
 //! the full sync that follows anyway, so a lost message delays a change but
 //! never loses it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -44,13 +44,26 @@ pub struct Control {
     next_generation: AtomicU64,
     placements: AtomicU64,
     /// One lock per agent host, held while a message is sent to it together
-    /// with the store read it is based on: a full sync built from an older
-    /// snapshot must not reach the agent after a newer create, update or
-    /// delete, or it would undo that change until the next sync.
+    /// with the store read or write it is based on: a full sync built from an
+    /// older snapshot must not reach the agent after a newer create, update
+    /// or delete, or it would undo that change until the next sync. Only
+    /// until the message is sent: the agent handles its messages in the
+    /// order they arrive, so answers are awaited outside the lock.
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per agent host, the forwards by which its last report (as this server
+    /// took it) differed from the store; see [`Control::report_state`].
+    differences: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Ports held per proxy for placement, and when they were read from the
+    /// store; see [`Control::placement_counts`].
+    port_counts: Mutex<Option<(std::time::Instant, HashMap<String, u64>)>>,
+    /// Set while one create reads the counts again.
+    refreshing_counts: std::sync::atomic::AtomicBool,
     /// Counters served at `/metrics`.
     metrics: Metrics,
 }
+
+/// How old the per-proxy port counts that placement weighs may be.
+const COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Whether a proxy's last heartbeat is recent enough.
 pub fn is_up(proxy: &ProxyRecord, down_after: Duration) -> bool {
@@ -81,6 +94,9 @@ impl Control {
             next_generation: AtomicU64::new(now_ms),
             placements: AtomicU64::new(0),
             host_locks: Mutex::new(HashMap::new()),
+            differences: Mutex::new(HashMap::new()),
+            port_counts: Mutex::new(None),
+            refreshing_counts: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
         }
     }
@@ -164,12 +180,21 @@ impl Control {
                 )));
             }
             Some(_) => self.store.create_forward(&row).await?,
-            None => {
-                self.store
-                    .create_forward_allocating(&row, proxy.port_range)
-                    .await?
-            }
+            None => match self
+                .store
+                .create_forward_allocating(&row, proxy.port_range)
+                .await
+            {
+                Err(e @ StoreError::PoolExhausted { .. }) => {
+                    // The counts that chose this proxy were behind: read
+                    // them again for the next placement.
+                    *self.lock_counts() = None;
+                    return Err(e.into());
+                }
+                other => other?,
+            },
         };
+        self.count_ports(&forward.proxy, forward_ports(&forward));
         Ok(self.push(forward).await)
     }
 
@@ -222,15 +247,23 @@ impl Control {
 
     /// Deletes a forward and tells its agent.
     pub async fn delete(&self, forward: &PortForward) -> Result<bool, ApiError> {
-        let lock = self.host_lock(&forward.proxy);
-        let _agent = lock.lock().await;
-        if !self.store.delete_forward(forward.id).await? {
-            return Ok(false);
-        }
-        let deleted = self
-            .agents
-            .delete_forward(&forward.proxy, forward.id.to_string())
-            .await;
+        let sent = {
+            // Held across the store's delete and the sending, so that a full
+            // sync read before the delete is not sent after it.
+            let lock = self.host_lock(&forward.proxy);
+            let _agent = lock.lock().await;
+            if !self.store.delete_forward(forward.id).await? {
+                return Ok(false);
+            }
+            self.count_ports(&forward.proxy, -forward_ports(forward));
+            self.agents
+                .send_delete_forward(&forward.proxy, forward.id.to_string())
+                .await
+        };
+        let deleted = match sent {
+            Ok(reply) => reply.await,
+            Err(e) => Err(e),
+        };
         self.metrics
             .record_rpc(methods::DELETE_FORWARD, deleted.is_ok());
         if let Err(e) = deleted {
@@ -249,20 +282,25 @@ impl Control {
         forward: &PortForward,
         reason: &str,
     ) -> Result<bool, ApiError> {
-        let lock = self.host_lock(&forward.proxy);
-        let _agent = lock.lock().await;
-        if !self
-            .store
-            .set_status(forward.id, ForwardStatus::Error, Some(reason))
-            .await?
-        {
-            return Ok(false);
-        }
-        if let Err(e) = self
-            .agents
-            .delete_forward(&forward.proxy, forward.id.to_string())
-            .await
-        {
+        let sent = {
+            let lock = self.host_lock(&forward.proxy);
+            let _agent = lock.lock().await;
+            if !self
+                .store
+                .set_status(forward.id, ForwardStatus::Error, Some(reason))
+                .await?
+            {
+                return Ok(false);
+            }
+            self.agents
+                .send_delete_forward(&forward.proxy, forward.id.to_string())
+                .await
+        };
+        let deleted = match sent {
+            Ok(reply) => reply.await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told to drop the marked forward; the next sync will remove it");
         }
         Ok(true)
@@ -271,10 +309,19 @@ impl Control {
     /// Sends one forward to its agent and records the outcome; on an RPC
     /// failure the forward stays `PENDING` with the reason, for the next sync.
     async fn push(&self, forward: PortForward) -> PortForward {
-        let lock = self.host_lock(&forward.proxy);
-        let agent = lock.lock().await;
         let entry = ForwardEntry::from(&forward.spec());
-        let created = self.agents.create_forward(&forward.proxy, entry).await;
+        let sent = {
+            // The lock orders messages to the agent, so it is held while
+            // sending only: the agent answers in the order it received, and
+            // several creates to one agent can wait for their answers at once.
+            let lock = self.host_lock(&forward.proxy);
+            let _agent = lock.lock().await;
+            self.agents.send_create_forward(&forward.proxy, entry).await
+        };
+        let created = match sent {
+            Ok(reply) => reply.await,
+            Err(e) => Err(e),
+        };
         self.metrics
             .record_rpc(methods::CREATE_FORWARD, created.is_ok());
         let (status, reason) = match created {
@@ -287,9 +334,6 @@ impl Control {
                 )
             }
         };
-        // The lock orders messages to the agent; the status write (a commit)
-        // sends none, so the next message to this agent need not wait for it.
-        drop(agent);
         // Only if the forward is still this version on this proxy: a
         // retarget or a move meanwhile has its own push.
         if let Err(e) = self
@@ -327,8 +371,7 @@ impl Control {
                     ))
                 });
         }
-        // Ports, not forwards: a range uses as much of a pool as its size.
-        let counts: HashMap<String, u64> = self.store.port_counts().await?.into_iter().collect();
+        let counts = self.placement_counts().await?;
         let request = Request {
             target: new.internal_ip_address,
             external_address: new.external_address,
@@ -340,6 +383,66 @@ impl Control {
             .place(&proxies, &counts, &request)
             .map_err(|e| no_proxy_error(&e, "nothing was created"))?;
         Ok(chosen.clone())
+    }
+
+    /// Ports held per proxy, for placement (ports, not forwards: a range
+    /// uses as much of a pool as its size).
+    ///
+    /// Counting them reads the whole `forward_ports` table, too much for
+    /// every create when they only serve the pool-full filter (`round_robin`
+    /// and `hash`): the count is then read at most every [`COUNTS_MAX_AGE`]
+    /// and kept up to date meanwhile with this server's own creates and
+    /// deletes. Other servers' changes show at the next read; the database,
+    /// not this count, is what keeps a pool from being overbooked.
+    ///
+    /// One create reads them again when they are too old; the creates that
+    /// come meanwhile use the old ones rather than all reading at once.
+    /// `least_loaded` weighs these counts to choose, so it reads them at
+    /// every create, whatever server made the last one.
+    async fn placement_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        if self.config.scheduler_strategy == navigator_scheduler::Strategy::LeastLoaded {
+            let counts: HashMap<String, u64> =
+                self.store.port_counts().await?.into_iter().collect();
+            *self.lock_counts() = Some((std::time::Instant::now(), counts.clone()));
+            return Ok(counts);
+        }
+        let stale = {
+            let cached = self.lock_counts();
+            match cached.as_ref() {
+                Some((read_at, counts)) if read_at.elapsed() < COUNTS_MAX_AGE => {
+                    return Ok(counts.clone());
+                }
+                Some((_, counts)) => Some(counts.clone()),
+                None => None,
+            }
+        };
+        let refreshing = self.refreshing_counts.swap(true, Ordering::AcqRel);
+        if let (true, Some(stale)) = (refreshing, stale) {
+            return Ok(stale);
+        }
+        let read = self.store.port_counts().await;
+        if !refreshing {
+            self.refreshing_counts.store(false, Ordering::Release);
+        }
+        let counts: HashMap<String, u64> = read?.into_iter().collect();
+        *self.lock_counts() = Some((std::time::Instant::now(), counts.clone()));
+        Ok(counts)
+    }
+
+    /// Adds `delta` ports to `proxy`'s count in the placement cache.
+    fn count_ports(&self, proxy: &str, delta: i64) {
+        if let Some((_, counts)) = self.lock_counts().as_mut() {
+            let n = counts.entry(proxy.to_owned()).or_default();
+            *n = n.saturating_add_signed(delta);
+        }
+    }
+
+    fn lock_counts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, HashMap<String, u64>)>> {
+        self.port_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs the scheduler (filters, then the configured strategy) over
@@ -401,31 +504,40 @@ impl Control {
 
     /// Sends `host` its full desired set and records the per-forward results.
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
-        let lock = self.host_lock(host);
-        let _agent = lock.lock().await;
         let started = std::time::Instant::now();
-        let forwards = self.store.forwards_on_proxy(host).await?;
-        let entries: Vec<ForwardEntry> = forwards
-            .iter()
-            .map(|f| ForwardEntry::from(&f.spec()))
-            .collect();
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        // An agent that is starting may not listen yet (the all-in-one agent
-        // task is spawned just before the start-up sync): wait a little
-        // rather than fail the start-up.
-        let mut attempts = 0;
-        let synced = loop {
-            match self
-                .agents
-                .sync_forwards(host, entries.clone(), generation)
-                .await
-            {
-                Err(navigator_rpc::RpcError::NoListener { .. }) if attempts < 40 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        let (forwards, generation, sent) = {
+            // Held from the store read until the sync is sent: a change made
+            // after the read is sent after the sync, never before it.
+            let lock = self.host_lock(host);
+            let _agent = lock.lock().await;
+            let forwards = self.store.forwards_on_proxy(host).await?;
+            let entries: Vec<ForwardEntry> = forwards
+                .iter()
+                .map(|f| ForwardEntry::from(&f.spec()))
+                .collect();
+            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            // An agent that is starting may not listen yet (the all-in-one
+            // agent task is spawned just before the start-up sync): wait a
+            // little rather than fail the start-up.
+            let mut attempts = 0;
+            let sent = loop {
+                match self
+                    .agents
+                    .send_sync_forwards(host, entries.clone(), generation)
+                    .await
+                {
+                    Err(navigator_rpc::RpcError::NoListener { .. }) if attempts < 40 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => break other,
                 }
-                other => break other,
-            }
+            };
+            (forwards, generation, sent)
+        };
+        let synced = match sent {
+            Ok(reply) => reply.await,
+            Err(e) => Err(e),
         };
         self.metrics
             .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
@@ -513,21 +625,50 @@ impl Control {
         }
         // The agent must carry exactly the forwards stored for it. With
         // several servers, a full sync one built from an older snapshot can
-        // reach the agent after another's create or delete: the heartbeat
-        // shows the difference, and a sync repairs it at once.
+        // reach the agent after another's create or delete, and a lost
+        // message leaves a difference too: the heartbeats show it, and a
+        // sync repairs it. But a create, retarget or delete in flight also
+        // differs for a moment (stored, not yet told to the agent, or the
+        // reverse), and under a steady stream of changes every heartbeat
+        // would bring a full sync. So only a forward that differs in two
+        // reports in a row, as this server sees them, is drift.
         // One read serves both the comparison and the statuses recorded below.
         let stored_forwards = self.store.forwards_on_proxy(&state.host).await?;
-        let stored: std::collections::BTreeSet<String> =
-            stored_forwards.iter().map(|f| f.id.to_string()).collect();
-        let carried: std::collections::BTreeSet<String> =
-            state.forwards.iter().map(|f| f.id.clone()).collect();
-        if stored != carried {
-            tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store; full sync");
+        let stored: BTreeSet<String> = stored_forwards.iter().map(|f| f.id.to_string()).collect();
+        let carried: BTreeSet<String> = state.forwards.iter().map(|f| f.id.clone()).collect();
+        let differing: BTreeSet<String> = stored.symmetric_difference(&carried).cloned().collect();
+        if self.persistent_difference(&state.host, differing) {
+            tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store in two reports in a row; full sync");
             return self.sync_host(&state.host).await;
         }
         self.record_results(&state.host, &state.forwards, &stored_forwards)
             .await;
         Ok(())
+    }
+
+    /// Remembers the forwards by which `host`'s report differs from the
+    /// store, and says whether one of them differed in the previous report
+    /// this server took from `host` too (then forgets them: the full sync
+    /// that follows settles them).
+    fn persistent_difference(&self, host: &str, differing: BTreeSet<String>) -> bool {
+        let mut differences = self
+            .differences
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if differing.is_empty() {
+            differences.remove(host);
+            return false;
+        }
+        let persistent = differences
+            .get(host)
+            .is_some_and(|before| !before.is_disjoint(&differing));
+        if persistent {
+            differences.remove(host);
+        } else {
+            tracing::debug!(%host, differing = differing.len(), "agent's forwards differ from the store, maybe by changes in flight; checked again at its next report");
+            differences.insert(host.to_owned(), differing);
+        }
+        persistent
     }
 
     /// Serves the server topic (agents' heartbeats) until `shutdown`.
@@ -824,6 +965,11 @@ fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {
 }
 
 /// The proxy's first address in the target's family, else its first address.
+/// Number of external ports `forward` holds.
+fn forward_ports(forward: &PortForward) -> i64 {
+    i64::from(forward.external_port_end) - i64::from(forward.external_port) + 1
+}
+
 fn pick_address(addresses: &[IpAddr], target: IpAddr) -> IpAddr {
     addresses
         .iter()

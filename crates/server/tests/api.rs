@@ -557,3 +557,84 @@ fn committed_openapi_document_is_fresh() {
         "docs/openapi.json is stale: run `cargo run --bin navigator-server -- openapi > docs/openapi.json`"
     );
 }
+
+/// A forward the agent was never told of (a lost message, or a create still
+/// in flight) shows in its heartbeat. One such heartbeat is not drift: under
+/// a stream of creates every heartbeat differs by the ones in flight. The
+/// same forward missing from two heartbeats in a row is, and a full sync
+/// brings it to the agent.
+#[tokio::test]
+async fn a_forward_missing_from_two_heartbeats_in_a_row_brings_a_full_sync() {
+    let stack = stack::start(config(27800)).await;
+    let store = stack.control.store();
+    let row = navigator_store::NewForwardRow {
+        project_id: "p".into(),
+        description: String::new(),
+        protocol: navigator_core::Protocol::Tcp,
+        external_address: "127.0.0.1".parse().unwrap(),
+        external_port: 27801,
+        ports: 1,
+        internal_ip_address: "127.0.0.1".parse().unwrap(),
+        internal_port: 9,
+        internal_port_end: 9,
+        instance_id: None,
+        proxy: "proxy-1".into(),
+    };
+    // Stored only: the agent is not told.
+    let forward = store.create_forward(&row).await.unwrap();
+    let carries = |state: &navigator_rpc::AgentState| {
+        state.forwards.iter().any(|f| f.id == forward.id.to_string())
+    };
+    stack
+        .control
+        .report_state(stack.agent.state().await)
+        .await
+        .unwrap();
+    assert!(
+        !carries(&stack.agent.state().await),
+        "one differing heartbeat brings no full sync"
+    );
+    stack
+        .control
+        .report_state(stack.agent.state().await)
+        .await
+        .unwrap();
+    assert!(
+        carries(&stack.agent.state().await),
+        "the second one does"
+    );
+    let synced = store.get_forward(forward.id).await.unwrap().unwrap();
+    assert_eq!(synced.status, navigator_core::ForwardStatus::Active);
+    // A difference that goes away between two heartbeats (a create that
+    // reached the agent meanwhile) brings none.
+    let mut second = row.clone();
+    second.external_port = 27802;
+    let second = store.create_forward(&second).await.unwrap();
+    stack
+        .control
+        .report_state(stack.agent.state().await)
+        .await
+        .unwrap();
+    stack
+        .control
+        .update(
+            &second,
+            navigator_api::v1::ForwardChanges {
+                internal_port: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let generation = stack.agent.state().await.generation;
+    stack
+        .control
+        .report_state(stack.agent.state().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        stack.agent.state().await.generation,
+        generation,
+        "no full sync: the agent carries what is stored"
+    );
+}
