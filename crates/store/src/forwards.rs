@@ -883,10 +883,16 @@ impl Store {
     /// Number of external ports held per proxy host: what placement weighs
     /// against a proxy's pool, where a range counts once per port.
     pub async fn port_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        // One table, no join: a forward holds the ports of its external
+        // range (its `forward_ports` rows). MySQL sums integers into a
+        // DECIMAL, hence its cast.
+        let sum = match self.backend {
+            crate::Backend::MySql => "CAST(SUM(external_port_end - external_port + 1) AS SIGNED)",
+            _ => "SUM(external_port_end - external_port + 1)",
+        };
         let rows = self
             .fetch_all(
-                "SELECT f.proxy, COUNT(*) AS n FROM forward_ports p \
-                 JOIN forwards f ON f.id = p.forward_id GROUP BY f.proxy",
+                &format!("SELECT proxy, {sum} AS n FROM forwards GROUP BY proxy"),
                 &[],
             )
             .await?;
