@@ -5,7 +5,11 @@
 # (fsync and a log flush at every commit: no durability shortcuts).
 #
 #   bench/cluster/run.sh      (env to override: CREATES, CONC, FIRST_BYTE,
-#                              SYNC_FORWARDS, BACKENDS, OUT, BIN_DIR)
+#                              SYNC_FORWARDS, BACKENDS, SERVERS, STRATEGY,
+#                              OUT, BIN_DIR;
+#                              FIRST_BYTE=0 or SYNC_FORWARDS=0 skips that part;
+#                              PG_STATS=1 prints PostgreSQL's busiest
+#                              statements of each create run)
 #
 # 1. creates/s through one and through two servers, on each database, two
 #    agents (CREATES creates by CONC concurrent clients, round-robin over
@@ -28,6 +32,8 @@ CONC="${CONC:-32}"
 FIRST_BYTE="${FIRST_BYTE:-300}"
 SYNC_FORWARDS="${SYNC_FORWARDS:-10000}"
 BACKENDS="${BACKENDS:-postgres mariadb}"
+SERVERS="${SERVERS:-1 2}"
+STRATEGY="${STRATEGY:-round_robin}"
 OUT="${OUT:-/tmp/cluster-bench}"
 rm -rf "$OUT" && mkdir -p "$OUT"
 
@@ -54,6 +60,9 @@ trap cleanup EXIT INT TERM
 
 echo "starting RabbitMQ and durable PostgreSQL/MariaDB in $OUT"
 scripts/rabbitmq start "$OUT/rabbitmq" >"$OUT/rabbitmq.log"
+if [ "${PG_STATS:-0}" = 1 ]; then
+  export PG_OPTIONS="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+fi
 DURABLE=1 scripts/databases start "$OUT/db" >"$OUT/db.log"
 # shellcheck disable=SC1091
 . "$OUT/rabbitmq/env"
@@ -95,6 +104,8 @@ report_interval = 2
 agent_down_time = 20
 rpc_timeout = 10
 resync_interval = 600
+[scheduler]
+strategy = $STRATEGY
 CONF
 }
 
@@ -147,6 +158,33 @@ stop_all() {
   scripts/rabbitmq ctl "$OUT/rabbitmq" -q purge_queue -p navigator navigator-server >/dev/null 2>&1 || true
 }
 
+# cpu_ticks: "comm ticks" for every process (user + system time, in clock
+# ticks); two snapshots around a measurement show where the CPU went.
+cpu_ticks() {
+  local f
+  for f in /proc/[0-9]*/stat; do
+    # comm may hold spaces; fields 14 and 15 follow the closing parenthesis.
+    sed -n 's/^[0-9]* (\(.*\)) [A-Za-z] \(.*\)$/\1|\2/p' "$f" 2>/dev/null |
+      awk -F'|' '{ split($2, a, " "); gsub(/ /, "_", $1); print $1, a[11] + a[12] }'
+  done
+}
+
+# cpu_share BEFORE AFTER: CPU seconds per program between two cpu_ticks
+# files (programs that used at least 1% of a core), busiest first.
+cpu_share() {
+  local hz
+  hz=$(getconf CLK_TCK)
+  awk -v hz="$hz" 'NR == FNR { before[$1] += $2; next } { after[$1] += $2 }
+    END { for (c in after) { d = (after[c] - before[c]) / hz; if (d >= 0.01) printf "%s=%.2fs ", c, d } }' "$1" "$2" |
+    tr ' ' '\n' | sort -t= -k2 -rn | tr '\n' ' '
+}
+
+# pg_super DATABASE ARGS...: psql as PostgreSQL's superuser (for PG_STATS).
+pg_super() {
+  local name=$1; shift
+  runuser -u postgres -- psql -q -h "$OUT/db/postgres" -p "$(cat "$OUT/db/postgres/port")" -U postgres -d "$name" "$@"
+}
+
 json_field() { sed -n "s/.*\"$2\": *\\([0-9.]*\\).*/\\1/p" <<<"$1"; }
 
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
@@ -154,7 +192,7 @@ echo "machine: $machine; $(date -u +%FT%TZ)" | tee "$OUT/summary.txt"
 
 run=0
 for backend in $BACKENDS; do
-  for servers in 1 2; do
+  for servers in $SERVERS; do
     run=$((run + 1))
     db=$(new_database "$backend" "bench_${run}_$$")
     server_conf "s${run}a" "$db"
@@ -168,10 +206,21 @@ for backend in $BACKENDS; do
     start_agent "bench-${run}-b" 127.0.0.3 20000-39999
     wait_up "${urls%%,*}" 2
     "$LOAD" create "$urls" 200 "$CONC" >/dev/null   # warm-up
+    if [ "${PG_STATS:-0}" = 1 ] && [ "$backend" = postgres ]; then
+      pg_super "${db##*/}" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+    fi
+    cpu_ticks >"$OUT/cpu.before"
     result=$("$LOAD" create "$urls" "$CREATES" "$CONC")
+    cpu_ticks >"$OUT/cpu.after"
     echo "$result" >>"$OUT/results.jsonl"
-    echo "SUMMARY creates $backend servers=$servers: $(json_field "$result" creates_per_s) creates/s (created $(json_field "$result" created) of $CREATES, errors $(json_field "$result" errors), p50 $(json_field "$result" p50_ms) ms, p99 $(json_field "$result" p99_ms) ms; target >= 500/s with 2 servers)" | tee -a "$OUT/summary.txt"
-    if [ "$backend" = postgres ] && [ "$servers" = 1 ]; then
+    echo "  CPU time by program during the creates: $(cpu_share "$OUT/cpu.before" "$OUT/cpu.after")" | tee -a "$OUT/summary.txt"
+    if [ "${PG_STATS:-0}" = 1 ] && [ "$backend" = postgres ]; then
+      pg_super "${db##*/}" -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms, \
+        round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query \
+        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" | tee -a "$OUT/summary.txt"
+    fi
+    echo "SUMMARY creates $backend servers=$servers: $(json_field "$result" creates_per_s) creates/s (created $(json_field "$result" created) of $CREATES, errors $(json_field "$result" errors), p50 $(json_field "$result" p50_ms) ms, p99 $(json_field "$result" p99_ms) ms; target >= 500/s with 2 servers; strategy $STRATEGY)" | tee -a "$OUT/summary.txt"
+    if [ "$backend" = postgres ] && [ "$servers" = 1 ] && [ "$FIRST_BYTE" -gt 0 ]; then
       result=$("$LOAD" first-byte "${urls%%,*}" "$FIRST_BYTE")
       echo "$result" >>"$OUT/results.jsonl"
       echo "SUMMARY create->first byte on a remote agent ($backend, $FIRST_BYTE forwards): p50 $(json_field "$result" p50_ms) ms, p99 $(json_field "$result" p99_ms) ms, max $(json_field "$result" max_ms) ms (target p99 <= 100 ms)" | tee -a "$OUT/summary.txt"
@@ -180,6 +229,7 @@ for backend in $BACKENDS; do
   done
 
   # Full sync of SYNC_FORWARDS forwards to one agent.
+  [ "$SYNC_FORWARDS" -gt 0 ] || continue
   run=$((run + 1))
   db=$(new_database "$backend" "bench_${run}_$$")
   server_conf "s${run}" "$db"
