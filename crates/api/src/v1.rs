@@ -374,7 +374,12 @@ pub struct Proxy {
     /// RFC 3339, UTC.
     pub last_heartbeat: Option<String>,
     pub forward_count: u64,
-    /// Share of the port pool in use, 0.0-1.0.
+    /// External ports its forwards hold: a port range counts each of its
+    /// ports. This, not `forward_count`, is what placement weighs.
+    #[serde(default)]
+    pub port_count: u64,
+    /// Share of the port pool in use (`port_count` over the pool's ports,
+    /// for both protocols on every external address), 0.0-1.0.
     pub load: f64,
 }
 

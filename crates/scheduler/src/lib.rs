@@ -11,8 +11,8 @@
 //!    unless its data plane translates between families (the relay and socat
 //!    do; nft/iptables DNAT cannot turn IPv4 into IPv6). Among the proxies
 //!    left, those with an address of the target's family are preferred;
-//! 3. free ports: a requested `external_port` must be inside its pool, and
-//!    its pool must not be full.
+//! 3. free ports: requested external ports (every port of a range) must be
+//!    inside its pool, and its pool must not be full.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -67,8 +67,9 @@ pub struct Request<'a> {
     pub target: IpAddr,
     /// An external address the caller asked for.
     pub external_address: Option<IpAddr>,
-    /// An external port the caller asked for.
-    pub external_port: Option<u16>,
+    /// External ports the caller asked for: one port, or a range's first
+    /// and last.
+    pub external_ports: Option<RangeInclusive<u16>>,
     /// Key for [`Strategy::Hash`].
     pub affinity_key: &'a str,
     /// A counter that increases with every placement, for round robin.
@@ -170,8 +171,10 @@ pub fn reject(candidate: &Candidate, request: &Request<'_>) -> Option<Rejection>
         }
         None => {}
     }
-    if let Some(port) = request.external_port
-        && !candidate.pool.contains(&port)
+    if let Some(ports) = &request.external_ports
+        && let Some(port) = [*ports.start(), *ports.end()]
+            .into_iter()
+            .find(|port| !candidate.pool.contains(port))
     {
         return Some(Rejection::PortOutsidePool {
             port,
@@ -266,7 +269,7 @@ mod tests {
         Request {
             target: target.parse().unwrap(),
             external_address: None,
-            external_port: None,
+            external_ports: None,
             affinity_key: Box::leak(key.to_owned().into_boxed_str()),
             sequence,
         }
@@ -394,11 +397,19 @@ mod tests {
             "no proxy can carry this forward: proxy a is down; proxy b does not have address 192.0.2.1"
         );
         wanted.external_address = None;
-        wanted.external_port = Some(30000);
+        wanted.external_ports = Some(30000..=30000);
         let err = place(Strategy::RoundRobin, &proxies, &wanted).unwrap_err();
         assert!(
             err.to_string()
                 .contains("proxy b has port range 20000-20009, which does not contain 30000"),
+            "{err}"
+        );
+        // Every port of a range must be in the pool, not only its first.
+        wanted.external_ports = Some(20005..=20014);
+        let err = place(Strategy::RoundRobin, &proxies, &wanted).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("proxy b has port range 20000-20009, which does not contain 20014"),
             "{err}"
         );
         let only_down =

@@ -375,13 +375,17 @@ impl Control {
         let request = Request {
             target: new.internal_ip_address,
             external_address: new.external_address,
-            external_port: new.external_ports.map(|r| r.first()),
+            external_ports: new.external_ports.map(|r| r.first()..=r.last()),
             affinity_key: new.instance_id.as_deref().unwrap_or(project_id),
             sequence: self.placements.fetch_add(1, Ordering::Relaxed),
         };
-        let chosen = self
-            .place(&proxies, &counts, &request)
-            .map_err(|e| no_proxy_error(&e, "nothing was created"))?;
+        let chosen = self.place(&proxies, &counts, &request).map_err(|e| {
+            let port_field = match new.external_ports {
+                Some(range) if range.len() > 1 => "external_port_range",
+                _ => "external_port",
+            };
+            no_proxy_error(&e, port_field, "nothing was created")
+        })?;
         Ok(chosen.clone())
     }
 
@@ -837,7 +841,7 @@ impl Control {
             let request = Request {
                 target: forward.internal_ip_address,
                 external_address: None,
-                external_port: None,
+                external_ports: None,
                 affinity_key: forward
                     .instance_id
                     .as_deref()
@@ -907,7 +911,8 @@ impl Control {
 /// up (that passes); 400 naming the field when the only obstacle among the
 /// live proxies is the external address or port the caller asked for; 409
 /// when the proxies there are cannot carry it (full, wrong address family).
-fn no_proxy_error(e: &NoProxy, outcome: &str) -> ApiError {
+/// `port_field` names the request's field for the external ports.
+fn no_proxy_error(e: &NoProxy, port_field: &str, outcome: &str) -> ApiError {
     use navigator_scheduler::Rejection;
     if e.is_transient() {
         return ApiError::Unavailable(format!("{e}; {outcome}"));
@@ -931,7 +936,7 @@ fn no_proxy_error(e: &NoProxy, outcome: &str) -> ApiError {
         .all(|why| matches!(why, Rejection::PortOutsidePool { .. }))
     {
         return ApiError::BadRequest(format!(
-            "invalid external_port: outside the port range of every proxy that is up ({e}); {outcome}"
+            "invalid {port_field}: outside the port range of every proxy that is up ({e}); {outcome}"
         ));
     }
     ApiError::Conflict(format!("{e}; {outcome}"))

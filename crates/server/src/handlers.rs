@@ -382,7 +382,30 @@ fn outcome<T>(result: &Result<T, ApiError>) -> String {
     }
 }
 
-async fn proxy_view(state: &AppState, record: &ProxyRecord, count: u64) -> Proxy {
+/// What the proxy views show of each proxy: forwards and ports held.
+struct ProxyCounts {
+    forwards: std::collections::HashMap<String, u64>,
+    ports: std::collections::HashMap<String, u64>,
+}
+
+impl ProxyCounts {
+    async fn read(store: &navigator_store::Store) -> Result<ProxyCounts, ApiError> {
+        Ok(ProxyCounts {
+            forwards: store.forward_counts().await?.into_iter().collect(),
+            ports: store.port_counts().await?.into_iter().collect(),
+        })
+    }
+
+    fn of(&self, host: &str) -> (u64, u64) {
+        (
+            self.forwards.get(host).copied().unwrap_or(0),
+            self.ports.get(host).copied().unwrap_or(0),
+        )
+    }
+}
+
+async fn proxy_view(state: &AppState, record: &ProxyRecord, counts: &ProxyCounts) -> Proxy {
+    let (forwards, ports) = counts.of(&record.host);
     let capacity =
         u64::from(record.port_range.len()) * 2 * record.external_addresses.len().max(1) as u64;
     Proxy {
@@ -401,9 +424,10 @@ async fn proxy_view(state: &AppState, record: &ProxyRecord, count: u64) -> Proxy
         }
         .into(),
         last_heartbeat: Some(record.last_heartbeat.clone()),
-        forward_count: count,
+        forward_count: forwards,
+        port_count: ports,
         // Four decimals are plenty for a share, and keep the output readable.
-        load: (count as f64 / capacity as f64 * 10_000.0).round() / 10_000.0,
+        load: (ports as f64 / capacity as f64 * 10_000.0).round() / 10_000.0,
     }
 }
 
@@ -422,12 +446,10 @@ pub async fn list_proxies(
         ));
     }
     let store = state.control.store();
-    let counts: std::collections::HashMap<String, u64> =
-        store.forward_counts().await?.into_iter().collect();
+    let counts = ProxyCounts::read(store).await?;
     let mut proxies = Vec::new();
     for record in store.list_proxies().await? {
-        let count = counts.get(&record.host).copied().unwrap_or(0);
-        proxies.push(proxy_view(&state, &record, count).await);
+        proxies.push(proxy_view(&state, &record, &counts).await);
     }
     Ok(Json(ProxyList { proxies }))
 }
@@ -453,11 +475,9 @@ pub async fn show_proxy(
         .get_proxy(&host)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("proxy {host} not found")))?;
-    let counts: std::collections::HashMap<String, u64> =
-        store.forward_counts().await?.into_iter().collect();
-    let count = counts.get(&host).copied().unwrap_or(0);
+    let counts = ProxyCounts::read(store).await?;
     Ok(Json(ProxyBody {
-        proxy: proxy_view(&state, &record, count).await,
+        proxy: proxy_view(&state, &record, &counts).await,
     }))
 }
 

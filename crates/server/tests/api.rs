@@ -325,6 +325,18 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
         )
     );
     let holder = forward["id"].as_str().unwrap().to_owned();
+    // The proxy counts one forward and five ports; its load is in ports
+    // (5 of 50 ports x 2 protocols x 2 external addresses).
+    let (status, body, _) = h.send("GET", "/v1/proxies/proxy-1", "p1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (
+            &body["proxy"]["forward_count"],
+            &body["proxy"]["port_count"],
+            &body["proxy"]["load"]
+        ),
+        (&json!(1), &json!(5), &json!(0.025))
+    );
 
     // A single-port forward shows no ranges.
     let (status, body) = h
@@ -415,7 +427,9 @@ async fn bad_port_ranges_are_refused_naming_the_field() {
         ),
         (
             json!({"internal_port": 22, "external_port_range": "27745:27755"}),
-            "invalid external_port_range: 27745:27755 is outside the port range 27700-27749 of proxy proxy-1",
+            // Placement looks for a proxy whose pool holds every port of
+            // the range, not only the first.
+            "invalid external_port_range: outside the port range of every proxy that is up (no proxy can carry this forward: proxy proxy-1 has port range 27700-27749, which does not contain 27755); nothing was created",
         ),
         (
             json!({"internal_port_range": "1000:3000"}),
@@ -583,7 +597,10 @@ async fn a_forward_missing_from_two_heartbeats_in_a_row_brings_a_full_sync() {
     // Stored only: the agent is not told.
     let forward = store.create_forward(&row).await.unwrap();
     let carries = |state: &navigator_rpc::AgentState| {
-        state.forwards.iter().any(|f| f.id == forward.id.to_string())
+        state
+            .forwards
+            .iter()
+            .any(|f| f.id == forward.id.to_string())
     };
     stack
         .control
@@ -599,10 +616,7 @@ async fn a_forward_missing_from_two_heartbeats_in_a_row_brings_a_full_sync() {
         .report_state(stack.agent.state().await)
         .await
         .unwrap();
-    assert!(
-        carries(&stack.agent.state().await),
-        "the second one does"
-    );
+    assert!(carries(&stack.agent.state().await), "the second one does");
     let synced = store.get_forward(forward.id).await.unwrap().unwrap();
     assert_eq!(synced.status, navigator_core::ForwardStatus::Active);
     // A difference that goes away between two heartbeats (a create that

@@ -156,7 +156,10 @@ async fn allocation_scans_past_many_held_ports(db: &'static TestDb) {
         .create_forward_allocating(&new_range("a", Protocol::Tcp, 0, 3), pool)
         .await
         .unwrap();
-    assert_eq!((range.external_port, range.external_port_end), (24604, 24606));
+    assert_eq!(
+        (range.external_port, range.external_port_end),
+        (24604, 24606)
+    );
 }
 
 async fn concurrent_allocations_never_share_a_port(db: &'static TestDb) {

@@ -8,12 +8,13 @@ use crate::config::GlobalArgs;
 use crate::output::{self, Column, OutputArgs, Shape};
 
 /// Every proxy attribute; the order of list columns and of `-c` choices.
-const COLUMNS: [Column; 8] = [
+const COLUMNS: [Column; 9] = [
     Column::new("host", "Host"),
     Column::new("state", "State"),
     Column::new("backend", "Backend"),
     Column::new("forward_count", "Forward Count"),
     Column::new("load", "Load"),
+    Column::new("port_count", "Port Count"),
     Column::new("external_addresses", "External Addresses"),
     Column::new("port_range", "Port Range"),
     Column::new("last_heartbeat", "Last Heartbeat"),
@@ -31,7 +32,7 @@ pub enum ProxyCommand {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Also show external addresses, port range and last heartbeat
+    /// Also show port count, external addresses, port range and last heartbeat
     #[arg(long)]
     pub long: bool,
     #[command(flatten)]
@@ -95,12 +96,16 @@ mod tests {
             state: "up".into(),
             last_heartbeat: None,
             forward_count: 3,
+            port_count: 4,
             load: 0.5,
         };
         let value = serde_json::to_value(&proxy).unwrap();
         output::assert_columns_match(&COLUMNS, &value);
         let columns = show_columns(&[]).unwrap();
         let text = output::render_show(&columns, &value, output::Format::Value).unwrap();
-        assert_eq!(text, "relay\n203.0.113.5\n3\npx1\n\n0.5\n20000-40000\nup\n");
+        assert_eq!(
+            text,
+            "relay\n203.0.113.5\n3\npx1\n\n0.5\n4\n20000-40000\nup\n"
+        );
     }
 }
