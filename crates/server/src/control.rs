@@ -62,6 +62,9 @@ pub struct Control {
     metrics: Metrics,
 }
 
+/// Proxies a create tries after the chosen one turned out full.
+const MAX_FULL_PROXIES: usize = 8;
+
 /// How old the per-proxy port counts that placement weighs may be.
 const COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
 
@@ -120,7 +123,46 @@ impl Control {
 
     /// Places, stores and applies a new forward for `project_id`.
     pub async fn create(&self, project_id: &str, new: NewForward) -> Result<PortForward, ApiError> {
-        let proxy = self.choose_proxy(project_id, &new).await?;
+        // Proxies whose pool the allocation found full although placement
+        // counted room (its counts were behind): placed again without them.
+        let mut full: Vec<String> = Vec::new();
+        loop {
+            let proxy = self.choose_proxy(project_id, &new, &full).await?;
+            let row = self.new_row(project_id, &new, &proxy)?;
+            let created = match new.external_ports {
+                Some(_) => self.store.create_forward(&row).await,
+                None => {
+                    self.store
+                        .create_forward_allocating(&row, proxy.port_range)
+                        .await
+                }
+            };
+            let forward = match created {
+                Ok(forward) => forward,
+                Err(e @ StoreError::PoolExhausted { .. }) => {
+                    // Read the counts again for the next placement.
+                    *self.lock_counts() = None;
+                    if new.proxy.is_some() || full.len() >= MAX_FULL_PROXIES {
+                        return Err(e.into());
+                    }
+                    tracing::info!(proxy = %proxy.host, error = %e, "placement counted room in a pool that is full; placing again");
+                    full.push(proxy.host);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.count_ports(&forward.proxy, forward_ports(&forward));
+            return Ok(self.push(forward).await);
+        }
+    }
+
+    /// The row of `new` on `proxy`, or why `new` does not fit there.
+    fn new_row(
+        &self,
+        project_id: &str,
+        new: &NewForward,
+        proxy: &ProxyRecord,
+    ) -> Result<NewForwardRow, ApiError> {
         let external_address = match new.external_address {
             Some(address) if proxy.external_addresses.contains(&address) => address,
             Some(address) => {
@@ -147,10 +189,27 @@ impl Control {
                 external_len.max(internal.len())
             )));
         }
-        self.check_target(&proxy, new.internal_ip_address, internal)?;
-        let row = NewForwardRow {
+        self.check_target(proxy, new.internal_ip_address, internal)?;
+        if let Some(range) = new.external_ports
+            && (!proxy.port_range.contains(range.first())
+                || !proxy.port_range.contains(range.last()))
+        {
+            let (field, ports) = if range.len() == 1 {
+                ("external_port", range.first().to_string())
+            } else {
+                (
+                    "external_port_range",
+                    format!("{}:{}", range.first(), range.last()),
+                )
+            };
+            return Err(ApiError::BadRequest(format!(
+                "invalid {field}: {ports} is outside the port range {} of proxy {}",
+                proxy.port_range, proxy.host
+            )));
+        }
+        Ok(NewForwardRow {
             project_id: project_id.to_owned(),
-            description: new.description,
+            description: new.description.clone(),
             protocol: new.protocol,
             external_address,
             external_port: new.external_ports.map_or(0, |r| r.first()),
@@ -158,44 +217,9 @@ impl Control {
             internal_ip_address: new.internal_ip_address,
             internal_port: internal.first(),
             internal_port_end: internal.last(),
-            instance_id: new.instance_id,
+            instance_id: new.instance_id.clone(),
             proxy: proxy.host.clone(),
-        };
-        let forward = match new.external_ports {
-            Some(range)
-                if !proxy.port_range.contains(range.first())
-                    || !proxy.port_range.contains(range.last()) =>
-            {
-                let (field, ports) = if range.len() == 1 {
-                    ("external_port", range.first().to_string())
-                } else {
-                    (
-                        "external_port_range",
-                        format!("{}:{}", range.first(), range.last()),
-                    )
-                };
-                return Err(ApiError::BadRequest(format!(
-                    "invalid {field}: {ports} is outside the port range {} of proxy {}",
-                    proxy.port_range, proxy.host
-                )));
-            }
-            Some(_) => self.store.create_forward(&row).await?,
-            None => match self
-                .store
-                .create_forward_allocating(&row, proxy.port_range)
-                .await
-            {
-                Err(e @ StoreError::PoolExhausted { .. }) => {
-                    // The counts that chose this proxy were behind: read
-                    // them again for the next placement.
-                    *self.lock_counts() = None;
-                    return Err(e.into());
-                }
-                other => other?,
-            },
-        };
-        self.count_ports(&forward.proxy, forward_ports(&forward));
-        Ok(self.push(forward).await)
+        })
     }
 
     /// Changes a forward's target or description and applies it.
@@ -355,10 +379,13 @@ impl Control {
         }
     }
 
+    /// The proxy for `new`: the one it names, else the scheduler's choice,
+    /// counting the proxies of `full` as full.
     async fn choose_proxy(
         &self,
         project_id: &str,
         new: &NewForward,
+        full: &[String],
     ) -> Result<ProxyRecord, ApiError> {
         let proxies = self.store.list_proxies().await?;
         if let Some(host) = &new.proxy {
@@ -371,7 +398,10 @@ impl Control {
                     ))
                 });
         }
-        let counts = self.placement_counts().await?;
+        let mut counts = self.placement_counts().await?;
+        for host in full {
+            counts.insert(host.clone(), u64::MAX);
+        }
         let request = Request {
             target: new.internal_ip_address,
             external_address: new.external_address,

@@ -652,3 +652,61 @@ async fn a_forward_missing_from_two_heartbeats_in_a_row_brings_a_full_sync() {
         "no full sync: the agent carries what is stored"
     );
 }
+
+/// Placement weighs port counts that may be a moment old (another server's
+/// creates): when the chosen proxy's pool turns out full at allocation, the
+/// create is placed again on a proxy with room instead of failing.
+#[tokio::test]
+async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
+    let text = "[agent]\nport_range = 27900-27901\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let h = Harness {
+        app: stack.app.clone(),
+        _stack: stack,
+    };
+    let control = &h._stack.control;
+    // A second proxy, registered by its heartbeat; no agent answers for it,
+    // so its forwards stay PENDING, which is enough here.
+    let _ = control
+        .report_state(navigator_rpc::AgentState {
+            host: "proxy-2".into(),
+            backend: "relay".into(),
+            external_addresses: vec!["127.0.0.1".into()],
+            port_range: "27910-27919".into(),
+            generation: 0,
+            forwards: vec![],
+        })
+        .await;
+    // proxy-1's TCP ports on 127.0.0.1 taken behind the placement's back,
+    // as another server would.
+    for port in [27900, 27901] {
+        control
+            .store()
+            .create_forward(&navigator_store::NewForwardRow {
+                project_id: "other".into(),
+                description: String::new(),
+                protocol: navigator_core::Protocol::Tcp,
+                external_address: "127.0.0.1".parse().unwrap(),
+                external_port: port,
+                ports: 1,
+                internal_ip_address: "127.0.0.1".parse().unwrap(),
+                internal_port: 9,
+                internal_port_end: 9,
+                instance_id: None,
+                proxy: "proxy-1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // Round robin offers proxy-1 to one of these two creates at least.
+    for _ in 0..2 {
+        let (status, body) = h
+            .create(
+                "p1",
+                json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["forward"]["proxy"], "proxy-2", "{body}");
+    }
+}
