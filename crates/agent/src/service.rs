@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Agent, specs_from_entries};
 
+/// Heartbeats expire, unless a server took them, after this many
+/// `report_interval`s.
+const HEARTBEAT_TTL_INTERVALS: u32 = 3;
+
 /// Serves `agent` on `transport` until `shutdown` is cancelled, then shuts the
 /// backend down.
 pub async fn run(
@@ -35,7 +39,9 @@ pub async fn run(
 
     let heartbeat = tokio::spawn(heartbeat(
         agent.clone(),
-        ServerClient::new(transport.clone()),
+        // A heartbeat older than a few intervals says nothing about now.
+        ServerClient::new(transport.clone())
+            .with_report_ttl(agent.config().report_interval * HEARTBEAT_TTL_INTERVALS),
         transport.reconnects(),
         shutdown.clone(),
     ));

@@ -719,8 +719,8 @@ async fn publish(
     };
     let mut props = properties();
     if let Some(expiration) = expiration {
-        // The broker drops a request nobody took in time, so that a late
-        // listener does not run a call whose caller has given up.
+        // The broker drops a message nobody took in time: a call whose
+        // caller has given up, or a heartbeat that says nothing about now.
         props = props.with_expiration(expiration.as_millis().to_string().as_str().into());
     }
     let options = BasicPublishOptions {
@@ -763,6 +763,31 @@ impl Drop for PendingGuard {
 }
 
 impl AmqpTransport {
+    /// Publishes a cast; with `ttl`, the broker drops it if nobody took it
+    /// within that time (the message's `expiration`).
+    async fn publish_cast(
+        &self,
+        target: Target,
+        method: String,
+        args: Value,
+        ttl: Option<Duration>,
+    ) -> Result<(), RpcError> {
+        let (exchange, routing_key) = self.route(&target);
+        let body = oslo::encode_request(&method, &args, None);
+        // Like oslo, a cast nobody listens to is dropped by the broker (not
+        // mandatory): agents recover through full syncs.
+        publish(
+            &self.inner,
+            &exchange,
+            &routing_key,
+            &body,
+            ttl,
+            false,
+            PUBLISH_WAIT,
+        )
+        .await
+    }
+
     fn route(&self, target: &Target) -> (String, String) {
         if target.fanout {
             (format!("{}_fanout", target.topic), String::new())
@@ -847,24 +872,17 @@ impl Transport for AmqpTransport {
         method: &str,
         args: Value,
     ) -> BoxFuture<'_, Result<(), RpcError>> {
-        let target = target.clone();
-        let method = method.to_owned();
-        Box::pin(async move {
-            let (exchange, routing_key) = self.route(&target);
-            let body = oslo::encode_request(&method, &args, None);
-            // Like oslo, a cast nobody listens to is dropped by the broker
-            // (not mandatory): agents recover through full syncs.
-            publish(
-                &self.inner,
-                &exchange,
-                &routing_key,
-                &body,
-                None,
-                false,
-                PUBLISH_WAIT,
-            )
-            .await
-        })
+        Box::pin(self.publish_cast(target.clone(), method.to_owned(), args, None))
+    }
+
+    fn cast_expiring(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RpcError>> {
+        Box::pin(self.publish_cast(target.clone(), method.to_owned(), args, Some(ttl)))
     }
 
     fn listen(&self, target: &Target) -> BoxFuture<'_, Result<mpsc::Receiver<Incoming>, RpcError>> {

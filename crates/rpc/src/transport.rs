@@ -144,6 +144,20 @@ pub trait Transport: Send + Sync + 'static {
         args: Value,
     ) -> BoxFuture<'_, Result<(), RpcError>>;
 
+    /// A cast that is worth nothing once `ttl` has passed (a heartbeat):
+    /// a transport that queues messages drops it if nobody took it by then.
+    /// The in-process transport delivers at once, so it ignores `ttl`.
+    fn cast_expiring(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(), RpcError>> {
+        let _ = ttl;
+        self.cast(target, method, args)
+    }
+
     /// Starts receiving messages for `target`.
     fn listen(&self, target: &Target) -> BoxFuture<'_, Result<mpsc::Receiver<Incoming>, RpcError>>;
 
@@ -307,20 +321,40 @@ impl<T> Future for Reply<T> {
 #[derive(Clone)]
 pub struct ServerClient {
     transport: Arc<dyn Transport>,
+    report_ttl: Option<Duration>,
 }
 
 impl ServerClient {
     pub fn new(transport: Arc<dyn Transport>) -> ServerClient {
-        ServerClient { transport }
+        ServerClient {
+            transport,
+            report_ttl: None,
+        }
+    }
+
+    /// Heartbeats that no server took within `ttl` are dropped rather than
+    /// delivered late: a server that starts after an agent stopped must not
+    /// take the heartbeats queued meanwhile for signs of life.
+    pub fn with_report_ttl(self, ttl: Duration) -> ServerClient {
+        ServerClient {
+            report_ttl: Some(ttl),
+            ..self
+        }
     }
 
     /// Heartbeat; any server listening on the server topic takes it.
     pub async fn report_state(&self, state: AgentState) -> Result<(), RpcError> {
         let method = methods::REPORT_STATE;
         let args = encode(method, &args::ReportState { state })?;
-        self.transport
-            .cast(&Target::topic(topics::SERVER), method, args)
-            .await
+        let target = Target::topic(topics::SERVER);
+        match self.report_ttl {
+            Some(ttl) => {
+                self.transport
+                    .cast_expiring(&target, method, args, ttl)
+                    .await
+            }
+            None => self.transport.cast(&target, method, args).await,
+        }
     }
 }
 

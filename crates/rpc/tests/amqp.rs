@@ -401,3 +401,29 @@ async fn rust_calls_a_python_oslo_server() {
         .expect("wait for python");
     assert!(status.success());
 }
+
+/// A heartbeat cast with a time to live is dropped by the broker once that
+/// has passed with nobody taking it; a plain cast waits in the queue.
+#[tokio::test]
+async fn an_expiring_cast_nobody_takes_in_time_is_dropped() {
+    let Some(url) = broker_url() else { return };
+    let _broker = BROKER.read().await;
+    let topic = unique("expiring");
+    let target = Target::topic(&topic);
+    // A listener declares the topic's queue, which outlives it.
+    let first = connect(&url).await;
+    drop(first.listen(&target).await.expect("listen"));
+    first.close().await;
+    let sender = connect(&url).await;
+    sender
+        .cast_expiring(&target, "stale", json!({}), Duration::from_millis(200))
+        .await
+        .expect("cast");
+    sender.cast(&target, "kept", json!({})).await.expect("cast");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let late = connect(&url).await;
+    let mut seen = serve(late.listen(&target).await.expect("listen"), "late");
+    assert_eq!(recv(&mut seen).await, "kept", "the expired cast is gone");
+    sender.close().await;
+    late.close().await;
+}

@@ -62,6 +62,15 @@ pub struct Control {
     metrics: Metrics,
 }
 
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Proxies a create tries after the chosen one turned out full.
 const MAX_FULL_PROXIES: usize = 8;
 
@@ -422,8 +431,8 @@ impl Control {
     /// Ports held per proxy, for placement (ports, not forwards: a range
     /// uses as much of a pool as its size).
     ///
-    /// Counting them reads the whole `forward_ports` table, too much for
-    /// every create when they only serve the pool-full filter (`round_robin`
+    /// Counting them reads the whole forwards table, too much for every
+    /// create when they only serve the pool-full filter (`round_robin`
     /// and `hash`): the count is then read at most every [`COUNTS_MAX_AGE`]
     /// and kept up to date meanwhile with this server's own creates and
     /// deletes. Other servers' changes show at the next read; the database,
@@ -454,11 +463,9 @@ impl Control {
         if let (true, Some(stale)) = (refreshing, stale) {
             return Ok(stale);
         }
-        let read = self.store.port_counts().await;
-        if !refreshing {
-            self.refreshing_counts.store(false, Ordering::Release);
-        }
-        let counts: HashMap<String, u64> = read?.into_iter().collect();
+        // Cleared however this ends, a dropped request included.
+        let _refresh = (!refreshing).then(|| ClearOnDrop(&self.refreshing_counts));
+        let counts: HashMap<String, u64> = self.store.port_counts().await?.into_iter().collect();
         *self.lock_counts() = Some((std::time::Instant::now(), counts.clone()));
         Ok(counts)
     }
@@ -999,12 +1006,12 @@ fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {
     }
 }
 
-/// The proxy's first address in the target's family, else its first address.
 /// Number of external ports `forward` holds.
 fn forward_ports(forward: &PortForward) -> i64 {
     i64::from(forward.external_port_end) - i64::from(forward.external_port) + 1
 }
 
+/// The proxy's first address in the target's family, else its first address.
 fn pick_address(addresses: &[IpAddr], target: IpAddr) -> IpAddr {
     addresses
         .iter()
