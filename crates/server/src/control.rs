@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt as _;
 use navigator_api::v1::{ForwardChanges, NewForward};
 use navigator_core::{ForwardId, ForwardStatus, PortForward, TargetPolicy};
 use navigator_rpc::messages::args;
@@ -23,8 +24,8 @@ use navigator_rpc::{
 };
 use navigator_scheduler::{Candidate, NoProxy, Request};
 use navigator_store::{
-    AppliedVersion, Move, NewForwardRow, ProxyRecord, ReportedVersion, Store, StoreError,
-    TargetChange,
+    AppliedVersion, Move, NewForwardRow, ProxyRecord, ReportedVersion, StatusReport, Store,
+    StoreError, TargetChange,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +71,9 @@ impl Drop for ClearOnDrop<'_> {
         self.0.store(false, Ordering::Release);
     }
 }
+
+/// Forwards a failover moves at once.
+const PARALLEL_MOVES: usize = 8;
 
 /// Proxies a create tries after the chosen one turned out full.
 const MAX_FULL_PROXIES: usize = 8;
@@ -598,14 +602,16 @@ impl Control {
     }
 
     /// Records an agent's per-forward results. Only results that differ from
-    /// the store are written: `known` is the host's forwards as just read
-    /// (read here when `None`), so a steady agent with thousands of forwards
-    /// costs one query per report instead of one statement per forward.
+    /// the store are written: `known` is the host's forwards as just read, so
+    /// a steady agent with thousands of forwards costs one query per report;
+    /// and those are written together, so an agent that takes thousands at
+    /// once (a failover, a first sync) costs a few commits, not one each.
     async fn record_results(&self, host: &str, results: &[ForwardResult], known: &[PortForward]) {
         let current: HashMap<ForwardId, (ForwardStatus, Option<&str>)> = known
             .iter()
             .map(|f| (f.id, (f.status, f.status_reason.as_deref())))
             .collect();
+        let mut changed = Vec::new();
         for result in results {
             let Ok(id) = result.id.parse::<ForwardId>() else {
                 tracing::warn!(%host, id = %result.id, "agent reported a malformed forward id");
@@ -619,13 +625,22 @@ impl Control {
                 proxy: host.to_owned(),
                 applied: result.applied.as_ref().and_then(applied_version),
             };
-            if let Err(e) = self
-                .store
-                .set_reported_status(id, &version, status, reason.as_deref())
-                .await
-            {
-                tracing::warn!(forward = %id, error = %e, "cannot record the forward's status");
-            }
+            changed.push((id, version, status, reason));
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let reports: Vec<StatusReport<'_>> = changed
+            .iter()
+            .map(|(id, version, status, reason)| StatusReport {
+                id: *id,
+                version,
+                status: *status,
+                reason: reason.as_deref(),
+            })
+            .collect();
+        if let Err(e) = self.store.set_reported_statuses(&reports).await {
+            tracing::warn!(%host, forwards = reports.len(), error = %e, "cannot record the forwards' statuses");
         }
     }
 
@@ -818,11 +833,11 @@ impl Control {
             return Ok(());
         }
         // Ports, not forwards, as in placement.
-        let mut counts: HashMap<String, u64> =
-            self.store.port_counts().await?.into_iter().collect();
+        let counts: Mutex<HashMap<String, u64>> =
+            Mutex::new(self.store.port_counts().await?.into_iter().collect());
         let mut receivers = std::collections::BTreeSet::new();
         for proxy in down {
-            if counts.get(&proxy.host).copied().unwrap_or(0) == 0 {
+            if lock_map(&counts).get(&proxy.host).copied().unwrap_or(0) == 0 {
                 continue;
             }
             let reason = format!(
@@ -837,11 +852,14 @@ impl Control {
                 }
                 continue;
             }
-            for forward in self.store.forwards_on_proxy(&proxy.host).await? {
-                if let Some(to) = self
-                    .move_one(&proxies, &mut counts, proxy, forward, &reason)
-                    .await?
-                {
+            // Several moves at a time: each is a few statements and a
+            // commit, and a failed proxy may have carried thousands.
+            let forwards = self.store.forwards_on_proxy(&proxy.host).await?;
+            let mut moves = futures_util::stream::iter(forwards)
+                .map(|forward| self.move_one(&proxies, &counts, proxy, forward, &reason))
+                .buffer_unordered(PARALLEL_MOVES);
+            while let Some(moved) = moves.next().await {
+                if let Some(to) = moved? {
                     receivers.insert(to);
                 }
             }
@@ -863,7 +881,7 @@ impl Control {
     async fn move_one(
         &self,
         proxies: &[ProxyRecord],
-        counts: &mut HashMap<String, u64>,
+        counts: &Mutex<HashMap<String, u64>>,
         from: &ProxyRecord,
         forward: PortForward,
         down_reason: &str,
@@ -885,8 +903,9 @@ impl Control {
                     .unwrap_or(&forward.project_id),
                 sequence: self.placements.fetch_add(1, Ordering::Relaxed),
             };
-            let to = match self.place(&tried, counts, &request) {
-                Ok(to) => to.clone(),
+            let placed = self.place(&tried, &lock_map(counts), &request).cloned();
+            let to = match placed {
+                Ok(to) => to,
                 Err(none) => {
                     let mut why = none.to_string();
                     for (host, error) in &full {
@@ -918,9 +937,12 @@ impl Control {
             match self.store.move_forward(forward.id, &target).await {
                 Ok(Some(moved)) => {
                     let ports = u64::from(moved.external_port_end - moved.external_port) + 1;
-                    *counts.entry(to.host.clone()).or_default() += ports;
-                    if let Some(n) = counts.get_mut(&from.host) {
-                        *n = n.saturating_sub(ports);
+                    {
+                        let mut counts = lock_map(counts);
+                        *counts.entry(to.host.clone()).or_default() += ports;
+                        if let Some(n) = counts.get_mut(&from.host) {
+                            *n = n.saturating_sub(ports);
+                        }
                     }
                     tracing::info!(
                         target: "navigator::failover",
@@ -1004,6 +1026,14 @@ fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {
             ),
         ),
     }
+}
+
+/// Locks a std mutex, taking over a poisoned one (its data stays usable:
+/// counts and sets, never left half-changed by a panic in this module).
+fn lock_map<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Number of external ports `forward` holds.

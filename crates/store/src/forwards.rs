@@ -69,6 +69,69 @@ fn instance_deleted_pattern() -> String {
     format!("{INSTANCE_DELETED}%")
 }
 
+/// Status writes per transaction in [`Store::set_reported_statuses`].
+const STATUS_WRITES_PER_TRANSACTION: usize = 500;
+
+/// One status an agent reported, for [`Store::set_reported_statuses`].
+#[derive(Clone, Debug)]
+pub struct StatusReport<'a> {
+    pub id: ForwardId,
+    pub version: &'a ReportedVersion,
+    pub status: ForwardStatus,
+    pub reason: Option<&'a str>,
+}
+
+/// The columns a reported status must still match: the reporting proxy
+/// and, when the agent said what it applied, that version.
+fn reported_conditions(version: &ReportedVersion) -> Vec<(&'static str, Value)> {
+    let mut only_if: Vec<(&str, Value)> = vec![("proxy", version.proxy.as_str().into())];
+    if let Some(applied) = &version.applied {
+        only_if.extend([
+            ("protocol", applied.protocol.as_str().into()),
+            (
+                "external_address",
+                applied.external_address.to_string().into(),
+            ),
+            ("external_port", applied.external_port.into()),
+            (
+                "internal_ip_address",
+                applied.internal_ip_address.to_string().into(),
+            ),
+            ("internal_port", applied.internal_port.into()),
+        ]);
+    }
+    only_if
+}
+
+/// The `UPDATE` that records `status` and `reason` for forward `id`: only a
+/// change, never over the mark of a deleted instance, and only where each
+/// column of `only_if` has its value.
+fn status_statement(
+    id: ForwardId,
+    status: ForwardStatus,
+    reason: Option<&str>,
+    only_if: Vec<(&str, Value)>,
+) -> (String, Vec<Value>) {
+    let mut values: Vec<Value> = vec![
+        id.to_string().into(),
+        status.as_str().into(),
+        reason.into(),
+        now().into(),
+        instance_deleted_pattern().into(),
+    ];
+    let mut sql = format!(
+        "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
+         WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) \
+         AND {}",
+        not_marked(5)
+    );
+    for (column, value) in only_if {
+        values.push(value);
+        let _ = write!(sql, " AND {column} = ${}", values.len());
+    }
+    (sql, values)
+}
+
 /// SQL condition true for a forward that is not marked [`INSTANCE_DELETED`],
 /// with the pattern bound as parameter `$n`.
 fn not_marked(n: usize) -> String {
@@ -687,28 +750,33 @@ impl Store {
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut only_if: Vec<(&str, Value)> = vec![("proxy", version.proxy.as_str().into())];
-        if let Some(applied) = &version.applied {
-            only_if.extend([
-                ("protocol", applied.protocol.as_str().into()),
-                (
-                    "external_address",
-                    applied.external_address.to_string().into(),
-                ),
-                ("external_port", applied.external_port.into()),
-                (
-                    "internal_ip_address",
-                    applied.internal_ip_address.to_string().into(),
-                ),
-                ("internal_port", applied.internal_port.into()),
-            ]);
-        }
-        self.write_status(id, status, reason, only_if).await
+        let (sql, values) = status_statement(id, status, reason, reported_conditions(version));
+        let done = self.execute(&sql, &values).await?;
+        Ok(done.rows_affected() > 0)
     }
 
-    /// The write of [`Store::set_status`] and [`Store::set_reported_status`]:
-    /// only a change of status or reason, never over the mark of a deleted
-    /// instance, and only where each column of `only_if` has its value.
+    /// [`Store::set_reported_status`] for many forwards at once (an agent's
+    /// answer to a full sync), [`STATUS_WRITES_PER_TRANSACTION`] to a
+    /// transaction: one commit for many rows instead of one each. Returns
+    /// how many were written.
+    pub async fn set_reported_statuses(
+        &self,
+        reports: &[StatusReport<'_>],
+    ) -> Result<u64, StoreError> {
+        let mut written = 0;
+        for chunk in reports.chunks(STATUS_WRITES_PER_TRANSACTION) {
+            let statements: Vec<(String, Vec<Value>)> = chunk
+                .iter()
+                .map(|r| status_statement(r.id, r.status, r.reason, reported_conditions(r.version)))
+                .collect();
+            let affected = self.execute_in_transaction(&statements).await?;
+            written += affected.iter().filter(|n| **n > 0).count() as u64;
+        }
+        Ok(written)
+    }
+
+    /// The write of [`Store::set_status`]: only a change of status or
+    /// reason, never over the mark of a deleted instance.
     async fn write_status(
         &self,
         id: ForwardId,
@@ -716,23 +784,7 @@ impl Store {
         reason: Option<&str>,
         only_if: Vec<(&str, Value)>,
     ) -> Result<bool, StoreError> {
-        let mut values: Vec<Value> = vec![
-            id.to_string().into(),
-            status.as_str().into(),
-            reason.into(),
-            now().into(),
-            instance_deleted_pattern().into(),
-        ];
-        let mut sql = format!(
-            "UPDATE forwards SET status = $2, status_reason = $3, updated_at = $4 \
-             WHERE id = $1 AND (status <> $2 OR COALESCE(status_reason, '') <> COALESCE($3, '')) \
-             AND {}",
-            not_marked(5)
-        );
-        for (column, value) in only_if {
-            values.push(value);
-            let _ = write!(sql, " AND {column} = ${}", values.len());
-        }
+        let (sql, values) = status_statement(id, status, reason, only_if);
         let done = self.execute(&sql, &values).await?;
         Ok(done.rows_affected() > 0)
     }

@@ -52,7 +52,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, SqlStr};
 
 pub use forwards::{
     AppliedVersion, ForwardFilter, ForwardOrder, INSTANCE_DELETED, Move, NewForwardRow,
-    ReportedVersion, SortColumn, TargetChange,
+    ReportedVersion, SortColumn, StatusReport, TargetChange,
 };
 pub use proxies::ProxyRecord;
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use navigator_core::{ForwardStatus, PortForward, PortRange, Protocol};
 use navigator_store::{
-    ForwardFilter, ForwardOrder, Move, NewForwardRow, ReportedVersion, Store, StoreError,
-    TargetChange,
+    ForwardFilter, ForwardOrder, Move, NewForwardRow, ReportedVersion, StatusReport, Store,
+    StoreError, TargetChange,
 };
 use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor};
 use support::{Forwarder, TestDb};
@@ -635,6 +635,49 @@ async fn reports_about_an_older_version_are_ignored(db: &'static TestDb) {
             )
             .await
             .unwrap()
+    );
+    // The batched form (an agent's answer to a full sync) applies the same
+    // guard to each report: the current version is written, the old one
+    // and the unchanged status are not.
+    let other = store
+        .create_forward(&new_forward("p", 24001))
+        .await
+        .unwrap();
+    let moved_now = store.get_forward(created.id).await.unwrap().unwrap();
+    let versions = [
+        ReportedVersion::from(&other),
+        old.clone(),
+        ReportedVersion::from(&moved_now),
+    ];
+    let reports = [
+        StatusReport {
+            id: other.id,
+            version: &versions[0],
+            status: ForwardStatus::Error,
+            reason: Some("port 24001 is in use"),
+        },
+        StatusReport {
+            id: created.id,
+            version: &versions[1],
+            status: ForwardStatus::Error,
+            reason: Some("stale"),
+        },
+        StatusReport {
+            id: created.id,
+            version: &versions[2],
+            status: ForwardStatus::Active,
+            reason: None,
+        },
+    ];
+    assert_eq!(store.set_reported_statuses(&reports).await.unwrap(), 1);
+    let other = store.get_forward(other.id).await.unwrap().unwrap();
+    assert_eq!(
+        (other.status, other.status_reason.as_deref()),
+        (ForwardStatus::Error, Some("port 24001 is in use"))
+    );
+    assert_eq!(
+        store.get_forward(created.id).await.unwrap().unwrap().status,
+        ForwardStatus::Active
     );
 }
 
