@@ -7,7 +7,9 @@
 #   bench/cluster/run.sh      (env to override: CREATES, CONC, FIRST_BYTE,
 #                              SYNC_FORWARDS, BACKENDS, SERVERS, STRATEGY,
 #                              OUT, BIN_DIR;
-#                              FIRST_BYTE=0 or SYNC_FORWARDS=0 skips that part;
+#                              FAILOVER_FORWARDS;
+#                              FIRST_BYTE=0, SYNC_FORWARDS=0 or
+#                              FAILOVER_FORWARDS=0 skips that part;
 #                              PG_STATS=1 prints PostgreSQL's busiest
 #                              statements of each create run)
 #
@@ -19,7 +21,10 @@
 # 3. full sync of SYNC_FORWARDS forwards to one agent: the agent is killed
 #    (SIGKILL) and started again, and the server's "agent synced" log line
 #    gives the time of the whole sync (store read, RPC, agent apply, statuses
-#    recorded).
+#    recorded);
+# 4. failover of FAILOVER_FORWARDS forwards: their agent is killed (SIGKILL);
+#    after agent_down_time the server moves them to the other agent and
+#    syncs it. The server's log times the moves and the sync.
 #
 # BIN_DIR: a directory with release navigator-server, navigator-agent and the
 # cluster_load example; without it they are built here. Every process is
@@ -31,6 +36,9 @@ CREATES="${CREATES:-3000}"
 CONC="${CONC:-32}"
 FIRST_BYTE="${FIRST_BYTE:-300}"
 SYNC_FORWARDS="${SYNC_FORWARDS:-10000}"
+FAILOVER_FORWARDS="${FAILOVER_FORWARDS:-2000}"
+# The failover run's agent_down_time (agents report every 2 s).
+FAILOVER_DOWN_TIME=6
 BACKENDS="${BACKENDS:-postgres mariadb}"
 SERVERS="${SERVERS:-1 2}"
 STRATEGY="${STRATEGY:-round_robin}"
@@ -88,7 +96,8 @@ new_database() {
   echo "$base/$2"
 }
 
-# server_conf NAME DB_URL: writes OUT/NAME.conf for a cluster-mode server.
+# server_conf NAME DB_URL [AGENT_DOWN_TIME]: writes OUT/NAME.conf for a
+# cluster-mode server.
 server_conf() {
   cat >"$OUT/$1.conf" <<CONF
 [DEFAULT]
@@ -101,7 +110,7 @@ connection = $2
 allow_loopback_targets = true
 [agent]
 report_interval = 2
-agent_down_time = 20
+agent_down_time = ${3:-20}
 rpc_timeout = 10
 resync_interval = 600
 [scheduler]
@@ -164,7 +173,8 @@ cpu_ticks() {
   local f
   for f in /proc/[0-9]*/stat; do
     # comm may hold spaces; fields 14 and 15 follow the closing parenthesis.
-    sed -n 's/^[0-9]* (\(.*\)) [A-Za-z] \(.*\)$/\1|\2/p' "$f" 2>/dev/null |
+    # A process may exit between the glob and the read: skip it.
+    { sed -n 's/^[0-9]* (\(.*\)) [A-Za-z] \(.*\)$/\1|\2/p' "$f" 2>/dev/null || true; } |
       awk -F'|' '{ split($2, a, " "); gsub(/ /, "_", $1); print $1, a[11] + a[12] }'
   done
 }
@@ -183,6 +193,20 @@ cpu_share() {
 pg_super() {
   local name=$1; shift
   runuser -u postgres -- psql -q -h "$OUT/db/postgres" -p "$(cat "$OUT/db/postgres/port")" -U postgres -d "$name" "$@"
+}
+
+# pg_stats_reset BACKEND DB_URL / pg_stats_dump BACKEND DB_URL: with
+# PG_STATS=1 on PostgreSQL, clear pg_stat_statements, then print its busiest
+# statements.
+pg_stats_reset() {
+  [ "${PG_STATS:-0}" = 1 ] && [ "$1" = postgres ] || return 0
+  pg_super "${2##*/}" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+}
+pg_stats_dump() {
+  [ "${PG_STATS:-0}" = 1 ] && [ "$1" = postgres ] || return 0
+  pg_super "${2##*/}" -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms, \
+    round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query \
+    FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" | tee -a "$OUT/summary.txt"
 }
 
 json_field() { sed -n "s/.*\"$2\": *\\([0-9.]*\\).*/\\1/p" <<<"$1"; }
@@ -206,19 +230,13 @@ for backend in $BACKENDS; do
     start_agent "bench-${run}-b" 127.0.0.3 20000-39999
     wait_up "${urls%%,*}" 2
     "$LOAD" create "$urls" 200 "$CONC" >/dev/null   # warm-up
-    if [ "${PG_STATS:-0}" = 1 ] && [ "$backend" = postgres ]; then
-      pg_super "${db##*/}" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
-    fi
+    pg_stats_reset "$backend" "$db"
     cpu_ticks >"$OUT/cpu.before"
     result=$("$LOAD" create "$urls" "$CREATES" "$CONC")
     cpu_ticks >"$OUT/cpu.after"
     echo "$result" >>"$OUT/results.jsonl"
     echo "  CPU time by program during the creates: $(cpu_share "$OUT/cpu.before" "$OUT/cpu.after")" | tee -a "$OUT/summary.txt"
-    if [ "${PG_STATS:-0}" = 1 ] && [ "$backend" = postgres ]; then
-      pg_super "${db##*/}" -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms, \
-        round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query \
-        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" | tee -a "$OUT/summary.txt"
-    fi
+    pg_stats_dump "$backend" "$db"
     echo "SUMMARY creates $backend servers=$servers: $(json_field "$result" creates_per_s) creates/s (created $(json_field "$result" created) of $CREATES, errors $(json_field "$result" errors), p50 $(json_field "$result" p50_ms) ms, p99 $(json_field "$result" p99_ms) ms; target >= 500/s with 2 servers; strategy $STRATEGY)" | tee -a "$OUT/summary.txt"
     if [ "$backend" = postgres ] && [ "$servers" = 1 ] && [ "$FIRST_BYTE" -gt 0 ]; then
       result=$("$LOAD" first-byte "${urls%%,*}" "$FIRST_BYTE")
@@ -229,32 +247,71 @@ for backend in $BACKENDS; do
   done
 
   # Full sync of SYNC_FORWARDS forwards to one agent.
-  [ "$SYNC_FORWARDS" -gt 0 ] || continue
-  run=$((run + 1))
-  db=$(new_database "$backend" "bench_${run}_$$")
-  server_conf "s${run}" "$db"
-  "$SERVER" --config-file "$OUT/s${run}.conf" db sync >/dev/null
-  start_server "s${run}"
-  host="bench-${run}-sync"
-  start_agent "$host" 127.0.0.4 20000-39999
-  wait_up "$URL" 1
-  result=$("$LOAD" create "$URL" "$SYNC_FORWARDS" "$CONC")
-  echo "$result" >>"$OUT/results.jsonl"
-  echo "  ($SYNC_FORWARDS forwards created for the sync test: $(json_field "$result" creates_per_s) creates/s with one agent)"
-  before=$(grep -c "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" || true)
-  kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
-  start_agent "$host" 127.0.0.4 20000-39999
-  line=""
-  for _ in $(seq 1200); do
-    if [ "$(grep -c "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" || true)" -gt "$before" ]; then
-      line=$(grep "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" | tail -1)
-      break
+  if [ "$SYNC_FORWARDS" -gt 0 ]; then
+    run=$((run + 1))
+    db=$(new_database "$backend" "bench_${run}_$$")
+    server_conf "s${run}" "$db"
+    "$SERVER" --config-file "$OUT/s${run}.conf" db sync >/dev/null
+    start_server "s${run}"
+    host="bench-${run}-sync"
+    start_agent "$host" 127.0.0.4 20000-39999
+    wait_up "$URL" 1
+    result=$("$LOAD" create "$URL" "$SYNC_FORWARDS" "$CONC")
+    echo "$result" >>"$OUT/results.jsonl"
+    echo "  ($SYNC_FORWARDS forwards created for the sync test: $(json_field "$result" creates_per_s) creates/s with one agent)"
+    before=$(grep -c "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" || true)
+    kill -9 "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+    start_agent "$host" 127.0.0.4 20000-39999
+    line=""
+    for _ in $(seq 1200); do
+      if [ "$(grep -c "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" || true)" -gt "$before" ]; then
+        line=$(grep "agent synced.*host=$host.*forwards=$SYNC_FORWARDS" "$OUT/s${run}.log" | tail -1)
+        break
+      fi
+      sleep 0.1
+    done
+    ms=$(sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' <<<"$line")
+    echo "SUMMARY full sync of $SYNC_FORWARDS forwards to one agent ($backend): ${ms:-FAILED} ms (target <= 2000 ms)" | tee -a "$OUT/summary.txt"
+    stop_all
+  fi
+
+  # Failover of FAILOVER_FORWARDS forwards off a killed agent.
+  if [ "$FAILOVER_FORWARDS" -gt 0 ]; then
+    run=$((run + 1))
+    db=$(new_database "$backend" "bench_${run}_$$")
+    server_conf "s${run}" "$db" "$FAILOVER_DOWN_TIME"
+    "$SERVER" --config-file "$OUT/s${run}.conf" db sync >/dev/null
+    start_server "s${run}"
+    from="bench-${run}-from"; to="bench-${run}-to"
+    start_agent "$from" 127.0.0.5 20000-39999
+    from_pid=$AGENT_PID
+    wait_up "$URL" 1
+    "$LOAD" create "$URL" "$FAILOVER_FORWARDS" "$CONC" >/dev/null
+    start_agent "$to" 127.0.0.6 20000-39999
+    wait_up "$URL" 2
+    pg_stats_reset "$backend" "$db"
+    killed=$(date +%s.%N)
+    kill -9 "$from_pid"; wait "$from_pid" 2>/dev/null || true
+    log="$OUT/s${run}.log"
+    line=""
+    for _ in $(seq 1200); do
+      line=$(grep "agent synced.*host=$to.*forwards=$FAILOVER_FORWARDS" "$log" | head -1 || true)
+      [ -n "$line" ] && break
+      sleep 0.1
+    done
+    moved=$(grep -c "forward moved off a down proxy.*from=$from" "$log" || true)
+    first=$(grep -m1 "forward moved off a down proxy.*from=$from" "$log" | cut -d' ' -f1)
+    done_at=$(cut -d' ' -f1 <<<"$line")
+    if [ -n "$first" ] && [ -n "$done_at" ]; then
+      detect=$(awk -v a="$killed" -v b="$(date -d "$first" +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+      work=$(awk -v a="$(date -d "$first" +%s.%N)" -v b="$(date -d "$done_at" +%s.%N)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+      echo "SUMMARY failover of $FAILOVER_FORWARDS forwards ($backend): $moved moved; first move ${detect} s after the kill (agent_down_time $FAILOVER_DOWN_TIME s, heartbeats every 2 s); first move to the receiving agent synced: ${work} ms" | tee -a "$OUT/summary.txt"
+    else
+      echo "SUMMARY failover of $FAILOVER_FORWARDS forwards ($backend): FAILED (see $log)" | tee -a "$OUT/summary.txt"
     fi
-    sleep 0.1
-  done
-  ms=$(sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' <<<"$line")
-  echo "SUMMARY full sync of $SYNC_FORWARDS forwards to one agent ($backend): ${ms:-FAILED} ms (target <= 2000 ms)" | tee -a "$OUT/summary.txt"
-  stop_all
+    pg_stats_dump "$backend" "$db"
+    stop_all
+  fi
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
 echo "results: $OUT/results.jsonl, logs in $OUT"
