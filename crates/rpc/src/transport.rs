@@ -231,19 +231,13 @@ impl AgentClient {
         forwards: Vec<ForwardEntry>,
         generation: u64,
     ) -> Result<SyncResult, RpcError> {
-        self.call(
-            host,
-            methods::SYNC_FORWARDS,
-            &args::SyncForwards {
-                forwards,
-                generation,
-            },
-        )
-        .await
+        self.send_sync_forwards(host, forwards, generation)
+            .await?
+            .await
     }
 
-    /// Replaces the agent's whole desired set; returns once the message is
-    /// sent, with the agent's answer to come.
+    /// [`AgentClient::sync_forwards`] that returns once the message is sent,
+    /// with the agent's answer to come.
     pub async fn send_sync_forwards(
         &self,
         host: &str,

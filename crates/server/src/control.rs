@@ -284,26 +284,19 @@ impl Control {
 
     /// Deletes a forward and tells its agent.
     pub async fn delete(&self, forward: &PortForward) -> Result<bool, ApiError> {
-        let sent = {
-            // Held across the store's delete and the sending, so that a full
-            // sync read before the delete is not sent after it.
-            let lock = self.host_lock(&forward.proxy);
-            let _agent = lock.lock().await;
-            if !self.store.delete_forward(forward.id).await? {
-                return Ok(false);
+        let change = async {
+            let deleted = self.store.delete_forward(forward.id).await?;
+            if deleted {
+                self.count_ports(&forward.proxy, -forward_ports(forward));
             }
-            self.count_ports(&forward.proxy, -forward_ports(forward));
-            self.agents
-                .send_delete_forward(&forward.proxy, forward.id.to_string())
-                .await
+            Ok(deleted)
         };
-        let deleted = match sent {
-            Ok(reply) => reply.await,
-            Err(e) => Err(e),
+        let Some(told) = self.change_and_drop(forward, change).await? else {
+            return Ok(false);
         };
         self.metrics
-            .record_rpc(methods::DELETE_FORWARD, deleted.is_ok());
-        if let Err(e) = deleted {
+            .record_rpc(methods::DELETE_FORWARD, told.is_ok());
+        if let Err(e) = told {
             // The row is gone, so the next full sync removes the listener.
             tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told of the delete; the next sync will remove it");
         }
@@ -319,28 +312,41 @@ impl Control {
         forward: &PortForward,
         reason: &str,
     ) -> Result<bool, ApiError> {
+        let change = self
+            .store
+            .set_status(forward.id, ForwardStatus::Error, Some(reason));
+        let Some(told) = self.change_and_drop(forward, change).await? else {
+            return Ok(false);
+        };
+        if let Err(e) = told {
+            tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told to drop the marked forward; the next sync will remove it");
+        }
+        Ok(true)
+    }
+
+    /// Makes `change` in the store and, if it changed something, tells
+    /// `forward`'s agent to drop the forward, both under the agent's lock
+    /// (a full sync read before the change is not sent after it); then
+    /// waits for the agent's answer. `None` when `change` changed nothing.
+    async fn change_and_drop(
+        &self,
+        forward: &PortForward,
+        change: impl std::future::Future<Output = Result<bool, StoreError>>,
+    ) -> Result<Option<Result<(), navigator_rpc::RpcError>>, ApiError> {
         let sent = {
             let lock = self.host_lock(&forward.proxy);
             let _agent = lock.lock().await;
-            if !self
-                .store
-                .set_status(forward.id, ForwardStatus::Error, Some(reason))
-                .await?
-            {
-                return Ok(false);
+            if !change.await? {
+                return Ok(None);
             }
             self.agents
                 .send_delete_forward(&forward.proxy, forward.id.to_string())
                 .await
         };
-        let deleted = match sent {
+        Ok(Some(match sent {
             Ok(reply) => reply.await,
             Err(e) => Err(e),
-        };
-        if let Err(e) = deleted {
-            tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent not told to drop the marked forward; the next sync will remove it");
-        }
-        Ok(true)
+        }))
     }
 
     /// Sends one forward to its agent and records the outcome; on an RPC
