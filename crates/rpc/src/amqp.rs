@@ -36,8 +36,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::oslo::{self, ReplyKind, ReplyTo};
 use crate::transport::{
-    BoxFuture, Incoming, PendingReply, RemoteError, RpcError, Target, Transport, call_outcome,
-    call_timeout,
+    BoxFuture, Incoming, PendingReply, RemoteError, RpcError, Target, Transport, call_timeout,
+    pending_reply,
 };
 
 /// oslo's default `control_exchange` is `openstack`; Navigator uses its own.
@@ -852,17 +852,10 @@ impl Transport for AmqpTransport {
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(())) => {}
             }
-            let reply: PendingReply = Box::pin(async move {
-                let _guard = guard;
-                let outcome = tokio::time::timeout_at(deadline, async {
-                    answer.await.map_err(|_| {
-                        RpcError::Transport(format!("the call to {method} on {target} was dropped"))
-                    })
-                })
-                .await;
-                call_outcome(&method, &target, timeout, outcome)
-            });
-            Ok(reply)
+            // The guard keeps the call in the pending map until it ends.
+            Ok(pending_reply(
+                method, target, timeout, deadline, answer, guard,
+            ))
         })
     }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::transport::{
-    BoxFuture, Incoming, PendingReply, RpcError, Target, Transport, call_outcome, call_timeout,
+    BoxFuture, Incoming, PendingReply, RpcError, Target, Transport, call_timeout, pending_reply,
 };
 
 /// Depth of each listener's queue; a slow listener makes senders wait rather
@@ -97,16 +97,7 @@ impl Transport for InProcTransport {
                 }
                 Ok(Ok(())) => {}
             }
-            let reply: PendingReply = Box::pin(async move {
-                let outcome = tokio::time::timeout_at(deadline, async {
-                    answer.await.map_err(|_| {
-                        RpcError::Transport(format!("{target} dropped the call to {method}"))
-                    })
-                })
-                .await;
-                call_outcome(&method, &target, timeout, outcome)
-            });
-            Ok(reply)
+            Ok(pending_reply(method, target, timeout, deadline, answer, ()))
         })
     }
 

@@ -371,10 +371,33 @@ pub(crate) fn call_timeout(method: &str, target: &Target, timeout: Duration) -> 
     }
 }
 
+/// The reply to come of a call sent with `deadline`: what the listener
+/// answers on `answer`, or the call's timeout. `keep` (a transport's
+/// bookkeeping of the call) lives until then.
+pub(crate) fn pending_reply(
+    method: String,
+    target: Target,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    answer: oneshot::Receiver<Result<Value, RemoteError>>,
+    keep: impl Send + 'static,
+) -> PendingReply {
+    Box::pin(async move {
+        let _keep = keep;
+        let outcome = tokio::time::timeout_at(deadline, async {
+            answer.await.map_err(|_| {
+                RpcError::Transport(format!("the call to {method} on {target} was dropped"))
+            })
+        })
+        .await;
+        call_outcome(&method, &target, timeout, outcome)
+    })
+}
+
 /// What a transport's call came to once sent: the deadline passed, the
 /// transport failed, or the listener answered with a value or an exception.
 /// Turns that into the call's result, naming the method and target in errors.
-pub(crate) fn call_outcome(
+fn call_outcome(
     method: &str,
     target: &Target,
     timeout: Duration,
