@@ -19,8 +19,8 @@ use navigator_core::{ForwardId, ForwardStatus, PortForward, TargetPolicy};
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::decode_args;
 use navigator_rpc::{
-    AgentClient, AgentState, ForwardEntry, ForwardResult, ResultStatus, Target, Transport, methods,
-    topics,
+    AgentClient, AgentState, ForwardEntry, ForwardResult, Reply, ResultStatus, RpcError, Target,
+    Transport, methods, topics,
 };
 use navigator_scheduler::{Candidate, NoProxy, Request};
 use navigator_store::{
@@ -118,9 +118,7 @@ impl Control {
     }
 
     fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.host_locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.host_locks)
             .entry(host.to_owned())
             .or_default()
             .clone()
@@ -207,14 +205,12 @@ impl Control {
             && (!proxy.port_range.contains(range.first())
                 || !proxy.port_range.contains(range.last()))
         {
-            let (field, ports) = if range.len() == 1 {
-                ("external_port", range.first().to_string())
+            let ports = if range.len() == 1 {
+                range.first().to_string()
             } else {
-                (
-                    "external_port_range",
-                    format!("{}:{}", range.first(), range.last()),
-                )
+                format!("{}:{}", range.first(), range.last())
             };
+            let field = external_ports_field(range);
             return Err(ApiError::BadRequest(format!(
                 "invalid {field}: {ports} is outside the port range {} of proxy {}",
                 proxy.port_range, proxy.host
@@ -332,7 +328,7 @@ impl Control {
         &self,
         forward: &PortForward,
         change: impl std::future::Future<Output = Result<bool, StoreError>>,
-    ) -> Result<Option<Result<(), navigator_rpc::RpcError>>, ApiError> {
+    ) -> Result<Option<Result<(), RpcError>>, ApiError> {
         let sent = {
             let lock = self.host_lock(&forward.proxy);
             let _agent = lock.lock().await;
@@ -343,10 +339,7 @@ impl Control {
                 .send_delete_forward(&forward.proxy, forward.id.to_string())
                 .await
         };
-        Ok(Some(match sent {
-            Ok(reply) => reply.await,
-            Err(e) => Err(e),
-        }))
+        Ok(Some(answer(sent).await))
     }
 
     /// Sends one forward to its agent and records the outcome; on an RPC
@@ -361,10 +354,7 @@ impl Control {
             let _agent = lock.lock().await;
             self.agents.send_create_forward(&forward.proxy, entry).await
         };
-        let created = match sent {
-            Ok(reply) => reply.await,
-            Err(e) => Err(e),
-        };
+        let created = answer(sent).await;
         self.metrics
             .record_rpc(methods::CREATE_FORWARD, created.is_ok());
         let (status, reason) = match created {
@@ -429,11 +419,10 @@ impl Control {
             sequence: self.placements.fetch_add(1, Ordering::Relaxed),
         };
         let chosen = self.place(&proxies, &counts, &request).map_err(|e| {
-            let port_field = match new.external_ports {
-                Some(range) if range.len() > 1 => "external_port_range",
-                _ => "external_port",
-            };
-            no_proxy_error(&e, port_field, "nothing was created")
+            let field = new
+                .external_ports
+                .map_or("external_port", external_ports_field);
+            no_proxy_error(&e, field, "nothing was created")
         })?;
         Ok(chosen.clone())
     }
@@ -454,10 +443,7 @@ impl Control {
     /// every create, whatever server made the last one.
     async fn placement_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
         if self.config.scheduler_strategy == navigator_scheduler::Strategy::LeastLoaded {
-            let counts: HashMap<String, u64> =
-                self.store.port_counts().await?.into_iter().collect();
-            *self.lock_counts() = Some((std::time::Instant::now(), counts.clone()));
-            return Ok(counts);
+            return self.read_port_counts().await;
         }
         let stale = {
             let cached = self.lock_counts();
@@ -475,9 +461,18 @@ impl Control {
         }
         // Cleared however this ends, a dropped request included.
         let _refresh = (!refreshing).then(|| ClearOnDrop(&self.refreshing_counts));
-        let counts: HashMap<String, u64> = self.store.port_counts().await?.into_iter().collect();
+        let counts = self.read_port_counts().await?;
         *self.lock_counts() = Some((std::time::Instant::now(), counts.clone()));
         Ok(counts)
+    }
+
+    /// Ports held per proxy, read from the store.
+    async fn read_port_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let usage = self.store.proxy_usage().await?;
+        Ok(usage
+            .into_iter()
+            .map(|(proxy, used)| (proxy, used.ports))
+            .collect())
     }
 
     /// Adds `delta` ports to `proxy`'s count in the placement cache.
@@ -491,9 +486,7 @@ impl Control {
     fn lock_counts(
         &self,
     ) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, HashMap<String, u64>)>> {
-        self.port_counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.port_counts)
     }
 
     /// Runs the scheduler (filters, then the configured strategy) over
@@ -577,7 +570,7 @@ impl Control {
                     .send_sync_forwards(host, entries.clone(), generation)
                     .await
                 {
-                    Err(navigator_rpc::RpcError::NoListener { .. }) if attempts < 40 => {
+                    Err(RpcError::NoListener { .. }) if attempts < 40 => {
                         attempts += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
@@ -586,10 +579,7 @@ impl Control {
             };
             (forwards, generation, sent)
         };
-        let synced = match sent {
-            Ok(reply) => reply.await,
-            Err(e) => Err(e),
-        };
+        let synced = answer(sent).await;
         self.metrics
             .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
@@ -617,7 +607,7 @@ impl Control {
             .iter()
             .map(|f| (f.id, (f.status, f.status_reason.as_deref())))
             .collect();
-        let mut changed = Vec::new();
+        let mut reports = Vec::new();
         for result in results {
             let Ok(id) = result.id.parse::<ForwardId>() else {
                 tracing::warn!(%host, id = %result.id, "agent reported a malformed forward id");
@@ -631,20 +621,16 @@ impl Control {
                 proxy: host.to_owned(),
                 applied: result.applied.as_ref().and_then(applied_version),
             };
-            changed.push((id, version, status, reason));
+            reports.push(StatusReport {
+                id,
+                version,
+                status,
+                reason,
+            });
         }
-        if changed.is_empty() {
+        if reports.is_empty() {
             return;
         }
-        let reports: Vec<StatusReport<'_>> = changed
-            .iter()
-            .map(|(id, version, status, reason)| StatusReport {
-                id: *id,
-                version,
-                status: *status,
-                reason: reason.as_deref(),
-            })
-            .collect();
         if let Err(e) = self.store.set_reported_statuses(&reports).await {
             tracing::warn!(%host, forwards = reports.len(), error = %e, "cannot record the forwards' statuses");
         }
@@ -713,10 +699,7 @@ impl Control {
     /// this server took from `host` too (then forgets them: the full sync
     /// that follows settles them).
     fn persistent_difference(&self, host: &str, differing: BTreeSet<String>) -> bool {
-        let mut differences = self
-            .differences
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut differences = locked(&self.differences);
         if differing.is_empty() {
             differences.remove(host);
             return false;
@@ -737,7 +720,7 @@ impl Control {
     pub async fn serve_reports(
         self: Arc<Self>,
         shutdown: CancellationToken,
-    ) -> Result<(), navigator_rpc::RpcError> {
+    ) -> Result<(), RpcError> {
         let mut incoming = self
             .transport
             .listen(&Target::topic(topics::SERVER))
@@ -839,11 +822,10 @@ impl Control {
             return Ok(());
         }
         // Ports, not forwards, as in placement.
-        let counts: Mutex<HashMap<String, u64>> =
-            Mutex::new(self.store.port_counts().await?.into_iter().collect());
+        let counts: Mutex<HashMap<String, u64>> = Mutex::new(self.read_port_counts().await?);
         let mut receivers = std::collections::BTreeSet::new();
         for proxy in down {
-            if lock_map(&counts).get(&proxy.host).copied().unwrap_or(0) == 0 {
+            if locked(&counts).get(&proxy.host).copied().unwrap_or(0) == 0 {
                 continue;
             }
             let reason = format!(
@@ -909,7 +891,7 @@ impl Control {
                     .unwrap_or(&forward.project_id),
                 sequence: self.placements.fetch_add(1, Ordering::Relaxed),
             };
-            let placed = self.place(&tried, &lock_map(counts), &request).cloned();
+            let placed = self.place(&tried, &locked(counts), &request).cloned();
             let to = match placed {
                 Ok(to) => to,
                 Err(none) => {
@@ -944,7 +926,7 @@ impl Control {
                 Ok(Some(moved)) => {
                     let ports = u64::from(moved.external_port_end - moved.external_port) + 1;
                     {
-                        let mut counts = lock_map(counts);
+                        let mut counts = locked(counts);
                         *counts.entry(to.host.clone()).or_default() += ports;
                         if let Some(n) = counts.get_mut(&from.host) {
                             *n = n.saturating_sub(ports);
@@ -1034,9 +1016,24 @@ fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {
     }
 }
 
-/// Locks a std mutex, taking over a poisoned one (its data stays usable:
-/// counts and sets, never left half-changed by a panic in this module).
-fn lock_map<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The request field that named `ports`: one port, or a range.
+fn external_ports_field(ports: navigator_core::PortRange) -> &'static str {
+    if ports.len() == 1 {
+        "external_port"
+    } else {
+        "external_port_range"
+    }
+}
+
+/// The agent's answer to a call that was sent, or why it was not sent.
+async fn answer<T>(sent: Result<Reply<T>, RpcError>) -> Result<T, RpcError> {
+    sent?.await
+}
+
+/// Locks one of this module's std mutexes, taking over a poisoned one: what
+/// they guard (locks by host, counts, sets of ids) is never left half-changed
+/// by a panic, and none is held across an await.
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -12,7 +12,9 @@ use navigator_api::v1::{
     Version, VersionBody, VersionList, parse_ip, parse_protocol_filter, parse_status,
 };
 use navigator_core::{ForwardId, PortForward};
-use navigator_store::{ForwardFilter, ForwardOrder, ProxyRecord, SortColumn};
+use std::collections::HashMap;
+
+use navigator_store::{ForwardFilter, ForwardOrder, ProxyRecord, ProxyUsage, SortColumn};
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
@@ -382,30 +384,8 @@ fn outcome<T>(result: &Result<T, ApiError>) -> String {
     }
 }
 
-/// What the proxy views show of each proxy: forwards and ports held.
-struct ProxyCounts {
-    forwards: std::collections::HashMap<String, u64>,
-    ports: std::collections::HashMap<String, u64>,
-}
-
-impl ProxyCounts {
-    async fn read(store: &navigator_store::Store) -> Result<ProxyCounts, ApiError> {
-        Ok(ProxyCounts {
-            forwards: store.forward_counts().await?.into_iter().collect(),
-            ports: store.port_counts().await?.into_iter().collect(),
-        })
-    }
-
-    fn of(&self, host: &str) -> (u64, u64) {
-        (
-            self.forwards.get(host).copied().unwrap_or(0),
-            self.ports.get(host).copied().unwrap_or(0),
-        )
-    }
-}
-
-async fn proxy_view(state: &AppState, record: &ProxyRecord, counts: &ProxyCounts) -> Proxy {
-    let (forwards, ports) = counts.of(&record.host);
+async fn proxy_view(state: &AppState, record: &ProxyRecord, usage: ProxyUsage) -> Proxy {
+    let ProxyUsage { forwards, ports } = usage;
     let capacity =
         u64::from(record.port_range.len()) * 2 * record.external_addresses.len().max(1) as u64;
     Proxy {
@@ -446,10 +426,11 @@ pub async fn list_proxies(
         ));
     }
     let store = state.control.store();
-    let counts = ProxyCounts::read(store).await?;
+    let usage: HashMap<String, ProxyUsage> = store.proxy_usage().await?.into_iter().collect();
     let mut proxies = Vec::new();
     for record in store.list_proxies().await? {
-        proxies.push(proxy_view(&state, &record, &counts).await);
+        let used = usage.get(&record.host).copied().unwrap_or_default();
+        proxies.push(proxy_view(&state, &record, used).await);
     }
     Ok(Json(ProxyList { proxies }))
 }
@@ -475,9 +456,14 @@ pub async fn show_proxy(
         .get_proxy(&host)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("proxy {host} not found")))?;
-    let counts = ProxyCounts::read(store).await?;
+    let used = store
+        .proxy_usage()
+        .await?
+        .into_iter()
+        .find_map(|(proxy, used)| (proxy == host).then_some(used))
+        .unwrap_or_default();
     Ok(Json(ProxyBody {
-        proxy: proxy_view(&state, &record, &counts).await,
+        proxy: proxy_view(&state, &record, used).await,
     }))
 }
 

@@ -74,11 +74,18 @@ const STATUS_WRITES_PER_TRANSACTION: usize = 500;
 
 /// One status an agent reported, for [`Store::set_reported_statuses`].
 #[derive(Clone, Debug)]
-pub struct StatusReport<'a> {
+pub struct StatusReport {
     pub id: ForwardId,
-    pub version: &'a ReportedVersion,
+    pub version: ReportedVersion,
     pub status: ForwardStatus,
-    pub reason: Option<&'a str>,
+    pub reason: Option<String>,
+}
+
+/// What a proxy holds: forwards, and the external ports they take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyUsage {
+    pub forwards: u64,
+    pub ports: u64,
 }
 
 /// The columns a reported status must still match: the reporting proxy
@@ -750,24 +757,23 @@ impl Store {
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let (sql, values) = status_statement(id, status, reason, reported_conditions(version));
-        let done = self.execute(&sql, &values).await?;
-        Ok(done.rows_affected() > 0)
+        self.write_status(id, status, reason, reported_conditions(version))
+            .await
     }
 
     /// [`Store::set_reported_status`] for many forwards at once (an agent's
     /// answer to a full sync), [`STATUS_WRITES_PER_TRANSACTION`] to a
     /// transaction: one commit for many rows instead of one each. Returns
     /// how many were written.
-    pub async fn set_reported_statuses(
-        &self,
-        reports: &[StatusReport<'_>],
-    ) -> Result<u64, StoreError> {
+    pub async fn set_reported_statuses(&self, reports: &[StatusReport]) -> Result<u64, StoreError> {
         let mut written = 0;
         for chunk in reports.chunks(STATUS_WRITES_PER_TRANSACTION) {
             let statements: Vec<(String, Vec<Value>)> = chunk
                 .iter()
-                .map(|r| status_statement(r.id, r.status, r.reason, reported_conditions(r.version)))
+                .map(|r| {
+                    let only_if = reported_conditions(&r.version);
+                    status_statement(r.id, r.status, r.reason.as_deref(), only_if)
+                })
                 .collect();
             let affected = self.execute_in_transaction(&statements).await?;
             written += affected.iter().filter(|n| **n > 0).count() as u64;
@@ -775,8 +781,8 @@ impl Store {
         Ok(written)
     }
 
-    /// The write of [`Store::set_status`]: only a change of status or
-    /// reason, never over the mark of a deleted instance.
+    /// The write of [`Store::set_status`] and [`Store::set_reported_status`]:
+    /// see [`status_statement`].
     async fn write_status(
         &self,
         id: ForwardId,
@@ -932,9 +938,10 @@ impl Store {
         Ok(affected.last().copied().unwrap_or(0) > 0)
     }
 
-    /// Number of external ports held per proxy host: what placement weighs
-    /// against a proxy's pool, where a range counts once per port.
-    pub async fn port_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    /// Forwards and external ports held per proxy host, in one query: the
+    /// ports are what placement weighs against a proxy's pool (a range
+    /// counts once per port), both are what the proxy views show.
+    pub async fn proxy_usage(&self) -> Result<Vec<(String, ProxyUsage)>, StoreError> {
         // One table, no join: a forward holds the ports of its external
         // range (its `forward_ports` rows). MySQL sums integers into a
         // DECIMAL, hence its cast.
@@ -944,14 +951,23 @@ impl Store {
         };
         let rows = self
             .fetch_all(
-                &format!("SELECT proxy, {sum} AS n FROM forwards GROUP BY proxy"),
+                &format!(
+                    "SELECT proxy, COUNT(*) AS forwards, {sum} AS ports FROM forwards GROUP BY proxy"
+                ),
                 &[],
             )
             .await?;
         rows.iter()
             .map(|row| {
-                let n: i64 = row.try_get("n")?;
-                Ok((row.try_get("proxy")?, u64::try_from(n).unwrap_or(0)))
+                let count = |column: &str| -> Result<u64, StoreError> {
+                    let n: i64 = row.try_get(column)?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                };
+                let usage = ProxyUsage {
+                    forwards: count("forwards")?,
+                    ports: count("ports")?,
+                };
+                Ok((row.try_get("proxy")?, usage))
             })
             .collect()
     }
@@ -981,22 +997,6 @@ impl Store {
                     reason: format!("{e}"),
                 })?;
                 Ok((protocol, status, u64::try_from(n).unwrap_or(0)))
-            })
-            .collect()
-    }
-
-    /// Number of forwards per proxy host.
-    pub async fn forward_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows = self
-            .fetch_all(
-                "SELECT proxy, COUNT(*) AS n FROM forwards GROUP BY proxy",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let n: i64 = row.try_get("n")?;
-                Ok((row.try_get("proxy")?, u64::try_from(n).unwrap_or(0)))
             })
             .collect()
     }

@@ -51,7 +51,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor, SqlStr};
 
 pub use forwards::{
-    AppliedVersion, ForwardFilter, ForwardOrder, INSTANCE_DELETED, Move, NewForwardRow,
+    AppliedVersion, ForwardFilter, ForwardOrder, INSTANCE_DELETED, Move, NewForwardRow, ProxyUsage,
     ReportedVersion, SortColumn, StatusReport, TargetChange,
 };
 pub use proxies::ProxyRecord;

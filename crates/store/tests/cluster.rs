@@ -644,27 +644,22 @@ async fn reports_about_an_older_version_are_ignored(db: &'static TestDb) {
         .await
         .unwrap();
     let moved_now = store.get_forward(created.id).await.unwrap().unwrap();
-    let versions = [
-        ReportedVersion::from(&other),
-        old.clone(),
-        ReportedVersion::from(&moved_now),
-    ];
     let reports = [
         StatusReport {
             id: other.id,
-            version: &versions[0],
+            version: ReportedVersion::from(&other),
             status: ForwardStatus::Error,
-            reason: Some("port 24001 is in use"),
+            reason: Some("port 24001 is in use".into()),
         },
         StatusReport {
             id: created.id,
-            version: &versions[1],
+            version: old.clone(),
             status: ForwardStatus::Error,
-            reason: Some("stale"),
+            reason: Some("stale".into()),
         },
         StatusReport {
             id: created.id,
-            version: &versions[2],
+            version: ReportedVersion::from(&moved_now),
             status: ForwardStatus::Active,
             reason: None,
         },

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use navigator_core::{ForwardStatus, PortRange, Protocol};
 use navigator_store::{
-    ForwardFilter, ForwardOrder, INSTANCE_DELETED, NewForwardRow, SortColumn, StoreError,
-    TargetChange,
+    ForwardFilter, ForwardOrder, INSTANCE_DELETED, NewForwardRow, ProxyUsage, SortColumn,
+    StoreError, TargetChange,
 };
 use support::TestDb;
 
@@ -376,8 +376,14 @@ async fn proxies_upsert_and_list(db: &'static TestDb) {
         .await
         .unwrap();
     assert_eq!(
-        store.forward_counts().await.unwrap(),
-        vec![("p1".to_owned(), 1)]
+        store.proxy_usage().await.unwrap(),
+        vec![(
+            "p1".to_owned(),
+            ProxyUsage {
+                forwards: 1,
+                ports: 1
+            }
+        )]
     );
     assert_eq!(store.forwards_on_proxy("p1").await.unwrap().len(), 1);
     assert!(store.forwards_on_proxy("p0").await.unwrap().is_empty());
@@ -472,8 +478,14 @@ async fn overlapping_ranges_are_refused_naming_the_holder(db: &'static TestDb) {
         .unwrap();
     assert_eq!(all.len(), 4, "refused creates left nothing behind");
     assert_eq!(
-        store.port_counts().await.unwrap(),
-        vec![("p1".to_owned(), 31)],
+        store.proxy_usage().await.unwrap(),
+        vec![(
+            "p1".to_owned(),
+            ProxyUsage {
+                forwards: 4,
+                ports: 31
+            }
+        )],
         "placement weighs ports: 10 + 1 + 10 + 10"
     );
 
