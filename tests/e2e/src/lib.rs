@@ -350,6 +350,12 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The exit status if the server has exited (crashed, or stopped), `None`
+    /// while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let deadline = Instant::now() + timeout;
@@ -663,6 +669,12 @@ pub fn run_cli_with_env(url: &str, os_env: &[(&str, String)], args: &[&str]) -> 
 }
 
 fn run_bounded(command: &mut Command, name: &str) -> CliOutput {
+    run_bounded_for(command, name, CLI_TIMEOUT)
+}
+
+/// Runs `command` to completion with its output collected; kills it and
+/// panics when it runs longer than `timeout`.
+pub fn run_bounded_for(command: &mut Command, name: &str, timeout: Duration) -> CliOutput {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -689,7 +701,7 @@ fn run_bounded(command: &mut Command, name: &str) -> CliOutput {
             *sink.lock().unwrap_or_else(|p| p.into_inner()) = text;
         })
     };
-    let deadline = Instant::now() + CLI_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -697,7 +709,7 @@ fn run_bounded(command: &mut Command, name: &str) -> CliOutput {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{name} did not finish within {CLI_TIMEOUT:?}");
+                panic!("{name} did not finish within {timeout:?}");
             }
         }
     };
