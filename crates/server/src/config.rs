@@ -168,7 +168,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "forwards",
         key: "allowed_target_networks",
         default: "",
-        help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules (link-local incl. 169.254.169.254, multicast, broadcast, unspecified, the proxy's own addresses).",
+        help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules, which apply whatever this says (link-local incl. 169.254.169.254, the clouds' metadata addresses, multicast, broadcast, unspecified, IPv6 forms carrying an IPv4 address, every registered proxy's addresses).",
     },
     OptionDoc {
         section: "forwards",
