@@ -174,7 +174,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "forwards",
         key: "allow_loopback_targets",
         default: "",
-        help: "Allow targets on loopback. Default: true in all-in-one mode (proxy and targets share the machine), false otherwise.",
+        help: "Allow targets on loopback (the proxy's own local services: API, database, anything on 127.0.0.1). Unset: true only for the all-in-one demo (no transport_url, auth_strategy = noauth, bind_host on loopback), where the caller already owns the machine; false otherwise, so a Keystone tenant cannot reach the proxy host's local ports. Set true to forward to loopback services anyway (all-in-one with Keystone), false to refuse them in the demo too.",
     },
     OptionDoc {
         section: "scheduler",

@@ -831,3 +831,38 @@ async fn a_target_at_another_proxys_address_is_refused() {
         "{body}"
     );
 }
+
+/// Loopback targets reach the proxy host's own services: refused by default
+/// unless the server is the noauth demo on loopback.
+#[tokio::test]
+async fn loopback_targets_only_for_the_noauth_demo_by_default() {
+    let loopback = || navigator_api::v1::NewForward {
+        protocol: navigator_core::Protocol::Tcp,
+        internal_ip_address: "127.0.0.1".parse().unwrap(),
+        internal_ports: navigator_core::PortRange::single(9),
+        external_ports: None,
+        external_address: None,
+        instance_id: None,
+        description: String::new(),
+        proxy: None,
+    };
+    // Keystone, option unset. Nothing here asks Keystone anything: the
+    // create goes to the control loop directly.
+    let text = "[DEFAULT]\nauth_strategy = keystone\n\
+                [keystone_authtoken]\nwww_authenticate_uri = http://127.0.0.1:9/v3\n\
+                auth_url = http://127.0.0.1:9/v3\nauth_type = password\n\
+                username = navigator\npassword = x\nproject_name = service\n\
+                user_domain_name = Default\nproject_domain_name = Default\n\
+                [agent]\nport_range = 27960-27969\n";
+    let stack = stack::start(Config::parse("keystone.conf", text).unwrap()).await;
+    let err = stack.control.create("p1", loopback()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("127.0.0.1 is a loopback address"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow_loopback_targets"), "{err}");
+    // The noauth demo on loopback (the default configuration).
+    let stack = stack::start(config(27970)).await;
+    let forward = stack.control.create("p1", loopback()).await.unwrap();
+    assert_eq!(forward.internal_ip_address.to_string(), "127.0.0.1");
+}
