@@ -275,8 +275,8 @@ pub const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         section: "agent",
         key: "port_range",
-        default: "20000-40000",
-        help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too.",
+        default: "20000-29999",
+        help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too. The default stays below Linux's ephemeral ports (net.ipv4.ip_local_port_range, 32768-60999 by default), which outgoing connections borrow, so a pool port is never found taken by one, and below Kubernetes' NodePort range (30000-32767); the agent warns at start when the pool overlaps the ephemeral range. Keep it clear of services on the proxy host itself (e.g. RabbitMQ's inter-node port 25672, MongoDB's 27017).",
     },
     OptionDoc {
         section: "agent",
@@ -749,7 +749,7 @@ mod tests {
     fn defaults_parse() {
         let config = Config::parse("t.conf", "").unwrap();
         assert_eq!(config.bind_port, 9797);
-        assert_eq!(config.port_range, PortRange::new(20000, 40000).unwrap());
+        assert_eq!(config.port_range, PortRange::new(20000, 29999).unwrap());
         assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
         assert!(config.unknown_options.is_empty());
     }

@@ -334,7 +334,7 @@ async fn start_local_agent(
     shutdown: &CancellationToken,
 ) -> Result<(), StartError> {
     let backend = make_backend(&backend_options(config));
-    log_preflight(backend.as_ref()).await;
+    log_preflight(backend.as_ref(), config.port_range).await;
     let agent = Arc::new(Agent::new(
         AgentConfig {
             host: config.host.clone(),
