@@ -173,13 +173,13 @@ static SPECIAL_NETWORKS: &[SpecialNetwork] = &[
     ),
     row(
         v4(224, 0, 0, 0, 4),
-        "a multicast address; only unicast targets can be forwarded to",
+        "a multicast address (only unicast targets can be forwarded to)",
         "RFC 5771",
         Refused,
     ),
     row(
         v4(255, 255, 255, 255, 32),
-        "the broadcast address; only unicast targets can be forwarded to",
+        "the broadcast address (only unicast targets can be forwarded to)",
         "RFC 919 §7; RFC 8190",
         Refused,
     ),
@@ -277,7 +277,7 @@ static SPECIAL_NETWORKS: &[SpecialNetwork] = &[
     ),
     row(
         v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),
-        "a multicast address; only unicast targets can be forwarded to",
+        "a multicast address (only unicast targets can be forwarded to)",
         "RFC 4291 §2.7",
         Refused,
     ),
