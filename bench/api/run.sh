@@ -56,6 +56,9 @@ project_name = service
 token_cache_time = 300
 [agent]
 port_range = 47100-47199
+# The forwards target 127.0.0.1, refused under Keystone by default.
+[forwards]
+allow_loopback_targets = true
 CONF
 
 # start NAME: runs a server with OUT/NAME.conf and sets URL to where it listens.

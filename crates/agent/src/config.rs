@@ -28,7 +28,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("agent", "nft_element_comments", "false"),
     ("agent", "iptables_variant", "auto"),
     ("agent", "external_addresses", "127.0.0.1,::1"),
-    ("agent", "port_range", "20000-40000"),
+    ("agent", "port_range", "20000-29999"),
     ("agent", "report_interval", "10"),
     ("relay", "max_connections_per_forward", "0"),
     ("relay", "udp_idle_timeout", "60"),

@@ -92,7 +92,7 @@ async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
     let amqp = Arc::new(amqp);
     let transport: Arc<dyn Transport> = amqp.clone();
     let backend = make_backend(&config.backend);
-    log_preflight(backend.as_ref()).await;
+    log_preflight(backend.as_ref(), config.port_range).await;
     let agent = Arc::new(Agent::new(
         AgentConfig {
             host: config.host.clone(),

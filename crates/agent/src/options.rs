@@ -179,9 +179,18 @@ pub fn make_backend(options: &BackendOptions) -> Arc<dyn Backend> {
 }
 
 /// Logs what the backend's host check finds, before the first forward
-/// arrives; forwards it blocks are reported ERROR with the same words.
-pub async fn log_preflight(backend: &dyn Backend) {
-    for finding in backend.preflight(&[]).await {
+/// arrives; forwards it blocks are reported ERROR with the same words. Also
+/// warns when the port pool `pool` overlaps the kernel's ephemeral ports,
+/// whatever the backend.
+pub async fn log_preflight(backend: &dyn Backend, pool: PortRange) {
+    let pool_findings =
+        navigator_dataplane::preflight::port_pool(&navigator_dataplane::Host::local(), pool).await;
+    for finding in backend
+        .preflight(&[])
+        .await
+        .into_iter()
+        .chain(pool_findings)
+    {
         match finding.severity {
             navigator_dataplane::Severity::Blocking => {
                 tracing::error!(backend = backend.name(), "host not ready: {finding}")

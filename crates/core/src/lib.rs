@@ -17,4 +17,4 @@ pub use forward::{
 };
 pub use port_range::{PortRange, PortRangeError};
 pub use reconcile::{Plan, plan};
-pub use target::{TargetError, TargetPolicy};
+pub use target::{TargetError, TargetPolicy, special_networks};

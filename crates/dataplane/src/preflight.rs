@@ -10,7 +10,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use navigator_core::ForwardSpec;
+use navigator_core::{ForwardSpec, PortRange};
 
 use crate::exec::Host;
 
@@ -291,9 +291,233 @@ pub async fn bridge_netfilter(host: &Host, targets: &[IpAddr], fix: bool) -> Vec
     findings
 }
 
+/// Checks that the port pool stays out of Linux's ephemeral port range
+/// (`net.ipv4.ip_local_port_range`, which IPv6 uses too), apart from ports
+/// reserved from it (`net.ipv4.ip_local_reserved_ports`).
+///
+/// The kernel lends those ports to outgoing connections, the relay's and
+/// socat's own among them, so a forward on one fails to listen whenever it is
+/// lent out, and a kernel DNAT rule on one shadows a local connection's
+/// replies. A warning: the rest of the pool works.
+pub async fn port_pool(host: &Host, pool: PortRange) -> Vec<Finding> {
+    let ephemeral = host.sysctl("net.ipv4.ip_local_port_range").await;
+    let reserved = host.sysctl("net.ipv4.ip_local_reserved_ports").await;
+    port_pool_findings(pool, ephemeral.as_deref(), reserved.as_deref())
+}
+
+/// [`port_pool`] on the two sysctls' text (`None`: not readable, then
+/// nothing is said).
+pub fn port_pool_findings(
+    pool: PortRange,
+    ephemeral: Option<&str>,
+    reserved: Option<&str>,
+) -> Vec<Finding> {
+    let Some(ephemeral) = ephemeral.and_then(parse_local_port_range) else {
+        return Vec::new();
+    };
+    let reserved = reserved.map(parse_reserved_ports).unwrap_or_default();
+    let Some((exposed, first, last)) = exposed_ports(pool, ephemeral, &reserved) else {
+        return Vec::new();
+    };
+    let key = "net.ipv4.ip_local_port_range";
+    let mut fixes = vec![
+        "move the pool below or above it ([agent] port_range; the default 20000-29999 is below Linux's default 32768-60999)".to_owned(),
+        format!(
+            "reserve the pool with `sysctl -w net.ipv4.ip_local_reserved_ports={}-{}` (persist it in /etc/sysctl.d/90-navigator.conf)",
+            pool.first(),
+            pool.last()
+        ),
+    ];
+    if let Some((low, high)) = shrunk_ephemeral_range(pool, ephemeral) {
+        fixes.push(format!(
+            "shrink the ephemeral range with `sysctl -w {key}=\"{low} {high}\"` (persist it too)"
+        ));
+    }
+    vec![Finding {
+        severity: Severity::Warning,
+        scope: Scope::All,
+        problem: format!(
+            "{exposed} ports of the port pool {pool} ({first}-{last}) are in Linux's ephemeral port range {ephemeral} ({key}), which outgoing connections take their ports from: a forward on such a port fails whenever the kernel has lent it out"
+        ),
+        fix: fixes.join("; or "),
+    }]
+}
+
+/// `net.ipv4.ip_local_port_range` as a range: two numbers, tab-separated.
+pub fn parse_local_port_range(text: &str) -> Option<PortRange> {
+    let mut numbers = text.split_whitespace().map(str::parse::<u16>);
+    match (numbers.next(), numbers.next(), numbers.next()) {
+        (Some(Ok(first)), Some(Ok(last)), None) => PortRange::new(first, last).ok(),
+        _ => None,
+    }
+}
+
+/// `net.ipv4.ip_local_reserved_ports`: a comma-separated list of ports and
+/// FIRST-LAST ranges, empty when none; what does not parse is skipped.
+pub fn parse_reserved_ports(text: &str) -> Vec<PortRange> {
+    text.split(',')
+        .filter_map(|item| {
+            let item = item.trim();
+            match item.split_once('-') {
+                Some((first, last)) => {
+                    PortRange::new(first.trim().parse().ok()?, last.trim().parse().ok()?).ok()
+                }
+                None => item.parse().ok().map(PortRange::single),
+            }
+        })
+        .collect()
+}
+
+/// The pool's ports the kernel may lend out: how many, and the first and
+/// last of them. `None` when there are none.
+pub fn exposed_ports(
+    pool: PortRange,
+    ephemeral: PortRange,
+    reserved: &[PortRange],
+) -> Option<(u32, u16, u16)> {
+    let first = pool.first().max(ephemeral.first());
+    let last = pool.last().min(ephemeral.last());
+    if first > last {
+        return None;
+    }
+    // At most 65535 ports, once at start-up: counting them one by one keeps
+    // overlapping reserved ranges simple.
+    let mut exposed = (first..=last).filter(|p| !reserved.iter().any(|r| r.contains(*p)));
+    let low = exposed.next()?;
+    let (count, high) = exposed.fold((1, low), |(n, _), p| (n + 1, p));
+    Some((count, low, high))
+}
+
+/// An ephemeral range that no longer meets the pool, keeping the larger side
+/// of it; `None` when the pool covers it. Linux prefers the two ends to
+/// differ in parity (it logs a warning otherwise), so the end next to the
+/// pool moves one further from it when they would not.
+fn shrunk_ephemeral_range(pool: PortRange, ephemeral: PortRange) -> Option<(u16, u16)> {
+    let same_parity = |low: u16, high: u16| low % 2 == high % 2 && low < high;
+    let above = (pool.last() < ephemeral.last()).then(|| {
+        let low = pool.last() + 1;
+        let high = ephemeral.last();
+        (if same_parity(low, high) { low + 1 } else { low }, high)
+    });
+    let below = (pool.first() > ephemeral.first()).then(|| {
+        let low = ephemeral.first();
+        let high = pool.first() - 1;
+        (
+            low,
+            if same_parity(low, high) {
+                high - 1
+            } else {
+                high
+            },
+        )
+    });
+    let size = |(low, high): (u16, u16)| high - low;
+    match (above, below) {
+        (Some(a), Some(b)) => Some(if size(a) >= size(b) { a } else { b }),
+        (one, other) => one.or(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ephemeral_overlap_is_counted_less_what_is_reserved() {
+        let range = |a, b| PortRange::new(a, b).unwrap();
+        assert_eq!(
+            parse_local_port_range("32768\t60999\n"),
+            Some(range(32768, 60999))
+        );
+        assert_eq!(
+            parse_local_port_range("1024 65535"),
+            Some(range(1024, 65535))
+        );
+        assert_eq!(parse_local_port_range("60999 32768"), None);
+        assert_eq!(parse_local_port_range("32768"), None);
+        assert_eq!(parse_reserved_ports(""), vec![]);
+        assert_eq!(
+            parse_reserved_ports("8080,32768-33000, 40000"),
+            vec![range(8080, 8080), range(32768, 33000), range(40000, 40000)]
+        );
+        let linux = range(32768, 60999);
+        // The old default: 32768-40000 exposed.
+        assert_eq!(
+            exposed_ports(range(20000, 40000), linux, &[]),
+            Some((7233, 32768, 40000))
+        );
+        // The new default and a pool above the range: clear.
+        assert_eq!(exposed_ports(range(20000, 29999), linux, &[]), None);
+        assert_eq!(exposed_ports(range(61000, 62000), linux, &[]), None);
+        assert_eq!(exposed_ports(range(20000, 32767), linux, &[]), None);
+        // Reserved ports are not lent out, overlapping reservations included.
+        assert_eq!(
+            exposed_ports(
+                range(20000, 40000),
+                linux,
+                &[range(32768, 35000), range(34000, 40000)]
+            ),
+            None
+        );
+        assert_eq!(
+            exposed_ports(range(20000, 40000), linux, &[range(32768, 39998)]),
+            Some((2, 39999, 40000))
+        );
+    }
+
+    #[test]
+    fn an_overlapping_pool_is_a_warning_with_the_fixes() {
+        let pool = PortRange::new(20000, 40000).unwrap();
+        let findings = port_pool_findings(pool, Some("32768\t60999"), Some(""));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let finding = &findings[0];
+        assert_eq!(finding.severity, Severity::Warning);
+        assert_eq!(finding.scope, Scope::All);
+        let text = finding.to_string();
+        for needle in [
+            "7233 ports of the port pool 20000-40000 (32768-40000) are in Linux's ephemeral port range 32768-60999",
+            "[agent] port_range",
+            "sysctl -w net.ipv4.ip_local_reserved_ports=20000-40000",
+            // 40001 and 60999 are both odd: the start moves up one.
+            "sysctl -w net.ipv4.ip_local_port_range=\"40002 60999\"",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+        // Reserved, unreadable or clear: nothing to say.
+        assert!(port_pool_findings(pool, Some("32768 60999"), Some("20000-40000")).is_empty());
+        assert!(port_pool_findings(pool, None, None).is_empty());
+        assert!(port_pool_findings(pool, Some("garbage"), None).is_empty());
+        let below = PortRange::new(20000, 29999).unwrap();
+        assert!(port_pool_findings(below, Some("32768 60999"), Some("")).is_empty());
+        // A pool at the top keeps the ephemeral range's lower part.
+        let top = port_pool_findings(
+            PortRange::new(50000, 65535).unwrap(),
+            Some("32768 60999"),
+            None,
+        );
+        assert!(
+            top[0].fix.contains("ip_local_port_range=\"32768 49999\""),
+            "{}",
+            top[0].fix
+        );
+    }
+
+    #[tokio::test]
+    async fn this_host_is_read() {
+        // The whole port space overlaps any ephemeral range this host has,
+        // unless it reserved all of it.
+        let host = Host::local();
+        if host.sysctl("net.ipv4.ip_local_port_range").await.is_none() {
+            println!("skipped: no /proc/sys/net/ipv4/ip_local_port_range here");
+            return;
+        }
+        let everything = PortRange::new(1, 65535).unwrap();
+        let reserved = host.sysctl("net.ipv4.ip_local_reserved_ports").await;
+        if reserved.as_deref().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        assert_eq!(port_pool(&host, everything).await.len(), 1);
+    }
 
     #[test]
     fn prefixes_and_address_lines() {

@@ -168,13 +168,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "forwards",
         key: "allowed_target_networks",
         default: "",
-        help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules (link-local incl. 169.254.169.254, multicast, broadcast, unspecified, the proxy's own addresses).",
+        help: "Comma-separated CIDRs that targets must fall in; empty allows any address not refused by the built-in rules, which apply whatever this says (link-local incl. 169.254.169.254, the clouds' metadata addresses, multicast, broadcast, unspecified, IPv6 forms carrying an IPv4 address, every registered proxy's addresses).",
     },
     OptionDoc {
         section: "forwards",
         key: "allow_loopback_targets",
         default: "",
-        help: "Allow targets on loopback. Default: true in all-in-one mode (proxy and targets share the machine), false otherwise.",
+        help: "Allow targets on loopback (the proxy's own local services: API, database, anything on 127.0.0.1). Unset: true only for the all-in-one demo (no transport_url, auth_strategy = noauth, bind_host on loopback), where the caller already owns the machine; false otherwise, so a Keystone tenant cannot reach the proxy host's local ports. Set true to forward to loopback services anyway (all-in-one with Keystone), false to refuse them in the demo too.",
     },
     OptionDoc {
         section: "scheduler",
@@ -275,8 +275,8 @@ pub const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         section: "agent",
         key: "port_range",
-        default: "20000-40000",
-        help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too.",
+        default: "20000-29999",
+        help: "Pool of external ports, FIRST-LAST. Explicit external ports must be inside it too. The default stays below Linux's ephemeral ports (net.ipv4.ip_local_port_range, 32768-60999 by default), which outgoing connections borrow, so a pool port is never found taken by one, and below Kubernetes' NodePort range (30000-32767); the agent warns at start when the pool overlaps the ephemeral range. Keep it clear of services on the proxy host itself (e.g. RabbitMQ's inter-node port 25672, MongoDB's 27017).",
     },
     OptionDoc {
         section: "agent",
@@ -749,7 +749,7 @@ mod tests {
     fn defaults_parse() {
         let config = Config::parse("t.conf", "").unwrap();
         assert_eq!(config.bind_port, 9797);
-        assert_eq!(config.port_range, PortRange::new(20000, 40000).unwrap());
+        assert_eq!(config.port_range, PortRange::new(20000, 29999).unwrap());
         assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
         assert!(config.unknown_options.is_empty());
     }

@@ -138,8 +138,8 @@ impl Control {
         // counted room (its counts were behind): placed again without them.
         let mut full: Vec<String> = Vec::new();
         loop {
-            let proxy = self.choose_proxy(project_id, &new, &full).await?;
-            let row = self.new_row(project_id, &new, &proxy)?;
+            let (proxy, proxies) = self.choose_proxy(project_id, &new, &full).await?;
+            let row = self.new_row(project_id, &new, &proxy, &proxies)?;
             let created = match new.external_ports {
                 Some(_) => self.store.create_forward(&row).await,
                 None => {
@@ -167,12 +167,15 @@ impl Control {
         }
     }
 
-    /// The row of `new` on `proxy`, or why `new` does not fit there.
+    /// The row of `new` on `proxy`, or why `new` does not fit there;
+    /// `proxies` are all registered proxies, whose addresses and pools
+    /// the target must stay clear of.
     fn new_row(
         &self,
         project_id: &str,
         new: &NewForward,
         proxy: &ProxyRecord,
+        proxies: &[ProxyRecord],
     ) -> Result<NewForwardRow, ApiError> {
         let external_address = match new.external_address {
             Some(address) if proxy.external_addresses.contains(&address) => address,
@@ -200,7 +203,7 @@ impl Control {
                 external_len.max(internal.len())
             )));
         }
-        self.check_target(proxy, new.internal_ip_address, internal)?;
+        self.check_target(proxies, new.internal_ip_address, internal)?;
         if let Some(range) = new.external_ports
             && (!proxy.port_range.contains(range.first())
                 || !proxy.port_range.contains(range.last()))
@@ -255,13 +258,14 @@ impl Control {
             .map_err(|e| ApiError::BadRequest(format!("invalid internal_port: {e}")))?;
         let retarget = ip != forward.internal_ip_address || port != forward.internal_port;
         if retarget {
-            let proxy = self.store.get_proxy(&forward.proxy).await?.ok_or_else(|| {
-                ApiError::Conflict(format!(
+            let proxies = self.store.list_proxies().await?;
+            if !proxies.iter().any(|p| p.host == forward.proxy) {
+                return Err(ApiError::Conflict(format!(
                     "proxy {} of this forward is not registered",
                     forward.proxy
-                ))
-            })?;
-            self.check_target(&proxy, ip, internal)?;
+                )));
+            }
+            self.check_target(&proxies, ip, internal)?;
         }
         let change = TargetChange {
             internal_ip_address: retarget.then_some(ip),
@@ -389,23 +393,21 @@ impl Control {
     }
 
     /// The proxy for `new`: the one it names, else the scheduler's choice,
-    /// counting the proxies of `full` as full.
+    /// counting the proxies of `full` as full; with every registered proxy.
     async fn choose_proxy(
         &self,
         project_id: &str,
         new: &NewForward,
         full: &[String],
-    ) -> Result<ProxyRecord, ApiError> {
+    ) -> Result<(ProxyRecord, Vec<ProxyRecord>), ApiError> {
         let proxies = self.store.list_proxies().await?;
         if let Some(host) = &new.proxy {
-            return proxies
-                .into_iter()
-                .find(|p| &p.host == host)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "invalid proxy: no proxy named {host:?} is registered"
-                    ))
-                });
+            let chosen = proxies.iter().find(|p| &p.host == host).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "invalid proxy: no proxy named {host:?} is registered"
+                ))
+            })?;
+            return Ok((chosen.clone(), proxies));
         }
         let mut counts = self.placement_counts().await?;
         for host in full {
@@ -424,7 +426,7 @@ impl Control {
                 .map_or("external_port", external_ports_field);
             no_proxy_error(&e, field, "nothing was created")
         })?;
-        Ok(chosen.clone())
+        Ok((chosen.clone(), proxies))
     }
 
     /// Ports held per proxy, for placement (ports, not forwards: a range
@@ -525,24 +527,25 @@ impl Control {
     }
 
     /// Checks the target against the policy, for every port of `ports`.
+    /// Every registered proxy's addresses and pool count, not only those of
+    /// the proxy that carries the forward: a target at another proxy's
+    /// listener would chain the proxies into a loop.
     fn check_target(
         &self,
-        proxy: &ProxyRecord,
+        proxies: &[ProxyRecord],
         ip: IpAddr,
         ports: navigator_core::PortRange,
     ) -> Result<(), ApiError> {
         let policy = TargetPolicy {
             allowed_networks: self.config.allowed_target_networks.clone(),
             allow_loopback: self.allow_loopback,
-            proxy_addresses: proxy
-                .external_addresses
+            proxy_addresses: proxies
                 .iter()
-                .map(|a| (*a, proxy.port_range))
+                .flat_map(|p| p.external_addresses.iter().map(|a| (*a, p.port_range)))
                 .collect(),
         };
-        ports
-            .iter()
-            .try_for_each(|port| policy.check(ip, port))
+        policy
+            .check_ports(ip, ports)
             .map_err(|e| ApiError::BadRequest(format!("invalid internal_ip_address: {e}")))
     }
 

@@ -334,7 +334,7 @@ async fn start_local_agent(
     shutdown: &CancellationToken,
 ) -> Result<(), StartError> {
     let backend = make_backend(&backend_options(config));
-    log_preflight(backend.as_ref()).await;
+    log_preflight(backend.as_ref(), config.port_range).await;
     let agent = Arc::new(Agent::new(
         AgentConfig {
             host: config.host.clone(),
@@ -374,11 +374,22 @@ fn backend_options(config: &Config) -> BackendOptions {
     }
 }
 
-/// Loopback targets make sense when proxy and targets are the same machine,
-/// which is the all-in-one mode's case unless the operator says otherwise;
-/// in cluster mode the proxies are other machines.
-fn loopback_allowed(config: &Config) -> bool {
-    config.allow_loopback_targets.unwrap_or(!is_cluster(config))
+/// Whether forwards may target loopback (`[forwards] allow_loopback_targets`,
+/// else the default chosen here).
+///
+/// A loopback target reaches the proxy's own local services: the API, the
+/// database, whatever else listens on 127.0.0.1 there. That is the point of
+/// the all-in-one demo (noauth on loopback: whoever can call the API owns
+/// the machine anyway), and a hole everywhere else: a Keystone tenant could
+/// reach the server's own port. So unset means on only for an all-in-one
+/// server with `auth_strategy = noauth` bound to loopback; in cluster mode
+/// the proxies are other machines, and targets are on instances.
+pub fn loopback_allowed(config: &Config) -> bool {
+    config.allow_loopback_targets.unwrap_or_else(|| {
+        !is_cluster(config)
+            && config.auth_strategy == AuthStrategy::NoAuth
+            && config.bind_host.is_loopback()
+    })
 }
 
 fn print_banner(config: &Config, public_url: &str, database_url: &str) {
@@ -420,14 +431,20 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
         "  proxy     {} with the {} backend on {addresses}, ports {}",
         config.host, config.backend, config.port_range
     );
-    println!("Create a first forward (to a TCP service on 127.0.0.1:8080):");
+    // Loopback is the demo's target; elsewhere the target is an instance.
+    let (target, what) = if loopback_allowed(config) {
+        ("127.0.0.1", "a TCP service on 127.0.0.1:8080")
+    } else {
+        ("10.0.0.5", "port 8080 of an instance at 10.0.0.5")
+    };
+    println!("Create a first forward (to {what}):");
     let endpoint = if public_url == "http://127.0.0.1:9797" {
         String::new()
     } else {
         format!(" --os-endpoint {public_url}")
     };
     println!(
-        "  navigator{endpoint} forward create --protocol tcp --internal-ip-address 127.0.0.1 --internal-port 8080"
+        "  navigator{endpoint} forward create --protocol tcp --internal-ip-address {target} --internal-port 8080"
     );
     println!("Stop with Ctrl-C.");
 }
@@ -451,5 +468,36 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(text: &str) -> bool {
+        loopback_allowed(&Config::parse("t.conf", text).unwrap())
+    }
+
+    #[test]
+    fn loopback_targets_default_to_the_all_in_one_demo_only() {
+        let keystone = "[DEFAULT]\nauth_strategy = keystone\n[keystone_authtoken]\n\
+                        auth_url = http://127.0.0.1:5000/v3\nwww_authenticate_uri = http://127.0.0.1:5000/v3\n\
+                        auth_type = password\nusername = navigator\npassword = x\nproject_name = service\n\
+                        user_domain_name = Default\nproject_domain_name = Default\n";
+        // noauth on loopback: the demo.
+        assert!(allowed(""));
+        assert!(allowed("[DEFAULT]\nbind_host = ::1\n"));
+        // Anyone else who can call the API must not reach the host's ports.
+        assert!(!allowed(keystone));
+        assert!(!allowed("[DEFAULT]\nbind_host = 0.0.0.0\n"));
+        assert!(!allowed(
+            "[DEFAULT]\ntransport_url = rabbit://u:p@127.0.0.1:5672/\n"
+        ));
+        // Explicit either way.
+        assert!(allowed(&format!(
+            "{keystone}[forwards]\nallow_loopback_targets = true\n"
+        )));
+        assert!(!allowed("[forwards]\nallow_loopback_targets = false\n"));
     }
 }

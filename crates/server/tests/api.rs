@@ -710,3 +710,159 @@ async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
         assert_eq!(body["forward"]["proxy"], "proxy-2", "{body}");
     }
 }
+
+/// Every spelling of a metadata service is refused, on create and on a
+/// retarget, and nothing changes.
+#[tokio::test]
+async fn metadata_service_spellings_are_refused_on_create_and_update() {
+    let h = harness(27800).await;
+    let spellings = [
+        "169.254.169.254",
+        "::ffff:169.254.169.254",
+        "::ffff:a9fe:a9fe",
+        "::169.254.169.254",
+        "::ffff:0:a9fe:a9fe",
+        "64:ff9b::a9fe:a9fe",
+        "2002:a9fe:a9fe::",
+        "2001:0:4136:e378:8000:63bf:5601:5601",
+        "fe80::a9fe:a9fe",
+        "fd00:ec2::254",
+        "fd00:c1::a9fe:a9fe",
+        "100.100.100.200",
+        "168.63.129.16",
+    ];
+    for address in spellings {
+        let (status, body) = h
+            .create(
+                "p1",
+                json!({"protocol": "tcp", "internal_ip_address": address, "internal_port": 80}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{address}: {body}");
+        assert!(
+            error_message(&body).starts_with("invalid internal_ip_address: "),
+            "{address}: {body}"
+        );
+    }
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    for address in spellings {
+        let (status, body) = h
+            .update("p1", &id, json!({"internal_ip_address": address}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{address}: {body}");
+        assert!(
+            error_message(&body).starts_with("invalid internal_ip_address: "),
+            "{address}: {body}"
+        );
+    }
+    let (_, body, _) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
+    assert_eq!(
+        body["forward"]["internal_ip_address"], "127.0.0.1",
+        "{body}"
+    );
+    let (_, body, _) = h
+        .send("GET", "/v1/forwards?all_projects=true", "p1", None)
+        .await;
+    assert_eq!(body["forwards"].as_array().unwrap().len(), 1, "{body}");
+}
+
+/// A forward placed on one proxy may not aim at another proxy's listeners
+/// (the two would loop) nor at its host's other ports.
+#[tokio::test]
+async fn a_target_at_another_proxys_address_is_refused() {
+    let h = harness(27850).await;
+    let store = h._stack.control.store();
+    store
+        .upsert_proxy(
+            "proxy-2",
+            "relay",
+            &[
+                "192.0.2.20".parse().unwrap(),
+                "2001:db8::20".parse().unwrap(),
+            ],
+            navigator_core::PortRange::new(31000, 31099).unwrap(),
+        )
+        .await
+        .unwrap();
+    let cases = [
+        ("192.0.2.20", 31050, "loop into the proxies"),
+        ("::ffff:192.0.2.20", 31000, "loop into the proxies"),
+        ("2001:db8::20", 31099, "loop into the proxies"),
+        ("192.0.2.20", 22, "address of a Navigator proxy"),
+    ];
+    for (address, port, message) in cases {
+        let (status, body) = h
+            .create(
+                "p1",
+                json!({"protocol": "tcp", "internal_ip_address": address, "internal_port": port, "proxy": "proxy-1"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{address}: {body}");
+        assert!(error_message(&body).contains(message), "{address}: {body}");
+    }
+    // A neighbour of proxy-2 is an ordinary target.
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "192.0.2.21", "internal_port": 31050, "proxy": "proxy-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = h
+        .update(
+            "p1",
+            &id,
+            json!({"internal_ip_address": "192.0.2.20", "internal_port": 31050}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        error_message(&body).contains("loop into the proxies"),
+        "{body}"
+    );
+}
+
+/// Loopback targets reach the proxy host's own services: refused by default
+/// unless the server is the noauth demo on loopback.
+#[tokio::test]
+async fn loopback_targets_only_for_the_noauth_demo_by_default() {
+    let loopback = || navigator_api::v1::NewForward {
+        protocol: navigator_core::Protocol::Tcp,
+        internal_ip_address: "127.0.0.1".parse().unwrap(),
+        internal_ports: navigator_core::PortRange::single(9),
+        external_ports: None,
+        external_address: None,
+        instance_id: None,
+        description: String::new(),
+        proxy: None,
+    };
+    // Keystone, option unset. Nothing here asks Keystone anything: the
+    // create goes to the control loop directly.
+    let text = "[DEFAULT]\nauth_strategy = keystone\n\
+                [keystone_authtoken]\nwww_authenticate_uri = http://127.0.0.1:9/v3\n\
+                auth_url = http://127.0.0.1:9/v3\nauth_type = password\n\
+                username = navigator\npassword = x\nproject_name = service\n\
+                user_domain_name = Default\nproject_domain_name = Default\n\
+                [agent]\nport_range = 27960-27969\n";
+    let stack = stack::start(Config::parse("keystone.conf", text).unwrap()).await;
+    let err = stack.control.create("p1", loopback()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("127.0.0.1 is a loopback address"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow_loopback_targets"), "{err}");
+    // The noauth demo on loopback (the default configuration).
+    let stack = stack::start(config(27970)).await;
+    let forward = stack.control.create("p1", loopback()).await.unwrap();
+    assert_eq!(forward.internal_ip_address.to_string(), "127.0.0.1");
+}

@@ -330,7 +330,9 @@ impl Auth {
     }
 
     /// The navigator.conf lines for `[DEFAULT]` and, for Keystone, the
-    /// `[keystone_authtoken]` section: `(default_lines, sections)`.
+    /// `[keystone_authtoken]` section and `[forwards] allow_loopback_targets
+    /// = true` (the echo servers are on loopback, which only the noauth
+    /// demo allows by default): `(default_lines, sections)`.
     pub fn config(&self) -> (String, String) {
         match self {
             Auth::Noauth => ("auth_strategy = noauth\n".to_owned(), String::new()),
@@ -341,7 +343,8 @@ impl Auth {
                     format!(
                         "[keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\
                          username = {user}\npassword = {password}\nproject_name = service\n\
-                         user_domain_name = Default\nproject_domain_name = Default\n",
+                         user_domain_name = Default\nproject_domain_name = Default\n\
+                         [forwards]\nallow_loopback_targets = true\n",
                         url = s.url,
                         user = s.service_user,
                         password = s.service_password,

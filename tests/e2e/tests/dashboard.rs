@@ -181,7 +181,9 @@ fn dashboard_journey_with_keystone() {
              www_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\
              username = {service_user}\npassword = {service_password}\nproject_name = service\n\
              user_domain_name = Default\nproject_domain_name = Default\n\
-             token_cache_time = 0\n"
+             token_cache_time = 0\n\
+             [forwards]\n# The echo servers are on loopback; Keystone mode refuses it by default.\n\
+             allow_loopback_targets = true\n"
         ),
     );
     let server = env.start();

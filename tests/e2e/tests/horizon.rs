@@ -171,7 +171,9 @@ fn a_member_manages_forwards_in_horizon() {
          [keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n\
          username = {user}\npassword = {password}\nproject_name = service\n\
          user_domain_name = Default\nproject_domain_name = Default\n\n\
-         [agent]\nport_range = {first}-{last}\nexternal_addresses = 127.0.0.1\nreport_interval = 1\n",
+         [agent]\nport_range = {first}-{last}\nexternal_addresses = 127.0.0.1\nreport_interval = 1\n\n\
+         [forwards]\n# The echo servers are on loopback; Keystone mode refuses it by default.\n\
+         allow_loopback_targets = true\n",
         url = pre.url,
         user = pre.service_user,
         password = pre.service_password,

@@ -38,7 +38,13 @@ pub async fn start(config: Config) -> Stack {
     let config = Arc::new(config);
     let auth = Arc::new(Auth::from_config(&config).unwrap());
     let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
-    let control = Arc::new(Control::new(store, transport.clone(), config.clone(), true));
+    // Loopback targets as the server would decide them for this config.
+    let control = Arc::new(Control::new(
+        store,
+        transport.clone(),
+        config.clone(),
+        navigator_server::run::loopback_allowed(&config),
+    ));
     let agent = Arc::new(Agent::new(
         AgentConfig {
             host: "proxy-1".into(),
