@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Mutex;
 
 use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
-use navigator_relay::{ListenerId, ListenerSpec, Relay, RelayConfig, RelayError};
+use navigator_relay::{Limit, ListenerId, ListenerSpec, Relay, RelayConfig, RelayError};
 
 use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
 
@@ -14,8 +14,12 @@ use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
 #[derive(Clone, Debug, Default)]
 pub struct RelayBackendConfig {
     pub relay: RelayConfig,
-    /// Concurrent connections per forward; `None` is unlimited.
+    /// Concurrent TCP connections per forward, all its ports together; `None`
+    /// is unlimited.
     pub max_connections_per_forward: Option<usize>,
+    /// Concurrent UDP sessions per forward, all its ports together; `None` is
+    /// unlimited.
+    pub max_udp_sessions_per_forward: Option<usize>,
 }
 
 pub struct RelayBackend {
@@ -99,6 +103,20 @@ impl RelayBackend {
     /// cannot be bound, those already bound are closed again and the reason
     /// names the port, so a forward is never half carried.
     async fn add_listeners(&self, spec: &ForwardSpec) -> Result<(), String> {
+        // One cap for all the forward's ports: a 1,000-port range gets the
+        // forward's limit, not a thousand of them.
+        let limit = match spec.protocol {
+            Protocol::Tcp => Limit::new(
+                format!("forward {}", spec.id),
+                "[relay] max_connections_per_forward",
+                self.config.max_connections_per_forward,
+            ),
+            Protocol::Udp => Limit::new(
+                format!("forward {}", spec.id),
+                "[relay] max_udp_sessions_per_forward",
+                self.config.max_udp_sessions_per_forward,
+            ),
+        };
         for ((listen, target), offset) in spec.pairs().zip(0..) {
             let listener = ListenerSpec {
                 protocol: match spec.protocol {
@@ -107,7 +125,7 @@ impl RelayBackend {
                 },
                 listen,
                 target,
-                max_connections: self.config.max_connections_per_forward,
+                limit: limit.clone(),
             };
             if let Err(e) = self.relay.add(listener_id(spec.id, offset), listener).await {
                 let _ = self.remove_listeners(spec.id, offset).await;
@@ -164,6 +182,10 @@ fn bind_reason(protocol: Protocol, listen: std::net::SocketAddr, e: &RelayError)
             }
             _ => format!("cannot listen on {listen}/{protocol}: {source}"),
         },
+        RelayError::FdBudget { budget, .. } => format!(
+            "cannot listen on {listen}/{protocol}: the relay already holds its budget of {budget} open files \
+             (raise the proxy's RLIMIT_NOFILE or lower [relay] max_connections / max_udp_sessions)"
+        ),
         other => other.to_string(),
     }
 }
