@@ -218,6 +218,20 @@ mod tests {
         assert_eq!(config.backend.backend, "relay");
         assert_eq!(config.port_range.to_string(), "30000-30010");
         assert_eq!(config.report_interval, Duration::from_secs(10));
+        assert_eq!(config.backend.max_connections_per_forward, Some(1024));
+        assert_eq!(config.backend.max_udp_sessions_per_forward, 1024);
+        assert_eq!(
+            config.backend.tcp_idle_timeout,
+            Some(Duration::from_secs(3600))
+        );
+        // Resolved against the open-file limit at start-up.
+        assert_eq!(config.backend.max_connections, None);
+        assert_eq!(config.fd_wanted.relay_connections, None);
+        let text = format!("{RABBIT}[relay]\nmax_connections = 100\nmax_udp_sessions = 50\n");
+        let config = AgentFileConfig::parse("t.conf", &text).unwrap();
+        assert_eq!(config.fd_wanted.relay_connections, Some(100));
+        assert_eq!(config.fd_wanted.udp_sessions, Some(50));
+        assert!(config.fd_wanted.api.is_none());
     }
 
     #[test]

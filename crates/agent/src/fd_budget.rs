@@ -84,10 +84,15 @@ impl FdBudget {
         let relay_connections = match wanted.relay_connections {
             None => relay_fds / 2,
             Some(n) if n.saturating_mul(2) > relay_fds => {
+                let api = if api > 0 {
+                    format!(" and {api} for API connections")
+                } else {
+                    String::new()
+                };
                 return Err(BudgetError(format!(
                     "[relay] max_connections = {n} needs {} open files (two per connection), but \
-                     RLIMIT_NOFILE = {limit} leaves the relay {relay_fds} after {RESERVED} for the process \
-                     and {api} for API connections; lower it (0 derives it) or raise the limit",
+                     RLIMIT_NOFILE = {limit} leaves the relay {relay_fds} after {RESERVED} for the process\
+                     {api}; lower it (0 derives it) or raise the limit",
                     n.saturating_mul(2)
                 )));
             }

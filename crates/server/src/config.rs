@@ -919,6 +919,26 @@ mod tests {
                 "t.conf: [api] max_port_range_size = \"0\": expected a number of ports from 1 to 65535",
             ),
             (
+                "[api]\nheader_timeout = 0\n",
+                "t.conf: [api] header_timeout = \"0\": expected a whole number of seconds from 1 to 3600",
+            ),
+            (
+                "[api]\nrate_limit_burst = 0\n",
+                "t.conf: [api] rate_limit_burst = \"0\": expected a number of requests from 1 to 1000000",
+            ),
+            (
+                "[api]\nmax_connections = -1\n",
+                "t.conf: [api] max_connections = \"-1\": expected a whole number up to 10000000 (0 derives it from the open-file limit)",
+            ),
+            (
+                "[relay]\ntcp_idle_timeout = 1w\n",
+                "t.conf: [relay] tcp_idle_timeout = \"1w\": expected a whole number of seconds from 0 (never) to 604800",
+            ),
+            (
+                "[relay]\nmax_udp_sessions_per_forward = 0\n",
+                "t.conf: [relay] max_udp_sessions_per_forward = \"0\": expected a number of sessions from 1 to 1000000",
+            ),
+            (
                 "[agent]\nexternal_addresses = 0.0.0.0\n",
                 "t.conf: [agent] external_addresses = \"0.0.0.0\": 0.0.0.0 cannot be listened on by a forward; give a unicast address of this host",
             ),
@@ -927,6 +947,28 @@ mod tests {
             let err = Config::parse("t.conf", text).unwrap_err();
             assert_eq!(err.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn limits_defaults_and_zero_meanings() {
+        let config = Config::parse("t.conf", "").unwrap();
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(config.api_max_connections, None);
+        assert_eq!((config.rate_limit, config.rate_limit_burst), (100, 200));
+        assert_eq!(config.relay_max_connections, None);
+        assert_eq!(config.max_connections_per_forward, Some(1024));
+        assert_eq!(config.tcp_idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(config.max_udp_sessions, None);
+        assert_eq!(config.max_udp_sessions_per_forward, 1024);
+        let text = "[api]\nmax_connections = 300\nrate_limit = 0\n[relay]\nmax_connections = 5000\ntcp_idle_timeout = 0\nmax_connections_per_forward = 0\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert_eq!(config.api_max_connections, Some(300));
+        assert_eq!(config.rate_limit, 0);
+        assert_eq!(config.relay_max_connections, Some(5000));
+        assert_eq!(config.tcp_idle_timeout, None);
+        assert_eq!(config.max_connections_per_forward, None);
     }
 
     #[test]
