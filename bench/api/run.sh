@@ -41,6 +41,9 @@ KS=$NAVIGATOR_TEST_KEYSTONE_URL
 cat > "$OUT/noauth.conf" <<CONF
 [DEFAULT]
 bind_port = 0
+[api]
+# The load generator is one client address far above the per-client limit.
+rate_limit = 0
 [agent]
 port_range = 47000-47099
 CONF
@@ -54,6 +57,9 @@ username = $NAVIGATOR_TEST_SERVICE_USER
 password = $NAVIGATOR_TEST_SERVICE_PASSWORD
 project_name = service
 token_cache_time = 300
+[api]
+# The load generator is one client address far above the per-client limit.
+rate_limit = 0
 [agent]
 port_range = 47100-47199
 # The forwards target 127.0.0.1, refused under Keystone by default.

@@ -30,7 +30,11 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("agent", "external_addresses", "127.0.0.1,::1"),
     ("agent", "port_range", "20000-29999"),
     ("agent", "report_interval", "10"),
-    ("relay", "max_connections_per_forward", "0"),
+    ("relay", "max_connections", "0"),
+    ("relay", "max_connections_per_forward", "1024"),
+    ("relay", "tcp_idle_timeout", "3600"),
+    ("relay", "max_udp_sessions", "0"),
+    ("relay", "max_udp_sessions_per_forward", "1024"),
     ("relay", "udp_idle_timeout", "60"),
     ("relay", "connect_timeout", "10"),
 ];
@@ -66,7 +70,12 @@ pub struct AgentFileConfig {
     pub external_addresses: Vec<IpAddr>,
     pub port_range: PortRange,
     pub report_interval: Duration,
+    /// The relay's caps in force are `None` (unbounded) here until
+    /// [`crate::fd_budget::FdBudget::apply`] resolves them at start-up.
     pub backend: BackendOptions,
+    /// `[relay] max_connections` and `max_udp_sessions` as written
+    /// (`None` = derive from the open-file limit).
+    pub fd_wanted: crate::fd_budget::Wanted,
 }
 
 struct Raw {
@@ -168,10 +177,24 @@ impl AgentFileConfig {
                     "max_connections_per_forward",
                     options::max_connections,
                 )?,
+                max_connections: None,
+                max_udp_sessions: None,
+                relay_fds: None,
+                max_udp_sessions_per_forward: raw.parse(
+                    "relay",
+                    "max_udp_sessions_per_forward",
+                    options::udp_sessions,
+                )?,
+                tcp_idle_timeout: raw.parse("relay", "tcp_idle_timeout", options::idle_timeout)?,
                 udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", options::seconds)?,
                 connect_timeout: raw.parse("relay", "connect_timeout", options::seconds)?,
                 shutdown_grace: SHUTDOWN_GRACE,
                 host: host.clone(),
+            },
+            fd_wanted: crate::fd_budget::Wanted {
+                api: None,
+                relay_connections: raw.parse("relay", "max_connections", options::auto_count)?,
+                udp_sessions: raw.parse("relay", "max_udp_sessions", options::auto_count)?,
             },
             host,
         })
@@ -195,6 +218,20 @@ mod tests {
         assert_eq!(config.backend.backend, "relay");
         assert_eq!(config.port_range.to_string(), "30000-30010");
         assert_eq!(config.report_interval, Duration::from_secs(10));
+        assert_eq!(config.backend.max_connections_per_forward, Some(1024));
+        assert_eq!(config.backend.max_udp_sessions_per_forward, 1024);
+        assert_eq!(
+            config.backend.tcp_idle_timeout,
+            Some(Duration::from_secs(3600))
+        );
+        // Resolved against the open-file limit at start-up.
+        assert_eq!(config.backend.max_connections, None);
+        assert_eq!(config.fd_wanted.relay_connections, None);
+        let text = format!("{RABBIT}[relay]\nmax_connections = 100\nmax_udp_sessions = 50\n");
+        let config = AgentFileConfig::parse("t.conf", &text).unwrap();
+        assert_eq!(config.fd_wanted.relay_connections, Some(100));
+        assert_eq!(config.fd_wanted.udp_sessions, Some(50));
+        assert!(config.fd_wanted.api.is_none());
     }
 
     #[test]

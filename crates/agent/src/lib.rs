@@ -7,6 +7,7 @@
 //! that the server cannot rebuild.
 
 pub mod config;
+pub mod fd_budget;
 pub mod options;
 mod service;
 

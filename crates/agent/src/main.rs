@@ -50,6 +50,20 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.debug || args.debug);
+    // Before any socket exists: the relay's caps come from the open-file
+    // limit, and a configuration it cannot hold is a usage error.
+    let mut config = config;
+    let limit = navigator_agent::fd_budget::raise_nofile_limit();
+    match navigator_agent::fd_budget::FdBudget::split(limit, config.fd_wanted) {
+        Ok(budget) => {
+            tracing::info!("fd budget: {budget}");
+            budget.apply(&mut config.backend);
+        }
+        Err(e) => {
+            eprintln!("navigator-agent: {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     match run(config, &path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

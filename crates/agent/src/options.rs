@@ -121,6 +121,36 @@ pub fn max_connections(value: &str) -> Result<Option<usize>, String> {
     }
 }
 
+/// A count where 0 means "derive it from the open-file limit" (`None`), as
+/// `[api] max_connections`, `[relay] max_connections` and
+/// `[relay] max_udp_sessions`.
+pub fn auto_count(value: &str) -> Result<Option<usize>, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Ok(None),
+        Ok(n) if n <= 10_000_000 => Ok(Some(n)),
+        _ => Err(
+            "expected a whole number up to 10000000 (0 derives it from the open-file limit)".into(),
+        ),
+    }
+}
+
+/// `[relay] tcp_idle_timeout`: seconds up to a week; 0 is never (`None`).
+pub fn idle_timeout(value: &str) -> Result<Option<Duration>, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) if n <= 604_800 => Ok(Some(Duration::from_secs(n))),
+        _ => Err("expected a whole number of seconds from 0 (never) to 604800".into()),
+    }
+}
+
+/// `[relay] max_udp_sessions_per_forward`: 1 to 1,000,000.
+pub fn udp_sessions(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a number of sessions from 1 to 1000000".into()),
+    }
+}
+
 /// What [`make_backend`] needs: `[agent] backend` and the options of each
 /// backend.
 #[derive(Clone, Debug)]
@@ -136,7 +166,18 @@ pub struct BackendOptions {
     /// `comment "fwd <id>"` on every nft map element (operator convenience).
     pub nft_element_comments: bool,
     pub iptables_variant: navigator_dataplane::iptables::Variant,
+    /// `[relay] max_connections_per_forward`: shared by a forward's ports.
     pub max_connections_per_forward: Option<usize>,
+    /// `[relay] max_connections`, resolved against the fd budget
+    /// ([`crate::fd_budget`]): relayed TCP connections of the process.
+    pub max_connections: Option<usize>,
+    /// `[relay] max_udp_sessions`, resolved like `max_connections`.
+    pub max_udp_sessions: Option<usize>,
+    pub max_udp_sessions_per_forward: usize,
+    /// Open files the relay may hold in all (listeners, connections, UDP
+    /// sessions, splice pipes); `None` is unbounded.
+    pub relay_fds: Option<usize>,
+    pub tcp_idle_timeout: Option<Duration>,
     pub udp_idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// How long relayed connections may finish after a shutdown.
@@ -168,12 +209,17 @@ pub fn make_backend(options: &BackendOptions) -> Arc<dyn Backend> {
         })),
         _ => Arc::new(RelayBackend::new(RelayBackendConfig {
             relay: RelayConfig {
+                tcp_idle_timeout: options.tcp_idle_timeout,
+                max_connections: options.max_connections,
+                max_udp_sessions: options.max_udp_sessions,
+                max_fds: options.relay_fds,
                 udp_idle_timeout: options.udp_idle_timeout,
                 connect_timeout: options.connect_timeout,
                 shutdown_grace: options.shutdown_grace,
                 ..RelayConfig::default()
             },
             max_connections_per_forward: options.max_connections_per_forward,
+            max_udp_sessions_per_forward: Some(options.max_udp_sessions_per_forward),
         })),
     }
 }

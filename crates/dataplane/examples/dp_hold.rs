@@ -72,6 +72,7 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
         "relay" => Box::new(RelayBackend::new(RelayBackendConfig {
             relay: Default::default(),
             max_connections_per_forward: None,
+            max_udp_sessions_per_forward: None,
         })),
         _ => return Err(format!("unknown backend {name:?}")),
     })

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Mutex;
 
 use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
-use navigator_relay::{ListenerId, ListenerSpec, Relay, RelayConfig, RelayError};
+use navigator_relay::{Limit, ListenerId, ListenerSpec, Relay, RelayConfig, RelayError};
 
 use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
 
@@ -14,8 +14,12 @@ use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
 #[derive(Clone, Debug, Default)]
 pub struct RelayBackendConfig {
     pub relay: RelayConfig,
-    /// Concurrent connections per forward; `None` is unlimited.
+    /// Concurrent TCP connections per forward, all its ports together; `None`
+    /// is unlimited.
     pub max_connections_per_forward: Option<usize>,
+    /// Concurrent UDP sessions per forward, all its ports together; `None` is
+    /// unlimited.
+    pub max_udp_sessions_per_forward: Option<usize>,
 }
 
 pub struct RelayBackend {
@@ -99,6 +103,20 @@ impl RelayBackend {
     /// cannot be bound, those already bound are closed again and the reason
     /// names the port, so a forward is never half carried.
     async fn add_listeners(&self, spec: &ForwardSpec) -> Result<(), String> {
+        // One cap for all the forward's ports: a 1,000-port range gets the
+        // forward's limit, not a thousand of them.
+        let limit = match spec.protocol {
+            Protocol::Tcp => Limit::new(
+                format!("forward {}", spec.id),
+                "[relay] max_connections_per_forward",
+                self.config.max_connections_per_forward,
+            ),
+            Protocol::Udp => Limit::new(
+                format!("forward {}", spec.id),
+                "[relay] max_udp_sessions_per_forward",
+                self.config.max_udp_sessions_per_forward,
+            ),
+        };
         for ((listen, target), offset) in spec.pairs().zip(0..) {
             let listener = ListenerSpec {
                 protocol: match spec.protocol {
@@ -107,7 +125,7 @@ impl RelayBackend {
                 },
                 listen,
                 target,
-                max_connections: self.config.max_connections_per_forward,
+                limit: limit.clone(),
             };
             if let Err(e) = self.relay.add(listener_id(spec.id, offset), listener).await {
                 let _ = self.remove_listeners(spec.id, offset).await;
@@ -164,6 +182,10 @@ fn bind_reason(protocol: Protocol, listen: std::net::SocketAddr, e: &RelayError)
             }
             _ => format!("cannot listen on {listen}/{protocol}: {source}"),
         },
+        RelayError::FdBudget { budget, .. } => format!(
+            "cannot listen on {listen}/{protocol}: the relay already holds its budget of {budget} open files \
+             (raise the proxy's RLIMIT_NOFILE or lower [relay] max_connections / max_udp_sessions)"
+        ),
         other => other.to_string(),
     }
 }
@@ -212,9 +234,10 @@ mod tests {
         backend.shutdown().await;
     }
 
-    /// Three consecutive free ports on loopback, found by probing.
-    fn free_block(n: u16) -> u16 {
-        'search: for first in (43600..43900).step_by(usize::from(n)) {
+    /// `n` consecutive free ports on loopback from `from` (300 ports to
+    /// search; each test its own window, since tests run in parallel).
+    fn free_block(from: u16, n: u16) -> u16 {
+        'search: for first in (from..from + 300).step_by(usize::from(n)) {
             for port in first..first + n {
                 if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
                     continue 'search;
@@ -222,13 +245,63 @@ mod tests {
             }
             return first;
         }
-        panic!("no block of {n} free ports in 43600-43900");
+        panic!("no block of {n} free ports in {from}-{}", from + 300);
+    }
+
+    #[tokio::test]
+    async fn max_connections_per_forward_spans_the_ports_of_a_range() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let backend = RelayBackend::new(RelayBackendConfig {
+            max_connections_per_forward: Some(2),
+            ..RelayBackendConfig::default()
+        });
+        let first = free_block(43900, 3);
+        let range = ForwardSpec {
+            ports: 3,
+            one_target_port: true,
+            ..spec(
+                std::net::SocketAddr::from(([127, 0, 0, 1], first)),
+                "127.0.0.1:9",
+            )
+        };
+        let range = ForwardSpec { target, ..range };
+        let report = backend.apply(&plan(&[range], &[])).await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let mut held = Vec::new();
+        for port in [first, first + 1] {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            s.write_all(b"hi").await.unwrap();
+            let mut buf = [0u8; 2];
+            s.read_exact(&mut buf).await.unwrap();
+            held.push(s);
+        }
+        // The third port is the same forward's: its third connection is closed.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", first + 2))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+        drop(held);
+        backend.shutdown().await;
     }
 
     #[tokio::test]
     async fn a_range_is_one_listener_per_port_and_all_or_nothing() {
         let backend = RelayBackend::new(RelayBackendConfig::default());
-        let first = free_block(3);
+        let first = free_block(43600, 3);
         let range = ForwardSpec {
             ports: 3,
             ..spec(

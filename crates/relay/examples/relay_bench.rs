@@ -86,7 +86,7 @@ async fn serve(args: &[String]) -> Res<()> {
             protocol: Protocol::Tcp,
             listen: l.parse()?,
             target: t.parse()?,
-            max_connections: None,
+            limit: navigator_relay::Limit::unlimited(),
         };
         relay.add(ListenerId(i as u128), spec).await?;
     }

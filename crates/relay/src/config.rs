@@ -20,9 +20,22 @@ pub enum SpliceMode {
 /// Configuration shared by every listener of one [`crate::Relay`].
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
-    /// Close a TCP connection after this long without payload in either direction.
-    /// `None` (the default) keeps idle connections forever, like a plain TCP proxy.
+    /// Close a TCP connection (both sides) after this long without payload in either
+    /// direction, whichever copy engine moves it. `None` (the default) keeps idle
+    /// connections forever, like a plain TCP proxy.
     pub tcp_idle_timeout: Option<Duration>,
+    /// Concurrent TCP connections of the whole relay, all listeners together; `None`
+    /// is unlimited. Beyond it new connections are accepted and closed at once.
+    pub max_connections: Option<usize>,
+    /// Concurrent UDP sessions of the whole relay; `None` is unlimited. Datagrams
+    /// that would open more are dropped. Each listener's [`crate::Limit`] applies too.
+    pub max_udp_sessions: Option<usize>,
+    /// Open files the relay may hold: one per listener and UDP session, two per TCP
+    /// connection and splice pipe. `None` is unbounded. Past it listeners cannot be
+    /// added, connections are closed at once, datagrams of new sessions dropped and
+    /// bulk copies use buffers instead of pipes, so the relay never takes the
+    /// descriptors the rest of its process needs.
+    pub max_fds: Option<usize>,
     /// Forget a UDP session (client address → upstream socket) after this long
     /// without datagrams in either direction.
     pub udp_idle_timeout: Duration,
@@ -30,9 +43,6 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// Copy engine for TCP.
     pub splice: SpliceMode,
-    /// Maximum number of concurrent UDP sessions per listener; datagrams from further
-    /// clients are dropped until a session expires.
-    pub max_udp_sessions: usize,
     /// How long [`crate::Relay::shutdown`] lets live connections finish before cutting them.
     pub shutdown_grace: Duration,
 }
@@ -41,10 +51,12 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             tcp_idle_timeout: None,
+            max_connections: None,
+            max_udp_sessions: None,
+            max_fds: None,
             udp_idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             splice: SpliceMode::default(),
-            max_udp_sessions: 4096,
             shutdown_grace: Duration::from_secs(10),
         }
     }

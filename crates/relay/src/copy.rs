@@ -14,7 +14,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use socket2::SockRef;
@@ -22,6 +22,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::SpliceMode;
+use crate::limits::Caps;
 
 /// Buffer for the buffered copy: the per-thread scratch buffer's size.
 const BUF_SIZE: usize = 64 * 1024;
@@ -56,23 +57,38 @@ const PIPE_SIZE: usize = 1 << 20;
 const POOL_CAP: usize = 32;
 
 /// Pool of empty pipes. Returning pipes only when empty is what makes reuse safe.
+/// Every pipe, pooled or lent, holds two of the relay's open files
+/// ([`Caps::fds`]); when the budget has no room, [`PipePool::get`] fails and the
+/// copy falls back to a buffer for that chunk.
 pub(crate) struct PipePool {
     #[cfg(target_os = "linux")]
     free: Mutex<Vec<Pipe>>,
     #[cfg(not(target_os = "linux"))]
     free: Mutex<Vec<()>>,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    caps: Arc<Caps>,
 }
 
 #[cfg(target_os = "linux")]
 pub(crate) struct Pipe {
     read: std::os::fd::OwnedFd,
     write: std::os::fd::OwnedFd,
+    /// Gets the pipe's two open files back when it is closed.
+    caps: Arc<Caps>,
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.caps.fds.give_back(2);
+    }
 }
 
 impl PipePool {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(caps: Arc<Caps>) -> Self {
         PipePool {
             free: Mutex::new(Vec::new()),
+            caps,
         }
     }
 }
@@ -89,11 +105,26 @@ impl PipePool {
             return Ok(p);
         }
         use rustix::pipe::{PipeFlags, pipe_with};
-        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        if !self.caps.fds.try_take(2) {
+            return Err(io::Error::other(
+                "the relay's open-file budget has no room for a pipe",
+            ));
+        }
+        let (read, write) = match pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                self.caps.fds.give_back(2);
+                return Err(e.into());
+            }
+        };
         // Bigger pipes mean fewer splice calls per megabyte. Best effort: the kernel
         // caps it (pipe-max-size, per-user pipe quota) and the default 64 KiB still works.
         let _ = rustix::pipe::fcntl_setpipe_size(&read, PIPE_SIZE);
-        Ok(Pipe { read, write })
+        Ok(Pipe {
+            read,
+            write,
+            caps: Arc::clone(&self.caps),
+        })
     }
 
     /// Only call with an empty pipe.

@@ -24,6 +24,15 @@ pub enum RelayError {
         #[source]
         source: io::Error,
     },
+    /// The relay holds as many open files as [`crate::RelayConfig::max_fds`] allows.
+    #[error(
+        "cannot listen on {protocol} {addr}: the relay's budget of {budget} open files is used up"
+    )]
+    FdBudget {
+        addr: SocketAddr,
+        protocol: Protocol,
+        budget: usize,
+    },
     /// `add` was called after `shutdown`.
     #[error("relay is shut down")]
     ShutDown,

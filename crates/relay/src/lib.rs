@@ -8,6 +8,7 @@
 mod config;
 mod copy;
 mod error;
+mod limits;
 mod tcp;
 mod udp;
 
@@ -25,6 +26,9 @@ use tracing::info;
 
 pub use config::{RelayConfig, SpliceMode};
 pub use error::RelayError;
+pub use limits::{GateStats, Limit};
+
+use limits::{Caps, Gate};
 
 /// Transport protocol of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,9 +64,10 @@ pub struct ListenerSpec {
     /// reports the port actually bound.
     pub listen: SocketAddr,
     pub target: SocketAddr,
-    /// Concurrent TCP connections (or UDP sessions) allowed; `None` = unlimited
-    /// (UDP is additionally capped by [`RelayConfig::max_udp_sessions`]).
-    pub max_connections: Option<usize>,
+    /// Concurrent TCP connections (or UDP sessions) allowed, shared with every
+    /// other listener given a clone of the same [`Limit`] (e.g. all ports of one
+    /// forward). The relay-wide caps of [`RelayConfig`] apply too.
+    pub limit: Limit,
 }
 
 /// Counters of one listener. Byte counts are payload bytes relayed so far.
@@ -73,7 +78,8 @@ pub struct ListenerStats {
     /// TCP connections accepted and admitted / UDP sessions opened (refused ones are
     /// counted in `refused` only).
     pub accepted: u64,
-    /// Connections closed (or UDP datagrams dropped) because the limit was reached.
+    /// Connections closed (or UDP datagrams dropped) because a limit (the
+    /// listener's, the relay's, or the open-file budget) was reached.
     pub refused: u64,
     /// TCP connections whose target could not be reached in time.
     pub connect_failures: u64,
@@ -89,8 +95,9 @@ pub(crate) struct ListenerShared {
     /// Address actually bound (port 0 resolved).
     pub(crate) listen: SocketAddr,
     target: RwLock<SocketAddr>,
-    /// `usize::MAX` encodes "unlimited" so the hot path is one atomic load.
-    limit: AtomicUsize,
+    pub(crate) limit: Limit,
+    /// The relay's process-wide caps.
+    pub(crate) caps: Arc<Caps>,
     pub(crate) active: AtomicUsize,
     pub(crate) accepted: AtomicU64,
     pub(crate) refused: AtomicU64,
@@ -112,42 +119,80 @@ impl ListenerShared {
     pub(crate) fn target(&self) -> SocketAddr {
         *self.target.read().unwrap_or_else(PoisonError::into_inner)
     }
-
-    pub(crate) fn limit(&self) -> usize {
-        self.limit.load(Ordering::Relaxed)
-    }
-
-    fn max_connections(&self) -> Option<usize> {
-        match self.limit() {
-            usize::MAX => None,
-            n => Some(n),
-        }
-    }
 }
 
-/// Decrements the listener's active count when a connection / session ends.
+/// One admitted TCP connection or UDP session: a unit of the listener's
+/// [`Limit`], of the relay's TCP or UDP cap, and its open files. Dropping it
+/// gives all of them back.
 pub(crate) struct ActiveGuard(pub(crate) Arc<ListenerShared>);
 
 impl ActiveGuard {
-    /// Claims a slot if the listener is under its limit.
-    pub(crate) fn try_acquire(shared: &Arc<ListenerShared>, cap: usize) -> Option<ActiveGuard> {
-        let limit = shared.limit().min(cap);
-        // fetch_update rather than load+add so two racing accepts cannot both take
-        // the last slot.
-        shared
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ActiveGuard(Arc::clone(shared)))
+    /// Claims a slot if the listener's limit, the relay's cap for its protocol
+    /// and the open-file budget all have room. A refusal is counted (and warned
+    /// about once per episode) on the cap that refused.
+    pub(crate) fn try_acquire(shared: &Arc<ListenerShared>) -> Option<ActiveGuard> {
+        let caps = &shared.caps;
+        let (process, fds, what, option) = match shared.protocol {
+            Protocol::Tcp => (&caps.tcp, 2, "TCP connections", "[relay] max_connections"),
+            Protocol::Udp => (&caps.udp, 1, "UDP sessions", "[relay] max_udp_sessions"),
+        };
+        let limit = shared.limit.gate();
+        let refused = || {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        if !limit.try_take(1) {
+            shared.limit.warn_refused(what);
+            return refused();
+        }
+        if !process.try_take(1) {
+            limit.give_back(1);
+            Caps::warn(process, what, option);
+            return refused();
+        }
+        if !caps.fds.try_take(fds) {
+            limit.give_back(1);
+            process.give_back(1);
+            Caps::warn(
+                &caps.fds,
+                "open files",
+                "the open-file limit (RLIMIT_NOFILE), or lower the relay's connection caps",
+            );
+            return refused();
+        }
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        Some(ActiveGuard(Arc::clone(shared)))
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        let shared = &self.0;
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared.limit.gate().give_back(1);
+        let caps = &shared.caps;
+        match shared.protocol {
+            Protocol::Tcp => {
+                caps.tcp.give_back(1);
+                caps.fds.give_back(2);
+            }
+            Protocol::Udp => {
+                caps.udp.give_back(1);
+                caps.fds.give_back(1);
+            }
+        }
     }
+}
+
+/// Counters of the relay's process-wide caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Relayed TCP connections ([`RelayConfig::max_connections`]).
+    pub tcp: GateStats,
+    /// UDP sessions ([`RelayConfig::max_udp_sessions`]).
+    pub udp: GateStats,
+    /// Open files held by the relay ([`RelayConfig::max_fds`]).
+    pub fds: GateStats,
 }
 
 struct ListenerEntry {
@@ -160,6 +205,7 @@ struct ListenerEntry {
 struct Inner {
     config: RelayConfig,
     listeners: Mutex<HashMap<ListenerId, ListenerEntry>>,
+    caps: Arc<Caps>,
     shut_down: AtomicBool,
     /// Relay-wide pool of empty pipes for splice, so idle connections hold none.
     pipes: Arc<copy::PipePool>,
@@ -183,13 +229,29 @@ impl fmt::Debug for Relay {
 
 impl Relay {
     pub fn new(config: RelayConfig) -> Relay {
+        let caps = Arc::new(Caps {
+            tcp: Gate::new(config.max_connections),
+            udp: Gate::new(config.max_udp_sessions),
+            fds: Gate::new(config.max_fds),
+        });
         Relay {
             inner: Arc::new(Inner {
                 config,
                 listeners: Mutex::new(HashMap::new()),
+                pipes: Arc::new(copy::PipePool::new(Arc::clone(&caps))),
+                caps,
                 shut_down: AtomicBool::new(false),
-                pipes: Arc::new(copy::PipePool::new()),
             }),
+        }
+    }
+
+    /// Counters of the process-wide caps.
+    pub fn relay_stats(&self) -> RelayStats {
+        let caps = &self.inner.caps;
+        RelayStats {
+            tcp: caps.tcp.counts(),
+            udp: caps.udp.counts(),
+            fds: caps.fds.counts(),
         }
     }
 
@@ -217,19 +279,34 @@ impl Relay {
             protocol: spec.protocol,
             source,
         };
+        // The listening socket is an open file of the relay's budget.
+        if !self.inner.caps.fds.try_take(1) {
+            return Err(RelayError::FdBudget {
+                addr: spec.listen,
+                protocol: spec.protocol,
+                budget: self.inner.caps.fds.max().unwrap_or(usize::MAX),
+            });
+        }
         // Bind synchronously, under the lock, so a failure is reported to this caller
         // and two concurrent adds of the same id cannot both bind.
-        let socket = match spec.protocol {
+        let bound = match spec.protocol {
             Protocol::Tcp => tcp::bind(spec.listen).map(Bound::Tcp),
             Protocol::Udp => udp::bind(spec.listen).map(Bound::Udp),
         }
-        .map_err(bind_err)?;
-        let listen = socket.local_addr().map_err(bind_err)?;
+        .and_then(|socket| Ok((socket.local_addr()?, socket)));
+        let (listen, socket) = match bound {
+            Ok(bound) => bound,
+            Err(e) => {
+                self.inner.caps.fds.give_back(1);
+                return Err(bind_err(e));
+            }
+        };
         let shared = Arc::new(ListenerShared {
             protocol: spec.protocol,
             listen,
             target: RwLock::new(spec.target),
-            limit: AtomicUsize::new(spec.max_connections.unwrap_or(usize::MAX)),
+            limit: spec.limit.clone(),
+            caps: Arc::clone(&self.inner.caps),
             active: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -258,7 +335,7 @@ impl Relay {
             )),
         };
         info!(listener = %id, protocol = %spec.protocol, %listen, target = %spec.target,
-            max_connections = ?spec.max_connections, "relay listener added");
+            limit = ?spec.limit.max(), "relay listener added");
         map.insert(
             id,
             ListenerEntry {
@@ -289,8 +366,9 @@ impl Relay {
         Ok(())
     }
 
-    /// Changes the per-listener connection limit (`None` = unlimited). Lowering it
-    /// does not close live connections; it only refuses new ones until under the limit.
+    /// Changes the maximum of the listener's [`Limit`] (`None` = unlimited), and so
+    /// of every listener sharing it. Lowering it does not close live connections; it
+    /// only refuses new ones until under the limit.
     pub fn set_max_connections(
         &self,
         id: ListenerId,
@@ -298,10 +376,7 @@ impl Relay {
     ) -> Result<(), RelayError> {
         let map = self.lock();
         let entry = map.get(&id).ok_or(RelayError::NotFound(id))?;
-        entry
-            .shared
-            .limit
-            .store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+        entry.shared.limit.set_max(max);
         info!(listener = %id, max_connections = ?max, "relay listener limit changed");
         Ok(())
     }
@@ -315,6 +390,7 @@ impl Relay {
         // The accept task owns the listening socket; once it has returned the socket
         // is closed. UDP session tasks hold the socket too, hence waiting on `tasks`.
         let _ = entry.accept_task.await;
+        self.inner.caps.fds.give_back(1);
         entry.shared.tasks.close();
         entry.shared.tasks.wait().await;
         info!(listener = %id, listen = %entry.shared.listen, "relay listener removed");
@@ -332,7 +408,7 @@ impl Relay {
                     protocol: s.protocol,
                     listen: s.listen,
                     target: s.target(),
-                    max_connections: s.max_connections(),
+                    limit: s.limit.clone(),
                 };
                 (*id, spec)
             })

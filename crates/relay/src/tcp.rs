@@ -81,11 +81,11 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((client, peer)) => {
-                let Some(guard) = ActiveGuard::try_acquire(&shared, usize::MAX) else {
-                    // Over the limit: close right away so the client fails fast instead of
-                    // hanging in the backlog.
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                    debug!(listen = %shared.listen, %peer, limit = shared.limit(), "connection limit reached; closing");
+                let Some(guard) = ActiveGuard::try_acquire(&shared) else {
+                    // Over a limit: close right away so the client fails fast instead of
+                    // hanging in the backlog, where it would also hold the kernel's
+                    // memory and make every client behind it wait for a slot.
+                    debug!(listen = %shared.listen, %peer, "connection limit reached; closing");
                     drop(client);
                     continue;
                 };

@@ -86,8 +86,7 @@ pub(crate) async fn serve(
         let upstream = match existing {
             Some(u) => u,
             None => {
-                let Some(guard) = ActiveGuard::try_acquire(&shared, config.max_udp_sessions) else {
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                let Some(guard) = ActiveGuard::try_acquire(&shared) else {
                     debug!(listen = %shared.listen, %client, "udp session limit reached; dropping datagram");
                     continue;
                 };

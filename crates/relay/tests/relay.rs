@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use navigator_relay::{
-    ListenerId, ListenerSpec, Protocol, Relay, RelayConfig, RelayError, SpliceMode,
+    Limit, ListenerId, ListenerSpec, Protocol, Relay, RelayConfig, RelayError, SpliceMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -53,7 +53,7 @@ async fn relay_tcp(
                 protocol: Protocol::Tcp,
                 listen: addr(listen),
                 target,
-                max_connections: max,
+                limit: Limit::new("test", "max", max),
             },
         )
         .await
@@ -236,7 +236,7 @@ async fn connection_limit() {
         .expect("set max");
     let mut e = TcpStream::connect(front).await.expect("e");
     round_trip(&mut e, b"e").await;
-    assert_eq!(relay.listeners()[0].1.max_connections, None);
+    assert_eq!(relay.listeners()[0].1.limit.max(), None);
 }
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn bind_errors() {
         protocol: Protocol::Tcp,
         listen: port,
         target: port,
-        max_connections: None,
+        limit: Limit::unlimited(),
     };
     match relay.add(ListenerId(1), spec.clone()).await {
         Err(RelayError::Bind {
@@ -338,7 +338,7 @@ async fn bind_errors() {
                 protocol: Protocol::Udp,
                 listen: udp_taken.local_addr().expect("addr"),
                 target: port,
-                max_connections: None,
+                limit: Limit::unlimited(),
             },
         )
         .await
@@ -370,7 +370,7 @@ async fn relay_udp(relay: &Relay, id: u128, target: SocketAddr) -> SocketAddr {
                 protocol: Protocol::Udp,
                 listen: addr(V4),
                 target,
-                max_connections: None,
+                limit: Limit::unlimited(),
             },
         )
         .await
@@ -441,7 +441,7 @@ async fn udp_idle_expiry() {
 #[tokio::test]
 async fn udp_retarget_and_session_cap() {
     let relay = Relay::new(RelayConfig {
-        max_udp_sessions: 1,
+        max_udp_sessions: Some(1),
         ..RelayConfig::default()
     });
     let a = udp_echo(b'A').await;
@@ -511,7 +511,7 @@ async fn shutdown_drains_live_connections() {
                     protocol: Protocol::Tcp,
                     listen: addr(V4),
                     target: echo,
-                    max_connections: None
+                    limit: Limit::unlimited()
                 }
             )
             .await,

@@ -66,19 +66,29 @@ fn routes() -> OpenApiRouter<AppState> {
 pub fn openapi() -> OpenApiDoc {
     let mut doc = routes().split_for_parts().1;
     crate::openapi_auth::document(&mut doc);
+    crate::ratelimit::document(&mut doc);
     doc
 }
 
 /// The full application for `state`: the REST API, with the built-in
-/// dashboard (`/dashboard`, HTML, not in the OpenAPI document) in front.
+/// dashboard (`/dashboard`, HTML, not in the OpenAPI document) in front,
+/// behind the per-client rate limit (`[api] rate_limit`).
 pub fn router(state: AppState) -> Router {
-    crate::dashboard::mount(api_router(state.clone()), &state)
+    let app = crate::dashboard::mount(api_router(state.clone()), &state);
+    match crate::ratelimit::RateLimit::new(state.config.rate_limit, state.config.rate_limit_burst) {
+        Some(limit) => app.layer(axum::middleware::from_fn_with_state(
+            limit,
+            crate::ratelimit::limit,
+        )),
+        None => app,
+    }
 }
 
 /// The REST API alone (the dashboard calls it in process).
 fn api_router(state: AppState) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     crate::openapi_auth::document(&mut doc);
+    crate::ratelimit::document(&mut doc);
     let doc = Arc::new(doc);
     let body_limit = state.config.max_request_body_size;
     router

@@ -82,6 +82,42 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "api",
+        key: "header_timeout",
+        default: "10",
+        help: "Seconds a client has to send a request's line and headers, counted from its first byte (or from connecting, for a connection's first request); a connection that sends nothing or half a header is closed after it (1-3600).",
+    },
+    OptionDoc {
+        section: "api",
+        key: "body_timeout",
+        default: "30",
+        help: "Seconds a client has to send a whole request body once its headers are in; a slower body is answered HTTP 408 and the connection closed (1-3600).",
+    },
+    OptionDoc {
+        section: "api",
+        key: "keepalive_timeout",
+        default: "60",
+        help: "Seconds a kept-alive connection may stay idle between a response and the next request before the server closes it (1-3600).",
+    },
+    OptionDoc {
+        section: "api",
+        key: "max_connections",
+        default: "0",
+        help: "Concurrent API connections. Beyond it, a new connection is answered HTTP 503 and closed at once (logged once per burst). 0: derived from the open-file limit (RLIMIT_NOFILE): an eighth of what the process reserve leaves, from 64 to 1024; the split is logged at start-up (\"fd budget: ...\"). A value the limit cannot hold stops start-up.",
+    },
+    OptionDoc {
+        section: "api",
+        key: "rate_limit",
+        default: "100",
+        help: "Requests per second allowed to one client address (IPv6: its /64), with rate_limit_burst on top; more get HTTP 429 with Retry-After. /healthcheck and /metrics have a separate budget of the same size, so a flood of API requests from a monitor's address does not fail its checks. 0 turns rate limiting off (e.g. behind a load balancer, where every client has its address).",
+    },
+    OptionDoc {
+        section: "api",
+        key: "rate_limit_burst",
+        default: "200",
+        help: "Requests one client address may send at once before rate_limit applies (1-1000000).",
+    },
+    OptionDoc {
+        section: "api",
         key: "max_port_range_size",
         default: "1000",
         help: "Most ports one forward may cover with external_port_range/internal_port_range (1-65535). Each port is a listener, map element or socat process on the proxy and a row in the database.",
@@ -304,9 +340,33 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "relay",
-        key: "max_connections_per_forward",
+        key: "max_connections",
         default: "0",
-        help: "Concurrent TCP connections per forward in the relay backend; 0 is unlimited.",
+        help: "Concurrent relayed TCP connections of the whole process (relay backend), all forwards together; each costs two open files. Beyond it new connections are accepted and closed at once, with one warning per episode. 0: derived from the open-file limit (RLIMIT_NOFILE): half of what the process reserve and the API leave, as logged at start-up (\"fd budget: ...\"). A value the limit cannot hold stops start-up.",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "max_connections_per_forward",
+        default: "1024",
+        help: "Concurrent TCP connections of one forward in the relay backend, all ports of a port range together, so that one forward cannot take the whole process's connections; beyond it that forward's new connections are closed at once (one warning per forward per episode). 0 is unlimited (only max_connections applies).",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "tcp_idle_timeout",
+        default: "3600",
+        help: "Seconds a relayed TCP connection may carry no payload in either direction before the relay closes both sides (0 never closes idle connections; 0-604800). Clients that must stay idle longer send TCP or application keep-alives.",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "max_udp_sessions",
+        default: "0",
+        help: "UDP sessions (client addresses with a live upstream socket, one open file each) of the whole process in the relay backend; datagrams that would open more are dropped, with one warning per episode. 0: a quarter of the relay's share of the open-file limit.",
+    },
+    OptionDoc {
+        section: "relay",
+        key: "max_udp_sessions_per_forward",
+        default: "1024",
+        help: "UDP sessions of one forward in the relay backend, all ports of a port range together; datagrams of further clients are dropped until a session expires (one warning per forward per episode). 1-1000000.",
     },
     OptionDoc {
         section: "relay",
@@ -344,6 +404,15 @@ pub struct Config {
     pub transport_url: String,
     pub database_connection: Option<String>,
     pub max_request_body_size: usize,
+    /// `[api]` timeouts and caps of the HTTP listener.
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    /// `[api] max_connections`; `None` = derived from the fd budget.
+    pub api_max_connections: Option<usize>,
+    /// `[api] rate_limit` (requests/s per client; 0 = off) and its burst.
+    pub rate_limit: u32,
+    pub rate_limit_burst: u32,
     /// `[api] max_port_range_size`: most ports in one forward's range.
     pub max_port_range_size: u32,
     pub default_project_id: String,
@@ -369,6 +438,12 @@ pub struct Config {
     pub rpc_timeout: Duration,
     pub resync_interval: Duration,
     pub max_connections_per_forward: Option<usize>,
+    /// `[relay] max_connections`; `None` = derived from the fd budget.
+    pub relay_max_connections: Option<usize>,
+    pub tcp_idle_timeout: Option<Duration>,
+    /// `[relay] max_udp_sessions`; `None` = derived from the fd budget.
+    pub max_udp_sessions: Option<usize>,
+    pub max_udp_sessions_per_forward: usize,
     pub udp_idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// `[nova]`: listening to Nova's notifications.
@@ -484,6 +559,22 @@ impl Config {
                     _ => Err("expected a size in bytes from 1024 to 16777216".into()),
                 }
             })?,
+            header_timeout: raw.parse("api", "header_timeout", short_seconds)?,
+            body_timeout: raw.parse("api", "body_timeout", short_seconds)?,
+            keepalive_timeout: raw.parse("api", "keepalive_timeout", short_seconds)?,
+            api_max_connections: raw.parse(
+                "api",
+                "max_connections",
+                navigator_agent::options::auto_count,
+            )?,
+            rate_limit: raw.parse("api", "rate_limit", |v| match v.parse::<u32>() {
+                Ok(n) if n <= 1_000_000 => Ok(n),
+                _ => Err("expected requests per second from 0 (off) to 1000000".into()),
+            })?,
+            rate_limit_burst: raw.parse("api", "rate_limit_burst", |v| match v.parse::<u32>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+                _ => Err("expected a number of requests from 1 to 1000000".into()),
+            })?,
             max_port_range_size: raw.parse("api", "max_port_range_size", |v| {
                 match v.parse::<u32>() {
                     Ok(n) if (1..=65535).contains(&n) => Ok(n),
@@ -543,11 +634,40 @@ impl Config {
                 "max_connections_per_forward",
                 navigator_agent::options::max_connections,
             )?,
+            relay_max_connections: raw.parse(
+                "relay",
+                "max_connections",
+                navigator_agent::options::auto_count,
+            )?,
+            tcp_idle_timeout: raw.parse(
+                "relay",
+                "tcp_idle_timeout",
+                navigator_agent::options::idle_timeout,
+            )?,
+            max_udp_sessions: raw.parse(
+                "relay",
+                "max_udp_sessions",
+                navigator_agent::options::auto_count,
+            )?,
+            max_udp_sessions_per_forward: raw.parse(
+                "relay",
+                "max_udp_sessions_per_forward",
+                navigator_agent::options::udp_sessions,
+            )?,
             udp_idle_timeout: raw.parse("relay", "udp_idle_timeout", seconds)?,
             connect_timeout: raw.parse("relay", "connect_timeout", seconds)?,
             nova: NovaConfig::parse(&raw)?,
             unknown_options,
         })
+    }
+}
+
+/// `[api]` timeouts: whole seconds from 1 to 3600 (an hour is already far
+/// longer than any honest client needs to send a request).
+fn short_seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (1..=3600).contains(&n) => Ok(Duration::from_secs(n)),
+        _ => Err("expected a whole number of seconds from 1 to 3600".into()),
     }
 }
 
@@ -799,6 +919,26 @@ mod tests {
                 "t.conf: [api] max_port_range_size = \"0\": expected a number of ports from 1 to 65535",
             ),
             (
+                "[api]\nheader_timeout = 0\n",
+                "t.conf: [api] header_timeout = \"0\": expected a whole number of seconds from 1 to 3600",
+            ),
+            (
+                "[api]\nrate_limit_burst = 0\n",
+                "t.conf: [api] rate_limit_burst = \"0\": expected a number of requests from 1 to 1000000",
+            ),
+            (
+                "[api]\nmax_connections = -1\n",
+                "t.conf: [api] max_connections = \"-1\": expected a whole number up to 10000000 (0 derives it from the open-file limit)",
+            ),
+            (
+                "[relay]\ntcp_idle_timeout = 1w\n",
+                "t.conf: [relay] tcp_idle_timeout = \"1w\": expected a whole number of seconds from 0 (never) to 604800",
+            ),
+            (
+                "[relay]\nmax_udp_sessions_per_forward = 0\n",
+                "t.conf: [relay] max_udp_sessions_per_forward = \"0\": expected a number of sessions from 1 to 1000000",
+            ),
+            (
                 "[agent]\nexternal_addresses = 0.0.0.0\n",
                 "t.conf: [agent] external_addresses = \"0.0.0.0\": 0.0.0.0 cannot be listened on by a forward; give a unicast address of this host",
             ),
@@ -807,6 +947,28 @@ mod tests {
             let err = Config::parse("t.conf", text).unwrap_err();
             assert_eq!(err.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn limits_defaults_and_zero_meanings() {
+        let config = Config::parse("t.conf", "").unwrap();
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.body_timeout, Duration::from_secs(30));
+        assert_eq!(config.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(config.api_max_connections, None);
+        assert_eq!((config.rate_limit, config.rate_limit_burst), (100, 200));
+        assert_eq!(config.relay_max_connections, None);
+        assert_eq!(config.max_connections_per_forward, Some(1024));
+        assert_eq!(config.tcp_idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(config.max_udp_sessions, None);
+        assert_eq!(config.max_udp_sessions_per_forward, 1024);
+        let text = "[api]\nmax_connections = 300\nrate_limit = 0\n[relay]\nmax_connections = 5000\ntcp_idle_timeout = 0\nmax_connections_per_forward = 0\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert_eq!(config.api_max_connections, Some(300));
+        assert_eq!(config.rate_limit, 0);
+        assert_eq!(config.relay_max_connections, Some(5000));
+        assert_eq!(config.tcp_idle_timeout, None);
+        assert_eq!(config.max_connections_per_forward, None);
     }
 
     #[test]

@@ -26,6 +26,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request body did not arrive within `[api] body_timeout`.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// Over the client's `[api] rate_limit`; `retry_after` is when the next
+    /// request would be accepted.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A dependency (database, agent transport) is down; the message says
     /// which, and nothing was changed.
     #[error("{0}")]
@@ -44,6 +54,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,6 +115,15 @@ impl IntoResponse for ApiError {
             message,
         );
         let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            // Whole seconds, rounded up: a client that waits this long is
+            // accepted.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
         if let ApiError::Unauthorized { uri, .. } = &self {
             // What keystonemiddleware sends, so clients know where to log in.
             let value = format!("Keystone uri=\"{}\"", uri.replace('"', "%22"));

@@ -1,13 +1,15 @@
 //! Start-up and shutdown of `navigator-server`: configuration, logging, the
-//! store, the RPC transport, the in-process agent (all-in-one only; in
-//! cluster mode `navigator-agent` processes report over RabbitMQ) and the HTTP
-//! listener, in that order, and the reverse on SIGINT/SIGTERM.
+//! open-file budget, the store, the RPC transport, the in-process agent
+//! (all-in-one only; in cluster mode `navigator-agent` processes report over
+//! RabbitMQ) and the HTTP listener ([`crate::http`]), in that order, and the
+//! reverse on SIGINT/SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
+use navigator_agent::fd_budget::{FdBudget, Wanted};
 use navigator_agent::options::{BackendOptions, log_preflight, make_backend};
 use navigator_agent::{Agent, AgentConfig};
 use navigator_rpc::Transport;
@@ -116,6 +118,8 @@ pub fn main(args: Args) -> Result<(), StartError> {
             command: ConfigCommand::Check,
         }) => {
             check_serving_policy(&config, &args)?;
+            let budget = fd_budget(&config)?;
+            println!("open files: {budget}");
             println!(
                 "configuration OK: API on {}:{}, database {}, backend {}, proxy addresses {}, ports {}",
                 config.bind_host,
@@ -134,7 +138,9 @@ pub fn main(args: Args) -> Result<(), StartError> {
         }
         _ => {
             check_serving_policy(&config, &args)?;
-            runtime_builder()?.block_on(serve(Arc::new(config), database_url))
+            let budget = fd_budget(&config)?;
+            tracing::info!("fd budget: {budget}");
+            runtime_builder()?.block_on(serve(Arc::new(config), database_url, budget))
         }
     }
 }
@@ -164,6 +170,22 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
         )));
     }
     Ok(())
+}
+
+/// Splits the open-file limit between the process, the API's connections
+/// and the relay (after raising the soft limit to the hard one); explicit
+/// caps the limit cannot hold are a usage error (exit 64).
+fn fd_budget(config: &Config) -> Result<FdBudget, StartError> {
+    let limit = navigator_agent::fd_budget::raise_nofile_limit();
+    FdBudget::split(
+        limit,
+        Wanted {
+            api: Some(config.api_max_connections),
+            relay_connections: config.relay_max_connections,
+            udp_sessions: config.max_udp_sessions,
+        },
+    )
+    .map_err(usage)
 }
 
 fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
@@ -199,7 +221,11 @@ fn is_cluster(config: &Config) -> bool {
 
 /// Serves all-in-one (in-process agent) or, with a rabbit:// transport,
 /// cluster mode (API and control only; agents report over RabbitMQ).
-async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartError> {
+async fn serve(
+    config: Arc<Config>,
+    database_url: String,
+    budget: FdBudget,
+) -> Result<(), StartError> {
     let cluster = is_cluster(&config);
     let store = Store::connect(&database_url).await.map_err(runtime)?;
     if cluster {
@@ -255,7 +281,7 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
     tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
 
     if !cluster {
-        start_local_agent(&config, &control, &transport, &tasks, &shutdown).await?;
+        start_local_agent(&config, &budget, &control, &transport, &tasks, &shutdown).await?;
     }
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
     tasks.spawn(control.clone().watch_failures(shutdown.child_token()));
@@ -286,10 +312,19 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
     print_banner(&config, &public_url, &database_url);
     tracing::info!(%public_url, "serving");
 
-    let http_shutdown = shutdown.clone();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        http_shutdown.cancelled().await;
-    });
+    let limits = crate::http::Limits {
+        header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
+        keepalive_timeout: config.keepalive_timeout,
+        max_connections: budget.api,
+    };
+    let server = crate::http::serve(
+        listener,
+        router(state),
+        limits,
+        shutdown.clone(),
+        SHUTDOWN_GRACE,
+    );
     let signal = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -300,7 +335,7 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
             shutdown.cancel();
         }
     });
-    let served = server.await;
+    server.await;
     shutdown.cancel();
     if let Some(nova) = &nova {
         // A notification being handled now is redelivered to another server.
@@ -318,7 +353,6 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
         amqp.close().await;
     }
     store.close().await;
-    served.context("the HTTP server failed").map_err(runtime)?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -328,12 +362,15 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
 /// restart is invisible to clients.
 async fn start_local_agent(
     config: &Config,
+    budget: &FdBudget,
     control: &Arc<Control>,
     transport: &Arc<dyn Transport>,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(), StartError> {
-    let backend = make_backend(&backend_options(config));
+    let mut options = backend_options(config);
+    budget.apply(&mut options);
+    let backend = make_backend(&options);
     log_preflight(backend.as_ref(), config.port_range).await;
     let agent = Arc::new(Agent::new(
         AgentConfig {
@@ -368,6 +405,12 @@ fn backend_options(config: &Config) -> BackendOptions {
         nft_element_comments: config.nft_element_comments,
         iptables_variant: config.iptables_variant,
         max_connections_per_forward: config.max_connections_per_forward,
+        // Resolved from the fd budget by the caller.
+        max_connections: None,
+        max_udp_sessions: None,
+        relay_fds: None,
+        max_udp_sessions_per_forward: config.max_udp_sessions_per_forward,
+        tcp_idle_timeout: config.tcp_idle_timeout,
         udp_idle_timeout: config.udp_idle_timeout,
         connect_timeout: config.connect_timeout,
         shutdown_grace: SHUTDOWN_GRACE,
