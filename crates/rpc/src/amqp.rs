@@ -284,21 +284,40 @@ async fn connect_host(host: &Host, broker: &Broker) -> lapin::Result<Connection>
     .await
 }
 
-/// A hint for the usual causes of a failed connect, after the error itself.
+/// A hint for the usual causes of a failed connect, after the error itself
+/// (rustls's and lapin's texts name the symptom, not the option to fix).
 fn hint(broker: &Broker, error: &lapin::Error) -> &'static str {
     let text = error.to_string();
-    match &broker.tls {
-        Some(_) if text.contains("certificate") || text.contains("Certificate") => {
-            " (the broker's certificate is not trusted for this host: check \
-             [oslo_messaging_rabbit] ssl_ca_file and that the certificate names the host of transport_url)"
-        }
-        Some(_) if text.contains("corrupt message") || text.contains("InvalidContentType") => {
-            " (the port did not answer TLS: is it the broker's plain AMQP port? TLS is usually 5671)"
-        }
-        None if text.contains("reset") || text.contains("EOF") || text.contains("closed") => {
-            " (if this port is the broker's TLS port, set [oslo_messaging_rabbit] ssl = true or ?ssl=1)"
-        }
-        _ => "",
+    let tls = broker.tls.is_some();
+    if tls && text.contains("UnknownIssuer") {
+        " (the broker's certificate is not signed by a CA of [oslo_messaging_rabbit] ssl_ca_file, \
+         or of the system when ssl_ca_file is unset)"
+    } else if tls && text.contains("not valid for name") {
+        " (the broker's certificate does not name the host of transport_url: use a name it has)"
+    } else if tls && text.contains("invalid peer certificate") {
+        " (the broker's certificate is not acceptable: check it and [oslo_messaging_rabbit] ssl_ca_file)"
+    } else if tls && text.contains("CertificateRequired") {
+        " (the broker requires a client certificate: set [oslo_messaging_rabbit] ssl_cert_file and ssl_key_file)"
+    } else if tls && text.contains("alert") {
+        " (the broker refused the TLS handshake: if it names the certificate, the broker does not \
+         trust [oslo_messaging_rabbit] ssl_cert_file)"
+    } else if tls && (text.contains("reset") || text.contains("EOF")) {
+        // With TLS 1.3 the broker checks a client certificate after the
+        // client's side of the handshake: its alert can lose the race with
+        // the reset of the connection it closes.
+        " (the broker closed the TLS connection: does it require a client certificate, or \
+         refuse [oslo_messaging_rabbit] ssl_cert_file?)"
+    } else if tls && (text.contains("corrupt message") || text.contains("InvalidContentType")) {
+        " (the port did not answer TLS: is it the broker's plain AMQP port? TLS is usually 5671)"
+    } else if !tls
+        && ["parse", "reset", "EOF", "closed", "aborted"]
+            .iter()
+            .any(|symptom| text.contains(symptom))
+    {
+        " (the port did not answer AMQP: if it is the broker's TLS port, set \
+         [oslo_messaging_rabbit] ssl = true or ?ssl=1 in transport_url)"
+    } else {
+        ""
     }
 }
 
