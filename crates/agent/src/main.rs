@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         Ok(broker) => broker,
         Err(e) => {
             eprintln!(
-                "navigator-agent: {}: [DEFAULT] transport_url: {e}",
+                "navigator-agent: {}: cannot set up the RabbitMQ link: {e}",
                 path.display()
             );
             return ExitCode::from(EXIT_USAGE);

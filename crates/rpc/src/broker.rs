@@ -446,12 +446,7 @@ impl Broker {
     /// One line for logs: `amqps to h:5671 (TLS, CA /ca.pem, client certificate /c.pem)`
     /// or `amqp to h:5672 (not encrypted)`. No credentials.
     pub fn describe(&self) -> String {
-        let hosts = self
-            .hosts
-            .iter()
-            .map(Host::address)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let hosts = self.addresses();
         match &self.tls {
             None => format!("amqp to {hosts} (not encrypted)"),
             Some(tls) => {
@@ -471,25 +466,42 @@ impl Broker {
         }
     }
 
+    /// `h1:5671, h2:5671`.
+    fn addresses(&self) -> String {
+        self.hosts
+            .iter()
+            .map(Host::address)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Says at start-up how `purpose` (`RPC`, `Nova notifications`) reaches
     /// RabbitMQ: INFO when encrypted or on loopback, WARN when plain text
     /// crosses a network or TLS files are set but `ssl` is off.
     pub fn log_link(&self, purpose: &str) {
-        let link = self.describe();
+        match self.link_warning(purpose) {
+            Some(warning) => tracing::warn!("{warning}"),
+            None => tracing::info!("RabbitMQ ({purpose}): {}", self.describe()),
+        }
+    }
+
+    /// The WARN line of [`Broker::log_link`], if the link deserves one.
+    fn link_warning(&self, purpose: &str) -> Option<String> {
+        let hosts = self.addresses();
         if !self.ignored.is_empty() {
-            tracing::warn!(
-                "RabbitMQ link is NOT encrypted ({purpose}: {link}): {} set but ssl is off; \
-                 set [oslo_messaging_rabbit] ssl = true or ?ssl=1 in transport_url",
+            Some(format!(
+                "RabbitMQ link is NOT encrypted ({purpose}, amqp to {hosts}): {} set but ssl is \
+                 off; set [oslo_messaging_rabbit] ssl = true or ?ssl=1 in transport_url",
                 self.ignored.join(", ")
-            );
+            ))
         } else if self.tls.is_none() && !self.hosts.iter().all(Host::is_loopback) {
-            tracing::warn!(
-                "RabbitMQ link is NOT encrypted ({purpose}: {link}): the broker password and \
-                 every message cross the network in clear text; set [oslo_messaging_rabbit] \
+            Some(format!(
+                "RabbitMQ link is NOT encrypted ({purpose}, amqp to {hosts}): the broker password \
+                 and every message cross the network in clear text; set [oslo_messaging_rabbit] \
                  ssl = true (or ?ssl=1 in transport_url) and ssl_ca_file"
-            );
+            ))
         } else {
-            tracing::info!("RabbitMQ ({purpose}): {link}");
+            None
         }
     }
 }
@@ -762,9 +774,42 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_link_off_loopback_is_warned_about() {
+        let plain = RabbitOptions::default();
+        for url in [
+            "rabbit://u:p@127.0.0.1:5672/",
+            "rabbit://u:p@localhost,u:p@[::1]/",
+        ] {
+            let broker = Broker::new(url, &plain).unwrap();
+            assert_eq!(broker.link_warning("RPC"), None, "{url}");
+        }
+        let broker = Broker::new("rabbit://u:p@127.0.0.1,u:p@mq.example:5672/", &plain).unwrap();
+        let warning = broker.link_warning("RPC").unwrap();
+        assert!(
+            warning.starts_with(
+                "RabbitMQ link is NOT encrypted (RPC, amqp to 127.0.0.1:5672, mq.example:5672): "
+            ),
+            "{warning}"
+        );
+        let tls = Broker::new("rabbit://u:p@mq.example:5671/?ssl=1", &plain).unwrap();
+        assert_eq!(tls.link_warning("RPC"), None);
+        // TLS files with ssl off: warned about even on loopback.
+        let off = RabbitOptions {
+            ssl_ca_file: Some("/etc/ca.pem".into()),
+            ..RabbitOptions::default()
+        };
+        let broker = Broker::new("rabbit://u:p@127.0.0.1/", &off).unwrap();
+        let warning = broker.link_warning("Nova notifications").unwrap();
+        assert!(
+            warning.contains("[oslo_messaging_rabbit] ssl_ca_file set but ssl is off"),
+            "{warning}"
+        );
+    }
+
+    #[test]
     fn tls_files_are_checked_and_named() {
-        let dir = std::env::temp_dir().join(format!("navigator-broker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let not_pem = dir.join("not.pem");
         std::fs::write(&not_pem, "hello\n").unwrap();
         let missing = dir.join("missing.pem");
@@ -815,7 +860,6 @@ mod tests {
         };
         let broker = Broker::new("rabbit://u:p@h:5672/", &off).unwrap();
         assert_eq!(broker.ignored, ["[oslo_messaging_rabbit] ssl_ca_file"]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

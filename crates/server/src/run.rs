@@ -178,14 +178,14 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
 /// The broker of `[DEFAULT] transport_url` with the TLS options.
 fn rpc_broker(config: &Config) -> Result<Broker, StartError> {
     Broker::new(&config.transport_url, &config.rabbit)
-        .with_context(|| "[DEFAULT] transport_url: cannot set up the RabbitMQ link")
+        .context("cannot set up the RabbitMQ link of [DEFAULT] transport_url")
         .map_err(usage)
 }
 
 /// The broker of `[nova] transport_url` with the TLS options.
 fn nova_broker(url: &str, config: &Config) -> Result<Broker, StartError> {
     Broker::new(url, &config.nova.rabbit)
-        .with_context(|| "[nova] transport_url: cannot set up the RabbitMQ link")
+        .context("cannot set up the RabbitMQ link of [nova] transport_url")
         .map_err(usage)
 }
 
