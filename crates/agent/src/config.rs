@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use navigator_core::PortRange;
 use navigator_rpc::RabbitOptions;
-use navigator_rpc::broker::{OPTION_NAMES, check_transport_url, mask_url};
+use navigator_rpc::broker::{
+    DEPRECATED_NAMES, OPTION_NAMES, check_deprecated_name, check_transport_url, mask_url,
+};
 
 use crate::options::{self, BackendOptions};
 
@@ -165,6 +167,11 @@ impl AgentFileConfig {
                 for name in OPTION_NAMES {
                     raw.parse("oslo_messaging_rabbit", name, |v| rabbit.set(name, v))?;
                 }
+                for (old, _) in DEPRECATED_NAMES {
+                    for section in ["oslo_messaging_rabbit", "DEFAULT"] {
+                        raw.parse(section, old, |v| check_deprecated_name(old, v))?;
+                    }
+                }
                 rabbit
             },
             external_addresses: raw.parse(
@@ -267,6 +274,16 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("t.conf: [oslo_messaging_rabbit] ssl_version = \"SSLv3\": ")
+        );
+        let err = AgentFileConfig::parse(
+            "t.conf",
+            &format!("{RABBIT}[oslo_messaging_rabbit]\nrabbit_use_ssl = true\n"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("deprecated name of [oslo_messaging_rabbit] ssl"),
+            "{err}"
         );
     }
 

@@ -44,6 +44,30 @@ pub const OPTION_NAMES: &[&str] = &[
     "ssl_enforce_fips_mode",
 ];
 
+/// oslo.messaging's deprecated names of those options (still read by oslo,
+/// in `[oslo_messaging_rabbit]` and formerly `[DEFAULT]`), with their current
+/// names. Navigator refuses them rather than ignore them: an ignored
+/// `rabbit_use_ssl = true` is a plain link its operator believes encrypted.
+pub const DEPRECATED_NAMES: &[(&str, &str)] = &[
+    ("rabbit_use_ssl", "ssl"),
+    ("kombu_ssl_version", "ssl_version"),
+    ("kombu_ssl_keyfile", "ssl_key_file"),
+    ("kombu_ssl_certfile", "ssl_cert_file"),
+    ("kombu_ssl_ca_certs", "ssl_ca_file"),
+];
+
+/// The message for a deprecated name found with value `value` (empty: not
+/// set, which is fine).
+pub fn check_deprecated_name(name: &str, value: &str) -> Result<(), String> {
+    match DEPRECATED_NAMES.iter().find(|(old, _)| *old == name) {
+        Some((_, new)) if !value.trim().is_empty() => Err(format!(
+            "{name} is oslo.messaging's deprecated name of [oslo_messaging_rabbit] {new}, which \
+             Navigator does not read; write {new} instead"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How long one TCP (+TLS) + AMQP connect to one host may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -346,6 +370,11 @@ pub fn check_transport_url(url: &str) -> Result<(), String> {
 }
 
 fn set_from_query(options: &mut RabbitOptions, name: &str, value: &str) -> Result<(), String> {
+    if let Some((_, new)) = DEPRECATED_NAMES.iter().find(|(old, _)| *old == name) {
+        return Err(format!(
+            "query parameter {name} is oslo.messaging's deprecated name of {new}; write {new} instead"
+        ));
+    }
     if !OPTION_NAMES.contains(&name) {
         return Err(format!(
             "query parameter {name} is not supported (it would be ignored, so it is refused); \
@@ -712,6 +741,10 @@ mod tests {
     fn unknown_and_unsupported_parameters_are_refused_by_name() {
         let cases = [
             ("heartbeat=30", "query parameter heartbeat is not supported"),
+            (
+                "rabbit_use_ssl=1",
+                "query parameter rabbit_use_ssl is oslo.messaging's deprecated name of ssl; write ssl instead",
+            ),
             (
                 "ssl_ca_certs=/x",
                 "query parameter ssl_ca_certs is not supported",

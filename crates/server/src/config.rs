@@ -17,7 +17,9 @@ use ipnet::IpNet;
 use navigator_agent::options::{boolean, list, seconds};
 use navigator_core::PortRange;
 use navigator_rpc::RabbitOptions;
-use navigator_rpc::broker::{OPTION_NAMES, check_transport_url, mask_url};
+use navigator_rpc::broker::{
+    DEPRECATED_NAMES, OPTION_NAMES, check_deprecated_name, check_transport_url, mask_url,
+};
 
 /// Where the configuration is read from when `--config-file` is not given
 /// (and only if it exists).
@@ -80,7 +82,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "oslo_messaging_rabbit",
         key: "ssl",
         default: "false",
-        help: "Connect to RabbitMQ over TLS (rustls: TLS 1.3 or 1.2), for the agent RPC and the Nova notifications alike; also ?ssl=1 in transport_url. The broker's certificate must name the host of transport_url and chain to ssl_ca_file. Without it the broker password and every message cross the network in clear text: the server and agent warn at start-up unless the broker is on loopback.",
+        help: "Connect to RabbitMQ over TLS (rustls: TLS 1.3 or 1.2), for the agent RPC and the Nova notifications alike; also ?ssl=1 in transport_url. The broker's certificate must name the host of transport_url and chain to ssl_ca_file. Without it the broker password and every message cross the network in clear text: the server and agent warn at start-up unless the broker is on loopback. oslo's deprecated names (rabbit_use_ssl, kombu_ssl_*) are refused with the name to use.",
     },
     OptionDoc {
         section: "oslo_messaging_rabbit",
@@ -602,6 +604,11 @@ fn rabbit_options(raw: &Raw) -> Result<RabbitOptions, ConfigError> {
     for name in OPTION_NAMES {
         raw.parse("oslo_messaging_rabbit", name, |v| options.set(name, v))?;
     }
+    for (old, _) in DEPRECATED_NAMES {
+        for section in ["oslo_messaging_rabbit", "DEFAULT"] {
+            raw.parse(section, old, |v| check_deprecated_name(old, v))?;
+        }
+    }
     Ok(options)
 }
 
@@ -986,6 +993,14 @@ mod tests {
             (
                 "[oslo_messaging_rabbit]\nssl_version = TLSv1\n".to_owned(),
                 "t.conf: [oslo_messaging_rabbit] ssl_version = \"TLSv1\": TLSv1 is not supported: SSL and TLS before 1.2 are broken; use TLSv1_2, or SSLv23 or empty to negotiate TLS 1.3 or 1.2".to_owned(),
+            ),
+            (
+                "[DEFAULT]\nrabbit_use_ssl = true\n".to_owned(),
+                "t.conf: [DEFAULT] rabbit_use_ssl = \"true\": rabbit_use_ssl is oslo.messaging's deprecated name of [oslo_messaging_rabbit] ssl, which Navigator does not read; write ssl instead".to_owned(),
+            ),
+            (
+                "[oslo_messaging_rabbit]\nkombu_ssl_ca_certs = /ca.pem\n".to_owned(),
+                "t.conf: [oslo_messaging_rabbit] kombu_ssl_ca_certs = \"/ca.pem\": kombu_ssl_ca_certs is oslo.messaging's deprecated name of [oslo_messaging_rabbit] ssl_ca_file, which Navigator does not read; write ssl_ca_file instead".to_owned(),
             ),
             (
                 "[oslo_messaging_rabbit]\nssl_enforce_fips_mode = true\n".to_owned(),
