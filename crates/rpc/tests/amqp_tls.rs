@@ -183,6 +183,35 @@ async fn mutual_tls_presents_the_client_certificate() {
     );
 }
 
+#[test]
+fn a_certificate_and_key_that_do_not_match_are_refused_at_start_up() {
+    let Some(tls) = tls() else { return };
+    let other = OtherCa::new();
+    let options = RabbitOptions {
+        ssl_cert_file: Some(tls.client_cert.clone()),
+        ssl_key_file: Some(other.dir.path().join("client.key")),
+        ..tls.options()
+    };
+    let err = Broker::new(&tls.url, &options).expect_err("a mismatched key is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("[oslo_messaging_rabbit] ssl_cert_file")
+            && message.contains("[oslo_messaging_rabbit] ssl_key_file")
+            && message.contains("not a usable certificate and key pair"),
+        "{message}"
+    );
+    // Without ssl_key_file the key is looked for in the certificate file.
+    let options = RabbitOptions {
+        ssl_cert_file: Some(tls.client_cert.clone()),
+        ..tls.options()
+    };
+    let message = Broker::new(&tls.url, &options).unwrap_err().to_string();
+    assert!(
+        message.contains("ssl_cert_file") && message.contains("no private key in it"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_wrong_or_missing_ca_fails_clearly() {
     let Some(tls) = tls() else { return };
