@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use navigator_core::PortRange;
+use navigator_rpc::RabbitOptions;
+use navigator_rpc::broker::{
+    DEPRECATED_NAMES, OPTION_NAMES, check_deprecated_name, check_transport_url, mask_url,
+};
 
 use crate::options::{self, BackendOptions};
 
@@ -20,6 +24,12 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("DEFAULT", "host", ""),
     ("DEFAULT", "debug", "false"),
     ("DEFAULT", "transport_url", "inproc://"),
+    ("oslo_messaging_rabbit", "ssl", "false"),
+    ("oslo_messaging_rabbit", "ssl_ca_file", ""),
+    ("oslo_messaging_rabbit", "ssl_cert_file", ""),
+    ("oslo_messaging_rabbit", "ssl_key_file", ""),
+    ("oslo_messaging_rabbit", "ssl_version", ""),
+    ("oslo_messaging_rabbit", "ssl_enforce_fips_mode", "false"),
     ("agent", "backend", "relay"),
     ("agent", "conntrack_cleanup", "udp"),
     ("agent", "fix_sysctls", "false"),
@@ -67,6 +77,8 @@ pub struct AgentFileConfig {
     pub debug: bool,
     /// Always `rabbit://…`: the agent process has no other way to reach a server.
     pub transport_url: String,
+    /// `[oslo_messaging_rabbit]`: TLS to RabbitMQ (the URL's query overrides it).
+    pub rabbit: RabbitOptions,
     pub external_addresses: Vec<IpAddr>,
     pub port_range: PortRange,
     pub report_interval: Duration,
@@ -105,7 +117,12 @@ impl Raw {
             path: self.path.clone(),
             section,
             key,
-            value,
+            // A broker URL holds a password; the message must not.
+            value: if key == "transport_url" {
+                mask_url(&value)
+            } else {
+                value
+            },
             message,
         })
     }
@@ -143,6 +160,7 @@ impl AgentFileConfig {
             debug: raw.parse("DEFAULT", "debug", options::boolean)?,
             transport_url: raw.parse("DEFAULT", "transport_url", |v| {
                 if v.starts_with("rabbit://") {
+                    check_transport_url(v)?;
                     Ok(v.to_owned())
                 } else {
                     // inproc:// only exists inside one process.
@@ -153,6 +171,18 @@ impl AgentFileConfig {
                     )
                 }
             })?,
+            rabbit: {
+                let mut rabbit = RabbitOptions::default();
+                for name in OPTION_NAMES {
+                    raw.parse("oslo_messaging_rabbit", name, |v| rabbit.set(name, v))?;
+                }
+                for (old, _) in DEPRECATED_NAMES {
+                    for section in ["oslo_messaging_rabbit", "DEFAULT"] {
+                        raw.parse(section, old, |v| check_deprecated_name(old, v))?;
+                    }
+                }
+                rabbit
+            },
             external_addresses: raw.parse(
                 "agent",
                 "external_addresses",
@@ -244,6 +274,54 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn reads_the_rabbit_tls_options_and_checks_the_url() {
+        let text = format!(
+            "{RABBIT}[oslo_messaging_rabbit]\nssl = true\nssl_ca_file = /etc/ca.pem\nssl_cert_file = /etc/c.pem\nssl_key_file = /etc/c.key\n"
+        );
+        let config = AgentFileConfig::parse("t.conf", &text).unwrap();
+        assert!(config.rabbit.ssl);
+        assert_eq!(
+            config.rabbit.ssl_ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            config.rabbit.ssl_key_file.as_deref(),
+            Some(Path::new("/etc/c.key"))
+        );
+        let err = AgentFileConfig::parse(
+            "t.conf",
+            "[DEFAULT]\ntransport_url = rabbit://u:s3cret@h:5671/?ssl=1&rabbit_ha_queues=true\n",
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(
+                "t.conf: [DEFAULT] transport_url = \"rabbit://u:***@h:5671/?ssl=1&rabbit_ha_queues=true\": query parameter rabbit_ha_queues is not supported"
+            ),
+            "{message}"
+        );
+        let err = AgentFileConfig::parse(
+            "t.conf",
+            &format!("{RABBIT}[oslo_messaging_rabbit]\nssl_version = SSLv3\n"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.conf: [oslo_messaging_rabbit] ssl_version = \"SSLv3\": ")
+        );
+        let err = AgentFileConfig::parse(
+            "t.conf",
+            &format!("{RABBIT}[oslo_messaging_rabbit]\nrabbit_use_ssl = true\n"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("deprecated name of [oslo_messaging_rabbit] ssl"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use clap::Parser;
 use navigator_agent::config::{AgentFileConfig, SHUTDOWN_GRACE};
 use navigator_agent::options::{log_preflight, make_backend};
 use navigator_agent::{Agent, AgentConfig};
-use navigator_rpc::{AmqpTransport, Transport, amqp};
+use navigator_rpc::{AmqpTransport, Broker, Transport, amqp};
 use tokio_util::sync::CancellationToken;
 
 /// Read when `--config-file` is not given, as by the server.
@@ -64,7 +64,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    match run(config, &path) {
+    // The TLS files are read now: a bad one is a configuration mistake to
+    // report and exit on, not a broker outage to wait out.
+    let broker = match Broker::new(&config.transport_url, &config.rabbit) {
+        Ok(broker) => broker,
+        Err(e) => {
+            eprintln!(
+                "navigator-agent: {}: cannot set up the RabbitMQ link: {e}",
+                path.display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(config, broker, &path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -74,21 +86,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
+fn run(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, path))
+    runtime.block_on(serve(config, broker, path))
 }
 
-async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
+async fn serve(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::Result<()> {
     tracing::info!(
         host = %config.host,
         backend = %config.backend.backend,
         config = %path.display(),
         "starting"
     );
+    broker.log_link("RPC");
     let shutdown = CancellationToken::new();
     let signal = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -98,7 +111,7 @@ async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    let Some(amqp) = connect_with_backoff(&config.transport_url, &shutdown).await else {
+    let Some(amqp) = connect_with_backoff(&broker, &shutdown).await else {
         signal.abort();
         tracing::info!("stopped before RabbitMQ could be reached");
         return Ok(());
@@ -139,13 +152,13 @@ async fn serve(config: AgentFileConfig, path: &Path) -> anyhow::Result<()> {
 /// during its restart, waits for it instead of exiting. `None` if `shutdown`
 /// comes first.
 async fn connect_with_backoff(
-    transport_url: &str,
+    broker: &Broker,
     shutdown: &CancellationToken,
 ) -> Option<AmqpTransport> {
     let mut delay = Duration::from_secs(1);
     let mut attempt = 1u32;
     loop {
-        let connect = AmqpTransport::connect(transport_url, amqp::DEFAULT_EXCHANGE);
+        let connect = AmqpTransport::connect_to(broker.clone(), amqp::DEFAULT_EXCHANGE);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return None,
             result = connect => result,

@@ -27,13 +27,15 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::broker::{Broker, CONNECT_TIMEOUT, Host, RabbitOptions};
 use crate::oslo::{self, ReplyKind, ReplyTo};
 use crate::transport::{
     BoxFuture, Incoming, PendingReply, RemoteError, RpcError, Target, Transport, call_timeout,
@@ -56,126 +58,8 @@ const DEDUP_WINDOW: usize = 16;
 /// Reconnect backoff: first delay, and the cap it doubles up to.
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long one TCP+AMQP connect to one host may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a cast or a reply waits for the connection to come back.
 const PUBLISH_WAIT: Duration = Duration::from_secs(15);
-
-/// One broker of `transport_url`, with the credentials to use on it.
-#[derive(Clone, Debug)]
-pub(crate) struct Host {
-    uri: AMQPUri,
-}
-
-impl Host {
-    /// `host:port/vhost`, without credentials, for logs and errors.
-    pub(crate) fn display(&self) -> String {
-        format!(
-            "{}:{}/{}",
-            self.uri.authority.host, self.uri.authority.port, self.uri.vhost
-        )
-    }
-}
-
-/// Parses oslo's `rabbit://user:pass@host:port[,user:pass@host2:port2]/vhost`.
-/// Hosts without credentials take those of the first host that has some
-/// (else guest/guest); an empty vhost is `/`, as kombu does.
-pub(crate) fn parse_transport_url(url: &str) -> Result<Vec<Host>, RpcError> {
-    let invalid = |why: &str| RpcError::Transport(format!("invalid transport_url: {why}"));
-    let rest = url
-        .strip_prefix("rabbit://")
-        .ok_or_else(|| invalid("expected rabbit://USER:PASSWORD@HOST:PORT/VHOST"))?;
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
-    let (netloc, vhost) = rest.split_once('/').unwrap_or((rest, ""));
-    let vhost = if vhost.is_empty() {
-        "/".to_owned()
-    } else {
-        percent_decode(vhost).ok_or_else(|| invalid("bad %-escape in the virtual host"))?
-    };
-    let mut first_credentials: Option<AMQPUserInfo> = None;
-    let mut hosts = Vec::new();
-    for entry in netloc.split(',') {
-        let (credentials, address) = match entry.rsplit_once('@') {
-            Some((credentials, address)) => {
-                let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
-                let decode = |s: &str| {
-                    percent_decode(s).ok_or_else(|| invalid("bad %-escape in the credentials"))
-                };
-                let info = AMQPUserInfo {
-                    username: decode(user)?,
-                    password: decode(password)?,
-                };
-                first_credentials.get_or_insert_with(|| info.clone());
-                (Some(info), address)
-            }
-            None => (None, entry),
-        };
-        let (host, port) = split_host_port(address).ok_or_else(|| {
-            invalid(&format!(
-                "bad host {address:?} (expected HOST or HOST:PORT)"
-            ))
-        })?;
-        hosts.push((credentials, host, port));
-    }
-    Ok(hosts
-        .into_iter()
-        .map(|(credentials, host, port)| Host {
-            uri: AMQPUri {
-                scheme: AMQPScheme::AMQP,
-                authority: AMQPAuthority {
-                    userinfo: credentials
-                        .or_else(|| first_credentials.clone())
-                        .unwrap_or_default(),
-                    host,
-                    port,
-                },
-                vhost: vhost.clone(),
-                query: AMQPQueryString {
-                    connection_timeout: Some(CONNECT_TIMEOUT.as_millis() as u64),
-                    ..AMQPQueryString::default()
-                },
-            },
-        })
-        .collect())
-}
-
-/// `host`, `host:port`, `[v6]`, `[v6]:port`; the port defaults to 5672.
-fn split_host_port(address: &str) -> Option<(String, u16)> {
-    let (host, port) = if let Some(v6) = address.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match address.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (address, None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let port = match port {
-        Some(port) => port.parse().ok()?,
-        None => AMQPScheme::AMQP.default_port(),
-    };
-    Some((host.to_owned(), port))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// A live connection and its channels. Cloned freely; the broker objects it
 /// stands for die with the connection.
@@ -206,7 +90,7 @@ struct Pending {
 }
 
 struct Inner {
-    hosts: Vec<Host>,
+    broker: Broker,
     exchange: String,
     reply_queue: String,
     /// The id in this transport's fanout queue names, fixed for its life (as
@@ -254,12 +138,19 @@ impl AmqpTransport {
     /// Connects to the first reachable broker of `transport_url` and declares
     /// the exchange and this transport's reply queue. Fails if no broker can
     /// be reached now; once connected, outages are survived by reconnecting.
+    /// Options come from the URL's query alone; see [`AmqpTransport::connect_to`].
     pub async fn connect(transport_url: &str, exchange: &str) -> Result<AmqpTransport, RpcError> {
-        let hosts = parse_transport_url(transport_url)?;
+        let broker = Broker::new(transport_url, &RabbitOptions::default())?;
+        AmqpTransport::connect_to(broker, exchange).await
+    }
+
+    /// As [`AmqpTransport::connect`], to a [`Broker`] made from `transport_url`
+    /// and the `[oslo_messaging_rabbit]` options.
+    pub async fn connect_to(broker: Broker, exchange: &str) -> Result<AmqpTransport, RpcError> {
         let (session, _) = watch::channel(None);
         let (reconnects, _) = watch::channel(0);
         let inner = Arc::new(Inner {
-            hosts,
+            broker,
             exchange: exchange.to_owned(),
             reply_queue: format!("reply_{}", oslo::new_id()),
             fanout_id: oslo::new_id(),
@@ -341,23 +232,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Tries every host once, in order; the first that answers wins.
 async fn connect_any(inner: &Inner) -> Result<(Connection, String), RpcError> {
-    connect_hosts(&inner.hosts).await
+    connect_broker(&inner.broker).await
 }
 
-/// Tries every host of `hosts` once, in order; the first that answers wins.
-pub(crate) async fn connect_hosts(hosts: &[Host]) -> Result<(Connection, String), RpcError> {
+/// Tries every host of `broker` once, in order; the first that answers wins.
+pub(crate) async fn connect_broker(broker: &Broker) -> Result<(Connection, String), RpcError> {
     let mut errors = Vec::new();
-    for host in hosts {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("navigator:{}", std::process::id()).into());
-        match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_uri(host.uri.clone(), properties),
-        )
-        .await
-        {
+    for host in &broker.hosts {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect_host(host, broker)).await {
             Ok(Ok(connection)) => return Ok((connection, host.display())),
-            Ok(Err(e)) => errors.push(format!("{}: {e}", host.display())),
+            Ok(Err(e)) => errors.push(format!("{}: {e}{}", host.display(), hint(broker, &e))),
             Err(_) => errors.push(format!(
                 "{}: no answer within {CONNECT_TIMEOUT:?}",
                 host.display()
@@ -368,6 +252,73 @@ pub(crate) async fn connect_hosts(hosts: &[Host]) -> Result<(Connection, String)
         "cannot connect to RabbitMQ: {}",
         errors.join("; ")
     )))
+}
+
+/// One TCP (+TLS) + AMQP connect.
+async fn connect_host(host: &Host, broker: &Broker) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("navigator:{}", std::process::id()).into());
+    let Some(tls) = &broker.tls else {
+        return Connection::connect_uri(host.uri.clone(), properties).await;
+    };
+    // lapin's own TLS would trust the system's CAs besides ssl_ca_file and
+    // take no protocol versions; this connects TCP with it and does the
+    // handshake with the rustls configuration the options made.
+    let connector = RustlsConnector::from(tls.config.clone());
+    let name = host.uri.authority.host.clone();
+    Connection::connector(
+        host.uri.clone(),
+        lapin::runtime::default_runtime()?,
+        async move |uri: AMQPUri, runtime| {
+            let tcp = AMQPUri {
+                scheme: AMQPScheme::AMQP,
+                ..uri
+            };
+            let stream = tcp
+                .connect_with_config_async(TLSConfig::default(), &runtime)
+                .await?;
+            Ok(stream.into_rustls(&connector, &name).await?)
+        },
+        properties,
+    )
+    .await
+}
+
+/// A hint for the usual causes of a failed connect, after the error itself
+/// (rustls's and lapin's texts name the symptom, not the option to fix).
+fn hint(broker: &Broker, error: &lapin::Error) -> &'static str {
+    let text = error.to_string();
+    let tls = broker.tls.is_some();
+    if tls && text.contains("UnknownIssuer") {
+        " (the broker's certificate is not signed by a CA of [oslo_messaging_rabbit] ssl_ca_file, \
+         or of the system when ssl_ca_file is unset)"
+    } else if tls && text.contains("not valid for name") {
+        " (the broker's certificate does not name the host of transport_url: use a name it has)"
+    } else if tls && text.contains("invalid peer certificate") {
+        " (the broker's certificate is not acceptable: check it and [oslo_messaging_rabbit] ssl_ca_file)"
+    } else if tls && text.contains("CertificateRequired") {
+        " (the broker requires a client certificate: set [oslo_messaging_rabbit] ssl_cert_file and ssl_key_file)"
+    } else if tls && text.contains("alert") {
+        " (the broker refused the TLS handshake: if it names the certificate, the broker does not \
+         trust [oslo_messaging_rabbit] ssl_cert_file)"
+    } else if tls && (text.contains("reset") || text.contains("EOF")) {
+        // With TLS 1.3 the broker checks a client certificate after the
+        // client's side of the handshake: its alert can lose the race with
+        // the reset of the connection it closes.
+        " (the broker closed the TLS connection: does it require a client certificate, or \
+         refuse [oslo_messaging_rabbit] ssl_cert_file?)"
+    } else if tls && (text.contains("corrupt message") || text.contains("InvalidContentType")) {
+        " (the port did not answer TLS: is it the broker's plain AMQP port? TLS is usually 5671)"
+    } else if !tls
+        && ["parse", "reset", "EOF", "closed", "aborted"]
+            .iter()
+            .any(|symptom| text.contains(symptom))
+    {
+        " (the port did not answer AMQP: if it is the broker's TLS port, set \
+         [oslo_messaging_rabbit] ssl = true or ?ssl=1 in transport_url)"
+    } else {
+        ""
+    }
 }
 
 /// Connects and declares the exchange, the reply queue and every registered
@@ -905,61 +856,5 @@ impl Transport for AmqpTransport {
 
     fn reconnects(&self) -> Option<watch::Receiver<u64>> {
         Some(AmqpTransport::reconnects(self))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_oslo_transport_urls() {
-        let hosts = parse_transport_url("rabbit://nav:s%40cret@127.0.0.1:25672/").unwrap();
-        assert_eq!(hosts.len(), 1);
-        let uri = &hosts[0].uri;
-        assert_eq!(uri.authority.userinfo.username, "nav");
-        assert_eq!(uri.authority.userinfo.password, "s@cret");
-        assert_eq!(uri.authority.host, "127.0.0.1");
-        assert_eq!(uri.authority.port, 25672);
-        assert_eq!(uri.vhost, "/");
-        assert_eq!(hosts[0].display(), "127.0.0.1:25672//");
-
-        let hosts =
-            parse_transport_url("rabbit://a:pa@h1:5673,b:pb@h2,h3:5674/navigator?ssl=0").unwrap();
-        let names: Vec<_> = hosts
-            .iter()
-            .map(|h| {
-                (
-                    h.uri.authority.userinfo.username.as_str(),
-                    h.uri.authority.host.as_str(),
-                    h.uri.authority.port,
-                    h.uri.vhost.as_str(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            names,
-            [
-                ("a", "h1", 5673, "navigator"),
-                ("b", "h2", 5672, "navigator"),
-                ("a", "h3", 5674, "navigator"),
-            ]
-        );
-        let hosts = parse_transport_url("rabbit://[::1]:5672/%2f").unwrap();
-        assert_eq!(hosts[0].uri.authority.host, "::1");
-        assert_eq!(hosts[0].uri.vhost, "/");
-        assert_eq!(hosts[0].uri.authority.userinfo.username, "guest");
-    }
-
-    #[test]
-    fn rejects_bad_transport_urls() {
-        for url in [
-            "amqp://h/",
-            "rabbit://u:p@/",
-            "rabbit://u:p@h:notaport/",
-            "rabbit://u:p@h/%zz",
-        ] {
-            assert!(parse_transport_url(url).is_err(), "{url}");
-        }
     }
 }

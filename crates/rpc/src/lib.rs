@@ -9,6 +9,7 @@
 //! only ever added, with defaults.
 
 pub mod amqp;
+pub mod broker;
 pub mod inproc;
 pub mod messages;
 pub mod notify;
@@ -16,6 +17,7 @@ pub mod oslo;
 pub mod transport;
 
 pub use amqp::AmqpTransport;
+pub use broker::{Broker, BrokerError, RabbitOptions};
 pub use messages::{
     AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, methods, topics,
 };

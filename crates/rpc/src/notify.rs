@@ -28,7 +28,8 @@ use lapin::{Connection, ExchangeKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::amqp::{Host, connect_hosts, parse_transport_url};
+use crate::amqp::connect_broker;
+use crate::broker::{Broker, RabbitOptions};
 use crate::oslo::{Notification, decode_notification};
 use crate::transport::RpcError;
 
@@ -37,6 +38,8 @@ use crate::transport::RpcError;
 pub struct NotificationSource {
     /// `rabbit://...` of the broker the notifier publishes to.
     pub transport_url: String,
+    /// `[oslo_messaging_rabbit]` (TLS), which the URL's query overrides.
+    pub rabbit: RabbitOptions,
     /// The notifier's exchange (its `control_exchange`, `nova` for Nova).
     pub exchange: String,
     /// Notification topics; each is bound as `<topic>.info`.
@@ -62,7 +65,8 @@ pub struct NotificationListener {
 impl NotificationListener {
     /// Starts listening. `handle` is awaited for every readable notification
     /// (of any event type) before that message is acknowledged. Fails only
-    /// on a malformed `transport_url`; broker trouble is retried forever.
+    /// on a malformed `transport_url` or TLS option (a file that cannot be
+    /// read, ...); broker trouble is retried forever.
     pub fn spawn<H, F>(
         source: NotificationSource,
         handle: H,
@@ -71,15 +75,16 @@ impl NotificationListener {
         H: Fn(Notification) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let hosts = parse_transport_url(&source.transport_url)?;
+        let broker = Broker::new(&source.transport_url, &source.rabbit)?;
         if source.topics.is_empty() {
             return Err(RpcError::Transport(
                 "notification listener needs at least one topic".into(),
             ));
         }
         let (consuming_tx, consuming) = watch::channel(false);
+        broker.log_link("Nova notifications");
         let listener = Listener {
-            hosts,
+            broker,
             source,
             handle,
             consuming: consuming_tx,
@@ -116,7 +121,7 @@ enum Ended {
 
 /// The listener's task and what each of its connections needs.
 struct Listener<H> {
-    hosts: Vec<Host>,
+    broker: Broker,
     source: NotificationSource,
     handle: H,
     /// Set while the queue is consumed ([`NotificationListener::consuming`]).
@@ -158,7 +163,7 @@ where
 
     /// One connection: declare, bind, consume until the connection ends.
     async fn session(&self) -> Ended {
-        let (connection, broker) = match connect_hosts(&self.hosts).await {
+        let (connection, broker) = match connect_broker(&self.broker).await {
             Ok(connected) => connected,
             Err(e) => return Ended::Broker(e.to_string()),
         };

@@ -16,6 +16,10 @@ use ipnet::IpNet;
 // same file (`navigator-agent`); one implementation keeps the two agreeing.
 use navigator_agent::options::{boolean, list, seconds};
 use navigator_core::PortRange;
+use navigator_rpc::RabbitOptions;
+use navigator_rpc::broker::{
+    DEPRECATED_NAMES, OPTION_NAMES, check_deprecated_name, check_transport_url, mask_url,
+};
 
 /// Where the configuration is read from when `--config-file` is not given
 /// (and only if it exists).
@@ -66,13 +70,49 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "DEFAULT",
         key: "transport_url",
         default: "inproc://",
-        help: "RPC transport to the agents. inproc:// runs the agent inside the server (navigator-server --all-in-one). rabbit://USER:PASSWORD@HOST:PORT/VHOST is cluster mode: navigator-server serves the API only (run navigator-server db sync first) and one navigator-agent per proxy node, with this same URL, carries the forwards.",
+        help: "RPC transport to the agents. inproc:// runs the agent inside the server (navigator-server --all-in-one). rabbit://USER:PASSWORD@HOST:PORT/VHOST is cluster mode: navigator-server serves the API only (run navigator-server db sync first) and one navigator-agent per proxy node, with this same URL, carries the forwards. Several brokers: rabbit://U:P@HOST1:PORT,U:P@HOST2:PORT/VHOST. As in oslo.messaging, query parameters set [oslo_messaging_rabbit] options and win over the file (rabbit://U:P@HOST:5671/VHOST?ssl=1 is TLS); only the options of [oslo_messaging_rabbit] below are accepted, any other parameter stops start-up. The port is 5672 unless given, also with TLS.",
     },
     OptionDoc {
         section: "database",
         key: "connection",
         default: "",
         help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db. Default: navigator.db in the data directory.",
+    },
+    OptionDoc {
+        section: "oslo_messaging_rabbit",
+        key: "ssl",
+        default: "false",
+        help: "Connect to RabbitMQ over TLS (rustls: TLS 1.3 or 1.2), for the agent RPC and the Nova notifications alike; also ?ssl=1 in transport_url. The broker's certificate must name the host of transport_url and chain to ssl_ca_file. Without it the broker password and every message cross the network in clear text: the server and agent warn at start-up unless the broker is on loopback. oslo's deprecated names (rabbit_use_ssl, kombu_ssl_*) are refused with the name to use.",
+    },
+    OptionDoc {
+        section: "oslo_messaging_rabbit",
+        key: "ssl_ca_file",
+        default: "",
+        help: "PEM file of the CA certificate(s) that vouch for the broker's certificate; with it, only these are trusted. Default: the system's trusted CAs. Read at start-up: a missing or invalid file stops it.",
+    },
+    OptionDoc {
+        section: "oslo_messaging_rabbit",
+        key: "ssl_cert_file",
+        default: "",
+        help: "PEM client certificate (with its chain) for brokers that require one (mutual TLS; RabbitMQ's fail_if_no_peer_cert). Its key is ssl_key_file, or else in this file.",
+    },
+    OptionDoc {
+        section: "oslo_messaging_rabbit",
+        key: "ssl_key_file",
+        default: "",
+        help: "Unencrypted PEM private key of ssl_cert_file (PKCS#8, RSA or EC). Keep it readable by Navigator's user only.",
+    },
+    OptionDoc {
+        section: "oslo_messaging_rabbit",
+        key: "ssl_version",
+        default: "",
+        help: "TLS protocol versions: empty or SSLv23 negotiates TLS 1.3 or 1.2; TLSv1_2 allows TLS 1.2 only. TLSv1, TLSv1_1, SSLv2 and SSLv3 are refused.",
+    },
+    OptionDoc {
+        section: "oslo_messaging_rabbit",
+        key: "ssl_enforce_fips_mode",
+        default: "false",
+        help: "Accepted for compatibility with oslo.messaging; only false is supported (Navigator's TLS, rustls with ring, has no FIPS mode).",
     },
     OptionDoc {
         section: "api",
@@ -234,7 +274,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "nova",
         key: "transport_url",
         default: "",
-        help: "rabbit://USER:PASSWORD@HOST:PORT/VHOST of the broker Nova publishes notifications to (Nova's [oslo_messaging_notifications] transport_url). Default: [DEFAULT] transport_url. Set it to listen from an all-in-one server.",
+        help: "rabbit://USER:PASSWORD@HOST:PORT/VHOST of the broker Nova publishes notifications to (Nova's [oslo_messaging_notifications] transport_url). Default: [DEFAULT] transport_url. Set it to listen from an all-in-one server. [oslo_messaging_rabbit] (TLS) applies to it too, and its query parameters win over it as for [DEFAULT] transport_url.",
     },
     OptionDoc {
         section: "nova",
@@ -402,6 +442,8 @@ pub struct Config {
     pub bind_port: u16,
     pub auth_strategy: AuthStrategy,
     pub transport_url: String,
+    /// `[oslo_messaging_rabbit]`: TLS to RabbitMQ (the URLs' queries override it).
+    pub rabbit: RabbitOptions,
     pub database_connection: Option<String>,
     pub max_request_body_size: usize,
     /// `[api]` timeouts and caps of the HTTP listener.
@@ -481,7 +523,12 @@ impl Raw {
             path: self.path.clone(),
             section,
             key,
-            value,
+            // A broker URL holds a password; the message must not.
+            value: if key == "transport_url" {
+                mask_url(&value)
+            } else {
+                value
+            },
             message,
         })
     }
@@ -542,16 +589,16 @@ impl Config {
                 _ => Err("expected noauth or keystone".into()),
             })?,
             transport_url: raw.parse("DEFAULT", "transport_url", |v| {
-                if v.is_empty() || v == "inproc://" || v.starts_with("rabbit://") {
-                    Ok(if v.is_empty() {
-                        "inproc://".to_owned()
-                    } else {
-                        v.to_owned()
-                    })
+                if v.starts_with("rabbit://") {
+                    check_transport_url(v)?;
+                    Ok(v.to_owned())
+                } else if v.is_empty() || v == "inproc://" {
+                    Ok("inproc://".to_owned())
                 } else {
                     Err("expected inproc:// or rabbit://USER:PASSWORD@HOST:PORT/".into())
                 }
             })?,
+            rabbit: rabbit_options(&raw)?,
             database_connection: raw.parse("database", "connection", |v| Ok(optional(v)))?,
             max_request_body_size: raw.parse("api", "max_request_body_size", |v| {
                 match v.parse::<usize>() {
@@ -671,6 +718,20 @@ fn short_seconds(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// `[oslo_messaging_rabbit]`, each value checked as the URL query's are.
+fn rabbit_options(raw: &Raw) -> Result<RabbitOptions, ConfigError> {
+    let mut options = RabbitOptions::default();
+    for name in OPTION_NAMES {
+        raw.parse("oslo_messaging_rabbit", name, |v| options.set(name, v))?;
+    }
+    for (old, _) in DEPRECATED_NAMES {
+        for section in ["oslo_messaging_rabbit", "DEFAULT"] {
+            raw.parse(section, old, |v| check_deprecated_name(old, v))?;
+        }
+    }
+    Ok(options)
+}
+
 /// What to do with the forwards of an instance Nova deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnInstanceDelete {
@@ -685,6 +746,8 @@ pub struct NovaConfig {
     /// The broker to listen on: `[nova] transport_url`, else the RPC one.
     /// `None` when notifications are off.
     pub transport_url: Option<String>,
+    /// `[oslo_messaging_rabbit]`, for that broker too.
+    pub rabbit: RabbitOptions,
     pub exchange: String,
     pub topics: Vec<String>,
     pub queue: String,
@@ -698,8 +761,8 @@ impl NovaConfig {
         let rpc_url = raw.get("DEFAULT", "transport_url");
         let rpc_url = rpc_url.trim();
         let transport_url = raw.parse(section, "transport_url", |v| {
-            if !v.is_empty() && !v.starts_with("rabbit://") {
-                return Err("expected rabbit://USER:PASSWORD@HOST:PORT/VHOST".into());
+            if !v.is_empty() {
+                check_transport_url(v)?;
             }
             if !notifications {
                 return Ok(None);
@@ -725,6 +788,7 @@ impl NovaConfig {
         Ok(NovaConfig {
             notifications,
             transport_url,
+            rabbit: rabbit_options(raw)?,
             exchange: raw.parse(section, "exchange", name)?,
             topics: raw.parse(section, "topics", |v| {
                 let topics: Vec<String> = v
@@ -1055,6 +1119,58 @@ mod tests {
         ];
         for (text, expected) in cases {
             let err = Config::parse("t.conf", text).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn rabbit_tls_options_and_url_parameters_are_checked() {
+        let text = "[DEFAULT]\ntransport_url = rabbit://nav:s3cret@mq:5671/nav?ssl=1\n[oslo_messaging_rabbit]\nssl_ca_file = /etc/navigator/rabbit-ca.pem\nssl_version = TLSv1_2\n[nova]\nnotifications = true\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert!(config.unknown_options.is_empty());
+        assert_eq!(
+            config.rabbit.ssl_ca_file,
+            Some(PathBuf::from("/etc/navigator/rabbit-ca.pem"))
+        );
+        // ssl=1 is the URL's; it is merged when the broker link is made.
+        assert!(!config.rabbit.ssl);
+        assert_eq!(config.nova.rabbit, config.rabbit);
+
+        let supported = "supported: ssl, ssl_ca_file, ssl_cert_file, ssl_key_file, ssl_version, ssl_enforce_fips_mode (as in [oslo_messaging_rabbit])";
+        let cases = [
+            (
+                "[DEFAULT]\ntransport_url = rabbit://nav:s3cret@mq:5671/nav?ssl=1&heartbeat=30\n".to_owned(),
+                format!(
+                    "t.conf: [DEFAULT] transport_url = \"rabbit://nav:***@mq:5671/nav?ssl=1&heartbeat=30\": query parameter heartbeat is not supported (it would be ignored, so it is refused); {supported}"
+                ),
+            ),
+            (
+                "[nova]\nnotifications = true\ntransport_url = rabbit://n:pw@nova-mq/?ssl=2\n".to_owned(),
+                "t.conf: [nova] transport_url = \"rabbit://n:***@nova-mq/?ssl=2\": query parameter ssl=2: expected true or false (or 1 or 0)".to_owned(),
+            ),
+            (
+                "[oslo_messaging_rabbit]\nssl = sometimes\n".to_owned(),
+                "t.conf: [oslo_messaging_rabbit] ssl = \"sometimes\": expected true or false (or 1 or 0)".to_owned(),
+            ),
+            (
+                "[oslo_messaging_rabbit]\nssl_version = TLSv1\n".to_owned(),
+                "t.conf: [oslo_messaging_rabbit] ssl_version = \"TLSv1\": TLSv1 is not supported: SSL and TLS before 1.2 are broken; use TLSv1_2, or SSLv23 or empty to negotiate TLS 1.3 or 1.2".to_owned(),
+            ),
+            (
+                "[DEFAULT]\nrabbit_use_ssl = true\n".to_owned(),
+                "t.conf: [DEFAULT] rabbit_use_ssl = \"true\": rabbit_use_ssl is oslo.messaging's deprecated name of [oslo_messaging_rabbit] ssl, which Navigator does not read; write ssl instead".to_owned(),
+            ),
+            (
+                "[oslo_messaging_rabbit]\nkombu_ssl_ca_certs = /ca.pem\n".to_owned(),
+                "t.conf: [oslo_messaging_rabbit] kombu_ssl_ca_certs = \"/ca.pem\": kombu_ssl_ca_certs is oslo.messaging's deprecated name of [oslo_messaging_rabbit] ssl_ca_file, which Navigator does not read; write ssl_ca_file instead".to_owned(),
+            ),
+            (
+                "[oslo_messaging_rabbit]\nssl_enforce_fips_mode = true\n".to_owned(),
+                "t.conf: [oslo_messaging_rabbit] ssl_enforce_fips_mode = \"true\": only false is supported: Navigator's TLS (rustls with ring) has no FIPS mode".to_owned(),
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse("t.conf", &text).unwrap_err();
             assert_eq!(err.to_string(), expected);
         }
     }

@@ -90,6 +90,7 @@ pub fn start(
     };
     let source = NotificationSource {
         transport_url,
+        rabbit: config.rabbit.clone(),
         exchange: config.exchange.clone(),
         topics: config.topics.clone(),
         queue: config.queue.clone(),

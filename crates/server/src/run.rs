@@ -12,8 +12,9 @@ use anyhow::{Context as _, anyhow};
 use navigator_agent::fd_budget::{FdBudget, Wanted};
 use navigator_agent::options::{BackendOptions, log_preflight, make_backend};
 use navigator_agent::{Agent, AgentConfig};
-use navigator_rpc::Transport;
+use navigator_rpc::broker::mask_url;
 use navigator_rpc::inproc::InProcTransport;
+use navigator_rpc::{Broker, Transport};
 use navigator_store::{Store, redact, sqlite_url};
 use tokio_util::sync::CancellationToken;
 
@@ -151,12 +152,20 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
     // Loads the policy file and checks the Keystone options, so that
     // `config check` and start-up refuse the same mistakes (exit 64).
     crate::auth::Auth::from_config(config).map_err(usage)?;
+    // Reads the TLS files of [oslo_messaging_rabbit], so that a missing or
+    // invalid one is a usage error here rather than a connect failure later.
+    if is_cluster(config) {
+        rpc_broker(config)?;
+    }
+    if let Some(url) = config.nova.transport_url.as_deref() {
+        nova_broker(url, config)?;
+    }
     if is_cluster(config) && args.all_in_one {
         return Err(usage(anyhow!(
             "--all-in-one cannot be used with [DEFAULT] transport_url = {}: \
              all-in-one runs the agent inside the server and needs transport_url unset (or inproc://); \
              cluster mode (rabbit://) runs navigator-server without --all-in-one and one navigator-agent per proxy node",
-            redact(&config.transport_url)
+            mask_url(&config.transport_url)
         )));
     }
     if config.auth_strategy == AuthStrategy::NoAuth
@@ -186,6 +195,20 @@ fn fd_budget(config: &Config) -> Result<FdBudget, StartError> {
         },
     )
     .map_err(usage)
+}
+
+/// The broker of `[DEFAULT] transport_url` with the TLS options.
+fn rpc_broker(config: &Config) -> Result<Broker, StartError> {
+    Broker::new(&config.transport_url, &config.rabbit)
+        .context("cannot set up the RabbitMQ link of [DEFAULT] transport_url")
+        .map_err(usage)
+}
+
+/// The broker of `[nova] transport_url` with the TLS options.
+fn nova_broker(url: &str, config: &Config) -> Result<Broker, StartError> {
+    Broker::new(url, &config.nova.rabbit)
+        .context("cannot set up the RabbitMQ link of [nova] transport_url")
+        .map_err(usage)
 }
 
 fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
@@ -246,19 +269,18 @@ async fn serve(
     }
 
     let amqp = if cluster {
+        let broker = rpc_broker(&config)?;
+        broker.log_link("RPC");
         Some(Arc::new(
-            navigator_rpc::AmqpTransport::connect(
-                &config.transport_url,
-                navigator_rpc::amqp::DEFAULT_EXCHANGE,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to RabbitMQ at [DEFAULT] transport_url = {}",
-                    redact(&config.transport_url)
-                )
-            })
-            .map_err(runtime)?,
+            navigator_rpc::AmqpTransport::connect_to(broker, navigator_rpc::amqp::DEFAULT_EXCHANGE)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to RabbitMQ at [DEFAULT] transport_url = {}",
+                        mask_url(&config.transport_url)
+                    )
+                })
+                .map_err(runtime)?,
         ))
     } else {
         None
@@ -291,7 +313,7 @@ async fn serve(
         .with_context(|| {
             format!(
                 "cannot listen to Nova notifications ([nova] transport_url = {})",
-                redact(config.nova.transport_url.as_deref().unwrap_or_default())
+                mask_url(config.nova.transport_url.as_deref().unwrap_or_default())
             )
         })
         .map_err(usage)?;
@@ -465,7 +487,7 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
     if cluster {
         println!(
             "  agents    navigator-agent processes report over {}; see `navigator proxy list`",
-            redact(&config.transport_url)
+            mask_url(&config.transport_url)
         );
         println!("Stop with Ctrl-C.");
         return;

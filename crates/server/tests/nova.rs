@@ -132,6 +132,7 @@ fn nova_config(url: &str, exchange: &str, queue: &str, action: OnInstanceDelete)
     NovaConfig {
         notifications: true,
         transport_url: Some(url.to_owned()),
+        rabbit: Default::default(),
         exchange: exchange.to_owned(),
         topics: vec!["versioned_notifications".into(), "notifications".into()],
         queue: queue.to_owned(),

@@ -4,10 +4,11 @@
 //! `navigator` CLI, with traffic through the forwards: placement per
 //! strategy, agent crash and failover (exactly once with two servers), an
 //! agent frozen and thawed (it drops what it no longer owns), failover turned
-//! off, a broker restart and a database outage.
+//! off, a broker restart, a database outage, and the RabbitMQ link over TLS.
 //!
 //! Needs `scripts/rabbitmq` and `scripts/databases` (their `DIR/env` export
 //! `NAVIGATOR_TEST_TRANSPORT_URL`, `NAVIGATOR_TEST_RABBITMQ_DIR`,
+//! `NAVIGATOR_TEST_TLS_TRANSPORT_URL`, `NAVIGATOR_TEST_RABBITMQ_CA`,
 //! `NAVIGATOR_TEST_POSTGRES_URL` and `NAVIGATOR_TEST_MYSQL_URL`); without them
 //! a test fails under `CI` and prints a `skipped:` line otherwise.
 //!
@@ -1205,4 +1206,96 @@ fn a_database_outage_is_503_then_recovers_with_nothing_lost() {
         !logs.contains("forward moved off a down proxy"),
         "a database outage must not move forwards:\n{logs}"
     );
+}
+
+/// Cluster mode over TLS to RabbitMQ (`scripts/rabbitmq`'s TLS listener and
+/// throwaway CA): a server and an agent say at start-up that the link is
+/// encrypted and carry a forward; a TLS mistake (a CA file that cannot be
+/// read, a query parameter Navigator does not implement) stops either binary
+/// with exit 64, naming the option, and never shows the broker password.
+#[test]
+fn a_cluster_over_tls_carries_forwards_and_refuses_tls_mistakes() {
+    let Some((_, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let Some(tls_url) = env_or_skip("NAVIGATOR_TEST_TLS_TRANSPORT_URL", "RabbitMQ over TLS") else {
+        return;
+    };
+    let Some(ca) = env_or_skip("NAVIGATOR_TEST_RABBITMQ_CA", "RabbitMQ over TLS") else {
+        return;
+    };
+    let vhost = Vhost::create(&tls_url, &broker_dir);
+    assert!(vhost.url.ends_with("?ssl=1"), "{}", vhost.url);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    // The CA as a query parameter, which oslo allows for every
+    // [oslo_messaging_rabbit] option; the file form is checked below.
+    let url = format!("{}&ssl_ca_file={ca}", vhost.url);
+    let cluster = Cluster::new(&url, &database.url, 1);
+    let password = "navigator-test";
+
+    let mistakes = [
+        (
+            "missing-ca",
+            format!(
+                "[DEFAULT]\nhost = h\ntransport_url = {}\n[database]\nconnection = {}\n\
+                 [oslo_messaging_rabbit]\nssl_ca_file = /nonexistent/ca.pem\n",
+                vhost.url, database.url
+            ),
+            "[oslo_messaging_rabbit] ssl_ca_file = /nonexistent/ca.pem: cannot read it",
+        ),
+        (
+            "unknown-parameter",
+            format!(
+                "[DEFAULT]\nhost = h\ntransport_url = {}&heartbeat=30\n[database]\nconnection = {}\n",
+                vhost.url, database.url
+            ),
+            "query parameter heartbeat is not supported",
+        ),
+    ];
+    for (name, text, expected) in &mistakes {
+        let conf = write(cluster.dir.path(), &format!("{name}.conf"), text);
+        for (binary, out) in [
+            (
+                "navigator-server",
+                run_server_to_exit(&[OsStr::new("--config-file"), conf.as_os_str()]),
+            ),
+            (
+                "navigator-agent",
+                run_agent_to_exit(&[OsStr::new("--config-file"), conf.as_os_str()]),
+            ),
+        ] {
+            assert_eq!(out.code, Some(64), "{binary} with {name}:\n{out}");
+            assert!(
+                out.stderr.contains(expected),
+                "{binary} with {name}:\n{out}"
+            );
+            assert!(
+                !out.stderr.contains(password) && !out.stdout.contains(password),
+                "{binary} with {name} shows the password:\n{out}"
+            );
+        }
+    }
+
+    let server = cluster.start_server("tls-server", "");
+    let agent = cluster.start_agent(0);
+    wait_up(&server, &cluster.hosts);
+    let echo = TcpEcho::start("127.0.0.1", "t:");
+    let forward = create_to(&server, &echo, &[]);
+    assert_eq!(field(&forward, "status"), "ACTIVE", "{forward}");
+    assert_relays(&forward, "t:", &cluster);
+
+    let port = tls_url
+        .rsplit_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("host:port in the TLS URL")
+        .to_owned();
+    let link = format!("RabbitMQ (RPC): amqps to {port} (TLS, CA {ca})");
+    for logs in [server.logs(), agent.logs()] {
+        assert!(logs.contains(&link), "no {link:?} in:\n{logs}");
+        assert!(!logs.contains("NOT encrypted"), "{logs}");
+        assert!(
+            !logs.contains(password),
+            "the password is in the logs:\n{logs}"
+        );
+    }
 }
