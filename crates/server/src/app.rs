@@ -72,7 +72,15 @@ pub fn openapi() -> OpenApiDoc {
 /// The full application for `state`: the REST API, with the built-in
 /// dashboard (`/dashboard`, HTML, not in the OpenAPI document) in front.
 pub fn router(state: AppState) -> Router {
-    crate::dashboard::mount(api_router(state.clone()), &state)
+    // Outermost, around the dashboard too; the dashboard's in-process calls
+    // to the API router do not pass through it (they carry no Host).
+    let host_check = Arc::new(crate::host_check::HostCheck::new(
+        state.config.auth_strategy,
+        &state.config.allowed_hosts,
+    ));
+    crate::dashboard::mount(api_router(state.clone()), &state).layer(
+        axum::middleware::from_fn_with_state(host_check, crate::host_check::check),
+    )
 }
 
 /// The REST API alone (the dashboard calls it in process).

@@ -88,6 +88,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "api",
+        key: "allowed_hosts",
+        default: "",
+        help: "Comma-separated host names clients reach the API and dashboard by (the Host header, without port), e.g. navigator.example.com. Requests naming another host get HTTP 421, which stops DNS rebinding (a web page pointing its own name at this server to drive it from a visitor's browser). localhost and IP addresses are always accepted. With auth_strategy = noauth the check is always on; with keystone only when this is set.",
+    },
+    OptionDoc {
+        section: "api",
         key: "default_project_id",
         default: "default",
         help: "Project of noauth requests without an X-Project-Id header.",
@@ -346,6 +352,9 @@ pub struct Config {
     pub max_request_body_size: usize,
     /// `[api] max_port_range_size`: most ports in one forward's range.
     pub max_port_range_size: u32,
+    /// `[api] allowed_hosts`: host names served besides localhost and IP
+    /// literals (lower case), see [`crate::host_check`].
+    pub allowed_hosts: Vec<String>,
     pub default_project_id: String,
     /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
     pub keystone_authtoken: KeystoneAuthtoken,
@@ -489,6 +498,13 @@ impl Config {
                     Ok(n) if (1..=65535).contains(&n) => Ok(n),
                     _ => Err("expected a number of ports from 1 to 65535".into()),
                 }
+            })?,
+            allowed_hosts: raw.parse("api", "allowed_hosts", |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(crate::host_check::allowed_host)
+                    .collect()
             })?,
             default_project_id: raw.parse("api", "default_project_id", |v| {
                 if v.is_empty() {
@@ -751,7 +767,14 @@ mod tests {
         assert_eq!(config.bind_port, 9797);
         assert_eq!(config.port_range, PortRange::new(20000, 40000).unwrap());
         assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
+        assert!(config.allowed_hosts.is_empty());
         assert!(config.unknown_options.is_empty());
+        let config = Config::parse(
+            "t.conf",
+            "[api]\nallowed_hosts = Nav.Example.com, 10.0.0.5\n",
+        )
+        .unwrap();
+        assert_eq!(config.allowed_hosts, ["nav.example.com", "10.0.0.5"]);
     }
 
     #[test]
@@ -797,6 +820,10 @@ mod tests {
             (
                 "[api]\nmax_port_range_size = 0\n",
                 "t.conf: [api] max_port_range_size = \"0\": expected a number of ports from 1 to 65535",
+            ),
+            (
+                "[api]\nallowed_hosts = nav.example.com, nav.example.com:9797\n",
+                "t.conf: [api] allowed_hosts = \"nav.example.com, nav.example.com:9797\": \"nav.example.com:9797\" is not a host name or IP address (give names without port or scheme, e.g. navigator.example.com)",
             ),
             (
                 "[agent]\nexternal_addresses = 0.0.0.0\n",

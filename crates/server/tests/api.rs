@@ -10,6 +10,8 @@ use tower::ServiceExt;
 
 #[path = "support/stack.rs"]
 mod stack;
+#[path = "support/wire.rs"]
+mod wire;
 
 struct Harness {
     app: axum::Router,
@@ -708,5 +710,81 @@ async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["forward"]["proxy"], "proxy-2", "{body}");
+    }
+}
+
+/// DNS rebinding: a page on evil.example whose name now points at 127.0.0.1
+/// makes the browser send `Host: evil.example` to the noauth server. Only
+/// localhost, IP literals and `[api] allowed_hosts` are served, API and
+/// dashboard alike.
+#[tokio::test]
+async fn noauth_serves_only_loopback_addresses_and_allowed_hosts() {
+    let text = "[agent]\nport_range = 28000-28049\n[api]\nallowed_hosts = nav.example.test\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let port = addr.port();
+    for path in ["/v1/forwards", "/dashboard/login", "/metrics"] {
+        for host in [
+            "evil.example",
+            &format!("evil.example:{port}"),
+            "foo.localhost",
+        ] {
+            let answer = wire::send(addr, "GET", path, Some(host), &[], b"").await;
+            assert_eq!(answer.status, 421, "{host} {path}: {answer:?}");
+            let message = answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(message.contains("[api] allowed_hosts"), "{message}");
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "nav.example.test".to_owned(),
+            format!("NAV.example.test:{port}"),
+        ] {
+            let answer = wire::send(addr, "GET", path, Some(&host), &[], b"").await;
+            assert_eq!(answer.status, 200, "{host} {path}: {answer:?}");
+        }
+    }
+    // A POST is refused before it does anything.
+    let body = br#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}}"#;
+    let json = [("Content-Type", "application/json")];
+    let answer = wire::send(
+        addr,
+        "POST",
+        "/v1/forwards",
+        Some("evil.example"),
+        &json,
+        body,
+    )
+    .await;
+    assert_eq!(answer.status, 421, "{answer:?}");
+    let answer = wire::send(addr, "GET", "/v1/forwards", Some("localhost"), &[], b"").await;
+    assert_eq!(answer.json()["forwards"], json!([]), "nothing was created");
+}
+
+/// With Keystone the check is off unless `allowed_hosts` is set: tokens are
+/// not sent by browsers on their own.
+#[tokio::test]
+async fn keystone_checks_hosts_only_when_allowed_hosts_is_set() {
+    let keystone = "[DEFAULT]\nauth_strategy = keystone\n[keystone_authtoken]\nauth_url = http://127.0.0.1:9/v3\nusername = n\npassword = p\nproject_name = service\n[agent]\nport_range = 28050-28099\n";
+    let stack = stack::start(Config::parse("test.conf", keystone).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let answer = wire::send(addr, "GET", "/v1/forwards", Some("evil.example"), &[], b"").await;
+    assert_eq!(
+        answer.status, 401,
+        "no check, so authentication decides: {answer:?}"
+    );
+
+    let text = format!("{keystone}[api]\nallowed_hosts = nav.example.test\n");
+    let stack = stack::start(Config::parse("test.conf", &text).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let answer = wire::send(addr, "GET", "/v1/forwards", Some("evil.example"), &[], b"").await;
+    assert_eq!(answer.status, 421, "{answer:?}");
+    for host in ["nav.example.test", "127.0.0.1", "localhost"] {
+        let answer = wire::send(addr, "GET", "/v1/forwards", Some(host), &[], b"").await;
+        assert_eq!(answer.status, 401, "{host}: {answer:?}");
     }
 }
