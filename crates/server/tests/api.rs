@@ -788,3 +788,54 @@ async fn keystone_checks_hosts_only_when_allowed_hosts_is_set() {
         assert_eq!(answer.status, 401, "{host}: {answer:?}");
     }
 }
+
+/// Every label of the request metrics is bounded: 3,000 requests with
+/// invented methods on known, unknown and id paths leave `/metrics` small.
+#[tokio::test]
+async fn invented_methods_and_paths_create_no_new_series() {
+    let h = harness(28100).await;
+    let addr = wire::serve(h.app.clone()).await;
+    let before = wire::send(addr, "GET", "/metrics", Some("127.0.0.1"), &[], b"").await;
+    assert_eq!(before.status, 200);
+    // Eight connections at a time: quick, and gentle on a loaded machine.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8u32 {
+        tasks.spawn(async move {
+            for i in 0..375u32 {
+                let n = worker * 1000 + i;
+                let method = format!("X{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+                let path = match n % 3 {
+                    0 => "/v1/forwards".to_owned(),
+                    1 => format!("/v1/forwards/{}", uuid::Uuid::new_v4()),
+                    _ => format!("/scan/{n}"),
+                };
+                let answer = wire::send(addr, &method, &path, Some("127.0.0.1"), &[], b"").await;
+                assert!(
+                    answer.status == 405 || answer.status == 404,
+                    "{method} {path}: {answer:?}"
+                );
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let after = wire::send(addr, "GET", "/metrics", Some("127.0.0.1"), &[], b"").await;
+    let text = &after.body;
+    let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+    let requests = series("navigator_http_requests_total{");
+    assert!(
+        requests <= 8,
+        "{requests} request series after 3,000 invented methods:\n{text}"
+    );
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(!text.contains(r#"method="X"#), "{text}");
+    // Two routes and `unmatched`, each with one histogram of 14 lines, and
+    // the few series the scrapes themselves add.
+    assert!(
+        text.len() < before.body.len() + 16 * 1024,
+        "/metrics grew from {} to {} bytes",
+        before.body.len(),
+        text.len()
+    );
+}
