@@ -99,6 +99,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Project of noauth requests without an X-Project-Id header.",
     },
     OptionDoc {
+        section: "dashboard",
+        key: "max_sessions_per_address",
+        default: "100",
+        help: "Dashboard sessions one client address (the TCP peer) keeps at most; a login beyond it ends that address's least recently used session, so a flood of logins never locks others out. Each user keeps at most 10 and the server 10,000, the same way. 0: no per-address cap (behind a reverse proxy every client has the proxy's address; the other caps still hold). 0-10000.",
+    },
+    OptionDoc {
         section: "keystone_authtoken",
         key: "www_authenticate_uri",
         default: "",
@@ -356,6 +362,8 @@ pub struct Config {
     /// literals (lower case), see [`crate::host_check`].
     pub allowed_hosts: Vec<String>,
     pub default_project_id: String,
+    /// `[dashboard] max_sessions_per_address`; 0 is no cap.
+    pub dashboard_sessions_per_address: usize,
     /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
     pub keystone_authtoken: KeystoneAuthtoken,
     /// `[oslo_policy] policy_file`, resolved against the configuration file's directory.
@@ -513,6 +521,14 @@ impl Config {
                     Ok(v.to_owned())
                 }
             })?,
+            dashboard_sessions_per_address: raw.parse(
+                "dashboard",
+                "max_sessions_per_address",
+                |v| match v.parse::<usize>() {
+                    Ok(n) if n <= 10_000 => Ok(n),
+                    _ => Err("expected a number of sessions from 0 to 10000 (0: no cap)".into()),
+                },
+            )?,
             keystone_authtoken: KeystoneAuthtoken::parse(&raw)?,
             policy_file: raw.parse("oslo_policy", "policy_file", |v| {
                 Ok((!v.is_empty()).then(|| {
@@ -824,6 +840,10 @@ mod tests {
             (
                 "[api]\nallowed_hosts = nav.example.com, nav.example.com:9797\n",
                 "t.conf: [api] allowed_hosts = \"nav.example.com, nav.example.com:9797\": \"nav.example.com:9797\" is not a host name or IP address (give names without port or scheme, e.g. navigator.example.com)",
+            ),
+            (
+                "[dashboard]\nmax_sessions_per_address = -1\n",
+                "t.conf: [dashboard] max_sessions_per_address = \"-1\": expected a number of sessions from 0 to 10000 (0: no cap)",
             ),
             (
                 "[agent]\nexternal_addresses = 0.0.0.0\n",

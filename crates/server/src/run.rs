@@ -287,7 +287,9 @@ async fn serve(config: Arc<Config>, database_url: String) -> Result<(), StartErr
     tracing::info!(%public_url, "serving");
 
     let http_shutdown = shutdown.clone();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    // With the peer address: the dashboard caps sessions per client address.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         http_shutdown.cancelled().await;
     });
     let signal = tokio::spawn({
