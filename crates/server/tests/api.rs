@@ -262,14 +262,26 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     assert_eq!(body["forwards"], json!([]), "nothing was created");
 }
 
+/// A taken port is a 409 that names the holder only to its own project:
+/// the API never reveals another project's forward.
 #[tokio::test]
-async fn duplicate_port_is_a_conflict_naming_the_holder() {
+async fn duplicate_port_is_a_conflict_naming_only_the_callers_own_holder() {
     let h = harness(27300).await;
-    let (_, body) = h.create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301})).await;
+    let forward = json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301});
+    let (_, body) = h.create("p1", forward.clone()).await;
     let holder = body["forward"]["id"].as_str().unwrap().to_owned();
-    let (status, body) = h.create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301})).await;
+    let (status, body) = h.create("p2", forward.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(error_message(&body).contains(&holder), "{body}");
+    assert_eq!(
+        error_message(&body),
+        "port 27301/tcp on 127.0.0.1 is already in use"
+    );
+    let (status, body) = h.create("p1", forward).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        error_message(&body),
+        format!("port 27301/tcp on 127.0.0.1 is already in use by your forward {holder}")
+    );
 }
 
 #[tokio::test]
@@ -348,17 +360,22 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
     assert_eq!(body["forward"]["external_port_range"], Value::Null);
     assert_eq!(body["forward"]["internal_port_range"], Value::Null);
 
-    // Any port of the range is taken, for any project: 409 naming the holder
-    // and the port.
+    // Any port of the range is taken, for any project: 409 naming the port
+    // (and the holder only to its own project).
     let (status, body) = h
         .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27612}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let message = error_message(&body);
     assert!(
-        message.contains(&holder) && message.contains("27612"),
+        !message.contains(&holder) && message.contains("27612"),
         "{message}"
     );
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27612}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_message(&body).contains(&holder), "{body}");
     let (status, body) = h
         .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port_range": "27605:27610"}))
         .await;
