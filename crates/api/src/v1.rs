@@ -416,7 +416,8 @@ pub struct VersionBody {
 pub struct Health {
     /// `OK` or `DEGRADED`.
     pub status: String,
-    /// Per dependency: `database`, `rpc`... with `ok` or the problem.
+    /// Per dependency (`database`): `ok` or `unavailable`. The cause is in
+    /// the server log, with the request id of the answer.
     pub checks: std::collections::BTreeMap<String, String>,
 }
 

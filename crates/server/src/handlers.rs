@@ -499,11 +499,20 @@ pub async fn version_v1(State(state): State<AppState>) -> Json<VersionBody> {
     get, path = "/healthcheck", tag = "meta",
     responses((status = 200, body = Health), (status = 503, description = "A dependency is down", body = Health))
 )]
-pub async fn healthcheck(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn healthcheck(
+    State(state): State<AppState>,
+    request_id: Option<axum::Extension<crate::context::RequestId>>,
+) -> impl IntoResponse {
     let mut checks = std::collections::BTreeMap::new();
+    // Anyone may ask, so the answer names the dependency, never its error
+    // (hosts, users, driver messages): those go to the log.
     let database = match state.control.store().ping().await {
         Ok(()) => "ok".to_owned(),
-        Err(e) => format!("unavailable: {e}"),
+        Err(e) => {
+            let request_id = request_id.map(|id| id.0.0).unwrap_or_default();
+            tracing::warn!(%request_id, error = %e, "healthcheck: database unavailable");
+            "unavailable".to_owned()
+        }
     };
     let healthy = database == "ok";
     checks.insert("database".to_owned(), database);

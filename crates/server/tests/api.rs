@@ -856,3 +856,24 @@ async fn invented_methods_and_paths_create_no_new_series() {
         text.len()
     );
 }
+
+/// `/healthcheck` answers anyone: a database outage is named, its error
+/// (which may hold hosts, users or paths) is only logged.
+#[tokio::test]
+async fn healthcheck_names_a_database_outage_without_its_details() {
+    let h = harness(28350).await;
+    let (status, body, _) = h.send("GET", "/healthcheck", "p1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+    h._stack.control.store().close().await;
+    let (status, body, request_id) = h.send("GET", "/healthcheck", "p1", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        request_id.starts_with("req-"),
+        "the log line's id is in the answer"
+    );
+    assert_eq!(
+        body,
+        json!({"status": "DEGRADED", "checks": {"database": "unavailable"}})
+    );
+}
