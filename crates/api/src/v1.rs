@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use navigator_core::{ForwardStatus, PortForward, PortRange, Protocol, check_port_mapping};
+use navigator_core::{
+    ForwardStatus, PortForward, PortRange, Protocol, check_port_mapping, parse_port_number,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -343,6 +345,7 @@ pub struct ForwardListQuery {
     pub status: Option<String>,
     pub external_address: Option<String>,
     /// Forwards holding this external port, alone or inside their range.
+    #[serde(default, deserialize_with = "query_port")]
     pub external_port: Option<u16>,
     pub internal_ip_address: Option<String>,
     pub proxy: Option<String>,
@@ -421,6 +424,27 @@ pub struct Health {
     pub checks: std::collections::BTreeMap<String, String>,
 }
 
+/// A port in a query string, 1-65535 in plain digits (serde's `u16` would
+/// also take `+80`). Numbers are accepted too, for other encodings.
+fn query_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u64),
+        Text(String),
+    }
+    let port = match Given::deserialize(d)? {
+        Given::Number(n) => u16::try_from(n).ok(),
+        Given::Text(text) => parse_port_number(&text),
+    };
+    match port {
+        Some(port) if port != 0 => Ok(Some(port)),
+        _ => Err(serde::de::Error::custom(
+            "invalid external_port: expected a port 1-65535 in plain digits",
+        )),
+    }
+}
+
 fn parse_protocol(value: &str) -> Result<Protocol, FieldError> {
     value
         .parse()
@@ -468,9 +492,10 @@ pub fn parse_port_range(field: &'static str, value: &str) -> Result<PortRange, F
             ),
         )
     };
+    // Plain digits only: `+80`, ` 80` or `080` are refused, not read as 80.
     let (first, last) = value.split_once(':').unwrap_or((value, value));
-    let first: u16 = first.parse().map_err(|_| bad())?;
-    let last: u16 = last.parse().map_err(|_| bad())?;
+    let first = parse_port_number(first).ok_or_else(bad)?;
+    let last = parse_port_number(last).ok_or_else(bad)?;
     PortRange::new(first, last).map_err(|_| bad())
 }
 
@@ -624,6 +649,28 @@ mod tests {
         for (fields, expected) in cases {
             assert_eq!(with(fields.clone()), Err(expected.to_owned()), "{fields}");
         }
+    }
+
+    #[test]
+    fn ports_and_ranges_have_one_spelling() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
+        for odd in [
+            "+9000:9009",
+            "9000:+9009",
+            " 9000:9009",
+            "9000 : 9009",
+            "09000:9009",
+            "+9000",
+        ] {
+            let mut forward = base.clone();
+            forward["external_port_range"] = serde_json::json!(odd);
+            let err = create(serde_json::json!({ "forward": forward })).unwrap_err();
+            assert!(
+                err.starts_with("invalid external_port_range:"),
+                "{odd:?}: {err}"
+            );
+        }
+        // The query's external_port: tests/api.rs, through the router.
     }
 
     #[test]

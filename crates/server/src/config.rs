@@ -475,8 +475,8 @@ impl Config {
                     .map_err(|_| "expected an IPv4 or IPv6 address".to_owned())
             })?,
             bind_port: raw.parse("DEFAULT", "bind_port", |v| {
-                v.parse()
-                    .map_err(|_| "expected a port number 0-65535".to_owned())
+                navigator_core::parse_port_number(v)
+                    .ok_or_else(|| "expected a port number 0-65535".to_owned())
             })?,
             auth_strategy: raw.parse("DEFAULT", "auth_strategy", |v| match v {
                 "noauth" => Ok(AuthStrategy::NoAuth),
@@ -816,6 +816,14 @@ mod tests {
             (
                 "[DEFAULT]\nbind_port = 70000\n",
                 "t.conf: [DEFAULT] bind_port = \"70000\": expected a port number 0-65535",
+            ),
+            (
+                "[DEFAULT]\nbind_port = +9797\n",
+                "t.conf: [DEFAULT] bind_port = \"+9797\": expected a port number 0-65535",
+            ),
+            (
+                "[agent]\nport_range = +20000-40000\n",
+                "t.conf: [agent] port_range = \"+20000-40000\": \"+20000-40000\" is not a port range: expected FIRST-LAST with ports 1-65535 in plain digits, e.g. 20000-40000",
             ),
             (
                 "[DEFAULT]\nauth_strategy = ldap\n",

@@ -171,6 +171,10 @@ async fn list_is_scoped_to_the_project_and_pages() {
         .send("GET", "/v1/forwards?all_projects=true", "p1", None)
         .await;
     assert_eq!(body["forwards"].as_array().unwrap().len(), 4);
+    let (_, body, _) = h
+        .send("GET", "/v1/forwards?external_port=27101", "p1", None)
+        .await;
+    assert_eq!(body["forwards"].as_array().unwrap().len(), 1, "{body}");
 }
 
 #[tokio::test]
@@ -245,6 +249,12 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     let (status, value, _) = h.send("POST", "/v1/forwards", "p1", Some(&big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");
     for (query, message) in [
+        // A port has one spelling: not +80 (`+` is a space in a query), 080, 0.
+        ("external_port=%2B80", "invalid external_port"),
+        ("external_port=+80", "invalid external_port"),
+        ("external_port=080", "invalid external_port"),
+        ("external_port=0", "invalid external_port"),
+        ("external_port=65536", "invalid external_port"),
         ("limit=0", "invalid limit"),
         ("colour=red", "unknown field"),
         ("marker=nope", "invalid marker"),
@@ -457,6 +467,10 @@ async fn bad_port_ranges_are_refused_naming_the_field() {
         (
             json!({"internal_port": 22, "external_port_range": "a:b"}),
             "invalid external_port_range: \"a:b\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
+        ),
+        (
+            json!({"internal_port_range": "+8000:8001"}),
+            "invalid internal_port_range: \"+8000:8001\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
         ),
     ];
     for (fields, expected) in cases {

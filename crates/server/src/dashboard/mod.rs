@@ -319,9 +319,13 @@ fn port_field(state: &mut FormState, name: &str, required: bool) -> Option<i64> 
         }
         return None;
     }
-    match text.parse::<i64>() {
-        Ok(port) => Some(port),
-        Err(_) => {
+    // Plain digits, as the API's port fields: `+80` or `080` are refused
+    // here rather than sent on as 80. The API decides about the range.
+    let plain =
+        text.bytes().all(|b| b.is_ascii_digit()) && !(text.len() > 1 && text.starts_with('0'));
+    match text.parse::<i64>().ok().filter(|_| plain) {
+        Some(port) => Some(port),
+        None => {
             state.errors.insert(
                 name.into(),
                 format!("{text:?} is not a whole number (a port is 1-65535)"),
@@ -1011,6 +1015,12 @@ mod tests {
         assert!(!state.errors.contains_key("external_port"));
         state.values.insert("external_port".into(), "70000".into());
         assert_eq!(port_field(&mut state, "external_port", false), Some(70000));
+        for odd in ["+80", "080", "-1", "8 0"] {
+            let mut state = FormState::default();
+            state.values.insert("internal_port".into(), odd.into());
+            assert_eq!(port_field(&mut state, "internal_port", true), None, "{odd}");
+            assert!(state.errors.contains_key("internal_port"), "{odd}");
+        }
     }
 
     #[test]
