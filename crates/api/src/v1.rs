@@ -509,13 +509,37 @@ fn check_text(field: &'static str, value: &str, may_be_empty: bool) -> Result<St
             format!("is longer than {MAX_TEXT_LEN} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = hidden_char(value) {
         return Err(FieldError::new(
             field,
-            "must not contain control characters",
+            format!(
+                "must not contain control, line-separator or bidirectional formatting characters (found U+{:04X})",
+                u32::from(c)
+            ),
         ));
     }
     Ok(value.to_owned())
+}
+
+/// The first character of `text` that free text must not hold: control
+/// characters (C0, DEL, C1), the line and paragraph separators, and the
+/// bidirectional formatting characters, which make text display in another
+/// order than it is stored (a description that reads as something else in
+/// a terminal, Horizon or the dashboard: "Trojan Source").
+pub fn hidden_char(text: &str) -> Option<char> {
+    text.chars().find(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061C}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    })
 }
 
 #[cfg(test)]
@@ -671,6 +695,36 @@ mod tests {
             );
         }
         // The query's external_port: tests/api.rs, through the router.
+    }
+
+    #[test]
+    fn free_text_refuses_control_and_bidi_characters() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
+        for field in ["description", "instance_id", "proxy"] {
+            for c in [
+                '\u{0}', '\n', '\u{7f}', '\u{85}', '\u{061C}', '\u{200E}', '\u{200F}', '\u{2028}',
+                '\u{2029}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+            ] {
+                let mut forward = base.clone();
+                forward[field] = serde_json::json!(format!("ab{c}cd"));
+                let err = create(serde_json::json!({ "forward": forward })).unwrap_err();
+                let code = format!("U+{:04X}", u32::from(c));
+                assert!(
+                    err.starts_with(&format!("invalid {field}: must not contain"))
+                        && err.contains(&code),
+                    "{field} {code}: {err}"
+                );
+            }
+        }
+        // Other scripts, emoji (with their joiners) and accents are text.
+        let mut forward = base.clone();
+        forward["description"] = serde_json::json!("web – Ωμέγα, עברית, 👩\u{200D}💻");
+        assert!(create(serde_json::json!({ "forward": forward })).is_ok());
+        let update = ForwardUpdate {
+            description: Some("\u{202E}gnp.exe".into()),
+            ..Default::default()
+        };
+        assert_eq!(update.validate().unwrap_err().field, "description");
     }
 
     #[test]

@@ -114,6 +114,14 @@ async fn create_show_update_delete() {
     assert_eq!(body["forward"]["description"], "x");
     assert!(request_id.starts_with("req-"), "{request_id}");
 
+    let (status, body) = h
+        .update("p1", id, json!({"description": "x\u{200F}y"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        error_message(&body).starts_with("invalid description:"),
+        "{body}"
+    );
     let (status, body) = h.update("p1", id, json!({"internal_port": 10})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["forward"]["internal_port"], 10);
@@ -225,6 +233,16 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             r#"{"forward": {"protocol": "tcp""#,
             400,
             "malformed request body",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "description": "invoice\u202Efdp.exe"}}"#,
+            400,
+            "invalid description: must not contain control, line-separator or bidirectional formatting characters (found U+202E)",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "instance_id": "vm\u2066"}}"#,
+            400,
+            "invalid instance_id: must not contain",
         ),
         (
             r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1"}}"#,

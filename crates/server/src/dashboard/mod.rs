@@ -586,7 +586,10 @@ async fn noauth_login(
     state: &mut FormState,
 ) -> Result<(Session, String), StatusCode> {
     let project = state.value("project").trim().to_owned();
-    if project.is_empty() || project.len() > 255 || project.chars().any(char::is_control) {
+    if project.is_empty()
+        || project.len() > 255
+        || navigator_api::v1::hidden_char(&project).is_some()
+    {
         state.errors.insert(
             "project".into(),
             "expected 1-255 printable characters".into(),
