@@ -19,6 +19,37 @@ pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// The largest page a client may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// The OpenAPI `pattern` of a port range field: `N` or `N:M`, ports 1-65535
+/// in plain digits (that N <= M is checked too, and said in the field's
+/// description). The `schema` attributes below must spell it as a literal;
+/// `openapi_document_is_complete` (server tests) checks they agree.
+pub const PORT_RANGE_PATTERN: &str = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+/// The OpenAPI `pattern` of free text: none of [`hidden_char`]'s characters.
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$";
+
+// The values of the `protocol` and `status` strings, for the OpenAPI
+// document only: the fields stay strings, checked by the `validate`s.
+
+/// `tcp` or `udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolName {
+    Tcp,
+    Udp,
+}
+
+/// Where a forward is: `PENDING` (the proxy has not confirmed it yet),
+/// `ACTIVE` (carried), `ERROR` (not carried; `status_reason` says why) or
+/// `DELETING`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StatusName {
+    Pending,
+    Active,
+    Error,
+    Deleting,
+}
+
 /// A request field that failed validation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {message}")]
@@ -43,30 +74,44 @@ pub struct Forward {
     pub id: String,
     /// Project (tenant) that owns the forward.
     pub project_id: String,
+    #[schema(
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub description: String,
     /// `tcp` or `udp`.
+    #[schema(value_type = ProtocolName)]
     pub protocol: String,
     /// Address on the proxy that clients connect to.
     pub external_address: String,
     /// The external port; for a range forward, its first port.
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: u16,
     /// `N:M` for a range forward (ports N to M inclusive), `null` for a
     /// single-port forward.
     #[serde(default)]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub external_port_range: Option<String>,
     /// Address of the instance the traffic is forwarded to.
     pub internal_ip_address: String,
     /// The internal port; for a range forward, its first port.
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: u16,
     /// `N:M` for a range forward (`N:N` when every external port goes to
     /// port N), `null` for a single-port forward.
     #[serde(default)]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub internal_port_range: Option<String>,
     /// Nova instance the target belongs to, if given.
     pub instance_id: Option<String>,
     /// Host name of the proxy node carrying the forward.
     pub proxy: String,
     /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
+    #[schema(value_type = StatusName)]
     pub status: String,
     /// Why the forward is in `ERROR` (or still `PENDING`).
     pub status_reason: Option<String>,
@@ -130,36 +175,64 @@ pub struct ForwardList {
 #[serde(deny_unknown_fields)]
 pub struct ForwardCreate {
     /// `tcp` or `udp`.
+    #[schema(value_type = ProtocolName)]
     pub protocol: String,
     /// Target address (IPv4 or IPv6).
     pub internal_ip_address: String,
     /// Target port, 1-65535. Give this or `internal_port_range`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: Option<i64>,
-    /// Target ports `N:M` (or `N`), as Neutron's port-forwarding ranges:
-    /// the same number of ports as `external_port_range`, or one port that
-    /// every external port goes to. Exclusive with `internal_port`.
+    /// Target ports `N:M` (or `N`), 1-65535 with N <= M, as Neutron's
+    /// port-forwarding ranges: the same number of ports as
+    /// `external_port_range`, or one port that every external port goes to.
+    /// Exclusive with `internal_port`. At most `[api] max_port_range_size`
+    /// ports (1000 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub internal_port_range: Option<String>,
-    /// Port on the proxy; omitted (with `external_port_range`) means one is
-    /// allocated from the proxy's pool.
+    /// Port on the proxy, 1-65535 and inside its pool; omitted (with
+    /// `external_port_range`) means one is allocated from the proxy's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: Option<i64>,
-    /// Ports on the proxy `N:M` (or `N`). Exclusive with `external_port`;
-    /// omitted with an `internal_port_range` means a free block of as many
-    /// ports is allocated from the proxy's pool.
+    /// Ports on the proxy `N:M` (or `N`), 1-65535 with N <= M. Exclusive
+    /// with `external_port`; omitted with an `internal_port_range` means a
+    /// free block of as many ports is allocated from the proxy's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub external_port_range: Option<String>,
     /// Address on the proxy; omitted means the proxy's first address of the
     /// target's family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_address: Option<String>,
+    /// Nova instance the target belongs to; not blank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub instance_id: Option<String>,
+    /// Free text, at most 255 characters, without control or bidirectional
+    /// formatting characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub description: Option<String>,
-    /// Proxy host to place the forward on (admin only).
+    /// Proxy host to place the forward on (admin only); not blank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub proxy: Option<String>,
 }
 
@@ -253,11 +326,21 @@ impl ForwardCreate {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardUpdate {
+    /// New target address (IPv4 or IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_ip_address: Option<String>,
+    /// New target port, 1-65535; a range forward's internal range moves to
+    /// start there (and must still end by 65535).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: Option<i64>,
+    /// Free text, at most 255 characters, without control or bidirectional
+    /// formatting characters; `""` clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub description: Option<String>,
 }
 
@@ -340,12 +423,15 @@ impl SortKey {
 pub struct ForwardListQuery {
     pub instance_id: Option<String>,
     /// `tcp` or `udp`.
+    #[param(value_type = Option<ProtocolName>)]
     pub protocol: Option<String>,
     /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
+    #[param(value_type = Option<StatusName>)]
     pub status: Option<String>,
     pub external_address: Option<String>,
     /// Forwards holding this external port, alone or inside their range.
     #[serde(default, deserialize_with = "query_port")]
+    #[param(minimum = 1, maximum = 65535)]
     pub external_port: Option<u16>,
     pub internal_ip_address: Option<String>,
     pub proxy: Option<String>,
@@ -354,6 +440,7 @@ pub struct ForwardListQuery {
     /// List every project's forwards (admin only).
     pub all_projects: Option<bool>,
     /// Page size, 1-1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Id of the last forward of the previous page.
     pub marker: Option<String>,

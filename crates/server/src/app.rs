@@ -37,6 +37,13 @@ pub struct AppState {
         description = "Port forwarding for OpenStack clouds: map external_address:external_port on a proxy node to an instance's internal_ip_address:internal_port.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
+    // Referenced by query parameters, which do not bring their schemas along.
+    components(schemas(
+        navigator_api::v1::SortKey,
+        navigator_api::v1::SortDir,
+        navigator_api::v1::ProtocolName,
+        navigator_api::v1::StatusName
+    )),
     tags(
         (name = "forwards", description = "Port forwards of the caller's project"),
         (name = "proxies", description = "Forwarding nodes (admin)"),

@@ -613,6 +613,59 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
     assert!(text.contains("# TYPE navigator_http_request_duration_seconds histogram\n"));
 }
 
+/// Every `$ref` of the document names a schema it defines, and every
+/// `pattern` is one of the API crate's (the `schema` attributes must spell
+/// them as literals).
+#[test]
+fn openapi_document_is_complete() {
+    let doc = serde_json::to_value(navigator_server::app::openapi()).unwrap();
+    fn walk<'a>(value: &'a Value, key: &str, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match v {
+                        Value::String(s) if k == key => out.push(s),
+                        _ => walk(v, key, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, key, out)),
+            _ => {}
+        }
+    }
+    let mut refs = Vec::new();
+    walk(&doc, "$ref", &mut refs);
+    assert!(!refs.is_empty());
+    for reference in refs {
+        let target = reference
+            .strip_prefix("#/")
+            .unwrap_or_else(|| panic!("unexpected $ref {reference}"))
+            .split('/')
+            .fold(&doc, |node, part| &node[part]);
+        assert!(target.is_object(), "$ref {reference} names nothing");
+    }
+    let mut patterns = Vec::new();
+    walk(&doc, "pattern", &mut patterns);
+    assert!(patterns.len() >= 8, "{patterns:?}");
+    for pattern in patterns {
+        assert!(
+            pattern == navigator_api::v1::PORT_RANGE_PATTERN
+                || pattern == navigator_api::v1::TEXT_PATTERN,
+            "{pattern}"
+        );
+    }
+    let limit = &doc["paths"]["/v1/forwards"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"]),
+        (&json!(1), &json!(navigator_api::v1::MAX_PAGE_SIZE))
+    );
+}
+
 #[test]
 fn committed_openapi_document_is_fresh() {
     let generated = serde_json::to_string_pretty(&navigator_server::app::openapi()).unwrap() + "\n";
