@@ -351,6 +351,46 @@ impl Validator {
         }
     }
 
+    /// Revokes `user_token` (`DELETE /v3/auth/tokens`, authorised by the
+    /// token itself: Keystone lets a token's owner revoke it) and forgets it
+    /// here, so this server refuses it at once instead of trusting its cache
+    /// for up to `token_cache_time`. A token Keystone no longer knows is
+    /// revoked already.
+    pub async fn revoke(&self, user_token: &str) -> Result<(), ValidateError> {
+        let user_token = user_token.trim();
+        {
+            let mut cache = self.lock_cache();
+            let key = cache.hasher.hash_one(user_token);
+            if cache.entries.get(&key).is_some_and(|e| e.raw == user_token) {
+                cache.entries.remove(&key);
+            }
+        }
+        self.remember_refusal(user_token);
+        let Some(subject) = secret_header(user_token) else {
+            return Ok(());
+        };
+        let url = format!("{}/auth/tokens", self.url);
+        let response = self
+            .http
+            .delete(&url)
+            .header(reqwest::header::CONNECTION, "close")
+            .header("X-Auth-Token", subject.clone())
+            .header("X-Subject-Token", subject)
+            .send()
+            .await
+            .map_err(|e| {
+                ValidateError::Unavailable(format!("cannot reach {url}: {}", error_chain(&e)))
+            })?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => Ok(()),
+            other => Err(ValidateError::Unavailable(format!(
+                "keystone answered {other} to a token revocation: {}",
+                redact(error_message(response).await, &[user_token])
+            ))),
+        }
+    }
+
     /// Keystone's answer, and until when the token is valid.
     async fn ask_keystone_and_check(
         &self,
@@ -975,7 +1015,15 @@ mod tests {
                             }
                         }
                     }
-                    let (status, extra, body) = if request.starts_with(b"POST") {
+                    let (status, extra, body) = if request.starts_with(b"DELETE") {
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        if text.contains("boom") {
+                            let body = json!({"error": {"code": 500, "message": "cannot revoke boom-secret"}});
+                            ("500 Internal Server Error", "", body)
+                        } else {
+                            ("204 No Content", "", serde_json::Value::Null)
+                        }
+                    } else if request.starts_with(b"POST") {
                         let expires = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
                         let body = json!({"token": {
                             "methods": ["password"],
@@ -1007,7 +1055,11 @@ mod tests {
                             ("404 Not Found", "", body)
                         }
                     };
-                    let body = body.to_string();
+                    let body = if body.is_null() {
+                        String::new()
+                    } else {
+                        body.to_string()
+                    };
                     let response = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -1081,6 +1133,32 @@ mod tests {
         match v.validate("boom-secret-subject-token").await {
             Err(ValidateError::Unavailable(reason)) => {
                 assert!(reason.contains("validating <token>"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Logout: a revoked token leaves the cache and is refused at once,
+    /// without asking Keystone; a failed revocation says so, token-free.
+    #[tokio::test]
+    async fn a_revoked_token_is_forgotten_and_refused() {
+        use std::sync::atomic::Ordering;
+        let (url, asked) = refusing_keystone().await;
+        let v = validator_at(&url, Duration::from_secs(300), Duration::from_secs(10));
+        let t = Arc::new(token(
+            &(Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        ));
+        v.remember("user-token", &t, t.expires_at().unwrap());
+        assert!(v.validate("user-token").await.is_ok(), "cached");
+        v.revoke("user-token").await.unwrap();
+        assert!(matches!(
+            v.validate("user-token").await,
+            Err(ValidateError::Invalid(_))
+        ));
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "refused from memory");
+        match v.revoke("boom-secret").await {
+            Err(ValidateError::Unavailable(reason)) => {
+                assert!(!reason.contains("boom-secret"), "{reason}")
             }
             other => panic!("{other:?}"),
         }

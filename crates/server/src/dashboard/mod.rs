@@ -54,6 +54,9 @@ struct Dashboard {
     keystone_url: Option<String>,
     /// noauth logins are only offered when the API listens on loopback.
     noauth_allowed: bool,
+    /// The API's authentication, whose validator revokes a session's
+    /// Keystone token at logout.
+    auth: Arc<crate::auth::Auth>,
 }
 
 type Shared = Arc<Dashboard>;
@@ -73,6 +76,7 @@ pub fn mount(api: Router, state: &AppState) -> Router {
         login_key: LoginKey::default(),
         keystone_url,
         noauth_allowed: state.config.bind_host.is_loopback(),
+        auth: state.auth.clone(),
     });
     Router::new()
         .route("/dashboard", get(index))
@@ -641,7 +645,18 @@ async fn logout(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         Ok(posted) => posted,
         Err(response) => return response,
     };
-    dash.sessions.remove(&sid);
+    if let Some(Session {
+        credential: Credential::Token(token),
+        ..
+    }) = dash.sessions.remove(&sid)
+        && let Some(validator) = dash.auth.validator()
+    {
+        // Logged out means the token is over, at Keystone too: otherwise it
+        // would stay good for its lifetime wherever it was copied to.
+        if let Err(error) = validator.revoke(&token).await {
+            tracing::warn!(%error, "dashboard logout: the Keystone token could not be revoked; it stays valid until it expires");
+        }
+    }
     with_cookie(
         redirect("/dashboard/login?logged_out=1"),
         session::set_cookie(COOKIE, "", Some(0), session::over_tls(&headers)),

@@ -2,7 +2,8 @@
 //!
 //! The browser holds only a random session id in an HttpOnly, SameSite=Strict
 //! cookie scoped to `/dashboard`; the Keystone token (or the noauth project)
-//! never leaves the server. A session ends when its token expires, on logout,
+//! never leaves the server. A session ends when its token expires, on logout
+//! (which revokes a Keystone token), when a cap makes room for a newer login,
 //! or when the REST API stops accepting its token.
 //!
 //! Every state-changing form carries the session's synchronizer token
