@@ -6,7 +6,9 @@
 
 use std::net::IpAddr;
 
-use navigator_core::{ForwardStatus, PortForward, PortRange, Protocol, check_port_mapping};
+use navigator_core::{
+    ForwardStatus, PortForward, PortRange, Protocol, check_port_mapping, parse_port_number,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -16,6 +18,37 @@ pub const MAX_TEXT_LEN: usize = 255;
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// The largest page a client may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The OpenAPI `pattern` of a port range field: `N` or `N:M`, ports 1-65535
+/// in plain digits (that N <= M is checked too, and said in the field's
+/// description). The `schema` attributes below must spell it as a literal;
+/// `openapi_document_is_complete` (server tests) checks they agree.
+pub const PORT_RANGE_PATTERN: &str = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$";
+/// The OpenAPI `pattern` of free text: none of [`hidden_char`]'s characters.
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$";
+
+// The values of the `protocol` and `status` strings, for the OpenAPI
+// document only: the fields stay strings, checked by the `validate`s.
+
+/// `tcp` or `udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolName {
+    Tcp,
+    Udp,
+}
+
+/// Where a forward is: `PENDING` (the proxy has not confirmed it yet),
+/// `ACTIVE` (carried), `ERROR` (not carried; `status_reason` says why) or
+/// `DELETING`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StatusName {
+    Pending,
+    Active,
+    Error,
+    Deleting,
+}
 
 /// A request field that failed validation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,30 +74,44 @@ pub struct Forward {
     pub id: String,
     /// Project (tenant) that owns the forward.
     pub project_id: String,
+    #[schema(
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub description: String,
     /// `tcp` or `udp`.
+    #[schema(value_type = ProtocolName)]
     pub protocol: String,
     /// Address on the proxy that clients connect to.
     pub external_address: String,
     /// The external port; for a range forward, its first port.
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: u16,
     /// `N:M` for a range forward (ports N to M inclusive), `null` for a
     /// single-port forward.
     #[serde(default)]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub external_port_range: Option<String>,
     /// Address of the instance the traffic is forwarded to.
     pub internal_ip_address: String,
     /// The internal port; for a range forward, its first port.
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: u16,
     /// `N:M` for a range forward (`N:N` when every external port goes to
     /// port N), `null` for a single-port forward.
     #[serde(default)]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub internal_port_range: Option<String>,
     /// Nova instance the target belongs to, if given.
     pub instance_id: Option<String>,
     /// Host name of the proxy node carrying the forward.
     pub proxy: String,
     /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
+    #[schema(value_type = StatusName)]
     pub status: String,
     /// Why the forward is in `ERROR` (or still `PENDING`).
     pub status_reason: Option<String>,
@@ -128,36 +175,64 @@ pub struct ForwardList {
 #[serde(deny_unknown_fields)]
 pub struct ForwardCreate {
     /// `tcp` or `udp`.
+    #[schema(value_type = ProtocolName)]
     pub protocol: String,
     /// Target address (IPv4 or IPv6).
     pub internal_ip_address: String,
     /// Target port, 1-65535. Give this or `internal_port_range`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: Option<i64>,
-    /// Target ports `N:M` (or `N`), as Neutron's port-forwarding ranges:
-    /// the same number of ports as `external_port_range`, or one port that
-    /// every external port goes to. Exclusive with `internal_port`.
+    /// Target ports `N:M` (or `N`), 1-65535 with N <= M, as Neutron's
+    /// port-forwarding ranges: the same number of ports as
+    /// `external_port_range`, or one port that every external port goes to.
+    /// Exclusive with `internal_port`. At most `[api] max_port_range_size`
+    /// ports (1000 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub internal_port_range: Option<String>,
-    /// Port on the proxy; omitted (with `external_port_range`) means one is
-    /// allocated from the proxy's pool.
+    /// Port on the proxy, 1-65535 and inside its pool; omitted (with
+    /// `external_port_range`) means one is allocated from the proxy's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: Option<i64>,
-    /// Ports on the proxy `N:M` (or `N`). Exclusive with `external_port`;
-    /// omitted with an `internal_port_range` means a free block of as many
-    /// ports is allocated from the proxy's pool.
+    /// Ports on the proxy `N:M` (or `N`), 1-65535 with N <= M. Exclusive
+    /// with `external_port`; omitted with an `internal_port_range` means a
+    /// free block of as many ports is allocated from the proxy's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?$"
+    )]
     pub external_port_range: Option<String>,
     /// Address on the proxy; omitted means the proxy's first address of the
     /// target's family.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_address: Option<String>,
+    /// Nova instance the target belongs to; not blank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub instance_id: Option<String>,
+    /// Free text, at most 255 characters, without control or bidirectional
+    /// formatting characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub description: Option<String>,
-    /// Proxy host to place the forward on (admin only).
+    /// Proxy host to place the forward on (admin only); not blank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub proxy: Option<String>,
 }
 
@@ -251,11 +326,21 @@ impl ForwardCreate {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardUpdate {
+    /// New target address (IPv4 or IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_ip_address: Option<String>,
+    /// New target port, 1-65535; a range forward's internal range moves to
+    /// start there (and must still end by 65535).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: Option<i64>,
+    /// Free text, at most 255 characters, without control or bidirectional
+    /// formatting characters; `""` clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
+    )]
     pub description: Option<String>,
 }
 
@@ -338,11 +423,15 @@ impl SortKey {
 pub struct ForwardListQuery {
     pub instance_id: Option<String>,
     /// `tcp` or `udp`.
+    #[param(value_type = Option<ProtocolName>)]
     pub protocol: Option<String>,
     /// `PENDING`, `ACTIVE`, `ERROR` or `DELETING`.
+    #[param(value_type = Option<StatusName>)]
     pub status: Option<String>,
     pub external_address: Option<String>,
     /// Forwards holding this external port, alone or inside their range.
+    #[serde(default, deserialize_with = "query_port")]
+    #[param(minimum = 1, maximum = 65535)]
     pub external_port: Option<u16>,
     pub internal_ip_address: Option<String>,
     pub proxy: Option<String>,
@@ -351,6 +440,7 @@ pub struct ForwardListQuery {
     /// List every project's forwards (admin only).
     pub all_projects: Option<bool>,
     /// Page size, 1-1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Id of the last forward of the previous page.
     pub marker: Option<String>,
@@ -416,8 +506,30 @@ pub struct VersionBody {
 pub struct Health {
     /// `OK` or `DEGRADED`.
     pub status: String,
-    /// Per dependency: `database`, `rpc`... with `ok` or the problem.
+    /// Per dependency (`database`): `ok` or `unavailable`. The cause is in
+    /// the server log, with the request id of the answer.
     pub checks: std::collections::BTreeMap<String, String>,
+}
+
+/// A port in a query string, 1-65535 in plain digits (serde's `u16` would
+/// also take `+80`). Numbers are accepted too, for other encodings.
+fn query_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u64),
+        Text(String),
+    }
+    let port = match Given::deserialize(d)? {
+        Given::Number(n) => u16::try_from(n).ok(),
+        Given::Text(text) => parse_port_number(&text),
+    };
+    match port {
+        Some(port) if port != 0 => Ok(Some(port)),
+        _ => Err(serde::de::Error::custom(
+            "invalid external_port: expected a port 1-65535 in plain digits",
+        )),
+    }
 }
 
 fn parse_protocol(value: &str) -> Result<Protocol, FieldError> {
@@ -467,9 +579,10 @@ pub fn parse_port_range(field: &'static str, value: &str) -> Result<PortRange, F
             ),
         )
     };
+    // Plain digits only: `+80`, ` 80` or `080` are refused, not read as 80.
     let (first, last) = value.split_once(':').unwrap_or((value, value));
-    let first: u16 = first.parse().map_err(|_| bad())?;
-    let last: u16 = last.parse().map_err(|_| bad())?;
+    let first = parse_port_number(first).ok_or_else(bad)?;
+    let last = parse_port_number(last).ok_or_else(bad)?;
     PortRange::new(first, last).map_err(|_| bad())
 }
 
@@ -483,13 +596,37 @@ fn check_text(field: &'static str, value: &str, may_be_empty: bool) -> Result<St
             format!("is longer than {MAX_TEXT_LEN} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(c) = hidden_char(value) {
         return Err(FieldError::new(
             field,
-            "must not contain control characters",
+            format!(
+                "must not contain control, line-separator or bidirectional formatting characters (found U+{:04X})",
+                u32::from(c)
+            ),
         ));
     }
     Ok(value.to_owned())
+}
+
+/// The first character of `text` that free text must not hold: control
+/// characters (C0, DEL, C1), the line and paragraph separators, and the
+/// bidirectional formatting characters, which make text display in another
+/// order than it is stored (a description that reads as something else in
+/// a terminal, Horizon or the dashboard: "Trojan Source").
+pub fn hidden_char(text: &str) -> Option<char> {
+    text.chars().find(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061C}'
+                    | '\u{200E}'
+                    | '\u{200F}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    })
 }
 
 #[cfg(test)]
@@ -623,6 +760,58 @@ mod tests {
         for (fields, expected) in cases {
             assert_eq!(with(fields.clone()), Err(expected.to_owned()), "{fields}");
         }
+    }
+
+    #[test]
+    fn ports_and_ranges_have_one_spelling() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
+        for odd in [
+            "+9000:9009",
+            "9000:+9009",
+            " 9000:9009",
+            "9000 : 9009",
+            "09000:9009",
+            "+9000",
+        ] {
+            let mut forward = base.clone();
+            forward["external_port_range"] = serde_json::json!(odd);
+            let err = create(serde_json::json!({ "forward": forward })).unwrap_err();
+            assert!(
+                err.starts_with("invalid external_port_range:"),
+                "{odd:?}: {err}"
+            );
+        }
+        // The query's external_port: tests/api.rs, through the router.
+    }
+
+    #[test]
+    fn free_text_refuses_control_and_bidi_characters() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
+        for field in ["description", "instance_id", "proxy"] {
+            for c in [
+                '\u{0}', '\n', '\u{7f}', '\u{85}', '\u{061C}', '\u{200E}', '\u{200F}', '\u{2028}',
+                '\u{2029}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+            ] {
+                let mut forward = base.clone();
+                forward[field] = serde_json::json!(format!("ab{c}cd"));
+                let err = create(serde_json::json!({ "forward": forward })).unwrap_err();
+                let code = format!("U+{:04X}", u32::from(c));
+                assert!(
+                    err.starts_with(&format!("invalid {field}: must not contain"))
+                        && err.contains(&code),
+                    "{field} {code}: {err}"
+                );
+            }
+        }
+        // Other scripts, emoji (with their joiners) and accents are text.
+        let mut forward = base.clone();
+        forward["description"] = serde_json::json!("web – Ωμέγα, עברית, 👩\u{200D}💻");
+        assert!(create(serde_json::json!({ "forward": forward })).is_ok());
+        let update = ForwardUpdate {
+            description: Some("\u{202E}gnp.exe".into()),
+            ..Default::default()
+        };
+        assert_eq!(update.validate().unwrap_err().field, "description");
     }
 
     #[test]

@@ -15,6 +15,6 @@ pub use forward::{
     ForwardId, ForwardSpec, ForwardStatus, ParseError, PortForward, PortMappingError, Protocol,
     check_port_mapping,
 };
-pub use port_range::{PortRange, PortRangeError};
+pub use port_range::{PortRange, PortRangeError, parse_port_number};
 pub use reconcile::{Plan, plan};
 pub use target::{TargetError, TargetPolicy, special_networks};

@@ -18,8 +18,25 @@ pub enum PortRangeError {
     Zero,
     #[error("range {first}-{last} is empty: the first port must not exceed the last")]
     Empty { first: u16, last: u16 },
-    #[error("{0:?} is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000")]
+    #[error(
+        "{0:?} is not a port range: expected FIRST-LAST with ports 1-65535 in plain digits, e.g. 20000-40000"
+    )]
     Syntax(String),
+}
+
+/// A port number, 0-65535, written the one way Navigator writes it: ASCII
+/// digits only, without sign, spaces or leading zeros. `u16::from_str`
+/// alone also takes `+80`, which would let two spellings name one port (and
+/// one of them slip past checks written for the other); `080` reads as octal
+/// to some tools. Callers refuse 0 where a port must be 1-65535.
+pub fn parse_port_number(text: &str) -> Option<u16> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = text.len() > 1 && text.starts_with('0');
+    if digits && !leading_zero {
+        text.parse().ok()
+    } else {
+        None
+    }
 }
 
 impl PortRange {
@@ -74,16 +91,15 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// `FIRST-LAST` or a single port, each [`parse_port_number`]'s way (no
+/// spaces: one spelling for one range).
 impl FromStr for PortRange {
     type Err = PortRangeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let syntax = || PortRangeError::Syntax(s.to_owned());
-        let (first, last) = match s.trim().split_once('-') {
-            Some((first, last)) => (first.trim(), last.trim()),
-            None => (s.trim(), s.trim()),
-        };
-        let first = first.parse::<u16>().map_err(|_| syntax())?;
-        let last = last.parse::<u16>().map_err(|_| syntax())?;
+        let (first, last) = s.split_once('-').unwrap_or((s, s));
+        let first = parse_port_number(first).ok_or_else(syntax)?;
+        let last = parse_port_number(last).ok_or_else(syntax)?;
         PortRange::new(first, last)
     }
 }
@@ -97,7 +113,7 @@ mod tests {
         type Case = (&'static str, Result<(u16, u16), &'static str>);
         let cases: &[Case] = &[
             ("20000-40000", Ok((20000, 40000))),
-            (" 1 - 65535 ", Ok((1, 65535))),
+            ("1-65535", Ok((1, 65535))),
             ("8080", Ok((8080, 8080))),
             ("0-10", Err("port 0 is not allowed: ports are 1-65535")),
             (
@@ -107,22 +123,63 @@ mod tests {
             (
                 "1-70000",
                 Err(
-                    "\"1-70000\" is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000",
+                    "\"1-70000\" is not a port range: expected FIRST-LAST with ports 1-65535 in plain digits, e.g. 20000-40000",
                 ),
             ),
             (
                 "abc",
                 Err(
-                    "\"abc\" is not a port range: expected FIRST-LAST with ports 1-65535, e.g. 20000-40000",
+                    "\"abc\" is not a port range: expected FIRST-LAST with ports 1-65535 in plain digits, e.g. 20000-40000",
                 ),
             ),
         ];
+        // Odd spellings of good ranges: one spelling only.
+        for odd in [
+            "+20000-40000",
+            "20000-+40000",
+            " 1 - 65535 ",
+            "1 -10",
+            "020000-40000",
+            "20000-040000",
+            "-5",
+            "5-",
+            "1-2-3",
+            "\u{0661}-\u{0662}",
+        ] {
+            assert_eq!(
+                odd.parse::<PortRange>(),
+                Err(PortRangeError::Syntax(odd.to_owned())),
+                "{odd:?}"
+            );
+        }
         for (input, expected) in cases {
             let got = input
                 .parse::<PortRange>()
                 .map(|r| (r.first(), r.last()))
                 .map_err(|e| e.to_string());
             assert_eq!(got, expected.map_err(str::to_owned), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn port_numbers_have_one_spelling() {
+        assert_eq!(parse_port_number("80"), Some(80));
+        assert_eq!(parse_port_number("0"), Some(0));
+        assert_eq!(parse_port_number("65535"), Some(65535));
+        for odd in [
+            "+80",
+            "-80",
+            " 80",
+            "80 ",
+            "080",
+            "00",
+            "65536",
+            "8_0",
+            "0x50",
+            "",
+            "\u{0668}0",
+        ] {
+            assert_eq!(parse_port_number(odd), None, "{odd:?}");
         }
     }
 

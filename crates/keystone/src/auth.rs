@@ -412,7 +412,14 @@ pub async fn authenticate_with(
             source,
         })?;
     if !status.is_success() {
-        let message = error_message(&text).unwrap_or_else(|| status.to_string());
+        let mut message = error_message(&text).unwrap_or_else(|| status.to_string());
+        // Keystone quotes a token it cannot find ("Could not find token:
+        // ..."); the message is printed and logged, the token must not be.
+        if let Credentials::Token { token, .. } = credentials
+            && !token.expose().is_empty()
+        {
+            message = message.replace(token.expose(), "<token>");
+        }
         let code = status.as_u16();
         // 404 is how Keystone says that a token to validate is invalid or
         // expired; for other credentials it means a wrong URL.
@@ -583,6 +590,44 @@ mod tests {
         };
         let text = format!("{credentials:?}");
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// Keystone's 404 quotes the token it could not find; the error the CLI
+    /// prints does not.
+    #[tokio::test]
+    async fn a_refused_token_is_not_quoted_back() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"error":{"code":404,"message":"Could not find token: secret-tok-123","title":"Not Found"}}"#;
+            let response = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await.unwrap();
+        });
+        let credentials = Credentials::Token {
+            token: Secret::new("secret-tok-123"),
+            project: None,
+        };
+        let Err(err) = authenticate(&url, &credentials).await else {
+            panic!("the token was accepted");
+        };
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, AuthError::Rejected { .. }), "{text}");
+        assert!(!text.contains("secret-tok-123"), "{text}");
+        assert!(text.contains("Could not find token: <token>"), "{text}");
     }
 
     #[test]

@@ -179,6 +179,23 @@ async fn error_message(response: reqwest::Response) -> String {
         .unwrap_or_else(|| text.chars().take(200).collect())
 }
 
+/// `token` as a header value marked sensitive (hidden from `Debug`), or
+/// `None` when it cannot be one.
+fn secret_header(token: &str) -> Option<reqwest::header::HeaderValue> {
+    let mut value = reqwest::header::HeaderValue::from_str(token).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// `text` (Keystone's words, bound for a log line) with every token in
+/// `tokens` replaced by `<token>`: a bearer token in a log is a leaked one.
+fn redact(text: String, tokens: &[&str]) -> String {
+    tokens
+        .iter()
+        .filter(|t| !t.is_empty())
+        .fold(text, |text, token| text.replace(token, "<token>"))
+}
+
 /// A token Navigator obtained for itself.
 #[derive(Clone, Debug)]
 pub struct IssuedToken {
@@ -331,6 +348,46 @@ impl Validator {
             }
             // Keystone could not say: nothing to remember.
             Err(e) => Err(e),
+        }
+    }
+
+    /// Revokes `user_token` (`DELETE /v3/auth/tokens`, authorised by the
+    /// token itself: Keystone lets a token's owner revoke it) and forgets it
+    /// here, so this server refuses it at once instead of trusting its cache
+    /// for up to `token_cache_time`. A token Keystone no longer knows is
+    /// revoked already.
+    pub async fn revoke(&self, user_token: &str) -> Result<(), ValidateError> {
+        let user_token = user_token.trim();
+        {
+            let mut cache = self.lock_cache();
+            let key = cache.hasher.hash_one(user_token);
+            if cache.entries.get(&key).is_some_and(|e| e.raw == user_token) {
+                cache.entries.remove(&key);
+            }
+        }
+        self.remember_refusal(user_token);
+        let Some(subject) = secret_header(user_token) else {
+            return Ok(());
+        };
+        let url = format!("{}/auth/tokens", self.url);
+        let response = self
+            .http
+            .delete(&url)
+            .header(reqwest::header::CONNECTION, "close")
+            .header("X-Auth-Token", subject.clone())
+            .header("X-Subject-Token", subject)
+            .send()
+            .await
+            .map_err(|e| {
+                ValidateError::Unavailable(format!("cannot reach {url}: {}", error_chain(&e)))
+            })?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED => Ok(()),
+            other => Err(ValidateError::Unavailable(format!(
+                "keystone answered {other} to a token revocation: {}",
+                redact(error_message(response).await, &[user_token])
+            ))),
         }
     }
 
@@ -517,16 +574,27 @@ impl Validator {
     }
 
     async fn ask_keystone(&self, user_token: &str) -> Result<Token, ValidateError> {
+        // Marked sensitive, so that no debug output of the request shows it.
+        let Some(subject) = secret_header(user_token) else {
+            return Err(ValidateError::Invalid(
+                "the token is not a valid header value".into(),
+            ));
+        };
         let mut renewed = false;
         loop {
             let service_token = self.service_token(renewed).await?;
+            let Some(service) = secret_header(&service_token) else {
+                return Err(ValidateError::Unavailable(
+                    "keystone issued a service token that is not a valid header value".into(),
+                ));
+            };
             let url = format!("{}/auth/tokens?nocatalog", self.url);
             let response = self
                 .http
                 .get(&url)
                 .header(reqwest::header::CONNECTION, "close")
-                .header("X-Auth-Token", &service_token)
-                .header("X-Subject-Token", user_token)
+                .header("X-Auth-Token", service)
+                .header("X-Subject-Token", subject.clone())
                 .send()
                 .await
                 .map_err(|e| {
@@ -544,9 +612,13 @@ impl Validator {
                     return Ok(body.token);
                 }
                 // Keystone says 404 for a subject token it does not
-                // recognise, that expired or that was revoked.
+                // recognise, that expired or that was revoked. Its message
+                // ("Could not find token: <the token>") quotes the token, and
+                // the reason is logged: it is not kept.
                 StatusCode::NOT_FOUND => {
-                    return Err(ValidateError::Invalid(error_message(response).await));
+                    return Err(ValidateError::Invalid(
+                        "keystone does not know the token (unknown, expired or revoked)".into(),
+                    ));
                 }
                 // Our own token was refused (expired early, revoked, keys
                 // rotated): log in again, once.
@@ -557,13 +629,14 @@ impl Validator {
                 StatusCode::UNAUTHORIZED => {
                     return Err(ValidateError::Unavailable(format!(
                         "keystone refused a fresh service token: {}",
-                        error_message(response).await
+                        redact(error_message(response).await, &[user_token, &service_token])
                     )));
                 }
                 // The service user may not validate others' tokens: a
                 // deployment error, not the caller's fault.
                 StatusCode::FORBIDDEN => {
-                    let message = error_message(response).await;
+                    let message =
+                        redact(error_message(response).await, &[user_token, &service_token]);
                     tracing::error!(%message, "navigator's service user may not validate tokens; give it the service (or admin) role");
                     return Err(ValidateError::Unavailable(format!(
                         "the service user may not validate tokens: {message}"
@@ -572,7 +645,7 @@ impl Validator {
                 other => {
                     return Err(ValidateError::Unavailable(format!(
                         "keystone answered {other} to a token validation: {}",
-                        error_message(response).await
+                        redact(error_message(response).await, &[user_token, &service_token])
                     )));
                 }
             }
@@ -942,7 +1015,15 @@ mod tests {
                             }
                         }
                     }
-                    let (status, extra, body) = if request.starts_with(b"POST") {
+                    let (status, extra, body) = if request.starts_with(b"DELETE") {
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        if text.contains("boom") {
+                            let body = json!({"error": {"code": 500, "message": "cannot revoke boom-secret"}});
+                            ("500 Internal Server Error", "", body)
+                        } else {
+                            ("204 No Content", "", serde_json::Value::Null)
+                        }
+                    } else if request.starts_with(b"POST") {
                         let expires = (Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
                         let body = json!({"token": {
                             "methods": ["password"],
@@ -954,11 +1035,31 @@ mod tests {
                         ("201 Created", "X-Subject-Token: service-token\r\n", body)
                     } else {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        let body =
-                            json!({"error": {"code": 404, "message": "Could not find token"}});
-                        ("404 Not Found", "", body)
+                        // As Keystone does, the answer quotes the token.
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        let subject = text
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("x-subject-token")
+                                    .then(|| value.trim().to_owned())
+                            })
+                            .unwrap_or_default();
+                        if subject.starts_with("boom") {
+                            let message = format!("unexpected error validating {subject}");
+                            let body = json!({"error": {"code": 500, "message": message}});
+                            ("500 Internal Server Error", "", body)
+                        } else {
+                            let message = format!("Could not find token: {subject}");
+                            let body = json!({"error": {"code": 404, "message": message}});
+                            ("404 Not Found", "", body)
+                        }
                     };
-                    let body = body.to_string();
+                    let body = if body.is_null() {
+                        String::new()
+                    } else {
+                        body.to_string()
+                    };
                     let response = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -1013,6 +1114,54 @@ mod tests {
             Err(ValidateError::Invalid(_))
         ));
         assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
+
+    /// Keystone quotes the token in its answers; no reason Navigator keeps
+    /// (and logs) carries it.
+    #[tokio::test]
+    async fn reasons_never_carry_the_token() {
+        let (url, _) = refusing_keystone().await;
+        let v = validator_at(&url, Duration::ZERO, Duration::ZERO);
+        for token in ["gAAAAAsecret-subject-token", "boom-secret-subject-token"] {
+            let Err(ValidateError::Invalid(reason) | ValidateError::Unavailable(reason)) =
+                v.validate(token).await
+            else {
+                panic!("{token} was accepted");
+            };
+            assert!(!reason.contains("secret"), "{token}: {reason}");
+        }
+        match v.validate("boom-secret-subject-token").await {
+            Err(ValidateError::Unavailable(reason)) => {
+                assert!(reason.contains("validating <token>"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Logout: a revoked token leaves the cache and is refused at once,
+    /// without asking Keystone; a failed revocation says so, token-free.
+    #[tokio::test]
+    async fn a_revoked_token_is_forgotten_and_refused() {
+        use std::sync::atomic::Ordering;
+        let (url, asked) = refusing_keystone().await;
+        let v = validator_at(&url, Duration::from_secs(300), Duration::from_secs(10));
+        let t = Arc::new(token(
+            &(Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+        ));
+        v.remember("user-token", &t, t.expires_at().unwrap());
+        assert!(v.validate("user-token").await.is_ok(), "cached");
+        v.revoke("user-token").await.unwrap();
+        assert!(matches!(
+            v.validate("user-token").await,
+            Err(ValidateError::Invalid(_))
+        ));
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "refused from memory");
+        match v.revoke("boom-secret").await {
+            Err(ValidateError::Unavailable(reason)) => {
+                assert!(!reason.contains("boom-secret"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

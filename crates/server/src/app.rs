@@ -37,6 +37,13 @@ pub struct AppState {
         description = "Port forwarding for OpenStack clouds: map external_address:external_port on a proxy node to an instance's internal_ip_address:internal_port.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
+    // Referenced by query parameters, which do not bring their schemas along.
+    components(schemas(
+        navigator_api::v1::SortKey,
+        navigator_api::v1::SortDir,
+        navigator_api::v1::ProtocolName,
+        navigator_api::v1::StatusName
+    )),
     tags(
         (name = "forwards", description = "Port forwards of the caller's project"),
         (name = "proxies", description = "Forwarding nodes (admin)"),
@@ -74,14 +81,28 @@ pub fn openapi() -> OpenApiDoc {
 /// dashboard (`/dashboard`, HTML, not in the OpenAPI document) in front,
 /// behind the per-client rate limit (`[api] rate_limit`).
 pub fn router(state: AppState) -> Router {
+    // The Host check is outermost, around the dashboard too; the dashboard's
+    // in-process calls to the API router pass through neither layer (they
+    // carry no Host and no peer address).
+    let host_check = Arc::new(crate::host_check::HostCheck::new(
+        state.config.auth_strategy,
+        &state.config.allowed_hosts,
+    ));
     let app = crate::dashboard::mount(api_router(state.clone()), &state);
-    match crate::ratelimit::RateLimit::new(state.config.rate_limit, state.config.rate_limit_burst) {
+    let app = match crate::ratelimit::RateLimit::new(
+        state.config.rate_limit,
+        state.config.rate_limit_burst,
+    ) {
         Some(limit) => app.layer(axum::middleware::from_fn_with_state(
             limit,
             crate::ratelimit::limit,
         )),
         None => app,
-    }
+    };
+    app.layer(axum::middleware::from_fn_with_state(
+        host_check,
+        crate::host_check::check,
+    ))
 }
 
 /// The REST API alone (the dashboard calls it in process).

@@ -164,9 +164,21 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "api",
+        key: "allowed_hosts",
+        default: "",
+        help: "Comma-separated host names clients reach the API and dashboard by (the Host header, without port), e.g. navigator.example.com. Requests naming another host get HTTP 421, which stops DNS rebinding (a web page pointing its own name at this server to drive it from a visitor's browser). localhost and IP addresses are always accepted. With auth_strategy = noauth the check is always on; with keystone only when this is set.",
+    },
+    OptionDoc {
+        section: "api",
         key: "default_project_id",
         default: "default",
         help: "Project of noauth requests without an X-Project-Id header.",
+    },
+    OptionDoc {
+        section: "dashboard",
+        key: "max_sessions_per_address",
+        default: "100",
+        help: "Dashboard sessions one client address (the TCP peer) keeps at most; a login beyond it ends that address's least recently used session, so a flood of logins never locks others out. Each user keeps at most 10 and the server 10,000, the same way. 0: no per-address cap (behind a reverse proxy every client has the proxy's address; the other caps still hold). 0-10000.",
     },
     OptionDoc {
         section: "keystone_authtoken",
@@ -457,7 +469,12 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// `[api] max_port_range_size`: most ports in one forward's range.
     pub max_port_range_size: u32,
+    /// `[api] allowed_hosts`: host names served besides localhost and IP
+    /// literals (lower case), see [`crate::host_check`].
+    pub allowed_hosts: Vec<String>,
     pub default_project_id: String,
+    /// `[dashboard] max_sessions_per_address`; 0 is no cap.
+    pub dashboard_sessions_per_address: usize,
     /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
     pub keystone_authtoken: KeystoneAuthtoken,
     /// `[oslo_policy] policy_file`, resolved against the configuration file's directory.
@@ -580,8 +597,8 @@ impl Config {
                     .map_err(|_| "expected an IPv4 or IPv6 address".to_owned())
             })?,
             bind_port: raw.parse("DEFAULT", "bind_port", |v| {
-                v.parse()
-                    .map_err(|_| "expected a port number 0-65535".to_owned())
+                navigator_core::parse_port_number(v)
+                    .ok_or_else(|| "expected a port number 0-65535".to_owned())
             })?,
             auth_strategy: raw.parse("DEFAULT", "auth_strategy", |v| match v {
                 "noauth" => Ok(AuthStrategy::NoAuth),
@@ -628,6 +645,13 @@ impl Config {
                     _ => Err("expected a number of ports from 1 to 65535".into()),
                 }
             })?,
+            allowed_hosts: raw.parse("api", "allowed_hosts", |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(crate::host_check::allowed_host)
+                    .collect()
+            })?,
             default_project_id: raw.parse("api", "default_project_id", |v| {
                 if v.is_empty() {
                     Err("must not be empty".into())
@@ -635,6 +659,14 @@ impl Config {
                     Ok(v.to_owned())
                 }
             })?,
+            dashboard_sessions_per_address: raw.parse(
+                "dashboard",
+                "max_sessions_per_address",
+                |v| match v.parse::<usize>() {
+                    Ok(n) if n <= 10_000 => Ok(n),
+                    _ => Err("expected a number of sessions from 0 to 10000 (0: no cap)".into()),
+                },
+            )?,
             keystone_authtoken: KeystoneAuthtoken::parse(&raw)?,
             policy_file: raw.parse("oslo_policy", "policy_file", |v| {
                 Ok((!v.is_empty()).then(|| {
@@ -935,7 +967,14 @@ mod tests {
         assert_eq!(config.bind_port, 9797);
         assert_eq!(config.port_range, PortRange::new(20000, 29999).unwrap());
         assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
+        assert!(config.allowed_hosts.is_empty());
         assert!(config.unknown_options.is_empty());
+        let config = Config::parse(
+            "t.conf",
+            "[api]\nallowed_hosts = Nav.Example.com, 10.0.0.5\n",
+        )
+        .unwrap();
+        assert_eq!(config.allowed_hosts, ["nav.example.com", "10.0.0.5"]);
     }
 
     #[test]
@@ -961,6 +1000,14 @@ mod tests {
             (
                 "[DEFAULT]\nbind_port = 70000\n",
                 "t.conf: [DEFAULT] bind_port = \"70000\": expected a port number 0-65535",
+            ),
+            (
+                "[DEFAULT]\nbind_port = +9797\n",
+                "t.conf: [DEFAULT] bind_port = \"+9797\": expected a port number 0-65535",
+            ),
+            (
+                "[agent]\nport_range = +20000-40000\n",
+                "t.conf: [agent] port_range = \"+20000-40000\": \"+20000-40000\" is not a port range: expected FIRST-LAST with ports 1-65535 in plain digits, e.g. 20000-40000",
             ),
             (
                 "[DEFAULT]\nauth_strategy = ldap\n",
@@ -1001,6 +1048,14 @@ mod tests {
             (
                 "[relay]\nmax_udp_sessions_per_forward = 0\n",
                 "t.conf: [relay] max_udp_sessions_per_forward = \"0\": expected a number of sessions from 1 to 1000000",
+            ),
+            (
+                "[api]\nallowed_hosts = nav.example.com, nav.example.com:9797\n",
+                "t.conf: [api] allowed_hosts = \"nav.example.com, nav.example.com:9797\": \"nav.example.com:9797\" is not a host name or IP address (give names without port or scheme, e.g. navigator.example.com)",
+            ),
+            (
+                "[dashboard]\nmax_sessions_per_address = -1\n",
+                "t.conf: [dashboard] max_sessions_per_address = \"-1\": expected a number of sessions from 0 to 10000 (0: no cap)",
             ),
             (
                 "[agent]\nexternal_addresses = 0.0.0.0\n",

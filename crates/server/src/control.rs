@@ -160,10 +160,45 @@ impl Control {
                     full.push(proxy.host);
                     continue;
                 }
+                Err(StoreError::PortTaken {
+                    address,
+                    protocol,
+                    port,
+                    holder,
+                }) => {
+                    return Err(self
+                        .port_taken(project_id, &address, &protocol, port, holder)
+                        .await);
+                }
                 Err(e) => return Err(e.into()),
             };
             self.count_ports(&forward.proxy, forward_ports(&forward));
             return Ok(self.push(forward).await);
+        }
+    }
+
+    /// The 409 for a port `holder` already uses. The API never reveals
+    /// another project's forward, so the holder is named only when it is
+    /// the caller's own (and the holder's project only looked up for that).
+    async fn port_taken(
+        &self,
+        project_id: &str,
+        address: &str,
+        protocol: &str,
+        port: u16,
+        holder: ForwardId,
+    ) -> ApiError {
+        let taken = format!("port {port}/{protocol} on {address} is already in use");
+        match self.store.get_forward(holder).await {
+            Ok(Some(forward)) if forward.project_id == project_id => {
+                ApiError::Conflict(format!("{taken} by your forward {holder}"))
+            }
+            Ok(_) => ApiError::Conflict(taken),
+            Err(e) => {
+                // The conflict stands; only its wording lost a detail.
+                tracing::warn!(error = %e, %holder, "cannot read the forward holding a port");
+                ApiError::Conflict(taken)
+            }
         }
     }
 

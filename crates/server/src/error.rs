@@ -75,9 +75,18 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::PortTaken { .. } | StoreError::PoolExhausted { .. } => {
-                ApiError::Conflict(e.to_string())
-            }
+            // The store's message names the holder, which may be another
+            // project's forward: `Control::create` words it for the caller,
+            // and any other path says only that the port is taken.
+            StoreError::PortTaken {
+                address,
+                protocol,
+                port,
+                ..
+            } => ApiError::Conflict(format!(
+                "port {port}/{protocol} on {address} is already in use"
+            )),
+            StoreError::PoolExhausted { .. } => ApiError::Conflict(e.to_string()),
             StoreError::BadMarker(marker) => ApiError::BadRequest(format!(
                 "invalid marker: {marker} does not name a forward in this listing"
             )),

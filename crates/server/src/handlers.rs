@@ -168,7 +168,7 @@ pub async fn create_forward(
     get, path = "/v1/forwards", tag = "forwards",
     params(ForwardListQuery),
     responses(
-        (status = 200, body = ForwardList),
+        (status = 200, description = "A page of forwards, and a `next` link when more may follow", body = ForwardList),
         (status = 400, description = "Invalid filter, limit or marker", body = ErrorBody),
         (status = 403, description = "all_projects without admin", body = ErrorBody),
     )
@@ -303,7 +303,7 @@ fn percent_encode(text: &str) -> String {
 #[utoipa::path(
     get, path = "/v1/forwards/{id}", tag = "forwards",
     params(("id" = String, Path, description = "Forward UUID")),
-    responses((status = 200, body = ForwardBody), (status = 404, description = "No such forward, or not yours", body = ErrorBody))
+    responses((status = 200, description = "The forward", body = ForwardBody), (status = 404, description = "No such forward, or not yours", body = ErrorBody))
 )]
 pub async fn show_forward(
     State(state): State<AppState>,
@@ -322,7 +322,7 @@ pub async fn show_forward(
     params(("id" = String, Path, description = "Forward UUID")),
     request_body = ForwardUpdateBody,
     responses(
-        (status = 200, body = ForwardBody),
+        (status = 200, description = "The changed forward; `status` says whether the proxy carries the new target yet", body = ForwardBody),
         (status = 400, description = "Invalid field", body = ErrorBody),
         (status = 404, description = "No such forward, or not yours", body = ErrorBody),
     )
@@ -414,7 +414,7 @@ async fn proxy_view(state: &AppState, record: &ProxyRecord, usage: ProxyUsage) -
 /// List proxies (admin).
 #[utoipa::path(
     get, path = "/v1/proxies", tag = "proxies",
-    responses((status = 200, body = ProxyList), (status = 403, description = "Not an admin", body = ErrorBody))
+    responses((status = 200, description = "Every registered proxy", body = ProxyList), (status = 403, description = "Not an admin", body = ErrorBody))
 )]
 pub async fn list_proxies(
     State(state): State<AppState>,
@@ -439,7 +439,7 @@ pub async fn list_proxies(
 #[utoipa::path(
     get, path = "/v1/proxies/{host}", tag = "proxies",
     params(("host" = String, Path, description = "Proxy host name")),
-    responses((status = 200, body = ProxyBody), (status = 404, description = "No such proxy", body = ErrorBody))
+    responses((status = 200, description = "The proxy", body = ProxyBody), (status = 404, description = "No such proxy", body = ErrorBody))
 )]
 pub async fn show_proxy(
     State(state): State<AppState>,
@@ -479,7 +479,7 @@ fn v1(state: &AppState) -> Version {
 }
 
 /// API versions.
-#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, body = VersionList)))]
+#[utoipa::path(get, path = "/", tag = "meta", responses((status = 200, description = "The API versions", body = VersionList)))]
 pub async fn versions(State(state): State<AppState>) -> Json<VersionList> {
     Json(VersionList {
         versions: vec![v1(&state)],
@@ -487,7 +487,7 @@ pub async fn versions(State(state): State<AppState>) -> Json<VersionList> {
 }
 
 /// The v1 version document.
-#[utoipa::path(get, path = "/v1", tag = "meta", responses((status = 200, body = VersionBody)))]
+#[utoipa::path(get, path = "/v1", tag = "meta", responses((status = 200, description = "The v1 version document", body = VersionBody)))]
 pub async fn version_v1(State(state): State<AppState>) -> Json<VersionBody> {
     Json(VersionBody {
         version: v1(&state),
@@ -497,13 +497,22 @@ pub async fn version_v1(State(state): State<AppState>) -> Json<VersionBody> {
 /// Health of the server and its dependencies; 503 when one is down.
 #[utoipa::path(
     get, path = "/healthcheck", tag = "meta",
-    responses((status = 200, body = Health), (status = 503, description = "A dependency is down", body = Health))
+    responses((status = 200, description = "Every dependency is reachable", body = Health), (status = 503, description = "A dependency is down", body = Health))
 )]
-pub async fn healthcheck(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn healthcheck(
+    State(state): State<AppState>,
+    request_id: Option<axum::Extension<crate::context::RequestId>>,
+) -> impl IntoResponse {
     let mut checks = std::collections::BTreeMap::new();
+    // Anyone may ask, so the answer names the dependency, never its error
+    // (hosts, users, driver messages): those go to the log.
     let database = match state.control.store().ping().await {
         Ok(()) => "ok".to_owned(),
-        Err(e) => format!("unavailable: {e}"),
+        Err(e) => {
+            let request_id = request_id.map(|id| id.0.0).unwrap_or_default();
+            tracing::warn!(%request_id, error = %e, "healthcheck: database unavailable");
+            "unavailable".to_owned()
+        }
     };
     let healthy = database == "ok";
     checks.insert("database".to_owned(), database);

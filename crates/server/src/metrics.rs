@@ -32,6 +32,38 @@ pub const LATENCY_BUCKETS: [f64; 11] = [
 /// paths cannot create one time series per path.
 const UNMATCHED_ROUTE: &str = "unmatched";
 
+/// Label of any method outside RFC 9110's (and PATCH), since HTTP allows any
+/// token as a method and each would otherwise be a new series; and of a
+/// status code outside 100-599.
+const OTHER: &str = "other";
+
+/// The method label: one of nine, or [`OTHER`].
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => OTHER,
+    }
+}
+
+/// The status label: the code when it is one HTTP defines a class for
+/// (100-599), else 0, shown as `other` (`StatusCode` admits up to 999).
+fn status_label(status: u16) -> u16 {
+    if (100..=599).contains(&status) {
+        status
+    } else {
+        0
+    }
+}
+
 #[derive(Default)]
 struct Histogram {
     /// Observations per bucket of [`LATENCY_BUCKETS`], not cumulative; the
@@ -62,10 +94,12 @@ struct RpcCounts {
 /// The server's in-process counters.
 #[derive(Default)]
 pub struct Metrics {
-    /// By (route template, method, status code).
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    /// By (route template, method).
-    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    /// By (route template, method label, status label). Every label is
+    /// bounded: routes are templates or `unmatched`, methods one of ten,
+    /// statuses 100-599 or `other`.
+    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    /// By (route template, method label).
+    latency: Mutex<BTreeMap<(String, &'static str), Histogram>>,
     /// By RPC method name.
     rpc: Mutex<BTreeMap<&'static str, RpcCounts>>,
 }
@@ -79,13 +113,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    /// Counts one HTTP request.
-    pub fn record_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    /// Counts one HTTP request; `route` must be a template or `unmatched`,
+    /// `method` a [`method_label`].
+    pub fn record_request(
+        &self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         *lock(&self.requests)
-            .entry((route.to_owned(), method.to_owned(), status))
+            .entry((route.to_owned(), method, status_label(status)))
             .or_default() += 1;
         lock(&self.latency)
-            .entry((route.to_owned(), method.to_owned()))
+            .entry((route.to_owned(), method))
             .or_default()
             .observe(elapsed.as_secs_f64());
     }
@@ -116,7 +157,10 @@ impl Metrics {
             "HTTP requests served, by route template, method and status code.",
         );
         for ((route, method, status), n) in lock(&self.requests).iter() {
-            let status = status.to_string();
+            let status = match status {
+                0 => OTHER.to_owned(),
+                code => code.to_string(),
+            };
             sample(
                 out,
                 "navigator_http_requests_total",
@@ -142,7 +186,7 @@ impl Metrics {
                     cumulative as f64,
                 );
             }
-            let labels = [("route", route.as_str()), ("method", method.as_str())];
+            let labels = [("route", route.as_str()), ("method", *method)];
             sample(
                 out,
                 "navigator_http_request_duration_seconds_bucket",
@@ -321,11 +365,11 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     state.control.metrics().record_request(
         &route,
-        &method,
+        method,
         response.status().as_u16(),
         started.elapsed(),
     );
@@ -379,6 +423,30 @@ mod tests {
         });
         assert!(text.contains("navigator_database_up 0\n"));
         assert!(!text.contains("navigator_forwards{"));
+    }
+
+    #[test]
+    fn methods_and_statuses_are_bounded() {
+        let metrics = Metrics::default();
+        for (method, status) in [("GET", 200), ("BREW", 200), ("PROPFIND", 999), ("get", 50)] {
+            let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap();
+            metrics.record_request("unmatched", method_label(&method), status, Duration::ZERO);
+        }
+        let text = metrics.encode(&Snapshot {
+            forwards: None,
+            proxies: None,
+        });
+        for line in [
+            "navigator_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"200\"} 1",
+            "navigator_http_requests_total{route=\"unmatched\",method=\"other\",status=\"200\"} 1",
+            "navigator_http_requests_total{route=\"unmatched\",method=\"other\",status=\"other\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("BREW") && !text.contains("PROPFIND"));
     }
 
     #[test]

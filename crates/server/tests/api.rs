@@ -10,6 +10,8 @@ use tower::ServiceExt;
 
 #[path = "support/stack.rs"]
 mod stack;
+#[path = "support/wire.rs"]
+mod wire;
 
 struct Harness {
     app: axum::Router,
@@ -112,6 +114,14 @@ async fn create_show_update_delete() {
     assert_eq!(body["forward"]["description"], "x");
     assert!(request_id.starts_with("req-"), "{request_id}");
 
+    let (status, body) = h
+        .update("p1", id, json!({"description": "x\u{200F}y"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        error_message(&body).starts_with("invalid description:"),
+        "{body}"
+    );
     let (status, body) = h.update("p1", id, json!({"internal_port": 10})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["forward"]["internal_port"], 10);
@@ -169,6 +179,10 @@ async fn list_is_scoped_to_the_project_and_pages() {
         .send("GET", "/v1/forwards?all_projects=true", "p1", None)
         .await;
     assert_eq!(body["forwards"].as_array().unwrap().len(), 4);
+    let (_, body, _) = h
+        .send("GET", "/v1/forwards?external_port=27101", "p1", None)
+        .await;
+    assert_eq!(body["forwards"].as_array().unwrap().len(), 1, "{body}");
 }
 
 #[tokio::test]
@@ -221,6 +235,16 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
             "malformed request body",
         ),
         (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "description": "invoice\u202Efdp.exe"}}"#,
+            400,
+            "invalid description: must not contain control, line-separator or bidirectional formatting characters (found U+202E)",
+        ),
+        (
+            r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1", "internal_port": 1, "instance_id": "vm\u2066"}}"#,
+            400,
+            "invalid instance_id: must not contain",
+        ),
+        (
             r#"{"forward": {"protocol": "tcp", "internal_ip_address": "10.0.0.1"}}"#,
             400,
             "invalid internal_port: is required (or internal_port_range)",
@@ -243,6 +267,12 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     let (status, value, _) = h.send("POST", "/v1/forwards", "p1", Some(&big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");
     for (query, message) in [
+        // A port has one spelling: not +80 (`+` is a space in a query), 080, 0.
+        ("external_port=%2B80", "invalid external_port"),
+        ("external_port=+80", "invalid external_port"),
+        ("external_port=080", "invalid external_port"),
+        ("external_port=0", "invalid external_port"),
+        ("external_port=65536", "invalid external_port"),
         ("limit=0", "invalid limit"),
         ("colour=red", "unknown field"),
         ("marker=nope", "invalid marker"),
@@ -260,14 +290,26 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     assert_eq!(body["forwards"], json!([]), "nothing was created");
 }
 
+/// A taken port is a 409 that names the holder only to its own project:
+/// the API never reveals another project's forward.
 #[tokio::test]
-async fn duplicate_port_is_a_conflict_naming_the_holder() {
+async fn duplicate_port_is_a_conflict_naming_only_the_callers_own_holder() {
     let h = harness(27300).await;
-    let (_, body) = h.create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301})).await;
+    let forward = json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301});
+    let (_, body) = h.create("p1", forward.clone()).await;
     let holder = body["forward"]["id"].as_str().unwrap().to_owned();
-    let (status, body) = h.create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27301})).await;
+    let (status, body) = h.create("p2", forward.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(error_message(&body).contains(&holder), "{body}");
+    assert_eq!(
+        error_message(&body),
+        "port 27301/tcp on 127.0.0.1 is already in use"
+    );
+    let (status, body) = h.create("p1", forward).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        error_message(&body),
+        format!("port 27301/tcp on 127.0.0.1 is already in use by your forward {holder}")
+    );
 }
 
 #[tokio::test]
@@ -346,17 +388,22 @@ async fn port_ranges_are_created_shown_guarded_and_freed() {
     assert_eq!(body["forward"]["external_port_range"], Value::Null);
     assert_eq!(body["forward"]["internal_port_range"], Value::Null);
 
-    // Any port of the range is taken, for any project: 409 naming the holder
-    // and the port.
+    // Any port of the range is taken, for any project: 409 naming the port
+    // (and the holder only to its own project).
     let (status, body) = h
         .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27612}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let message = error_message(&body);
     assert!(
-        message.contains(&holder) && message.contains("27612"),
+        !message.contains(&holder) && message.contains("27612"),
         "{message}"
     );
+    let (status, body) = h
+        .create("p1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 27612}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_message(&body).contains(&holder), "{body}");
     let (status, body) = h
         .create("p2", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port_range": "27605:27610"}))
         .await;
@@ -438,6 +485,10 @@ async fn bad_port_ranges_are_refused_naming_the_field() {
         (
             json!({"internal_port": 22, "external_port_range": "a:b"}),
             "invalid external_port_range: \"a:b\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
+        ),
+        (
+            json!({"internal_port_range": "+8000:8001"}),
+            "invalid internal_port_range: \"+8000:8001\" is not a port range: expected N or N:M with ports 1-65535 and N <= M, e.g. 9000:9100",
         ),
     ];
     for (fields, expected) in cases {
@@ -560,6 +611,59 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
         "the start-up sync is counted"
     );
     assert!(text.contains("# TYPE navigator_http_request_duration_seconds histogram\n"));
+}
+
+/// Every `$ref` of the document names a schema it defines, and every
+/// `pattern` is one of the API crate's (the `schema` attributes must spell
+/// them as literals).
+#[test]
+fn openapi_document_is_complete() {
+    let doc = serde_json::to_value(navigator_server::app::openapi()).unwrap();
+    fn walk<'a>(value: &'a Value, key: &str, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match v {
+                        Value::String(s) if k == key => out.push(s),
+                        _ => walk(v, key, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, key, out)),
+            _ => {}
+        }
+    }
+    let mut refs = Vec::new();
+    walk(&doc, "$ref", &mut refs);
+    assert!(!refs.is_empty());
+    for reference in refs {
+        let target = reference
+            .strip_prefix("#/")
+            .unwrap_or_else(|| panic!("unexpected $ref {reference}"))
+            .split('/')
+            .fold(&doc, |node, part| &node[part]);
+        assert!(target.is_object(), "$ref {reference} names nothing");
+    }
+    let mut patterns = Vec::new();
+    walk(&doc, "pattern", &mut patterns);
+    assert!(patterns.len() >= 8, "{patterns:?}");
+    for pattern in patterns {
+        assert!(
+            pattern == navigator_api::v1::PORT_RANGE_PATTERN
+                || pattern == navigator_api::v1::TEXT_PATTERN,
+            "{pattern}"
+        );
+    }
+    let limit = &doc["paths"]["/v1/forwards"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"];
+    assert_eq!(
+        (&limit["minimum"], &limit["maximum"]),
+        (&json!(1), &json!(navigator_api::v1::MAX_PAGE_SIZE))
+    );
 }
 
 #[test]
@@ -865,4 +969,155 @@ async fn loopback_targets_only_for_the_noauth_demo_by_default() {
     let stack = stack::start(config(27970)).await;
     let forward = stack.control.create("p1", loopback()).await.unwrap();
     assert_eq!(forward.internal_ip_address.to_string(), "127.0.0.1");
+}
+
+/// DNS rebinding: a page on evil.example whose name now points at 127.0.0.1
+/// makes the browser send `Host: evil.example` to the noauth server. Only
+/// localhost, IP literals and `[api] allowed_hosts` are served, API and
+/// dashboard alike.
+#[tokio::test]
+async fn noauth_serves_only_loopback_addresses_and_allowed_hosts() {
+    let text = "[agent]\nport_range = 28000-28049\n[api]\nallowed_hosts = nav.example.test\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let port = addr.port();
+    for path in ["/v1/forwards", "/dashboard/login", "/metrics"] {
+        for host in [
+            "evil.example",
+            &format!("evil.example:{port}"),
+            "foo.localhost",
+        ] {
+            let answer = wire::send(addr, "GET", path, Some(host), &[], b"").await;
+            assert_eq!(answer.status, 421, "{host} {path}: {answer:?}");
+            let message = answer.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(message.contains("[api] allowed_hosts"), "{message}");
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "nav.example.test".to_owned(),
+            format!("NAV.example.test:{port}"),
+        ] {
+            let answer = wire::send(addr, "GET", path, Some(&host), &[], b"").await;
+            assert_eq!(answer.status, 200, "{host} {path}: {answer:?}");
+        }
+    }
+    // A POST is refused before it does anything.
+    let body = br#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}}"#;
+    let json = [("Content-Type", "application/json")];
+    let answer = wire::send(
+        addr,
+        "POST",
+        "/v1/forwards",
+        Some("evil.example"),
+        &json,
+        body,
+    )
+    .await;
+    assert_eq!(answer.status, 421, "{answer:?}");
+    let answer = wire::send(addr, "GET", "/v1/forwards", Some("localhost"), &[], b"").await;
+    assert_eq!(answer.json()["forwards"], json!([]), "nothing was created");
+}
+
+/// With Keystone the check is off unless `allowed_hosts` is set: tokens are
+/// not sent by browsers on their own.
+#[tokio::test]
+async fn keystone_checks_hosts_only_when_allowed_hosts_is_set() {
+    let keystone = "[DEFAULT]\nauth_strategy = keystone\n[keystone_authtoken]\nauth_url = http://127.0.0.1:9/v3\nusername = n\npassword = p\nproject_name = service\n[agent]\nport_range = 28050-28099\n";
+    let stack = stack::start(Config::parse("test.conf", keystone).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let answer = wire::send(addr, "GET", "/v1/forwards", Some("evil.example"), &[], b"").await;
+    assert_eq!(
+        answer.status, 401,
+        "no check, so authentication decides: {answer:?}"
+    );
+
+    let text = format!("{keystone}[api]\nallowed_hosts = nav.example.test\n");
+    let stack = stack::start(Config::parse("test.conf", &text).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let answer = wire::send(addr, "GET", "/v1/forwards", Some("evil.example"), &[], b"").await;
+    assert_eq!(answer.status, 421, "{answer:?}");
+    for host in ["nav.example.test", "127.0.0.1", "localhost"] {
+        let answer = wire::send(addr, "GET", "/v1/forwards", Some(host), &[], b"").await;
+        assert_eq!(answer.status, 401, "{host}: {answer:?}");
+    }
+}
+
+/// Every label of the request metrics is bounded: 3,000 requests with
+/// invented methods on known, unknown and id paths leave `/metrics` small.
+#[tokio::test]
+async fn invented_methods_and_paths_create_no_new_series() {
+    // Without the rate limit, which would answer most of these 429 before
+    // they reach the metrics.
+    let text = "[agent]\nport_range = 28100-28149\n[api]\nrate_limit = 0\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let addr = wire::serve(stack.app.clone()).await;
+    let before = wire::send(addr, "GET", "/metrics", Some("127.0.0.1"), &[], b"").await;
+    assert_eq!(before.status, 200);
+    // Eight connections at a time: quick, and gentle on a loaded machine.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8u32 {
+        tasks.spawn(async move {
+            for i in 0..375u32 {
+                let n = worker * 1000 + i;
+                let method = format!("X{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+                let path = match n % 3 {
+                    0 => "/v1/forwards".to_owned(),
+                    1 => format!("/v1/forwards/{}", uuid::Uuid::new_v4()),
+                    _ => format!("/scan/{n}"),
+                };
+                let answer = wire::send(addr, &method, &path, Some("127.0.0.1"), &[], b"").await;
+                assert!(
+                    answer.status == 405 || answer.status == 404,
+                    "{method} {path}: {answer:?}"
+                );
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let after = wire::send(addr, "GET", "/metrics", Some("127.0.0.1"), &[], b"").await;
+    let text = &after.body;
+    let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+    let requests = series("navigator_http_requests_total{");
+    assert!(
+        requests <= 8,
+        "{requests} request series after 3,000 invented methods:\n{text}"
+    );
+    assert!(text.contains(r#"method="other""#), "{text}");
+    assert!(!text.contains(r#"method="X"#), "{text}");
+    // Two routes and `unmatched`, each with one histogram of 14 lines, and
+    // the few series the scrapes themselves add.
+    assert!(
+        text.len() < before.body.len() + 16 * 1024,
+        "/metrics grew from {} to {} bytes",
+        before.body.len(),
+        text.len()
+    );
+}
+
+/// `/healthcheck` answers anyone: a database outage is named, its error
+/// (which may hold hosts, users or paths) is only logged.
+#[tokio::test]
+async fn healthcheck_names_a_database_outage_without_its_details() {
+    let h = harness(28350).await;
+    let (status, body, _) = h.send("GET", "/healthcheck", "p1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+    h._stack.control.store().close().await;
+    let (status, body, request_id) = h.send("GET", "/healthcheck", "p1", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        request_id.starts_with("req-"),
+        "the log line's id is in the answer"
+    );
+    assert_eq!(
+        body,
+        json!({"status": "DEGRADED", "checks": {"database": "unavailable"}})
+    );
 }

@@ -515,3 +515,108 @@ async fn catalog_registration_is_idempotent() {
     assert_eq!(moved.endpoints_updated, ["public"]);
     assert_eq!(moved.endpoints_unchanged.len(), 2);
 }
+
+/// Dashboard logout ends the Keystone token too: the server revokes it and
+/// forgets its cached validation, so it is refused here at once.
+#[tokio::test]
+async fn dashboard_logout_revokes_the_token() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let project_name = ks::unique("nav-logout");
+    let project = admin.project(&project_name).await;
+    let (user_name, password) = (ks::unique("member"), ks::unique("pw"));
+    let user = admin.user(&user_name, &password).await;
+    admin.grant(&project, &user, "member").await;
+    let h = harness(config(&env, &env.url, 300, 28420)).await;
+    let addr = support::wire::serve(h.app.clone()).await;
+    let host = Some("127.0.0.1");
+    let cookie_of = |answer: &support::wire::Answer, name: &str| {
+        answer
+            .header_values("set-cookie")
+            .iter()
+            .find_map(|c| c.strip_prefix(&format!("{name}="))?.split(';').next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {name} cookie: {answer:?}"))
+    };
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+
+    let page = support::wire::send(addr, "GET", "/dashboard/login", host, &[], b"").await;
+    let token = cookie_of(&page, "navigator_login");
+    let body = format!(
+        "csrf_token={token}&username={user_name}&password={password}&project={project_name}&domain=Default"
+    );
+    let cookie = format!("navigator_login={token}");
+    let answer = support::wire::send(
+        addr,
+        "POST",
+        "/dashboard/login",
+        host,
+        &[("Cookie", &cookie), form],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let session = format!(
+        "navigator_session={}",
+        cookie_of(&answer, "navigator_session")
+    );
+    let page = support::wire::send(
+        addr,
+        "GET",
+        "/dashboard",
+        host,
+        &[("Cookie", &session)],
+        b"",
+    )
+    .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let csrf = page
+        .body
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf token in the page")
+        .to_owned();
+    let validator = h.auth.validator().unwrap();
+    assert_eq!(
+        validator.cached_len(),
+        1,
+        "the session's token was validated"
+    );
+    assert_eq!(validator.refused_len(), 0);
+
+    let answer = support::wire::send(
+        addr,
+        "POST",
+        "/dashboard/logout",
+        host,
+        &[("Cookie", &session), form],
+        format!("csrf_token={csrf}").as_bytes(),
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    assert_eq!(validator.cached_len(), 0, "forgotten");
+    assert_eq!(validator.refused_len(), 1, "refused from now on");
+    let page = support::wire::send(
+        addr,
+        "GET",
+        "/dashboard",
+        host,
+        &[("Cookie", &session)],
+        b"",
+    )
+    .await;
+    assert_eq!(page.status, 303, "the session is over: {page:?}");
+
+    // What logout calls, with a token the test can see: Keystone accepts
+    // the token's own revocation, and another server, asking Keystone
+    // afresh, refuses the token.
+    let (_, member) = admin.user_with_role(&project, "member").await;
+    assert!(validator.validate(&member.token).await.is_ok());
+    validator.revoke(&member.token).await.unwrap();
+    let other = harness(config(&env, &env.url, 300, 28440)).await;
+    let r = other
+        .send("GET", "/v1/forwards", Some(&member.token), None)
+        .await;
+    assert_401(&r, &env);
+}

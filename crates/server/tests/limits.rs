@@ -135,7 +135,7 @@ async fn connect_from(server: SocketAddr, source: &str) -> TcpStream {
 }
 
 fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: navigator.test\r\nX-Project-Id: p1\r\n\r\n")
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Project-Id: p1\r\n\r\n")
 }
 
 /// `GET path` on a new connection from `source`: status, head, body.
@@ -162,7 +162,7 @@ async fn half_the_headers_then_closed_even_when_trickled() {
     // connecting, so this idle half-second is not held against the request.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stream
-        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     let first_byte = Instant::now();
@@ -191,7 +191,7 @@ async fn half_a_body_is_answered_408_and_closed() {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(
-            b"POST /v1/forwards HTTP/1.1\r\nHost: x\r\nX-Project-Id: p1\r\n\
+            b"POST /v1/forwards HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Project-Id: p1\r\n\
               Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"forward\": ",
         )
         .await

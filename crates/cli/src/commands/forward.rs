@@ -159,7 +159,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "IP")]
     pub internal_ip_address: IpAddr,
     /// Port of the instance to forward to
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..),
+    #[arg(long, value_name = "PORT", value_parser = port_arg,
           required_unless_present = "internal_port_range", conflicts_with = "internal_port_range")]
     pub internal_port: Option<u16>,
     /// Ports of the instance, N:M: as many as --external-port-range has, or
@@ -167,7 +167,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N:M")]
     pub internal_port_range: Option<String>,
     /// Port on the proxy (default: one allocated from the proxy's pool)
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..),
+    #[arg(long, value_name = "PORT", value_parser = port_arg,
           conflicts_with = "external_port_range")]
     pub external_port: Option<u16>,
     /// Ports on the proxy, N:M (default: a free block as large as
@@ -191,6 +191,14 @@ pub struct CreateArgs {
     pub output: OutputArgs,
 }
 
+/// A `PORT` argument: 1-65535 in plain digits, as the API takes ports
+/// (clap's integer parser would also take `+80`).
+fn port_arg(text: &str) -> Result<u16, String> {
+    navigator_core::parse_port_number(text)
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("{text:?} is not a port: expected 1-65535 in plain digits"))
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only forwards to this Nova instance
@@ -206,7 +214,7 @@ pub struct ListArgs {
     #[arg(long, value_name = "ADDR")]
     pub external_address: Option<IpAddr>,
     /// Only forwards on this external port
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = port_arg)]
     pub external_port: Option<u16>,
     /// Only forwards to this internal address
     #[arg(long, value_name = "IP")]
@@ -258,7 +266,7 @@ pub struct SetArgs {
     #[arg(long, value_name = "IP")]
     pub internal_ip_address: Option<IpAddr>,
     /// New port of the instance to forward to
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "PORT", value_parser = port_arg)]
     pub internal_port: Option<u16>,
     /// New description ("" clears it)
     #[arg(long, value_name = "TEXT")]
@@ -577,6 +585,30 @@ mod tests {
             (
                 &["--protocol", "tcp", "--internal-ip-address", "10.0.0.5"],
                 "--internal-port",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "tcp",
+                    "--internal-ip-address",
+                    "10.0.0.5",
+                    "--internal-port",
+                    "+22",
+                ],
+                "--internal-port",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "tcp",
+                    "--internal-ip-address",
+                    "10.0.0.5",
+                    "--internal-port",
+                    "22",
+                    "--external-port",
+                    "020022",
+                ],
+                "--external-port",
             ),
         ];
         for (args, option) in cases {

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use api::Failure;
 use html::FormState;
-use session::{COOKIE, Credential, LOGIN_COOKIE, Session, Sessions};
+use session::{COOKIE, Credential, LOGIN_COOKIE, LoginKey, Session, Sessions};
 
 /// How long a noauth session lasts (there is no token to expire with).
 const NOAUTH_SESSION_HOURS: i64 = 8;
@@ -48,10 +48,15 @@ struct Dashboard {
     /// The REST router, called in process with the session's credential.
     api: Router,
     sessions: Sessions,
+    /// Signs the login form's tokens.
+    login_key: LoginKey,
     /// Keystone's v3 URL for logins, when `auth_strategy = keystone`.
     keystone_url: Option<String>,
     /// noauth logins are only offered when the API listens on loopback.
     noauth_allowed: bool,
+    /// The API's authentication, whose validator revokes a session's
+    /// Keystone token at logout.
+    auth: Arc<crate::auth::Auth>,
 }
 
 type Shared = Arc<Dashboard>;
@@ -65,9 +70,13 @@ pub fn mount(api: Router, state: &AppState) -> Router {
         .then(|| crate::auth::www_authenticate_uri(&state.config.keystone_authtoken));
     let dashboard = Arc::new(Dashboard {
         api: api.clone(),
-        sessions: Sessions::default(),
+        sessions: Sessions::new(session::Limits::new(
+            state.config.dashboard_sessions_per_address,
+        )),
+        login_key: LoginKey::default(),
         keystone_url,
         noauth_allowed: state.config.bind_host.is_loopback(),
+        auth: state.auth.clone(),
     });
     Router::new()
         .route("/dashboard", get(index))
@@ -314,9 +323,13 @@ fn port_field(state: &mut FormState, name: &str, required: bool) -> Option<i64> 
         }
         return None;
     }
-    match text.parse::<i64>() {
-        Ok(port) => Some(port),
-        Err(_) => {
+    // Plain digits, as the API's port fields: `+80` or `080` are refused
+    // here rather than sent on as 80. The API decides about the range.
+    let plain =
+        text.bytes().all(|b| b.is_ascii_digit()) && !(text.len() > 1 && text.starts_with('0'));
+    match text.parse::<i64>().ok().filter(|_| plain) {
+        Some(port) => Some(port),
+        None => {
             state.errors.insert(
                 name.into(),
                 format!("{text:?} is not a whole number (a port is 1-65535)"),
@@ -394,7 +407,7 @@ fn login_page(
             ),
         );
     }
-    let token = session::random_token();
+    let token = dash.login_key.issue();
     let body = html::page(
         "Log in",
         None,
@@ -407,10 +420,39 @@ fn login_page(
     )
 }
 
-async fn login(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+/// The TCP peer of a request (`None` for requests made in process), with
+/// IPv4-mapped IPv6 addresses as plain IPv4.
+struct ClientAddr(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip().to_canonical()),
+        ))
+    }
+}
+
+async fn login(
+    State(dash): State<Shared>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&body);
     let mut state = form_state(&form);
-    let expected = session::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    // Only a token this process signed counts: a client cannot pick its own
+    // cookie and form value.
+    let expected = session::cookie(&headers, LOGIN_COOKIE)
+        .filter(|token| dash.login_key.verify(token))
+        .unwrap_or("");
     if let Err(error) = session::check_post(
         &headers,
         form.get("csrf_token").map(String::as_str),
@@ -425,34 +467,21 @@ async fn login(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> R
         None if dash.noauth_allowed => noauth_login(&dash, &mut state).await,
         None => Err(StatusCode::FORBIDDEN),
     };
-    let new_session = match result {
-        Ok(session) => session,
+    let (new_session, owner) = match result {
+        Ok(made) => made,
         Err(status) => return login_page(&dash, &headers, status, &state, None),
     };
     let max_age = (new_session.expires_at - Utc::now()).num_seconds();
-    match dash.sessions.insert(new_session) {
-        Ok(sid) => {
-            let secure = session::over_tls(&headers);
-            let response = with_cookie(
-                redirect("/dashboard"),
-                session::set_cookie(COOKIE, &sid, Some(max_age), secure),
-            );
-            with_cookie(
-                response,
-                session::set_cookie(LOGIN_COOKIE, "", Some(0), secure),
-            )
-        }
-        Err(full) => {
-            state.general = Some(full.to_string());
-            login_page(
-                &dash,
-                &headers,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &state,
-                None,
-            )
-        }
-    }
+    let sid = dash.sessions.insert(new_session, &owner, client);
+    let secure = session::over_tls(&headers);
+    let response = with_cookie(
+        redirect("/dashboard"),
+        session::set_cookie(COOKIE, &sid, Some(max_age), secure),
+    );
+    with_cookie(
+        response,
+        session::set_cookie(LOGIN_COOKIE, "", Some(0), secure),
+    )
 }
 
 fn require(state: &mut FormState, names: &[&str]) {
@@ -468,7 +497,7 @@ async fn keystone_login(
     url: &str,
     password: Option<String>,
     state: &mut FormState,
-) -> Result<Session, StatusCode> {
+) -> Result<(Session, String), StatusCode> {
     require(state, &["username", "project", "domain"]);
     let password = password.filter(|p| !p.is_empty());
     if password.is_none() {
@@ -537,7 +566,9 @@ async fn keystone_login(
     } else {
         issued.body.user.name.clone()
     };
-    Ok(Session {
+    // The per-user cap counts Keystone's user id, whatever name was typed.
+    let owner = format!("keystone:{}", issued.body.user.id);
+    let session = Session {
         credential,
         user: user_name,
         project: if scope.name.is_empty() {
@@ -549,12 +580,20 @@ async fn keystone_login(
         expires_at,
         proxies_visible,
         flash: None,
-    })
+    };
+    Ok((session, owner))
 }
 
-async fn noauth_login(dash: &Dashboard, state: &mut FormState) -> Result<Session, StatusCode> {
+/// A noauth session; its "user", for the per-user cap, is the project.
+async fn noauth_login(
+    dash: &Dashboard,
+    state: &mut FormState,
+) -> Result<(Session, String), StatusCode> {
     let project = state.value("project").trim().to_owned();
-    if project.is_empty() || project.len() > 255 || project.chars().any(char::is_control) {
+    if project.is_empty()
+        || project.len() > 255
+        || navigator_api::v1::hidden_char(&project).is_some()
+    {
         state.errors.insert(
             "project".into(),
             "expected 1-255 printable characters".into(),
@@ -563,7 +602,8 @@ async fn noauth_login(dash: &Dashboard, state: &mut FormState) -> Result<Session
     }
     let credential = Credential::Project(project.clone());
     let proxies_visible = probe_api(dash, &credential, state).await?;
-    Ok(Session {
+    let owner = format!("noauth:{project}");
+    let session = Session {
         credential,
         user: "noauth".into(),
         project,
@@ -571,7 +611,8 @@ async fn noauth_login(dash: &Dashboard, state: &mut FormState) -> Result<Session
         expires_at: Utc::now() + ChronoDuration::hours(NOAUTH_SESSION_HOURS),
         proxies_visible,
         flash: None,
-    })
+    };
+    Ok((session, owner))
 }
 
 /// Asks the API whether it accepts `credential` (and whether this identity
@@ -604,7 +645,18 @@ async fn logout(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         Ok(posted) => posted,
         Err(response) => return response,
     };
-    dash.sessions.remove(&sid);
+    if let Some(Session {
+        credential: Credential::Token(token),
+        ..
+    }) = dash.sessions.remove(&sid)
+        && let Some(validator) = dash.auth.validator()
+    {
+        // Logged out means the token is over, at Keystone too: otherwise it
+        // would stay good for its lifetime wherever it was copied to.
+        if let Err(error) = validator.revoke(&token).await {
+            tracing::warn!(%error, "dashboard logout: the Keystone token could not be revoked; it stays valid until it expires");
+        }
+    }
     with_cookie(
         redirect("/dashboard/login?logged_out=1"),
         session::set_cookie(COOKIE, "", Some(0), session::over_tls(&headers)),
@@ -981,6 +1033,12 @@ mod tests {
         assert!(!state.errors.contains_key("external_port"));
         state.values.insert("external_port".into(), "70000".into());
         assert_eq!(port_field(&mut state, "external_port", false), Some(70000));
+        for odd in ["+80", "080", "-1", "8 0"] {
+            let mut state = FormState::default();
+            state.values.insert("internal_port".into(), odd.into());
+            assert_eq!(port_field(&mut state, "internal_port", true), None, "{odd}");
+            assert!(state.errors.contains_key("internal_port"), "{odd}");
+        }
     }
 
     #[test]

@@ -2,15 +2,26 @@
 //!
 //! The browser holds only a random session id in an HttpOnly, SameSite=Strict
 //! cookie scoped to `/dashboard`; the Keystone token (or the noauth project)
-//! never leaves the server. A session ends when its token expires, on logout,
+//! never leaves the server. A session ends when its token expires, on logout
+//! (which revokes a Keystone token), when a cap makes room for a newer login,
 //! or when the REST API stops accepting its token.
 //!
 //! Every state-changing form carries the session's synchronizer token
 //! (`csrf_token`), checked in constant time together with the `Origin` and
-//! `Sec-Fetch-Site` headers browsers send ([`check_post`]).
+//! `Sec-Fetch-Site` headers browsers send ([`check_post`]). The login form,
+//! which has no session yet, carries a [`LoginKey`] token instead: stateless,
+//! so showing the form stores nothing.
+//!
+//! Sessions are only made by a successful login, and the table is bounded
+//! without ever refusing one: a login beyond a cap (per user, per client
+//! address, overall) ends the least recently used session under that cap.
+//! A flood of logins therefore costs its sender their own older sessions,
+//! and a real user can always log in.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
@@ -21,6 +32,11 @@ pub const COOKIE: &str = "navigator_session";
 pub const LOGIN_COOKIE: &str = "navigator_login";
 /// How many live sessions the server keeps at most (memory bound).
 const MAX_SESSIONS: usize = 10_000;
+/// Sessions one user (Keystone user id; noauth: project) keeps at most: a
+/// person's browsers and devices, with room to spare.
+pub const MAX_SESSIONS_PER_USER: usize = 10;
+/// How long a login form's token is accepted.
+const LOGIN_TOKEN_SECONDS: i64 = 3600;
 
 /// How a session reaches the REST API.
 #[derive(Clone)]
@@ -65,38 +81,104 @@ pub struct Session {
     pub flash: Option<Flash>,
 }
 
-/// All live sessions, keyed by the cookie's random id.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
+/// A stored session with what the caps count it by.
+struct Entry {
+    session: Session,
+    /// Whose it is, for the per-user cap.
+    owner: String,
+    /// The TCP peer that logged in (`None` in process), for the per-address cap.
+    client: Option<IpAddr>,
+    /// When it was last logged in or used, on [`Sessions::clock`]: eviction
+    /// ends the least recently used.
+    last_used: u64,
 }
 
-/// Why a session could not be stored.
-#[derive(Debug, thiserror::Error)]
-#[error("too many dashboard sessions are open; try again later")]
-pub struct Full;
+/// The caps of a session table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub total: usize,
+    pub per_user: usize,
+    /// 0: no per-address cap.
+    pub per_address: usize,
+}
+
+impl Limits {
+    /// The server's caps with `[dashboard] max_sessions_per_address`.
+    pub fn new(per_address: usize) -> Limits {
+        Limits {
+            total: MAX_SESSIONS,
+            per_user: MAX_SESSIONS_PER_USER,
+            per_address,
+        }
+    }
+}
+
+/// All live sessions, keyed by the cookie's random id.
+pub struct Sessions {
+    map: Mutex<HashMap<String, Entry>>,
+    limits: Limits,
+    /// A counter, not a clock: two uses never tie, whatever the timer's
+    /// resolution.
+    clock: AtomicU64,
+}
 
 impl Sessions {
-    /// Stores `session` under a new random id and returns the id.
-    pub fn insert(&self, session: Session) -> Result<String, Full> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_SESSIONS {
+    pub fn new(limits: Limits) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            limits,
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // Entries are replaced whole, so a panic elsewhere leaves none half
+        // written.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `session` of `owner`, logged in from `client`, under a new
+    /// random id and returns the id. Never refuses: a cap that is reached
+    /// ends the least recently used session under it.
+    pub fn insert(&self, session: Session, owner: &str, client: Option<IpAddr>) -> String {
+        let limits = self.limits;
+        let mut map = self.lock();
+        let mut evicted = 0;
+        evicted += evict_beyond(&mut map, limits.per_user, |e| e.owner == owner);
+        if let Some(client) = client
+            && limits.per_address > 0
+        {
+            evicted += evict_beyond(&mut map, limits.per_address, |e| e.client == Some(client));
+        }
+        if map.len() >= limits.total {
             let now = Utc::now();
-            map.retain(|_, s| s.expires_at > now);
-            if map.len() >= MAX_SESSIONS {
-                return Err(Full);
-            }
+            map.retain(|_, e| e.session.expires_at > now);
+            evicted += evict_beyond(&mut map, limits.total, |_| true);
+        }
+        if evicted > 0 {
+            tracing::debug!(evicted, "dashboard sessions ended to make room for a login");
         }
         let id = random_token();
-        map.insert(id.clone(), session);
-        Ok(id)
+        map.insert(
+            id.clone(),
+            Entry {
+                session,
+                owner: owner.to_owned(),
+                client,
+                last_used: self.tick(),
+            },
+        );
+        id
     }
 
     /// The live session `id` names (an expired one is removed and `None`).
     pub fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(id) {
-            Some(s) if s.expires_at > Utc::now() => Some(s.clone()),
+        let mut map = self.lock();
+        match map.get_mut(id) {
+            Some(e) if e.session.expires_at > Utc::now() => {
+                e.last_used = self.tick();
+                Some(e.session.clone())
+            }
             Some(_) => {
                 map.remove(id);
                 None
@@ -105,26 +187,122 @@ impl Sessions {
         }
     }
 
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of sessions held (live or not yet noticed expired).
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Removes and returns the session's flash message.
     pub fn take_flash(&self, id: &str) -> Option<Flash> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get_mut(id).and_then(|s| s.flash.take())
+        self.lock().get_mut(id).and_then(|e| e.session.flash.take())
     }
 
     pub fn set_flash(&self, id: &str, error: bool, text: impl Into<String>) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get_mut(id) {
-            s.flash = Some(Flash {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.session.flash = Some(Flash {
                 error,
                 text: text.into(),
             });
         }
     }
 
-    pub fn remove(&self, id: &str) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+    /// Ends session `id`, returning it.
+    pub fn remove(&self, id: &str) -> Option<Session> {
+        self.lock().remove(id).map(|e| e.session)
+    }
+}
+
+/// Removes the least recently used of the entries `counted` selects until
+/// fewer than `cap` remain, so one more fits; returns how many it removed.
+fn evict_beyond(
+    map: &mut HashMap<String, Entry>,
+    cap: usize,
+    counted: impl Fn(&Entry) -> bool,
+) -> usize {
+    let mut selected: Vec<(u64, String)> = map
+        .iter()
+        .filter(|(_, e)| counted(e))
+        .map(|(id, e)| (e.last_used, id.clone()))
+        .collect();
+    if selected.len() < cap {
+        return 0;
+    }
+    let excess = selected.len() + 1 - cap.max(1);
+    selected.sort_unstable();
+    for (_, id) in &selected[..excess] {
         map.remove(id);
     }
+    excess
+}
+
+/// The login form's token: a random nonce and the time it was issued,
+/// signed with HMAC-SHA256 under a key only this process knows. The form
+/// page stores nothing; the POST checks the signature and the age, so a
+/// client cannot choose its own token (and with it its own cookie).
+pub struct LoginKey {
+    key: ring::hmac::Key,
+}
+
+impl Default for LoginKey {
+    fn default() -> LoginKey {
+        LoginKey {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, random_token().as_bytes()),
+        }
+    }
+}
+
+impl LoginKey {
+    /// A fresh token: 32 hex digits of nonce, 16 of issue time (Unix
+    /// seconds), 64 of signature.
+    pub fn issue(&self) -> String {
+        self.issue_at(Utc::now().timestamp())
+    }
+
+    fn issue_at(&self, now: i64) -> String {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let signed = format!("{nonce}{:016x}", now.max(0));
+        let tag = ring::hmac::sign(&self.key, signed.as_bytes());
+        format!("{signed}{}", hex(tag.as_ref()))
+    }
+
+    /// Whether `token` is one this process issued within the last hour.
+    pub fn verify(&self, token: &str) -> bool {
+        self.verify_at(token, Utc::now().timestamp())
+    }
+
+    fn verify_at(&self, token: &str, now: i64) -> bool {
+        if token.len() != 32 + 16 + 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
+        }
+        let (signed, tag) = token.split_at(48);
+        let Some(tag) = unhex(tag) else {
+            return false;
+        };
+        if ring::hmac::verify(&self.key, signed.as_bytes(), &tag).is_err() {
+            return false;
+        }
+        let Ok(issued) = i64::from_str_radix(&signed[32..], 16) else {
+            return false;
+        };
+        // A minute of leeway for a clock stepped back meanwhile.
+        (issued - 60..=issued + LOGIN_TOKEN_SECONDS).contains(&now)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// 256 random bits as 64 hex digits (two v4 UUIDs' random parts come from
@@ -280,19 +458,91 @@ mod tests {
         }
     }
 
+    fn live() -> Session {
+        session(Utc::now() + chrono::Duration::seconds(60))
+    }
+
     #[test]
     fn a_session_ends_with_its_token() {
-        let sessions = Sessions::default();
-        let live = sessions
-            .insert(session(Utc::now() + chrono::Duration::seconds(60)))
-            .unwrap();
-        let over = sessions
-            .insert(session(Utc::now() - chrono::Duration::seconds(1)))
-            .unwrap();
+        let sessions = Sessions::new(Limits::new(100));
+        let live = sessions.insert(live(), "u", None);
+        let over = sessions.insert(
+            session(Utc::now() - chrono::Duration::seconds(1)),
+            "u",
+            None,
+        );
         assert!(sessions.get(&live).is_some());
         assert!(sessions.get(&over).is_none());
         sessions.remove(&live);
         assert!(sessions.get(&live).is_none());
+    }
+
+    #[test]
+    fn caps_end_the_least_recently_used_session_never_the_login() {
+        let sessions = Sessions::new(Limits {
+            total: 20,
+            per_user: 3,
+            per_address: 5,
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Per user: the fourth login of u1 ends u1's least recently used.
+        let u1: Vec<String> = (0..3)
+            .map(|_| sessions.insert(live(), "u1", Some(b)))
+            .collect();
+        assert!(
+            sessions.get(&u1[0]).is_some(),
+            "u1[0] used now: u1[1] is the oldest"
+        );
+        let fourth = sessions.insert(live(), "u1", Some(b));
+        assert!(sessions.get(&u1[1]).is_none());
+        assert!(
+            [&u1[0], &u1[2], &fourth]
+                .iter()
+                .all(|id| sessions.get(id).is_some())
+        );
+        // Per address: a flood from `a` under many names ends only `a`'s.
+        let flood: Vec<String> = (0..50)
+            .map(|i| sessions.insert(live(), &format!("flood{i}"), Some(a)))
+            .collect();
+        assert!(flood[..45].iter().all(|id| sessions.get(id).is_none()));
+        assert!(flood[45..].iter().all(|id| sessions.get(id).is_some()));
+        assert!(
+            sessions.get(&fourth).is_some(),
+            "b's sessions survive a's flood"
+        );
+        // Overall: distinct users and addresses, in process; the table
+        // never outgrows its cap and the newest login always stands.
+        for i in 0..100 {
+            let id = sessions.insert(live(), &format!("many{i}"), None);
+            assert!(sessions.get(&id).is_some());
+            assert!(sessions.count() <= 20);
+        }
+    }
+
+    #[test]
+    fn login_tokens_are_signed_and_expire() {
+        let key = LoginKey::default();
+        let now = Utc::now().timestamp();
+        let token = key.issue_at(now);
+        assert!(key.verify_at(&token, now));
+        assert!(key.verify_at(&token, now + LOGIN_TOKEN_SECONDS));
+        assert!(
+            !key.verify_at(&token, now + LOGIN_TOKEN_SECONDS + 1),
+            "stale"
+        );
+        assert!(!key.verify_at(&token, now - 120), "from the future");
+        assert!(
+            !LoginKey::default().verify_at(&token, now),
+            "another process's key"
+        );
+        // Chosen by the client, or altered anywhere.
+        assert!(!key.verify_at("attacker-chosen", now));
+        assert!(!key.verify_at(&"0".repeat(112), now));
+        let mut altered = token.clone().into_bytes();
+        altered[40] = if altered[40] == b'0' { b'1' } else { b'0' };
+        assert!(!key.verify_at(&String::from_utf8(altered).unwrap(), now));
+        assert_ne!(key.issue_at(now), token, "a fresh nonce each time");
     }
 
     #[test]

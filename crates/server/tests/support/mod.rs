@@ -3,3 +3,5 @@
 pub mod keystone_admin;
 
 pub mod stack;
+
+pub mod wire;
