@@ -39,6 +39,7 @@
 
 mod forwards;
 mod proxies;
+mod sessions;
 mod sql;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ pub use forwards::{
     ReportedVersion, SortColumn, StatusReport, TargetChange,
 };
 pub use proxies::ProxyRecord;
+pub use sessions::{CredentialKind, SessionLimits, SessionRecord};
 
 /// How long a writer waits for SQLite's lock before giving up (10 s). Writes
 /// are short, so this is only reached when something is badly wrong.
@@ -392,9 +394,15 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => include_str!("../migrations/postgres/0002_port_ranges.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0002_port_ranges.sql"),
     };
+    let sessions = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0003_dashboard_sessions.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0003_dashboard_sessions.sql"),
+        Backend::MySql => include_str!("../migrations/mysql/0003_dashboard_sessions.sql"),
+    };
     Migrator::with_migrations(vec![
         migration(1, "initial", initial),
         migration(2, "port ranges", port_ranges),
+        migration(3, "dashboard sessions", sessions),
     ])
 }
 

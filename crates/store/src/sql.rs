@@ -23,7 +23,7 @@ use crate::{Backend, Store, StoreError};
 
 /// How often a statement aborted by a deadlock or serialization failure is
 /// tried in all.
-const CONFLICT_ATTEMPTS: u32 = 5;
+pub(crate) const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// A value bound to a statement.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,7 +146,11 @@ pub(crate) fn is_conflict(e: &sqlx::Error) -> bool {
 
 impl Store {
     /// The statement text for this backend and its arguments in bind order.
-    fn prepare(&self, sql: &str, values: &[Value]) -> Result<(String, AnyArguments), sqlx::Error> {
+    pub(crate) fn prepare(
+        &self,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<(String, AnyArguments), sqlx::Error> {
         let (text, order) = match self.backend {
             Backend::MySql => to_positional(sql),
             Backend::Sqlite | Backend::Postgres => (sql.to_owned(), (0..values.len()).collect()),
@@ -280,7 +284,7 @@ impl Store {
 
 /// A short pause before retrying, growing with the attempt and jittered, so
 /// that the statements that collided do not collide again in lockstep.
-async fn backoff(attempt: u32) {
+pub(crate) async fn backoff(attempt: u32) {
     let jitter = u64::try_from(uuid::Uuid::new_v4().as_u128() % 8).unwrap_or(0);
     let millis = u64::from(attempt) * 5 + jitter;
     tokio::time::sleep(Duration::from_millis(millis)).await;

@@ -294,7 +294,14 @@ async fn racing_updates_of_one_forward_all_apply(db: &'static TestDb) {
 async fn servers_starting_together_all_migrate(db: &'static TestDb) {
     // Empty the test's database again: the harness migrated it.
     let mut conn = AnyConnection::connect(&db.url).await.unwrap();
-    for table in ["forward_ports", "forwards", "proxies", "_sqlx_migrations"] {
+    for table in [
+        "forward_ports",
+        "forwards",
+        "proxies",
+        "dashboard_sessions",
+        "dashboard_keys",
+        "_sqlx_migrations",
+    ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
             .await
             .unwrap();
@@ -323,14 +330,21 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
         Vec::<i64>::new()
     );
     let mut conn = AnyConnection::connect(&db.url).await.unwrap();
-    for table in ["forward_ports", "forwards", "proxies", "_sqlx_migrations"] {
+    for table in [
+        "forward_ports",
+        "forwards",
+        "proxies",
+        "dashboard_sessions",
+        "dashboard_keys",
+        "_sqlx_migrations",
+    ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
             .await
             .unwrap();
     }
     conn.close().await.unwrap();
     let server = db.second_server().await;
-    assert_eq!(server.pending_migrations().await.unwrap(), vec![1, 2]);
+    assert_eq!(server.pending_migrations().await.unwrap(), vec![1, 2, 3]);
     server.migrate().await.unwrap();
     assert_eq!(
         server.pending_migrations().await.unwrap(),
