@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use api::Failure;
 use html::FormState;
-use session::{COOKIE, Credential, LOGIN_COOKIE, LoginKey, Session, Sessions};
+use session::{COOKIE, Credential, LOGIN_COOKIE, Session, Sessions, SharedLoginKey};
 
 /// How long a noauth session lasts (there is no token to expire with).
 const NOAUTH_SESSION_HOURS: i64 = 8;
@@ -47,9 +47,10 @@ const ICON: &str = include_str!("static/favicon.svg");
 struct Dashboard {
     /// The REST router, called in process with the session's credential.
     api: Router,
+    /// In the database, shared with every other server.
     sessions: Sessions,
-    /// Signs the login form's tokens.
-    login_key: LoginKey,
+    /// Signs the login form's tokens; the same in every server.
+    login_key: SharedLoginKey,
     /// Keystone's v3 URL for logins, when `auth_strategy = keystone`.
     keystone_url: Option<String>,
     /// noauth logins are only offered when the API listens on loopback.
@@ -70,14 +71,16 @@ pub fn mount(api: Router, state: &AppState) -> Router {
         .then(|| crate::auth::www_authenticate_uri(&state.config.keystone_authtoken));
     let dashboard = Arc::new(Dashboard {
         api: api.clone(),
-        sessions: Sessions::new(session::Limits::new(
-            state.config.dashboard_sessions_per_address,
-        )),
-        login_key: LoginKey::default(),
+        sessions: Sessions::new(
+            state.control.store().clone(),
+            session::Limits::new(state.config.dashboard_sessions_per_address),
+        ),
+        login_key: SharedLoginKey::new(state.control.store().clone()),
         keystone_url,
         noauth_allowed: state.config.bind_host.is_loopback(),
         auth: state.auth.clone(),
     });
+    dashboard.sessions.spawn_sweeper();
     Router::new()
         .route("/dashboard", get(index))
         .route("/dashboard/", get(|| async { redirect("/dashboard") }))
@@ -194,9 +197,12 @@ async fn not_found() -> Response {
 
 /// The session ended (expired, logged out elsewhere, token revoked): forget
 /// it, clear the cookie and go to the login page.
-fn session_over(dash: &Dashboard, sid: Option<&str>, headers: &HeaderMap) -> Response {
-    if let Some(sid) = sid {
-        dash.sessions.remove(sid);
+async fn session_over(dash: &Dashboard, sid: Option<&str>, headers: &HeaderMap) -> Response {
+    if let Some(sid) = sid
+        && let Err(error) = dash.sessions.remove(sid).await
+    {
+        // It ends with its token anyway; the cookie goes now.
+        tracing::warn!(%error, "dashboard: an ended session could not be deleted");
     }
     with_cookie(
         redirect("/dashboard/login?expired=1"),
@@ -206,9 +212,34 @@ fn session_over(dash: &Dashboard, sid: Option<&str>, headers: &HeaderMap) -> Res
 
 /// Back to the forwards list with a message (an error when `error`) shown
 /// once at its top.
-fn back_to_list(dash: &Dashboard, sid: &str, error: bool, text: impl Into<String>) -> Response {
-    dash.sessions.set_flash(sid, error, text);
+async fn back_to_list(
+    dash: &Dashboard,
+    sid: &str,
+    error: bool,
+    text: impl Into<String>,
+) -> Response {
+    if let Err(e) = dash.sessions.set_flash(sid, error, text).await {
+        // The change (if any) is done; only its message is lost.
+        tracing::warn!(error = %e, "dashboard: a flash message could not be stored");
+    }
     redirect("/dashboard")
+}
+
+/// The database behind sessions cannot be reached: say so, keep the cookie.
+fn unavailable(error: &navigator_store::StoreError) -> Response {
+    tracing::warn!(%error, "dashboard: sessions unavailable");
+    html_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        html::page(
+            "Temporarily unavailable",
+            None,
+            None,
+            &html::message(
+                "The dashboard cannot reach its database; try again in a moment.",
+                Some(("/dashboard", "Try again")),
+            ),
+        ),
+    )
 }
 
 fn refused(session: Option<&Session>, error: &session::CsrfError) -> Response {
@@ -230,10 +261,18 @@ fn refused(session: Option<&Session>, error: &session::CsrfError) -> Response {
 // ------------------------------------------------------------ requests
 
 impl Dashboard {
-    /// The live session of this request, with its id.
-    fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
-        let sid = session::cookie(headers, COOKIE)?;
-        self.sessions.get(sid).map(|s| (sid.to_owned(), s))
+    /// The live session of this request, with its id; `Err` is the answer
+    /// when the database cannot tell.
+    // The `Err` is the response that ends the request (see `posted_form`).
+    #[allow(clippy::result_large_err)]
+    async fn session(&self, headers: &HeaderMap) -> Result<Option<(String, Session)>, Response> {
+        let Some(sid) = session::cookie(headers, COOKIE) else {
+            return Ok(None);
+        };
+        match self.sessions.get(sid).await {
+            Ok(found) => Ok(found.map(|s| (sid.to_owned(), s))),
+            Err(e) => Err(unavailable(&e)),
+        }
     }
 }
 
@@ -243,13 +282,13 @@ impl Dashboard {
 // The `Err` is the response that ends the request; boxing it would only add
 // an allocation to a path taken once per request.
 #[allow(clippy::result_large_err)]
-fn posted_form(
+async fn posted_form(
     dash: &Dashboard,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(String, Session, HashMap<String, String>), Response> {
-    let Some((sid, session)) = dash.session(headers) else {
-        return Err(session_over(dash, None, headers));
+    let Some((sid, session)) = dash.session(headers).await? else {
+        return Err(session_over(dash, None, headers).await);
     };
     let form = parse_form(body);
     if let Err(e) = session::check_post(
@@ -361,8 +400,10 @@ async fn login_form(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if dash.session(&headers).is_some() {
-        return redirect("/dashboard");
+    match dash.session(&headers).await {
+        Ok(Some(_)) => return redirect("/dashboard"),
+        Ok(None) => {}
+        Err(response) => return response,
     }
     let flash = if query.contains_key("expired") {
         Some(session::Flash {
@@ -381,11 +422,11 @@ async fn login_form(
     if dash.keystone_url.is_some() {
         form.values.insert("domain".into(), "Default".into());
     }
-    login_page(&dash, &headers, StatusCode::OK, &form, flash.as_ref())
+    login_page(&dash, &headers, StatusCode::OK, &form, flash.as_ref()).await
 }
 
 /// The login page with a fresh pre-login token (cookie and hidden field).
-fn login_page(
+async fn login_page(
     dash: &Dashboard,
     headers: &HeaderMap,
     status: StatusCode,
@@ -407,7 +448,10 @@ fn login_page(
             ),
         );
     }
-    let token = dash.login_key.issue();
+    let token = match dash.login_key.get().await {
+        Ok(key) => key.issue(),
+        Err(e) => return unavailable(&e),
+    };
     let body = html::page(
         "Log in",
         None,
@@ -448,10 +492,14 @@ async fn login(
 ) -> Response {
     let form = parse_form(&body);
     let mut state = form_state(&form);
-    // Only a token this process signed counts: a client cannot pick its own
+    // Only a token a server signed counts: a client cannot pick its own
     // cookie and form value.
+    let key = match dash.login_key.get().await {
+        Ok(key) => key,
+        Err(e) => return unavailable(&e),
+    };
     let expected = session::cookie(&headers, LOGIN_COOKIE)
-        .filter(|token| dash.login_key.verify(token))
+        .filter(|token| key.verify(token))
         .unwrap_or("");
     if let Err(error) = session::check_post(
         &headers,
@@ -460,7 +508,7 @@ async fn login(
     ) {
         tracing::warn!(%error, "dashboard login refused");
         state.general = Some(format!("The login was refused: {error}."));
-        return login_page(&dash, &headers, StatusCode::FORBIDDEN, &state, None);
+        return login_page(&dash, &headers, StatusCode::FORBIDDEN, &state, None).await;
     }
     let result = match &dash.keystone_url {
         Some(url) => keystone_login(&dash, url, form.get("password").cloned(), &mut state).await,
@@ -469,10 +517,13 @@ async fn login(
     };
     let (new_session, owner) = match result {
         Ok(made) => made,
-        Err(status) => return login_page(&dash, &headers, status, &state, None),
+        Err(status) => return login_page(&dash, &headers, status, &state, None).await,
     };
     let max_age = (new_session.expires_at - Utc::now()).num_seconds();
-    let sid = dash.sessions.insert(new_session, &owner, client);
+    let sid = match dash.sessions.insert(new_session, &owner, client).await {
+        Ok(sid) => sid,
+        Err(e) => return unavailable(&e),
+    };
     let secure = session::over_tls(&headers);
     let response = with_cookie(
         redirect("/dashboard"),
@@ -641,14 +692,14 @@ async fn probe_api(
 }
 
 async fn logout(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let (sid, _, _) = match posted_form(&dash, &headers, &body) {
+    let (sid, _, _) = match posted_form(&dash, &headers, &body).await {
         Ok(posted) => posted,
         Err(response) => return response,
     };
-    if let Some(Session {
+    if let Ok(Some(Session {
         credential: Credential::Token(token),
         ..
-    }) = dash.sessions.remove(&sid)
+    })) = dash.sessions.remove(&sid).await
         && let Some(validator) = dash.auth.validator()
     {
         // Logged out means the token is over, at Keystone too: otherwise it
@@ -668,8 +719,10 @@ async fn logout(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
 const LIST_PATH: &str = "/v1/forwards?sort_key=created_at&sort_dir=asc";
 
 async fn index(State(dash): State<Shared>, headers: HeaderMap) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return redirect("/dashboard/login");
+    let (sid, session) = match dash.session(&headers).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return redirect("/dashboard/login"),
+        Err(response) => return response,
     };
     let mut form = FormState::default();
     form.values.insert("protocol".into(), "tcp".into());
@@ -685,7 +738,7 @@ async fn list_page(
     form: &FormState,
     status: StatusCode,
 ) -> Response {
-    let flash = dash.sessions.take_flash(sid);
+    let flash = dash.sessions.take_flash(sid, session).await;
     match api::call::<ForwardList>(&dash.api, &session.credential, Method::GET, LIST_PATH, None)
         .await
     {
@@ -698,7 +751,7 @@ async fn list_page(
                 &html::forwards(session, &list.forwards, form),
             ),
         ),
-        Err(Failure::Unauthorized) => session_over(dash, Some(sid), headers),
+        Err(Failure::Unauthorized) => session_over(dash, Some(sid), headers).await,
         Err(failure) => html_response(
             failure.status(),
             html::page(
@@ -720,7 +773,7 @@ const CREATE_FIELDS: [&str; 5] = [
 ];
 
 async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let (sid, session, form) = match posted_form(&dash, &headers, &body) {
+    let (sid, session, form) = match posted_form(&dash, &headers, &body).await {
         Ok(posted) => posted,
         Err(response) => return response,
     };
@@ -774,8 +827,9 @@ async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
                     f.status
                 ),
             )
+            .await
         }
-        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
+        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers).await,
         Err(failure) => {
             place_failure(&mut state, &CREATE_FIELDS, &failure);
             list_page(&dash, &sid, &session, &headers, &state, failure.status()).await
@@ -788,8 +842,10 @@ async fn edit_form(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return redirect("/dashboard/login");
+    let (sid, session) = match dash.session(&headers).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return redirect("/dashboard/login"),
+        Err(response) => return response,
     };
     let mut state = FormState::default();
     edit_page(
@@ -818,7 +874,7 @@ async fn edit_page(
     prefill: bool,
 ) -> Response {
     if !valid_id(id) {
-        return back_to_list(dash, sid, true, format!("forward {id} not found"));
+        return back_to_list(dash, sid, true, format!("forward {id} not found")).await;
     }
     let path = format!("/v1/forwards/{id}");
     match api::call::<ForwardBody>(&dash.api, &session.credential, Method::GET, &path, None).await {
@@ -845,8 +901,8 @@ async fn edit_page(
                 ),
             )
         }
-        Err(Failure::Unauthorized) => session_over(dash, Some(sid), headers),
-        Err(failure) => back_to_list(dash, sid, true, failure.message()),
+        Err(Failure::Unauthorized) => session_over(dash, Some(sid), headers).await,
+        Err(failure) => back_to_list(dash, sid, true, failure.message()).await,
     }
 }
 
@@ -858,7 +914,7 @@ async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (sid, session, form) = match posted_form(&dash, &headers, &body) {
+    let (sid, session, form) = match posted_form(&dash, &headers, &body).await {
         Ok(posted) => posted,
         Err(response) => return response,
     };
@@ -903,8 +959,9 @@ async fn update(
                     f.external_address, f.external_port, f.internal_ip_address, f.internal_port
                 ),
             )
+            .await
         }
-        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
+        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers).await,
         Err(failure) => {
             let status = failure.status();
             place_failure(&mut state, &EDIT_FIELDS, &failure);
@@ -922,18 +979,18 @@ async fn delete(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (sid, session, _) = match posted_form(&dash, &headers, &body) {
+    let (sid, session, _) = match posted_form(&dash, &headers, &body).await {
         Ok(posted) => posted,
         Err(response) => return response,
     };
     if !valid_id(&id) {
-        return back_to_list(&dash, &sid, true, format!("forward {id} not found"));
+        return back_to_list(&dash, &sid, true, format!("forward {id} not found")).await;
     }
     let path = format!("/v1/forwards/{id}");
     match api::call::<Value>(&dash.api, &session.credential, Method::DELETE, &path, None).await {
-        Ok(_) => back_to_list(&dash, &sid, false, "Deleted the forward."),
-        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
-        Err(failure) => back_to_list(&dash, &sid, true, failure.message()),
+        Ok(_) => back_to_list(&dash, &sid, false, "Deleted the forward.").await,
+        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers).await,
+        Err(failure) => back_to_list(&dash, &sid, true, failure.message()).await,
     }
 }
 
@@ -942,8 +999,10 @@ async fn delete(
 async fn status_json(State(dash): State<Shared>, headers: HeaderMap) -> Response {
     let unauthorized =
         || json_response(StatusCode::UNAUTHORIZED, json!({"error": "session ended"}));
-    let Some((sid, session)) = dash.session(&headers) else {
-        return unauthorized();
+    let (sid, session) = match dash.session(&headers).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return unauthorized(),
+        Err(response) => return response,
     };
     match api::call::<ForwardList>(&dash.api, &session.credential, Method::GET, LIST_PATH, None)
         .await
@@ -957,7 +1016,9 @@ async fn status_json(State(dash): State<Shared>, headers: HeaderMap) -> Response
             json_response(StatusCode::OK, json!({ "forwards": forwards }))
         }
         Err(Failure::Unauthorized) => {
-            dash.sessions.remove(&sid);
+            if let Err(error) = dash.sessions.remove(&sid).await {
+                tracing::warn!(%error, "dashboard: an ended session could not be deleted");
+            }
             unauthorized()
         }
         Err(failure) => json_response(failure.status(), json!({"error": failure.message()})),
@@ -967,8 +1028,10 @@ async fn status_json(State(dash): State<Shared>, headers: HeaderMap) -> Response
 // ------------------------------------------------------------ proxies
 
 async fn proxies(State(dash): State<Shared>, headers: HeaderMap) -> Response {
-    let Some((sid, session)) = dash.session(&headers) else {
-        return redirect("/dashboard/login");
+    let (sid, session) = match dash.session(&headers).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return redirect("/dashboard/login"),
+        Err(response) => return response,
     };
     match api::call::<ProxyList>(
         &dash.api,
@@ -988,7 +1051,7 @@ async fn proxies(State(dash): State<Shared>, headers: HeaderMap) -> Response {
                 &html::proxies(&list.proxies),
             ),
         ),
-        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers),
+        Err(Failure::Unauthorized) => session_over(&dash, Some(&sid), &headers).await,
         Err(failure) => {
             let text = if failure.status() == StatusCode::FORBIDDEN {
                 "Only administrators can see the proxies.".to_owned()
