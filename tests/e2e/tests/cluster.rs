@@ -800,6 +800,257 @@ fn placement_follows_each_strategy_across_two_servers() {
     }
 }
 
+/// A round-robin TCP forwarder on one loopback port in front of several
+/// servers, as a load balancer without stickiness: connection `n` goes to
+/// upstream `n % len`. `raw_http` sends `Connection: close`, so consecutive
+/// requests alternate servers.
+struct RoundRobin {
+    address: std::net::SocketAddr,
+    /// Connections relayed to each upstream.
+    served: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RoundRobin {
+    fn start(upstreams: Vec<String>) -> RoundRobin {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
+        let address = listener.local_addr().expect("forwarder address");
+        let served: std::sync::Arc<Vec<AtomicUsize>> =
+            std::sync::Arc::new(upstreams.iter().map(|_| AtomicUsize::new(0)).collect());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (counts, stopped) = (served.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                if stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let index = n % upstreams.len();
+                counts[index].fetch_add(1, Ordering::Relaxed);
+                let upstream = upstreams[index].clone();
+                std::thread::spawn(move || relay(client, &upstream));
+            }
+        });
+        RoundRobin {
+            address,
+            served,
+            stop,
+        }
+    }
+
+    fn authority(&self) -> String {
+        self.address.to_string()
+    }
+
+    fn served(&self) -> Vec<usize> {
+        self.served
+            .iter()
+            .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(self.address);
+    }
+}
+
+/// Copies both ways between `client` and `upstream` until both are done.
+fn relay(client: std::net::TcpStream, upstream: &str) {
+    use std::net::Shutdown;
+    let Ok(server) = std::net::TcpStream::connect(upstream) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(Shutdown::Write);
+    });
+    let (mut server_in, mut client_out) = (server, client);
+    let _ = std::io::copy(&mut server_in, &mut client_out);
+    let _ = client_out.shutdown(Shutdown::Both);
+    let _ = up.join();
+}
+
+/// The value of cookie `name` in a response's `Set-Cookie` headers (empty
+/// when it is cleared).
+fn set_cookie(response: &navigator_e2e::HttpResponse, name: &str) -> Option<String> {
+    response
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find_map(|(_, v)| v.strip_prefix(&format!("{name}="))?.split(';').next())
+        .map(str::to_owned)
+}
+
+/// The hidden `csrf_token` of a page's forms.
+fn csrf_token(page: &str) -> String {
+    let marker = "name=\"csrf_token\" value=\"";
+    let start = page
+        .find(marker)
+        .unwrap_or_else(|| panic!("no csrf_token in the page:\n{page}"))
+        + marker.len();
+    page[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The dashboard journey on two servers behind one port, raw HTTP through a
+/// round-robin forwarder (every request lands on the other server than the
+/// one before): a login form fetched from one server is accepted by the
+/// other, the session opens pages on both, a forward created through the
+/// dashboard's form shows its message on the other server and carries
+/// traffic, and after logout the session is gone on both.
+#[test]
+fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    let cluster = Cluster::new(&vhost.url, &database.url, 1);
+    let _agent = cluster.start_agent(0);
+    let extra = "agent_down_time = 30\n";
+    let servers = [
+        cluster.start_server("dash-1", extra),
+        cluster.start_server("dash-2", extra),
+    ];
+    wait_up(&servers[0], &cluster.hosts);
+    let echo = TcpEcho::start("127.0.0.1", "d:");
+    let balancer = RoundRobin::start(servers.iter().map(|s| s.authority().to_owned()).collect());
+    let front = balancer.authority();
+    const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+    let http = |method: &str, path: &str, cookie: &str, body: &str| {
+        let cookie = cookie.to_owned();
+        let mut headers = vec![FORM];
+        if !cookie.is_empty() {
+            headers.push(("Cookie", cookie.as_str()));
+        }
+        navigator_e2e::raw_http(&front, method, path, &headers, body.as_bytes())
+    };
+    let logs = || format!("{}\n{}", servers[0].logs(), servers[1].logs());
+
+    // The login form from one server, posted to the other.
+    let form = http("GET", "/dashboard/login", "", "");
+    assert_eq!(form.status, 200, "{form:?}");
+    let token = set_cookie(&form, "navigator_login").expect("a login cookie");
+    let login = http(
+        "POST",
+        "/dashboard/login",
+        &format!("navigator_login={token}"),
+        &format!("csrf_token={token}&project=shared-demo"),
+    );
+    assert_eq!(login.status, 303, "{login:?}\n{}", logs());
+    let sid = set_cookie(&login, "navigator_session")
+        .filter(|s| !s.is_empty())
+        .expect("a session cookie");
+    let cookie = format!("navigator_session={sid}");
+
+    // Page loads alternate servers; every one is logged in.
+    let mut csrf = String::new();
+    for i in 0..6 {
+        let page = http("GET", "/dashboard", &cookie, "");
+        assert_eq!(page.status, 200, "page load {i}: {page:?}\n{}", logs());
+        assert!(page.body.contains("shared-demo"), "page load {i}");
+        let token = csrf_token(&page.body);
+        assert!(csrf.is_empty() || csrf == token, "one session, one token");
+        csrf = token;
+        let status = http("GET", "/dashboard/status.json", &cookie, "");
+        assert_eq!(status.status, 200, "status refresh {i}: {status:?}");
+    }
+
+    // A create through the dashboard's form; the redirect's next page (on
+    // the other server) shows its message once.
+    let created = http(
+        "POST",
+        "/dashboard/forwards",
+        &cookie,
+        &format!(
+            "csrf_token={csrf}&protocol=tcp&internal_ip_address=127.0.0.1&internal_port={}\
+             &external_port=&description=via+the+balancer",
+            echo.port()
+        ),
+    );
+    assert_eq!(created.status, 303, "{created:?}\n{}", logs());
+    let page = http("GET", "/dashboard", &cookie, "");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("Created forward"),
+        "the flash set on one server shows on the other:\n{}",
+        page.body
+    );
+    assert!(page.body.contains("via the balancer"), "{}", page.body);
+    let again = http("GET", "/dashboard", &cookie, "");
+    assert!(
+        !again.body.contains("Created forward"),
+        "a flash shows once"
+    );
+    let listed = servers[0]
+        .http(
+            "GET",
+            "/v1/forwards",
+            &[("X-Project-Id", "shared-demo")],
+            b"",
+        )
+        .json();
+    let ids: Vec<String> = listed["forwards"]
+        .as_array()
+        .map(|all| all.iter().map(|f| field(f, "id")).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 1, "{listed}");
+    let path = format!("/v1/forwards/{}", ids[0]);
+    let forward = eventually(
+        "the dashboard's forward ACTIVE",
+        Duration::from_secs(30),
+        || {
+            let shown = servers[1]
+                .http("GET", &path, &[("X-Project-Id", "shared-demo")], b"")
+                .json();
+            let forward = shown["forward"].clone();
+            if forward["status"] == "ACTIVE" {
+                Ok(forward)
+            } else {
+                Err(format!("{shown}"))
+            }
+        },
+    );
+    assert_relays(&forward, "d:", &cluster);
+
+    // Logout on one server ends the session on both.
+    let out = http(
+        "POST",
+        "/dashboard/logout",
+        &cookie,
+        &format!("csrf_token={csrf}"),
+    );
+    assert_eq!(out.status, 303, "{out:?}");
+    for server in &servers {
+        let page = navigator_e2e::raw_http(
+            server.authority(),
+            "GET",
+            "/dashboard",
+            &[("Cookie", &cookie)],
+            b"",
+        );
+        assert_eq!(page.status, 303, "{page:?}");
+        assert_eq!(page.header("location"), Some("/dashboard/login"));
+    }
+    let served = balancer.served();
+    assert!(
+        served.iter().all(|&n| n >= 8),
+        "both servers took turns: {served:?}"
+    );
+}
+
 /// kill -9 of an agent: its forwards move, exactly once with two servers, to
 /// the live proxies, keep their external port where it is free, and carry
 /// traffic there. A frozen agent that comes back drops what moved away.
