@@ -178,7 +178,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "dashboard",
         key: "max_sessions_per_address",
         default: "100",
-        help: "Dashboard sessions one client address (the TCP peer) keeps at most; a login beyond it ends that address's least recently used session, so a flood of logins never locks others out. Each user keeps at most 10 and the server 10,000, the same way. 0: no per-address cap (behind a reverse proxy every client has the proxy's address; the other caps still hold). 0-10000.",
+        help: "Dashboard sessions one client address (the TCP peer) keeps at most; a login beyond it ends that address's least recently used session, so a flood of logins never locks others out. Sessions are in the database, shared by every server, and the caps count them all: each user keeps at most 10 and the database 10,000, the same way. 0: no per-address cap (behind a reverse proxy every client has the proxy's address; the other caps still hold). 0-10000.",
     },
     OptionDoc {
         section: "keystone_authtoken",

@@ -30,7 +30,9 @@
 //!
 //! Nothing here takes a table lock, an advisory lock or `GET_LOCK` (Galera
 //! does not replicate them), and every statement is its own short
-//! transaction. Every table has a primary key (Galera needs one to replicate
+//! transaction, except a few short ones that write rows together (a forward
+//! with its ports; a dashboard login with the evictions that make room for
+//! it). Every table has a primary key (Galera needs one to replicate
 //! rows). Concurrency is left to the database: the unique constraint decides
 //! racing creates, allocation retries on a lost race, and updates change only
 //! the columns they name in one statement, so racing updates of one forward

@@ -7,9 +7,11 @@
 //! value each `?` takes, which also makes a `$N` used twice work there.
 //!
 //! Statements run in autocommit mode, one at a time: none holds a lock past
-//! its own end, which is what Galera clusters need. The one exception,
-//! [`Store::execute_in_transaction`], writes a forward together with the
-//! rows of the ports it occupies: a few inserts with no reads in between. A statement the database
+//! its own end, which is what Galera clusters need. The exceptions:
+//! [`Store::execute_in_transaction`] writes a forward together with the
+//! rows of the ports it occupies (a few inserts with no reads in between),
+//! and `Store::insert_session` reads a few session ids per cap and deletes
+//! the oldest before its insert. A statement the database
 //! aborted because of a deadlock or a serialization conflict (on Galera, a
 //! certification failure reports the same SQLSTATE) is run again, a few times,
 //! since such an abort undid it completely.
