@@ -47,6 +47,16 @@ fn id(name: &str) -> String {
 async fn a_session_made_on_one_server_is_read_and_ended_on_another(db: &'static TestDb) {
     let other = db.second_server().await;
     let made = session("keystone:u1", Some("192.0.2.1"), 0);
+    // The longest owner: a noauth project of 255 characters.
+    let long = session(&format!("noauth:{}", "p".repeat(255)), None, 0);
+    db.store
+        .insert_session(&id("long"), &long, &LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.session(&id("long")).await.unwrap().unwrap().owner,
+        long.owner
+    );
     db.store
         .insert_session(&id("a"), &made, &LIMITS)
         .await

@@ -251,8 +251,13 @@ impl Sessions {
     /// are also deleted when read and at every login; this catches those
     /// nobody comes back to, so that no expired token lingers in the table.
     pub fn spawn_sweeper(&self) {
+        // A router built outside a runtime (a tool that only inspects it)
+        // has nothing to sweep.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let store = self.store.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -4,6 +4,8 @@
 -- so a reader of this table cannot present it. `credential` is the
 -- session's Keystone token (or the noauth project): a bearer secret until
 -- expires_at, as trusted to the database as everything else it holds.
+-- owner is "keystone:<user id>" or "noauth:<project>" (up to 255), hence
+-- 320; the longest index, (owner, last_used), is (320 + 32) * 4 bytes.
 CREATE TABLE dashboard_sessions (
     id_hash         VARCHAR(64)   NOT NULL PRIMARY KEY,
     credential_kind VARCHAR(16)   NOT NULL CHECK (credential_kind IN ('token', 'project')),
@@ -12,7 +14,7 @@ CREATE TABLE dashboard_sessions (
     project_name    VARCHAR(255)  NOT NULL,
     csrf            VARCHAR(64)   NOT NULL,
     proxies_visible INTEGER       NOT NULL,
-    owner           VARCHAR(255)  NOT NULL,
+    owner           VARCHAR(320)  NOT NULL,
     client          VARCHAR(64),
     expires_at      VARCHAR(32)   NOT NULL,
     last_used       VARCHAR(32)   NOT NULL,

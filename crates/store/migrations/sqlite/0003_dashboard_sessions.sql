@@ -4,6 +4,7 @@
 -- it. `credential` is the session's Keystone token (or the noauth project):
 -- a bearer secret until expires_at, as trusted to the database as
 -- everything else it holds. Times are fixed-width RFC 3339 UTC text.
+-- owner is "keystone:<user id>" or "noauth:<project>" (up to 255), hence 320.
 CREATE TABLE dashboard_sessions (
     id_hash         VARCHAR(64)   NOT NULL PRIMARY KEY,
     credential_kind VARCHAR(16)   NOT NULL CHECK (credential_kind IN ('token', 'project')),
@@ -12,7 +13,7 @@ CREATE TABLE dashboard_sessions (
     project_name    VARCHAR(255)  NOT NULL,
     csrf            VARCHAR(64)   NOT NULL,
     proxies_visible INTEGER       NOT NULL,
-    owner           VARCHAR(255)  NOT NULL,
+    owner           VARCHAR(320)  NOT NULL,
     client          VARCHAR(64),
     expires_at      VARCHAR(32)   NOT NULL,
     last_used       VARCHAR(32)   NOT NULL,
