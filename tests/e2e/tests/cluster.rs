@@ -25,8 +25,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use navigator_e2e::{
-    AgentProcess, Server, TcpEcho, assert_tcp_reply, claim_port_range, eventually, field,
-    parse_json, run_agent_to_exit, run_server_to_exit, tcp_round_trip,
+    AgentProcess, KeystoneProject, KeystoneSettings, Server, TcpEcho, assert_tcp_reply,
+    claim_port_range, eventually, field, parse_json, run_agent_to_exit, run_server_to_exit,
+    tcp_round_trip,
 };
 use serde_json::Value;
 use sqlx::{AnyConnection, Connection, Executor};
@@ -904,14 +905,60 @@ fn csrf_token(page: &str) -> String {
         .to_owned()
 }
 
+/// The SHA-256 of `text` in hex, as `sha256sum` prints it.
+fn sha256_hex(text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("write to sha256sum");
+    let out = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The rows of the dashboard's session table: `(id_hash, credential)`.
+fn stored_sessions(database_url: &str) -> Vec<(String, String)> {
+    block_on(async {
+        let mut conn = AnyConnection::connect(database_url)
+            .await
+            .expect("connect to the test database");
+        let rows = sqlx::query("SELECT id_hash, credential FROM dashboard_sessions")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read dashboard_sessions");
+        let _ = conn.close().await;
+        rows.iter()
+            .map(|row| {
+                use sqlx::Row;
+                (
+                    row.try_get::<String, _>(0).expect("id_hash"),
+                    row.try_get::<String, _>(1).expect("credential"),
+                )
+            })
+            .collect()
+    })
+}
+
 /// The dashboard journey on two servers behind one port, raw HTTP through a
 /// round-robin forwarder (every request lands on the other server than the
 /// one before): a login form fetched from one server is accepted by the
 /// other, the session opens pages on both, a forward created through the
 /// dashboard's form shows its message on the other server and carries
-/// traffic, and after logout the session is gone on both.
-#[test]
-fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
+/// traffic, and after logout the session is gone on both (with Keystone,
+/// its token is revoked too). The database holds the SHA-256 of the session
+/// id, never the id.
+fn dashboard_across_two_servers(keystone: Option<KeystoneProject>) {
     let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
         return;
     };
@@ -919,12 +966,50 @@ fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
     let database = Database::create(DbKind::Postgres, &postgres_url);
     let cluster = Cluster::new(&vhost.url, &database.url, 1);
     let _agent = cluster.start_agent(0);
-    let extra = "agent_down_time = 30\n";
+    let mut extra = "agent_down_time = 30\n".to_owned();
+    if let Some(p) = &keystone {
+        let s = &p.settings;
+        // No validation cache: a revoked token is refused at once.
+        extra.push_str(&format!(
+            "[DEFAULT]\nauth_strategy = keystone\n\
+             [keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\n\
+             auth_type = password\nusername = {user}\npassword = {password}\n\
+             project_name = service\nuser_domain_name = Default\n\
+             project_domain_name = Default\ntoken_cache_time = 0\n",
+            url = s.url,
+            user = s.service_user,
+            password = s.service_password,
+        ));
+    }
     let servers = [
-        cluster.start_server("dash-1", extra),
-        cluster.start_server("dash-2", extra),
+        cluster.start_server("dash-1", &extra),
+        cluster.start_server("dash-2", &extra),
     ];
-    wait_up(&servers[0], &cluster.hosts);
+    // The API as the user: their own token, or noauth's project header.
+    let (project_header, project_value, project_shown) = match &keystone {
+        Some(p) => ("X-Auth-Token", p.token(), p.project_name.clone()),
+        None => (
+            "X-Project-Id",
+            "shared-demo".to_owned(),
+            "shared-demo".to_owned(),
+        ),
+    };
+    // The agent's heartbeats registered its proxy (proxy listings are for
+    // admins under Keystone, so the database is asked).
+    eventually("the agent registered", Duration::from_secs(30), || {
+        let proxies = block_on(async {
+            let mut conn = AnyConnection::connect(&database.url).await?;
+            let rows = sqlx::query("SELECT host FROM proxies")
+                .fetch_all(&mut conn)
+                .await;
+            let _ = conn.close().await;
+            rows.map(|rows| rows.len())
+        });
+        match proxies {
+            Ok(n) if n > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
     let echo = TcpEcho::start("127.0.0.1", "d:");
     let balancer = RoundRobin::start(servers.iter().map(|s| s.authority().to_owned()).collect());
     let front = balancer.authority();
@@ -943,24 +1028,40 @@ fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
     let form = http("GET", "/dashboard/login", "", "");
     assert_eq!(form.status, 200, "{form:?}");
     let token = set_cookie(&form, "navigator_login").expect("a login cookie");
+    let credentials = match &keystone {
+        Some(p) => format!(
+            "username={}&password={}&project={}&domain=Default",
+            p.user_name, p.password, p.project_name
+        ),
+        None => "project=shared-demo".to_owned(),
+    };
     let login = http(
         "POST",
         "/dashboard/login",
         &format!("navigator_login={token}"),
-        &format!("csrf_token={token}&project=shared-demo"),
+        &format!("csrf_token={token}&{credentials}"),
     );
     assert_eq!(login.status, 303, "{login:?}\n{}", logs());
     let sid = set_cookie(&login, "navigator_session")
         .filter(|s| !s.is_empty())
         .expect("a session cookie");
     let cookie = format!("navigator_session={sid}");
+    // The database knows the session by the id's hash only.
+    let stored = stored_sessions(&database.url);
+    assert_eq!(stored.len(), 1, "one session stored");
+    assert_eq!(stored[0].0, sha256_hex(&sid), "the id's SHA-256 is stored");
+    assert!(
+        stored.iter().all(|(h, c)| h != &sid && c != &sid),
+        "the session id itself is not stored"
+    );
+    let credential = stored[0].1.clone();
 
     // Page loads alternate servers; every one is logged in.
     let mut csrf = String::new();
     for i in 0..6 {
         let page = http("GET", "/dashboard", &cookie, "");
         assert_eq!(page.status, 200, "page load {i}: {page:?}\n{}", logs());
-        assert!(page.body.contains("shared-demo"), "page load {i}");
+        assert!(page.body.contains(&project_shown), "page load {i}");
         let token = csrf_token(&page.body);
         assert!(csrf.is_empty() || csrf == token, "one session, one token");
         csrf = token;
@@ -998,7 +1099,7 @@ fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
         .http(
             "GET",
             "/v1/forwards",
-            &[("X-Project-Id", "shared-demo")],
+            &[(project_header, &project_value)],
             b"",
         )
         .json();
@@ -1013,7 +1114,7 @@ fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
         Duration::from_secs(30),
         || {
             let shown = servers[1]
-                .http("GET", &path, &[("X-Project-Id", "shared-demo")], b"")
+                .http("GET", &path, &[(project_header, &project_value)], b"")
                 .json();
             let forward = shown["forward"].clone();
             if forward["status"] == "ACTIVE" {
@@ -1044,11 +1145,36 @@ fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
         assert_eq!(page.status, 303, "{page:?}");
         assert_eq!(page.header("location"), Some("/dashboard/login"));
     }
+    assert!(stored_sessions(&database.url).is_empty(), "the row is gone");
+    if keystone.is_some() {
+        // Logged out means the token is over at Keystone too.
+        for server in &servers {
+            let refused = server.http("GET", "/v1/forwards", &[("X-Auth-Token", &credential)], b"");
+            assert_eq!(
+                refused.status, 401,
+                "the session's token after logout: {refused:?}"
+            );
+        }
+    }
     let served = balancer.served();
     assert!(
         served.iter().all(|&n| n >= 8),
         "both servers took turns: {served:?}"
     );
+}
+
+#[test]
+fn the_dashboard_stays_logged_in_across_two_servers_behind_one_port() {
+    dashboard_across_two_servers(None);
+}
+
+#[test]
+fn the_dashboard_stays_logged_in_across_two_servers_with_keystone() {
+    let test = "the_dashboard_stays_logged_in_across_two_servers_with_keystone";
+    let Some(settings) = KeystoneSettings::from_env(test) else {
+        return;
+    };
+    dashboard_across_two_servers(Some(KeystoneProject::create(settings, "dash-lb")));
 }
 
 /// kill -9 of an agent: its forwards move, exactly once with two servers, to
