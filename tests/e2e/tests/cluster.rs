@@ -4,7 +4,8 @@
 //! `navigator` CLI, with traffic through the forwards: placement per
 //! strategy, agent crash and failover (exactly once with two servers), an
 //! agent frozen and thawed (it drops what it no longer owns), failover turned
-//! off, a broker restart, a database outage, and the RabbitMQ link over TLS.
+//! off, a broker restart, a database outage, the RabbitMQ link over TLS, and
+//! the dashboard on two servers behind one round-robin port.
 //!
 //! Needs `scripts/rabbitmq` and `scripts/databases` (their `DIR/env` export
 //! `NAVIGATOR_TEST_TRANSPORT_URL`, `NAVIGATOR_TEST_RABBITMQ_DIR`,

@@ -179,8 +179,11 @@ impl Sessions {
             return Ok(None);
         };
         let now = Utc::now();
-        if now - record.last_used >= TOUCH_INTERVAL {
-            self.store.touch_session(&hash, now).await?;
+        if now - record.last_used >= TOUCH_INTERVAL
+            && let Err(error) = self.store.touch_session(&hash, now).await
+        {
+            // Only the eviction order suffers; the page can still be served.
+            tracing::warn!(%error, "dashboard: a session's last use was not recorded");
         }
         Ok(Some(Session {
             credential: match record.kind {
