@@ -247,6 +247,30 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Seconds a token validation is trusted before Keystone is asked again (never past the token's expiry); a revoked token is refused at most this long after revocation. Keystone's refusals are remembered for 10 s (at most this long). 0 or -1 disables both caches.",
     },
     OptionDoc {
+        section: "keystone_authtoken",
+        key: "cafile",
+        default: "",
+        help: "PEM CA bundle that Keystone's HTTPS certificate (auth_url) must chain to; only these CAs are trusted then. Default: the system's trusted CAs. Used for token validation, dashboard logins and navigator-server keystone register. A file that cannot be read or holds no certificate stops start-up (exit 64).",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "certfile",
+        default: "",
+        help: "PEM client certificate presented to Keystone, for a Keystone (or TLS proxy in front of it) that requires one. Its key is read from keyfile, or from this file when keyfile is unset.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "keyfile",
+        default: "",
+        help: "PEM private key (unencrypted) of certfile. Must belong to certfile: a mismatch stops start-up (exit 64).",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "insecure",
+        default: "false",
+        help: "Do not verify Keystone's HTTPS certificate (overrides cafile). Testing only: anyone on the path can then read the service password and every token; the server logs a warning at start.",
+    },
+    OptionDoc {
         section: "oslo_policy",
         key: "policy_file",
         default: "",
@@ -869,6 +893,12 @@ pub struct KeystoneAuthtoken {
     pub memcached_servers: Option<String>,
     /// Zero: every request asks Keystone.
     pub token_cache_time: Duration,
+    /// `cafile`, `certfile`, `keyfile`, `insecure`: TLS to Keystone. The
+    /// files are read when a Keystone client is made (start-up).
+    pub cafile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for KeystoneAuthtoken {
@@ -885,6 +915,10 @@ impl std::fmt::Debug for KeystoneAuthtoken {
             .field("region_name", &self.region_name)
             .field("memcached_servers", &self.memcached_servers)
             .field("token_cache_time", &self.token_cache_time)
+            .field("cafile", &self.cafile)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -909,6 +943,7 @@ impl KeystoneAuthtoken {
             }
         };
         let optional = |v: &str| Ok((!v.is_empty()).then(|| v.to_owned()));
+        let file = |v: &str| Ok((!v.is_empty()).then(|| PathBuf::from(v)));
         let section = "keystone_authtoken";
         Ok(KeystoneAuthtoken {
             www_authenticate_uri: raw.parse(section, "www_authenticate_uri", |v| {
@@ -922,6 +957,10 @@ impl KeystoneAuthtoken {
             project_domain_name: raw.parse(section, "project_domain_name", required)?,
             region_name: raw.parse(section, "region_name", optional)?,
             memcached_servers: raw.parse(section, "memcached_servers", optional)?,
+            cafile: raw.parse(section, "cafile", file)?,
+            certfile: raw.parse(section, "certfile", file)?,
+            keyfile: raw.parse(section, "keyfile", file)?,
+            insecure: raw.parse(section, "insecure", boolean)?,
             token_cache_time: raw
                 .parse(section, "token_cache_time", |v| match v.parse::<i64>() {
                     Ok(-1 | 0) => Ok(Duration::ZERO),
