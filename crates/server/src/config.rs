@@ -76,7 +76,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "database",
         key: "connection",
         default: "",
-        help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db. Default: navigator.db in the data directory.",
+        help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db, postgresql://navigator:PASSWORD@db/navigator or mysql+pymysql://navigator:PASSWORD@db/navigator. Default: navigator.db in the data directory. TLS is set in the query: PostgreSQL ?sslmode=verify-full&sslrootcert=/etc/navigator/db-ca.pem (also sslcert, sslkey); MySQL/MariaDB ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/navigator/db-ca.pem (also ssl-cert, ssl-key), or oslo.db's PyMySQL spelling ?ssl_ca=...&ssl_cert=...&ssl_key=... (verifies certificate and host name; ssl_verify_cert, ssl_check_hostname as in PyMySQL). Without these, PostgreSQL and MySQL try TLS without checking the certificate and fall back to plain text. Unknown query parameters are refused; charset (PyMySQL's) is ignored.",
     },
     OptionDoc {
         section: "oslo_messaging_rabbit",
@@ -564,9 +564,11 @@ impl Raw {
             path: self.path.clone(),
             section,
             key,
-            // A broker URL holds a password; the message must not.
+            // A broker or database URL holds a password; the message must not.
             value: if key == "transport_url" {
                 mask_url(&value)
+            } else if (section, key) == ("database", "connection") {
+                navigator_store::redact(&value)
             } else {
                 value
             },
@@ -640,7 +642,12 @@ impl Config {
                 }
             })?,
             rabbit: rabbit_options(&raw)?,
-            database_connection: raw.parse("database", "connection", |v| Ok(optional(v)))?,
+            database_connection: raw.parse("database", "connection", |v| {
+                if !v.is_empty() {
+                    navigator_store::check_url(v)?;
+                }
+                Ok(optional(v))
+            })?,
             max_request_body_size: raw.parse("api", "max_request_body_size", |v| {
                 match v.parse::<usize>() {
                     Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
@@ -1127,6 +1134,21 @@ mod tests {
         assert_eq!(config.relay_max_connections, Some(5000));
         assert_eq!(config.tcp_idle_timeout, None);
         assert_eq!(config.max_connections_per_forward, None);
+    }
+
+    #[test]
+    fn database_urls_are_checked_and_their_password_never_shown() {
+        let text = "[database]\nconnection = postgresql://nav:s3cret@db/nav?sslmode=verify-full&sslrootcert=/ca.pem\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert!(config.database_connection.unwrap().contains("sslrootcert"));
+        let text =
+            "[database]\nconnection = mysql+pymysql://nav:s3cret@db/nav?ssl_capath=/etc/ssl\n";
+        let err = Config::parse("t.conf", text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.conf: [database] connection = \"mysql+pymysql://nav:***@db/nav?ssl_capath=/etc/ssl\": unknown query parameter \"ssl_capath\""),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]
