@@ -251,6 +251,7 @@ async fn serve(
 ) -> Result<(), StartError> {
     let cluster = is_cluster(&config);
     let store = Store::connect(&database_url).await.map_err(runtime)?;
+    store.log_link(&database_url).await;
     if cluster {
         // Several servers share a cluster's database; upgrading its schema
         // is the operator's step, not a side effect of starting one of them.

@@ -358,6 +358,23 @@ fn network_url(url: &str) -> Result<Option<(Backend, String)>, String> {
     }))
 }
 
+/// Whether the host of a network database URL is loopback (`localhost`,
+/// `127.0.0.0/8`, `::1`).
+fn url_host_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let base = rest.split('?').next().unwrap_or(rest);
+    let server = base.rsplit_once('@').map_or(base, |(_, server)| server);
+    let server = server.split('/').next().unwrap_or(server);
+    let host = match server.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => server.rsplit_once(':').map_or(server, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Checks a `[database] connection` URL without connecting: a scheme we
 /// serve and only query parameters that are honoured. The error is the
 /// reason, without the URL (which holds a password).
@@ -515,6 +532,31 @@ impl Store {
             None => None,
         };
         Ok(cipher.filter(|c| !c.is_empty()))
+    }
+
+    /// Logs whether the link to the database server (named by `url`, the
+    /// URL it was opened with) is encrypted: INFO with the cipher, and a
+    /// WARN for a server off loopback reached in clear text.
+    pub async fn log_link(&self, url: &str) {
+        if self.backend == Backend::Sqlite {
+            return;
+        }
+        let shown = redact(url);
+        match self.tls_cipher().await {
+            Ok(Some(cipher)) => tracing::info!("database link: TLS ({cipher}) to {shown}"),
+            Ok(None) if url_host_is_loopback(url) => {
+                tracing::info!("database link: not encrypted, on loopback ({shown})");
+            }
+            Ok(None) => tracing::warn!(
+                "database link is NOT encrypted ({shown}): the database password and every forward \
+                 cross the network in clear text; add ?sslmode=verify-full&sslrootcert=CA.pem \
+                 (PostgreSQL) or ?ssl-mode=VERIFY_IDENTITY&ssl-ca=CA.pem (MySQL/MariaDB) to \
+                 [database] connection"
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell whether the database link is encrypted")
+            }
+        }
     }
 
     /// Checks that the database answers.
@@ -731,6 +773,25 @@ mod tests {
         assert!(check_url("sqlite:///x.db").is_ok());
         assert!(check_url("postgresql://n:s@db/nav?sslmode=verify-full").is_ok());
         assert!(check_url("oracle://n:s@db/nav").is_err());
+    }
+
+    #[test]
+    fn tells_loopback_hosts() {
+        for url in [
+            "postgresql://n:s@127.0.0.1:5432/nav?sslmode=disable",
+            "mysql://n:p@ss@localhost/nav",
+            "mysql://n:s@[::1]:3306/nav",
+            "postgresql://n@127.0.0.2/nav",
+        ] {
+            assert!(url_host_is_loopback(url), "{url}");
+        }
+        for url in [
+            "postgresql://n:s@db.example.org:5432/nav",
+            "mysql://n:s@10.0.0.5/nav?ssl-ca=/127.0.0.1",
+            "mysql://n:s@[2001:db8::1]:3306/nav",
+        ] {
+            assert!(!url_host_is_loopback(url), "{url}");
+        }
     }
 
     #[test]
