@@ -410,25 +410,36 @@ async fn catalog_registration_works_over_tls() {
     assert!(report.service_created);
     assert_eq!(report.endpoints_created.len(), 3);
 
-    // The command itself, with [keystone_authtoken] cafile: a wrong CA is
-    // refused before anything changes (exit 1, the certificate named).
+    // The command itself reads [keystone_authtoken] cafile. Run without
+    // touching the real catalog entry: a wrong CA is refused at the
+    // handshake, and with the right one the TLS link is made and Keystone
+    // itself refuses a wrong password (exit 1 both times, nothing changed).
     let conf = s.path("register.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[keystone_authtoken]\nauth_url = {}\nusername = admin\npassword = {}\nproject_name = admin\ncafile = {}\n",
-            proxy.v3_url(),
-            s.env.admin_password,
-            s.path("other-ca.pem").display()
-        ),
-    )
-    .unwrap();
-    let out = server(
-        &conf,
-        &["keystone", "register", "--public-url", "https://n:9797"],
-    );
+    let register_with = |password: &str, ca: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "[keystone_authtoken]\nauth_url = {}\nusername = admin\npassword = {password}\nproject_name = admin\ncafile = {}\n",
+                proxy.v3_url(),
+                s.path(ca).display()
+            ),
+        )
+        .unwrap();
+        server(
+            &conf,
+            &["keystone", "register", "--public-url", "https://n:9797"],
+        )
+    };
+    let out = register_with(&s.env.admin_password, "other-ca.pem");
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+    let out = register_with("not-the-password", "ca.pem");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("401") && !out.stderr.contains("certificate"),
+        "{}",
+        out.stderr
+    );
 }
 
 struct Output {
