@@ -7,7 +7,7 @@
 //! Validation works with `cafile`, and with `insecure` (which warns); it
 //! fails closed (503, never a guess) without `cafile` or with another CA; a
 //! Keystone demanding a client certificate gets `certfile`/`keyfile`;
-//! catalog registration works over TLS; and unusable files stop
+//! catalog registration and dashboard logins work over TLS; and unusable files stop
 //! `navigator-server config check` with exit 64 naming option and file
 //! (those need no Keystone).
 //!
@@ -550,4 +550,56 @@ fn unusable_tls_files_stop_start_up_naming_option_and_file() {
         "{}",
         out.stderr
     );
+}
+
+/// A dashboard login against `config`'s Keystone: the login form's status.
+async fn dashboard_login(config: Config, user: &str, password: &str, project: &str) -> u16 {
+    let stack = support::stack::start(config).await;
+    let addr = support::wire::serve(stack.app.clone()).await;
+    let host = Some("127.0.0.1");
+    let page = support::wire::send(addr, "GET", "/dashboard/login", host, &[], b"").await;
+    let token = page
+        .header_values("set-cookie")
+        .iter()
+        .find_map(|c| c.strip_prefix("navigator_login=")?.split(';').next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no login cookie: {page:?}"));
+    let body = format!(
+        "csrf_token={token}&username={user}&password={password}&project={project}&domain=Default"
+    );
+    let cookie = format!("navigator_login={token}");
+    let answer = support::wire::send(
+        addr,
+        "POST",
+        "/dashboard/login",
+        host,
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    answer.status
+}
+
+/// Dashboard logins go to Keystone with the same TLS options.
+#[tokio::test]
+async fn dashboard_logins_use_the_keystone_tls_options() {
+    let Some(s) = setup() else { return };
+    let proxy = tls_proxy(s.dir.path(), keystone_host_port(&s.env), None).await;
+    let admin = Admin::connect(&s.env).await;
+    let project = ks::unique("nav-tls-dash");
+    let project_id = admin.project(&project).await;
+    let (user, password) = (ks::unique("member"), ks::unique("pw"));
+    let user_id = admin.user(&user, &password).await;
+    admin.grant(&project_id, &user_id, "member").await;
+    let url = proxy.v3_url();
+
+    let cafile = format!("cafile = {}", s.path("ca.pem").display());
+    let status = dashboard_login(config(&s.env, &url, &cafile), &user, &password, &project).await;
+    assert_eq!(status, 303, "logged in over TLS");
+    let other = format!("cafile = {}", s.path("other-ca.pem").display());
+    let status = dashboard_login(config(&s.env, &url, &other), &user, &password, &project).await;
+    assert_eq!(status, 503, "another CA: Keystone cannot be asked");
 }
