@@ -351,11 +351,20 @@ fn network_url(url: &str) -> Result<Option<(Backend, String)>, String> {
         Backend::Postgres => "postgresql",
         _ => "mysql",
     };
-    Ok(Some(if query.is_empty() {
-        (backend, format!("{scheme}://{base}"))
+    let target = if query.is_empty() {
+        format!("{scheme}://{base}")
     } else {
-        (backend, format!("{scheme}://{base}?{}", query.join("&")))
-    }))
+        format!("{scheme}://{base}?{}", query.join("&"))
+    };
+    // The driver's own parser, which connects to nothing, checks the values
+    // (`sslmode=verify_full`, a port that is no number) now rather than at
+    // the first connection. Its messages do not quote the URL.
+    let parsed = match backend {
+        Backend::Postgres => target.parse::<sqlx::postgres::PgConnectOptions>().map(drop),
+        _ => target.parse::<sqlx::mysql::MySqlConnectOptions>().map(drop),
+    };
+    parsed.map_err(|e| e.to_string())?;
+    Ok(Some((backend, target)))
 }
 
 /// Whether the host of a network database URL is loopback (`localhost`,
@@ -764,6 +773,13 @@ mod tests {
             );
             assert!(!err.contains(":s@"), "{err}");
             assert!(check_url(url).is_err());
+        }
+        for url in [
+            "postgresql://n:s@db/nav?sslmode=verify_full",
+            "mysql://n:s@db/nav?ssl-mode=verify-identity",
+        ] {
+            let err = network_url(url).unwrap_err();
+            assert!(err.contains("unknown value"), "{url}: {err}");
         }
         let err = network_url("mysql://n:s@db/nav?ssl_verify_cert=maybe").unwrap_err();
         assert!(
