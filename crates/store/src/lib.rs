@@ -384,6 +384,78 @@ fn url_host_is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Query parameters that name a PEM file (CA bundle, client certificate or
+/// key), in every spelling accepted.
+const FILE_PARAMS: &[&str] = &[
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslca",
+    "ssl_ca",
+    "sslcert",
+    "ssl-cert",
+    "ssl_cert",
+    "sslkey",
+    "ssl-key",
+    "ssl_key",
+];
+
+/// `%XX` escapes of a query value decoded (as the drivers decode them).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let (h, l) = (hex(h).unwrap_or(0), hex(l).unwrap_or(0));
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads the PEM files a network database URL names (CA bundle, client
+/// certificate and key), so that a wrong path is reported with its
+/// parameter at start-up rather than as a bare "No such file" from the
+/// driver at the first connection. The error names the parameter and file.
+pub fn check_url_files(url: &str) -> Result<(), String> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !FILE_PARAMS.contains(&key) {
+            continue;
+        }
+        let value = percent_decode(value);
+        let trimmed = value.trim();
+        // sqlx takes inline PEM text as well as a path.
+        if trimmed.starts_with("-----BEGIN") && trimmed.ends_with("-----") {
+            continue;
+        }
+        let text =
+            std::fs::read(&value).map_err(|e| format!("{key} = {value}: cannot read it: {e}"))?;
+        if !text.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(format!(
+                "{key} = {value}: not a PEM file (expected -----BEGIN CERTIFICATE----- or a PEM private key)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a `[database] connection` URL without connecting: a scheme we
 /// serve and only query parameters that are honoured. The error is the
 /// reason, without the URL (which holds a password).
@@ -425,8 +497,9 @@ impl Store {
             let connect =
                 AnyConnectOptions::from_url(&sqlite.to_url_lossy()).map_err(connect_error)?;
             (Backend::Sqlite, connect)
-        } else if let Some((backend, target)) =
-            network_url(url).map_err(|message| StoreError::BadUrl {
+        } else if let Some((backend, target)) = network_url(url)
+            .and_then(|target| check_url_files(url).map(|()| target))
+            .map_err(|message| StoreError::BadUrl {
                 url: redact(url),
                 message,
             })?
@@ -789,6 +862,36 @@ mod tests {
         assert!(check_url("sqlite:///x.db").is_ok());
         assert!(check_url("postgresql://n:s@db/nav?sslmode=verify-full").is_ok());
         assert!(check_url("oracle://n:s@db/nav").is_err());
+    }
+
+    #[test]
+    fn names_the_tls_file_that_cannot_be_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.path().join("ca.der");
+        std::fs::write(&not_pem, [0x30, 0x82]).unwrap();
+        let encoded = ca.display().to_string().replace(' ', "%20");
+        assert_eq!(
+            check_url_files(&format!(
+                "postgresql://n:s@db/nav?sslmode=verify-full&sslrootcert={encoded}"
+            )),
+            Ok(())
+        );
+        assert_eq!(check_url_files("mysql://n:s@db/nav"), Ok(()));
+        let err =
+            check_url_files("mysql+pymysql://n:s@db/nav?ssl_ca=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            err.starts_with("ssl_ca = /nonexistent/ca.pem: cannot read it"),
+            "{err}"
+        );
+        let err = check_url_files(&format!("mysql://n:s@db/nav?ssl-ca={}", not_pem.display()))
+            .unwrap_err();
+        assert!(err.contains("not a PEM file"), "{err}");
     }
 
     #[test]
