@@ -179,14 +179,18 @@ pub fn keystone_tls(ks: &KeystoneAuthtoken) -> Tls {
     }
 }
 
-/// Says loudly, once per start, that Keystone's certificate is not checked.
+/// Says loudly, once per process (start-up checks the configuration and
+/// then builds it again), that Keystone's certificate is not checked.
 pub fn warn_if_insecure(ks: &KeystoneAuthtoken) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
     if ks.insecure {
-        tracing::warn!(
+        WARNED.call_once(|| {
+            tracing::warn!(
             auth_url = %ks.auth_url,
             "[keystone_authtoken] insecure = true: Keystone's certificate is NOT verified; \
              anyone on the path can read the service password and every token. Set cafile instead"
-        );
+            );
+        });
     }
 }
 
