@@ -698,7 +698,11 @@ fn tls(inputs: &Inputs<'_>) -> Result<navigator_keystone::auth::Tls> {
     } else {
         false
     };
-    Ok(navigator_keystone::auth::Tls { cacert, insecure })
+    Ok(navigator_keystone::auth::Tls {
+        cacert,
+        insecure,
+        ..Default::default()
+    })
 }
 
 fn login(inputs: &Inputs<'_>) -> Result<Login> {

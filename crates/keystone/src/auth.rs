@@ -282,8 +282,9 @@ pub fn install_tls_provider() {
 }
 
 /// How the certificates of HTTPS servers (Keystone, Navigator) are checked,
-/// as openstackclient's `--os-cacert` and `--insecure` say. The default
-/// trusts the built-in web roots.
+/// as openstackclient's `--os-cacert` and `--insecure` (and
+/// keystonemiddleware's `cafile`, `certfile`, `keyfile`, `insecure`) say.
+/// The default trusts the built-in web roots and sends no client certificate.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tls {
     /// A PEM bundle to trust instead of the built-in roots.
@@ -291,9 +292,24 @@ pub struct Tls {
     /// Accept any certificate (testing only: anyone on the path can then
     /// read the password and the token).
     pub insecure: bool,
+    /// A PEM client certificate (chain) to present, for a Keystone that asks
+    /// for one. Without `client_key` its key is read from this file too, as
+    /// keystoneauth does.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `client_cert`.
+    pub client_key: Option<std::path::PathBuf>,
 }
 
-/// A CA bundle that cannot be used.
+/// Which file of a [`Tls`] an error is about, so that callers can name
+/// the option it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFile {
+    CaBundle,
+    ClientCert,
+    ClientKey,
+}
+
+/// A CA bundle, client certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     // The I/O error is in the message, not a `source`, so that printing
@@ -302,10 +318,29 @@ pub enum TlsError {
     Read { path: String, error: std::io::Error },
     #[error("the CA bundle {path} holds no PEM certificate: {reason}")]
     Invalid { path: String, reason: String },
+    /// The client certificate or key file.
+    #[error("{path}: {reason}")]
+    Client {
+        file: TlsFile,
+        path: String,
+        reason: String,
+    },
+}
+
+impl TlsError {
+    /// The file the error is about.
+    pub fn file(&self) -> TlsFile {
+        match self {
+            TlsError::Read { .. } | TlsError::Invalid { .. } => TlsFile::CaBundle,
+            TlsError::Client { file, .. } => *file,
+        }
+    }
 }
 
 impl Tls {
-    /// `builder` with these certificate rules applied.
+    /// `builder` with these certificate rules applied. Every file is read
+    /// (and checked) here, so that a bad one is found when the client is
+    /// made, not at the first request.
     pub fn configure(
         &self,
         builder: reqwest::ClientBuilder,
@@ -332,10 +367,75 @@ impl Tls {
             // Like requests' `verify=<bundle>`: only the bundle is trusted.
             builder = builder.tls_certs_only(certs);
         }
+        if let Some(identity) = self.identity()? {
+            builder = builder.identity(identity);
+        }
         if self.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
         Ok(builder)
+    }
+
+    /// The client certificate and key as one identity, checked to belong
+    /// together (rustls would otherwise only fail at the handshake).
+    fn identity(&self) -> Result<Option<reqwest::Identity>, TlsError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let error = |file: TlsFile, path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |reason: String| TlsError::Client {
+                file,
+                path: path.clone(),
+                reason,
+            }
+        };
+        let (cert_path, key_file, key_path) = match (&self.client_cert, &self.client_key) {
+            (None, None) => return Ok(None),
+            (None, Some(key)) => {
+                return Err(error(TlsFile::ClientKey, key)(
+                    "a client key needs its client certificate".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => (cert, TlsFile::ClientKey, key),
+            (Some(cert), None) => (cert, TlsFile::ClientCert, cert),
+        };
+        let read = |file: TlsFile, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| error(file, path)(format!("cannot read it: {e}")))
+        };
+        let cert_pem = read(TlsFile::ClientCert, cert_path)?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                error(TlsFile::ClientCert, cert_path)(format!("not a valid PEM file: {e}"))
+            })?;
+        if certs.is_empty() {
+            return Err(error(TlsFile::ClientCert, cert_path)(
+                "no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        let key_pem = read(key_file, key_path)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            error(key_file, key_path)(match e {
+                rustls::pki_types::pem::Error::NoItemsFound => "no private key in it (expected an unencrypted PEM key: -----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)".to_owned(),
+                e => format!("not a valid PEM file: {e}"),
+            })
+        })?;
+        rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+            .map_err(|e| {
+                error(key_file, key_path)(format!(
+                    "not the key of the client certificate {}: {e}",
+                    cert_path.display()
+                ))
+            })?;
+        // reqwest wants certificate and key as one PEM text.
+        let mut pem = cert_pem;
+        if key_path != cert_path {
+            pem.push(b'\n');
+            pem.extend_from_slice(&key_pem);
+        }
+        reqwest::Identity::from_pem(&pem)
+            .map(Some)
+            .map_err(|e| error(key_file, key_path)(format!("not a usable client identity: {e}")))
     }
 }
 

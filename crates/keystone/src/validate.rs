@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::auth::{Tls, TlsError};
 use crate::token::{Token, TokenBody};
 
 /// Why a user token was not accepted.
@@ -56,6 +57,10 @@ pub enum KeystoneError {
     },
     #[error("unexpected answer from keystone to {what}: {message}")]
     Protocol { what: String, message: String },
+    /// A CA bundle, client certificate or key that cannot be used; the
+    /// caller knows which option named it (`TlsError::file`).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Password credentials, in keystonemiddleware's `[keystone_authtoken]` terms.
@@ -101,6 +106,9 @@ pub struct ValidatorConfig {
     pub refused_capacity: usize,
     /// Limit on each request to Keystone, connection included.
     pub timeout: Duration,
+    /// How Keystone's certificate is checked, and the client certificate
+    /// (`[keystone_authtoken] cafile`, `insecure`, `certfile`, `keyfile`).
+    pub tls: Tls,
 }
 
 impl ValidatorConfig {
@@ -112,6 +120,7 @@ impl ValidatorConfig {
             refused_cache_time: DEFAULT_REFUSED_CACHE_TIME,
             refused_capacity: 10_000,
             timeout: Duration::from_secs(10),
+            tls: Tls::default(),
         }
     }
 }
@@ -134,15 +143,22 @@ pub fn v3_url(auth_url: &str) -> String {
 /// `--http-socket` closes kept-alive connections without saying so, and a
 /// pooled client then fails the next request with a reset.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, KeystoneError> {
+    http_client_with(timeout, &Tls::default())
+}
+
+/// [`http_client`] checking Keystone's certificate as `tls` says (and
+/// presenting its client certificate); its files are read here.
+pub fn http_client_with(timeout: Duration, tls: &Tls) -> Result<reqwest::Client, KeystoneError> {
     // reqwest is built without a default crypto provider and panics when it
     // builds a client with none installed; an error here only means one is
     // installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("navigator/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("navigator/", env!("CARGO_PKG_VERSION")));
+    tls.configure(builder)?
         .build()
         .map_err(|e| KeystoneError::Protocol {
             what: "building an HTTP client".into(),
@@ -311,7 +327,7 @@ impl Validator {
     pub fn new(config: ValidatorConfig) -> Result<Validator, KeystoneError> {
         Ok(Validator {
             url: v3_url(&config.credentials.auth_url),
-            http: http_client(config.timeout)?,
+            http: http_client_with(config.timeout, &config.tls)?,
             config,
             service: tokio::sync::Mutex::new(None),
             cache: Mutex::new(Cache {
@@ -737,7 +753,29 @@ pub async fn register_service(
     region: &str,
     endpoints: &[EndpointSpec],
 ) -> Result<RegisterReport, KeystoneError> {
-    let http = http_client(Duration::from_secs(30))?;
+    register_service_with(
+        admin,
+        &Tls::default(),
+        name,
+        service_type,
+        description,
+        region,
+        endpoints,
+    )
+    .await
+}
+
+/// [`register_service`], checking Keystone's certificate as `tls` says.
+pub async fn register_service_with(
+    admin: &PasswordCredentials,
+    tls: &Tls,
+    name: &str,
+    service_type: &str,
+    description: &str,
+    region: &str,
+    endpoints: &[EndpointSpec],
+) -> Result<RegisterReport, KeystoneError> {
+    let http = http_client_with(Duration::from_secs(30), tls)?;
     let login = password_token(&http, admin).await?;
     let admin = Admin {
         http: &http,
@@ -880,6 +918,7 @@ mod tests {
             refused_cache_time: Duration::from_millis(300),
             refused_capacity: 2,
             timeout: Duration::from_secs(2),
+            tls: Tls::default(),
         })
         .unwrap()
     }

@@ -6,9 +6,9 @@
 //! `X-Auth-Token` belongs to; no token, or a token Keystone does not vouch
 //! for, is a 401, and a Keystone that cannot be asked is a 503.
 
-use anyhow::Context as _;
+use navigator_keystone::auth::{Tls, TlsError, TlsFile};
 use navigator_keystone::validate::{
-    PasswordCredentials, ValidateError, Validator, ValidatorConfig, v3_url,
+    KeystoneError, PasswordCredentials, ValidateError, Validator, ValidatorConfig, v3_url,
 };
 
 use crate::config::{AuthStrategy, Config, KeystoneAuthtoken};
@@ -77,8 +77,9 @@ impl Auth {
                         "[keystone_authtoken] memcached_servers is not used: token validations are cached in memory"
                     );
                 }
-                let validator = Validator::new(validator_config(ks))
-                    .context("cannot set up the Keystone client")?;
+                warn_if_insecure(ks);
+                let validator =
+                    Validator::new(validator_config(ks)).map_err(keystone_client_error)?;
                 Ok(Auth::keystone(validator, www_authenticate_uri(ks), policy))
             }
         }
@@ -162,7 +163,54 @@ pub fn credentials(identity: &Identity) -> Credentials {
 }
 
 fn validator_config(ks: &KeystoneAuthtoken) -> ValidatorConfig {
-    ValidatorConfig::new(password_credentials(ks), ks.token_cache_time)
+    let mut config = ValidatorConfig::new(password_credentials(ks), ks.token_cache_time);
+    config.tls = keystone_tls(ks);
+    config
+}
+
+/// TLS to Keystone as `[keystone_authtoken] cafile`, `certfile`, `keyfile`
+/// and `insecure` say (keystonemiddleware's meaning).
+pub fn keystone_tls(ks: &KeystoneAuthtoken) -> Tls {
+    Tls {
+        cacert: ks.cafile.clone(),
+        insecure: ks.insecure,
+        client_cert: ks.certfile.clone(),
+        client_key: ks.keyfile.clone(),
+    }
+}
+
+/// Says loudly, once per process (start-up checks the configuration and
+/// then builds it again), that Keystone's certificate is not checked.
+pub fn warn_if_insecure(ks: &KeystoneAuthtoken) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if ks.insecure {
+        WARNED.call_once(|| {
+            tracing::warn!(
+            auth_url = %ks.auth_url,
+            "[keystone_authtoken] insecure = true: Keystone's certificate is NOT verified; \
+             anyone on the path can read the service password and every token. Set cafile instead"
+            );
+        });
+    }
+}
+
+/// A Keystone client that could not be made, with the option that named a
+/// bad TLS file (a configuration problem: exit 64).
+pub fn keystone_client_error(e: KeystoneError) -> anyhow::Error {
+    match e {
+        KeystoneError::Tls(e) => tls_error(&e),
+        e => anyhow::Error::new(e).context("cannot set up the Keystone client"),
+    }
+}
+
+/// `e` with the `[keystone_authtoken]` option its file came from.
+pub fn tls_error(e: &TlsError) -> anyhow::Error {
+    let option = match e.file() {
+        TlsFile::CaBundle => "cafile",
+        TlsFile::ClientCert => "certfile",
+        TlsFile::ClientKey => "keyfile",
+    };
+    anyhow::anyhow!("[keystone_authtoken] {option}: {e}")
 }
 
 /// The service credentials of `[keystone_authtoken]`.

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 
 use anyhow::anyhow;
-use navigator_keystone::validate::{EndpointSpec, PasswordCredentials, register_service};
+use navigator_keystone::validate::{EndpointSpec, PasswordCredentials, register_service_with};
 
-use crate::auth::password_credentials;
+use crate::auth::{keystone_client_error, keystone_tls, password_credentials, warn_if_insecure};
 use crate::cli::RegisterArgs;
 use crate::config::Config;
 use crate::run::StartError;
@@ -95,8 +95,16 @@ pub async fn register(config: &Config, args: &RegisterArgs) -> Result<String, St
         interface: interface.into(),
         url,
     });
-    let report = register_service(
+    // [keystone_authtoken]'s TLS options, whoever's credentials are used;
+    // OS_CACERT (openstackclient's) names the CA bundle for an admin's.
+    let mut tls = keystone_tls(&config.keystone_authtoken);
+    if let Some(cacert) = std::env::var_os("OS_CACERT").filter(|v| !v.is_empty()) {
+        tls.cacert = Some(cacert.into());
+    }
+    warn_if_insecure(&config.keystone_authtoken);
+    let report = register_service_with(
         &admin,
+        &tls,
         SERVICE_NAME,
         SERVICE_TYPE,
         "Navigator port forwarding",
@@ -104,7 +112,13 @@ pub async fn register(config: &Config, args: &RegisterArgs) -> Result<String, St
         &endpoints,
     )
     .await
-    .map_err(|e| StartError::Runtime(anyhow!("{e}")))?;
+    .map_err(|e| match e {
+        // A bad CA bundle, certificate or key is the configuration's fault.
+        e @ navigator_keystone::validate::KeystoneError::Tls(_) => {
+            StartError::Usage(keystone_client_error(e))
+        }
+        e => StartError::Runtime(anyhow!("{e}")),
+    })?;
     let mut out = String::new();
     let _ = writeln!(
         out,

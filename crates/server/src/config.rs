@@ -76,7 +76,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "database",
         key: "connection",
         default: "",
-        help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db. Default: navigator.db in the data directory.",
+        help: "Database URL, e.g. sqlite:////var/lib/navigator/navigator.db, postgresql://navigator:PASSWORD@db/navigator or mysql+pymysql://navigator:PASSWORD@db/navigator. Default: navigator.db in the data directory. TLS is set in the query: PostgreSQL ?sslmode=verify-full&sslrootcert=/etc/navigator/db-ca.pem (also sslcert, sslkey); MySQL/MariaDB ?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/navigator/db-ca.pem (also ssl-cert, ssl-key), or oslo.db's PyMySQL spelling ?ssl_ca=...&ssl_cert=...&ssl_key=... (verifies certificate and host name; ssl_verify_cert, ssl_check_hostname as in PyMySQL). Without these, PostgreSQL and MySQL try TLS without checking the certificate and fall back to plain text. Unknown query parameters are refused; charset (PyMySQL's) is ignored.",
     },
     OptionDoc {
         section: "oslo_messaging_rabbit",
@@ -245,6 +245,30 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "token_cache_time",
         default: "300",
         help: "Seconds a token validation is trusted before Keystone is asked again (never past the token's expiry); a revoked token is refused at most this long after revocation. Keystone's refusals are remembered for 10 s (at most this long). 0 or -1 disables both caches.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "cafile",
+        default: "",
+        help: "PEM CA bundle that Keystone's HTTPS certificate (auth_url) must chain to; only these CAs are trusted then. Default: the system's trusted CAs. Used for token validation, dashboard logins and navigator-server keystone register. A file that cannot be read or holds no certificate stops start-up (exit 64).",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "certfile",
+        default: "",
+        help: "PEM client certificate presented to Keystone, for a Keystone (or TLS proxy in front of it) that requires one. Its key is read from keyfile, or from this file when keyfile is unset.",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "keyfile",
+        default: "",
+        help: "PEM private key (unencrypted) of certfile. Must belong to certfile: a mismatch stops start-up (exit 64).",
+    },
+    OptionDoc {
+        section: "keystone_authtoken",
+        key: "insecure",
+        default: "false",
+        help: "Do not verify Keystone's HTTPS certificate (overrides cafile). Testing only: anyone on the path can then read the service password and every token; the server logs a warning at start.",
     },
     OptionDoc {
         section: "oslo_policy",
@@ -540,9 +564,11 @@ impl Raw {
             path: self.path.clone(),
             section,
             key,
-            // A broker URL holds a password; the message must not.
+            // A broker or database URL holds a password; the message must not.
             value: if key == "transport_url" {
                 mask_url(&value)
+            } else if (section, key) == ("database", "connection") {
+                navigator_store::redact(&value)
             } else {
                 value
             },
@@ -616,7 +642,12 @@ impl Config {
                 }
             })?,
             rabbit: rabbit_options(&raw)?,
-            database_connection: raw.parse("database", "connection", |v| Ok(optional(v)))?,
+            database_connection: raw.parse("database", "connection", |v| {
+                if !v.is_empty() {
+                    navigator_store::check_url(v)?;
+                }
+                Ok(optional(v))
+            })?,
             max_request_body_size: raw.parse("api", "max_request_body_size", |v| {
                 match v.parse::<usize>() {
                     Ok(n) if (1024..=16 << 20).contains(&n) => Ok(n),
@@ -869,6 +900,12 @@ pub struct KeystoneAuthtoken {
     pub memcached_servers: Option<String>,
     /// Zero: every request asks Keystone.
     pub token_cache_time: Duration,
+    /// `cafile`, `certfile`, `keyfile`, `insecure`: TLS to Keystone. The
+    /// files are read when a Keystone client is made (start-up).
+    pub cafile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 impl std::fmt::Debug for KeystoneAuthtoken {
@@ -885,6 +922,10 @@ impl std::fmt::Debug for KeystoneAuthtoken {
             .field("region_name", &self.region_name)
             .field("memcached_servers", &self.memcached_servers)
             .field("token_cache_time", &self.token_cache_time)
+            .field("cafile", &self.cafile)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -909,6 +950,7 @@ impl KeystoneAuthtoken {
             }
         };
         let optional = |v: &str| Ok((!v.is_empty()).then(|| v.to_owned()));
+        let file = |v: &str| Ok((!v.is_empty()).then(|| PathBuf::from(v)));
         let section = "keystone_authtoken";
         Ok(KeystoneAuthtoken {
             www_authenticate_uri: raw.parse(section, "www_authenticate_uri", |v| {
@@ -922,6 +964,10 @@ impl KeystoneAuthtoken {
             project_domain_name: raw.parse(section, "project_domain_name", required)?,
             region_name: raw.parse(section, "region_name", optional)?,
             memcached_servers: raw.parse(section, "memcached_servers", optional)?,
+            cafile: raw.parse(section, "cafile", file)?,
+            certfile: raw.parse(section, "certfile", file)?,
+            keyfile: raw.parse(section, "keyfile", file)?,
+            insecure: raw.parse(section, "insecure", boolean)?,
             token_cache_time: raw
                 .parse(section, "token_cache_time", |v| match v.parse::<i64>() {
                     Ok(-1 | 0) => Ok(Duration::ZERO),
@@ -1088,6 +1134,21 @@ mod tests {
         assert_eq!(config.relay_max_connections, Some(5000));
         assert_eq!(config.tcp_idle_timeout, None);
         assert_eq!(config.max_connections_per_forward, None);
+    }
+
+    #[test]
+    fn database_urls_are_checked_and_their_password_never_shown() {
+        let text = "[database]\nconnection = postgresql://nav:s3cret@db/nav?sslmode=verify-full&sslrootcert=/ca.pem\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert!(config.database_connection.unwrap().contains("sslrootcert"));
+        let text =
+            "[database]\nconnection = mysql+pymysql://nav:s3cret@db/nav?ssl_capath=/etc/ssl\n";
+        let err = Config::parse("t.conf", text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.conf: [database] connection = \"mysql+pymysql://nav:***@db/nav?ssl_capath=/etc/ssl\": unknown query parameter \"ssl_capath\""),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

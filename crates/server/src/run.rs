@@ -160,6 +160,11 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
     if let Some(url) = config.nova.transport_url.as_deref() {
         nova_broker(url, config)?;
     }
+    // The database's TLS files, read now for the same reason.
+    if let Some(url) = config.database_connection.as_deref() {
+        navigator_store::check_url_files(url)
+            .map_err(|message| usage(anyhow!("[database] connection: {message}")))?;
+    }
     if is_cluster(config) && args.all_in_one {
         return Err(usage(anyhow!(
             "--all-in-one cannot be used with [DEFAULT] transport_url = {}: \
@@ -251,6 +256,7 @@ async fn serve(
 ) -> Result<(), StartError> {
     let cluster = is_cluster(&config);
     let store = Store::connect(&database_url).await.map_err(runtime)?;
+    store.log_link(&database_url).await;
     if cluster {
         // Several servers share a cluster's database; upgrading its schema
         // is the operator's step, not a side effect of starting one of them.

@@ -74,6 +74,8 @@ pub enum StoreError {
         "unsupported database connection {0:?}: expected sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB or mysql://USER:PASSWORD@HOST/DB"
     )]
     UnsupportedUrl(String),
+    #[error("database connection {url}: {message}")]
+    BadUrl { url: String, message: String },
     #[error("cannot open database {url}: {source}")]
     Connect {
         url: String,
@@ -194,39 +196,281 @@ const PYTHON_ONLY_MYSQL_PARAMS: &[&str] = &[
     "read_default_group",
 ];
 
+/// The query parameters sqlx's PostgreSQL driver reads, libpq's names
+/// (which psycopg2, and so oslo.db, passes through) first. sqlx ignores any
+/// other, so every other one is refused: a misspelt `sslmode` must not
+/// quietly leave the connection unverified.
+const POSTGRES_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "options",
+    "ssl-mode",
+    "ssl-root-cert",
+    "ssl-ca",
+    "ssl-cert",
+    "ssl-key",
+    "statement-cache-capacity",
+];
+
+/// The query parameters sqlx's MySQL driver reads (it ignores any other).
+const MYSQL_PARAMS: &[&str] = &[
+    "ssl-mode",
+    "sslmode",
+    "ssl-ca",
+    "sslca",
+    "ssl-cert",
+    "sslcert",
+    "ssl-key",
+    "sslkey",
+    "statement-cache-capacity",
+    "timezone",
+    "time-zone",
+];
+
+/// oslo.db's MySQL TLS parameters (SQLAlchemy hands them to PyMySQL as its
+/// `ssl` dictionary) and sqlx's names for the files.
+const PYMYSQL_SSL_FILES: &[(&str, &str)] = &[
+    ("ssl_ca", "ssl-ca"),
+    ("ssl_cert", "ssl-cert"),
+    ("ssl_key", "ssl-key"),
+];
+
+/// PyMySQL's TLS switches, turned into an `ssl-mode`.
+const PYMYSQL_SSL_FLAGS: &[&str] = &["ssl_verify_cert", "ssl_check_hostname"];
+
+/// A Python-style boolean (SQLAlchemy's `asbool`).
+fn python_bool(key: &str, value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "y" | "t" | "1" => Ok(true),
+        "false" | "no" | "off" | "n" | "f" | "0" => Ok(false),
+        _ => Err(format!("{key}={value}: expected true or false")),
+    }
+}
+
+/// The query of a MySQL URL for sqlx: oslo.db's (PyMySQL's) TLS spellings
+/// translated, Python-only parameters dropped, unknown ones refused.
+///
+/// PyMySQL verifies the server's certificate and host name when `ssl_ca` is
+/// given, and only encrypts otherwise; `ssl_verify_cert` and
+/// `ssl_check_hostname` turn either check off or on. The same choice is
+/// sqlx's `ssl-mode` (`VERIFY_IDENTITY`, `VERIFY_CA` or `REQUIRED`), unless
+/// the URL names one itself.
+fn mysql_query(pairs: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut pymysql_tls = false;
+    let mut has_ca = false;
+    let mut verify_cert = None;
+    let mut check_hostname = None;
+    let mut explicit_mode = false;
+    for &(key, value) in pairs {
+        if PYTHON_ONLY_MYSQL_PARAMS.contains(&key) {
+            continue;
+        }
+        if let Some((_, sqlx_name)) = PYMYSQL_SSL_FILES.iter().find(|(name, _)| *name == key) {
+            pymysql_tls = true;
+            has_ca |= key == "ssl_ca";
+            out.push(format!("{sqlx_name}={value}"));
+        } else if PYMYSQL_SSL_FLAGS.contains(&key) {
+            pymysql_tls = true;
+            let flag = python_bool(key, value)?;
+            if key == "ssl_verify_cert" {
+                verify_cert = Some(flag);
+            } else {
+                check_hostname = Some(flag);
+            }
+        } else if MYSQL_PARAMS.contains(&key) {
+            has_ca |= matches!(key, "ssl-ca" | "sslca");
+            explicit_mode |= matches!(key, "ssl-mode" | "sslmode");
+            out.push(format!("{key}={value}"));
+        } else {
+            return Err(unknown_parameter(key, MYSQL_PARAMS, true));
+        }
+    }
+    if pymysql_tls && !explicit_mode {
+        let mode = match (
+            verify_cert.unwrap_or(has_ca),
+            check_hostname.unwrap_or(true),
+        ) {
+            (false, _) => "REQUIRED",
+            (true, false) => "VERIFY_CA",
+            (true, true) => "VERIFY_IDENTITY",
+        };
+        out.push(format!("ssl-mode={mode}"));
+    }
+    Ok(out)
+}
+
+fn unknown_parameter(key: &str, known: &[&str], mysql: bool) -> String {
+    let oslo = if mysql {
+        ", ssl_ca, ssl_cert, ssl_key, ssl_verify_cert, ssl_check_hostname (PyMySQL's, translated); charset is ignored"
+    } else {
+        ""
+    };
+    format!(
+        "unknown query parameter {key:?} (Navigator's driver would ignore it); known: {}{oslo}",
+        known.join(", ")
+    )
+}
+
 /// The backend and the URL sqlx understands for an oslo.db-style network
-/// database URL, or `None` if the scheme is not one we serve.
-fn network_url(url: &str) -> Option<(Backend, String)> {
-    let (scheme, rest) = url.split_once("://")?;
+/// database URL; `Ok(None)` if the scheme is not one we serve, `Err` (the
+/// reason, without the URL) for a query parameter that cannot be honoured.
+fn network_url(url: &str) -> Result<Option<(Backend, String)>, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(None);
+    };
     // oslo.db URLs name the Python driver after a `+`: `mysql+pymysql`,
     // `postgresql+psycopg2`. The driver here is always sqlx's own.
-    let backend = match scheme.split('+').next()? {
+    let backend = match scheme.split('+').next().unwrap_or_default() {
         "postgresql" | "postgres" => Backend::Postgres,
         "mysql" | "mariadb" => Backend::MySql,
-        _ => return None,
+        _ => return Ok(None),
     };
     let (base, query) = match rest.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (rest, None),
+        Some((base, query)) => (base, query),
+        None => (rest, ""),
     };
-    let query = query.map(|query| {
-        query
-            .split('&')
-            .filter(|pair| {
-                let key = pair.split('=').next().unwrap_or_default();
-                !(backend == Backend::MySql && PYTHON_ONLY_MYSQL_PARAMS.contains(&key))
+    let pairs: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .collect();
+    let query = match backend {
+        Backend::MySql => mysql_query(&pairs)?,
+        _ => pairs
+            .iter()
+            .map(|&(key, value)| {
+                if POSTGRES_PARAMS.contains(&key) {
+                    Ok(format!("{key}={value}"))
+                } else {
+                    Err(unknown_parameter(key, POSTGRES_PARAMS, false))
+                }
             })
-            .collect::<Vec<_>>()
-            .join("&")
-    });
+            .collect::<Result<_, _>>()?,
+    };
     let scheme = match backend {
         Backend::Postgres => "postgresql",
         _ => "mysql",
     };
-    Some(match query.filter(|q| !q.is_empty()) {
-        Some(query) => (backend, format!("{scheme}://{base}?{query}")),
-        None => (backend, format!("{scheme}://{base}")),
-    })
+    let target = if query.is_empty() {
+        format!("{scheme}://{base}")
+    } else {
+        format!("{scheme}://{base}?{}", query.join("&"))
+    };
+    // The driver's own parser, which connects to nothing, checks the values
+    // (`sslmode=verify_full`, a port that is no number) now rather than at
+    // the first connection. Its messages do not quote the URL.
+    let parsed = match backend {
+        Backend::Postgres => target.parse::<sqlx::postgres::PgConnectOptions>().map(drop),
+        _ => target.parse::<sqlx::mysql::MySqlConnectOptions>().map(drop),
+    };
+    parsed.map_err(|e| e.to_string())?;
+    Ok(Some((backend, target)))
+}
+
+/// Whether the host of a network database URL is loopback (`localhost`,
+/// `127.0.0.0/8`, `::1`).
+fn url_host_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let base = rest.split('?').next().unwrap_or(rest);
+    let server = base.rsplit_once('@').map_or(base, |(_, server)| server);
+    let server = server.split('/').next().unwrap_or(server);
+    let host = match server.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => server.rsplit_once(':').map_or(server, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Query parameters that name a PEM file (CA bundle, client certificate or
+/// key), in every spelling accepted.
+const FILE_PARAMS: &[&str] = &[
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslca",
+    "ssl_ca",
+    "sslcert",
+    "ssl-cert",
+    "ssl_cert",
+    "sslkey",
+    "ssl-key",
+    "ssl_key",
+];
+
+/// `%XX` escapes of a query value decoded (as the drivers decode them).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let (h, l) = (hex(h).unwrap_or(0), hex(l).unwrap_or(0));
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads the PEM files a network database URL names (CA bundle, client
+/// certificate and key), so that a wrong path is reported with its
+/// parameter at start-up rather than as a bare "No such file" from the
+/// driver at the first connection. The error names the parameter and file.
+pub fn check_url_files(url: &str) -> Result<(), String> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !FILE_PARAMS.contains(&key) {
+            continue;
+        }
+        let value = percent_decode(value);
+        let trimmed = value.trim();
+        // sqlx takes inline PEM text as well as a path.
+        if trimmed.starts_with("-----BEGIN") && trimmed.ends_with("-----") {
+            continue;
+        }
+        let text =
+            std::fs::read(&value).map_err(|e| format!("{key} = {value}: cannot read it: {e}"))?;
+        if !text.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(format!(
+                "{key} = {value}: not a PEM file (expected -----BEGIN CERTIFICATE----- or a PEM private key)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a `[database] connection` URL without connecting: a scheme we
+/// serve and only query parameters that are honoured. The error is the
+/// reason, without the URL (which holds a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if sqlite_path(url).is_some() {
+        return Ok(());
+    }
+    match network_url(url)? {
+        Some(_) => Ok(()),
+        None => Err("expected sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB or mysql://USER:PASSWORD@HOST/DB".into()),
+    }
 }
 
 impl Store {
@@ -257,7 +501,13 @@ impl Store {
             let connect =
                 AnyConnectOptions::from_url(&sqlite.to_url_lossy()).map_err(connect_error)?;
             (Backend::Sqlite, connect)
-        } else if let Some((backend, target)) = network_url(url) {
+        } else if let Some((backend, target)) = network_url(url)
+            .and_then(|target| check_url_files(url).map(|()| target))
+            .map_err(|message| StoreError::BadUrl {
+                url: redact(url),
+                message,
+            })?
+        {
             let connect = target.parse::<AnyConnectOptions>().map_err(connect_error)?;
             (backend, connect)
         } else {
@@ -348,6 +598,53 @@ impl Store {
             .collect())
     }
 
+    /// The TLS cipher of a connection to the database server, as the server
+    /// sees it, or `None` when the link is not encrypted (always for SQLite).
+    /// Every connection of the pool is made with the same options, so one
+    /// tells for all.
+    pub async fn tls_cipher(&self) -> Result<Option<String>, StoreError> {
+        let (sql, column) = match self.backend {
+            Backend::Sqlite => return Ok(None),
+            Backend::Postgres => (
+                "SELECT cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                0,
+            ),
+            // Variable_name, Value; the value is empty without TLS.
+            Backend::MySql => ("SHOW STATUS LIKE 'Ssl_cipher'", 1),
+        };
+        let rows = self.fetch_all(sql, &[]).await?;
+        let cipher = match rows.first() {
+            Some(row) => sqlx::Row::try_get::<Option<String>, _>(row, column)?,
+            None => None,
+        };
+        Ok(cipher.filter(|c| !c.is_empty()))
+    }
+
+    /// Logs whether the link to the database server (named by `url`, the
+    /// URL it was opened with) is encrypted: INFO with the cipher, and a
+    /// WARN for a server off loopback reached in clear text.
+    pub async fn log_link(&self, url: &str) {
+        if self.backend == Backend::Sqlite {
+            return;
+        }
+        let shown = redact(url);
+        match self.tls_cipher().await {
+            Ok(Some(cipher)) => tracing::info!("database link: TLS ({cipher}) to {shown}"),
+            Ok(None) if url_host_is_loopback(url) => {
+                tracing::info!("database link: not encrypted, on loopback ({shown})");
+            }
+            Ok(None) => tracing::warn!(
+                "database link is NOT encrypted ({shown}): the database password and every forward \
+                 cross the network in clear text; add ?sslmode=verify-full&sslrootcert=CA.pem \
+                 (PostgreSQL) or ?ssl-mode=VERIFY_IDENTITY&ssl-ca=CA.pem (MySQL/MariaDB) to \
+                 [database] connection"
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell whether the database link is encrypted")
+            }
+        }
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.execute("SELECT 1", &[]).await?;
@@ -364,11 +661,16 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The host part never holds an `@`; a password may.
-    match rest.rsplit_once('@') {
+    // The host part never holds an `@`; a password may, and so may the
+    // query (a file path), which is therefore set aside first.
+    let (base, query) = match rest.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    match base.rsplit_once('@') {
         Some((credentials, host)) if credentials.contains(':') => {
             let user = credentials.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
+            format!("{scheme}://{user}:***@{host}{query}")
         }
         _ => url.to_owned(),
     }
@@ -457,7 +759,7 @@ mod tests {
 
     #[test]
     fn accepts_oslo_network_urls() {
-        let url = network_url;
+        let url = |u: &str| network_url(u).unwrap();
         assert_eq!(
             url("mysql+pymysql://nova:secret@db/navigator?charset=utf8"),
             Some((Backend::MySql, "mysql://nova:secret@db/navigator".into()))
@@ -489,6 +791,139 @@ mod tests {
     }
 
     #[test]
+    fn keeps_tls_parameters_and_translates_pymysql_ones() {
+        let url = |u: &str| network_url(u).unwrap().unwrap().1;
+        // The query survives oslo.db's driver suffix.
+        assert_eq!(
+            url(
+                "postgresql+psycopg2://n:s@db/nav?sslmode=verify-full&sslrootcert=/etc/ca%20x.pem&sslcert=/c.pem&sslkey=/k.pem"
+            ),
+            "postgresql://n:s@db/nav?sslmode=verify-full&sslrootcert=/etc/ca%20x.pem&sslcert=/c.pem&sslkey=/k.pem"
+        );
+        assert_eq!(
+            url("mysql://n:s@db/nav?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem"),
+            "mysql://n:s@db/nav?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem"
+        );
+        // PyMySQL: a CA means both checks, as PyMySQL does them.
+        assert_eq!(
+            url(
+                "mysql+pymysql://n:s@db/nav?charset=utf8&ssl_ca=/ca.pem&ssl_cert=/c.pem&ssl_key=/k.pem"
+            ),
+            "mysql://n:s@db/nav?ssl-ca=/ca.pem&ssl-cert=/c.pem&ssl-key=/k.pem&ssl-mode=VERIFY_IDENTITY"
+        );
+        assert_eq!(
+            url("mysql+pymysql://n:s@db/nav?ssl_ca=/ca.pem&ssl_check_hostname=false"),
+            "mysql://n:s@db/nav?ssl-ca=/ca.pem&ssl-mode=VERIFY_CA"
+        );
+        assert_eq!(
+            url("mysql+pymysql://n:s@db/nav?ssl_ca=/ca.pem&ssl_verify_cert=false"),
+            "mysql://n:s@db/nav?ssl-ca=/ca.pem&ssl-mode=REQUIRED"
+        );
+        // A client certificate alone: PyMySQL encrypts without checking.
+        assert_eq!(
+            url("mysql+pymysql://n:s@db/nav?ssl_cert=/c.pem&ssl_key=/k.pem"),
+            "mysql://n:s@db/nav?ssl-cert=/c.pem&ssl-key=/k.pem&ssl-mode=REQUIRED"
+        );
+        // An explicit sqlx mode wins.
+        assert_eq!(
+            url("mysql+pymysql://n:s@db/nav?ssl_ca=/ca.pem&ssl-mode=VERIFY_CA"),
+            "mysql://n:s@db/nav?ssl-ca=/ca.pem&ssl-mode=VERIFY_CA"
+        );
+    }
+
+    #[test]
+    fn refuses_parameters_the_driver_would_ignore() {
+        for (url, name) in [
+            ("postgresql://n:s@db/nav?ssl_mode=verify-full", "ssl_mode"),
+            (
+                "postgresql://n:s@db/nav?connect_timeout=5",
+                "connect_timeout",
+            ),
+            (
+                "mysql+pymysql://n:s@db/nav?ssl_capath=/etc/ssl",
+                "ssl_capath",
+            ),
+            (
+                "mysql://n:s@db/nav?sslmode=VERIFY_IDENTITY&ssl_cipher=x",
+                "ssl_cipher",
+            ),
+            ("mysql://n:s@db/nav?ssl-verify=true", "ssl-verify"),
+        ] {
+            let err = network_url(url).unwrap_err();
+            assert!(
+                err.contains(&format!("unknown query parameter \"{name}\"")),
+                "{url}: {err}"
+            );
+            assert!(!err.contains(":s@"), "{err}");
+            assert!(check_url(url).is_err());
+        }
+        for url in [
+            "postgresql://n:s@db/nav?sslmode=verify_full",
+            "mysql://n:s@db/nav?ssl-mode=verify-identity",
+        ] {
+            let err = network_url(url).unwrap_err();
+            assert!(err.contains("unknown value"), "{url}: {err}");
+        }
+        let err = network_url("mysql://n:s@db/nav?ssl_verify_cert=maybe").unwrap_err();
+        assert!(
+            err.contains("ssl_verify_cert=maybe: expected true or false"),
+            "{err}"
+        );
+        assert!(check_url("sqlite:///x.db").is_ok());
+        assert!(check_url("postgresql://n:s@db/nav?sslmode=verify-full").is_ok());
+        assert!(check_url("oracle://n:s@db/nav").is_err());
+    }
+
+    #[test]
+    fn names_the_tls_file_that_cannot_be_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.path().join("ca.der");
+        std::fs::write(&not_pem, [0x30, 0x82]).unwrap();
+        let encoded = ca.display().to_string().replace(' ', "%20");
+        assert_eq!(
+            check_url_files(&format!(
+                "postgresql://n:s@db/nav?sslmode=verify-full&sslrootcert={encoded}"
+            )),
+            Ok(())
+        );
+        assert_eq!(check_url_files("mysql://n:s@db/nav"), Ok(()));
+        let err =
+            check_url_files("mysql+pymysql://n:s@db/nav?ssl_ca=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            err.starts_with("ssl_ca = /nonexistent/ca.pem: cannot read it"),
+            "{err}"
+        );
+        let err = check_url_files(&format!("mysql://n:s@db/nav?ssl-ca={}", not_pem.display()))
+            .unwrap_err();
+        assert!(err.contains("not a PEM file"), "{err}");
+    }
+
+    #[test]
+    fn tells_loopback_hosts() {
+        for url in [
+            "postgresql://n:s@127.0.0.1:5432/nav?sslmode=disable",
+            "mysql://n:p@ss@localhost/nav",
+            "mysql://n:s@[::1]:3306/nav",
+            "postgresql://n@127.0.0.2/nav",
+        ] {
+            assert!(url_host_is_loopback(url), "{url}");
+        }
+        for url in [
+            "postgresql://n:s@db.example.org:5432/nav",
+            "mysql://n:s@10.0.0.5/nav?ssl-ca=/127.0.0.1",
+            "mysql://n:s@[2001:db8::1]:3306/nav",
+        ] {
+            assert!(!url_host_is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
     fn redacts_passwords() {
         assert_eq!(
             redact("mysql://nova:p@ss@db/nav"),
@@ -496,6 +931,11 @@ mod tests {
         );
         assert_eq!(redact("mysql://nova@db/nav"), "mysql://nova@db/nav");
         assert_eq!(redact("sqlite:///x.db"), "sqlite:///x.db");
+        // An `@` in the query is not the end of the credentials.
+        assert_eq!(
+            redact("mysql://nova:p@ss@db/nav?ssl-ca=/a@b.pem"),
+            "mysql://nova:***@db/nav?ssl-ca=/a@b.pem"
+        );
     }
 
     #[tokio::test]

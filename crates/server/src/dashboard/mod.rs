@@ -53,6 +53,8 @@ struct Dashboard {
     login_key: SharedLoginKey,
     /// Keystone's v3 URL for logins, when `auth_strategy = keystone`.
     keystone_url: Option<String>,
+    /// `[keystone_authtoken]` TLS options, for those logins.
+    keystone_tls: navigator_keystone::auth::Tls,
     /// noauth logins are only offered when the API listens on loopback.
     noauth_allowed: bool,
     /// The API's authentication, whose validator revokes a session's
@@ -77,6 +79,7 @@ pub fn mount(api: Router, state: &AppState) -> Router {
         ),
         login_key: SharedLoginKey::new(state.control.store().clone()),
         keystone_url,
+        keystone_tls: crate::auth::keystone_tls(&state.config.keystone_authtoken),
         noauth_allowed: state.config.bind_host.is_loopback(),
         auth: state.auth.clone(),
     });
@@ -571,7 +574,13 @@ async fn keystone_login(
             domain: DomainRef::Name(domain),
         }),
     };
-    let issued = match navigator_keystone::auth::authenticate(url, &credentials).await {
+    let issued = match navigator_keystone::auth::authenticate_with(
+        url,
+        &credentials,
+        &dash.keystone_tls,
+    )
+    .await
+    {
         Ok(issued) => issued,
         Err(AuthError::Rejected {
             status, message, ..
