@@ -564,14 +564,23 @@ fn print_banner(config: &Config, public_url: &str, bound_url: &str, database_url
         ("10.0.0.5", "port 8080 of an instance at 10.0.0.5")
     };
     println!("Create a first forward (to {what}):");
-    let endpoint = if public_url == "http://127.0.0.1:9797" {
+    let mut endpoint = if public_url == "http://127.0.0.1:9797" {
         String::new()
     } else {
         format!(" --os-endpoint {public_url}")
     };
+    if config.ssl.enabled() {
+        // A private CA is the usual case; the CLI must be told to trust it.
+        endpoint.push_str(" --os-cacert CA.pem");
+    }
     println!(
         "  navigator{endpoint} forward create --protocol tcp --internal-ip-address {target} --internal-port 8080"
     );
+    if config.ssl.enabled() {
+        println!(
+            "  (CA.pem: the CA that signed [ssl] cert_file, unless the system already trusts it)"
+        );
+    }
     println!("Stop with Ctrl-C.");
 }
 
