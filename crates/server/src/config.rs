@@ -148,7 +148,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "api",
         key: "max_connections",
         default: "0",
-        help: "Concurrent API connections. Beyond it, a new connection is answered HTTP 503 and closed at once (logged once per burst). 0: derived from the open-file limit (RLIMIT_NOFILE): an eighth of what the process reserve leaves, from 64 to 1024; the split is logged at start-up (\"fd budget: ...\"). A value the limit cannot hold stops start-up.",
+        help: "Concurrent API connections, TLS handshakes included. Beyond it, a new connection is answered HTTP 503 (over TLS: closed without an answer) and closed at once (logged once per burst). 0: derived from the open-file limit (RLIMIT_NOFILE): an eighth of what the process reserve leaves, from 64 to 1024; the split is logged at start-up (\"fd budget: ...\"). A value the limit cannot hold stops start-up.",
     },
     OptionDoc {
         section: "api",

@@ -12,7 +12,7 @@
 //!
 //! and, for the listener, a cap on concurrent connections
 //! (`[api] max_connections`): beyond it a new connection gets a short 503
-//! and is closed at once, logged once per burst. Accept errors (EMFILE…)
+//! (over TLS: nothing) and is closed at once, logged once per burst. Accept errors (EMFILE…)
 //! pause the loop briefly instead of spinning it.
 //!
 //! With `[ssl]` ([`crate::tls`]) the TLS handshake runs in the connection's
@@ -161,7 +161,12 @@ pub async fn serve_tls(
                     limits.max_connections
                 );
             }
-            let _ = stream.try_write(over_capacity());
+            // Over TLS a plain-text 503 would only be a protocol error to
+            // the client, and a handshake to say it costs what the cap
+            // protects: the connection is just closed.
+            if tls.is_none() {
+                let _ = stream.try_write(over_capacity());
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

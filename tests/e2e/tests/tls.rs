@@ -329,6 +329,49 @@ fn cli_and_curl_over_https_and_the_handshake_timeout() {
 }
 
 #[test]
+fn handshakes_count_against_max_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "cap");
+    let (cert, key) = pki.issue("server", 1, 1, false);
+    let env = env_with(
+        "tls-cap",
+        &format!(
+            "[api]\nmax_connections = 1\nheader_timeout = 6\n{}",
+            ssl_section(&cert, &key, None)
+        ),
+    );
+    let server = env.start();
+    let ca = pki.ca().display().to_string();
+    let url = format!("{}/v1/forwards", server.url);
+    let (code, _, err) = curl(&["--cacert", &ca, &url]);
+    assert_eq!(code, 0, "{err}");
+
+    // A client in the middle of nothing (no ClientHello) holds the only
+    // slot: the next connection is closed at once, without an answer.
+    let mut holder = TcpStream::connect(server.authority()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (code, _, err) = curl(&["--cacert", &ca, &url]);
+    assert_ne!(code, 0, "served beyond max_connections: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    // Once the header timeout closes the holder, the slot is free again.
+    holder
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = holder.read(&mut buf);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?}");
+    eventually("a free slot", Duration::from_secs(10), || {
+        let (code, _, err) = curl(&["--cacert", &ca, &url]);
+        (code == 0).then_some(()).ok_or(err)
+    });
+}
+
+#[test]
 fn client_certificates_required_and_public_endpoint_in_links() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "srv");
