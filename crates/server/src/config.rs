@@ -64,7 +64,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "DEFAULT",
         key: "public_endpoint",
         default: "",
-        help: "Base URL clients reach the API by, as Nova and Neutron name it, e.g. https://navigator.example.com:9797 (behind a proxy or a name, or when bind_host is 0.0.0.0). Links the API returns (pagination's next, the version document) and the start-up banner use it. Default: http(s)://bind_host:bind_port as bound. Must be an http:// or https:// URL without query.",
+        help: "Base URL clients reach the API by, as Nova and Neutron name it, e.g. https://navigator.example.com:9797 (behind a proxy or a name, or when bind_host is 0.0.0.0). Links the API returns (pagination's next, the version document) and the start-up banner use it. Default: http(s)://bind_host:bind_port as bound. Must be an http:// or https:// URL without query. Its host name is accepted by the Host check wherever that check is on (see [api] allowed_hosts).",
     },
     OptionDoc {
         section: "DEFAULT",
@@ -776,6 +776,16 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The host name of `[DEFAULT] public_endpoint` (lower case, without
+    /// port), for the Host check.
+    pub fn public_endpoint_host(&self) -> Option<String> {
+        let url = self.public_endpoint.as_deref()?;
+        let rest = url.split_once("://")?.1;
+        crate::host_check::host_name(rest.split('/').next()?)
+    }
+}
+
 /// `[DEFAULT] public_endpoint`: an http(s) URL with a host and no query or
 /// fragment (links are made by appending paths to it).
 fn public_endpoint(value: &str) -> Result<Option<String>, String> {
@@ -1031,6 +1041,10 @@ mod tests {
             Some(Path::new("/etc/n/c.pem"))
         );
         assert_eq!(config.ssl.ca_file, None);
+        assert_eq!(
+            config.public_endpoint_host().as_deref(),
+            Some("nav.example.com")
+        );
         assert!(config.ssl.enabled());
         let config = Config::parse("t.conf", "").unwrap();
         assert_eq!(config.public_endpoint, None);

@@ -465,6 +465,19 @@ fn client_certificates_required_and_public_endpoint_in_links() {
     let (code, out, _) = with_cert(&[&format!("{base}/")]);
     assert_eq!(code, 0);
     assert!(out.contains("https://navigator.test:8443/v1/"), "{out}");
+    // The Host check (on with noauth) accepts public_endpoint's name.
+    for (host, wanted) in [("navigator.test:8443", "200"), ("elsewhere.test", "421")] {
+        let (code, out, err) = with_cert(&[
+            "-H",
+            &format!("Host: {host}"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/v1/forwards"),
+        ]);
+        assert_eq!((code, out.as_str()), (0, wanted), "Host: {host}: {err}");
+    }
 }
 
 #[test]
