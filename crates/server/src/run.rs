@@ -122,9 +122,10 @@ pub fn main(args: Args) -> Result<(), StartError> {
             let budget = fd_budget(&config)?;
             println!("open files: {budget}");
             println!(
-                "configuration OK: API on {}:{}, database {}, backend {}, proxy addresses {}, ports {}",
+                "configuration OK: API on {}:{}{}, database {}, backend {}, proxy addresses {}, ports {}",
                 config.bind_host,
                 config.bind_port,
+                if config.ssl.enabled() { " (HTTPS)" } else { "" },
                 redact(&database_url),
                 config.backend,
                 config
