@@ -6,6 +6,11 @@
 //!
 //! Only 200 answers count as successes; any other status is an error, so a
 //! misconfigured run cannot pass as a fast one.
+//!
+//! For HTTPS, `API_LOAD_CACERT=FILE` trusts only that PEM CA (rustls, as the
+//! CLI); `API_LOAD_NEW_CONNECTIONS=1` opens a new connection (and, over
+//! TLS, makes a full handshake) for every request instead of keeping them
+//! alive.
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +43,16 @@ async fn main() -> anyhow::Result<()> {
     // Installs the TLS crypto provider reqwest needs (this build has none by
     // default); its unpooled client is not the one used below.
     navigator_keystone::validate::http_client(Duration::from_secs(1))?;
-    let client = reqwest::Client::builder()
-        .default_headers(header_map)
-        .build()?;
+    let mut builder = reqwest::Client::builder().default_headers(header_map);
+    if let Ok(file) = std::env::var("API_LOAD_CACERT") {
+        let pem = std::fs::read(&file)?;
+        builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
+    }
+    if std::env::var("API_LOAD_NEW_CONNECTIONS").is_ok_and(|v| v == "1") {
+        // No idle connection is kept, so every request connects anew.
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    let client = builder.build()?;
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut workers = Vec::new();
     for _ in 0..conc {

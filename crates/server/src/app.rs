@@ -84,9 +84,18 @@ pub fn router(state: AppState) -> Router {
     // The Host check is outermost, around the dashboard too; the dashboard's
     // in-process calls to the API router pass through neither layer (they
     // carry no Host and no peer address).
+    // Where the check is on, the name of [DEFAULT] public_endpoint is one
+    // clients use by definition.
+    let mut allowed_hosts = state.config.allowed_hosts.clone();
+    if (state.config.auth_strategy == crate::config::AuthStrategy::NoAuth
+        || !allowed_hosts.is_empty())
+        && let Some(host) = state.config.public_endpoint_host()
+    {
+        allowed_hosts.push(host);
+    }
     let host_check = Arc::new(crate::host_check::HostCheck::new(
         state.config.auth_strategy,
-        &state.config.allowed_hosts,
+        &allowed_hosts,
     ));
     let app = crate::dashboard::mount(api_router(state.clone()), &state);
     let app = match crate::ratelimit::RateLimit::new(

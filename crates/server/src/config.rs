@@ -62,6 +62,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "DEFAULT",
+        key: "public_endpoint",
+        default: "",
+        help: "Base URL clients reach the API by, as Nova and Neutron name it, e.g. https://navigator.example.com:9797 (behind a proxy or a name, or when bind_host is 0.0.0.0). Links the API returns (pagination's next, the version document) and the start-up banner use it. Default: http(s)://bind_host:bind_port as bound. Must be an http:// or https:// URL without query. Its host name is accepted by the Host check wherever that check is on (see [api] allowed_hosts).",
+    },
+    OptionDoc {
+        section: "DEFAULT",
         key: "auth_strategy",
         default: "noauth",
         help: "noauth: no authentication; the project comes from the X-Project-Id header (\"default\" when absent) and every caller is an admin. keystone: validate X-Auth-Token with Keystone using the service credentials of [keystone_authtoken], and authorise with [oslo_policy].",
@@ -142,7 +148,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "api",
         key: "max_connections",
         default: "0",
-        help: "Concurrent API connections. Beyond it, a new connection is answered HTTP 503 and closed at once (logged once per burst). 0: derived from the open-file limit (RLIMIT_NOFILE): an eighth of what the process reserve leaves, from 64 to 1024; the split is logged at start-up (\"fd budget: ...\"). A value the limit cannot hold stops start-up.",
+        help: "Concurrent API connections, TLS handshakes included. Beyond it, a new connection is answered HTTP 503 (over TLS: closed without an answer) and closed at once (logged once per burst). 0: derived from the open-file limit (RLIMIT_NOFILE): an eighth of what the process reserve leaves, from 64 to 1024; the split is logged at start-up (\"fd budget: ...\"). A value the limit cannot hold stops start-up.",
     },
     OptionDoc {
         section: "api",
@@ -173,6 +179,24 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "default_project_id",
         default: "default",
         help: "Project of noauth requests without an X-Project-Id header.",
+    },
+    OptionDoc {
+        section: "ssl",
+        key: "cert_file",
+        default: "",
+        help: "PEM certificate (with its chain) the API is served with over HTTPS (rustls: TLS 1.3 or 1.2, ALPN http/1.1); needs key_file. Unset: plain HTTP, for loopback or behind a TLS-terminating proxy. Checked at start-up (readable, matching key_file, not expired: else exit 64) and re-read without a restart when it or key_file changes on disk (checked every 5 s) or on SIGHUP; a new pair that does not load is refused with a warning and the previous one kept.",
+    },
+    OptionDoc {
+        section: "ssl",
+        key: "key_file",
+        default: "",
+        help: "Unencrypted PEM private key of cert_file (PKCS#8, RSA or EC). Keep it readable by Navigator's user only (mode 0600 or 0640; a key others can read is warned about at start-up).",
+    },
+    OptionDoc {
+        section: "ssl",
+        key: "ca_file",
+        default: "",
+        help: "PEM CA certificate(s): when set, every API client must present a certificate they vouch for (mutual TLS; the dashboard's browsers too). Read at start-up only. Default: no client certificates.",
     },
     OptionDoc {
         section: "dashboard",
@@ -476,6 +500,11 @@ pub struct Config {
     pub debug: bool,
     pub bind_host: IpAddr,
     pub bind_port: u16,
+    /// `[DEFAULT] public_endpoint`: the base URL of links, without a
+    /// trailing `/`; `None` = the bound address.
+    pub public_endpoint: Option<String>,
+    /// `[ssl]`: the API over TLS.
+    pub ssl: crate::tls::SslConfig,
     pub auth_strategy: AuthStrategy,
     pub transport_url: String,
     /// `[oslo_messaging_rabbit]`: TLS to RabbitMQ (the URLs' queries override it).
@@ -626,6 +655,12 @@ impl Config {
                 navigator_core::parse_port_number(v)
                     .ok_or_else(|| "expected a port number 0-65535".to_owned())
             })?,
+            public_endpoint: raw.parse("DEFAULT", "public_endpoint", public_endpoint)?,
+            ssl: crate::tls::SslConfig {
+                cert_file: raw.parse("ssl", "cert_file", |v| Ok(optional(v).map(PathBuf::from)))?,
+                key_file: raw.parse("ssl", "key_file", |v| Ok(optional(v).map(PathBuf::from)))?,
+                ca_file: raw.parse("ssl", "ca_file", |v| Ok(optional(v).map(PathBuf::from)))?,
+            },
             auth_strategy: raw.parse("DEFAULT", "auth_strategy", |v| match v {
                 "noauth" => Ok(AuthStrategy::NoAuth),
                 "keystone" => Ok(AuthStrategy::Keystone),
@@ -770,6 +805,38 @@ impl Config {
             unknown_options,
         })
     }
+}
+
+impl Config {
+    /// The host name of `[DEFAULT] public_endpoint` (lower case, without
+    /// port), for the Host check.
+    pub fn public_endpoint_host(&self) -> Option<String> {
+        let url = self.public_endpoint.as_deref()?;
+        let rest = url.split_once("://")?.1;
+        crate::host_check::host_name(rest.split('/').next()?)
+    }
+}
+
+/// `[DEFAULT] public_endpoint`: an http(s) URL with a host and no query or
+/// fragment (links are made by appending paths to it).
+fn public_endpoint(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let expected = "expected an http:// or https:// URL such as https://navigator.example.com:9797, without query or fragment";
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or(expected)?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty()
+        || host.contains('@')
+        || rest.contains(['?', '#'])
+        || value.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(expected.into());
+    }
+    Ok(Some(value.trim_end_matches('/').to_owned()))
 }
 
 /// `[api]` timeouts: whole seconds from 1 to 3600 (an hour is already far
@@ -1008,6 +1075,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn public_endpoint_and_ssl_files() {
+        let text = "[DEFAULT]\npublic_endpoint = https://Nav.example.com:9797/\n[ssl]\ncert_file = /etc/n/c.pem\nkey_file = /etc/n/k.pem\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert_eq!(
+            config.public_endpoint.as_deref(),
+            Some("https://Nav.example.com:9797")
+        );
+        assert_eq!(
+            config.ssl.cert_file.as_deref(),
+            Some(Path::new("/etc/n/c.pem"))
+        );
+        assert_eq!(config.ssl.ca_file, None);
+        assert_eq!(
+            config.public_endpoint_host().as_deref(),
+            Some("nav.example.com")
+        );
+        assert!(config.ssl.enabled());
+        let config = Config::parse("t.conf", "").unwrap();
+        assert_eq!(config.public_endpoint, None);
+        assert!(!config.ssl.enabled());
+    }
+
+    #[test]
     fn defaults_parse() {
         let config = Config::parse("t.conf", "").unwrap();
         assert_eq!(config.bind_port, 9797);
@@ -1070,6 +1160,18 @@ mod tests {
             (
                 "[forwards]\nallowed_target_networks = 10.0.0.0/33\n",
                 "t.conf: [forwards] allowed_target_networks = \"10.0.0.0/33\": \"10.0.0.0/33\" is not a CIDR network such as 10.0.0.0/8",
+            ),
+            (
+                "[DEFAULT]\npublic_endpoint = navigator.example.com:9797\n",
+                "t.conf: [DEFAULT] public_endpoint = \"navigator.example.com:9797\": expected an http:// or https:// URL such as https://navigator.example.com:9797, without query or fragment",
+            ),
+            (
+                "[DEFAULT]\npublic_endpoint = https://\n",
+                "t.conf: [DEFAULT] public_endpoint = \"https://\": expected an http:// or https:// URL such as https://navigator.example.com:9797, without query or fragment",
+            ),
+            (
+                "[DEFAULT]\npublic_endpoint = https://nav.example.com/?a=1\n",
+                "t.conf: [DEFAULT] public_endpoint = \"https://nav.example.com/?a=1\": expected an http:// or https:// URL such as https://navigator.example.com:9797, without query or fragment",
             ),
             (
                 "[api]\nmax_port_range_size = 0\n",

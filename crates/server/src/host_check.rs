@@ -12,7 +12,8 @@
 //! - any IP address literal (`127.0.0.1`, `[::1]`, `10.0.0.5`): rebinding
 //!   needs a name, and a page whose origin is an address was served by that
 //!   address itself;
-//! - the names in `[api] allowed_hosts`.
+//! - the names in `[api] allowed_hosts`, and the host of
+//!   `[DEFAULT] public_endpoint` (added by `app::router`).
 //!
 //! It is in force with `auth_strategy = noauth`, and with `keystone` as soon
 //! as `allowed_hosts` is set (browsers send the dashboard's cookie to a
@@ -65,7 +66,7 @@ impl HostCheck {
 
 /// The host part of a `Host` value (`name`, `name:port`, `[v6]:port`), lower
 /// case and without brackets, or `None` when it is malformed.
-fn host_name(host: &str) -> Option<String> {
+pub(crate) fn host_name(host: &str) -> Option<String> {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         let (v6, after) = rest.split_once(']')?;
         v6.parse::<std::net::Ipv6Addr>().ok()?;

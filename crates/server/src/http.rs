@@ -12,11 +12,18 @@
 //!
 //! and, for the listener, a cap on concurrent connections
 //! (`[api] max_connections`): beyond it a new connection gets a short 503
-//! and is closed at once, logged once per burst. Accept errors (EMFILE…)
+//! (over TLS: nothing) and is closed at once, logged once per burst. Accept errors (EMFILE…)
 //! pause the loop briefly instead of spinning it.
 //!
+//! With `[ssl]` ([`crate::tls`]) the TLS handshake runs in the connection's
+//! own task, after the connection counted against the cap, and must finish
+//! within the header timeout (counted from the connection's accept, which
+//! also bounds its first request's headers): a client that opens TCP and
+//! never completes a handshake is closed like one that never sends a request.
+//!
 //! Each request carries the peer's address as `ConnectInfo<SocketAddr>`,
-//! for the rate limiter ([`crate::ratelimit`]).
+//! for the rate limiter ([`crate::ratelimit`]), and [`ServedOverTls`] when it
+//! came over TLS (the dashboard's cookies are then `Secure`).
 //!
 //! Shutdown: stop accepting, let requests in flight finish (idle connections
 //! are closed at once), and cut what is left after the grace period.
@@ -43,6 +50,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -57,6 +65,10 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     pub max_connections: usize,
 }
+
+/// Marks a request that arrived over the listener's TLS.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedOverTls;
 
 /// Pause after an accept error, so a persistent one (out of fds) does not
 /// spin the CPU.
@@ -89,6 +101,18 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    serve_tls(listener, app, limits, None, shutdown, grace).await;
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -137,7 +161,12 @@ pub async fn serve(
                     limits.max_connections
                 );
             }
-            let _ = stream.try_write(over_capacity());
+            // Over TLS a plain-text 503 would only be a protocol error to
+            // the client, and a handshake to say it costs what the cap
+            // protects: the connection is just closed.
+            if tls.is_none() {
+                let _ = stream.try_write(over_capacity());
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -146,6 +175,7 @@ pub async fn serve(
             peer,
             app.clone(),
             limits,
+            tls.clone(),
             permit,
             shutdown.clone(),
             cut.clone(),
@@ -261,17 +291,60 @@ async fn watchdog(activity: &Activity, limits: Limits) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
+    // Held until the connection ends, handshake included.
     _permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
     cut: CancellationToken,
 ) {
+    let accepted = Instant::now();
+    let Some(tls) = tls else {
+        return serve_connection(stream, peer, app, limits, accepted, false, shutdown, cut).await;
+    };
+    let handshake = tokio::time::timeout_at(accepted + limits.header_timeout, tls.accept(stream));
+    let stream = tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "closing API connection: TLS handshake incomplete within the header timeout");
+                return;
+            }
+        },
+        // Nothing was asked of this connection yet: nothing to finish.
+        () = shutdown.cancelled() => return,
+        () = cut.cancelled() => return,
+    };
+    serve_connection(stream, peer, app, limits, accepted, true, shutdown, cut).await;
+}
+
+/// Serves HTTP/1 on one accepted (and, over TLS, handshaken) connection.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    accepted: Instant,
+    over_tls: bool,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The first request's header timeout counts from the accept, so the
+    // TLS handshake spends of the same budget.
     let activity = Arc::new(Activity {
-        state: Mutex::new((Phase::Waiting { first: true }, Instant::now())),
+        state: Mutex::new((Phase::Waiting { first: true }, accepted)),
         changed: Notify::new(),
     });
     let io = TokioIo::new(Watched {
@@ -283,7 +356,9 @@ async fn connection(
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let app = app.clone();
             let activity = Arc::clone(&activity);
-            async move { Ok::<_, Infallible>(handle(app, request, peer, limits, activity).await) }
+            async move {
+                Ok::<_, Infallible>(handle(app, request, peer, over_tls, limits, activity).await)
+            }
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -322,6 +397,7 @@ async fn handle(
     app: Router,
     request: Request<Incoming>,
     peer: SocketAddr,
+    over_tls: bool,
     limits: Limits,
     activity: Arc<Activity>,
 ) -> Response<Body> {
@@ -336,6 +412,9 @@ async fn handle(
         })
     });
     request.extensions_mut().insert(ConnectInfo(peer));
+    if over_tls {
+        request.extensions_mut().insert(ServedOverTls);
+    }
     // The router's error type is Infallible.
     let response = match app.oneshot(request).await {
         Ok(response) => response,
@@ -408,13 +487,14 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// The TCP stream, telling [`Activity`] when bytes arrive.
-struct Watched {
-    stream: TcpStream,
+/// The connection's stream (TCP, or TLS over it: then bytes are counted
+/// once decrypted), telling [`Activity`] when bytes arrive.
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -429,7 +509,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

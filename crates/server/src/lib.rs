@@ -24,3 +24,4 @@ pub mod openapi_auth;
 pub mod policy;
 pub mod ratelimit;
 pub mod run;
+pub mod tls;

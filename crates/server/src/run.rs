@@ -122,9 +122,10 @@ pub fn main(args: Args) -> Result<(), StartError> {
             let budget = fd_budget(&config)?;
             println!("open files: {budget}");
             println!(
-                "configuration OK: API on {}:{}, database {}, backend {}, proxy addresses {}, ports {}",
+                "configuration OK: API on {}:{}{}, database {}, backend {}, proxy addresses {}, ports {}",
                 config.bind_host,
                 config.bind_port,
+                if config.ssl.enabled() { " (HTTPS)" } else { "" },
                 redact(&database_url),
                 config.backend,
                 config
@@ -165,6 +166,8 @@ fn check_serving_policy(config: &Config, args: &Args) -> Result<(), StartError> 
         navigator_store::check_url_files(url)
             .map_err(|message| usage(anyhow!("[database] connection: {message}")))?;
     }
+    // Reads and checks the API's certificate, key and CA ([ssl]).
+    crate::tls::ServerTls::load(&config.ssl).map_err(usage)?;
     if is_cluster(config) && args.all_in_one {
         return Err(usage(anyhow!(
             "--all-in-one cannot be used with [DEFAULT] transport_url = {}: \
@@ -329,7 +332,17 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}:{}", config.bind_host, config.bind_port))
         .map_err(runtime)?;
     let local = listener.local_addr().map_err(runtime)?;
-    let public_url = format!("http://{local}");
+    let tls = crate::tls::ServerTls::load(&config.ssl)
+        .map_err(usage)?
+        .map(Arc::new);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let bound_url = format!("{scheme}://{local}");
+    // Links name the address clients use, not the one bound (0.0.0.0, a
+    // port behind a proxy).
+    let public_url = config
+        .public_endpoint
+        .clone()
+        .unwrap_or_else(|| bound_url.clone());
     let auth = Arc::new(crate::auth::Auth::from_config(&config).map_err(usage)?);
     let state = AppState {
         auth,
@@ -337,8 +350,31 @@ async fn serve(
         config: config.clone(),
         public_url: public_url.clone(),
     };
-    print_banner(&config, &public_url, &database_url);
-    tracing::info!(%public_url, "serving");
+    if let Some(tls) = &tls {
+        tracing::info!("API over TLS: {}", tls.describe());
+        tasks.spawn(
+            tls.clone()
+                .watch(crate::tls::POLL_INTERVAL, shutdown.child_token()),
+        );
+        // Installed before the banner: a SIGHUP sent once it shows reloads
+        // instead of killing the process.
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangup) => {
+                tasks.spawn(reload_on_hangup(
+                    tls.clone(),
+                    hangup,
+                    shutdown.child_token(),
+                ));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot handle SIGHUP; the TLS certificate is still re-read when its files change"
+            ),
+        }
+    }
+    print_banner(&config, &public_url, &bound_url, &database_url);
+    tracing::info!(%public_url, listening = %bound_url, "serving");
 
     let limits = crate::http::Limits {
         header_timeout: config.header_timeout,
@@ -346,10 +382,11 @@ async fn serve(
         keepalive_timeout: config.keepalive_timeout,
         max_connections: budget.api,
     };
-    let server = crate::http::serve(
+    let server = crate::http::serve_tls(
         listener,
         router(state),
         limits,
+        tls.as_ref().map(|tls| tls.acceptor()),
         shutdown.clone(),
         SHUTDOWN_GRACE,
     );
@@ -463,7 +500,29 @@ pub fn loopback_allowed(config: &Config) -> bool {
     })
 }
 
-fn print_banner(config: &Config, public_url: &str, database_url: &str) {
+/// SIGHUP re-reads the API's certificate and key (as the file poll would,
+/// at once). Only with TLS on: without it SIGHUP keeps its default effect.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    tls: Arc<crate::tls::ServerTls>,
+    mut hangup: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+            }
+        }
+        let tls = tls.clone();
+        let _ = tokio::task::spawn_blocking(move || tls.reload("SIGHUP")).await;
+    }
+}
+
+fn print_banner(config: &Config, public_url: &str, bound_url: &str, database_url: &str) {
     let addresses = config
         .external_addresses
         .iter()
@@ -489,6 +548,9 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
             ),
         }
     );
+    if public_url != bound_url {
+        println!("            (listening on {bound_url}; [DEFAULT] public_endpoint names the API)");
+    }
     println!("  database  {}", redact(database_url));
     if cluster {
         println!(
@@ -509,14 +571,23 @@ fn print_banner(config: &Config, public_url: &str, database_url: &str) {
         ("10.0.0.5", "port 8080 of an instance at 10.0.0.5")
     };
     println!("Create a first forward (to {what}):");
-    let endpoint = if public_url == "http://127.0.0.1:9797" {
+    let mut endpoint = if public_url == "http://127.0.0.1:9797" {
         String::new()
     } else {
         format!(" --os-endpoint {public_url}")
     };
+    if config.ssl.enabled() {
+        // A private CA is the usual case; the CLI must be told to trust it.
+        endpoint.push_str(" --os-cacert CA.pem");
+    }
     println!(
         "  navigator{endpoint} forward create --protocol tcp --internal-ip-address {target} --internal-port 8080"
     );
+    if config.ssl.enabled() {
+        println!(
+            "  (CA.pem: the CA that signed [ssl] cert_file, unless the system already trusts it)"
+        );
+    }
     println!("Stop with Ctrl-C.");
 }
 

@@ -473,7 +473,9 @@ impl Server {
 
     /// `host:port` of the API.
     pub fn authority(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 }
 
@@ -487,11 +489,12 @@ impl Drop for Server {
     }
 }
 
-/// The URL of a banner line `  API       http://127.0.0.1:PORT  (auth: ...`.
+/// The URL of a banner line `  API       http://127.0.0.1:PORT  (auth: ...`
+/// (`https://` with `[ssl]`).
 fn api_url(line: &str) -> Option<String> {
     let rest = line.trim_start().strip_prefix("API")?;
     let url = rest.split_whitespace().next()?;
-    url.starts_with("http://").then(|| url.to_owned())
+    (url.starts_with("http://") || url.starts_with("https://")).then(|| url.to_owned())
 }
 
 /// Runs `navigator-server ARGS` to completion (bounded) and returns its

@@ -109,6 +109,7 @@ pub fn mount(api: Router, state: &AppState) -> Router {
         )
         .route("/dashboard/{*rest}", get(not_found))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(axum::middleware::from_fn(session::secure_cookies_over_tls))
         .layer(axum::middleware::from_fn(crate::context::request_id))
         .with_state(dashboard)
         .fallback_service(api)

@@ -422,6 +422,41 @@ pub fn over_tls(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
+/// Marks every cookie `Secure` when the request came over the API's own TLS
+/// (`[ssl]`, [`crate::http::ServedOverTls`]); behind a TLS-terminating proxy
+/// [`over_tls`] decides per cookie.
+pub async fn secure_cookies_over_tls(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let tls = request
+        .extensions()
+        .get::<crate::http::ServedOverTls>()
+        .is_some();
+    let mut response = next.run(request).await;
+    if tls {
+        let headers = response.headers_mut();
+        let cookies: Vec<_> = headers
+            .get_all(axum::http::header::SET_COOKIE)
+            .iter()
+            .map(|v| {
+                let text = v.to_str().unwrap_or_default();
+                if text.ends_with("; Secure") {
+                    v.clone()
+                } else {
+                    axum::http::HeaderValue::from_str(&format!("{text}; Secure"))
+                        .unwrap_or_else(|_| v.clone())
+                }
+            })
+            .collect();
+        headers.remove(axum::http::header::SET_COOKIE);
+        for cookie in cookies {
+            headers.append(axum::http::header::SET_COOKIE, cookie);
+        }
+    }
+    response
+}
+
 /// A `Set-Cookie` value for the dashboard.
 pub fn set_cookie(name: &str, value: &str, max_age: Option<i64>, secure: bool) -> String {
     let mut text = format!("{name}={value}; Path=/dashboard; HttpOnly; SameSite=Strict");
