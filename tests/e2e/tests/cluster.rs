@@ -94,6 +94,46 @@ fn run_script(name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A RabbitMQ broker started by a test with TLS only
+/// (`NAVIGATOR_RABBITMQ_TLS_ONLY=1 scripts/rabbitmq start DIR`), stopped when
+/// dropped.
+struct TlsOnlyBroker {
+    dir: tempfile::TempDir,
+}
+
+impl TlsOnlyBroker {
+    fn start() -> TlsOnlyBroker {
+        let dir = tempfile::Builder::new()
+            .prefix("navigator-e2e-rabbitmq-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let out = Command::new(script("rabbitmq"))
+            .arg("start")
+            .arg(dir.path())
+            .env("NAVIGATOR_RABBITMQ_TLS_ONLY", "1")
+            .output()
+            .expect("cannot run scripts/rabbitmq");
+        let broker = TlsOnlyBroker { dir };
+        assert!(
+            out.status.success(),
+            "scripts/rabbitmq start (TLS only) failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        broker
+    }
+}
+
+impl Drop for TlsOnlyBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(script("rabbitmq"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
 /// The value of `export VAR=value` in a script's `DIR/env`.
 fn env_file_value(dir: &Path, var: &str) -> String {
     let text = std::fs::read_to_string(dir.join("env")).expect("DIR/env of a started service");
@@ -1593,15 +1633,25 @@ fn a_database_outage_is_503_then_recovers_with_nothing_lost() {
 /// with exit 64, naming the option, and never shows the broker password.
 #[test]
 fn a_cluster_over_tls_carries_forwards_and_refuses_tls_mistakes() {
-    let Some((_, broker_dir, postgres_url)) = shared_services() else {
+    let Some((_, _, postgres_url)) = shared_services() else {
         return;
     };
-    let Some(tls_url) = env_or_skip("NAVIGATOR_TEST_TLS_TRANSPORT_URL", "RabbitMQ over TLS") else {
-        return;
-    };
-    let Some(ca) = env_or_skip("NAVIGATOR_TEST_RABBITMQ_CA", "RabbitMQ over TLS") else {
-        return;
-    };
+    // A broker of this test's own with no plain listener at all: whatever
+    // works here went over TLS.
+    let broker = TlsOnlyBroker::start();
+    let tls_url = env_file_value(broker.dir.path(), "NAVIGATOR_TEST_TLS_TRANSPORT_URL");
+    let ca = env_file_value(broker.dir.path(), "NAVIGATOR_TEST_RABBITMQ_CA");
+    let broker_dir = broker.dir.path().display().to_string();
+    let tls_port: u16 = tls_url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the TLS URL's port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", tls_port - 1)).is_err(),
+        "the TLS-only broker listens for plain AMQP on {}",
+        tls_port - 1
+    );
     let vhost = Vhost::create(&tls_url, &broker_dir);
     assert!(vhost.url.ends_with("?ssl=1"), "{}", vhost.url);
     let database = Database::create(DbKind::Postgres, &postgres_url);
