@@ -74,6 +74,7 @@ pub fn openapi() -> OpenApiDoc {
     let mut doc = routes().split_for_parts().1;
     crate::openapi_auth::document(&mut doc);
     crate::ratelimit::document(&mut doc);
+    crate::host_check::document(&mut doc);
     doc
 }
 
@@ -119,6 +120,7 @@ fn api_router(state: AppState) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     crate::openapi_auth::document(&mut doc);
     crate::ratelimit::document(&mut doc);
+    crate::host_check::document(&mut doc);
     let doc = Arc::new(doc);
     let body_limit = state.config.max_request_body_size;
     router

@@ -155,6 +155,20 @@ fn refuse(host: &str, uri: &Uri) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Documents the 421 answer on every operation of the OpenAPI document.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    crate::openapi_auth::add_error_everywhere(
+        doc,
+        "421",
+        "MisdirectedRequest",
+        "The Host header names a host this server does not answer for: with noauth (or with \
+         [api] allowed_hosts set) only localhost, IP addresses, [api] allowed_hosts and the \
+         host of [DEFAULT] public_endpoint are served (a protection against DNS rebinding). \
+         Nothing was changed.",
+        Vec::new(),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,15 +87,56 @@ pub fn document(doc: &mut OpenApi) {
         if !needs_token(path) {
             continue;
         }
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
+        for operation in operations_mut(item) {
             add_to_operation(operation, &requirement);
+        }
+    }
+}
+
+/// Every operation of a path item, for the layers that add an answer to
+/// all of them (authentication here, the rate limit, the Host check).
+pub fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Adds the error answer `status` (component `component`, an `ErrorBody`
+/// with `description` and `headers`) to every operation that does not
+/// document that status itself.
+pub fn add_error_everywhere(
+    doc: &mut OpenApi,
+    status: &str,
+    component: &str,
+    description: &str,
+    headers: Vec<(&str, Header)>,
+) {
+    let components = doc.components.get_or_insert_with(Components::new);
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody")))),
+    );
+    for (name, header) in headers {
+        response = response.header(name, header);
+    }
+    components
+        .responses
+        .insert(component.to_owned(), RefOr::T(response.build()));
+    for item in doc.paths.paths.values_mut() {
+        for operation in operations_mut(item) {
+            operation
+                .responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| RefOr::Ref(Ref::from_response_name(component)));
         }
     }
 }

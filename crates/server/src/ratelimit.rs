@@ -157,40 +157,17 @@ pub async fn limit(State(limit): State<Arc<RateLimit>>, request: Request, next: 
 /// a shared `components.responses` entry with its `Retry-After` header.
 pub fn document(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::header::Header;
-    use utoipa::openapi::{Components, Content, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
-    let components = doc.components.get_or_insert_with(Components::new);
+    use utoipa::openapi::{ObjectBuilder, Type};
     let mut header = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
     header.description = Some("Seconds to wait before the next request is accepted.".to_owned());
-    let response = ResponseBuilder::new()
-        .description(
-            "Too many requests from this client address ([api] rate_limit, rate_limit_burst); \
-             retry after Retry-After seconds. Nothing was changed.",
-        )
-        .content(
-            "application/json",
-            Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody")))),
-        )
-        .header("Retry-After", header)
-        .build();
-    components
-        .responses
-        .insert("TooManyRequests".to_owned(), RefOr::T(response));
-    for item in doc.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            operation
-                .responses
-                .responses
-                .entry("429".to_owned())
-                .or_insert_with(|| RefOr::Ref(Ref::from_response_name("TooManyRequests")));
-        }
-    }
+    crate::openapi_auth::add_error_everywhere(
+        doc,
+        "429",
+        "TooManyRequests",
+        "Too many requests from this client address ([api] rate_limit, rate_limit_burst); \
+         retry after Retry-After seconds. Nothing was changed.",
+        vec![("Retry-After", header)],
+    );
 }
 
 #[cfg(test)]
