@@ -236,6 +236,9 @@ mod tests {
 
     /// `n` consecutive free ports on loopback from `from` (300 ports to
     /// search; each test its own window, since tests run in parallel).
+    /// The first block of `n` free ports from `from`. Callers start below
+    /// Linux's ephemeral range (32768-60999): there, a port this test frees
+    /// can be taken at once by another test's outgoing connection.
     fn free_block(from: u16, n: u16) -> u16 {
         'search: for first in (from..from + 300).step_by(usize::from(n)) {
             for port in first..first + n {
@@ -265,7 +268,7 @@ mod tests {
             max_connections_per_forward: Some(2),
             ..RelayBackendConfig::default()
         });
-        let first = free_block(43900, 3);
+        let first = free_block(26300, 3);
         let range = ForwardSpec {
             ports: 3,
             one_target_port: true,
@@ -301,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn a_range_is_one_listener_per_port_and_all_or_nothing() {
         let backend = RelayBackend::new(RelayBackendConfig::default());
-        let first = free_block(43600, 3);
+        let first = free_block(26000, 3);
         let range = ForwardSpec {
             ports: 3,
             ..spec(
