@@ -348,8 +348,31 @@ fn handshakes_count_against_max_connections() {
 
     // A client in the middle of nothing (no ClientHello) holds the only
     // slot: the next connection is closed at once, without an answer.
-    let mut holder = TcpStream::connect(server.authority()).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The first curl's connection frees its slot asynchronously, so a
+    // holder connecting too soon is refused itself (closed at once): retry
+    // until one is held (no answer and no close within 300 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut holder = loop {
+        let mut holder = TcpStream::connect(server.authority()).unwrap();
+        holder
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        match holder.read(&mut [0u8; 1]) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break holder;
+            }
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no connection could hold the only slot: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
     let started = Instant::now();
     let (code, _, err) = curl(&["--cacert", &ca, &url]);
     assert_ne!(code, 0, "served beyond max_connections: {err}");
