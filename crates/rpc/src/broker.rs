@@ -613,7 +613,9 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The PEM certificates in `path`, or why there are none (the message names
+/// no option: callers add theirs). Also used for the API's `[ssl]` files.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let text = read(path)?;
     let certificates = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
@@ -624,7 +626,8 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
     Ok(certificates)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+/// The unencrypted PEM private key in `path`, or why there is none.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let text = read(path)?;
     PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
         pem::Error::NoItemsFound => "no private key in it (expected an unencrypted PEM key: \

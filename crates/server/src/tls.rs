@@ -15,6 +15,7 @@
 //! `ca_file` is read at start-up only; with it every client must present a
 //! certificate it vouches for.
 
+use navigator_rpc::broker::{read_certificates, read_key};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -22,8 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
@@ -362,29 +362,4 @@ fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
             .map_err(|e| error(format!("certificate {} is not a usable CA: {e}", i + 1)))?;
     }
     Ok(roots)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
-}
-
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let text = read(path)?;
-    let certificates = CertificateDer::pem_slice_iter(&text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a valid PEM file: {e}"))?;
-    if certificates.is_empty() {
-        return Err("no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)".into());
-    }
-    Ok(certificates)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let text = read(path)?;
-    PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
-        pem::Error::NoItemsFound => "no private key in it (expected an unencrypted PEM key: \
-                                     -----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY)"
-            .to_owned(),
-        e => format!("not a valid PEM file: {e}"),
-    })
 }
