@@ -328,16 +328,17 @@ fn check_validity(der: &CertificateDer<'_>) -> Result<(String, String), String> 
     Ok((cert.raw_serial_as_string(), time(not_after)))
 }
 
-/// A key others can read is a key others may have copied.
+/// A key every user can read is a key anyone on the host may have copied.
+/// Group access is how a packaged install shares it (root:navigator, 0640).
 fn warn_if_key_readable(key_file: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
         if let Ok(meta) = std::fs::metadata(key_file)
-            && meta.permissions().mode() & 0o077 != 0
+            && meta.permissions().mode() & 0o007 != 0
         {
             tracing::warn!(
-                "[ssl] key_file = {} is readable by other users (mode {:o}); make it 0600 or 0640",
+                "[ssl] key_file = {} is accessible to every user (mode {:o}); make it 0600, or 0640 with the group navigator runs as",
                 key_file.display(),
                 meta.permissions().mode() & 0o777
             );
