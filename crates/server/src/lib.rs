@@ -16,6 +16,7 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod handlers;
+pub mod health;
 pub mod host_check;
 pub mod http;
 pub mod metrics;
