@@ -25,4 +25,5 @@ pub mod openapi_auth;
 pub mod policy;
 pub mod ratelimit;
 pub mod run;
+pub mod status;
 pub mod tls;

@@ -166,6 +166,10 @@ pub struct Store {
 
 /// The URL oslo.db would use for a SQLite file at `path`.
 pub fn sqlite_url(path: &Path) -> String {
+    if path.is_relative() {
+        // `sqlite://relative/path`: three slashes would make it absolute.
+        return format!("sqlite://{}", path.display());
+    }
     format!(
         "sqlite:///{}",
         path.display().to_string().trim_start_matches('/')
@@ -174,7 +178,7 @@ pub fn sqlite_url(path: &Path) -> String {
 
 /// Parses `sqlite:///abs/path`, `sqlite:////abs/path` (oslo.db spells an
 /// absolute path with four slashes) or `sqlite://relative/path`.
-fn sqlite_path(url: &str) -> Option<PathBuf> {
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://")?;
     if rest.is_empty() {
         return None;
@@ -813,6 +817,9 @@ mod tests {
         );
         assert_eq!(sqlite_path("postgresql://x"), None);
         assert_eq!(sqlite_url(Path::new("/tmp/x.db")), "sqlite:///tmp/x.db");
+        // A relative --data-dir stays relative.
+        let relative = sqlite_url(Path::new("data/x.db"));
+        assert_eq!(sqlite_path(&relative), Some(PathBuf::from("data/x.db")));
     }
 
     #[test]
