@@ -146,3 +146,28 @@ fn cluster_mode_checks_rabbitmq_and_proxies() {
         "the broker password must not be shown: {table}"
     );
 }
+
+/// Cluster mode with the test broker (`NAVIGATOR_TEST_TRANSPORT_URL`):
+/// RabbitMQ succeeds; with no agent registered yet the result is a Warning.
+#[test]
+fn cluster_mode_with_a_reachable_broker_warns_only_about_proxies() {
+    let Ok(url) = std::env::var("NAVIGATOR_TEST_TRANSPORT_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RabbitMQ tests need scripts/rabbitmq (run scripts/test-all)"
+        );
+        eprintln!("skipped: NAVIGATOR_TEST_TRANSPORT_URL is not set");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("navigator.conf"),
+        format!("[DEFAULT]\ntransport_url = {url}\n{CONF}"),
+    )
+    .unwrap();
+    db(dir.path(), "sync");
+    let (code, table) = status(dir.path());
+    assert_eq!(code, 1, "{table}");
+    assert!(table.contains("accepts connections"), "{table}");
+    assert!(table.contains("no proxy has registered"), "{table}");
+}
