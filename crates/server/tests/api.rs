@@ -1307,3 +1307,34 @@ async fn healthcheck_detailed_option_answers_in_detail_unasked() {
         "{body}"
     );
 }
+
+/// Cluster mode's RabbitMQ check, on the test broker
+/// (`NAVIGATOR_TEST_TRANSPORT_URL`): `ok` while the RPC connection is up,
+/// `unavailable` (503) once it is gone, with nothing sent to check it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_reports_the_rabbitmq_connection() {
+    let Ok(url) = std::env::var("NAVIGATOR_TEST_TRANSPORT_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RabbitMQ tests need scripts/rabbitmq (run scripts/test-all)"
+        );
+        eprintln!("skipped: NAVIGATOR_TEST_TRANSPORT_URL is not set");
+        return;
+    };
+    let amqp = std::sync::Arc::new(
+        navigator_rpc::AmqpTransport::connect(&url, navigator_rpc::amqp::DEFAULT_EXCHANGE)
+            .await
+            .unwrap(),
+    );
+    let stack = stack::start_with_transport(config(28480), amqp.clone()).await;
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["checks"], json!({"database": "ok", "rabbitmq": "ok"}));
+    amqp.close().await;
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["checks"]["rabbitmq"], "unavailable");
+    assert_eq!(body["reasons"], json!(["rabbitmq unavailable"]));
+}
