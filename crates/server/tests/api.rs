@@ -1326,13 +1326,33 @@ async fn healthcheck_reports_the_rabbitmq_connection() {
             .await
             .unwrap(),
     );
-    let stack = stack::start_with_transport(config(28480), amqp.clone()).await;
-    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    // No agent: a host queue on the shared broker could take another
+    // test's messages. The check only reads the connection's state.
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        navigator_store::Store::connect(&navigator_store::sqlite_url(&dir.path().join("nav.db")))
+            .await
+            .unwrap();
+    store.migrate().await.unwrap();
+    let config = std::sync::Arc::new(config(28480));
+    let control = std::sync::Arc::new(navigator_server::control::Control::new(
+        store,
+        amqp.clone(),
+        config.clone(),
+        false,
+    ));
+    let app = navigator_server::app::router(navigator_server::app::AppState {
+        auth: std::sync::Arc::new(navigator_server::auth::Auth::from_config(&config).unwrap()),
+        control,
+        config,
+        public_url: "http://navigator.test".into(),
+    });
+    let (status, _, body) = health(&app, "/healthcheck", &[], None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["checks"], json!({"database": "ok", "rabbitmq": "ok"}));
     amqp.close().await;
-    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    let (status, _, body) = health(&app, "/healthcheck", &[], None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["checks"]["rabbitmq"], "unavailable");

@@ -30,11 +30,6 @@ pub struct Stack {
 /// Starts the stack for `config`, with its agent registered as the server
 /// does at start-up.
 pub async fn start(config: Config) -> Stack {
-    start_with_transport(config, Arc::new(InProcTransport::new())).await
-}
-
-/// As [`start`], with the agent and server talking over `transport`.
-pub async fn start_with_transport(config: Config, transport: Arc<dyn Transport>) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&sqlite_url(&dir.path().join("nav.db")))
         .await
@@ -42,6 +37,7 @@ pub async fn start_with_transport(config: Config, transport: Arc<dyn Transport>)
     store.migrate().await.unwrap();
     let config = Arc::new(config);
     let auth = Arc::new(Auth::from_config(&config).unwrap());
+    let transport: Arc<dyn Transport> = Arc::new(InProcTransport::new());
     // Loopback targets as the server would decide them for this config.
     let control = Arc::new(Control::new(
         store,
