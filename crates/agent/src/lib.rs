@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod fd_budget;
+pub mod health;
 pub mod options;
 mod service;
 

@@ -34,6 +34,21 @@ struct Args {
     /// Log at debug level (overrides [DEFAULT] debug).
     #[arg(long)]
     debug: bool,
+
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Check the running agent of this host through RabbitMQ (it must
+    /// answer get_state) and the data plane's host checks; prints one line,
+    /// exit 0 when healthy, 1 when not. For monitors and systemd.
+    Health {
+        /// Seconds the agent has to answer.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +57,9 @@ fn main() -> ExitCode {
         .config_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    if let Some(AgentCommand::Health { timeout }) = args.command {
+        return health(&path, Duration::from_secs(timeout));
+    }
     let config = match AgentFileConfig::load(&path) {
         Ok(config) => config,
         Err(e) => {
@@ -84,6 +102,65 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `navigator-agent health` (see `navigator_agent::health`): one line on
+/// stdout, exit 0 healthy or 1 not, whatever went wrong.
+fn health(path: &Path, timeout: Duration) -> ExitCode {
+    let verdict = match AgentFileConfig::load(path) {
+        Err(e) => navigator_agent::health::Health::failed(e.to_string()),
+        Ok(config) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(check_health(config, timeout)),
+            Err(e) => navigator_agent::health::Health::failed(format!(
+                "cannot start the async runtime: {e}"
+            )),
+        },
+    };
+    println!("{}", verdict.line);
+    ExitCode::from(verdict.exit_code())
+}
+
+async fn check_health(
+    mut config: AgentFileConfig,
+    timeout: Duration,
+) -> navigator_agent::health::Health {
+    use navigator_agent::health::Health;
+    let shown = navigator_rpc::broker::mask_url(&config.transport_url);
+    let broker = match Broker::new(&config.transport_url, &config.rabbit) {
+        Ok(broker) => broker,
+        Err(e) => return Health::failed(format!("RabbitMQ link {shown}: {e}")),
+    };
+    let connect = AmqpTransport::connect_to(broker, amqp::DEFAULT_EXCHANGE);
+    let amqp = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(amqp)) => Arc::new(amqp),
+        Ok(Err(e)) => return Health::failed(format!("cannot connect to RabbitMQ at {shown}: {e}")),
+        Err(_) => {
+            return Health::failed(format!(
+                "RabbitMQ at {shown} did not answer within {timeout:?}"
+            ));
+        }
+    };
+    // A check must not change the host: report sysctls, never fix them.
+    config.backend.fix_sysctls = false;
+    let backend = make_backend(&config.backend);
+    let host = navigator_dataplane::Host::local();
+    let ephemeral = host.sysctl("net.ipv4.ip_local_port_range").await;
+    let reserved = host.sysctl("net.ipv4.ip_local_reserved_ports").await;
+    let verdict = navigator_agent::health::check(
+        amqp.clone(),
+        &config.host,
+        backend.as_ref(),
+        config.port_range,
+        ephemeral.as_deref(),
+        reserved.as_deref(),
+        timeout,
+    )
+    .await;
+    amqp.close().await;
+    verdict
 }
 
 fn run(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::Result<()> {

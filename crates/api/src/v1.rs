@@ -501,14 +501,61 @@ pub struct VersionBody {
     pub version: Version,
 }
 
-/// `GET /healthcheck`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// `GET /healthcheck` as JSON (oslo.middleware's healthcheck, with
+/// Navigator's per-check map). Anonymous callers get `status`, `checks`
+/// and `reasons`; admins and callers on loopback also get the detailed
+/// fields when `[healthcheck] detailed` is on or `?detailed=true` asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `OK` or `DEGRADED`.
+    /// `OK`, `DEGRADED` (a check failed) or `DISABLED` (the
+    /// `[healthcheck] disable_by_file_path` file exists: draining).
     pub status: String,
-    /// Per dependency (`database`): `ok` or `unavailable`. The cause is in
-    /// the server log, with the request id of the answer.
+    /// Per dependency (`database`, and `rabbitmq` in cluster mode): `ok` or
+    /// `unavailable`. The cause is in the server log, with the request id of
+    /// the answer. Empty when disabled by file.
     pub checks: std::collections::BTreeMap<String, String>,
+    /// oslo's reasons: one short line per failure (`database unavailable`,
+    /// `DISABLED BY FILE`); empty when healthy.
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// Whether the detailed fields below are present.
+    #[serde(default)]
+    pub detailed: bool,
+    /// Detailed only: the server's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Detailed only: the server's `[DEFAULT] host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Detailed only: every check with its duration and error text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<HealthCheckDetail>,
+}
+
+/// One check of a detailed `GET /healthcheck` answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthCheckDetail {
+    /// `database`, `rabbitmq` or `disable_by_file`.
+    pub name: String,
+    /// `ok` or `unavailable` (`disabled` for the file).
+    pub status: String,
+    /// How long the check took, in milliseconds (each is bounded by a
+    /// 2-second timeout).
+    pub duration_ms: u64,
+    /// The error, as the driver or client said it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Query parameters of `GET /healthcheck`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HealthQuery {
+    /// Ask for the detailed answer (versions, check durations, error
+    /// texts). Honoured only for admins (a valid admin token) and callers
+    /// on loopback; others get the short answer.
+    pub detailed: Option<bool>,
 }
 
 /// A port in a query string, 1-65535 in plain digits (serde's `u16` would

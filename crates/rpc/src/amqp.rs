@@ -857,4 +857,8 @@ impl Transport for AmqpTransport {
     fn reconnects(&self) -> Option<watch::Receiver<u64>> {
         Some(AmqpTransport::reconnects(self))
     }
+
+    fn connected(&self) -> Option<bool> {
+        Some(self.is_connected())
+    }
 }

@@ -168,6 +168,13 @@ pub trait Transport: Send + Sync + 'static {
     fn reconnects(&self) -> Option<watch::Receiver<u64>> {
         None
     }
+
+    /// For transports with a connection to lose: whether it is up now (a
+    /// cheap look at its state, for health checks; nothing is sent). `None`
+    /// (the in-process transport) has no connection.
+    fn connected(&self) -> Option<bool> {
+        None
+    }
 }
 
 fn encode(method: &str, args: &impl Serialize) -> Result<Value, RpcError> {

@@ -276,6 +276,8 @@ async fn reconnects_after_a_broker_restart_and_says_so() {
     assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(!client.is_connected());
+    // What the server's /healthcheck reads.
+    assert_eq!(Transport::connected(client.as_ref()), Some(false));
     broker_script(&["start", &dir]).await;
     restart.0 = None;
 
@@ -289,6 +291,7 @@ async fn reconnects_after_a_broker_restart_and_says_so() {
     // The listener's queue was re-declared on the new broker.
     let reply = call(Duration::from_secs(10)).await.unwrap();
     assert_eq!(reply, json!({"before": true}));
+    assert_eq!(Transport::connected(client.as_ref()), Some(true));
 }
 
 #[tokio::test]

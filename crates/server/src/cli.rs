@@ -109,6 +109,10 @@ pub struct RegisterArgs {
 pub enum DbCommand {
     /// Create or upgrade the database schema to this release (idempotent).
     Sync,
+    /// Print the database's schema version (0: never migrated); on stderr,
+    /// what `db sync` would still apply or newer migrations this release
+    /// does not know.
+    Version,
 }
 
 #[derive(Debug, Subcommand)]

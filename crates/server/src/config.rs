@@ -181,6 +181,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Project of noauth requests without an X-Project-Id header.",
     },
     OptionDoc {
+        section: "healthcheck",
+        key: "disable_by_file_path",
+        default: "",
+        help: "As oslo.middleware's disable_by_file backend: while this file exists, GET /healthcheck answers HTTP 503 \"DISABLED BY FILE\" (and runs no other check), so that a load balancer stops sending new requests to this server before it is stopped or upgraded; remove the file to take it back. Nothing else changes: requests that still arrive are served. Unset: never disabled. An absolute path, e.g. /etc/navigator/healthcheck_disable.",
+    },
+    OptionDoc {
+        section: "healthcheck",
+        key: "detailed",
+        default: "false",
+        help: "Answer GET /healthcheck in detail (server version and host, each check's duration and error text) to callers that may see it: admins (a token whose roles pass the policy's context_is_admin; every caller with auth_strategy = noauth) and callers on loopback. Others always get the short answer (OK, or which check failed), never error texts. Off: the detailed answer only when such a caller asks with ?detailed=true.",
+    },
+    OptionDoc {
         section: "ssl",
         key: "cert_file",
         default: "",
@@ -526,6 +538,8 @@ pub struct Config {
     /// literals (lower case), see [`crate::host_check`].
     pub allowed_hosts: Vec<String>,
     pub default_project_id: String,
+    /// `[healthcheck]`: draining by file and the detailed answer.
+    pub healthcheck: crate::health::HealthcheckConfig,
     /// `[dashboard] max_sessions_per_address`; 0 is no cap.
     pub dashboard_sessions_per_address: usize,
     /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
@@ -725,6 +739,18 @@ impl Config {
                     Ok(v.to_owned())
                 }
             })?,
+            healthcheck: crate::health::HealthcheckConfig {
+                disable_by_file_path: raw.parse("healthcheck", "disable_by_file_path", |v| {
+                    match optional(v).map(PathBuf::from) {
+                        Some(path) if path.is_relative() => Err(
+                            "expected an absolute path, e.g. /etc/navigator/healthcheck_disable"
+                                .into(),
+                        ),
+                        path => Ok(path),
+                    }
+                })?,
+                detailed: raw.parse("healthcheck", "detailed", boolean)?,
+            },
             dashboard_sessions_per_address: raw.parse(
                 "dashboard",
                 "max_sessions_per_address",

@@ -128,6 +128,11 @@ impl Control {
         &self.store
     }
 
+    /// The RPC transport to the agents (for `/healthcheck`'s RabbitMQ check).
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

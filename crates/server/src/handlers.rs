@@ -8,8 +8,9 @@ use axum::response::IntoResponse;
 use navigator_api::ErrorBody;
 use navigator_api::v1::{
     DEFAULT_PAGE_SIZE, Forward, ForwardBody, ForwardCreateBody, ForwardList, ForwardListQuery,
-    ForwardUpdateBody, Health, Link, MAX_PAGE_SIZE, Proxy, ProxyBody, ProxyList, SortDir, SortKey,
-    Version, VersionBody, VersionList, parse_ip, parse_protocol_filter, parse_status,
+    ForwardUpdateBody, Health, HealthQuery, Link, MAX_PAGE_SIZE, Proxy, ProxyBody, ProxyList,
+    SortDir, SortKey, Version, VersionBody, VersionList, parse_ip, parse_protocol_filter,
+    parse_status,
 };
 use navigator_core::{ForwardId, PortForward};
 use std::collections::HashMap;
@@ -494,38 +495,35 @@ pub async fn version_v1(State(state): State<AppState>) -> Json<VersionBody> {
     })
 }
 
-/// Health of the server and its dependencies; 503 when one is down.
+/// Health of the server and its dependencies, as oslo.middleware's
+/// healthcheck: 200 `OK`, or 503 naming what failed (the database, RabbitMQ
+/// in cluster mode) or `DISABLED BY FILE` while the server is drained.
+/// JSON unless `Accept` prefers `text/plain`. See [`crate::health`].
 #[utoipa::path(
     get, path = "/healthcheck", tag = "meta",
-    responses((status = 200, description = "Every dependency is reachable", body = Health), (status = 503, description = "A dependency is down", body = Health))
+    params(HealthQuery),
+    responses(
+        (status = 200, description = "Every dependency is reachable", content((Health = "application/json"), (String = "text/plain"))),
+        (status = 400, description = "Unknown query parameter, or detailed is not true or false", body = ErrorBody),
+        (status = 503, description = "A dependency is down, or the server is disabled by file (draining)", content((Health = "application/json"), (String = "text/plain")))
+    )
 )]
 pub async fn healthcheck(
     State(state): State<AppState>,
     request_id: Option<axum::Extension<crate::context::RequestId>>,
-) -> impl IntoResponse {
-    let mut checks = std::collections::BTreeMap::new();
-    // Anyone may ask, so the answer names the dependency, never its error
-    // (hosts, users, driver messages): those go to the log.
-    let database = match state.control.store().ping().await {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => {
-            let request_id = request_id.map(|id| id.0.0).unwrap_or_default();
-            tracing::warn!(%request_id, error = %e, "healthcheck: database unavailable");
-            "unavailable".to_owned()
-        }
-    };
-    let healthy = database == "ok";
-    checks.insert("database".to_owned(), database);
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = Health {
-        status: if healthy { "OK" } else { "DEGRADED" }.into(),
-        checks,
-    };
-    (status, Json(body))
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: axum::http::HeaderMap,
+    ApiQuery(query): ApiQuery<HealthQuery>,
+) -> axum::response::Response {
+    let request_id = request_id.map(|id| id.0.0).unwrap_or_default();
+    crate::health::answer(
+        &state,
+        &headers,
+        peer.map(|axum::Extension(peer)| peer),
+        &request_id,
+        query.detailed.unwrap_or(false),
+    )
+    .await
 }
 
 /// Prometheus metrics, unauthenticated like `/healthcheck`: they carry counts,

@@ -108,6 +108,27 @@ pub fn main(args: Args) -> Result<(), StartError> {
             println!("database {} is up to date", redact(&database_url));
             Ok(())
         }),
+        Some(Command::Db {
+            command: DbCommand::Version,
+        }) => runtime_builder()?.block_on(async {
+            let store = Store::connect(&database_url).await.map_err(runtime)?;
+            let status = store.schema_status().await.map_err(runtime)?;
+            store.close().await;
+            println!("{}", status.current.unwrap_or(0));
+            if !status.pending.is_empty() {
+                eprintln!(
+                    "this release's schema version is {}; run `navigator-server db sync` to apply {:?}",
+                    status.latest, status.pending
+                );
+            }
+            if !status.unknown.is_empty() {
+                eprintln!(
+                    "the database has migrations {:?} that this release (schema version {}) does not know: it was upgraded by a newer release",
+                    status.unknown, status.latest
+                );
+            }
+            Ok(())
+        }),
         Some(Command::Keystone {
             command: crate::cli::KeystoneCommand::Register(register),
         }) => runtime_builder()?.block_on(async {

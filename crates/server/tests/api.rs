@@ -1118,6 +1118,243 @@ async fn healthcheck_names_a_database_outage_without_its_details() {
     );
     assert_eq!(
         body,
-        json!({"status": "DEGRADED", "checks": {"database": "unavailable"}})
+        json!({
+            "status": "DEGRADED",
+            "checks": {"database": "unavailable"},
+            "reasons": ["database unavailable"],
+            "detailed": false
+        })
     );
+}
+
+/// A `/healthcheck` request with `headers`, from `peer` when given (as the
+/// listener records it); the status, content type and body text.
+async fn health(
+    app: &axum::Router,
+    path: &str,
+    headers: &[(&str, &str)],
+    peer: Option<&str>,
+) -> (StatusCode, String, String) {
+    let mut request = Request::builder().method("GET").uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    if let Some(peer) = peer {
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+    }
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        content_type,
+        String::from_utf8(bytes.to_vec()).unwrap(),
+    )
+}
+
+/// oslo.middleware's disable_by_file: while the file exists the answer is
+/// 503 DISABLED BY FILE, in JSON and in text; removing it brings 200 back.
+#[tokio::test]
+async fn healthcheck_is_disabled_while_the_file_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("healthcheck_disable");
+    let text = format!(
+        "[agent]\nport_range = 28400-28449\n[healthcheck]\ndisable_by_file_path = {}\n",
+        file.display()
+    );
+    let stack = stack::start(Config::parse("test.conf", &text).unwrap()).await;
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, content_type, body) = health(
+        &stack.app,
+        "/healthcheck",
+        &[("Accept", "text/plain")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, content_type.as_str(), body.as_str()),
+        (StatusCode::OK, "text/plain; charset=utf-8", "OK\n")
+    );
+
+    std::fs::write(&file, b"").unwrap();
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "DISABLED");
+    assert_eq!(body["reasons"], json!(["DISABLED BY FILE"]));
+    let (status, _, body) = health(
+        &stack.app,
+        "/healthcheck",
+        &[("Accept", "text/plain")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "DISABLED BY FILE\n")
+    );
+    // Draining changes nothing else: the API still answers.
+    let (status, _, _) = health(&stack.app, "/v1/forwards", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    std::fs::remove_file(&file).unwrap();
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// The detailed answer (version, durations, error texts) goes to callers on
+/// loopback and admins, when configured or asked; anyone else gets the check
+/// names only, whatever they ask.
+#[tokio::test]
+async fn healthcheck_details_only_for_loopback_and_admins() {
+    // Keystone, never reached: no request here carries a token.
+    let text = "[DEFAULT]\nauth_strategy = keystone\n\
+                [keystone_authtoken]\nwww_authenticate_uri = http://127.0.0.1:9/v3\n\
+                auth_url = http://127.0.0.1:9/v3\nauth_type = password\n\
+                username = navigator\npassword = x\nproject_name = service\n\
+                user_domain_name = Default\nproject_domain_name = Default\n\
+                [agent]\nport_range = 28450-28459\n";
+    let stack = stack::start(Config::parse("keystone.conf", text).unwrap()).await;
+    let remote = Some("192.0.2.7:40000");
+    let loopback = Some("127.0.0.1:40000");
+    let mapped_loopback = Some("[::ffff:127.0.0.1]:40000");
+
+    // Not asked, not configured: short for everyone.
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], loopback).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["detailed"], false);
+    assert!(body.get("details").is_none(), "{body}");
+
+    // Asked: loopback gets it, a remote anonymous caller does not.
+    for peer in [loopback, mapped_loopback] {
+        let (_, _, body) = health(&stack.app, "/healthcheck?detailed=true", &[], peer).await;
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["detailed"], true, "{body}");
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(body["details"][0]["name"], "database");
+        assert_eq!(body["details"][0]["status"], "ok");
+        assert!(body["details"][0]["duration_ms"].is_u64());
+    }
+    let (_, _, body) = health(
+        &stack.app,
+        "/healthcheck?detailed=true",
+        &[("X-Auth-Token", "")],
+        remote,
+    )
+    .await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["detailed"], false, "{body}");
+
+    // A database outage: the error text only in the detailed answer.
+    stack.control.store().close().await;
+    let (status, _, body) = health(&stack.app, "/healthcheck?detailed=true", &[], remote).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let short: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        short,
+        json!({"status": "DEGRADED", "checks": {"database": "unavailable"}, "reasons": ["database unavailable"], "detailed": false})
+    );
+    let (_, _, body) = health(
+        &stack.app,
+        "/healthcheck?detailed=true",
+        &[("Accept", "text/plain")],
+        remote,
+    )
+    .await;
+    assert_eq!(body, "database unavailable\n");
+    let (_, _, body) = health(&stack.app, "/healthcheck?detailed=true", &[], loopback).await;
+    let detailed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detailed["details"][0]["status"], "unavailable");
+    assert!(
+        detailed["details"][0]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{detailed}"
+    );
+
+    // The query is checked like every other.
+    for path in ["/healthcheck?detailed=maybe", "/healthcheck?verbose=1"] {
+        let (status, _, body) = health(&stack.app, path, &[], loopback).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+    }
+}
+
+/// `[healthcheck] detailed = true`: loopback callers get the details
+/// unasked (noauth: every caller is an admin, so everyone does).
+#[tokio::test]
+async fn healthcheck_detailed_option_answers_in_detail_unasked() {
+    let text = "[agent]\nport_range = 28460-28469\n[healthcheck]\ndetailed = true\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let (status, _, body) = health(&stack.app, "/healthcheck", &[], Some("192.0.2.7:1")).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["detailed"], true, "{body}");
+    assert!(
+        body["host"].as_str().is_some_and(|h| !h.is_empty()),
+        "{body}"
+    );
+}
+
+/// Cluster mode's RabbitMQ check, on the test broker
+/// (`NAVIGATOR_TEST_TRANSPORT_URL`): `ok` while the RPC connection is up,
+/// `unavailable` (503) once it is gone, with nothing sent to check it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_reports_the_rabbitmq_connection() {
+    let Ok(url) = std::env::var("NAVIGATOR_TEST_TRANSPORT_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RabbitMQ tests need scripts/rabbitmq (run scripts/test-all)"
+        );
+        eprintln!("skipped: NAVIGATOR_TEST_TRANSPORT_URL is not set");
+        return;
+    };
+    let amqp = std::sync::Arc::new(
+        navigator_rpc::AmqpTransport::connect(&url, navigator_rpc::amqp::DEFAULT_EXCHANGE)
+            .await
+            .unwrap(),
+    );
+    // No agent: a host queue on the shared broker could take another
+    // test's messages. The check only reads the connection's state.
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        navigator_store::Store::connect(&navigator_store::sqlite_url(&dir.path().join("nav.db")))
+            .await
+            .unwrap();
+    store.migrate().await.unwrap();
+    let config = std::sync::Arc::new(config(28480));
+    let control = std::sync::Arc::new(navigator_server::control::Control::new(
+        store,
+        amqp.clone(),
+        config.clone(),
+        false,
+    ));
+    let app = navigator_server::app::router(navigator_server::app::AppState {
+        auth: std::sync::Arc::new(navigator_server::auth::Auth::from_config(&config).unwrap()),
+        control,
+        config,
+        public_url: "http://navigator.test".into(),
+    });
+    let (status, _, body) = health(&app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["checks"], json!({"database": "ok", "rabbitmq": "ok"}));
+    amqp.close().await;
+    let (status, _, body) = health(&app, "/healthcheck", &[], None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["checks"]["rabbitmq"], "unavailable");
+    assert_eq!(body["reasons"], json!(["rabbitmq unavailable"]));
 }

@@ -620,3 +620,28 @@ async fn dashboard_logout_revokes_the_token() {
         .await;
     assert_401(&r, &env);
 }
+
+/// `/healthcheck?detailed=true` from off loopback: a member's token gets
+/// the short answer, an admin's the detailed one; no token is never a 401.
+#[tokio::test]
+async fn healthcheck_details_for_admin_tokens_only() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let project = admin.project(&ks::unique("nav-health")).await;
+    let (_, member) = admin.user_with_role(&project, "member").await;
+    let (_, boss) = admin.user_with_role(&project, "admin").await;
+    let h = harness(config(&env, &env.url, 300, 28470)).await;
+    for (token, detailed) in [
+        (None, false),
+        (Some("not-a-token"), false),
+        (Some(member.token.as_str()), false),
+        (Some(boss.token.as_str()), true),
+    ] {
+        let r = h
+            .send("GET", "/healthcheck?detailed=true", token, None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["detailed"], detailed, "{token:?}: {}", r.body);
+        assert_eq!(r.body["details"].is_array(), detailed, "{}", r.body);
+    }
+}

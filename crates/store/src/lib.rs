@@ -166,6 +166,10 @@ pub struct Store {
 
 /// The URL oslo.db would use for a SQLite file at `path`.
 pub fn sqlite_url(path: &Path) -> String {
+    if path.is_relative() {
+        // `sqlite://relative/path`: three slashes would make it absolute.
+        return format!("sqlite://{}", path.display());
+    }
     format!(
         "sqlite:///{}",
         path.display().to_string().trim_start_matches('/')
@@ -174,7 +178,7 @@ pub fn sqlite_url(path: &Path) -> String {
 
 /// Parses `sqlite:///abs/path`, `sqlite:////abs/path` (oslo.db spells an
 /// absolute path with four slashes) or `sqlite://relative/path`.
-fn sqlite_path(url: &str) -> Option<PathBuf> {
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url.strip_prefix("sqlite://")?;
     if rest.is_empty() {
         return None;
@@ -578,10 +582,16 @@ impl Store {
     /// applied, lowest first; empty when the schema is current. For servers
     /// that must not migrate a shared database on their own.
     pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self.schema_status().await?.pending)
+    }
+
+    /// Where the database's schema stands against this release's migrations
+    /// (`navigator-server db version`, `navigator-status upgrade check`).
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
         // A database that answers but has no bookkeeping table was never
         // migrated; any other failure is the database's and is returned.
         self.ping().await?;
-        let applied: Vec<i64> = match self
+        let mut applied: Vec<i64> = match self
             .fetch_all("SELECT version FROM _sqlx_migrations WHERE success", &[])
             .await
         {
@@ -591,11 +601,39 @@ impl Store {
                 .collect::<Result<_, _>>()?,
             Err(_) => Vec::new(),
         };
-        Ok(migrator(self.backend)
+        applied.sort_unstable();
+        let known: Vec<i64> = migrator(self.backend).iter().map(|m| m.version).collect();
+        Ok(SchemaStatus {
+            current: applied.last().copied(),
+            latest: latest_schema_version(),
+            pending: known
+                .iter()
+                .copied()
+                .filter(|version| !applied.contains(version))
+                .collect(),
+            unknown: applied
+                .iter()
+                .copied()
+                .filter(|version| !known.contains(version))
+                .collect(),
+        })
+    }
+
+    /// Applies this release's migrations up to and including `version` and
+    /// no further: a database as an earlier release left it, for upgrade
+    /// tests. [`Store::migrate`] later applies the rest.
+    pub async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
+        let migrations: Vec<Migration> = migrator(self.backend)
             .iter()
-            .map(|m| m.version)
-            .filter(|version| !applied.contains(version))
-            .collect())
+            .filter(|m| m.version <= version)
+            .cloned()
+            .collect();
+        let mut migrator = Migrator::with_migrations(migrations);
+        if self.backend == Backend::MySql {
+            migrator.set_locking(false);
+        }
+        migrator.run(&self.pool).await?;
+        Ok(())
     }
 
     /// The TLS cipher of a connection to the database server, as the server
@@ -674,6 +712,30 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The schema of a database against this release's migrations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// The highest migration applied; `None` for a database never migrated.
+    pub current: Option<i64>,
+    /// The highest migration this release has.
+    pub latest: i64,
+    /// This release's migrations the database lacks (`db sync` applies them).
+    pub pending: Vec<i64>,
+    /// Migrations applied that this release does not know: the database was
+    /// upgraded by a newer release, which this one must not serve.
+    pub unknown: Vec<i64>,
+}
+
+/// The highest schema version this release's migrations reach (the same on
+/// every backend).
+pub fn latest_schema_version() -> i64 {
+    migrator(Backend::Sqlite)
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The migrations of one backend, embedded in the binary. The sets describe
@@ -755,6 +817,9 @@ mod tests {
         );
         assert_eq!(sqlite_path("postgresql://x"), None);
         assert_eq!(sqlite_url(Path::new("/tmp/x.db")), "sqlite:///tmp/x.db");
+        // A relative --data-dir stays relative.
+        let relative = sqlite_url(Path::new("data/x.db"));
+        assert_eq!(sqlite_path(&relative), Some(PathBuf::from("data/x.db")));
     }
 
     #[test]

@@ -114,11 +114,19 @@ pub fn address_of(url: &str) -> SocketAddr {
 /// A fresh migrated database on `kind`, or `None` (after saying so loudly)
 /// when that server is not configured. Under CI a missing server fails.
 pub async fn open(kind: Kind) -> Option<TestDb> {
+    open_with(kind, true).await
+}
+
+/// As [`open`], migrated only when `migrate` (upgrade tests apply their own
+/// subset of the migrations).
+pub async fn open_with(kind: Kind, migrate: bool) -> Option<TestDb> {
     let Some(var) = kind.env_var() else {
         let dir = tempfile::tempdir().expect("temporary directory");
         let url = sqlite_url(&dir.path().join("nav.db"));
         let store = Store::connect(&url).await.expect("open sqlite");
-        store.migrate().await.expect("migrate sqlite");
+        if migrate {
+            store.migrate().await.expect("migrate sqlite");
+        }
         return Some(TestDb {
             kind,
             store,
@@ -158,7 +166,9 @@ pub async fn open(kind: Kind) -> Option<TestDb> {
     let _ = admin.close().await;
     let url = with_database(&admin_url, &name);
     let store = Store::connect(&url).await.expect("open test database");
-    store.migrate().await.expect("migrate test database");
+    if migrate {
+        store.migrate().await.expect("migrate test database");
+    }
     Some(TestDb {
         kind,
         store,
@@ -176,8 +186,17 @@ where
     F: FnOnce(&'static TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
+    run_with(kind, true, scenario).await;
+}
+
+/// As [`run`], on a database with no migration applied when `!migrate`.
+pub async fn run_with<F, Fut>(kind: Kind, migrate: bool, scenario: F)
+where
+    F: FnOnce(&'static TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
     sqlx::any::install_default_drivers();
-    let Some(db) = open(kind).await else {
+    let Some(db) = open_with(kind, migrate).await else {
         return;
     };
     // Leaked so that scenarios can hand the harness to spawned tasks; one
