@@ -24,4 +24,5 @@ pub mod openapi_auth;
 pub mod policy;
 pub mod ratelimit;
 pub mod run;
+pub mod systemd;
 pub mod tls;
