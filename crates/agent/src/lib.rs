@@ -10,6 +10,7 @@ pub mod config;
 pub mod fd_budget;
 pub mod health;
 pub mod options;
+pub mod privileges;
 mod service;
 
 use std::collections::BTreeMap;

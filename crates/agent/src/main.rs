@@ -35,6 +35,10 @@ struct Args {
     #[arg(long)]
     debug: bool,
 
+    /// Print the man page (roff) and exit; scripts/package installs it.
+    #[arg(long, hide = true)]
+    manpage: bool,
+
     #[command(subcommand)]
     command: Option<AgentCommand>,
 }
@@ -53,6 +57,16 @@ enum AgentCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.manpage {
+        use clap::CommandFactory as _;
+        return match clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("navigator-agent: cannot write the man page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let path = args
         .config_file
         .clone()
@@ -68,6 +82,32 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.debug || args.debug);
+    // Before anything runs a backend: what the data plane does not need is
+    // gone for the rest of the process and its children.
+    let needed = navigator_agent::privileges::needed(&config.backend.backend, config.port_range);
+    match navigator_agent::privileges::keep_only(&needed) {
+        Ok(navigator_agent::privileges::Outcome::Root) => {
+            tracing::info!("running as root: capabilities not reduced")
+        }
+        Ok(navigator_agent::privileges::Outcome::Kept { kept, missing }) => {
+            tracing::info!(
+                backend = %config.backend.backend,
+                "capabilities kept: {}",
+                if kept.is_empty() { "none".to_owned() } else { kept.join(", ") }
+            );
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "the {} backend needs {}, which this process was not given (run it as the packaged unit does, with AmbientCapabilities, or as root)",
+                    config.backend.backend,
+                    missing.join(", ")
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!("navigator-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // Before any socket exists: the relay's caps come from the open-file
     // limit, and a configuration it cannot hold is a usage error.
     let mut config = config;

@@ -29,6 +29,22 @@ pub enum Command {
     /// Get a Keystone token, to check the login settings
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell completion script (bash or zsh), e.g.
+    /// `navigator completion bash > /etc/bash_completion.d/navigator`
+    Completion {
+        /// The shell to complete for.
+        shell: CompletionShell,
+    },
+    /// Print the man page (roff) of `navigator`; scripts/package installs it.
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// Shells `navigator completion` writes a script for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
 }
 
 #[cfg(test)]
@@ -61,6 +77,20 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         let err = parse(&["forward", "frobnicate"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidSubcommand);
+    }
+
+    #[test]
+    fn completion_and_manpage_need_no_cloud() {
+        assert!(matches!(
+            parse(&["completion", "zsh"]).unwrap().command,
+            Command::Completion {
+                shell: CompletionShell::Zsh
+            }
+        ));
+        assert!(matches!(
+            parse(&["manpage"]).unwrap().command,
+            Command::Manpage
+        ));
     }
 
     #[test]

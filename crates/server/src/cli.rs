@@ -71,6 +71,9 @@ pub enum Command {
         #[command(subcommand)]
         command: KeystoneCommand,
     },
+    /// Print the man page (roff) of navigator-server; scripts/package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,4 +26,5 @@ pub mod policy;
 pub mod ratelimit;
 pub mod run;
 pub mod status;
+pub mod systemd;
 pub mod tls;

@@ -58,6 +58,14 @@ pub fn main(args: Args) -> Result<(), StartError> {
             print!("{}", crate::policy::sample());
             return Ok(());
         }
+        Some(Command::Manpage) => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Args::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")
+                .map_err(runtime)?;
+            return Ok(());
+        }
         Some(Command::Openapi) => {
             let json = serde_json::to_string_pretty(&crate::app::openapi()).map_err(runtime)?;
             println!("{json}");
@@ -377,22 +385,23 @@ async fn serve(
             tls.clone()
                 .watch(crate::tls::POLL_INTERVAL, shutdown.child_token()),
         );
-        // Installed before the banner: a SIGHUP sent once it shows reloads
-        // instead of killing the process.
-        #[cfg(unix)]
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(hangup) => {
-                tasks.spawn(reload_on_hangup(
-                    tls.clone(),
-                    hangup,
-                    shutdown.child_token(),
-                ));
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "cannot handle SIGHUP; the TLS certificate is still re-read when its files change"
-            ),
+    }
+    // Installed before the banner: a SIGHUP sent once it shows reloads
+    // instead of killing the process, with or without TLS (the packaged
+    // unit's ExecReload sends it).
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangup) => {
+            tasks.spawn(reload_on_hangup(
+                tls.clone(),
+                hangup,
+                shutdown.child_token(),
+            ));
         }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot handle SIGHUP; the TLS certificate is still re-read when its files change"
+        ),
     }
     print_banner(&config, &public_url, &bound_url, &database_url);
     tracing::info!(%public_url, listening = %bound_url, "serving");
@@ -411,10 +420,16 @@ async fn serve(
         shutdown.clone(),
         SHUTDOWN_GRACE,
     );
+    let ready = tokio::spawn(crate::systemd::ready_when_answering(
+        local,
+        tls.is_some(),
+        shutdown.clone(),
+    ));
     let signal = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
             wait_for_signal().await;
+            crate::systemd::stopping();
             tracing::info!(
                 "shutting down: no new requests or connections; letting live ones finish"
             );
@@ -423,6 +438,7 @@ async fn serve(
     });
     server.await;
     shutdown.cancel();
+    ready.abort();
     if let Some(nova) = &nova {
         // A notification being handled now is redelivered to another server.
         nova.stop();
@@ -522,10 +538,11 @@ pub fn loopback_allowed(config: &Config) -> bool {
 }
 
 /// SIGHUP re-reads the API's certificate and key (as the file poll would,
-/// at once). Only with TLS on: without it SIGHUP keeps its default effect.
+/// at once), told to systemd as a reload. Without TLS there is nothing to
+/// reload yet, and SIGHUP is only logged.
 #[cfg(unix)]
 async fn reload_on_hangup(
-    tls: Arc<crate::tls::ServerTls>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     mut hangup: tokio::signal::unix::Signal,
     shutdown: CancellationToken,
 ) {
@@ -538,8 +555,14 @@ async fn reload_on_hangup(
                 }
             }
         }
-        let tls = tls.clone();
-        let _ = tokio::task::spawn_blocking(move || tls.reload("SIGHUP")).await;
+        crate::systemd::reloading();
+        match tls.clone() {
+            Some(tls) => {
+                let _ = tokio::task::spawn_blocking(move || tls.reload("SIGHUP")).await;
+            }
+            None => tracing::info!("SIGHUP: nothing to reload"),
+        }
+        crate::systemd::reloaded();
     }
 }
 

@@ -35,6 +35,9 @@ enum Command {
         #[command(subcommand)]
         command: UpgradeCommand,
     },
+    /// Print the man page (roff) and exit; scripts/package installs it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +65,14 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> anyhow::Result<u8> {
     let Command::Upgrade {
         command: UpgradeCommand::Check,
-    } = &args.command;
+    } = &args.command
+    else {
+        use clap::CommandFactory as _;
+        clap_mangen::Man::new(Args::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the man page")?;
+        return Ok(0);
+    };
     let path = args.config_file.clone().or_else(|| {
         Path::new(DEFAULT_CONFIG_FILE)
             .exists()
