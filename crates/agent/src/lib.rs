@@ -9,6 +9,7 @@
 pub mod config;
 pub mod fd_budget;
 pub mod options;
+pub mod reload;
 mod service;
 
 use std::collections::BTreeMap;

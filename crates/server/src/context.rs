@@ -6,6 +6,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument as _;
 
 use crate::app::AppState;
 use crate::auth::{Identity, NOAUTH_ROLES, credentials};
@@ -20,15 +21,66 @@ const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// The caller's `X-OpenStack-Request-Id`, when it is a valid `req-<uuid>`:
+/// the id of the whole operation across services (oslo.context's
+/// `global_request_id`).
+#[derive(Clone, Debug)]
+pub struct GlobalRequestId(pub String);
+
+/// Whether `id` is `req-` and a UUID in lower-case hex with dashes: the
+/// only global request id oslo.middleware accepts from a caller (anything
+/// else could forge log lines or carry a payload into every service's logs).
+pub fn is_valid_request_id(id: &str) -> bool {
+    let Some(uuid) = id.strip_prefix("req-") else {
+        return false;
+    };
+    let groups: Vec<&str> = uuid.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| {
+            group.len() == len
+                && group
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
 /// Gives every request an id, in its extensions (for handlers and logs) and in
-/// the response's `X-OpenStack-Request-Id` header.
+/// the response's `X-OpenStack-Request-Id` header, and runs it inside a
+/// `request` span that carries the ids (and the project, once known), so
+/// every log line of the request names them.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = format!("req-{}", uuid::Uuid::new_v4());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        global_request_id = tracing::field::Empty,
+        project = tracing::field::Empty,
+    );
     request.extensions_mut().insert(RequestId(id.clone()));
+    let incoming = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .map(|value| value.to_str().map(str::to_owned));
+    if let Some(value) = incoming {
+        match value {
+            Ok(global) if is_valid_request_id(&global) => {
+                span.record("global_request_id", global.as_str());
+                request.extensions_mut().insert(GlobalRequestId(global));
+            }
+            // Debug only: any caller can send it, and its text is theirs.
+            _ => span.in_scope(|| {
+                tracing::debug!(
+                    "ignoring X-OpenStack-Request-Id: not req-<uuid> in lower-case hex"
+                );
+            }),
+        }
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
-    tracing::info!(request_id = %id, %method, %path, status = response.status().as_u16(), "request");
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(%method, %path, status = response.status().as_u16(), "request");
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
@@ -56,7 +108,7 @@ impl Context {
     pub fn allowed(&self, state: &AppState, rule: &str, project_id: &str) -> bool {
         state
             .auth
-            .policy
+            .policy()
             .check(rule, &self.credentials, &[("project_id", project_id)])
     }
 
@@ -72,10 +124,12 @@ impl Context {
     }
 
     fn new(request_id: String, identity: Identity, state: &AppState) -> Context {
+        // The request's span (from `request_id`) names the project from now on.
+        tracing::Span::current().record("project", identity.project_id.as_str());
         let credentials = credentials(&identity);
         let is_admin = state
             .auth
-            .policy
+            .policy()
             .check("context_is_admin", &credentials, &[]);
         Context {
             request_id,
@@ -140,5 +194,30 @@ impl FromRequestParts<AppState> for Context {
             roles: NOAUTH_ROLES.iter().map(|r| (*r).to_owned()).collect(),
         };
         Ok(Context::new(request_id, identity, state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_request_id;
+
+    #[test]
+    fn global_request_ids_follow_oslo() {
+        assert!(is_valid_request_id(
+            "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+        ));
+        for bad in [
+            "",
+            "req-",
+            "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+            "req-0A1B2C3D-4E5F-6789-ABCD-EF0123456789",
+            "req-0a1b2c3d4e5f6789abcdef0123456789",
+            "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789x",
+            "req-0a1b2c3d-4e5f-6789-abcd-ef012345678g",
+            "req-{0a1b2c3d-4e5f-6789-abcd-ef0123456789}",
+            "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789\nFAKE",
+        ] {
+            assert!(!is_valid_request_id(bad), "{bad}");
+        }
     }
 }

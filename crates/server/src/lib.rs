@@ -23,5 +23,6 @@ pub mod nova;
 pub mod openapi_auth;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
 pub mod run;
 pub mod tls;

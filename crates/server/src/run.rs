@@ -77,8 +77,14 @@ pub fn main(args: Args) -> Result<(), StartError> {
     if let Some(port) = args.bind_port {
         config.bind_port = port;
     }
-    config.debug |= args.debug;
-    init_logging(config.debug);
+    config.log.debug |= args.debug;
+    let logging = navigator_log::init("navigator-server", &config.log, "sqlx=warn,hyper=info")
+        .map_err(usage)?;
+    let hangup = crate::reload::Hangup {
+        config_file: config_path.clone(),
+        debug_flag: args.debug,
+        logging,
+    };
     for option in &config.unknown_options {
         tracing::warn!(
             "ignoring unknown option {option} in {} (see navigator-server config sample)",
@@ -142,7 +148,7 @@ pub fn main(args: Args) -> Result<(), StartError> {
             check_serving_policy(&config, &args)?;
             let budget = fd_budget(&config)?;
             tracing::info!("fd budget: {budget}");
-            runtime_builder()?.block_on(serve(Arc::new(config), database_url, budget))
+            runtime_builder()?.block_on(serve(Arc::new(config), database_url, budget, hangup))
         }
     }
 }
@@ -232,18 +238,6 @@ fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
     }
 }
 
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,hyper=info"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Whether `transport_url` selects cluster mode: agents are separate
 /// `navigator-agent` processes reached through RabbitMQ.
 fn is_cluster(config: &Config) -> bool {
@@ -256,6 +250,7 @@ async fn serve(
     config: Arc<Config>,
     database_url: String,
     budget: FdBudget,
+    hangup: crate::reload::Hangup,
 ) -> Result<(), StartError> {
     let cluster = is_cluster(&config);
     let store = Store::connect(&database_url).await.map_err(runtime)?;
@@ -356,23 +351,11 @@ async fn serve(
             tls.clone()
                 .watch(crate::tls::POLL_INTERVAL, shutdown.child_token()),
         );
-        // Installed before the banner: a SIGHUP sent once it shows reloads
-        // instead of killing the process.
-        #[cfg(unix)]
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(hangup) => {
-                tasks.spawn(reload_on_hangup(
-                    tls.clone(),
-                    hangup,
-                    shutdown.child_token(),
-                ));
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "cannot handle SIGHUP; the TLS certificate is still re-read when its files change"
-            ),
-        }
     }
+    // Installed before the banner: a SIGHUP sent once it shows reloads
+    // instead of killing the process.
+    crate::reload::Reloader::new(hangup, &config, state.auth.clone(), tls.clone())
+        .install(&tasks, shutdown.child_token());
     print_banner(&config, &public_url, &bound_url, &database_url);
     tracing::info!(%public_url, listening = %bound_url, "serving");
 
@@ -498,28 +481,6 @@ pub fn loopback_allowed(config: &Config) -> bool {
             && config.auth_strategy == AuthStrategy::NoAuth
             && config.bind_host.is_loopback()
     })
-}
-
-/// SIGHUP re-reads the API's certificate and key (as the file poll would,
-/// at once). Only with TLS on: without it SIGHUP keeps its default effect.
-#[cfg(unix)]
-async fn reload_on_hangup(
-    tls: Arc<crate::tls::ServerTls>,
-    mut hangup: tokio::signal::unix::Signal,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = hangup.recv() => {
-                if received.is_none() {
-                    return;
-                }
-            }
-        }
-        let tls = tls.clone();
-        let _ = tokio::task::spawn_blocking(move || tls.reload("SIGHUP")).await;
-    }
 }
 
 fn print_banner(config: &Config, public_url: &str, bound_url: &str, database_url: &str) {
