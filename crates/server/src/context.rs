@@ -64,7 +64,7 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     if let Some(value) = incoming {
         match value {
             Ok(global) if is_valid_request_id(&global) => {
-                span.record("global_request_id", global.as_str());
+                span.record("global_request_id", tracing::field::display(&global));
                 request.extensions_mut().insert(GlobalRequestId(global));
             }
             // Debug only: any caller can send it, and its text is theirs.
@@ -125,7 +125,7 @@ impl Context {
 
     fn new(request_id: String, identity: Identity, state: &AppState) -> Context {
         // The request's span (from `request_id`) names the project from now on.
-        tracing::Span::current().record("project", identity.project_id.as_str());
+        tracing::Span::current().record("project", tracing::field::display(&identity.project_id));
         let credentials = credentials(&identity);
         let is_admin = state
             .auth
