@@ -44,7 +44,7 @@ pub const LOG_FORMAT_HELP: &str = "text: human-readable lines (timestamp, level,
 /// Help text of `[DEFAULT] log_file`.
 pub const LOG_FILE_HELP: &str = "File to append log lines to instead of stderr, e.g. /var/log/navigator/navigator-server.log. It is created if missing; a file that cannot be opened stops start-up naming the path and the error. SIGHUP re-opens it (for logrotate: move the file, then send SIGHUP), and a new path here takes effect then. Default: stderr.";
 /// Help text of `[DEFAULT] use_journal`.
-pub const USE_JOURNAL_HELP: &str = "Log to journald with its native fields (PRIORITY, TARGET, CODE_FILE, CODE_LINE, the event's and its spans' fields such as REQUEST_ID) instead of stderr; with log_file set, that file is written too. When journald's socket (/run/systemd/journal/socket) cannot be reached the process says so on stderr at start-up and logs as if this were false. Needs a restart to change.";
+pub const USE_JOURNAL_HELP: &str = "Log to journald with its native fields (MESSAGE, PRIORITY as syslog's, TARGET, CODE_FILE, CODE_LINE, SYSLOG_IDENTIFIER, and the event's and its request's fields in upper case: REQUEST_ID, GLOBAL_REQUEST_ID, PROJECT, ...) instead of stderr; with log_file set, that file is written too. When journald's socket (/run/systemd/journal/socket) cannot be reached the process says so on stderr at start-up and logs as if this were false. Needs a restart to change.";
 
 /// `log_format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +159,7 @@ pub fn init(program: &str, options: &LogOptions, quiet: &'static str) -> Result<
     let mut journal_problem = None;
     if options.use_journal {
         match tracing_journald::layer() {
-            Ok(layer) => outputs.push(Box::new(layer)),
+            Ok(layer) => outputs.push(Box::new(journal(layer))),
             Err(e) => journal_problem = Some(e),
         }
     }
@@ -209,6 +209,21 @@ pub fn init(program: &str, options: &LogOptions, quiet: &'static str) -> Result<
         file,
         current: std::sync::Mutex::new(options.clone()),
     })
+}
+
+/// journald's layer with oslo.log's conventions: fields without a prefix
+/// (`REQUEST_ID`, `GLOBAL_REQUEST_ID`, `PROJECT`, as oslo's journal handler
+/// names them, upper case) and syslog's priorities (INFO is 6, DEBUG 7).
+fn journal(layer: tracing_journald::Layer) -> tracing_journald::Layer {
+    use tracing_journald::{Priority, PriorityMappings};
+    layer
+        .with_field_prefix(None)
+        .with_priority_mappings(PriorityMappings {
+            info: Priority::Informational,
+            debug: Priority::Debug,
+            trace: Priority::Debug,
+            ..PriorityMappings::new()
+        })
 }
 
 fn destination(log_file: Option<&Path>) -> String {
