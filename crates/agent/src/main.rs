@@ -83,8 +83,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let reloader =
-        navigator_agent::reload::Reloader::new(path.clone(), args.debug, logging, &config);
+    let reloader = Arc::new(navigator_agent::reload::Reloader::new(
+        path.clone(),
+        args.debug,
+        logging,
+        &config,
+    ));
     match run(config, broker, &path, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,7 +103,7 @@ fn run(
     config: AgentFileConfig,
     broker: Broker,
     path: &Path,
-    reloader: navigator_agent::reload::Reloader,
+    reloader: Arc<navigator_agent::reload::Reloader>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,12 +116,12 @@ async fn serve(
     config: AgentFileConfig,
     broker: Broker,
     path: &Path,
-    reloader: navigator_agent::reload::Reloader,
+    reloader: Arc<navigator_agent::reload::Reloader>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // Before "starting" is logged: from then on SIGHUP reloads instead of
     // killing the process.
-    let hangup = reloader.install(shutdown.clone());
+    let hangup = reloader.clone().install(shutdown.clone());
     tracing::info!(
         host = %config.host,
         backend = %config.backend.backend,
@@ -142,6 +146,7 @@ async fn serve(
     let amqp = Arc::new(amqp);
     let transport: Arc<dyn Transport> = amqp.clone();
     let backend = make_backend(&config.backend);
+    reloader.attach_backend(backend.clone());
     log_preflight(backend.as_ref(), config.port_range).await;
     let agent = Arc::new(Agent::new(
         AgentConfig {

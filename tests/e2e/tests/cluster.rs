@@ -1728,10 +1728,11 @@ fn a_cluster_over_tls_carries_forwards_and_refuses_tls_mistakes() {
     }
 }
 
-/// SIGHUP to a relay agent: a rotated `log_file` is re-opened, a changed
-/// option that needs a restart is named as such, a file that does not parse
-/// changes nothing, and a relayed TCP connection open across all of it keeps
-/// carrying traffic.
+/// SIGHUP to a relay agent: a rotated `log_file` is re-opened, the
+/// per-forward connection cap changes at once (a lower one refuses new
+/// connections and keeps the live one), a changed option that needs a
+/// restart is named as such, a file that does not parse changes nothing, and
+/// a relayed TCP connection open across all of it keeps carrying traffic.
 #[test]
 fn an_agent_reloads_on_sighup_and_keeps_its_relayed_connections() {
     use std::io::{BufRead as _, BufReader, Write as _};
@@ -1802,13 +1803,30 @@ fn an_agent_reloads_on_sighup_and_keeps_its_relayed_connections() {
     };
     // logrotate's way: move the file, then SIGHUP.
     std::fs::rename(&log, cluster.dir.path().join("agent.log.1")).expect("rotate");
-    std::fs::write(&conf, format!("{original}[relay]\nconnect_timeout = 3\n")).expect("write");
+    std::fs::write(
+        &conf,
+        format!("{original}[relay]\nconnect_timeout = 3\nmax_connections_per_forward = 1\n"),
+    )
+    .expect("write");
     hangup();
     log_has(
         "the restart-only option named in the re-opened log file",
         "option [relay] connect_timeout changed; takes effect after a restart",
     );
+    log_has("the new cap applied", "relay per-forward caps changed");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !logged.contains("option [relay] max_connections_per_forward changed"),
+        "{logged}"
+    );
     assert_eq!(round_trip("two"), "h:two");
+    // The live connection holds the only slot now.
+    let address = ADDRESSES[0];
+    let port = external_port(&forward);
+    assert!(
+        tcp_round_trip(address, port, "more").is_err(),
+        "a second connection under a cap of 1"
+    );
 
     std::fs::write(
         &conf,
@@ -1821,6 +1839,15 @@ fn an_agent_reloads_on_sighup_and_keeps_its_relayed_connections() {
         "keeping the running configuration unchanged",
     );
     assert_eq!(round_trip("three"), "h:three");
-    assert_relays(&forward, "h:", &cluster);
+
+    // Back to the default cap: new connections are carried again.
+    std::fs::write(&conf, &original).expect("write");
+    hangup();
+    eventually(
+        "new connections under the default cap",
+        Duration::from_secs(20),
+        || tcp_round_trip(address, port, "four"),
+    );
+    assert_eq!(round_trip("five"), "h:five");
     wait_up(&server, &cluster.hosts);
 }
