@@ -27,22 +27,7 @@ pub struct RequestId(pub String);
 #[derive(Clone, Debug)]
 pub struct GlobalRequestId(pub String);
 
-/// Whether `id` is `req-` and a UUID in lower-case hex with dashes: the
-/// only global request id oslo.middleware accepts from a caller (anything
-/// else could forge log lines or carry a payload into every service's logs).
-pub fn is_valid_request_id(id: &str) -> bool {
-    let Some(uuid) = id.strip_prefix("req-") else {
-        return false;
-    };
-    let groups: Vec<&str> = uuid.split('-').collect();
-    groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| {
-            group.len() == len
-                && group
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
-}
+pub use navigator_rpc::context::is_valid_request_id;
 
 /// Gives every request an id, in its extensions (for handlers and logs) and in
 /// the response's `X-OpenStack-Request-Id` header, and runs it inside a
@@ -77,7 +62,17 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // Messages to agents sent for this request carry its ids.
+    let rpc_context = navigator_rpc::context::RequestContext {
+        request_id: Some(id.clone()),
+        global_request_id: request
+            .extensions()
+            .get::<GlobalRequestId>()
+            .map(|g| g.0.clone()),
+    };
+    let mut response =
+        navigator_rpc::context::scope(rpc_context, next.run(request).instrument(span.clone()))
+            .await;
     span.in_scope(|| {
         tracing::info!(%method, %path, status = response.status().as_u16(), "request");
     });
@@ -194,30 +189,5 @@ impl FromRequestParts<AppState> for Context {
             roles: NOAUTH_ROLES.iter().map(|r| (*r).to_owned()).collect(),
         };
         Ok(Context::new(request_id, identity, state))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_valid_request_id;
-
-    #[test]
-    fn global_request_ids_follow_oslo() {
-        assert!(is_valid_request_id(
-            "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789"
-        ));
-        for bad in [
-            "",
-            "req-",
-            "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
-            "req-0A1B2C3D-4E5F-6789-ABCD-EF0123456789",
-            "req-0a1b2c3d4e5f6789abcdef0123456789",
-            "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789x",
-            "req-0a1b2c3d-4e5f-6789-abcd-ef012345678g",
-            "req-{0a1b2c3d-4e5f-6789-abcd-ef0123456789}",
-            "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789\nFAKE",
-        ] {
-            assert!(!is_valid_request_id(bad), "{bad}");
-        }
     }
 }

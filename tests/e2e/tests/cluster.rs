@@ -1801,6 +1801,32 @@ fn an_agent_reloads_on_sighup_and_keeps_its_relayed_connections() {
             }
         });
     };
+    // A forward created with a global request id: the agent's lines about
+    // it carry that id and the server's, from the oslo context of the RPC.
+    let global = "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+    let body = format!(
+        r#"{{"forward": {{"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": {}}}}}"#,
+        echo.port()
+    );
+    let created = server.http(
+        "POST",
+        "/v1/forwards",
+        &[
+            ("X-OpenStack-Request-Id", global),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let own = created
+        .header("x-openstack-request-id")
+        .expect("request id")
+        .to_owned();
+    log_has(
+        "the agent's line with the request's ids",
+        &format!("request_id={own} global_request_id={global}"),
+    );
+
     // logrotate's way: move the file, then SIGHUP.
     std::fs::rename(&log, cluster.dir.path().join("agent.log.1")).expect("rotate");
     std::fs::write(

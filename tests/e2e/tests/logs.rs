@@ -182,6 +182,52 @@ fn text_lines_carry_the_request_ids_and_an_invalid_global_id_is_dropped() {
     assert!(!server.logs().contains("NOT-A-UUID"), "{}", server.logs());
 }
 
+/// The agent's lines about a forward created by a request carry that
+/// request's ids: the RPC message takes them along (here the all-in-one
+/// agent, over the in-process transport; over RabbitMQ they are the oslo
+/// context's `_context_request_id` and `_context_global_request_id`).
+#[test]
+fn the_agents_lines_for_a_request_carry_its_ids() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = write_conf(
+        dir.path(),
+        "",
+        "[forwards]\nallow_loopback_targets = true\n",
+    );
+    let server = start(dir.path(), &conf);
+    let echo = TcpEcho::start("127.0.0.1", "c:");
+    let body = format!(
+        r#"{{"forward": {{"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": {}}}}}"#,
+        echo.port()
+    );
+    let response = server.http(
+        "POST",
+        "/v1/forwards",
+        &[
+            ("X-OpenStack-Request-Id", VALID),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 201, "{response:?}");
+    let own = response
+        .header("x-openstack-request-id")
+        .expect("request id")
+        .to_owned();
+    let line = eventually("the relay's line about the new listener", WAIT, || {
+        let logs = server.logs();
+        logs.lines()
+            .find(|l| l.contains("relay listener added") && l.contains("rpc{"))
+            .map(str::to_owned)
+            .ok_or(logs)
+    });
+    assert!(line.contains(&format!("request_id={own}")), "{line}");
+    assert!(
+        line.contains(&format!("global_request_id={VALID}")),
+        "{line}"
+    );
+}
+
 #[test]
 fn bad_logging_options_stop_start_up_naming_the_problem() {
     let dir = tempfile::tempdir().expect("temp dir");
