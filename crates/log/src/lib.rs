@@ -42,7 +42,7 @@ pub const DEBUG_HELP: &str = "Log at debug level. Changed by SIGHUP without a re
 /// Help text of `[DEFAULT] log_format`.
 pub const LOG_FORMAT_HELP: &str = "text: human-readable lines (timestamp, level, the request's ids and project, target, message, fields). json: one JSON object per line with timestamp, level, target, message, fields, and request_id, global_request_id and project for events inside an API request. Needs a restart to change.";
 /// Help text of `[DEFAULT] log_file`.
-pub const LOG_FILE_HELP: &str = "File to append log lines to instead of stderr, e.g. /var/log/navigator/navigator-server.log. It is created if missing; a file that cannot be opened stops start-up naming the path and the error. SIGHUP re-opens it (for logrotate: move the file, then send SIGHUP), and a new path here takes effect then. Default: stderr.";
+pub const LOG_FILE_HELP: &str = "File to append log lines to instead of stderr, e.g. /var/log/navigator/navigator-server.log. It is created if missing; a file that cannot be opened stops start-up naming the path and the error. SIGHUP re-opens it (for logrotate: move the file, then send SIGHUP), and a new path here takes effect then. Only the running services write it: navigator-server's other commands (db sync, config check, ...) log to stderr and only check that it could be opened, so that a file they would create as root does not lock the service's user out. Default: stderr.";
 /// Help text of `[DEFAULT] use_journal`.
 pub const USE_JOURNAL_HELP: &str = "Log to journald with its native fields (MESSAGE, PRIORITY as syslog's, TARGET, CODE_FILE, CODE_LINE, SYSLOG_IDENTIFIER, and the event's and its request's fields in upper case: REQUEST_ID, GLOBAL_REQUEST_ID, PROJECT, ...) instead of stderr; with log_file set, that file is written too. When journald's socket (/run/systemd/journal/socket) cannot be reached the process says so on stderr at start-up and logs as if this were false. Needs a restart to change.";
 
@@ -113,6 +113,37 @@ pub enum LogError {
     },
     #[error("a logger is already installed in this process")]
     AlreadySet,
+}
+
+/// Checks that `path` could be logged to, without creating it: an existing
+/// file must open for appending, a missing one needs its directory. For
+/// commands an operator runs (often as root), which log to stderr instead:
+/// a log file they created would belong to them, and the service, running
+/// as its own user, could then not open it.
+pub fn check_log_file(path: &Path) -> Result<(), LogError> {
+    let error = |source| LogError::File {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(error);
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(error(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", parent.display()),
+        ))),
+        Err(e) => Err(error(e)),
+    }
 }
 
 type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;

@@ -78,8 +78,7 @@ pub fn main(args: Args) -> Result<(), StartError> {
         config.bind_port = port;
     }
     config.log.debug |= args.debug;
-    let logging = navigator_log::init("navigator-server", &config.log, "sqlx=warn,hyper=info")
-        .map_err(usage)?;
+    let logging = init_logging(&config, &args)?;
     let hangup = crate::reload::Hangup {
         config_file: config_path.clone(),
         debug_flag: args.debug,
@@ -236,6 +235,22 @@ fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
                 ))
             }),
     }
+}
+
+/// Installs the logger. Only the server itself writes `log_file` and the
+/// journal; the other commands (`db sync`, `config check`, ...), which an
+/// operator often runs as root, log to stderr and only check `log_file`:
+/// a file root created would stop the service's own user from opening it.
+fn init_logging(config: &Config, args: &Args) -> Result<navigator_log::Logging, StartError> {
+    let mut options = config.log.clone();
+    if args.command.is_some() {
+        if let Some(path) = &options.log_file {
+            navigator_log::check_log_file(path).map_err(usage)?;
+        }
+        options.log_file = None;
+        options.use_journal = false;
+    }
+    navigator_log::init("navigator-server", &options, "sqlx=warn,hyper=info").map_err(usage)
 }
 
 /// Whether `transport_url` selects cluster mode: agents are separate

@@ -254,15 +254,32 @@ fn bad_logging_options_stop_start_up_naming_the_problem() {
         &format!("log_file = {}\n", missing.display()),
         "",
     );
+    let serve = run_server_to_exit(&[
+        OsStr::new("--all-in-one"),
+        OsStr::new("--data-dir"),
+        dir.path().as_os_str(),
+        OsStr::new("--config-file"),
+        conf.as_os_str(),
+        OsStr::new("--bind-port"),
+        OsStr::new("0"),
+    ]);
+    for out in [check(&conf), serve] {
+        assert_eq!(out.code, Some(64), "{out}");
+        assert!(
+            out.stderr.contains(&format!(
+                "cannot open [DEFAULT] log_file {}: No such file or directory",
+                missing.display()
+            )),
+            "{out}"
+        );
+    }
+    // `config check` does not create the file it checks (an operator's
+    // root-owned file would lock the service out of it).
+    let fine = dir.path().join("server.log");
+    let conf = write_conf(dir.path(), &format!("log_file = {}\n", fine.display()), "");
     let out = check(&conf);
-    assert_eq!(out.code, Some(64), "{out}");
-    assert!(
-        out.stderr.contains(&format!(
-            "cannot open [DEFAULT] log_file {}: No such file or directory",
-            missing.display()
-        )),
-        "{out}"
-    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(!fine.exists());
 
     // The agent refuses it the same way, before it tries to reach RabbitMQ.
     let agent_conf = dir.path().join("agent.conf");
