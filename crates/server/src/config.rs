@@ -466,7 +466,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "relay",
         key: "max_connections_per_forward",
         default: "1024",
-        help: "Concurrent TCP connections of one forward in the relay backend, all ports of a port range together, so that one forward cannot take the whole process's connections; beyond it that forward's new connections are closed at once (one warning per forward per episode). 0 is unlimited (only max_connections applies). navigator-agent applies a change on SIGHUP to its forwards (a lower cap refuses new connections and closes none); the all-in-one server needs a restart.",
+        help: "Concurrent TCP connections of one forward in the relay backend, all ports of a port range together, so that one forward cannot take the whole process's connections; beyond it that forward's new connections are closed at once (one warning per forward per episode). 0 is unlimited (only max_connections applies). SIGHUP applies a change to the forwards carried (navigator-agent, and the all-in-one server): a lower cap refuses new connections and closes none.",
     },
     OptionDoc {
         section: "relay",
@@ -484,7 +484,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "relay",
         key: "max_udp_sessions_per_forward",
         default: "1024",
-        help: "UDP sessions of one forward in the relay backend, all ports of a port range together; datagrams of further clients are dropped until a session expires (one warning per forward per episode). 1-1000000. navigator-agent applies a change on SIGHUP; the all-in-one server needs a restart.",
+        help: "UDP sessions of one forward in the relay backend, all ports of a port range together; datagrams of further clients are dropped until a session expires (one warning per forward per episode). 1-1000000. SIGHUP applies a change (navigator-agent, and the all-in-one server).",
     },
     OptionDoc {
         section: "relay",

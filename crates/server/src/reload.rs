@@ -1,7 +1,8 @@
 //! SIGHUP: re-read the configuration file and apply, without a restart and
 //! without dropping a request or a relayed connection, what a running server
 //! can change: the log level and log file (`navigator_log`), the policy file,
-//! and the API's TLS certificate and key. Every other option that changed is
+//! the API's TLS certificate and key, and the all-in-one relay's per-forward
+//! caps. Every other option that changed is
 //! logged as taking effect after a restart. A file that does not parse, or a
 //! policy that does not load, changes nothing and is logged as an error.
 
@@ -11,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use navigator_dataplane::Backend;
 
 use crate::auth::Auth;
 use crate::config::Config;
@@ -28,6 +31,12 @@ const RELOADABLE: &[(&str, &str)] = &[
     ("oslo_policy", "policy_file"),
 ];
 
+/// The keys [`Backend::set_forward_caps`] applies (the all-in-one relay).
+const FORWARD_CAPS: [(&str, &str); 2] = [
+    ("relay", "max_connections_per_forward"),
+    ("relay", "max_udp_sessions_per_forward"),
+];
+
 /// What start-up hands over for SIGHUP: where the configuration came from,
 /// the command line's `--debug`, and the installed logger.
 pub struct Hangup {
@@ -41,6 +50,8 @@ pub struct Reloader {
     hangup: Hangup,
     auth: Arc<Auth>,
     tls: Option<Arc<ServerTls>>,
+    /// The all-in-one agent's data plane (`None` in cluster mode).
+    backend: Option<Arc<dyn Backend>>,
     /// Option values in force: a restart-only option keeps its start-up
     /// value here, so each SIGHUP repeats that it is not applied yet.
     in_force: Mutex<BTreeMap<(&'static str, &'static str), String>>,
@@ -52,11 +63,13 @@ impl Reloader {
         config: &Config,
         auth: Arc<Auth>,
         tls: Option<Arc<ServerTls>>,
+        backend: Option<Arc<dyn Backend>>,
     ) -> Reloader {
         Reloader {
             hangup,
             auth,
             tls,
+            backend,
             in_force: Mutex::new(config.values.0.clone()),
         }
     }
@@ -94,8 +107,19 @@ impl Reloader {
             Ok(values) => values,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let caps_changed = FORWARD_CAPS
+            .iter()
+            .any(|key| in_force.get(key) != config.values.0.get(key));
+        let caps_applied = caps_changed
+            && self.backend.as_ref().is_some_and(|backend| {
+                backend.set_forward_caps(
+                    config.max_connections_per_forward,
+                    Some(config.max_udp_sessions_per_forward),
+                )
+            });
         for (key, value) in config.values.0 {
-            let reloadable = RELOADABLE.contains(&key);
+            let reloadable =
+                RELOADABLE.contains(&key) || (caps_applied && FORWARD_CAPS.contains(&key));
             match in_force.get(&key) {
                 Some(old) if *old == value => {}
                 _ if reloadable => {

@@ -321,9 +321,12 @@ async fn serve(
     // heartbeat (which asks for a full sync) is not lost.
     tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
 
-    if !cluster {
-        start_local_agent(&config, &budget, &control, &transport, &tasks, &shutdown).await?;
-    }
+    // The all-in-one data plane, kept for SIGHUP (its per-forward caps).
+    let local_backend = if cluster {
+        None
+    } else {
+        Some(start_local_agent(&config, &budget, &control, &transport, &tasks, &shutdown).await?)
+    };
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
     tasks.spawn(control.clone().watch_failures(shutdown.child_token()));
     // Nova's deletions: in cluster mode on the RPC broker, or on
@@ -369,8 +372,14 @@ async fn serve(
     }
     // Installed before the banner: a SIGHUP sent once it shows reloads
     // instead of killing the process.
-    crate::reload::Reloader::new(hangup, &config, state.auth.clone(), tls.clone())
-        .install(&tasks, shutdown.child_token());
+    crate::reload::Reloader::new(
+        hangup,
+        &config,
+        state.auth.clone(),
+        tls.clone(),
+        local_backend,
+    )
+    .install(&tasks, shutdown.child_token());
     print_banner(&config, &public_url, &bound_url, &database_url);
     tracing::info!(%public_url, listening = %bound_url, "serving");
 
@@ -430,7 +439,7 @@ async fn start_local_agent(
     transport: &Arc<dyn Transport>,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<(), StartError> {
+) -> Result<Arc<dyn navigator_dataplane::Backend>, StartError> {
     let mut options = backend_options(config);
     budget.apply(&mut options);
     let backend = make_backend(&options);
@@ -442,7 +451,7 @@ async fn start_local_agent(
             port_range: config.port_range,
             report_interval: config.report_interval,
         },
-        backend,
+        backend.clone(),
     ));
     tasks.spawn(navigator_agent::run(
         agent.clone(),
@@ -453,7 +462,7 @@ async fn start_local_agent(
         .report_state(agent.state().await)
         .await
         .map_err(|e| runtime(anyhow!("{e}")))?;
-    Ok(())
+    Ok(backend)
 }
 
 /// The backend options of the server's configuration, for the all-in-one agent.

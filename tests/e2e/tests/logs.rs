@@ -401,7 +401,8 @@ fn sighup_reloads_policy_level_and_log_file_without_dropping_anything() {
         &conf,
         original
             .replace("debug = false", "debug = true")
-            .replace("[api]\n", "[api]\nmax_port_range_size = 500\n"),
+            .replace("[api]\n", "[api]\nmax_port_range_size = 500\n")
+            + "[relay]\nmax_connections_per_forward = 1\n",
     )
     .expect("write");
     hangup(server.pid());
@@ -429,6 +430,22 @@ fn sighup_reloads_policy_level_and_log_file_without_dropping_anything() {
             }
         },
     );
+    // The relay's per-forward cap changed at once: the open connection holds
+    // the only slot, and a new one is refused.
+    eventually("the new cap applied", WAIT, || {
+        let text = read(&log);
+        if text.contains("relay per-forward caps changed") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    assert!(!read(&log).contains("option [relay] max_connections_per_forward changed"));
+    assert!(
+        navigator_e2e::tcp_round_trip("127.0.0.1", port, "more").is_err(),
+        "a second connection under a cap of 1"
+    );
+    assert_eq!(round_trip(&mut stream, &mut reader, "still"), "e:still");
     // Debug level now: the dropped global id is mentioned (not its text).
     get_with_global_id(&server, "/v1/forwards", INVALID);
     eventually("the debug line", WAIT, || {
