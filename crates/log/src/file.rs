@@ -15,29 +15,23 @@ use crate::LogError;
 #[derive(Clone)]
 pub(crate) struct SharedFile(Arc<Mutex<File>>);
 
-fn open(path: &Path) -> Result<File, LogError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| LogError::File {
-            path: path.to_owned(),
-            source,
-        })
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl SharedFile {
     pub(crate) fn open(path: &Path) -> Result<SharedFile, LogError> {
-        Ok(SharedFile(Arc::new(Mutex::new(open(path)?))))
+        let file = open(path).map_err(|source| LogError::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(SharedFile(Arc::new(Mutex::new(file))))
     }
 
     /// Opens `path` anew and writes there from now on; on failure the
     /// current file stays.
-    pub(crate) fn reopen(&self, path: &Path) -> Result<(), std::io::Error> {
-        let file = open(path).map_err(|e| match e {
-            LogError::File { source, .. } => source,
-            LogError::AlreadySet => std::io::Error::other("unexpected"),
-        })?;
+    pub(crate) fn reopen(&self, path: &Path) -> std::io::Result<()> {
+        let file = open(path)?;
         *self.lock() = file;
         Ok(())
     }
@@ -73,5 +67,40 @@ impl<'a> MakeWriter<'a> for SharedFile {
 
     fn make_writer(&'a self) -> Locked<'a> {
         Locked(self.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn appends_and_reopens_after_a_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, "old\n").unwrap();
+        let file = SharedFile::open(&path).unwrap();
+        file.make_writer().write_all(b"one\n").unwrap();
+        let moved = dir.path().join("x.log.1");
+        std::fs::rename(&path, &moved).unwrap();
+        file.make_writer().write_all(b"two\n").unwrap();
+        file.reopen(&path).unwrap();
+        file.make_writer().write_all(b"three\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&moved).unwrap(), "old\none\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        // A path that cannot be opened keeps the current file.
+        assert!(file.reopen(&dir.path().join("no/such.log")).is_err());
+        file.make_writer().write_all(b"four\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\nfour\n");
+        let err = SharedFile::open(&dir.path().join("no/such.log"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("cannot open [DEFAULT] log_file "),
+            "{err}"
+        );
     }
 }

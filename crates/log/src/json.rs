@@ -116,3 +116,81 @@ impl Visit for Collect {
             .insert(field.name().to_owned(), value.to_string().into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Buffer;
+
+        fn make_writer(&'a self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn one_object_per_line_with_the_request_keys_on_top() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .with_writer(buffer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(count = 3, "outside");
+            let span = tracing::info_span!(
+                "request",
+                request_id = "req-1",
+                global_request_id = tracing::field::Empty,
+                project = tracing::field::Empty,
+                method = "GET",
+            );
+            span.record("project", "p1");
+            span.in_scope(|| tracing::warn!(ok = true, "inside \"quoted\"\nsecond line"));
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "outside");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["fields"]["count"], 3);
+        assert!(lines[0].get("request_id").is_none());
+        let inside = &lines[1];
+        assert_eq!(inside["message"], "inside \"quoted\"\nsecond line");
+        assert_eq!(inside["level"], "WARN");
+        assert_eq!(inside["request_id"], "req-1");
+        assert_eq!(inside["project"], "p1");
+        assert!(inside.get("global_request_id").is_none(), "{inside}");
+        assert_eq!(inside["fields"]["method"], "GET");
+        assert_eq!(inside["fields"]["ok"], true);
+        assert!(inside["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(
+            inside["target"]
+                .as_str()
+                .unwrap()
+                .starts_with("navigator_log")
+        );
+    }
+}

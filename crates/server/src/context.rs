@@ -1,5 +1,7 @@
 //! Who is asking: the request context every handler receives, and the
-//! request id that names each request in responses and logs.
+//! request ids that name each request in responses and logs (ours, and the
+//! caller's global one when valid), held in a `request` span and in the RPC
+//! context of the messages the request sends to agents.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -7,6 +9,9 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument as _;
+
+/// `req-<uuid>` in lower-case hex: oslo.middleware's rule for a caller's id.
+pub use navigator_rpc::context::is_valid_request_id;
 
 use crate::app::AppState;
 use crate::auth::{Identity, NOAUTH_ROLES, credentials};
@@ -26,8 +31,6 @@ pub struct RequestId(pub String);
 /// `global_request_id`).
 #[derive(Clone, Debug)]
 pub struct GlobalRequestId(pub String);
-
-pub use navigator_rpc::context::is_valid_request_id;
 
 /// Gives every request an id, in its extensions (for handlers and logs) and in
 /// the response's `X-OpenStack-Request-Id` header, and runs it inside a
