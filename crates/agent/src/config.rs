@@ -23,6 +23,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("DEFAULT", "host", ""),
     ("DEFAULT", "debug", "false"),
+    ("DEFAULT", "log_format", "text"),
+    ("DEFAULT", "log_file", ""),
+    ("DEFAULT", "use_journal", "false"),
     ("DEFAULT", "transport_url", "inproc://"),
     ("oslo_messaging_rabbit", "ssl", "false"),
     ("oslo_messaging_rabbit", "ssl_ca_file", ""),
@@ -49,6 +52,24 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("relay", "connect_timeout", "10"),
 ];
 
+/// Every option's value in force, as written (the file's, else the
+/// default), keyed by `(section, key)`: what SIGHUP compares to tell which
+/// options changed. Its `Debug` shows keys only: values hold passwords.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct OptionValues(pub BTreeMap<(&'static str, &'static str), String>);
+
+impl std::fmt::Debug for OptionValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries(
+                self.0
+                    .keys()
+                    .map(|(section, key)| format!("[{section}] {key}")),
+            )
+            .finish()
+    }
+}
+
 /// A configuration problem, named precisely enough to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -74,7 +95,8 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct AgentFileConfig {
     pub host: String,
-    pub debug: bool,
+    /// `[DEFAULT] debug`, `log_format`, `log_file`, `use_journal`.
+    pub log: navigator_log::LogOptions,
     /// Always `rabbit://…`: the agent process has no other way to reach a server.
     pub transport_url: String,
     /// `[oslo_messaging_rabbit]`: TLS to RabbitMQ (the URL's query overrides it).
@@ -88,6 +110,9 @@ pub struct AgentFileConfig {
     /// `[relay] max_connections` and `max_udp_sessions` as written
     /// (`None` = derive from the open-file limit).
     pub fd_wanted: crate::fd_budget::Wanted,
+    /// Every key of [`DEFAULTS`] with its value in force (the file's, else
+    /// the default), for SIGHUP to tell what changed.
+    pub values: OptionValues,
 }
 
 struct Raw {
@@ -157,7 +182,12 @@ impl AgentFileConfig {
         };
         let host = raw.parse("DEFAULT", "host", options::host_name)?;
         Ok(AgentFileConfig {
-            debug: raw.parse("DEFAULT", "debug", options::boolean)?,
+            log: navigator_log::LogOptions {
+                debug: raw.parse("DEFAULT", "debug", options::boolean)?,
+                format: raw.parse("DEFAULT", "log_format", navigator_log::log_format)?,
+                log_file: raw.parse("DEFAULT", "log_file", navigator_log::log_file)?,
+                use_journal: raw.parse("DEFAULT", "use_journal", options::boolean)?,
+            },
             transport_url: raw.parse("DEFAULT", "transport_url", |v| {
                 if v.starts_with("rabbit://") {
                     check_transport_url(v)?;
@@ -226,6 +256,18 @@ impl AgentFileConfig {
                 relay_connections: raw.parse("relay", "max_connections", options::auto_count)?,
                 udp_sessions: raw.parse("relay", "max_udp_sessions", options::auto_count)?,
             },
+            values: OptionValues(
+                DEFAULTS
+                    .iter()
+                    .map(|(section, key, default)| {
+                        let value = raw
+                            .values
+                            .get(&((*section).to_owned(), (*key).to_owned()))
+                            .map_or(*default, String::as_str);
+                        ((*section, *key), value.trim().to_owned())
+                    })
+                    .collect(),
+            ),
             host,
         })
     }
@@ -321,6 +363,32 @@ mod tests {
             err.to_string()
                 .contains("deprecated name of [oslo_messaging_rabbit] ssl"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn log_options() {
+        let config = AgentFileConfig::parse("t.conf", RABBIT).unwrap();
+        assert_eq!(config.log, navigator_log::LogOptions::default());
+        let text = format!(
+            "{RABBIT}debug = true\nlog_format = json\nlog_file = /var/log/navigator/agent.log\nuse_journal = true\n"
+        );
+        let config = AgentFileConfig::parse("t.conf", &text).unwrap();
+        assert!(config.log.debug && config.log.use_journal);
+        assert_eq!(config.log.format, navigator_log::LogFormat::Json);
+        assert_eq!(
+            config
+                .values
+                .0
+                .get(&("DEFAULT", "log_format"))
+                .map(String::as_str),
+            Some("json")
+        );
+        let err = AgentFileConfig::parse("t.conf", &format!("{RABBIT}log_format = syslog\n"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf: [DEFAULT] log_format = \"syslog\": expected text or json"
         );
     }
 

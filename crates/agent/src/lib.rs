@@ -11,6 +11,7 @@ pub mod fd_budget;
 pub mod health;
 pub mod options;
 pub mod privileges;
+pub mod reload;
 mod service;
 
 use std::collections::BTreeMap;

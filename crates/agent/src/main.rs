@@ -81,7 +81,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(config.debug || args.debug);
+    let mut config = config;
+    config.log.debug |= args.debug;
+    let logging = match navigator_log::init("navigator-agent", &config.log, "lapin=warn") {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("navigator-agent: {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     // Before anything runs a backend: what the data plane does not need is
     // gone for the rest of the process and its children.
     let needed = navigator_agent::privileges::needed(&config.backend.backend, config.port_range);
@@ -110,7 +118,6 @@ fn main() -> ExitCode {
     }
     // Before any socket exists: the relay's caps come from the open-file
     // limit, and a configuration it cannot hold is a usage error.
-    let mut config = config;
     let limit = navigator_agent::fd_budget::raise_nofile_limit();
     match navigator_agent::fd_budget::FdBudget::split(limit, config.fd_wanted) {
         Ok(budget) => {
@@ -134,7 +141,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match run(config, broker, &path) {
+    let reloader = Arc::new(navigator_agent::reload::Reloader::new(
+        path.clone(),
+        args.debug,
+        logging,
+        &config,
+    ));
+    match run(config, broker, &path, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -203,15 +216,29 @@ async fn check_health(
     verdict
 }
 
-fn run(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::Result<()> {
+fn run(
+    config: AgentFileConfig,
+    broker: Broker,
+    path: &Path,
+    reloader: Arc<navigator_agent::reload::Reloader>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, broker, path))
+    runtime.block_on(serve(config, broker, path, reloader))
 }
 
-async fn serve(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::Result<()> {
+async fn serve(
+    config: AgentFileConfig,
+    broker: Broker,
+    path: &Path,
+    reloader: Arc<navigator_agent::reload::Reloader>,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    // Before "starting" is logged: from then on SIGHUP reloads instead of
+    // killing the process.
+    let hangup = reloader.clone().install(shutdown.clone());
     tracing::info!(
         host = %config.host,
         backend = %config.backend.backend,
@@ -219,7 +246,6 @@ async fn serve(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::
         "starting"
     );
     broker.log_link("RPC");
-    let shutdown = CancellationToken::new();
     let signal = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -230,12 +256,14 @@ async fn serve(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::
     });
     let Some(amqp) = connect_with_backoff(&broker, &shutdown).await else {
         signal.abort();
+        hangup.abort();
         tracing::info!("stopped before RabbitMQ could be reached");
         return Ok(());
     };
     let amqp = Arc::new(amqp);
     let transport: Arc<dyn Transport> = amqp.clone();
     let backend = make_backend(&config.backend);
+    reloader.attach_backend(backend.clone());
     log_preflight(backend.as_ref(), config.port_range).await;
     let agent = Arc::new(Agent::new(
         AgentConfig {
@@ -251,6 +279,7 @@ async fn serve(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::
     // connections finish (at most SHUTDOWN_GRACE for the relay).
     let served = navigator_agent::run(agent, transport, shutdown.clone()).await;
     signal.abort();
+    hangup.abort();
     // Deletes this agent's fanout queue at once instead of leaving it to
     // expire on the broker.
     if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(2), amqp.close())
@@ -303,17 +332,6 @@ async fn connect_with_backoff(
         delay = (delay * 2).min(Duration::from_secs(30));
         attempt = attempt.saturating_add(1);
     }
-}
-
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},lapin=warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 async fn wait_for_signal() {

@@ -11,6 +11,7 @@ use navigator_rpc::{
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{Agent, specs_from_entries};
 
@@ -65,7 +66,23 @@ pub async fn run(
 
 async fn handle(agent: &Agent, incoming: Incoming) {
     let method = incoming.method.clone();
-    let result = dispatch(agent, &incoming).await;
+    // The ids of the API request behind the message (none for periodic
+    // work), so the agent's lines about it can be found by the server's
+    // request id or the caller's global one.
+    let span = tracing::info_span!(
+        "rpc",
+        %method,
+        request_id = tracing::field::Empty,
+        global_request_id = tracing::field::Empty,
+    );
+    if let Some(id) = &incoming.context.request_id {
+        span.record("request_id", tracing::field::display(id));
+    }
+    if let Some(id) = &incoming.context.global_request_id {
+        span.record("global_request_id", tracing::field::display(id));
+    }
+    let result = dispatch(agent, &incoming).instrument(span.clone()).await;
+    let _entered = span.enter();
     if let Err(e) = &result {
         tracing::warn!(%method, error = %e, "RPC method failed");
     }

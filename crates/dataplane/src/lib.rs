@@ -81,4 +81,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Stops carrying traffic, letting live connections finish where the
     /// backend has such a notion.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// Changes the per-forward caps (`[relay] max_connections_per_forward`
+    /// and `max_udp_sessions_per_forward`; `None` is unlimited) of the
+    /// forwards carried and of those added from now on, without closing
+    /// anything: a lower cap only refuses new connections until under it
+    /// (SIGHUP). Only the relay has such caps; the others return false.
+    fn set_forward_caps(&self, tcp: Option<usize>, udp: Option<usize>) -> bool {
+        let _ = (tcp, udp);
+        false
+    }
 }

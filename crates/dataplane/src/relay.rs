@@ -24,7 +24,9 @@ pub struct RelayBackendConfig {
 
 pub struct RelayBackend {
     relay: Relay,
-    config: RelayBackendConfig,
+    /// The per-forward caps of new forwards, TCP and UDP (changed by
+    /// [`Backend::set_forward_caps`]).
+    caps: Mutex<(Option<usize>, Option<usize>)>,
     // What the relay carries, by forward. A std mutex: never held across an
     // await (the relay calls happen outside it).
     carried: Mutex<BTreeMap<ForwardId, ForwardSpec>>,
@@ -34,7 +36,10 @@ impl RelayBackend {
     pub fn new(config: RelayBackendConfig) -> RelayBackend {
         RelayBackend {
             relay: Relay::new(config.relay.clone()),
-            config,
+            caps: Mutex::new((
+                config.max_connections_per_forward,
+                config.max_udp_sessions_per_forward,
+            )),
             carried: Mutex::new(BTreeMap::new()),
         }
     }
@@ -43,6 +48,18 @@ impl RelayBackend {
         self.carried
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The per-forward cap of new `protocol` forwards.
+    fn cap(&self, protocol: Protocol) -> Option<usize> {
+        let caps = self
+            .caps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match protocol {
+            Protocol::Tcp => caps.0,
+            Protocol::Udp => caps.1,
+        }
     }
 
     /// Closes the listeners of `ports` ports of forward `id`.
@@ -87,8 +104,16 @@ impl RelayBackend {
         }
         for spec in &plan.add {
             match self.add_listeners(spec).await {
-                Ok(()) => {
-                    self.carried().insert(spec.id, *spec);
+                Ok(limit) => {
+                    let mut carried = self.carried();
+                    carried.insert(spec.id, *spec);
+                    // The caps may have changed (SIGHUP) while the listeners
+                    // were bound; under the `carried` lock, as
+                    // `set_forward_caps` changes them, so neither misses it.
+                    let cap = self.cap(spec.protocol);
+                    if limit.max() != cap {
+                        limit.set_max(cap);
+                    }
                 }
                 Err(reason) => report.failed.push(ForwardFailure {
                     id: spec.id,
@@ -102,21 +127,17 @@ impl RelayBackend {
     /// Binds one listener per port of `spec`. All or nothing: when one port
     /// cannot be bound, those already bound are closed again and the reason
     /// names the port, so a forward is never half carried.
-    async fn add_listeners(&self, spec: &ForwardSpec) -> Result<(), String> {
+    async fn add_listeners(&self, spec: &ForwardSpec) -> Result<Limit, String> {
         // One cap for all the forward's ports: a 1,000-port range gets the
         // forward's limit, not a thousand of them.
-        let limit = match spec.protocol {
-            Protocol::Tcp => Limit::new(
-                format!("forward {}", spec.id),
-                "[relay] max_connections_per_forward",
-                self.config.max_connections_per_forward,
-            ),
-            Protocol::Udp => Limit::new(
-                format!("forward {}", spec.id),
-                "[relay] max_udp_sessions_per_forward",
-                self.config.max_udp_sessions_per_forward,
-            ),
-        };
+        let limit = Limit::new(
+            format!("forward {}", spec.id),
+            match spec.protocol {
+                Protocol::Tcp => "[relay] max_connections_per_forward",
+                Protocol::Udp => "[relay] max_udp_sessions_per_forward",
+            },
+            self.cap(spec.protocol),
+        );
         for ((listen, target), offset) in spec.pairs().zip(0..) {
             let listener = ListenerSpec {
                 protocol: match spec.protocol {
@@ -132,7 +153,7 @@ impl RelayBackend {
                 return Err(bind_reason(spec.protocol, listen, &e));
             }
         }
-        Ok(())
+        Ok(limit)
     }
 }
 
@@ -157,6 +178,35 @@ impl Backend for RelayBackend {
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.relay.shutdown())
+    }
+
+    fn set_forward_caps(&self, tcp: Option<usize>, udp: Option<usize>) -> bool {
+        // Held throughout: a forward being added either sees the new caps
+        // when it is recorded or is among the listeners changed here.
+        let _carried = self.carried();
+        *self
+            .caps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (tcp, udp);
+        let mut changed = 0usize;
+        for (_, listener) in self.relay.listeners() {
+            let cap = match listener.protocol {
+                navigator_relay::Protocol::Tcp => tcp,
+                navigator_relay::Protocol::Udp => udp,
+            };
+            // The ports of a forward share one Limit: changed once.
+            if listener.limit.max() != cap {
+                listener.limit.set_max(cap);
+                changed += 1;
+            }
+        }
+        tracing::info!(
+            max_connections_per_forward = ?tcp,
+            max_udp_sessions_per_forward = ?udp,
+            forwards = changed,
+            "relay per-forward caps changed"
+        );
+        true
     }
 }
 
@@ -298,6 +348,83 @@ mod tests {
         let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await;
         assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
         drop(held);
+        backend.shutdown().await;
+    }
+
+    /// SIGHUP's path: a raised cap admits more connections at once, on the
+    /// forward carried and on one added afterwards; a lowered one refuses
+    /// new connections and keeps the live ones.
+    #[tokio::test]
+    async fn forward_caps_change_on_live_forwards_without_closing_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        async fn echoes(port: u16) -> Option<tokio::net::TcpStream> {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            s.write_all(b"hi").await.ok()?;
+            let mut buf = [0u8; 2];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut buf))
+                    .await;
+            matches!(read, Ok(Ok(_))).then_some(s)
+        }
+        let backend = RelayBackend::new(RelayBackendConfig {
+            max_connections_per_forward: Some(1),
+            ..RelayBackendConfig::default()
+        });
+        let first = free_block(26600, 2);
+        let one = ForwardSpec {
+            target,
+            ..spec(
+                std::net::SocketAddr::from(([127, 0, 0, 1], first)),
+                "127.0.0.1:9",
+            )
+        };
+        assert!(backend.apply(&plan(&[one], &[])).await.failed.is_empty());
+        let mut held = echoes(first).await.expect("the first connection");
+        assert!(echoes(first).await.is_none(), "over the cap of 1");
+
+        assert!(backend.set_forward_caps(Some(2), Some(5)));
+        let second = echoes(first)
+            .await
+            .expect("a second connection under the new cap");
+        assert!(echoes(first).await.is_none(), "over the cap of 2");
+        // A forward added after the change gets the new cap.
+        let two = ForwardSpec {
+            target,
+            ..spec(
+                std::net::SocketAddr::from(([127, 0, 0, 1], first + 1)),
+                "127.0.0.1:9",
+            )
+        };
+        assert!(
+            backend
+                .apply(&plan(&[one, two], &[one]))
+                .await
+                .failed
+                .is_empty()
+        );
+        let a = echoes(first + 1).await.expect("first");
+        let b = echoes(first + 1).await.expect("second");
+        assert!(echoes(first + 1).await.is_none(), "over the cap of 2");
+
+        // Lowered: the live connections stay, new ones are refused.
+        assert!(backend.set_forward_caps(Some(1), Some(5)));
+        held.write_all(b"ok").await.unwrap();
+        let mut buf = [0u8; 2];
+        held.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ok");
+        drop((held, second, a, b));
         backend.shutdown().await;
     }
 

@@ -572,6 +572,7 @@ async fn consume_requests(
         let incoming = Incoming {
             method: request.method.clone(),
             args: request.args,
+            context: request.context,
             reply,
         };
         if sender.send(incoming).await.is_err() {

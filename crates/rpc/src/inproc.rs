@@ -86,6 +86,7 @@ impl Transport for InProcTransport {
             let incoming = Incoming {
                 method: method.clone(),
                 args,
+                context: crate::context::current(),
                 reply: Some(reply),
             };
             match tokio::time::timeout_at(deadline, sender.send(incoming)).await {
@@ -120,6 +121,7 @@ impl Transport for InProcTransport {
                 let incoming = Incoming {
                     method: method.clone(),
                     args: args.clone(),
+                    context: crate::context::current(),
                     reply: None,
                 };
                 let _ = sender.send(incoming).await;

@@ -10,6 +10,7 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod context;
 pub mod inproc;
 pub mod messages;
 pub mod notify;

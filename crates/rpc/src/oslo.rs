@@ -25,6 +25,8 @@ pub struct Request {
     pub reply_to: Option<ReplyTo>,
     /// Set by oslo on every publish; receivers drop repeats of recent ones.
     pub unique_id: Option<String>,
+    /// `_context_request_id` and `_context_global_request_id`.
+    pub context: crate::context::RequestContext,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,12 +105,21 @@ fn string_field(message: &Map<String, Value>, key: &str) -> Option<String> {
     message.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// Encodes a request. Navigator has no request context of its own to pass,
-/// so it sends none; oslo servers accept that (the context is then empty).
+/// Encodes a request. Its context is that of the API request being worked
+/// on ([`crate::context::current`]), flattened as oslo does: only
+/// `_context_request_id` and `_context_global_request_id`, and none outside
+/// a request (oslo servers accept that: the context is then empty).
 pub fn encode_request(method: &str, args: &Value, reply_to: Option<&ReplyTo>) -> Vec<u8> {
     let mut message = Map::new();
     message.insert("method".into(), method.into());
     message.insert("args".into(), args.clone());
+    let context = crate::context::current();
+    if let Some(id) = context.request_id {
+        message.insert("_context_request_id".into(), id.into());
+    }
+    if let Some(id) = context.global_request_id {
+        message.insert("_context_global_request_id".into(), id.into());
+    }
     if let Some(reply_to) = reply_to {
         message.insert("_msg_id".into(), reply_to.msg_id.clone().into());
         message.insert("_reply_q".into(), reply_to.queue.clone().into());
@@ -119,9 +130,10 @@ pub fn encode_request(method: &str, args: &Value, reply_to: Option<&ReplyTo>) ->
     envelope(&Value::Object(message))
 }
 
-/// Decodes a request from any oslo peer. The context (`_context_*` keys, or a
-/// `_context` object) and `version`/`namespace` are accepted and ignored:
-/// Navigator's methods have one version and need no caller identity.
+/// Decodes a request from any oslo peer. Of the context (`_context_*` keys,
+/// or a `_context` object) only the request ids are read; the rest, and
+/// `version`/`namespace`, are accepted and ignored: Navigator's methods have
+/// one version and need no caller identity.
 pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
     let message = unwrap_envelope(body)?;
     let method = string_field(&message, "method").ok_or(DecodeError::Shape("no method"))?;
@@ -137,11 +149,24 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
         (Some(msg_id), Some(queue)) => Some(ReplyTo { msg_id, queue }),
         _ => None,
     };
+    // Either flattened (`_context_request_id`, oslo.messaging's own) or a
+    // `_context` object; ids that are not `req-<uuid>` are dropped, so a
+    // peer cannot put text of its own into the agent's log.
+    let nested = message.get("_context").and_then(Value::as_object);
+    let context_id = |key: &str| {
+        string_field(&message, &format!("_context_{key}"))
+            .or_else(|| nested.and_then(|c| string_field(c, key)))
+            .filter(|id| crate::context::is_valid_request_id(id))
+    };
     Ok(Request {
         method,
         args,
         reply_to,
         unique_id: string_field(&message, "_unique_id"),
+        context: crate::context::RequestContext {
+            request_id: context_id("request_id"),
+            global_request_id: context_id("global_request_id"),
+        },
     })
 }
 
@@ -282,6 +307,36 @@ mod tests {
 
     /// A failure reply as oslo.messaging 14.0.3 published it (traceback shortened).
     const PYTHON_FAILURE: &str = r#"{"oslo.message": "{\"result\": null, \"failure\": \"{\\\"class\\\": \\\"ValueError\\\", \\\"module\\\": \\\"builtins\\\", \\\"message\\\": \\\"forward rejected: port in use\\\", \\\"tb\\\": [\\\"Traceback (most recent call last):\\\\n\\\", \\\"ValueError: forward rejected: port in use\\\\n\\\"], \\\"args\\\": [\\\"forward rejected: port in use\\\"], \\\"kwargs\\\": {}}\", \"ending\": true, \"_msg_id\": \"f47c5cef8fad4f40b503d6574616f0a0\", \"_unique_id\": \"996ee8508bf846da9d664bda5e0be90d\"}", "oslo.version": "2.0"}"#;
+
+    #[tokio::test]
+    async fn carries_the_request_ids_of_the_context() {
+        use crate::context::{RequestContext, scope};
+        let context = RequestContext {
+            request_id: Some("req-0a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
+            global_request_id: Some("req-11111111-2222-3333-4444-555555555555".into()),
+        };
+        let body = scope(context.clone(), async {
+            encode_request("create_forward", &json!({}), None)
+        })
+        .await;
+        assert_eq!(decode_request(&body).unwrap().context, context);
+        // Outside a request: no context keys at all.
+        let body = encode_request("get_state", &json!({}), None);
+        assert!(!String::from_utf8_lossy(&body).contains("_context"));
+        assert!(decode_request(&body).unwrap().context.is_empty());
+        // oslo's nested form is read too; ids not `req-<uuid>` are dropped.
+        let nested = envelope(&json!({
+            "method": "m",
+            "_context": {"request_id": "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+                         "global_request_id": "req-x\nFAKE LINE"},
+        }));
+        let decoded = decode_request(&nested).unwrap().context;
+        assert_eq!(
+            decoded.request_id.as_deref(),
+            Some("req-0a1b2c3d-4e5f-6789-abcd-ef0123456789")
+        );
+        assert_eq!(decoded.global_request_id, None);
+    }
 
     #[test]
     fn decodes_a_python_call_and_ignores_its_context() {

@@ -103,6 +103,8 @@ pub enum RpcError {
 pub struct Incoming {
     pub method: String,
     pub args: Value,
+    /// The ids of the API request the message was sent for, if any.
+    pub context: crate::context::RequestContext,
     pub reply: Option<oneshot::Sender<Result<Value, RemoteError>>>,
 }
 

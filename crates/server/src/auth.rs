@@ -17,7 +17,9 @@ use crate::policy::{Credentials, Policy};
 
 /// What authenticates and authorises requests; one per server.
 pub struct Auth {
-    pub policy: Policy,
+    /// Swapped whole by a SIGHUP reload ([`Auth::set_policy`]); a request
+    /// holds the `Arc` it read for all its checks.
+    policy: std::sync::RwLock<std::sync::Arc<Policy>>,
     keystone: Option<KeystoneAuth>,
 }
 
@@ -44,7 +46,7 @@ impl Auth {
     /// noauth with the default policy (tests and all-in-one).
     pub fn noauth() -> Auth {
         Auth {
-            policy: Policy::defaults(),
+            policy: std::sync::RwLock::new(std::sync::Arc::new(Policy::defaults())),
             keystone: None,
         }
     }
@@ -52,7 +54,7 @@ impl Auth {
     /// Keystone validation with `validator` (tests build their own).
     pub fn keystone(validator: Validator, www_authenticate_uri: String, policy: Policy) -> Auth {
         Auth {
-            policy,
+            policy: std::sync::RwLock::new(std::sync::Arc::new(policy)),
             keystone: Some(KeystoneAuth {
                 validator,
                 www_authenticate_uri,
@@ -66,7 +68,7 @@ impl Auth {
         let policy = Policy::load(config.policy_file.as_deref())?;
         match config.auth_strategy {
             AuthStrategy::NoAuth => Ok(Auth {
-                policy,
+                policy: std::sync::RwLock::new(std::sync::Arc::new(policy)),
                 keystone: None,
             }),
             AuthStrategy::Keystone => {
@@ -82,6 +84,25 @@ impl Auth {
                     Validator::new(validator_config(ks)).map_err(keystone_client_error)?;
                 Ok(Auth::keystone(validator, www_authenticate_uri(ks), policy))
             }
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> std::sync::Arc<Policy> {
+        // The lock is held only to clone or replace the Arc; a poisoned
+        // one still holds a whole policy.
+        match self.policy.read() {
+            Ok(policy) => policy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `policy` in force for the checks that start from now on.
+    pub fn set_policy(&self, policy: Policy) {
+        let policy = std::sync::Arc::new(policy);
+        match self.policy.write() {
+            Ok(mut current) => *current = policy,
+            Err(poisoned) => *poisoned.into_inner() = policy,
         }
     }
 

@@ -46,7 +46,25 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "DEFAULT",
         key: "debug",
         default: "false",
-        help: "Log at debug level.",
+        help: navigator_log::DEBUG_HELP,
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "log_format",
+        default: "text",
+        help: navigator_log::LOG_FORMAT_HELP,
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "log_file",
+        default: "",
+        help: navigator_log::LOG_FILE_HELP,
+    },
+    OptionDoc {
+        section: "DEFAULT",
+        key: "use_journal",
+        default: "false",
+        help: navigator_log::USE_JOURNAL_HELP,
     },
     OptionDoc {
         section: "DEFAULT",
@@ -460,7 +478,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "relay",
         key: "max_connections_per_forward",
         default: "1024",
-        help: "Concurrent TCP connections of one forward in the relay backend, all ports of a port range together, so that one forward cannot take the whole process's connections; beyond it that forward's new connections are closed at once (one warning per forward per episode). 0 is unlimited (only max_connections applies).",
+        help: "Concurrent TCP connections of one forward in the relay backend, all ports of a port range together, so that one forward cannot take the whole process's connections; beyond it that forward's new connections are closed at once (one warning per forward per episode). 0 is unlimited (only max_connections applies). SIGHUP applies a change to the forwards carried (navigator-agent, and the all-in-one server): a lower cap refuses new connections and closes none.",
     },
     OptionDoc {
         section: "relay",
@@ -478,7 +496,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "relay",
         key: "max_udp_sessions_per_forward",
         default: "1024",
-        help: "UDP sessions of one forward in the relay backend, all ports of a port range together; datagrams of further clients are dropped until a session expires (one warning per forward per episode). 1-1000000.",
+        help: "UDP sessions of one forward in the relay backend, all ports of a port range together; datagrams of further clients are dropped until a session expires (one warning per forward per episode). 1-1000000. SIGHUP applies a change (navigator-agent, and the all-in-one server).",
     },
     OptionDoc {
         section: "relay",
@@ -509,7 +527,8 @@ pub enum AuthStrategy {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub host: String,
-    pub debug: bool,
+    /// `[DEFAULT] debug`, `log_format`, `log_file`, `use_journal`.
+    pub log: navigator_log::LogOptions,
     pub bind_host: IpAddr,
     pub bind_port: u16,
     /// `[DEFAULT] public_endpoint`: the base URL of links, without a
@@ -576,6 +595,9 @@ pub struct Config {
     pub nova: NovaConfig,
     /// Options found in the file that Navigator does not know (probably typos).
     pub unknown_options: Vec<String>,
+    /// Every `(section, key)` of [`OPTIONS`] with its value in force (the
+    /// file's, else the default), for SIGHUP to tell what changed.
+    pub values: navigator_agent::config::OptionValues,
 }
 
 /// The raw `section -> key -> value` map of one file.
@@ -660,7 +682,12 @@ impl Config {
         let optional = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         Ok(Config {
             host: raw.parse("DEFAULT", "host", navigator_agent::options::host_name)?,
-            debug: raw.parse("DEFAULT", "debug", boolean)?,
+            log: navigator_log::LogOptions {
+                debug: raw.parse("DEFAULT", "debug", boolean)?,
+                format: raw.parse("DEFAULT", "log_format", navigator_log::log_format)?,
+                log_file: raw.parse("DEFAULT", "log_file", navigator_log::log_file)?,
+                use_journal: raw.parse("DEFAULT", "use_journal", boolean)?,
+            },
             bind_host: raw.parse("DEFAULT", "bind_host", |v| {
                 v.parse()
                     .map_err(|_| "expected an IPv4 or IPv6 address".to_owned())
@@ -829,6 +856,17 @@ impl Config {
             connect_timeout: raw.parse("relay", "connect_timeout", seconds)?,
             nova: NovaConfig::parse(&raw)?,
             unknown_options,
+            values: navigator_agent::config::OptionValues(
+                OPTIONS
+                    .iter()
+                    .map(|o| {
+                        (
+                            (o.section, o.key),
+                            raw.get(o.section, o.key).trim().to_owned(),
+                        )
+                    })
+                    .collect(),
+            ),
         })
     }
 }

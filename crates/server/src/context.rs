@@ -1,11 +1,17 @@
 //! Who is asking: the request context every handler receives, and the
-//! request id that names each request in responses and logs.
+//! request ids that name each request in responses and logs (ours, and the
+//! caller's global one when valid), held in a `request` span and in the RPC
+//! context of the messages the request sends to agents.
 
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument as _;
+
+/// `req-<uuid>` in lower-case hex: oslo.middleware's rule for a caller's id.
+pub use navigator_rpc::context::is_valid_request_id;
 
 use crate::app::AppState;
 use crate::auth::{Identity, NOAUTH_ROLES, credentials};
@@ -20,15 +26,59 @@ const AUTH_TOKEN_HEADER: &str = "x-auth-token";
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// The caller's `X-OpenStack-Request-Id`, when it is a valid `req-<uuid>`:
+/// the id of the whole operation across services (oslo.context's
+/// `global_request_id`).
+#[derive(Clone, Debug)]
+pub struct GlobalRequestId(pub String);
+
 /// Gives every request an id, in its extensions (for handlers and logs) and in
-/// the response's `X-OpenStack-Request-Id` header.
+/// the response's `X-OpenStack-Request-Id` header, and runs it inside a
+/// `request` span that carries the ids (and the project, once known), so
+/// every log line of the request names them.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id = format!("req-{}", uuid::Uuid::new_v4());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        global_request_id = tracing::field::Empty,
+        project = tracing::field::Empty,
+    );
     request.extensions_mut().insert(RequestId(id.clone()));
+    let incoming = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .map(|value| value.to_str().map(str::to_owned));
+    if let Some(value) = incoming {
+        match value {
+            Ok(global) if is_valid_request_id(&global) => {
+                span.record("global_request_id", tracing::field::display(&global));
+                request.extensions_mut().insert(GlobalRequestId(global));
+            }
+            // Debug only: any caller can send it, and its text is theirs.
+            _ => span.in_scope(|| {
+                tracing::debug!(
+                    "ignoring X-OpenStack-Request-Id: not req-<uuid> in lower-case hex"
+                );
+            }),
+        }
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = next.run(request).await;
-    tracing::info!(request_id = %id, %method, %path, status = response.status().as_u16(), "request");
+    // Messages to agents sent for this request carry its ids.
+    let rpc_context = navigator_rpc::context::RequestContext {
+        request_id: Some(id.clone()),
+        global_request_id: request
+            .extensions()
+            .get::<GlobalRequestId>()
+            .map(|g| g.0.clone()),
+    };
+    let mut response =
+        navigator_rpc::context::scope(rpc_context, next.run(request).instrument(span.clone()))
+            .await;
+    span.in_scope(|| {
+        tracing::info!(%method, %path, status = response.status().as_u16(), "request");
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
@@ -56,7 +106,7 @@ impl Context {
     pub fn allowed(&self, state: &AppState, rule: &str, project_id: &str) -> bool {
         state
             .auth
-            .policy
+            .policy()
             .check(rule, &self.credentials, &[("project_id", project_id)])
     }
 
@@ -72,10 +122,12 @@ impl Context {
     }
 
     fn new(request_id: String, identity: Identity, state: &AppState) -> Context {
+        // The request's span (from `request_id`) names the project from now on.
+        tracing::Span::current().record("project", tracing::field::display(&identity.project_id));
         let credentials = credentials(&identity);
         let is_admin = state
             .auth
-            .policy
+            .policy()
             .check("context_is_admin", &credentials, &[]);
         Context {
             request_id,

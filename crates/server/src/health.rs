@@ -118,7 +118,7 @@ async fn privileged(
     // A bad token or an unreachable Keystone is not an error here: the
     // caller just gets the short answer.
     match state.auth.authenticate(Some(token), request_id).await {
-        Ok(identity) => state.auth.policy.check(
+        Ok(identity) => state.auth.policy().check(
             "context_is_admin",
             &crate::auth::credentials(&identity),
             &[],

@@ -24,6 +24,7 @@ pub mod nova;
 pub mod openapi_auth;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
 pub mod run;
 pub mod status;
 pub mod systemd;

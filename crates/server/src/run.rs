@@ -85,8 +85,13 @@ pub fn main(args: Args) -> Result<(), StartError> {
     if let Some(port) = args.bind_port {
         config.bind_port = port;
     }
-    config.debug |= args.debug;
-    init_logging(config.debug);
+    config.log.debug |= args.debug;
+    let logging = init_logging(&config, &args)?;
+    let hangup = crate::reload::Hangup {
+        config_file: config_path.clone(),
+        debug_flag: args.debug,
+        logging,
+    };
     for option in &config.unknown_options {
         tracing::warn!(
             "ignoring unknown option {option} in {} (see navigator-server config sample)",
@@ -171,7 +176,7 @@ pub fn main(args: Args) -> Result<(), StartError> {
             check_serving_policy(&config, &args)?;
             let budget = fd_budget(&config)?;
             tracing::info!("fd budget: {budget}");
-            runtime_builder()?.block_on(serve(Arc::new(config), database_url, budget))
+            runtime_builder()?.block_on(serve(Arc::new(config), database_url, budget, hangup))
         }
     }
 }
@@ -261,16 +266,20 @@ fn data_dir(args: &Args) -> Result<PathBuf, StartError> {
     }
 }
 
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,hyper=info"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+/// Installs the logger. Only the server itself writes `log_file` and the
+/// journal; the other commands (`db sync`, `config check`, ...), which an
+/// operator often runs as root, log to stderr and only check `log_file`:
+/// a file root created would stop the service's own user from opening it.
+fn init_logging(config: &Config, args: &Args) -> Result<navigator_log::Logging, StartError> {
+    let mut options = config.log.clone();
+    if args.command.is_some() {
+        if let Some(path) = &options.log_file {
+            navigator_log::check_log_file(path).map_err(usage)?;
+        }
+        options.log_file = None;
+        options.use_journal = false;
+    }
+    navigator_log::init("navigator-server", &options, "sqlx=warn,hyper=info").map_err(usage)
 }
 
 /// Whether `transport_url` selects cluster mode: agents are separate
@@ -285,6 +294,7 @@ async fn serve(
     config: Arc<Config>,
     database_url: String,
     budget: FdBudget,
+    hangup: crate::reload::Hangup,
 ) -> Result<(), StartError> {
     let cluster = is_cluster(&config);
     let store = Store::connect(&database_url).await.map_err(runtime)?;
@@ -340,9 +350,12 @@ async fn serve(
     // heartbeat (which asks for a full sync) is not lost.
     tasks.spawn(control.clone().serve_reports(shutdown.child_token()));
 
-    if !cluster {
-        start_local_agent(&config, &budget, &control, &transport, &tasks, &shutdown).await?;
-    }
+    // The all-in-one data plane, kept for SIGHUP (its per-forward caps).
+    let local_backend = if cluster {
+        None
+    } else {
+        Some(start_local_agent(&config, &budget, &control, &transport, &tasks, &shutdown).await?)
+    };
     tasks.spawn(control.clone().resync_periodically(shutdown.child_token()));
     tasks.spawn(control.clone().watch_failures(shutdown.child_token()));
     // Nova's deletions: in cluster mode on the RPC broker, or on
@@ -387,22 +400,15 @@ async fn serve(
         );
     }
     // Installed before the banner: a SIGHUP sent once it shows reloads
-    // instead of killing the process, with or without TLS (the packaged
-    // unit's ExecReload sends it).
-    #[cfg(unix)]
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangup) => {
-            tasks.spawn(reload_on_hangup(
-                tls.clone(),
-                hangup,
-                shutdown.child_token(),
-            ));
-        }
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot handle SIGHUP; the TLS certificate is still re-read when its files change"
-        ),
-    }
+    // instead of killing the process.
+    crate::reload::Reloader::new(
+        hangup,
+        &config,
+        state.auth.clone(),
+        tls.clone(),
+        local_backend,
+    )
+    .install(&tasks, shutdown.child_token());
     print_banner(&config, &public_url, &bound_url, &database_url);
     tracing::info!(%public_url, listening = %bound_url, "serving");
 
@@ -469,7 +475,7 @@ async fn start_local_agent(
     transport: &Arc<dyn Transport>,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<(), StartError> {
+) -> Result<Arc<dyn navigator_dataplane::Backend>, StartError> {
     let mut options = backend_options(config);
     budget.apply(&mut options);
     let backend = make_backend(&options);
@@ -481,7 +487,7 @@ async fn start_local_agent(
             port_range: config.port_range,
             report_interval: config.report_interval,
         },
-        backend,
+        backend.clone(),
     ));
     tasks.spawn(navigator_agent::run(
         agent.clone(),
@@ -492,7 +498,7 @@ async fn start_local_agent(
         .report_state(agent.state().await)
         .await
         .map_err(|e| runtime(anyhow!("{e}")))?;
-    Ok(())
+    Ok(backend)
 }
 
 /// The backend options of the server's configuration, for the all-in-one agent.
@@ -535,35 +541,6 @@ pub fn loopback_allowed(config: &Config) -> bool {
             && config.auth_strategy == AuthStrategy::NoAuth
             && config.bind_host.is_loopback()
     })
-}
-
-/// SIGHUP re-reads the API's certificate and key (as the file poll would,
-/// at once), told to systemd as a reload. Without TLS there is nothing to
-/// reload yet, and SIGHUP is only logged.
-#[cfg(unix)]
-async fn reload_on_hangup(
-    tls: Option<Arc<crate::tls::ServerTls>>,
-    mut hangup: tokio::signal::unix::Signal,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = hangup.recv() => {
-                if received.is_none() {
-                    return;
-                }
-            }
-        }
-        crate::systemd::reloading();
-        match tls.clone() {
-            Some(tls) => {
-                let _ = tokio::task::spawn_blocking(move || tls.reload("SIGHUP")).await;
-            }
-            None => tracing::info!("SIGHUP: nothing to reload"),
-        }
-        crate::systemd::reloaded();
-    }
 }
 
 fn print_banner(config: &Config, public_url: &str, bound_url: &str, database_url: &str) {

@@ -280,9 +280,16 @@ impl Server {
 
     /// Starts `navigator-server ARGS` and waits for its API banner line.
     pub fn start_args(args: &[&std::ffi::OsStr]) -> Server {
-        let mut child = Command::new(binary("navigator-server"))
-            .args(args)
-            .env("RUST_LOG", "info")
+        Server::start_args_with(args, |_| {})
+    }
+
+    /// Like [`Server::start_args`], with `adjust` changing the command
+    /// first (e.g. removing `RUST_LOG`, which overrides `[DEFAULT] debug`).
+    pub fn start_args_with(args: &[&std::ffi::OsStr], adjust: impl FnOnce(&mut Command)) -> Server {
+        let mut command = Command::new(binary("navigator-server"));
+        command.args(args).env("RUST_LOG", "info");
+        adjust(&mut command);
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1727,3 +1727,153 @@ fn a_cluster_over_tls_carries_forwards_and_refuses_tls_mistakes() {
         );
     }
 }
+
+/// SIGHUP to a relay agent: a rotated `log_file` is re-opened, the
+/// per-forward connection cap changes at once (a lower one refuses new
+/// connections and keeps the live one), a changed option that needs a
+/// restart is named as such, a file that does not parse changes nothing, and
+/// a relayed TCP connection open across all of it keeps carrying traffic.
+#[test]
+fn an_agent_reloads_on_sighup_and_keeps_its_relayed_connections() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    let cluster = Cluster::new(&vhost.url, &database.url, 1);
+    let server = cluster.start_server("s1", "");
+    let conf = cluster.agent_conf(0);
+    let log = cluster.dir.path().join("agent.log");
+    let original = std::fs::read_to_string(&conf)
+        .expect("agent conf")
+        .replacen(
+            "[DEFAULT]\n",
+            &format!("[DEFAULT]\nlog_file = {}\n", log.display()),
+            1,
+        );
+    std::fs::write(&conf, &original).expect("write");
+    let agent = AgentProcess::start(&conf, &cluster.hosts[0]);
+    wait_up(&server, &cluster.hosts);
+    let echo = TcpEcho::start("127.0.0.1", "h:");
+    let forward = create_to(&server, &echo, &[]);
+    let forward = wait_forward(
+        &server,
+        &field(&forward, "id"),
+        "the forward ACTIVE",
+        FAILOVER_TIMEOUT,
+        |f| field(f, "status") == "ACTIVE",
+    );
+    let mut stream = std::net::TcpStream::connect((ADDRESSES[0], external_port(&forward)))
+        .expect("connect through the forward");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut round_trip = |payload: &str| {
+        stream
+            .write_all(format!("{payload}\n").as_bytes())
+            .expect("write through the forward");
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("read through the forward");
+        line.trim_end().to_owned()
+    };
+    assert_eq!(round_trip("one"), "h:one");
+
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &agent.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    let log_has = |what: &str, text: &str| {
+        let text = text.to_owned();
+        eventually(what, Duration::from_secs(20), || {
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            if logged.contains(&text) {
+                Ok(())
+            } else {
+                Err(format!("{logged}\n{}", agent.logs()))
+            }
+        });
+    };
+    // A forward created with a global request id: the agent's lines about
+    // it carry that id and the server's, from the oslo context of the RPC.
+    let global = "req-0a1b2c3d-4e5f-6789-abcd-ef0123456789";
+    let body = format!(
+        r#"{{"forward": {{"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": {}}}}}"#,
+        echo.port()
+    );
+    let created = server.http(
+        "POST",
+        "/v1/forwards",
+        &[
+            ("X-OpenStack-Request-Id", global),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let own = created
+        .header("x-openstack-request-id")
+        .expect("request id")
+        .to_owned();
+    log_has(
+        "the agent's line with the request's ids",
+        &format!("request_id={own} global_request_id={global}"),
+    );
+
+    // logrotate's way: move the file, then SIGHUP.
+    std::fs::rename(&log, cluster.dir.path().join("agent.log.1")).expect("rotate");
+    std::fs::write(
+        &conf,
+        format!("{original}[relay]\nconnect_timeout = 3\nmax_connections_per_forward = 1\n"),
+    )
+    .expect("write");
+    hangup();
+    log_has(
+        "the restart-only option named in the re-opened log file",
+        "option [relay] connect_timeout changed; takes effect after a restart",
+    );
+    log_has("the new cap applied", "relay per-forward caps changed");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !logged.contains("option [relay] max_connections_per_forward changed"),
+        "{logged}"
+    );
+    assert_eq!(round_trip("two"), "h:two");
+    // The live connection holds the only slot now.
+    let address = ADDRESSES[0];
+    let port = external_port(&forward);
+    assert!(
+        tcp_round_trip(address, port, "more").is_err(),
+        "a second connection under a cap of 1"
+    );
+
+    std::fs::write(
+        &conf,
+        original.replace("report_interval = ", "report_interval = x"),
+    )
+    .expect("write");
+    hangup();
+    log_has(
+        "the refused reload",
+        "keeping the running configuration unchanged",
+    );
+    assert_eq!(round_trip("three"), "h:three");
+
+    // Back to the default cap: new connections are carried again.
+    std::fs::write(&conf, &original).expect("write");
+    hangup();
+    eventually(
+        "new connections under the default cap",
+        Duration::from_secs(20),
+        || tcp_round_trip(address, port, "four"),
+    );
+    assert_eq!(round_trip("five"), "h:five");
+    wait_up(&server, &cluster.hosts);
+}

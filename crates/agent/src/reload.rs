@@ -1,0 +1,142 @@
+//! SIGHUP in `navigator-agent`: re-read the configuration file and apply
+//! what the running agent can change without rebuilding its data plane: the
+//! log level and log file (through `navigator_log`) and, with the relay
+//! backend, the per-forward caps (`[relay] max_connections_per_forward`,
+//! `max_udp_sessions_per_forward`: a lower cap refuses new connections, it
+//! closes none). Every other changed option is logged as taking effect after
+//! a restart. Listeners and relayed connections are not touched, so none is
+//! dropped. A file that does not parse changes nothing and is logged as an
+//! error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use navigator_dataplane::Backend;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentFileConfig;
+
+/// The keys a reload applies (`navigator_log::Logging::reload` reports its
+/// own restart-only cases: `log_format`, `use_journal`).
+const RELOADABLE: &[(&str, &str)] = &[
+    ("DEFAULT", "debug"),
+    ("DEFAULT", "log_format"),
+    ("DEFAULT", "log_file"),
+    ("DEFAULT", "use_journal"),
+];
+
+/// The keys [`Backend::set_forward_caps`] applies (relay only).
+const FORWARD_CAPS: [(&str, &str); 2] = [
+    ("relay", "max_connections_per_forward"),
+    ("relay", "max_udp_sessions_per_forward"),
+];
+
+/// The agent's reloadable parts.
+pub struct Reloader {
+    config_file: PathBuf,
+    /// `--debug` on the command line: stays on whatever the file says.
+    debug_flag: bool,
+    logging: navigator_log::Logging,
+    /// The data plane, once built (after RabbitMQ is reached); until then
+    /// its options need a restart like the others.
+    backend: OnceLock<Arc<dyn Backend>>,
+    /// Values in force: a restart-only option keeps its start-up value, so
+    /// each SIGHUP repeats that it is not applied yet.
+    in_force: Mutex<BTreeMap<(&'static str, &'static str), String>>,
+}
+
+impl Reloader {
+    pub fn new(
+        config_file: PathBuf,
+        debug_flag: bool,
+        logging: navigator_log::Logging,
+        config: &AgentFileConfig,
+    ) -> Reloader {
+        Reloader {
+            config_file,
+            debug_flag,
+            logging,
+            backend: OnceLock::new(),
+            in_force: Mutex::new(config.values.0.clone()),
+        }
+    }
+
+    /// Hands over the data plane built from the start-up configuration.
+    pub fn attach_backend(&self, backend: Arc<dyn Backend>) {
+        let _ = self.backend.set(backend);
+    }
+
+    /// One reload (blocking: it reads the file).
+    pub fn reload(&self) {
+        tracing::info!(config_file = %self.config_file.display(), "SIGHUP: reloading");
+        let mut config = match AgentFileConfig::load(&self.config_file) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("SIGHUP: {e}; keeping the running configuration unchanged");
+                return;
+            }
+        };
+        config.log.debug |= self.debug_flag;
+        self.logging.reload(&config.log);
+        let mut in_force = match self.in_force.lock() {
+            Ok(values) => values,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let caps_changed = FORWARD_CAPS
+            .iter()
+            .any(|key| in_force.get(key) != config.values.0.get(key));
+        let caps_applied = caps_changed
+            && self.backend.get().is_some_and(|backend| {
+                backend.set_forward_caps(
+                    config.backend.max_connections_per_forward,
+                    Some(config.backend.max_udp_sessions_per_forward),
+                )
+            });
+        for (key, value) in config.values.0 {
+            match in_force.get(&key) {
+                Some(old) if *old == value => {}
+                _ if RELOADABLE.contains(&key) || (caps_applied && FORWARD_CAPS.contains(&key)) => {
+                    in_force.insert(key, value);
+                }
+                _ => tracing::warn!(
+                    "option [{}] {} changed; takes effect after a restart",
+                    key.0,
+                    key.1
+                ),
+            }
+        }
+    }
+
+    /// Handles SIGHUP until `shutdown` (or until the returned task is
+    /// aborted). The handler is in place when this returns, so a SIGHUP
+    /// sent from then on reloads instead of killing the process. Must be
+    /// called inside the runtime.
+    pub fn install(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let reloader = self;
+        tokio::spawn(async move {
+            let mut hangup = match hangup {
+                Ok(hangup) => hangup,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot handle SIGHUP; changes need a restart");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    received = hangup.recv() => {
+                        if received.is_none() {
+                            return;
+                        }
+                    }
+                }
+                let reloader = reloader.clone();
+                // One reload at a time: the next SIGHUP is read after it.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        })
+    }
+}
