@@ -148,8 +148,9 @@ async fn serve(config: AgentFileConfig, broker: Broker, path: &Path) -> anyhow::
     Ok(())
 }
 
-/// Connects to RabbitMQ, retrying with jittered exponential backoff (from
-/// 1-2 s growing to at most 30 s, `navigator_core::Backoff`) while it cannot
+/// Connects to RabbitMQ, retrying with jittered exponential backoff (1 s
+/// doubling to 30 s, each pause cut by up to half at random,
+/// `navigator_core::Backoff`) while it cannot
 /// be reached: an agent started before the broker, or during its restart,
 /// waits for it instead of exiting, and agents started together do not
 /// retry together. `None` if `shutdown` comes first.

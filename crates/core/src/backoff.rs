@@ -7,9 +7,10 @@
 //! round. Each loop keeps its own sleeping and cancellation (a `select!` on
 //! its shutdown signal); this type only says how long the next pause is.
 //!
-//! A delay lies in `[b, 2b)`, where `b` starts at `start` and doubles up to
-//! `max / 2`; so no pause is longer than `max` (the cap each loop had before
-//! jitter), and once capped the pauses spread evenly over `[max / 2, max)`.
+//! The k-th pause lies in `[d/2, d)`, where `d = min(start * 2^k, max)` is
+//! what the loop waited before it had jitter: no pause is longer than it
+//! used to be, none is shorter than half of it, and once capped the pauses
+//! spread evenly over `[max / 2, max)`.
 
 use std::time::Duration;
 
@@ -24,15 +25,18 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Delays from about `start` (up to twice it) growing to at most `max`.
+    /// Delays from `start` doubling up to `max`, each jittered down by up
+    /// to half.
     pub fn new(start: Duration, max: Duration) -> Self {
+        // backon's jitter adds up to 100% to a base that doubles up to its
+        // cap; with bases of half the old delays, the result stays below them.
         let half = max / 2;
         let builder = ExponentialBuilder::new()
             .with_jitter()
             .with_factor(2.0)
-            // backon does not cap the first delay: a `start` above half the
-            // cap starts at the cap's base instead.
-            .with_min_delay(start.min(half))
+            // backon does not cap the first delay: a `start` above `max`
+            // starts at the cap's base instead.
+            .with_min_delay((start / 2).min(half))
             .with_max_delay(half)
             .without_max_times();
         Backoff {
@@ -64,42 +68,46 @@ mod tests {
     const START: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(3);
 
+    /// What the loops waited before they had jitter: `start` doubling up to `max`.
+    fn unjittered(step: u32) -> Duration {
+        START.saturating_mul(2u32.saturating_pow(step)).min(MAX)
+    }
+
     #[test]
-    fn first_delay_is_start_up_to_twice_it() {
+    fn first_delay_is_half_of_start_up_to_start() {
         for _ in 0..200 {
             let delay = Backoff::new(START, MAX).next_delay();
-            assert!(delay >= START && delay < START * 2, "{delay:?}");
+            assert!(delay >= START / 2 && delay < START, "{delay:?}");
         }
     }
 
     #[test]
-    fn delays_grow_and_never_exceed_the_cap() {
-        let mut backoff = Backoff::new(START, MAX);
-        let delays: Vec<Duration> = (0..200).map(|_| backoff.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d <= MAX), "{delays:?}");
-        // 100 ms doubles past 1.5 s (the cap's base) within 5 steps; from
-        // then on every delay lies in [max/2, max].
-        assert!(delays[5..].iter().all(|d| *d >= MAX / 2), "{delays:?}");
-        // Each step's base doubles, so a later delay is never below the
-        // base of an earlier one.
-        for (i, pair) in delays.windows(2).enumerate().take(4) {
-            assert!(pair[1] >= pair[0] / 2, "step {i}: {pair:?}");
+    fn each_delay_is_between_half_and_all_of_the_unjittered_one() {
+        for _ in 0..20 {
+            let mut backoff = Backoff::new(START, MAX);
+            for step in 0..50 {
+                let delay = backoff.next_delay();
+                let bound = unjittered(step);
+                // backon multiplies in f32: allow its rounding (a microsecond).
+                let slack = Duration::from_micros(1);
+                assert!(
+                    delay + slack >= bound / 2 && delay <= bound + slack,
+                    "step {step}: {delay:?} not in [{:?}, {bound:?}]",
+                    bound / 2
+                );
+            }
         }
     }
 
     #[test]
     fn delays_are_jittered() {
         // Two processes that start together do not retry together...
-        let a: Vec<Duration> = {
+        let sequence = || {
             let mut b = Backoff::new(START, MAX);
-            (0..10).map(|_| b.next_delay()).collect()
+            (0..10).map(|_| b.next_delay()).collect::<Vec<_>>()
         };
-        let b: Vec<Duration> = {
-            let mut b = Backoff::new(START, MAX);
-            (0..10).map(|_| b.next_delay()).collect()
-        };
-        assert_ne!(a, b);
-        // ...and once capped, the pauses still spread over the range
+        assert_ne!(sequence(), sequence());
+        // ...and once capped, the pauses still spread over [max/2, max)
         // instead of settling on one value.
         let mut backoff = Backoff::new(START, MAX);
         let capped: Vec<Duration> = (0..100).map(|_| backoff.next_delay()).skip(10).collect();
@@ -116,13 +124,13 @@ mod tests {
         }
         backoff.reset();
         let delay = backoff.next_delay();
-        assert!(delay >= START && delay < START * 2, "{delay:?}");
+        assert!(delay >= START / 2 && delay < START, "{delay:?}");
     }
 
     #[test]
-    fn a_start_above_half_the_cap_stays_within_it() {
+    fn a_start_above_the_cap_stays_within_it() {
         let max = Duration::from_millis(600);
-        let mut backoff = Backoff::new(Duration::from_millis(500), max);
+        let mut backoff = Backoff::new(Duration::from_secs(1), max);
         for _ in 0..100 {
             let delay = backoff.next_delay();
             assert!(delay >= max / 2 && delay <= max, "{delay:?}");

@@ -284,7 +284,8 @@ async fn read_stderr(child: &mut Child) -> String {
 }
 
 /// Keeps one forward's socat running: restarts it with jittered exponential
-/// backoff (100-200 ms growing to at most `max_backoff`; back to the start
+/// backoff (100 ms doubling to `max_backoff`, each pause cut by up to half
+/// at random; back to the start
 /// after a run of more than 10 s) when it dies, stops it (and its
 /// per-connection children) when told. The jitter keeps the socats of many
 /// forwards that die together (a bad host change) from restarting together.
