@@ -13,6 +13,7 @@ use clap::Parser;
 use navigator_agent::config::{AgentFileConfig, SHUTDOWN_GRACE};
 use navigator_agent::options::{log_preflight, make_backend};
 use navigator_agent::{Agent, AgentConfig};
+use navigator_core::Backoff;
 use navigator_rpc::{AmqpTransport, Broker, Transport, amqp};
 use tokio_util::sync::CancellationToken;
 
@@ -293,15 +294,17 @@ async fn serve(
     Ok(())
 }
 
-/// Connects to RabbitMQ, retrying with exponential backoff (1 s doubling to
-/// 30 s) while it cannot be reached: an agent started before the broker, or
-/// during its restart, waits for it instead of exiting. `None` if `shutdown`
-/// comes first.
+/// Connects to RabbitMQ, retrying with jittered exponential backoff (1 s
+/// doubling to 30 s, each pause cut by up to half at random,
+/// `navigator_core::Backoff`) while it cannot
+/// be reached: an agent started before the broker, or during its restart,
+/// waits for it instead of exiting, and agents started together do not
+/// retry together. `None` if `shutdown` comes first.
 async fn connect_with_backoff(
     broker: &Broker,
     shutdown: &CancellationToken,
 ) -> Option<AmqpTransport> {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut attempt = 1u32;
     loop {
         let connect = AmqpTransport::connect_to(broker.clone(), amqp::DEFAULT_EXCHANGE);
@@ -309,27 +312,26 @@ async fn connect_with_backoff(
             _ = shutdown.cancelled() => return None,
             result = connect => result,
         };
-        match result {
+        let e = match result {
             Ok(transport) => {
                 if attempt > 1 {
                     tracing::info!(attempt, "connected to RabbitMQ");
                 }
                 return Some(transport);
             }
-            Err(e) => {
-                tracing::warn!(
-                    attempt,
-                    error = %e,
-                    retry_in = ?delay,
-                    "cannot reach RabbitMQ ([DEFAULT] transport_url); retrying"
-                );
-            }
-        }
+            Err(e) => e,
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            attempt,
+            error = %e,
+            retry_in = ?delay,
+            "cannot reach RabbitMQ ([DEFAULT] transport_url); retrying"
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
         attempt = attempt.saturating_add(1);
     }
 }

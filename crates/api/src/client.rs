@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -286,18 +287,14 @@ impl Client {
     }
 }
 
+/// Every byte but ASCII letters, digits and `-_~` is escaped in a path
+/// segment. Dots are escaped too (RFC 3986 allows them), so that "." or ".."
+/// cannot walk up the path.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+
 /// Escapes a path segment, so that an id typed by a user cannot change the path.
 fn path_segment(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        // Dots are escaped too, so that "." or ".." cannot walk up the path.
-        if byte.is_ascii_alphanumeric() || b"-_~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(value, PATH_SEGMENT).to_string()
 }
 
 #[cfg(test)]
@@ -321,5 +318,8 @@ mod tests {
     fn path_segments_are_escaped() {
         assert_eq!(path_segment("abc-123"), "abc-123");
         assert_eq!(path_segment("../x y"), "%2E%2E%2Fx%20y");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment("a?b#c%d+e&f"), "a%3Fb%23c%25d%2Be%26f");
+        assert_eq!(path_segment("Ünï_~"), "%C3%9Cn%C3%AF_~");
     }
 }

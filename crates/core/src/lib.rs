@@ -6,11 +6,13 @@
 //! `navigator-store`. Keeping it pure is what lets every rule here be tested
 //! with plain tables of inputs and expected outputs.
 
+pub mod backoff;
 pub mod forward;
 pub mod port_range;
 pub mod reconcile;
 pub mod target;
 
+pub use backoff::Backoff;
 pub use forward::{
     ForwardId, ForwardSpec, ForwardStatus, ParseError, PortForward, PortMappingError, Protocol,
     check_port_mapping,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
+use navigator_core::{Backoff, ForwardId, ForwardSpec, Plan, Protocol};
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -283,35 +283,39 @@ async fn read_stderr(child: &mut Child) -> String {
     text
 }
 
-/// Keeps one forward's socat running: restarts it with exponential backoff
-/// when it dies, stops it (and its per-connection children) when told.
+/// Keeps one forward's socat running: restarts it with jittered exponential
+/// backoff (100 ms doubling to `max_backoff`, each pause cut by up to half
+/// at random; back to the start
+/// after a run of more than 10 s) when it dies, stops it (and its
+/// per-connection children) when told. The jitter keeps the socats of many
+/// forwards that die together (a bad host change) from restarting together.
 async fn supervise(
     config: SocatConfig,
     spec: ForwardSpec,
     mut child: Child,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     loop {
         let started = tokio::time::Instant::now();
         let pid = child.id();
         tokio::select! {
             status = child.wait() => {
                 let stderr = read_stderr(&mut child).await;
-                tracing::warn!(forward = %spec.id, status = ?status.ok(), stderr = %stderr.trim(), "socat exited; restarting in {backoff:?}");
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(forward = %spec.id, status = ?status.ok(), stderr = %stderr.trim(), "socat exited; restarting in {delay:?}");
                 if let Some(pid) = pid {
                     // Per-connection children of the dead socat would keep
                     // old connections alive; they die with their group.
                     kill_group(pid, false);
                 }
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(100);
-                }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = stopped.changed() => return,
                 }
-                backoff = (backoff * 2).min(config.max_backoff);
                 match spawn(&config, &spec) {
                     Ok(next) => child = next,
                     Err(e) => {

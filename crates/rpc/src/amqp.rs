@@ -12,8 +12,9 @@
 //!   calls carry `_msg_id` and `_reply_q` in the body (no AMQP reply-to).
 //!
 //! A supervisor task owns the connection. When it drops (broker restart,
-//! network), it reconnects with exponential backoff over the configured hosts
-//! in order, re-declares everything and restarts the consumers; each
+//! network), it reconnects with jittered exponential backoff (so that agents
+//! do not come back in lockstep) over the configured hosts in order,
+//! re-declares everything and restarts the consumers; each
 //! reconnect is counted in a watch channel ([`AmqpTransport::reconnects`]) so
 //! that an agent can ask for a full sync, because non-durable queues and the
 //! messages in them do not survive a broker restart.
@@ -31,6 +32,7 @@ use lapin::tcp::{AMQPUriTcpExt, RustlsConnector, TLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use navigator_core::Backoff;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -55,7 +57,9 @@ const PREFETCH: u16 = 64;
 const QUEUE_EXPIRES_MS: i32 = 1_800_000;
 /// How many recent `_unique_id`s a listener remembers to drop redeliveries (as oslo).
 const DEDUP_WINDOW: usize = 16;
-/// Reconnect backoff: first delay, and the cap it doubles up to.
+/// Reconnect backoff (jittered, `navigator_core::Backoff`): first delay, and
+/// the cap no pause exceeds. The jitter keeps a fleet of agents that lost the
+/// same broker from reconnecting to it in lockstep.
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a cast or a reply waits for the connection to come back.
@@ -508,14 +512,15 @@ async fn supervise(inner: Arc<Inner>, first: Session) {
         inner.session.send_replace(None);
         tracing::warn!(host = %session.host, "lost the RabbitMQ connection; reconnecting");
         let _ = session.connection.close(320, "reconnecting".into()).await;
-        let mut delay = BACKOFF_START;
+        let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
+        let mut delay = backoff.next_delay();
         session = loop {
             tokio::time::sleep(delay).await;
             match open_session(&inner).await {
                 Ok(session) => break session,
                 Err(e) => {
+                    delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "RabbitMQ reconnect failed");
-                    delay = (delay * 2).min(BACKOFF_MAX);
                 }
             }
         };

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use percent_encoding::percent_decode_str;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -340,21 +341,22 @@ fn split_host_port(address: &str) -> Option<(String, u16)> {
     Some((host.to_owned(), port))
 }
 
+/// `%XX` escapes decoded (by `percent-encoding`). A `%` not followed by two
+/// hex digits, or a result that is not UTF-8, is refused rather than kept
+/// as it is: a mistyped password or vhost should fail at start, by name.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = s.split('%').skip(1).any(|after| {
+        !after
+            .get(..2)
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// Checks `url` as [`Broker::new`] will, without reading any file: the
@@ -690,6 +692,26 @@ mod tests {
         assert_eq!(broker.hosts[0].uri.vhost, "/");
         assert_eq!(broker.hosts[0].uri.authority.userinfo.username, "guest");
         assert_eq!(broker.describe(), "amqp to [::1]:5672 (not encrypted)");
+        // Escapes in the credentials and vhost: UTF-8, reserved characters,
+        // and a `+` that stays a `+` outside the query.
+        let broker = Broker::new(
+            "rabbit://n%C3%A4v:a%2Bb%3Ac%2F%25+@h/v%20h%2Fost",
+            &RabbitOptions::default(),
+        )
+        .unwrap();
+        let uri = &broker.hosts[0].uri;
+        assert_eq!(uri.authority.userinfo.username, "näv");
+        assert_eq!(uri.authority.userinfo.password, "a+b:c/%+");
+        assert_eq!(uri.vhost, "v h/ost");
+        // In the query `+` is a space, as Python's parse_qs has it.
+        let parsed = parse_url("rabbit://h/?ssl_ca_file=%2Fa+b%2Bc%26.pem&&ssl=1").unwrap();
+        assert_eq!(
+            parsed.query,
+            [
+                ("ssl_ca_file".to_owned(), "/a b+c&.pem".to_owned()),
+                ("ssl".to_owned(), "1".to_owned())
+            ]
+        );
     }
 
     #[test]
@@ -699,6 +721,10 @@ mod tests {
             "rabbit://u:p@/",
             "rabbit://u:p@h:notaport/",
             "rabbit://u:p@h/%zz",
+            "rabbit://u:p@h/%4",
+            "rabbit://u:p@h/%",
+            "rabbit://u:p%ff@h/",
+            "rabbit://u:p@h/?ssl=%g1",
             "rabbit://u:p@h/?ssl=1&ssl=0",
         ] {
             assert!(

@@ -25,6 +25,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ExchangeKind};
+use navigator_core::Backoff;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -50,7 +51,8 @@ pub struct NotificationSource {
 
 /// Unacknowledged notifications in flight per listener.
 const PREFETCH: u16 = 16;
-/// Reconnect and "exchange absent" backoff: first delay and cap. The cap is
+/// Reconnect and "exchange absent" backoff (jittered,
+/// `navigator_core::Backoff`): first delay and cap. The cap is
 /// short because a deleted instance's forwards should go soon after Nova
 /// appears, and a retry costs the broker one passive declare.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -135,14 +137,15 @@ where
 {
     async fn run(self) {
         let source = &self.source;
-        let mut delay = BACKOFF_START;
+        let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
         loop {
             let ended = self.session().await;
             let was_consuming = self.consuming.send_replace(false);
             if was_consuming {
                 // It worked until now: come back quickly.
-                delay = BACKOFF_START;
+                backoff.reset();
             }
+            let delay = backoff.next_delay();
             match ended {
                 Ended::Broker(e) => tracing::warn!(
                     exchange = %source.exchange, queue = %source.queue, error = %e, retry_in = ?delay,
@@ -157,7 +160,6 @@ where
                 ),
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(BACKOFF_MAX);
         }
     }
 

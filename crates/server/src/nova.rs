@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use navigator_core::PortForward;
+use navigator_core::{Backoff, PortForward};
 use navigator_rpc::{Notification, NotificationListener, NotificationSource, RpcError};
 use serde_json::Value;
 
@@ -33,9 +33,12 @@ pub const AUDIT_USER: &str = "nova-notification";
 /// Event types that mean "this instance is gone".
 const DELETE_EVENTS: [&str; 2] = ["instance.delete.end", "compute.instance.delete.end"];
 
-/// How often a deletion is tried when the store fails, and the first pause.
+/// How often a deletion is tried when the store fails, the first pause and
+/// the longest (jittered, `navigator_core::Backoff`: the servers that each
+/// got a deletion while the database was away do not retry together).
 const ATTEMPTS: u32 = 5;
 const RETRY_START: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// What a notification means to Navigator.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,14 +122,14 @@ pub async fn handle(control: &Control, action: OnInstanceDelete, notification: &
         Event::InstanceDeleted { instance_id } => instance_id,
     };
     let request_id = format!("req-{}", uuid::Uuid::new_v4());
-    let mut delay = RETRY_START;
+    let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
     for attempt in 1..=ATTEMPTS {
         match instance_deleted(control, action, &instance_id, &request_id).await {
             Ok(()) => return,
             Err(e) if attempt < ATTEMPTS => {
+                let delay = backoff.next_delay();
                 tracing::warn!(%instance_id, message_id, error = %e, retry_in = ?delay, "cannot act on a deleted instance yet");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
             }
             Err(e) => {
                 tracing::error!(

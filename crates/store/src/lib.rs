@@ -408,32 +408,6 @@ const FILE_PARAMS: &[&str] = &[
     "ssl_key",
 ];
 
-/// `%XX` escapes of a query value decoded (as the drivers decode them).
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                let (h, l) = (hex(h).unwrap_or(0), hex(l).unwrap_or(0));
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Reads the PEM files a network database URL names (CA bundle, client
 /// certificate and key), so that a wrong path is reported with its
 /// parameter at start-up rather than as a bare "No such file" from the
@@ -442,19 +416,19 @@ pub fn check_url_files(url: &str) -> Result<(), String> {
     let Some((_, query)) = url.split_once('?') else {
         return Ok(());
     };
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !FILE_PARAMS.contains(&key) {
+    // Decoded as the drivers decode the query (`form_urlencoded`: `%XX`
+    // escapes and `+` for a space).
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if !FILE_PARAMS.contains(&key.as_ref()) {
             continue;
         }
-        let value = percent_decode(value);
         let trimmed = value.trim();
         // sqlx takes inline PEM text as well as a path.
         if trimmed.starts_with("-----BEGIN") && trimmed.ends_with("-----") {
             continue;
         }
         let text =
-            std::fs::read(&value).map_err(|e| format!("{key} = {value}: cannot read it: {e}"))?;
+            std::fs::read(&*value).map_err(|e| format!("{key} = {value}: cannot read it: {e}"))?;
         if !text.windows(11).any(|w| w == b"-----BEGIN ") {
             return Err(format!(
                 "{key} = {value}: not a PEM file (expected -----BEGIN CERTIFICATE----- or a PEM private key)"

@@ -372,47 +372,16 @@ async fn list_all(client: &Client, mut query: ForwardListQuery) -> Result<Vec<Fo
     }
 }
 
-/// The `marker` of a list's `rel=next` link, if it has one.
+/// The `marker` of a list's `rel=next` link, if it has one. The query is
+/// decoded as the server encoded it (`application/x-www-form-urlencoded`).
 fn next_marker(links: &[Link]) -> Option<String> {
     let next = links.iter().find(|link| link.rel == "next")?;
     let (_, query) = next.href.split_once('?')?;
     let query = query.split('#').next().unwrap_or(query);
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "marker")
-        .map(|(_, value)| percent_decode(value))
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "marker")
+        .map(|(_, value)| value.into_owned())
         .filter(|marker| !marker.is_empty())
-}
-
-/// Decodes `%XX` escapes (and `+`) of a query value.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes[i] {
-            b'%' => value
-                .get(i + 1..i + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok()),
-            _ => None,
-        };
-        match (decoded, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, byte) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn set(global: &GlobalArgs, args: SetArgs) -> Result<()> {
@@ -709,6 +678,14 @@ mod tests {
         );
         assert_eq!(next_marker(&[link("next", "http://h/v1/forwards")]), None);
         assert_eq!(next_marker(&[]), None);
+        // Odd values: reserved characters, UTF-8, a bad escape kept as it
+        // is, a fragment, and an empty marker (no next page).
+        let marker = |href: &str| next_marker(&[link("next", href)]);
+        assert_eq!(
+            marker("/v1/forwards?marker=%2B%26%3D%C3%A9%zz&limit=1#frag"),
+            Some("+&=é%zz".into())
+        );
+        assert_eq!(marker("/v1/forwards?markers=x&marker=&limit=1"), None);
     }
 
     #[test]

@@ -306,40 +306,15 @@ async fn posted_form(
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body; the first value of a
-/// repeated name wins.
+/// repeated name wins. Bad `%` escapes stay as they are and invalid UTF-8
+/// becomes U+FFFD (`form_urlencoded`'s rules, as browsers and WHATWG have it).
 fn parse_form(body: &[u8]) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
-        let (key, value) = match pair.iter().position(|b| *b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &b""[..]),
-        };
-        out.entry(decode(key)).or_insert_with(|| decode(value));
+    for (key, value) in form_urlencoded::parse(body) {
+        out.entry(key.into_owned())
+            .or_insert_with(|| value.into_owned());
     }
     out
-}
-
-fn decode(raw: &[u8]) -> String {
-    let mut bytes = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => bytes.push(b' '),
-            b'%' if i + 2 < raw.len() => {
-                let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        bytes.push(b);
-                        i += 2;
-                    }
-                    None => bytes.push(b'%'),
-                }
-            }
-            b => bytes.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// The form's values for re-display (never the password or the token).
@@ -1094,6 +1069,11 @@ mod tests {
         assert_eq!(form["d"], "");
         assert_eq!(form["e"], "%zz");
         assert_eq!(form["f"], "%4");
+        let form = parse_form(b"&&x%20y=%2B%26%3D&bad=%FF&=v&");
+        assert_eq!(form["x y"], "+&=");
+        assert_eq!(form["bad"], "\u{FFFD}");
+        assert_eq!(form[""], "v");
+        assert_eq!(form.len(), 3);
     }
 
     #[test]
