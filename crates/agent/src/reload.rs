@@ -16,22 +16,72 @@ use navigator_dataplane::Backend;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentFileConfig;
+use crate::config::{AgentFileConfig, OptionValues};
 
-/// The keys a reload applies (`navigator_log::Logging::reload` reports its
-/// own restart-only cases: `log_format`, `use_journal`).
-const RELOADABLE: &[(&str, &str)] = &[
+/// An option: (section, key).
+pub type OptionKey = (&'static str, &'static str);
+
+/// The logging keys a reload applies, in the server as in the agent
+/// (`navigator_log::Logging::reload` reports its own restart-only cases:
+/// `log_format`, `use_journal`).
+pub const LOG_OPTIONS: [OptionKey; 4] = [
     ("DEFAULT", "debug"),
     ("DEFAULT", "log_format"),
     ("DEFAULT", "log_file"),
     ("DEFAULT", "use_journal"),
 ];
 
-/// The keys [`Backend::set_forward_caps`] applies (relay only).
-const FORWARD_CAPS: [(&str, &str); 2] = [
+/// The keys [`Backend::set_forward_caps`] applies (the relay, in an agent
+/// or all-in-one).
+pub const FORWARD_CAPS: [OptionKey; 2] = [
     ("relay", "max_connections_per_forward"),
     ("relay", "max_udp_sessions_per_forward"),
 ];
+
+/// The option values a process runs with. A restart-only option keeps its
+/// start-up value here, so each SIGHUP repeats that it is not applied yet.
+pub struct InForce(Mutex<BTreeMap<OptionKey, String>>);
+
+impl InForce {
+    pub fn new(values: &OptionValues) -> InForce {
+        InForce(Mutex::new(values.0.clone()))
+    }
+
+    /// Takes a re-read file's values: keys in `reloadable` were applied by
+    /// the caller; the per-forward caps, when they changed, are applied by
+    /// `set_caps` (which says whether the data plane could); every other
+    /// changed key is logged as taking effect after a restart.
+    pub fn settle(
+        &self,
+        values: OptionValues,
+        reloadable: &[OptionKey],
+        set_caps: impl FnOnce() -> bool,
+    ) {
+        let mut in_force = match self.0.lock() {
+            Ok(in_force) => in_force,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let caps_changed = FORWARD_CAPS
+            .iter()
+            .any(|key| in_force.get(key) != values.0.get(key));
+        let caps_applied = caps_changed && set_caps();
+        for (key, value) in values.0 {
+            let applied =
+                reloadable.contains(&key) || (caps_applied && FORWARD_CAPS.contains(&key));
+            match in_force.get(&key) {
+                Some(old) if *old == value => {}
+                _ if applied => {
+                    in_force.insert(key, value);
+                }
+                _ => tracing::warn!(
+                    "option [{}] {} changed; takes effect after a restart",
+                    key.0,
+                    key.1
+                ),
+            }
+        }
+    }
+}
 
 /// The agent's reloadable parts.
 pub struct Reloader {
@@ -42,9 +92,7 @@ pub struct Reloader {
     /// The data plane, once built (after RabbitMQ is reached); until then
     /// its options need a restart like the others.
     backend: OnceLock<Arc<dyn Backend>>,
-    /// Values in force: a restart-only option keeps its start-up value, so
-    /// each SIGHUP repeats that it is not applied yet.
-    in_force: Mutex<BTreeMap<(&'static str, &'static str), String>>,
+    in_force: InForce,
 }
 
 impl Reloader {
@@ -59,7 +107,7 @@ impl Reloader {
             debug_flag,
             logging,
             backend: OnceLock::new(),
-            in_force: Mutex::new(config.values.0.clone()),
+            in_force: InForce::new(&config.values),
         }
     }
 
@@ -80,33 +128,15 @@ impl Reloader {
         };
         config.log.debug |= self.debug_flag;
         self.logging.reload(&config.log);
-        let mut in_force = match self.in_force.lock() {
-            Ok(values) => values,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let caps_changed = FORWARD_CAPS
-            .iter()
-            .any(|key| in_force.get(key) != config.values.0.get(key));
-        let caps_applied = caps_changed
-            && self.backend.get().is_some_and(|backend| {
+        let backend = self.backend.get();
+        self.in_force.settle(config.values, &LOG_OPTIONS, || {
+            backend.is_some_and(|backend| {
                 backend.set_forward_caps(
                     config.backend.max_connections_per_forward,
                     Some(config.backend.max_udp_sessions_per_forward),
                 )
-            });
-        for (key, value) in config.values.0 {
-            match in_force.get(&key) {
-                Some(old) if *old == value => {}
-                _ if RELOADABLE.contains(&key) || (caps_applied && FORWARD_CAPS.contains(&key)) => {
-                    in_force.insert(key, value);
-                }
-                _ => tracing::warn!(
-                    "option [{}] {} changed; takes effect after a restart",
-                    key.0,
-                    key.1
-                ),
-            }
-        }
+            })
+        });
     }
 
     /// Handles SIGHUP until `shutdown` (or until the returned task is

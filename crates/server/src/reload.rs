@@ -6,13 +6,13 @@
 //! logged as taking effect after a restart. A file that does not parse, or a
 //! policy that does not load, changes nothing and is logged as an error.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use navigator_agent::reload::{InForce, LOG_OPTIONS, OptionKey};
 use navigator_dataplane::Backend;
 
 use crate::auth::Auth;
@@ -23,18 +23,12 @@ use crate::tls::ServerTls;
 /// Options a reload applies: the logging keys (whose own restart-only cases
 /// `navigator_log::Logging::reload` reports) and the policy file. The TLS
 /// files are re-read under their configured names; new names need a restart.
-const RELOADABLE: &[(&str, &str)] = &[
-    ("DEFAULT", "debug"),
-    ("DEFAULT", "log_format"),
-    ("DEFAULT", "log_file"),
-    ("DEFAULT", "use_journal"),
+const RELOADABLE: [OptionKey; 5] = [
+    LOG_OPTIONS[0],
+    LOG_OPTIONS[1],
+    LOG_OPTIONS[2],
+    LOG_OPTIONS[3],
     ("oslo_policy", "policy_file"),
-];
-
-/// The keys [`Backend::set_forward_caps`] applies (the all-in-one relay).
-const FORWARD_CAPS: [(&str, &str); 2] = [
-    ("relay", "max_connections_per_forward"),
-    ("relay", "max_udp_sessions_per_forward"),
 ];
 
 /// What start-up hands over for SIGHUP: where the configuration came from,
@@ -52,9 +46,7 @@ pub struct Reloader {
     tls: Option<Arc<ServerTls>>,
     /// The all-in-one agent's data plane (`None` in cluster mode).
     backend: Option<Arc<dyn Backend>>,
-    /// Option values in force: a restart-only option keeps its start-up
-    /// value here, so each SIGHUP repeats that it is not applied yet.
-    in_force: Mutex<BTreeMap<(&'static str, &'static str), String>>,
+    in_force: InForce,
 }
 
 impl Reloader {
@@ -70,7 +62,7 @@ impl Reloader {
             auth,
             tls,
             backend,
-            in_force: Mutex::new(config.values.0.clone()),
+            in_force: InForce::new(&config.values),
         }
     }
 
@@ -103,35 +95,15 @@ impl Reloader {
         if let Some(tls) = &self.tls {
             tls.reload("SIGHUP");
         }
-        let mut in_force = match self.in_force.lock() {
-            Ok(values) => values,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let caps_changed = FORWARD_CAPS
-            .iter()
-            .any(|key| in_force.get(key) != config.values.0.get(key));
-        let caps_applied = caps_changed
-            && self.backend.as_ref().is_some_and(|backend| {
+        let backend = self.backend.as_ref();
+        self.in_force.settle(config.values, &RELOADABLE, || {
+            backend.is_some_and(|backend| {
                 backend.set_forward_caps(
                     config.max_connections_per_forward,
                     Some(config.max_udp_sessions_per_forward),
                 )
-            });
-        for (key, value) in config.values.0 {
-            let reloadable =
-                RELOADABLE.contains(&key) || (caps_applied && FORWARD_CAPS.contains(&key));
-            match in_force.get(&key) {
-                Some(old) if *old == value => {}
-                _ if reloadable => {
-                    in_force.insert(key, value);
-                }
-                _ => tracing::warn!(
-                    "option [{}] {} changed; takes effect after a restart",
-                    key.0,
-                    key.1
-                ),
-            }
-        }
+            })
+        });
     }
 
     /// Handles SIGHUP until `shutdown`. Installed before the server says it
