@@ -284,18 +284,26 @@ mod tests {
         backend.shutdown().await;
     }
 
-    /// Binds loopback `port`, trying for up to 2 s. CI once saw a port of
-    /// this module's block still in use right after the relay had closed it
-    /// (not reproduced in hundreds of runs); a port that stays taken is
-    /// still an error.
-    async fn bind_soon(port: u16) -> std::io::Result<std::net::TcpListener> {
+    /// Binds loopback `port`, trying for up to 2 s. CI twice saw a port of
+    /// this module's block in use right after the relay had closed it (not
+    /// reproduced in hundreds of local runs); a port that stays taken fails
+    /// the test with what `ss` says holds it, to find the culprit.
+    async fn bind_soon(port: u16) -> std::net::TcpListener {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => return listener,
                 Err(_) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
-                result => return result,
+                Err(e) => {
+                    let holders = std::process::Command::new("ss")
+                        .args(["-Htanp", &format!("sport = :{port}")])
+                        .output()
+                        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                        .unwrap_or_default();
+                    panic!("port {port} still in use after 2 s ({e}); ss says:\n{holders}");
+                }
             }
         }
     }
@@ -466,12 +474,12 @@ mod tests {
         let report = backend.apply(&plan(&[], &[range])).await;
         assert!(report.failed.is_empty());
         for port in first..first + 3 {
-            bind_soon(port).await.expect("closed on delete");
+            bind_soon(port).await;
         }
 
         // The last port is taken: the forward fails naming it, and the two
         // ports bound before are closed again.
-        let blocker = std::net::TcpListener::bind(("127.0.0.1", first + 2)).unwrap();
+        let blocker = bind_soon(first + 2).await;
         let report = backend.apply(&plan(&[range], &[])).await;
         assert_eq!(report.failed.len(), 1);
         assert!(
@@ -484,7 +492,7 @@ mod tests {
         assert!(backend.observe().await.is_empty());
         drop(blocker);
         for port in first..first + 2 {
-            bind_soon(port).await.expect("rolled back");
+            bind_soon(port).await;
         }
         backend.shutdown().await;
     }
