@@ -147,26 +147,38 @@ impl Reloader {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let reloader = self;
         tokio::spawn(async move {
-            let mut hangup = match hangup {
+            let hangup = match hangup {
                 Ok(hangup) => hangup,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot handle SIGHUP; changes need a restart");
                     return;
                 }
             };
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    received = hangup.recv() => {
-                        if received.is_none() {
-                            return;
-                        }
-                    }
-                }
-                let reloader = reloader.clone();
-                // One reload at a time: the next SIGHUP is read after it.
-                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
-            }
+            on_each_hangup(hangup, shutdown, move || reloader.reload()).await;
         })
+    }
+}
+
+/// Runs `reload` (blocking: it reads files) for each SIGHUP on `hangup`,
+/// until `shutdown` or the end of the signal stream. One reload at a time:
+/// the next SIGHUP is read once this one is done. The server's reloader
+/// uses it too.
+pub async fn on_each_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+    reload: impl Fn() + Send + Sync + 'static,
+) {
+    let reload = Arc::new(reload);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+            }
+        }
+        let reload = reload.clone();
+        let _ = tokio::task::spawn_blocking(move || reload()).await;
     }
 }

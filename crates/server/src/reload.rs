@@ -111,27 +111,18 @@ impl Reloader {
     pub fn install(self, tasks: &TaskTracker, shutdown: CancellationToken) {
         #[cfg(unix)]
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hangup) => {
-                let reloader = Arc::new(self);
-                tasks.spawn(async move {
-                    loop {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            received = hangup.recv() => {
-                                if received.is_none() {
-                                    return;
-                                }
-                            }
-                        }
-                        let reloader = reloader.clone();
-                        // Reloads run one at a time: the next SIGHUP is
-                        // read once this one is done. systemd hears of it
-                        // (RELOADING=1, then READY=1) under `systemctl reload`.
+            Ok(hangup) => {
+                // systemd hears of each reload (RELOADING=1, then READY=1)
+                // under `systemctl reload`.
+                tasks.spawn(navigator_agent::reload::on_each_hangup(
+                    hangup,
+                    shutdown,
+                    move || {
                         crate::systemd::reloading();
-                        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                        self.reload();
                         crate::systemd::reloaded();
-                    }
-                });
+                    },
+                ));
             }
             Err(e) => tracing::warn!(
                 error = %e,
