@@ -79,9 +79,10 @@ unit_exec() { # UNIT_FILE NOTIFY_SOCKET [EXTRA ARGS...]
 
 # systemd's side of Type=notify: receives on the datagram socket PATH (made
 # writable for the service's user) and prints each message as one line.
-# Runs until killed.
+# Runs until killed; `unit_notify_listener PATH &` leaves python's own PID in
+# $! (it execs), so that killing that PID stops it.
 unit_notify_listener() { # PATH
-    python3 - "$1" <<'PY'
+    exec python3 - "$1" <<'PY'
 import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
