@@ -84,17 +84,19 @@ impl Agent {
     /// the others is the periodic full sync's and `retry_failed`'s job).
     pub async fn upsert(&self, forward: ForwardSpec) -> ForwardResult {
         let mut state = self.state.lock().await;
-        state.desired.insert(forward.id, forward);
-        self.reconcile_one(&mut state, forward.id).await;
+        let id = forward.id;
+        let entry = ForwardEntry::from(&forward);
+        state.desired.insert(id, forward);
+        self.reconcile_one(&mut state, id).await;
         state
             .results
-            .get(&forward.id)
+            .get(&id)
             .cloned()
             .unwrap_or_else(|| ForwardResult {
-                id: forward.id.to_string(),
+                id: id.to_string(),
                 status: ResultStatus::Error,
                 reason: Some("the agent lost track of the forward".into()),
-                applied: Some(ForwardEntry::from(&forward)),
+                applied: Some(entry),
             })
     }
 
@@ -148,7 +150,7 @@ impl Agent {
     }
 
     async fn reconcile(&self, state: &mut State) {
-        let desired: Vec<ForwardSpec> = state.desired.values().copied().collect();
+        let desired: Vec<ForwardSpec> = state.desired.values().cloned().collect();
         let observed = self.backend.observe().await;
         let plan = plan(&desired, &observed);
         if !plan.is_empty() {
@@ -189,11 +191,11 @@ impl Agent {
     /// [`Agent::reconcile`] restricted to forward `id`: the plan, the apply
     /// and the observation cover that forward alone.
     async fn reconcile_one(&self, state: &mut State, id: ForwardId) {
-        let desired: Vec<ForwardSpec> = state.desired.get(&id).copied().into_iter().collect();
+        let desired: Vec<ForwardSpec> = state.desired.get(&id).cloned().into_iter().collect();
         let observed: Vec<ForwardSpec> = self.backend.observe_one(id).await.into_iter().collect();
         let plan = plan(&desired, &observed);
         let mut failed = None;
-        let mut carried = observed.first().copied();
+        let mut carried = observed.first().cloned();
         if !plan.is_empty() {
             tracing::debug!(
                 host = %self.config.host,

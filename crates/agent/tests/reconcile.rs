@@ -25,7 +25,7 @@ impl Backend for FakeBackend {
     }
 
     fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>> {
-        let carried = self.carried.lock().unwrap().values().copied().collect();
+        let carried = self.carried.lock().unwrap().values().cloned().collect();
         Box::pin(async move { carried })
     }
 
@@ -45,7 +45,7 @@ impl Backend for FakeBackend {
                         reason: format!("port {} already in use on host", spec.listen.port()),
                     });
                 } else {
-                    carried.insert(spec.id, *spec);
+                    carried.insert(spec.id, spec.clone());
                 }
             }
             report
@@ -65,6 +65,7 @@ fn spec(port: u16, target_port: u16) -> ForwardSpec {
         target: format!("10.0.0.5:{target_port}").parse().unwrap(),
         ports: 1,
         one_target_port: false,
+        controls: Default::default(),
     }
 }
 
@@ -86,7 +87,7 @@ async fn sync_converges_and_reports_each_forward() {
     backend.busy.lock().unwrap().insert(20001);
     let agent = agent(backend.clone());
     let (good, bad) = (spec(20000, 22), spec(20001, 22));
-    let results = agent.sync(vec![good, bad], 7).await;
+    let results = agent.sync(vec![good.clone(), bad.clone()], 7).await;
     let status: BTreeMap<String, ResultStatus> =
         results.iter().map(|r| (r.id.clone(), r.status)).collect();
     assert_eq!(status[&good.id.to_string()], ResultStatus::Active);
@@ -122,14 +123,17 @@ async fn upsert_retargets_in_place_and_remove_is_idempotent() {
     let backend = Arc::new(FakeBackend::default());
     let agent = agent(backend.clone());
     let original = spec(20000, 22);
-    assert_eq!(agent.upsert(original).await.status, ResultStatus::Active);
+    assert_eq!(
+        agent.upsert(original.clone()).await.status,
+        ResultStatus::Active
+    );
     let retargeted = ForwardSpec {
         target: "10.0.0.6:22".parse().unwrap(),
         ..original
     };
     // Each result names the version it is about, so that the server can
     // drop one about a version it has changed since.
-    let result = agent.upsert(retargeted).await;
+    let result = agent.upsert(retargeted.clone()).await;
     assert_eq!(result.applied, Some(ForwardEntry::from(&retargeted)));
     let last = backend.plans.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.retarget, vec![retargeted]);

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use crate::PortRange;
+use crate::{Controls, PortRange};
 
 /// A forward's identity: a UUID, as every OpenStack resource id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,6 +157,8 @@ pub struct PortForward {
     /// counterpart at the same offset (see [`check_port_mapping`]).
     pub internal_port_end: u16,
     pub instance_id: Option<String>,
+    /// Source allowlist, connection limit and PROXY protocol.
+    pub controls: Controls,
     /// Host name of the proxy the forward is placed on.
     pub proxy: String,
     pub status: ForwardStatus,
@@ -176,6 +178,7 @@ impl PortForward {
             target: SocketAddr::new(self.internal_ip_address, self.internal_port),
             ports,
             one_target_port: ports > 1 && self.internal_port_end == self.internal_port,
+            controls: self.controls.clone(),
         }
     }
 
@@ -234,7 +237,7 @@ pub fn check_port_mapping(
 /// A port range stays one spec (one id, one status) so that `plan` and the
 /// agent's bookkeeping do not change with ranges; each backend expands it into
 /// one listener, map element or process per port with [`ForwardSpec::pairs`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ForwardSpec {
     pub id: ForwardId,
     pub protocol: Protocol,
@@ -247,6 +250,9 @@ pub struct ForwardSpec {
     /// Whether every listening port goes to `target`'s port (Neutron's N:1);
     /// otherwise `listen + i` goes to `target + i`.
     pub one_target_port: bool,
+    /// Who may connect, how many at once, and the PROXY protocol header.
+    /// Backends enforce them or fail the forward (see [`crate::controls`]).
+    pub controls: Controls,
 }
 
 impl ForwardSpec {
@@ -264,6 +270,7 @@ impl ForwardSpec {
             target,
             ports: 1,
             one_target_port: false,
+            controls: Controls::default(),
         }
     }
 

@@ -7,12 +7,16 @@
 //! with plain tables of inputs and expected outputs.
 
 pub mod backoff;
+pub mod controls;
 pub mod forward;
 pub mod port_range;
 pub mod reconcile;
 pub mod target;
 
 pub use backoff::Backoff;
+pub use controls::{
+    CidrError, Controls, ForwardUsage, ProxyProtocol, Unsupported, parse_cidr, unsupported,
+};
 pub use forward::{
     ForwardId, ForwardSpec, ForwardStatus, ParseError, PortForward, PortMappingError, Protocol,
     check_port_mapping,

@@ -13,8 +13,10 @@ use crate::{ForwardId, ForwardSpec};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub remove: Vec<ForwardId>,
-    /// Same listen socket and protocol, new target: backends can switch these in
-    /// place without closing the listener.
+    /// Same listen socket and protocol, new target or new controls: backends
+    /// switch these in place without closing the listener. A change of
+    /// controls alone keeps established connections (their target did not
+    /// change); compare with what is carried to tell the two apart.
     pub retarget: Vec<ForwardSpec>,
     pub add: Vec<ForwardSpec>,
 }
@@ -43,19 +45,21 @@ pub fn plan(desired: &[ForwardSpec], observed: &[ForwardSpec]) -> Plan {
                     || want.protocol != have.protocol =>
             {
                 plan.remove.push(*id);
-                plan.add.push(**want);
+                plan.add.push((*want).clone());
             }
             Some(want)
-                if want.target != have.target || want.one_target_port != have.one_target_port =>
+                if want.target != have.target
+                    || want.one_target_port != have.one_target_port
+                    || want.controls != have.controls =>
             {
-                plan.retarget.push(**want)
+                plan.retarget.push((*want).clone())
             }
             Some(_) => {}
         }
     }
     for (id, want) in &desired {
         if !observed.contains_key(id) {
-            plan.add.push(**want);
+            plan.add.push((*want).clone());
         }
     }
     plan.add.sort_by_key(|f| f.id);
@@ -95,8 +99,20 @@ mod tests {
         let new = spec(6, Udp, "[::1]:20006", "[2001:db8::1]:53");
 
         let got = plan(
-            &[unchanged, retargeted_new, moved_new, reproto_new, new],
-            &[unchanged, retargeted_old, moved_old, reproto_old, gone],
+            &[
+                unchanged.clone(),
+                retargeted_new.clone(),
+                moved_new.clone(),
+                reproto_new.clone(),
+                new.clone(),
+            ],
+            &[
+                unchanged,
+                retargeted_old,
+                moved_old.clone(),
+                reproto_old.clone(),
+                gone.clone(),
+            ],
         );
         assert_eq!(
             got,
@@ -112,13 +128,22 @@ mod tests {
     fn a_range_that_grows_is_re_added_and_one_that_fans_in_is_retargeted() {
         let old = spec(1, Protocol::Tcp, "127.0.0.1:9000", "10.0.0.1:8000");
         let old = ForwardSpec { ports: 3, ..old };
-        let grown = ForwardSpec { ports: 4, ..old };
+        let grown = ForwardSpec {
+            ports: 4,
+            ..old.clone()
+        };
         let fanned = ForwardSpec {
             one_target_port: true,
-            ..old
+            ..old.clone()
         };
-        assert_eq!(plan(&[grown], &[old]).remove, vec![old.id]);
-        assert_eq!(plan(&[fanned], &[old]).retarget, vec![fanned]);
+        assert_eq!(
+            plan(&[grown], std::slice::from_ref(&old)).remove,
+            vec![old.id]
+        );
+        assert_eq!(
+            plan(std::slice::from_ref(&fanned), &[old]).retarget,
+            vec![fanned]
+        );
     }
 
     #[test]

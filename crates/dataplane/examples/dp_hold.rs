@@ -30,6 +30,7 @@ fn filler(i: u32) -> ForwardSpec {
         target: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 201, 0, 1), 9)),
         ports: 1,
         one_target_port: false,
+        controls: Default::default(),
     }
 }
 
@@ -51,6 +52,7 @@ fn parse(arg: &str) -> Result<ForwardSpec, String> {
         target: target.parse().map_err(|e| format!("{target:?}: {e}"))?,
         ports: 1,
         one_target_port: false,
+        controls: Default::default(),
     })
 }
 

@@ -38,6 +38,7 @@ fn forward(i: u32) -> ForwardSpec {
         )),
         ports: 1,
         one_target_port: false,
+        controls: Default::default(),
     }
 }
 
@@ -122,7 +123,7 @@ async fn main() {
             let started = Instant::now();
             let report = backend
                 .apply(&Plan {
-                    add: vec![one],
+                    add: vec![one.clone()],
                     ..Plan::default()
                 })
                 .await;

@@ -156,7 +156,7 @@ impl State {
     }
 
     fn all(&self) -> Vec<ForwardSpec> {
-        self.mirror.values().copied().collect()
+        self.mirror.values().cloned().collect()
     }
 
     fn clear(&mut self) {
@@ -288,8 +288,8 @@ impl<R: Ruleset> KernelBackend<R> {
             }
             match self.validate(&state, spec) {
                 Ok(()) => {
-                    state.insert(*spec);
-                    added.push(*spec);
+                    state.insert(spec.clone());
+                    added.push(spec.clone());
                 }
                 Err(reason) => report.failed.push(ForwardFailure {
                     id: spec.id,
@@ -372,7 +372,7 @@ impl<R: Ruleset> KernelBackend<R> {
             let fresh: Vec<ForwardSpec> = added
                 .iter()
                 .filter(|s| s.protocol == Protocol::Udp && seen.insert(key(s)))
-                .copied()
+                .cloned()
                 .collect();
             if !fresh.is_empty() {
                 let host = host.clone();
@@ -417,7 +417,7 @@ impl<R: Ruleset> KernelBackend<R> {
         }
         for spec in added {
             let before: Vec<IpAddr> = state.listen.keys().copied().collect();
-            state.insert(*spec);
+            state.insert(spec.clone());
             let listen = ListenDelta {
                 added: state
                     .listen
@@ -551,7 +551,7 @@ impl<R: Ruleset> Backend for KernelBackend<R> {
     }
 
     fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
-        Box::pin(async move { self.state.lock().await.mirror.get(&id).copied() })
+        Box::pin(async move { self.state.lock().await.mirror.get(&id).cloned() })
     }
 
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {

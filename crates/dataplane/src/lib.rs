@@ -23,7 +23,9 @@ pub mod socat;
 use std::future::Future;
 use std::pin::Pin;
 
-use navigator_core::{ForwardId, ForwardSpec, Plan};
+use std::collections::HashMap;
+
+use navigator_core::{ForwardId, ForwardSpec, ForwardUsage, Plan};
 
 pub use exec::Host;
 pub use iptables::{IptablesBackend, IptablesConfig};
@@ -91,4 +93,16 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (tcp, udp);
         false
     }
+
+    /// What the data plane counted for each of `ids` it carries (forwards it
+    /// does not carry are left out), or why it counts nothing: a sentence
+    /// the API shows in place of the numbers.
+    fn usage<'a>(&'a self, ids: &'a [ForwardId]) -> BoxFuture<'a, UsageReport> {
+        let _ = ids;
+        let name = self.name();
+        Box::pin(async move { Err(format!("the {name} backend does not count usage")) })
+    }
 }
+
+/// The answer of [`Backend::usage`].
+pub type UsageReport = Result<HashMap<ForwardId, ForwardUsage>, String>;

@@ -547,6 +547,7 @@ mod tests {
             target: "10.0.0.1:1".parse().unwrap(),
             ports: 1,
             one_target_port: false,
+            controls: Default::default(),
         };
         let findings = vec![Finding {
             severity: Severity::Blocking,

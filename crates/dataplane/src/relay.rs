@@ -94,7 +94,7 @@ impl RelayBackend {
             });
             match retargeted {
                 Ok(()) => {
-                    self.carried().insert(spec.id, *spec);
+                    self.carried().insert(spec.id, spec.clone());
                 }
                 Err(e) => report.failed.push(ForwardFailure {
                     id: spec.id,
@@ -106,7 +106,7 @@ impl RelayBackend {
             match self.add_listeners(spec).await {
                 Ok(limit) => {
                     let mut carried = self.carried();
-                    carried.insert(spec.id, *spec);
+                    carried.insert(spec.id, spec.clone());
                     // The caps may have changed (SIGHUP) while the listeners
                     // were bound; under the `carried` lock, as
                     // `set_forward_caps` changes them, so neither misses it.
@@ -163,12 +163,12 @@ impl Backend for RelayBackend {
     }
 
     fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>> {
-        let carried = self.carried().values().copied().collect();
+        let carried = self.carried().values().cloned().collect();
         Box::pin(async move { carried })
     }
 
     fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
-        let carried = self.carried().get(&id).copied();
+        let carried = self.carried().get(&id).cloned();
         Box::pin(async move { carried })
     }
 
@@ -253,6 +253,7 @@ mod tests {
             target: target.parse().unwrap(),
             ports: 1,
             one_target_port: false,
+            controls: Default::default(),
         }
     }
 
@@ -266,7 +267,9 @@ mod tests {
         };
         let good = spec(free, "127.0.0.1:9");
         let bad = spec(taken.local_addr().unwrap(), "127.0.0.1:9");
-        let report = backend.apply(&plan(&[good, bad], &[])).await;
+        let report = backend
+            .apply(&plan(&[good.clone(), bad.clone()], &[]))
+            .await;
         assert_eq!(report.failed.len(), 1);
         assert_eq!(report.failed[0].id, bad.id);
         assert!(
@@ -414,7 +417,13 @@ mod tests {
                 "127.0.0.1:9",
             )
         };
-        assert!(backend.apply(&plan(&[one], &[])).await.failed.is_empty());
+        assert!(
+            backend
+                .apply(&plan(std::slice::from_ref(&one), &[]))
+                .await
+                .failed
+                .is_empty()
+        );
         let mut held = echoes(first).await.expect("the first connection");
         assert!(echoes(first).await.is_none(), "over the cap of 1");
 
@@ -433,7 +442,7 @@ mod tests {
         };
         assert!(
             backend
-                .apply(&plan(&[one, two], &[one]))
+                .apply(&plan(&[one.clone(), two], &[one]))
                 .await
                 .failed
                 .is_empty()
@@ -463,7 +472,9 @@ mod tests {
                 "127.0.0.1:9",
             )
         };
-        let report = backend.apply(&plan(&[range], &[])).await;
+        let report = backend
+            .apply(&plan(std::slice::from_ref(&range), &[]))
+            .await;
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         for port in first..first + 3 {
             assert!(
@@ -471,7 +482,9 @@ mod tests {
                 "port {port} is listened on"
             );
         }
-        let report = backend.apply(&plan(&[], &[range])).await;
+        let report = backend
+            .apply(&plan(&[], std::slice::from_ref(&range)))
+            .await;
         assert!(report.failed.is_empty());
         for port in first..first + 3 {
             bind_soon(port).await;

@@ -143,7 +143,7 @@ impl SocatBackend {
                         reason,
                     });
                 }
-                None => started.push((*spec, children)),
+                None => started.push((spec.clone(), children)),
             }
         }
         if !started.is_empty() {
@@ -426,13 +426,20 @@ impl Backend for SocatBackend {
                 .await
                 .running
                 .values()
-                .map(|s| s.spec)
+                .map(|s| s.spec.clone())
                 .collect()
         })
     }
 
     fn observe_one(&self, id: ForwardId) -> BoxFuture<'_, Option<ForwardSpec>> {
-        Box::pin(async move { self.procs.lock().await.running.get(&id).map(|s| s.spec) })
+        Box::pin(async move {
+            self.procs
+                .lock()
+                .await
+                .running
+                .get(&id)
+                .map(|s| s.spec.clone())
+        })
     }
 
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
@@ -475,6 +482,7 @@ mod tests {
             target: target.parse().unwrap(),
             ports: 1,
             one_target_port: false,
+            controls: Default::default(),
         };
         let idle = Duration::from_secs(60);
         assert_eq!(

@@ -28,6 +28,7 @@ fn spec(protocol: Protocol, listen: &str, target: &str) -> ForwardSpec {
         target: target.parse().unwrap(),
         ports: 1,
         one_target_port: false,
+        controls: Default::default(),
     }
 }
 
@@ -176,7 +177,7 @@ async fn nft_retarget_and_delete_follow_live_udp_flow() {
     ] {
         let ip = ext.rsplit_once(':').unwrap().0.trim_matches(['[', ']']);
         let mut forward = spec(Protocol::Udp, ext, a);
-        converge(&backend, &[forward]).await;
+        converge(&backend, &[forward.clone()]).await;
         // One flow: the same client source port every time.
         let flow = |topo: &Topo| topo.request_from(&topo.client, "udp", ip, 20001, Some(40001));
         topo.expect_from(&topo.client, "udp", ip, 20001, Some(40001), "A");
@@ -393,7 +394,15 @@ async fn nft_rejects_what_kernel_nat_cannot_do_without_blocking_others() {
     let mixed = spec(Protocol::Tcp, "10.91.0.1:20003", "[fd92::2]:8080");
     let duplicate = spec(Protocol::Tcp, "10.91.0.1:20000", "10.92.0.3:8080");
     let report = backend
-        .apply(&plan(&[good, loopback, mixed, duplicate], &[]))
+        .apply(&plan(
+            &[
+                good.clone(),
+                loopback.clone(),
+                mixed.clone(),
+                duplicate.clone(),
+            ],
+            &[],
+        ))
         .await;
     let reasons: Vec<(ForwardId, String)> = report
         .failed
@@ -522,7 +531,7 @@ async fn iptables_variant(variant: Variant) {
             .contains("fd92::2")
     );
     // A live UDP flow follows a retarget.
-    let mut udp = forwards[1];
+    let mut udp = forwards[1].clone();
     topo.expect_from(&topo.client, "udp", EXT4, 20001, Some(40002), "A");
     udp.target = "10.92.0.3:8080".parse().unwrap();
     let mut desired = forwards.clone();

@@ -25,6 +25,7 @@ fn spec(n: u128, protocol: Protocol, listen: &str, target: &str) -> ForwardSpec 
         target: target.parse().unwrap(),
         ports: 1,
         one_target_port: false,
+        controls: Default::default(),
     }
 }
 
@@ -84,8 +85,8 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "nft_update_retarget_add_delete.nft",
             render_update(
                 "navigator",
-                &[all[1], all[2]],
-                &[retargeted, added],
+                &[all[1].clone(), all[2].clone()],
+                &[retargeted, added.clone()],
                 &ListenDelta {
                     added: vec![added.listen.ip()],
                     removed: vec![all[2].listen.ip()],

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use navigator_core::{ForwardId, ForwardSpec, Protocol};
+use navigator_core::{Controls, ForwardId, ForwardSpec, Protocol, ProxyProtocol, parse_cidr};
 use serde::{Deserialize, Serialize};
 
 /// Topics, as oslo.messaging names them. Agents listen on
@@ -40,6 +40,30 @@ pub struct ForwardEntry {
     /// same offset. Absent means false.
     #[serde(default)]
     pub one_target_port: bool,
+    /// Source networks allowed to connect (CIDRs); absent or empty means
+    /// everyone. Omitted when empty, so that forwards without controls keep
+    /// the earlier format. An agent older than the field ignores it: the
+    /// server places forwards with controls only on agents that announce
+    /// them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    /// Concurrent connections (UDP sessions) the forward carries at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `none`, `v1` or `v2`; absent means `none`.
+    #[serde(
+        default = "no_proxy_protocol",
+        skip_serializing_if = "is_no_proxy_protocol"
+    )]
+    pub proxy_protocol: String,
+}
+
+fn no_proxy_protocol() -> String {
+    ProxyProtocol::None.as_str().to_owned()
+}
+
+fn is_no_proxy_protocol(value: &String) -> bool {
+    value == ProxyProtocol::None.as_str()
 }
 
 fn one_port() -> u16 {
@@ -57,6 +81,14 @@ impl From<&ForwardSpec> for ForwardEntry {
             target_port: spec.target.port(),
             ports: spec.ports,
             one_target_port: spec.one_target_port,
+            allowed_cidrs: spec
+                .controls
+                .allowed_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            max_connections: spec.controls.max_connections,
+            proxy_protocol: spec.controls.proxy_protocol.as_str().to_owned(),
         }
     }
 }
@@ -88,6 +120,20 @@ impl ForwardEntry {
                 self.ports
             ));
         }
+        let allowed_cidrs = self
+            .allowed_cidrs
+            .iter()
+            .map(|cidr| parse_cidr(cidr).map_err(|e| format!("forward {id}: allowed_cidrs: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let proxy_protocol: ProxyProtocol = self
+            .proxy_protocol
+            .parse()
+            .map_err(|e| format!("forward {id}: {e}"))?;
+        if self.max_connections == Some(0) {
+            return Err(format!(
+                "forward {id}: invalid max_connections 0: it must be 1 or more, or absent"
+            ));
+        }
         Ok(ForwardSpec {
             id,
             protocol,
@@ -101,6 +147,7 @@ impl ForwardEntry {
             ),
             ports: self.ports,
             one_target_port: self.one_target_port && self.ports > 1,
+            controls: Controls::new(allowed_cidrs, self.max_connections, proxy_protocol),
         })
     }
 }
@@ -191,13 +238,18 @@ mod tests {
             "[2001:db8::1]:53".parse().unwrap(),
         );
         let entry = ForwardEntry::from(&spec);
-        assert_eq!(entry.to_spec(), Ok(spec));
+        assert_eq!(entry.to_spec(), Ok(spec.clone()));
         let range = ForwardSpec {
             ports: 10,
             one_target_port: true,
+            controls: Controls::new(
+                vec![parse_cidr("192.0.2.0/24").unwrap()],
+                Some(5),
+                ProxyProtocol::V2,
+            ),
             ..spec
         };
-        assert_eq!(ForwardEntry::from(&range).to_spec(), Ok(range));
+        assert_eq!(ForwardEntry::from(&range).to_spec(), Ok(range.clone()));
         let past_the_end = ForwardEntry {
             listen_port: 65530,
             ports: 10,

@@ -101,6 +101,9 @@ fn the_current_format_is_frozen() {
         target_port: 5000,
         ports: 3,
         one_target_port: true,
+        allowed_cidrs: vec![],
+        max_connections: None,
+        proxy_protocol: "none".into(),
     };
     let result = ForwardResult {
         id: FORWARD.into(),

@@ -1035,6 +1035,8 @@ fn new_forward(new: &NewForwardRow, external_port: u16) -> PortForward {
         internal_port: new.internal_port,
         internal_port_end: new.internal_port_end.max(new.internal_port),
         instance_id: new.instance_id.clone(),
+        // Stored from the new columns once they exist (#14).
+        controls: Default::default(),
         proxy: new.proxy.clone(),
         status: ForwardStatus::Pending,
         status_reason: None,
@@ -1089,6 +1091,7 @@ fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
             .parse()
             .map_err(|e| corrupt(format!("{e}")))?,
         status_reason: row.try_get("status_reason")?,
+        controls: Default::default(),
         created_at: text("created_at")?,
         updated_at: text("updated_at")?,
     })
