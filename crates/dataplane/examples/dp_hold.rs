@@ -8,13 +8,25 @@
 //! only: TCP on 10.200.0.0/16 addresses nobody sends to, so the lookup
 //! structures hold `extra` more entries), prints `READY <seconds to apply>`,
 //! and on EOF of stdin removes everything (`Backend::shutdown`).
+//!
+//! With `CIDRS=N` in the environment (for `bench/dataplane/allowlist.sh`) the
+//! listed forwards get an allowlist of `N` networks through
+//! `ForwardSpec::controls`: `N - 1` generated networks that do not match, then
+//! the client's network `CIDRS_CLIENT` (IPv4, e.g. `198.18.0.0/24`). The
+//! generated networks have varied prefix lengths, are spread evenly over the
+//! IPv4 space from `1.0.0.0` up to the client's network and never overlap it
+//! or each other, so the client's network is last both in generation order and
+//! in `Controls::new`'s canonical (sorted) order: a backend that scanned the
+//! list would scan all of it for every allowed connection. With
+//! `CIDRS_REFUSE=1` the client's network is left out (`N` networks that do not
+//! match): the benchmark's check that the filter is live.
 
 use std::io::BufRead as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
+use navigator_core::{Controls, ForwardId, ForwardSpec, Plan, Protocol, ProxyProtocol, parse_cidr};
 use navigator_dataplane::{
     Backend, IptablesBackend, IptablesConfig, KernelConfig, NftBackend, NftConfig, RelayBackend,
     RelayBackendConfig, SocatBackend, SocatConfig,
@@ -56,6 +68,87 @@ fn parse(arg: &str) -> Result<ForwardSpec, String> {
     })
 }
 
+/// The allowlist asked for by `CIDRS`, `CIDRS_CLIENT` and `CIDRS_REFUSE`
+/// (see the module documentation); `None` without `CIDRS` or with `CIDRS=0`.
+fn allowlist_from_env() -> Result<Option<Controls>, String> {
+    let n: u32 = match std::env::var("CIDRS") {
+        Err(_) => return Ok(None),
+        Ok(v) => v
+            .parse()
+            .map_err(|_| format!("CIDRS must be a number, got {v:?}"))?,
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let client = std::env::var("CIDRS_CLIENT")
+        .map_err(|_| "CIDRS needs CIDRS_CLIENT, the client's IPv4 network".to_owned())?;
+    let refuse = std::env::var("CIDRS_REFUSE").is_ok_and(|v| v == "1");
+    allowlist(n, &client, refuse).map(Some)
+}
+
+/// `n` networks: `n - 1` (or, with `refuse`, `n`) that do not contain any
+/// address of `client`, then `client` itself unless `refuse`.
+fn allowlist(n: u32, client: &str, refuse: bool) -> Result<Controls, String> {
+    let bad =
+        || format!("CIDRS_CLIENT must be an IPv4 network such as 198.18.0.0/24, got {client:?}");
+    let (address, prefix) = client.split_once('/').ok_or_else(bad)?;
+    let address: Ipv4Addr = address.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    parse_cidr(client).map_err(|e| format!("CIDRS_CLIENT: {e}"))?;
+    let generated = if refuse { n } else { n - 1 };
+    // Networks go below the client's, above 0.0.0.0/8: one slot each.
+    let low = u64::from(u32::from(Ipv4Addr::new(1, 0, 0, 0)));
+    let high = u64::from(u32::from(address));
+    let slot = high.saturating_sub(low) / u64::from(generated.max(1));
+    if slot == 0 {
+        return Err(format!(
+            "CIDRS_CLIENT {client} is too low in the address space for {generated} networks below it"
+        ));
+    }
+    let mut cidrs = Vec::with_capacity(n as usize);
+    for i in 0..u64::from(generated) {
+        let start = low + i * slot;
+        let end = start + slot;
+        // Prefix lengths /16 to /32 in a scattered order, longer where the
+        // slot is too small for the wanted one.
+        let mut len = 16 + (i * 7_919 % 17) as u32;
+        let network = loop {
+            let size = 1u64 << (32 - len);
+            let aligned = start.div_ceil(size) * size;
+            if aligned + size <= end {
+                break aligned;
+            }
+            len += 1;
+        };
+        let network = Ipv4Addr::from(network as u32);
+        cidrs.push(parse_cidr(&format!("{network}/{len}")).map_err(|e| e.to_string())?);
+    }
+    if !refuse {
+        cidrs.push(parse_cidr(client).map_err(|e| e.to_string())?);
+    }
+    let controls = Controls::new(cidrs, None, ProxyProtocol::None);
+    // What the benchmark relies on, checked rather than assumed.
+    let last = controls.allowed_cidrs.last().map(ToString::to_string);
+    let ok = controls.allowed_cidrs.len() == n as usize
+        && controls.allows(address.into()) != refuse
+        && (refuse || last.as_deref() == Some(&format!("{address}/{prefix}")));
+    if !ok {
+        return Err(format!(
+            "internal error: the generated allowlist of {n} is not as documented"
+        ));
+    }
+    eprintln!(
+        "dp_hold: {n} allowed CIDRs on the measured forwards ({}), last in canonical order: {}",
+        if refuse {
+            "none matches the client"
+        } else {
+            "the client's network last"
+        },
+        last.unwrap_or_default()
+    );
+    Ok(controls)
+}
+
 fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
     let kernel = KernelConfig {
         fix_sysctls: true,
@@ -95,6 +188,11 @@ async fn main() -> ExitCode {
             .iter()
             .map(|a| parse(a))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(controls) = allowlist_from_env()? {
+            for spec in &mut add {
+                spec.controls = controls.clone();
+            }
+        }
         add.extend((0..extra).map(filler));
         let backend = backend(name)?;
         let started = Instant::now();
