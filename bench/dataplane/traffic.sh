@@ -18,7 +18,9 @@
 # on a shared host hits every mode alike; the table shows the median and
 # (min-max) of the rounds, and one `TARGET` line per target closes the output.
 # The forwarders are the real backends (crates/dataplane/examples/dp_hold.rs);
-# the client and servers are crates/relay/examples/relay_bench.rs. Needs root.
+# the client and servers are crates/relay/examples/relay_bench.rs; the
+# topology and the backend's start and stop are in lib.sh (shared with
+# allowlist.sh). Needs root.
 # One command:
 #   bench/dataplane/traffic.sh   (env: BYTES, RATE_SECS, LAT_SECS, CONC, BIG, MODES, ROUNDS, SETTLE, PIN, BIN, OUT, SVG)
 # Writes a Markdown table to stdout and an SVG plot to $SVG
@@ -35,60 +37,12 @@ BIG="${BIG:-100000}"
 MODES="${MODES:-plain relay nft iptables socat}"
 ROUNDS="${ROUNDS:-3}"
 SETTLE="${SETTLE:-5}"
-if [ "$(nproc)" -ge 2 ]; then PIN="${PIN:-1}"; else PIN=0; fi
-if [ "$PIN" = 1 ]; then FWD=(taskset -c 0); GEN=(taskset -c 1); else FWD=(); GEN=(); fi
 OUT="${OUT:-/tmp/dataplane-traffic}"
 SVG="${SVG:-docs/dataplane-traffic.svg}"
-[ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
-for t in nft iptables-restore socat ip; do
-  command -v "$t" >/dev/null || { echo "$t not installed" >&2; exit 1; }
-done
-mkdir -p "$OUT"
-if [ -n "${BIN:-}" ]; then
-  # Prebuilt binaries (a shared target directory may be busy): BIN=dir with
-  # relay_bench and dp_hold built by the two cargo commands below.
-  RB="$BIN/relay_bench"; HOLD="$BIN/dp_hold"
-else
-  cargo build --release -q -p navigator-relay --examples
-  cargo build --release -q -p navigator-dataplane --examples
-  RB="$CARGO_TARGET_DIR/release/examples/relay_bench"
-  HOLD="$CARGO_TARGET_DIR/release/examples/dp_hold"
-fi
-
-N="nvtr$$"; C="${N}c"; P="${N}p"; B="${N}b"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for ns in "$C" "$P" "$B"; do
-    # Children of the forwarders (socat's per-connection forks) live in the
-    # namespace; only processes inside our own namespaces are killed.
-    for p in $(ip netns pids "$ns" 2>/dev/null || true); do kill -9 "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT INT TERM
-nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
-
-for ns in "$C" "$P" "$B"; do ip netns add "$ns"; nsx "$ns" ip link set lo up; done
-ip link add eth0 netns "$C" type veth peer name ext0 netns "$P"
-ip link add eth0 netns "$B" type veth peer name int0 netns "$P"
-nsx "$C" ip addr add 10.91.0.2/24 dev eth0; nsx "$C" ip link set eth0 up
-nsx "$P" ip addr add 10.91.0.1/24 dev ext0; nsx "$P" ip link set ext0 up
-nsx "$P" ip addr add 10.92.0.1/24 dev int0; nsx "$P" ip link set int0 up
-nsx "$B" ip addr add 10.92.0.2/24 dev eth0; nsx "$B" ip link set eth0 up
-nsx "$C" ip route add default via 10.91.0.1
-# Plain routing needs the route back; the forwarders do not use it (they
-# SNAT or connect from the proxy's own address).
-nsx "$B" ip route add 10.91.0.0/24 via 10.92.0.1
-nsx "$P" sysctl -q -w net.ipv4.ip_forward=1
-for ns in "$C" "$P" "$B"; do
-  # Short connections by the hundred thousand: reuse TIME_WAIT ports.
-  nsx "$ns" sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
-done
-
-nsx "$B" "${GEN[@]}" "$RB" backend 10.92.0.2:9001 10.92.0.2:9002 >"$OUT/backend.out" 2>"$OUT/backend.log" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q READY "$OUT/backend.out" 2>/dev/null && break; sleep 0.05; done
+# Checks, binaries, topology, backend servers, hold/unhold: lib.sh.
+NS_PREFIX="nvtr$$"
+# shellcheck source=bench/dataplane/lib.sh
+. bench/dataplane/lib.sh
 
 RESULTS="$OUT/results.tsv"
 : >"$RESULTS"
@@ -105,24 +59,6 @@ measure() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$round" "$tp" "$cps" "$p50" "$p99" "$err" "$l50" "$l99" >>"$RESULTS"
   echo "  $label (round $round): ${tp} MB/s, ${cps} conn/s (p50 ${p50} us, p99 ${p99} us, errors ${err}), latency p50 ${l50} us p99 ${l99} us" >&2
 }
-# hold MODE EXTRA: starts the backend in the proxy namespace; its stdin is a
-# fifo, closing it makes dp_hold remove everything and exit.
-hold() {
-  local mode=$1 extra=$2 fifo="$OUT/ctl.$1.$2"
-  rm -f "$fifo"; mkfifo "$fifo"
-  nsx "$P" "${FWD[@]}" "$HOLD" "$mode" "$extra" tcp:10.91.0.1:30001=10.92.0.2:9001 tcp:10.91.0.1:30002=10.92.0.2:9002 \
-    <"$fifo" >"$OUT/hold.$mode.$extra.out" 2>"$OUT/hold.$mode.$extra.log" &
-  HOLD_PID=$!
-  PIDS+=("$HOLD_PID")
-  exec 7>"$fifo"
-  for _ in $(seq 2400); do
-    grep -q READY "$OUT/hold.$mode.$extra.out" 2>/dev/null && break
-    kill -0 "$HOLD_PID" 2>/dev/null || { cat "$OUT/hold.$mode.$extra.log" >&2; return 1; }
-    sleep 0.05
-  done
-  echo "  $mode with $extra filler forwards applied in $(awk '{print $2}' "$OUT/hold.$mode.$extra.out") s" >&2
-}
-unhold() { exec 7>&-; wait "$HOLD_PID" 2>/dev/null || true; }
 
 echo "# $(date -u +%F) $(uname -r), $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg), BYTES=$BYTES CONC=$CONC RATE_SECS=$RATE_SECS LAT_SECS=$LAT_SECS ROUNDS=$ROUNDS PIN=$PIN" >&2
 read -r -a ORDER <<<"$MODES"
@@ -133,7 +69,7 @@ for round in $(seq "$ROUNDS"); do
       measure plain "$round" 10.92.0.2:9001 10.92.0.2:9002
     else
       hold "$mode" 0
-      measure "$mode" "$round" 10.91.0.1:30001 10.91.0.1:30002
+      measure "$mode" "$round" "$EXT:30001" "$EXT:30002"
       unhold
     fi
   done
@@ -151,7 +87,7 @@ for mode in nft iptables; do
     for extra in 0 "$BIG"; do
       label="$mode@$BIG"; [ "$extra" = 0 ] && label="$mode@2"
       hold "$mode" "$extra"
-      lat=$(nsx "$C" "${GEN[@]}" "$RB" rate 10.91.0.1:30002 1 "$LAT_SECS")
+      lat=$(nsx "$C" "${GEN[@]}" "$RB" rate "$EXT:30002" 1 "$LAT_SECS")
       echo "$lat" | awk -v m="$label" -v r="$round" '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}} END{printf "%s\t%s\t\t\t\t\t\t%s\t%s\n", m, r, v["p50_us"], v["p99_us"]}' >>"$RESULTS"
       echo "  $label latency (round $round) $lat" >&2
       unhold
