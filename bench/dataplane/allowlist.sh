@@ -70,10 +70,10 @@ hold_with() {
   CIDRS=$n CIDRS_CLIENT="$CLIENT_NET.0/24" CIDRS_REFUSE=$([ -n "$refuse" ] && echo 1 || echo 0) \
     hold "$mode" 0 "cidrs$n$refuse"
 }
-# Why dp_hold failed, one line.
+# Why dp_hold failed, one line (its error is its last line naming it).
 hold_error() {
   local log="$OUT/hold.$1.cidrs$2$3.log"
-  { grep -m1 'dp_hold:' "$log" || tail -n1 "$log"; } 2>/dev/null | tr '\t' ' '
+  { grep 'dp_hold:' "$log" || tail -n1 "$log"; } 2>/dev/null | tail -n1 | tr '\t' ' '
 }
 
 # timed FILE CMD...: runs CMD (stdout to FILE, stderr to generator.log) and
@@ -200,7 +200,7 @@ if [ "${#SANITY_FAILED[@]}" -gt 0 ]; then
   for mode in "${SANITY_FAILED[@]}"; do
     echo "SANITY FAILED: the allowlist is not enforced by $mode"
   done
-  echo "(a forward whose allowlist excluded the client carried its connections: the rows of these backends measure no filter)"
+  echo "(each of these backends either carried connections from outside the forward's allowlist or could not apply it: see the SANITY lines of the progress output; their rows measure no filter)"
   exit 2
 fi
 echo "sanity: every backend refused the client outside its allowlist"

@@ -138,7 +138,7 @@ fn allowlist(n: u32, client: &str, refuse: bool) -> Result<Controls, String> {
         ));
     }
     eprintln!(
-        "dp_hold: {n} allowed CIDRs on the measured forwards ({}), last in canonical order: {}",
+        "dp_hold allowlist: {n} allowed CIDRs on the measured forwards ({}), last in canonical order: {}",
         if refuse {
             "none matches the client"
         } else {
