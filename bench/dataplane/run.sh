@@ -16,4 +16,5 @@ else
 fi
 echo "# $(date -u +%F) $(uname -r), nft $(nft --version | awk '{print $2}'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 "$SCALE" "${SIZES:-1,1000,10000,100000}"
-# Traffic through every backend side by side: bench/dataplane/traffic.sh
+# Traffic through every backend side by side: bench/dataplane/traffic.sh;
+# the cost of a source allowlist per backend: bench/dataplane/allowlist.sh
