@@ -83,6 +83,7 @@ timed() {
   local file=$1 t TIMEFORMAT='%3U %3S %3R'
   shift
   t=$( { time "$@" >"$file" 2>>"$OUT/generator.log"; } 2>&1 ) || true
+  t=${t##*$'\n'}   # time's line is the last (bash -x writes its trace before it)
   awk -v t="$t" 'BEGIN { n = split(t, a, " "); if (n == 3 && a[3] > 0) printf "%.0f", (a[1] + a[2]) / a[3] * 100 }'
 }
 # kv KEY FILE: the value of KEY=value in relay_bench's result line.

@@ -42,7 +42,11 @@ cleanup() {
     ip netns del "$ns" 2>/dev/null || true
   done
 }
-trap cleanup EXIT INT TERM
+# A signal ends the run (through the EXIT trap) instead of letting it go on
+# without its namespaces.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 for ns in "$C" "$P" "$B"; do ip netns add "$ns"; nsx "$ns" ip link set lo up; done
