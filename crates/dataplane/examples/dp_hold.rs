@@ -96,7 +96,8 @@ fn allowlist(n: u32, client: &str, refuse: bool) -> Result<Controls, String> {
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
     parse_cidr(client).map_err(|e| format!("CIDRS_CLIENT: {e}"))?;
     let generated = if refuse { n } else { n - 1 };
-    // Networks go below the client's, above 0.0.0.0/8: one slot each.
+    // Networks go below the client's, so that it sorts last, and above
+    // 0.0.0.0/8: one equal slot each.
     let low = u64::from(u32::from(Ipv4Addr::new(1, 0, 0, 0)));
     let high = u64::from(u32::from(address));
     let slot = high.saturating_sub(low) / u64::from(generated.max(1));
