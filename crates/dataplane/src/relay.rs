@@ -147,6 +147,7 @@ impl RelayBackend {
                 listen,
                 target,
                 limit: limit.clone(),
+                options: Default::default(),
             };
             if let Err(e) = self.relay.add(listener_id(spec.id, offset), listener).await {
                 let _ = self.remove_listeners(spec.id, offset).await;

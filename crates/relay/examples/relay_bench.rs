@@ -87,6 +87,7 @@ async fn serve(args: &[String]) -> Res<()> {
             listen: l.parse()?,
             target: t.parse()?,
             limit: navigator_relay::Limit::unlimited(),
+            options: Default::default(),
         };
         relay.add(ListenerId(i as u128), spec).await?;
     }
