@@ -181,9 +181,9 @@ impl RelayBackend {
         if let Some(no) = navigator_core::unsupported("relay", spec.protocol, &spec.controls) {
             return Err(no.reason);
         }
-        let own = Limit::new(
+        let own = Limit::quiet(
             format!("forward {}", spec.id),
-            "the forward's max_connections (set by its project)",
+            "own max_connections",
             own_cap(&spec.controls),
         );
         let options = listener_options(&spec.controls, own)?;

@@ -96,7 +96,10 @@ pub(crate) async fn serve(
                     // Over a limit: close right away so the client fails fast instead of
                     // hanging in the backlog, where it would also hold the kernel's
                     // memory and make every client behind it wait for a slot.
-                    debug!(listen = %shared.listen, %peer, "connection limit reached; closing");
+                    // A reset (linger 0): the client learns at once, and the
+                    // relay keeps no TIME_WAIT for a connection it never served.
+                    debug!(listen = %shared.listen, %peer, "connection limit reached; resetting");
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
                     drop(client);
                     continue;
                 };
