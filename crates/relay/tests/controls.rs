@@ -413,3 +413,39 @@ async fn usage_counts_bytes_while_connections_run() {
     drop(s);
     relay.shutdown().await;
 }
+
+/// UDP: the options' cap counts sessions; a datagram that would open one
+/// more is dropped, while datagrams of the open session still pass.
+#[tokio::test]
+async fn the_options_cap_counts_udp_sessions() {
+    let relay = Relay::new(RelayConfig::default());
+    let echo = udp_echo().await;
+    let options = ListenerOptions {
+        max_connections: Limit::quiet("forward f", "own max_connections", Some(1)),
+        ..Default::default()
+    };
+    let front = add(&relay, 1, Protocol::Udp, V4, echo, options).await;
+    let first = UdpSocket::bind(V4).await.expect("bind");
+    let second = UdpSocket::bind(V4).await.expect("bind");
+    let mut buf = [0u8; 16];
+    first.send_to(b"one", front).await.expect("send");
+    let (n, _) = tokio::time::timeout(PATIENCE, first.recv_from(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"one");
+    second.send_to(b"two", front).await.expect("send");
+    eventually("the second session refused", || {
+        relay.stats(ListenerId(1)).expect("stats").refused == 1
+    })
+    .await;
+    first.send_to(b"again", front).await.expect("send");
+    let (n, _) = tokio::time::timeout(PATIENCE, first.recv_from(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], b"again");
+    let stats = relay.stats(ListenerId(1)).expect("stats");
+    assert_eq!((stats.accepted, stats.active), (1, 1));
+    relay.shutdown().await;
+}
