@@ -88,9 +88,7 @@ fn in_proxy<T: Send>(topo: &Topo, body: impl FnOnce(&tokio::runtime::Runtime) ->
                     .enable_all()
                     .build()
                     .expect("runtime");
-                let out = body(&rt);
-                rt.block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
-                out
+                body(&rt)
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
