@@ -380,10 +380,9 @@ mod tests {
     async fn applies_plans_and_reports_port_in_use() {
         let backend = RelayBackend::new(RelayBackendConfig::default());
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let free = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
+        // Below the ephemeral range: a port probed free there can be taken
+        // by another test's outgoing connection before it is bound again.
+        let free = std::net::SocketAddr::from(([127, 0, 0, 1], free_block(26200, 1)));
         let good = spec(free, "127.0.0.1:9");
         let bad = spec(taken.local_addr().unwrap(), "127.0.0.1:9");
         let report = backend
@@ -402,7 +401,7 @@ mod tests {
         assert!(report.failed.is_empty());
         assert!(backend.observe().await.is_empty());
         // The port is free again once the forward is removed.
-        std::net::TcpListener::bind(free).unwrap();
+        bind_soon(free.port()).await;
         backend.shutdown().await;
     }
 
