@@ -1,14 +1,25 @@
 //! The `relay` backend: forwards carried by the userspace relay in this
 //! process. It needs no privileges, which is why the all-in-one mode uses it.
+//!
+//! A forward's controls become the options of its listeners (one per port):
+//! `allowed_cidrs` one shared [`Allowlist`], `max_connections` one [`Limit`]
+//! shared by all its ports (on top of `[relay] max_connections_per_forward`,
+//! the smaller winning), `proxy_protocol` the header written to the target.
+//! A controls-only change (a retarget with the same target) updates them in
+//! place. Usage is the sum of the relay's counters of the forward's listeners.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::Mutex;
 
-use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
-use navigator_relay::{Limit, ListenerId, ListenerSpec, Relay, RelayConfig, RelayError};
+use navigator_core::controls::{Controls, ProxyProtocol};
+use navigator_core::{ForwardId, ForwardSpec, ForwardUsage, Plan, Protocol};
+use navigator_relay::{
+    Allowlist, Limit, ListenerId, ListenerOptions, ListenerSpec, ProxyHeader, Relay, RelayConfig,
+    RelayError,
+};
 
-use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure};
+use crate::{ApplyReport, Backend, BoxFuture, ForwardFailure, UsageReport};
 
 /// Settings of the relay backend.
 #[derive(Clone, Debug, Default)]
@@ -89,10 +100,7 @@ impl RelayBackend {
             }
         }
         for spec in &plan.retarget {
-            let retargeted = spec.pairs().zip(0..).try_for_each(|((_, target), offset)| {
-                self.relay.retarget(listener_id(spec.id, offset), target)
-            });
-            match retargeted {
+            match self.retarget(spec) {
                 Ok(()) => {
                     self.carried().insert(spec.id, spec.clone());
                 }
@@ -124,10 +132,61 @@ impl RelayBackend {
         report
     }
 
+    /// A retarget, a change of controls, or both: the target of each
+    /// listener only when it changed (a UDP retarget ends the sessions), the
+    /// options in place (live connections stay, unless the allowlist no
+    /// longer allows their client).
+    fn retarget(&self, spec: &ForwardSpec) -> Result<(), String> {
+        if let Some(no) = navigator_core::unsupported("relay", spec.protocol, &spec.controls) {
+            return Err(no.reason);
+        }
+        let carried = self.carried().get(&spec.id).cloned();
+        let target_changed = carried
+            .as_ref()
+            .is_none_or(|c| c.target != spec.target || c.one_target_port != spec.one_target_port);
+        if target_changed {
+            spec.pairs()
+                .zip(0..)
+                .try_for_each(|((_, target), offset)| {
+                    self.relay.retarget(listener_id(spec.id, offset), target)
+                })
+                .map_err(|e| format!("cannot retarget: {e}"))?;
+        }
+        if carried.is_none_or(|c| c.controls != spec.controls) {
+            let first = listener_id(spec.id, 0);
+            let own = self
+                .relay
+                .options(first)
+                .map(|o| o.max_connections)
+                .ok_or_else(|| {
+                    format!("cannot change controls: {}", RelayError::NotFound(first))
+                })?;
+            own.set_max(own_cap(&spec.controls));
+            let options = listener_options(&spec.controls, own)?;
+            for offset in 0..spec.ports {
+                self.relay
+                    .set_options(listener_id(spec.id, offset), options.clone())
+                    .map_err(|e| format!("cannot change controls: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Binds one listener per port of `spec`. All or nothing: when one port
     /// cannot be bound, those already bound are closed again and the reason
     /// names the port, so a forward is never half carried.
     async fn add_listeners(&self, spec: &ForwardSpec) -> Result<Limit, String> {
+        // The second line of defence: the server refuses such a forward, but
+        // an older server or a hand-made message may still send one.
+        if let Some(no) = navigator_core::unsupported("relay", spec.protocol, &spec.controls) {
+            return Err(no.reason);
+        }
+        let own = Limit::quiet(
+            format!("forward {}", spec.id),
+            "own max_connections",
+            own_cap(&spec.controls),
+        );
+        let options = listener_options(&spec.controls, own)?;
         // One cap for all the forward's ports: a 1,000-port range gets the
         // forward's limit, not a thousand of them.
         let limit = Limit::new(
@@ -147,6 +206,7 @@ impl RelayBackend {
                 listen,
                 target,
                 limit: limit.clone(),
+                options: options.clone(),
             };
             if let Err(e) = self.relay.add(listener_id(spec.id, offset), listener).await {
                 let _ = self.remove_listeners(spec.id, offset).await;
@@ -180,6 +240,33 @@ impl Backend for RelayBackend {
         Box::pin(self.relay.shutdown())
     }
 
+    fn usage<'a>(&'a self, ids: &'a [ForwardId]) -> BoxFuture<'a, UsageReport> {
+        let ports: Vec<(ForwardId, u16)> = {
+            let carried = self.carried();
+            ids.iter()
+                .filter_map(|id| Some((*id, carried.get(id)?.ports)))
+                .collect()
+        };
+        let usage: HashMap<ForwardId, ForwardUsage> = ports
+            .into_iter()
+            .map(|(id, ports)| {
+                let mut u = ForwardUsage::default();
+                for offset in 0..ports {
+                    let Some(s) = self.relay.stats(listener_id(id, offset)) else {
+                        continue;
+                    };
+                    u.bytes_in += s.bytes_to_target;
+                    u.bytes_out += s.bytes_from_target;
+                    u.connections_total += s.accepted;
+                    u.connections_active += s.active as u64;
+                    u.last_connection_at = u.last_connection_at.max(s.last_accepted_at);
+                }
+                (id, u)
+            })
+            .collect();
+        Box::pin(async move { Ok(usage) })
+    }
+
     fn set_forward_caps(&self, tcp: Option<usize>, udp: Option<usize>) -> bool {
         // Held throughout: a forward being added either sees the new caps
         // when it is recorded or is among the listeners changed here.
@@ -208,6 +295,37 @@ impl Backend for RelayBackend {
         );
         true
     }
+}
+
+/// The forward's own cap (`max_connections`; `None` is none of its own).
+fn own_cap(controls: &Controls) -> Option<usize> {
+    controls
+        .max_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The relay options of a forward's listeners, sharing `own` as their cap.
+fn listener_options(controls: &Controls, own: Limit) -> Result<ListenerOptions, String> {
+    let allow = if controls.allowed_cidrs.is_empty() {
+        Allowlist::everyone()
+    } else {
+        Allowlist::new(
+            controls
+                .allowed_cidrs
+                .iter()
+                .map(|net| (net.addr(), net.prefix_len())),
+        )
+        .map_err(|e| format!("allowed_cidrs: {e}"))?
+    };
+    Ok(ListenerOptions {
+        allow,
+        max_connections: own,
+        proxy_header: match controls.proxy_protocol {
+            ProxyProtocol::None => ProxyHeader::None,
+            ProxyProtocol::V1 => ProxyHeader::V1,
+            ProxyProtocol::V2 => ProxyHeader::V2,
+        },
+    })
 }
 
 /// The relay listener of the port at `offset` in a forward's range. Ids are
@@ -243,6 +361,7 @@ fn bind_reason(protocol: Protocol, listen: std::net::SocketAddr, e: &RelayError)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use navigator_core::controls::{Controls, ProxyProtocol};
     use navigator_core::plan;
 
     fn spec(listen: std::net::SocketAddr, target: &str) -> ForwardSpec {
@@ -261,10 +380,9 @@ mod tests {
     async fn applies_plans_and_reports_port_in_use() {
         let backend = RelayBackend::new(RelayBackendConfig::default());
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let free = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
+        // Below the ephemeral range: a port probed free there can be taken
+        // by another test's outgoing connection before it is bound again.
+        let free = std::net::SocketAddr::from(([127, 0, 0, 1], free_block(26200, 1)));
         let good = spec(free, "127.0.0.1:9");
         let bad = spec(taken.local_addr().unwrap(), "127.0.0.1:9");
         let report = backend
@@ -283,7 +401,7 @@ mod tests {
         assert!(report.failed.is_empty());
         assert!(backend.observe().await.is_empty());
         // The port is free again once the forward is removed.
-        std::net::TcpListener::bind(free).unwrap();
+        bind_soon(free.port()).await;
         backend.shutdown().await;
     }
 
@@ -507,6 +625,163 @@ mod tests {
         for port in first..first + 2 {
             bind_soon(port).await;
         }
+        backend.shutdown().await;
+    }
+
+    async fn echo_target() -> std::net::SocketAddr {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        target
+    }
+
+    /// A connection from `src` that echoes `msg`, or `None` when the relay
+    /// closes or resets it.
+    async fn echoes_from(src: &str, port: u16, msg: &[u8]) -> Option<tokio::net::TcpStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(format!("{src}:0").parse().ok()?).ok()?;
+        let mut s = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .ok()?;
+        s.write_all(msg).await.ok()?;
+        let mut buf = vec![0u8; msg.len()];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_exact(&mut buf)).await;
+        matches!(read, Ok(Ok(_))).then_some(s)
+    }
+
+    fn controls(cidrs: &[&str], max: Option<u32>, proxy: ProxyProtocol) -> Controls {
+        Controls::new(
+            cidrs
+                .iter()
+                .map(|c| navigator_core::parse_cidr(c).unwrap())
+                .collect(),
+            max,
+            proxy,
+        )
+    }
+
+    /// The second line of defence: what the relay cannot enforce fails the
+    /// forward with the reason of `navigator_core::unsupported`, on create
+    /// and on a change of controls.
+    #[tokio::test]
+    async fn proxy_protocol_on_udp_fails_the_forward_with_the_reason() {
+        let backend = RelayBackend::new(RelayBackendConfig::default());
+        let first = free_block(26100, 1);
+        let mut udp = spec(
+            std::net::SocketAddr::from(([127, 0, 0, 1], first)),
+            "127.0.0.1:9",
+        );
+        udp.protocol = Protocol::Udp;
+        let bad = ForwardSpec {
+            controls: controls(&[], None, ProxyProtocol::V2),
+            ..udp.clone()
+        };
+        let report = backend.apply(&plan(std::slice::from_ref(&bad), &[])).await;
+        assert_eq!(report.failed.len(), 1);
+        assert!(
+            report.failed[0].reason.contains("TCP forwards only"),
+            "{}",
+            report.failed[0].reason
+        );
+        assert!(backend.observe().await.is_empty());
+
+        assert!(
+            backend
+                .apply(&plan(std::slice::from_ref(&udp), &[]))
+                .await
+                .failed
+                .is_empty()
+        );
+        let report = backend
+            .apply(&plan(std::slice::from_ref(&bad), &backend.observe().await))
+            .await;
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert_eq!(backend.observe().await, vec![udp], "the old controls stay");
+        backend.shutdown().await;
+    }
+
+    /// Controls reach the relay (allowlist, the forward's own cap over all
+    /// its ports) and change in place: a live connection of a client that
+    /// stays allowed survives; usage sums the forward's ports.
+    #[tokio::test]
+    async fn controls_apply_and_change_in_place_and_usage_sums_the_ports() {
+        let target = echo_target().await;
+        let backend = RelayBackend::new(RelayBackendConfig {
+            max_connections_per_forward: Some(5),
+            ..RelayBackendConfig::default()
+        });
+        let first = free_block(26400, 2);
+        let old = ForwardSpec {
+            target,
+            ports: 2,
+            one_target_port: true,
+            controls: controls(&["127.0.0.2"], Some(1), ProxyProtocol::None),
+            ..spec(
+                std::net::SocketAddr::from(([127, 0, 0, 1], first)),
+                "127.0.0.1:9",
+            )
+        };
+        let report = backend.apply(&plan(std::slice::from_ref(&old), &[])).await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let held = echoes_from("127.0.0.2", first, b"hello")
+            .await
+            .expect("allowed");
+        assert!(
+            echoes_from("127.0.0.2", first + 1, b"x").await.is_none(),
+            "max_connections 1 spans both ports"
+        );
+        assert!(
+            echoes_from("127.0.0.1", first + 1, b"x").await.is_none(),
+            "not in the allowlist"
+        );
+
+        let new = ForwardSpec {
+            controls: controls(&["127.0.0.0/30"], Some(2), ProxyProtocol::None),
+            ..old.clone()
+        };
+        let change = plan(std::slice::from_ref(&new), &backend.observe().await);
+        assert_eq!(
+            change.retarget,
+            vec![new.clone()],
+            "a controls change is a retarget"
+        );
+        assert!(backend.apply(&change).await.failed.is_empty());
+        assert_eq!(backend.observe().await, vec![new.clone()]);
+        let other = echoes_from("127.0.0.1", first + 1, b"welcome")
+            .await
+            .expect("allowed now, under the new cap of 2");
+        assert!(
+            echoes_from("127.0.0.1", first, b"x").await.is_none(),
+            "cap of 2"
+        );
+        // The connection opened before the change is still relayed.
+        let mut held = held;
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            held.write_all(b"again").await.unwrap();
+            let mut buf = [0u8; 5];
+            held.read_exact(&mut buf).await.unwrap();
+        }
+        let usage = backend
+            .usage(&[new.id, ForwardId::new_random()])
+            .await
+            .unwrap();
+        assert_eq!(usage.len(), 1, "only carried forwards are counted");
+        let u = usage[&new.id];
+        assert_eq!((u.bytes_in, u.bytes_out), (17, 17));
+        assert_eq!((u.connections_total, u.connections_active), (2, 2));
+        assert!(u.last_connection_at.is_some());
+        drop((held, other));
         backend.shutdown().await;
     }
 }

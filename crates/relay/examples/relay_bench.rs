@@ -2,6 +2,10 @@
 //! its own process so fds and RSS are measured per role:
 //!
 //! - `serve <splice> <listen=target>...`: a relay process (auto|always|never).
+//!   With `ALLOW_CIDRS=N` in the environment every listener gets an allowlist
+//!   of N networks (N-1 random /24s outside loopback, then 127.0.0.0/8 last;
+//!   0 allows everyone),
+//!   to measure what matching costs per new connection.
 //! - `backend <sink_addr> <echo_addr>`: sink (reads to EOF, replies with the byte
 //!   count) and echo servers.
 //! - `throughput <addr> <bytes>`: one bulk stream to the sink; prints MB/s.
@@ -80,6 +84,11 @@ async fn serve(args: &[String]) -> Res<()> {
         splice,
         ..RelayConfig::default()
     });
+    let allow = match std::env::var("ALLOW_CIDRS") {
+        Ok(n) => bench_allowlist(n.parse()?)?,
+        Err(_) => navigator_relay::Allowlist::everyone(),
+    };
+    eprintln!("allowlist: {allow:?}");
     for (i, pair) in args[1..].iter().enumerate() {
         let (l, t) = pair.split_once('=').ok_or("expected listen=target")?;
         let spec = ListenerSpec {
@@ -87,6 +96,10 @@ async fn serve(args: &[String]) -> Res<()> {
             listen: l.parse()?,
             target: t.parse()?,
             limit: navigator_relay::Limit::unlimited(),
+            options: navigator_relay::ListenerOptions {
+                allow: allow.clone(),
+                ..Default::default()
+            },
         };
         relay.add(ListenerId(i as u128), spec).await?;
     }
@@ -94,6 +107,27 @@ async fn serve(args: &[String]) -> Res<()> {
     tokio::signal::ctrl_c().await?;
     relay.shutdown().await;
     Ok(())
+}
+
+/// `n` networks: `n - 1` pseudo-random /24s in 11.0.0.0-126.255.255.255
+/// (never loopback), then 127.0.0.0/8, which the benchmark's clients use.
+fn bench_allowlist(n: usize) -> Res<navigator_relay::Allowlist> {
+    if n == 0 {
+        return Ok(navigator_relay::Allowlist::everyone());
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut nets: Vec<(std::net::IpAddr, u8)> = (1..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = 11 + (x % 116) as u8;
+            let ip = std::net::Ipv4Addr::new(a, (x >> 8) as u8, (x >> 16) as u8, 0);
+            (ip.into(), 24)
+        })
+        .collect();
+    nets.push((std::net::Ipv4Addr::new(127, 0, 0, 0).into(), 8));
+    Ok(navigator_relay::Allowlist::new(nets)?)
 }
 
 async fn backend(args: &[String]) -> Res<()> {

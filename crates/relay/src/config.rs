@@ -25,7 +25,7 @@ pub struct RelayConfig {
     /// connections forever, like a plain TCP proxy.
     pub tcp_idle_timeout: Option<Duration>,
     /// Concurrent TCP connections of the whole relay, all listeners together; `None`
-    /// is unlimited. Beyond it new connections are accepted and closed at once.
+    /// is unlimited. Beyond it new connections are accepted and reset at once.
     pub max_connections: Option<usize>,
     /// Concurrent UDP sessions of the whole relay; `None` is unlimited. Datagrams
     /// that would open more are dropped. Each listener's [`crate::Limit`] applies too.

@@ -4,11 +4,18 @@
 //! One [`Relay`] (one tokio runtime) serves any number of listeners; each listener
 //! forwards one local address to one target address and can be retargeted, resized
 //! or removed while running.
+//!
+//! Each listener also has [`ListenerOptions`], changeable in place: a source
+//! [`Allowlist`] (checked before the target is dialled), a second connection
+//! cap shared by a group of listeners, and the PROXY protocol header written
+//! to the target.
 
+mod allow;
 mod config;
 mod copy;
 mod error;
 mod limits;
+mod proxy_protocol;
 mod tcp;
 mod udp;
 
@@ -24,9 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+pub use allow::{Allowlist, InvalidNetwork};
 pub use config::{RelayConfig, SpliceMode};
 pub use error::RelayError;
 pub use limits::{GateStats, Limit};
+pub use proxy_protocol::{ProxyHeader, header as proxy_header};
 
 use limits::{Caps, Gate};
 
@@ -68,6 +77,29 @@ pub struct ListenerSpec {
     /// other listener given a clone of the same [`Limit`] (e.g. all ports of one
     /// forward). The relay-wide caps of [`RelayConfig`] apply too.
     pub limit: Limit,
+    /// Allowlist, second cap and PROXY header; [`Relay::set_options`] changes them.
+    pub options: ListenerOptions,
+}
+
+/// What a listener enforces beyond its target, changeable while it runs
+/// ([`Relay::set_options`]). The default allows everyone, adds no cap and
+/// writes no header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerOptions {
+    /// Clients outside it are refused before the target is dialled: a TCP
+    /// connection is reset (SO_LINGER 0), a UDP datagram that would open a
+    /// session is dropped. Narrowing it also ends the live connections and
+    /// sessions of clients it no longer allows.
+    pub allow: Allowlist,
+    /// A cap of concurrent TCP connections (UDP sessions) on top of
+    /// [`ListenerSpec::limit`] and the relay's caps (the smallest wins), shared
+    /// by every listener given a clone of it. Over it a connection is closed
+    /// at once and a datagram that would open a session is dropped, as with
+    /// the other caps. Default: unlimited.
+    pub max_connections: Limit,
+    /// The header written to the target after connecting and before any
+    /// client byte (TCP only; ignored for UDP).
+    pub proxy_header: ProxyHeader,
 }
 
 /// Counters of one listener. Byte counts are payload bytes relayed so far.
@@ -81,6 +113,13 @@ pub struct ListenerStats {
     /// Connections closed (or UDP datagrams dropped) because a limit (the
     /// listener's, the relay's, or the open-file budget) was reached.
     pub refused: u64,
+    /// Connections reset (or UDP datagrams dropped) because the client is
+    /// outside the [`ListenerOptions::allow`] list, plus live connections and
+    /// sessions ended when the list stopped allowing their client.
+    pub denied: u64,
+    /// When the last connection or session was admitted, in seconds since
+    /// the Unix epoch; `None` if none was.
+    pub last_accepted_at: Option<u64>,
     /// TCP connections whose target could not be reached in time.
     pub connect_failures: u64,
     /// Bytes client → target.
@@ -96,6 +135,15 @@ pub(crate) struct ListenerShared {
     pub(crate) listen: SocketAddr,
     target: RwLock<SocketAddr>,
     pub(crate) limit: Limit,
+    options: RwLock<ListenerOptions>,
+    /// Cancelled (and replaced) when the allowlist changes, so live TCP
+    /// connections re-check their client; a child of `conn_cancel`.
+    allow_epoch: RwLock<CancellationToken>,
+    /// Wakes the UDP loop so it drops sessions the allowlist no longer allows.
+    pub(crate) options_changed: Notify,
+    pub(crate) denied: AtomicU64,
+    /// Unix seconds of the last admission, 0 = never.
+    pub(crate) last_accepted_at: AtomicU64,
     /// The relay's process-wide caps.
     pub(crate) caps: Arc<Caps>,
     pub(crate) active: AtomicUsize,
@@ -119,12 +167,39 @@ impl ListenerShared {
     pub(crate) fn target(&self) -> SocketAddr {
         *self.target.read().unwrap_or_else(PoisonError::into_inner)
     }
+
+    pub(crate) fn options(&self) -> std::sync::RwLockReadGuard<'_, ListenerOptions> {
+        self.options.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the current allowlist lets `client` in.
+    pub(crate) fn allows(&self, client: std::net::IpAddr) -> bool {
+        self.options().allow.allows(client)
+    }
+
+    /// The token that fires when the allowlist changes next.
+    pub(crate) fn allow_epoch(&self) -> CancellationToken {
+        self.allow_epoch
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Counts an admission: its time and the total.
+    pub(crate) fn admitted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_accepted_at.store(now, Ordering::Relaxed);
+    }
 }
 
 /// One admitted TCP connection or UDP session: a unit of the listener's
-/// [`Limit`], of the relay's TCP or UDP cap, and its open files. Dropping it
-/// gives all of them back.
-pub(crate) struct ActiveGuard(pub(crate) Arc<ListenerShared>);
+/// [`Limit`], of its options' [`Limit`] (the one it was admitted under, even
+/// if the options changed since), of the relay's TCP or UDP cap, and its open
+/// files. Dropping it gives all of them back.
+pub(crate) struct ActiveGuard(pub(crate) Arc<ListenerShared>, Limit);
 
 impl ActiveGuard {
     /// Claims a slot if the listener's limit, the relay's cap for its protocol
@@ -136,21 +211,29 @@ impl ActiveGuard {
             Protocol::Tcp => (&caps.tcp, 2, "TCP connections", "[relay] max_connections"),
             Protocol::Udp => (&caps.udp, 1, "UDP sessions", "[relay] max_udp_sessions"),
         };
+        let own = shared.options().max_connections.clone();
         let limit = shared.limit.gate();
         let refused = || {
             shared.refused.fetch_add(1, Ordering::Relaxed);
             None
         };
+        if !own.gate().try_take(1) {
+            own.warn_refused(what);
+            return refused();
+        }
         if !limit.try_take(1) {
+            own.gate().give_back(1);
             shared.limit.warn_refused(what);
             return refused();
         }
         if !process.try_take(1) {
+            own.gate().give_back(1);
             limit.give_back(1);
             Caps::warn(process, what, option);
             return refused();
         }
         if !caps.fds.try_take(fds) {
+            own.gate().give_back(1);
             limit.give_back(1);
             process.give_back(1);
             Caps::warn(
@@ -161,7 +244,7 @@ impl ActiveGuard {
             return refused();
         }
         shared.active.fetch_add(1, Ordering::AcqRel);
-        Some(ActiveGuard(Arc::clone(shared)))
+        Some(ActiveGuard(Arc::clone(shared), own))
     }
 }
 
@@ -170,6 +253,7 @@ impl Drop for ActiveGuard {
         let shared = &self.0;
         shared.active.fetch_sub(1, Ordering::AcqRel);
         shared.limit.gate().give_back(1);
+        self.1.gate().give_back(1);
         let caps = &shared.caps;
         match shared.protocol {
             Protocol::Tcp => {
@@ -301,11 +385,17 @@ impl Relay {
                 return Err(bind_err(e));
             }
         };
+        let conn_cancel = CancellationToken::new();
         let shared = Arc::new(ListenerShared {
             protocol: spec.protocol,
             listen,
             target: RwLock::new(spec.target),
             limit: spec.limit.clone(),
+            options: RwLock::new(spec.options.clone()),
+            allow_epoch: RwLock::new(conn_cancel.child_token()),
+            options_changed: Notify::new(),
+            denied: AtomicU64::new(0),
+            last_accepted_at: AtomicU64::new(0),
             caps: Arc::clone(&self.inner.caps),
             active: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
@@ -315,7 +405,7 @@ impl Relay {
             bytes_from_target: AtomicU64::new(0),
             last_fd_error_ms: AtomicU64::new(0),
             retargeted: Notify::new(),
-            conn_cancel: CancellationToken::new(),
+            conn_cancel,
             tasks: TaskTracker::new(),
         });
         let accept_cancel = CancellationToken::new();
@@ -335,7 +425,7 @@ impl Relay {
             )),
         };
         info!(listener = %id, protocol = %spec.protocol, %listen, target = %spec.target,
-            limit = ?spec.limit.max(), "relay listener added");
+            limit = ?spec.limit.max(), options = ?spec.options, "relay listener added");
         map.insert(
             id,
             ListenerEntry {
@@ -381,6 +471,47 @@ impl Relay {
         Ok(())
     }
 
+    /// Replaces the listener's options, for new connections at once. A
+    /// changed allowlist also ends the live TCP connections and UDP sessions
+    /// of clients it no longer allows (an allowlist is a security control: a
+    /// client taken off it must not keep a connection it opened before); the
+    /// others go on. A new cap does not close live connections; it only
+    /// refuses new ones until under it.
+    pub fn set_options(&self, id: ListenerId, options: ListenerOptions) -> Result<(), RelayError> {
+        let map = self.lock();
+        let shared = &map.get(&id).ok_or(RelayError::NotFound(id))?.shared;
+        let allow_changed = {
+            let mut current = shared
+                .options
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let changed = current.allow != options.allow;
+            info!(listener = %id, old = ?*current, new = ?options, "relay listener options changed");
+            *current = options;
+            changed
+        };
+        if allow_changed {
+            // After the write: a connection that takes the new token reads the
+            // new list; one holding the old token is woken to re-check.
+            let fresh = shared.conn_cancel.child_token();
+            let old = std::mem::replace(
+                &mut *shared
+                    .allow_epoch
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner),
+                fresh,
+            );
+            old.cancel();
+            shared.options_changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The listener's current options.
+    pub fn options(&self, id: ListenerId) -> Option<ListenerOptions> {
+        Some(self.lock().get(&id)?.shared.options().clone())
+    }
+
     /// Closes the listener (the port is free when this returns) and closes its live
     /// connections / sessions.
     pub async fn remove(&self, id: ListenerId) -> Result<(), RelayError> {
@@ -409,6 +540,7 @@ impl Relay {
                     listen: s.listen,
                     target: s.target(),
                     limit: s.limit.clone(),
+                    options: s.options().clone(),
                 };
                 (*id, spec)
             })
@@ -424,6 +556,11 @@ impl Relay {
             active: s.active.load(Ordering::Relaxed),
             accepted: s.accepted.load(Ordering::Relaxed),
             refused: s.refused.load(Ordering::Relaxed),
+            denied: s.denied.load(Ordering::Relaxed),
+            last_accepted_at: match s.last_accepted_at.load(Ordering::Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
             connect_failures: s.connect_failures.load(Ordering::Relaxed),
             bytes_to_target: s.bytes_to_target.load(Ordering::Relaxed),
             bytes_from_target: s.bytes_from_target.load(Ordering::Relaxed),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 /// An episode of refusals ends after this long without one.
 pub(crate) const EPISODE_GAP: Duration = Duration::from_secs(10);
@@ -126,6 +126,9 @@ struct LimitInner {
     name: String,
     /// The option an operator raises, named in the warning.
     option: String,
+    /// Refusals are logged at `info`, not `warn`: a cap its user chose (a
+    /// forward's own `max_connections`), which is not the operator's to raise.
+    quiet: bool,
     gate: Gate,
 }
 
@@ -135,6 +138,18 @@ impl Limit {
         Limit(Arc::new(LimitInner {
             name: name.into(),
             option: option.into(),
+            quiet: false,
+            gate: Gate::new(max),
+        }))
+    }
+
+    /// Like [`Limit::new`], but an episode of refusals is logged at `info`:
+    /// for a cap that its user set and reaches on purpose.
+    pub fn quiet(name: impl Into<String>, option: impl Into<String>, max: Option<usize>) -> Limit {
+        Limit(Arc::new(LimitInner {
+            name: name.into(),
+            option: option.into(),
+            quiet: true,
             gate: Gate::new(max),
         }))
     }
@@ -163,7 +178,18 @@ impl Limit {
     }
 
     pub(crate) fn warn_refused(&self, what: &str) {
-        if self.0.gate.refuse() {
+        if !self.0.gate.refuse() {
+            return;
+        }
+        if self.0.quiet {
+            info!(
+                limit = ?self.0.gate.max(),
+                "{} reached its {} of {} concurrent {what}: refusing new ones (logged once per episode)",
+                self.0.name,
+                self.0.option,
+                self.0.gate.max().unwrap_or(usize::MAX),
+            );
+        } else {
             warn!(
                 limit = ?self.0.gate.max(),
                 "{} reached its limit of {} concurrent {what}: refusing new ones (one warning per episode); raise {} if this is legitimate load",

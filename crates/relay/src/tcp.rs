@@ -1,5 +1,6 @@
 //! TCP listener: binding, the accept loop (resilient to fd exhaustion), the
-//! per-listener connection limit and the per-connection task.
+//! allowlist and connection limits, and the per-connection task (connect,
+//! PROXY protocol header, copy, re-check when the allowlist changes).
 
 use std::future::Future;
 use std::io;
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::copy::{Copier, PipePool};
-use crate::{ActiveGuard, ListenerShared, RelayConfig};
+use crate::{ActiveGuard, ListenerShared, ProxyHeader, RelayConfig, proxy_protocol};
 
 /// Pause after an accept error before retrying, so a persistent condition
 /// (out of fds) does not spin the CPU.
@@ -81,15 +82,28 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((client, peer)) => {
+                if !shared.allows(peer.ip()) {
+                    // Before anything else, the target above all: a refused
+                    // client must not make the target see a connection. A
+                    // reset (linger 0) tells it at once that nobody serves it.
+                    shared.denied.fetch_add(1, Ordering::Relaxed);
+                    debug!(listen = %shared.listen, %peer, "client not in the allowlist; resetting");
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                    drop(client);
+                    continue;
+                }
                 let Some(guard) = ActiveGuard::try_acquire(&shared) else {
                     // Over a limit: close right away so the client fails fast instead of
                     // hanging in the backlog, where it would also hold the kernel's
                     // memory and make every client behind it wait for a slot.
-                    debug!(listen = %shared.listen, %peer, "connection limit reached; closing");
+                    // A reset (linger 0): the client learns at once, and the
+                    // relay keeps no TIME_WAIT for a connection it never served.
+                    debug!(listen = %shared.listen, %peer, "connection limit reached; resetting");
+                    let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
                     drop(client);
                     continue;
                 };
-                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                shared.admitted();
                 let task = connection(client, peer, guard, Arc::clone(&config), Arc::clone(&pipes));
                 shared.tasks.spawn(task);
             }
@@ -160,6 +174,27 @@ async fn connection(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let header = shared.options().proxy_header;
+    if header != ProxyHeader::None {
+        // The client's address and the relay address it reached, before any
+        // client byte; the copy (buffered or splice) starts after it.
+        let written = match client.local_addr() {
+            Ok(local) => {
+                let bytes = proxy_protocol::header(header, peer, local);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = tokio::time::timeout(config.connect_timeout, write_all(&upstream, &bytes)) => {
+                        r.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            debug!(%peer, %target, error = %e, "cannot write the PROXY protocol header");
+            return;
+        }
+    }
     debug!(%peer, %target, "relaying");
 
     let mut copier = Copier::new(config.splice);
@@ -168,39 +203,54 @@ async fn connection(
     let mut idle = config
         .tcp_idle_timeout
         .map(|d| (d, Box::pin(tokio::time::sleep(d)), Instant::now(), 0u64));
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
-    let end = std::future::poll_fn(|cx| {
-        if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Cut);
+    let end = loop {
+        // Taken before the check, so that an allowlist change after the
+        // check cancels this token and the loop checks again.
+        let epoch = shared.allow_epoch();
+        if !shared.allows(peer.ip()) {
+            shared.denied.fetch_add(1, Ordering::Relaxed);
+            break End::Denied;
         }
-        let r = copier.poll(
-            cx,
-            &client,
-            &upstream,
-            &pipes,
-            [&shared.bytes_to_target, &shared.bytes_from_target],
-        );
-        if let Poll::Ready(r) = r {
-            return Poll::Ready(End::Copied(r));
-        }
-        if let Some((timeout, sleep, last, seen)) = &mut idle {
-            if copier.progress() != *seen {
-                *seen = copier.progress();
-                *last = Instant::now();
+        let cancelled = epoch.cancelled();
+        tokio::pin!(cancelled);
+        let end = std::future::poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Cut);
             }
-            // Re-arm lazily: only when the timer fires do we look at the last activity.
-            while sleep.as_mut().poll(cx).is_ready() {
-                let deadline = *last + *timeout;
-                if Instant::now() >= deadline {
-                    return Poll::Ready(End::Idle);
+            let r = copier.poll(
+                cx,
+                &client,
+                &upstream,
+                &pipes,
+                [&shared.bytes_to_target, &shared.bytes_from_target],
+            );
+            if let Poll::Ready(r) = r {
+                return Poll::Ready(End::Copied(r));
+            }
+            if let Some((timeout, sleep, last, seen)) = &mut idle {
+                if copier.progress() != *seen {
+                    *seen = copier.progress();
+                    *last = Instant::now();
                 }
-                sleep.as_mut().reset(deadline);
+                // Re-arm lazily: only when the timer fires do we look at the last activity.
+                while sleep.as_mut().poll(cx).is_ready() {
+                    let deadline = *last + *timeout;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(End::Idle);
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
             }
+            Poll::Pending
+        })
+        .await;
+        match end {
+            // The listener's own cut (removal, shutdown), or an allowlist
+            // change: the loop re-checks the client for the latter.
+            End::Cut if !shared.conn_cancel.is_cancelled() => continue,
+            end => break end,
         }
-        Poll::Pending
-    })
-    .await;
+    };
     match end {
         End::Copied(Ok(())) => {
             debug!(%peer, %target, bytes = copier.progress(), "connection closed")
@@ -208,6 +258,10 @@ async fn connection(
         End::Copied(Err(e)) => debug!(%peer, %target, error = %e, "connection ended with error"),
         End::Cut => debug!(%peer, %target, "connection cut by relay"),
         End::Idle => debug!(%peer, %target, "idle timeout"),
+        End::Denied => {
+            debug!(%peer, %target, "client no longer in the allowlist; resetting");
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        }
     }
 }
 
@@ -215,4 +269,20 @@ enum End {
     Copied(std::io::Result<()>),
     Cut,
     Idle,
+    Denied,
+}
+
+/// Writes all of `buf` to a socket (the PROXY header: one write in practice,
+/// the send buffer of a fresh connection being empty).
+async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        s.writable().await?;
+        match s.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

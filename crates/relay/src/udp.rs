@@ -61,6 +61,17 @@ pub(crate) async fn serve(
         let (n, client) = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
+            () = shared.options_changed.notified() => {
+                // The allowlist changed: clients it no longer allows lose
+                // their sessions (dropping one cancels its reply task).
+                let mut table = lock(&table);
+                let before = table.len();
+                table.retain(|client, _| shared.allows(client.ip()));
+                let ended = before - table.len();
+                shared.denied.fetch_add(ended as u64, Ordering::Relaxed);
+                debug!(listen = %shared.listen, sessions = ended, "allowlist changed: UDP sessions of clients no longer allowed ended");
+                continue;
+            }
             () = shared.retargeted.notified() => {
                 // Sessions are connected to the old target; drop them so the next
                 // datagram of each client opens a session toward the new one.
@@ -86,6 +97,11 @@ pub(crate) async fn serve(
         let upstream = match existing {
             Some(u) => u,
             None => {
+                if !shared.allows(client.ip()) {
+                    shared.denied.fetch_add(1, Ordering::Relaxed);
+                    debug!(listen = %shared.listen, %client, "client not in the allowlist; datagram dropped");
+                    continue;
+                }
                 let Some(guard) = ActiveGuard::try_acquire(&shared) else {
                     debug!(listen = %shared.listen, %client, "udp session limit reached; dropping datagram");
                     continue;
@@ -103,7 +119,7 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
-                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                shared.admitted();
                 next_id += 1;
                 let stop = shared.conn_cancel.child_token();
                 let last_activity = Arc::new(AtomicU64::new(now_ms));

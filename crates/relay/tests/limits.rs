@@ -106,6 +106,7 @@ async fn the_open_file_budget_counts_listeners_and_connections() {
                 listen: V4.parse().expect("addr"),
                 target: echo,
                 limit: Limit::unlimited(),
+                options: Default::default(),
             },
         )
         .await

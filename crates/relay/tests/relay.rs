@@ -54,6 +54,7 @@ async fn relay_tcp(
                 listen: addr(listen),
                 target,
                 limit: Limit::new("test", "max", max),
+                options: Default::default(),
             },
         )
         .await
@@ -298,6 +299,7 @@ async fn bind_errors() {
         listen: port,
         target: port,
         limit: Limit::unlimited(),
+        options: Default::default(),
     };
     match relay.add(ListenerId(1), spec.clone()).await {
         Err(RelayError::Bind {
@@ -339,6 +341,7 @@ async fn bind_errors() {
                 listen: udp_taken.local_addr().expect("addr"),
                 target: port,
                 limit: Limit::unlimited(),
+                options: Default::default(),
             },
         )
         .await
@@ -371,6 +374,7 @@ async fn relay_udp(relay: &Relay, id: u128, target: SocketAddr) -> SocketAddr {
                 listen: addr(V4),
                 target,
                 limit: Limit::unlimited(),
+                options: Default::default(),
             },
         )
         .await
@@ -511,7 +515,8 @@ async fn shutdown_drains_live_connections() {
                     protocol: Protocol::Tcp,
                     listen: addr(V4),
                     target: echo,
-                    limit: Limit::unlimited()
+                    limit: Limit::unlimited(),
+                    options: Default::default(),
                 }
             )
             .await,

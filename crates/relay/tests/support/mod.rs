@@ -56,6 +56,7 @@ pub async fn add(
                 listen: V4.parse().expect("addr"),
                 target,
                 limit: limit.clone(),
+                options: Default::default(),
             },
         )
         .await
