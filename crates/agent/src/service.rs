@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use navigator_core::ForwardId;
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::{decode_args, encode_reply};
 use navigator_rpc::{
-    Incoming, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport, methods, topics,
+    Incoming, MAX_USAGE_IDS, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport,
+    methods, topics,
 };
 use serde_json::Value;
 use tokio::sync::watch;
@@ -121,8 +123,31 @@ async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteErr
             Ok(Value::Null)
         }
         methods::GET_STATE => encode_reply(&agent.state().await),
+        methods::GET_USAGE => {
+            let args: args::GetUsage = decode_args(incoming)?;
+            if args.ids.len() > MAX_USAGE_IDS {
+                return Err(RemoteError::new(
+                    "ValueError",
+                    format!(
+                        "get_usage: {} forward ids, more than {MAX_USAGE_IDS}",
+                        args.ids.len()
+                    ),
+                ));
+            }
+            let ids = args
+                .ids
+                .iter()
+                .map(|id| id.parse())
+                .collect::<Result<Vec<ForwardId>, _>>()
+                .map_err(|e: navigator_core::ParseError| {
+                    RemoteError::new("ValueError", format!("get_usage: {e}"))
+                })?;
+            encode_reply(&agent.usage(&ids).await)
+        }
+        // oslo.messaging's name for a method the endpoint lacks, so that
+        // callers (and Python peers) recognise it.
         other => Err(RemoteError::new(
-            "UnsupportedVersion",
+            "NoSuchMethod",
             format!("the agent has no method {other:?}"),
         )),
     }
