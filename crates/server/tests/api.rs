@@ -1358,3 +1358,81 @@ async fn healthcheck_reports_the_rabbitmq_connection() {
     assert_eq!(body["checks"]["rabbitmq"], "unavailable");
     assert_eq!(body["reasons"], json!(["rabbitmq unavailable"]));
 }
+
+/// `GET /v1/forwards/{id}` carries `usage` or says why it has none; lists
+/// never carry it. This branch's relay counts nothing yet, so its reason is
+/// the backend's (the numbers themselves are tested against a counting fake
+/// backend in crates/agent/tests/reconcile.rs).
+#[tokio::test]
+async fn show_carries_usage_or_the_reason_it_has_none() {
+    let h = harness(29200).await;
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        body["forward"].get("usage").is_none(),
+        "create does not ask the agent: {body}"
+    );
+    let (status, body, _) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let forward = &body["forward"];
+    assert_eq!(forward["status"], "ACTIVE");
+    match forward["usage"].as_object() {
+        Some(usage) => {
+            for key in [
+                "bytes_in",
+                "bytes_out",
+                "connections_total",
+                "connections_active",
+            ] {
+                assert!(usage[key].is_u64(), "{key}: {body}");
+            }
+            assert!(usage.contains_key("last_connection_at"), "{body}");
+            assert!(forward.get("usage_unavailable").is_none(), "{body}");
+        }
+        None => {
+            assert!(forward["usage"].is_null(), "{body}");
+            assert_eq!(
+                forward["usage_unavailable"], "the relay backend does not count usage",
+                "{body}"
+            );
+        }
+    }
+
+    // A forward its proxy cannot carry (the port is taken) has no usage,
+    // and says why without asking the agent.
+    let taken = std::net::TcpListener::bind("0.0.0.0:29210").unwrap();
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 29210}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["forward"]["status"], "ERROR", "{body}");
+    let error_id = body["forward"]["id"].as_str().unwrap().to_owned();
+    let (_, body, _) = h
+        .send("GET", &format!("/v1/forwards/{error_id}"), "p1", None)
+        .await;
+    assert!(body["forward"]["usage"].is_null(), "{body}");
+    assert_eq!(
+        body["forward"]["usage_unavailable"],
+        "the forward is ERROR: only an ACTIVE forward has usage",
+        "{body}"
+    );
+    drop(taken);
+
+    let (status, body, _) = h.send("GET", "/v1/forwards", "p1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for forward in body["forwards"].as_array().unwrap() {
+        assert!(forward.get("usage").is_none(), "{body}");
+        assert!(forward.get("usage_unavailable").is_none(), "{body}");
+    }
+}
