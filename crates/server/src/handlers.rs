@@ -514,7 +514,7 @@ pub async fn healthcheck(
 /// port's `/metrics` at their load balancer (docs/metrics.md).
 #[utoipa::path(
     get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Metrics in the Prometheus text exposition format 0.0.4; names in docs/metrics.md", content_type = "text/plain; version=0.0.4", body = String))
+    responses((status = 200, description = "Metrics in the OpenMetrics text format 1.0.0; names in docs/metrics.md", content_type = "application/openmetrics-text; version=1.0.0", body = String))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let snapshot = crate::metrics::Snapshot::take(&state).await;

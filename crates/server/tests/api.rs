@@ -541,7 +541,7 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
     );
     assert_eq!(
         response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
@@ -583,7 +583,7 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
     );
     assert_eq!(
         value(
-            r#"navigator_http_request_duration_seconds_bucket{route="/v1/forwards/{id}",method="GET",le="+Inf"}"#
+            r#"navigator_http_request_duration_seconds_bucket{le="+Inf",route="/v1/forwards/{id}",method="GET"}"#
         ),
         3.0
     );
@@ -611,6 +611,73 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
         "the start-up sync is counted"
     );
     assert!(text.contains("# TYPE navigator_http_request_duration_seconds histogram\n"));
+    assert!(
+        value(r#"navigator_agent_rpc_calls_total{method="get_usage"}"#) >= 2.0,
+        "each show asks the agent for usage"
+    );
+    for process in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(process) > 0.0, "{process}");
+    }
+    assert!(
+        !text.contains("forward_id="),
+        "no per-forward series unless [metrics] per_forward is on"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+/// With `[metrics] per_forward = true` a scrape asks the agents. This
+/// branch's relay counts nothing, so its forwards are left out and the
+/// scrape counts the proxy as an error; with a counting backend the series
+/// carry its numbers (`metrics::tests::per_forward_series_only_when_asked`
+/// and the agent's get_usage tests).
+#[tokio::test]
+async fn per_forward_metrics_ask_the_agents_when_turned_on() {
+    let text = "[agent]\nport_range = 29250-29259\n[metrics]\nper_forward = true\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let h = Harness {
+        app: stack.app.clone(),
+        _stack: stack,
+    };
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let bytes_line =
+        format!("navigator_forward_bytes_total{{forward_id=\"{id}\",direction=\"in\"}} ");
+    if text.contains(&bytes_line) {
+        // A relay that counts (once the relay's usage is merged).
+        assert!(
+            text.contains(&format!(
+                "navigator_forward_connections_active{{forward_id=\"{id}\"}} "
+            )),
+            "{text}"
+        );
+    } else {
+        assert!(
+            text.lines()
+                .any(|l| l == "navigator_forward_usage_errors_total 1"),
+            "{text}"
+        );
+    }
 }
 
 /// Every `$ref` of the document names a schema it defines, and every
