@@ -1503,3 +1503,84 @@ async fn show_carries_usage_or_the_reason_it_has_none() {
         assert!(forward.get("usage_unavailable").is_none(), "{body}");
     }
 }
+
+/// A dead, silent or old agent costs a show at most the usage timeout and
+/// becomes a reason, never an error or a hang (real in-process transport;
+/// the three "agents" are listeners of this test).
+#[tokio::test]
+async fn usage_from_a_dead_silent_or_old_agent_is_a_reason() {
+    use navigator_rpc::{RemoteError, Target, topics};
+    let stack = stack::start(config(29260)).await;
+    let h = Harness {
+        app: stack.app.clone(),
+        _stack: stack,
+    };
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().parse().unwrap();
+    let control = &h._stack.control;
+    let forward = control.store().get_forward(id).await.unwrap().unwrap();
+    let on = |proxy: &str| navigator_core::PortForward {
+        proxy: proxy.to_owned(),
+        ..forward.clone()
+    };
+    let transport = control.transport();
+
+    // Nobody listens.
+    let reason = navigator_server::usage::forward_usage(control, &on("proxy-gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason, "the agent on proxy-gone is not running");
+
+    // A listener that takes the call and never answers.
+    let mut silent = transport
+        .listen(&Target::host(topics::PROXY, "proxy-silent"))
+        .await
+        .unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Some(message) = silent.recv().await {
+            kept.push(message);
+        }
+    });
+    let started = std::time::Instant::now();
+    let reason = navigator_server::usage::forward_usage(control, &on("proxy-silent"))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        reason.starts_with("the agent on proxy-silent did not answer within"),
+        "{reason}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1500)
+            && waited < std::time::Duration::from_secs(30),
+        "bounded by the usage timeout: {waited:?}"
+    );
+    held.abort();
+
+    // An agent from before get_usage: oslo's NoSuchMethod.
+    let mut old = transport
+        .listen(&Target::host(topics::PROXY, "proxy-old"))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(message) = old.recv().await {
+            if let Some(reply) = message.reply {
+                let _ = reply.send(Err(RemoteError::new(
+                    "NoSuchMethod",
+                    format!("Endpoint does not support RPC method {}", message.method),
+                )));
+            }
+        }
+    });
+    let reason = navigator_server::usage::forward_usage(control, &on("proxy-old"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason, "the agent on proxy-old is too old to report usage");
+}
