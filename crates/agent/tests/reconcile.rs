@@ -20,6 +20,8 @@ struct FakeBackend {
     busy: Mutex<BTreeSet<u16>>,
     plans: Mutex<Vec<Plan>>,
     counts: bool,
+    /// When set, `apply` waits for a permit first: a reconcile that hangs.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 fn fake_usage(port: u16) -> ForwardUsage {
@@ -44,6 +46,9 @@ impl Backend for FakeBackend {
 
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport> {
         Box::pin(async move {
+            if let Some(gate) = &self.gate {
+                let _ = gate.acquire().await;
+            }
             self.plans.lock().unwrap().push(plan.clone());
             let mut carried = self.carried.lock().unwrap();
             let busy = self.busy.lock().unwrap();
@@ -341,6 +346,35 @@ async fn get_usage_says_why_a_backend_counts_nothing() {
     assert_eq!(
         reply.unavailable.as_deref(),
         Some("the fake backend does not count usage")
+    );
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn get_usage_does_not_wait_behind_a_reconcile() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let backend = Arc::new(FakeBackend {
+        counts: true,
+        gate: Some(gate.clone()),
+        ..FakeBackend::default()
+    });
+    let (client, _transport, shutdown, served) = serve(backend).await;
+    let forward = spec(20008, 22);
+    // A sync whose apply hangs until the gate opens.
+    let pending = client
+        .send_sync_forwards("p1", vec![ForwardEntry::from(&forward)], 1)
+        .await
+        .unwrap();
+    let reply = client
+        .get_usage("p1", vec![forward.id.to_string()], Duration::from_secs(5))
+        .await
+        .expect("answered while the reconcile hangs");
+    assert_eq!(reply.unavailable, None);
+    gate.add_permits(1);
+    assert_eq!(
+        pending.await.unwrap().results[0].status,
+        ResultStatus::Active
     );
     shutdown.cancel();
     served.await.unwrap().unwrap();
