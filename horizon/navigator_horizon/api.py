@@ -78,11 +78,22 @@ class PortForward(object):
               'internal_port', 'instance_id', 'proxy', 'status',
               'status_reason', 'created_at', 'updated_at')
 
+    #: The counters of ``usage`` (``GET /v1/forwards/{id}`` only).
+    USAGE_FIELDS = ('bytes_in', 'bytes_out', 'connections_total',
+                    'connections_active', 'last_connection_at')
+
     def __init__(self, body):
         for name in self.FIELDS:
             setattr(self, name, body.get(name))
         #: Filled in by the views when Nova can name the instance.
         self.instance_name = None
+        #: What the proxy counted (a dict of USAGE_FIELDS), or None: lists,
+        #: creates and updates do not carry it, and a show whose agent could
+        #: not give it says why in ``usage_unavailable``.
+        usage = body.get('usage')
+        self.usage = ({k: usage.get(k) for k in self.USAGE_FIELDS}
+                      if isinstance(usage, dict) else None)
+        self.usage_unavailable = body.get('usage_unavailable')
 
     @staticmethod
     def _join(address, port):
@@ -219,7 +230,21 @@ def forward_list(request, **filters):
     return forwards
 
 
+def human_bytes(n):
+    """``1536`` -> ``'1536 (1.5 KiB)'``; below 1 KiB just the number."""
+    if n is None:
+        return '-'
+    value, unit = float(n), None
+    for name in ('KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'):
+        if value < 1024:
+            break
+        value /= 1024
+        unit = name
+    return '%d (%.1f %s)' % (n, value, unit) if unit else str(n)
+
+
 def forward_get(request, forward_id):
+    """One forward, with its ``usage`` (or ``usage_unavailable``)."""
     return PortForward(call(request, 'GET', 'forwards/%s' % forward_id)['forward'])
 
 

@@ -145,6 +145,25 @@ impl Agent {
         }
     }
 
+    /// What the backend counted for `ids`; forwards it does not count are
+    /// absent, and a backend that counts nothing says why in `unavailable`.
+    /// Reads counters only, so it does not take the reconcile lock.
+    pub async fn usage(&self, ids: &[ForwardId]) -> navigator_rpc::UsageReply {
+        match self.backend.usage(ids).await {
+            Ok(usage) => navigator_rpc::UsageReply {
+                usage: usage
+                    .into_iter()
+                    .map(|(id, usage)| (id.to_string(), usage.into()))
+                    .collect(),
+                unavailable: None,
+            },
+            Err(reason) => navigator_rpc::UsageReply {
+                usage: Default::default(),
+                unavailable: Some(reason),
+            },
+        }
+    }
+
     pub async fn shutdown(&self) {
         self.backend.shutdown().await;
     }

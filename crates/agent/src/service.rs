@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use navigator_core::ForwardId;
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::{decode_args, encode_reply};
 use navigator_rpc::{
-    Incoming, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport, methods, topics,
+    Incoming, MAX_USAGE_IDS, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport,
+    methods, topics,
 };
 use serde_json::Value;
 use tokio::sync::watch;
@@ -18,6 +20,10 @@ use crate::{Agent, specs_from_entries};
 /// Heartbeats expire, unless a server took them, after this many
 /// `report_interval`s.
 const HEARTBEAT_TTL_INTERVALS: u32 = 3;
+
+/// `get_usage` calls answered at once, beside the one message at a time of
+/// every other method.
+const MAX_CONCURRENT_USAGE_CALLS: usize = 8;
 
 /// Serves `agent` on `transport` until `shutdown` is cancelled, then shuts the
 /// backend down.
@@ -46,6 +52,21 @@ pub async fn run(
         transport.reconnects(),
         shutdown.clone(),
     ));
+    let usage_calls = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_USAGE_CALLS));
+    // Every method but get_usage changes or reports the desired state, so
+    // they are handled one at a time in arrival order, by one worker. The
+    // channel holds one message: the rest wait in the transport's queue as
+    // before. get_usage only reads counters, so it is answered beside them
+    // rather than behind a long reconcile (its caller waits 2 s at most).
+    let (ordered, mut to_handle) = tokio::sync::mpsc::channel::<Incoming>(1);
+    let worker = tokio::spawn({
+        let agent = agent.clone();
+        async move {
+            while let Some(incoming) = to_handle.recv().await {
+                handle(&agent, incoming).await;
+            }
+        }
+    });
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -56,8 +77,30 @@ pub async fn run(
             tracing::warn!(%host, "RPC transport closed the agent's queue");
             break;
         };
-        handle(&agent, incoming).await;
+        if incoming.method == methods::GET_USAGE {
+            // A few at a time; past that the loop waits for one to finish.
+            if let Ok(permit) = usage_calls.clone().acquire_owned().await {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    handle(&agent, incoming).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        }
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            sent = ordered.send(incoming) => sent,
+        };
+        if sent.is_err() {
+            tracing::warn!(%host, "the agent's message worker stopped");
+            break;
+        }
     }
+    // The message being handled finishes (a reconcile is not cut in half);
+    // at most one more that was already taken from the queue follows it.
+    drop(ordered);
+    let _ = worker.await;
     heartbeat.abort();
     agent.shutdown().await;
     tracing::info!(%host, "agent stopped");
@@ -121,8 +164,31 @@ async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteErr
             Ok(Value::Null)
         }
         methods::GET_STATE => encode_reply(&agent.state().await),
+        methods::GET_USAGE => {
+            let args: args::GetUsage = decode_args(incoming)?;
+            if args.ids.len() > MAX_USAGE_IDS {
+                return Err(RemoteError::new(
+                    "ValueError",
+                    format!(
+                        "get_usage: {} forward ids, more than {MAX_USAGE_IDS}",
+                        args.ids.len()
+                    ),
+                ));
+            }
+            let ids = args
+                .ids
+                .iter()
+                .map(|id| id.parse())
+                .collect::<Result<Vec<ForwardId>, _>>()
+                .map_err(|e: navigator_core::ParseError| {
+                    RemoteError::new("ValueError", format!("get_usage: {e}"))
+                })?;
+            encode_reply(&agent.usage(&ids).await)
+        }
+        // oslo.messaging's name for a method the endpoint lacks, so that
+        // callers (and Python peers) recognise it.
         other => Err(RemoteError::new(
-            "UnsupportedVersion",
+            "NoSuchMethod",
             format!("the agent has no method {other:?}"),
         )),
     }

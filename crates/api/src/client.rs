@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::ErrorBody;
 use crate::v1::{
-    Forward, ForwardBody, ForwardCreate, ForwardCreateBody, ForwardList, ForwardListQuery,
-    ForwardUpdate, ForwardUpdateBody, Health, Proxy, ProxyBody, ProxyList, VersionList,
+    Forward, ForwardBody, ForwardCreate, ForwardCreateBody, ForwardDetail, ForwardDetailBody,
+    ForwardList, ForwardListQuery, ForwardUpdate, ForwardUpdateBody, Health, Proxy, ProxyBody,
+    ProxyList, VersionList,
 };
 
 /// Header carrying the project in `noauth` mode.
@@ -146,6 +147,15 @@ impl Client {
     pub async fn get_forward(&self, id: &str) -> Result<Forward, ClientError> {
         let path = format!("/v1/forwards/{}", path_segment(id));
         let response: ForwardBody = self
+            .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
+            .await?;
+        Ok(response.forward)
+    }
+
+    /// The forward with its usage (`GET /v1/forwards/{id}`).
+    pub async fn show_forward(&self, id: &str) -> Result<ForwardDetail, ClientError> {
+        let path = format!("/v1/forwards/{}", path_segment(id));
+        let response: ForwardDetailBody = self
             .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
             .await?;
         Ok(response.forward)

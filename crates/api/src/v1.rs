@@ -154,6 +154,48 @@ pub struct ForwardBody {
     pub forward: Forward,
 }
 
+/// What the data plane counted for a forward since its proxy started
+/// carrying it (counters restart at zero when the agent or its host
+/// restarts, or the forward moves to another proxy).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// Bytes from clients towards the instance (payload for the relay and
+    /// socat backends; IP packet bytes for nft and iptables).
+    pub bytes_in: u64,
+    /// Bytes from the instance back to clients.
+    pub bytes_out: u64,
+    /// TCP connections (UDP sessions) ever opened.
+    pub connections_total: u64,
+    /// TCP connections (UDP sessions) open now.
+    pub connections_active: u64,
+    /// When the last connection or session was opened, RFC 3339 UTC; `null`
+    /// if none was.
+    pub last_connection_at: Option<String>,
+}
+
+/// A forward as `GET /v1/forwards/{id}` shows it: every field of
+/// [`Forward`], and its usage, read from its proxy's agent at request time
+/// (so lists, which would ask every agent, leave it out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardDetail {
+    #[serde(flatten)]
+    pub forward: Forward,
+    /// `null` when it cannot be had; `usage_unavailable` then says why.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// Why `usage` is `null`: the forward is not `ACTIVE`, its backend does
+    /// not count, or its agent is too old, down or did not answer in time.
+    /// Absent when `usage` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_unavailable: Option<String>,
+}
+
+/// `{"forward": {...}}`, as returned by show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardDetailBody {
+    pub forward: ForwardDetail,
+}
+
 /// A link to another page of a list, as Neutron's `*_links`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Link {

@@ -2,7 +2,11 @@
 
 use std::net::SocketAddr;
 
-use navigator_core::{Controls, ForwardId, ForwardSpec, Protocol, ProxyProtocol, parse_cidr};
+use std::collections::BTreeMap;
+
+use navigator_core::{
+    Controls, ForwardId, ForwardSpec, ForwardUsage, Protocol, ProxyProtocol, parse_cidr,
+};
 use serde::{Deserialize, Serialize};
 
 /// Topics, as oslo.messaging names them. Agents listen on
@@ -13,12 +17,15 @@ pub mod topics {
     pub const SERVER: &str = "navigator-server";
 }
 
-/// Method names. Agents serve the first four; the server serves `report_state`.
+/// Method names. Agents serve all but `report_state`, which the server
+/// serves. `get_usage` came after the first release: an older agent answers
+/// it with an exception (see [`crate::RpcError::is_no_such_method`]).
 pub mod methods {
     pub const SYNC_FORWARDS: &str = "sync_forwards";
     pub const CREATE_FORWARD: &str = "create_forward";
     pub const DELETE_FORWARD: &str = "delete_forward";
     pub const GET_STATE: &str = "get_state";
+    pub const GET_USAGE: &str = "get_usage";
     pub const REPORT_STATE: &str = "report_state";
 }
 
@@ -196,6 +203,59 @@ pub struct AgentState {
     pub forwards: Vec<ForwardResult>,
 }
 
+/// At most this many forward ids in one `get_usage` call, so that one
+/// message (and the agent's work for it) stays bounded; callers with more
+/// split them.
+pub const MAX_USAGE_IDS: usize = 1000;
+
+/// What the data plane counted for one forward, on the wire
+/// ([`ForwardUsage`]; `last_connection_at` in seconds since the Unix epoch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections_total: u64,
+    pub connections_active: u64,
+    #[serde(default)]
+    pub last_connection_at: Option<u64>,
+}
+
+impl From<ForwardUsage> for UsageEntry {
+    fn from(usage: ForwardUsage) -> UsageEntry {
+        UsageEntry {
+            bytes_in: usage.bytes_in,
+            bytes_out: usage.bytes_out,
+            connections_total: usage.connections_total,
+            connections_active: usage.connections_active,
+            last_connection_at: usage.last_connection_at,
+        }
+    }
+}
+
+impl From<UsageEntry> for ForwardUsage {
+    fn from(entry: UsageEntry) -> ForwardUsage {
+        ForwardUsage {
+            bytes_in: entry.bytes_in,
+            bytes_out: entry.bytes_out,
+            connections_total: entry.connections_total,
+            connections_active: entry.connections_active,
+            last_connection_at: entry.last_connection_at,
+        }
+    }
+}
+
+/// Reply to `get_usage`: the counters of each asked forward the data plane
+/// counts (keyed by forward id; a forward it does not carry is absent), or,
+/// when it counts nothing at all, `unavailable` saying why (e.g. "the socat
+/// backend does not count usage") and an empty `usage`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReply {
+    #[serde(default)]
+    pub usage: BTreeMap<String, UsageEntry>,
+    #[serde(default)]
+    pub unavailable: Option<String>,
+}
+
 /// Argument objects, one per method (oslo passes arguments by name).
 pub mod args {
     use super::*;
@@ -218,6 +278,12 @@ pub mod args {
 
     #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
     pub struct GetState {}
+
+    /// At most [`MAX_USAGE_IDS`] forward ids.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct GetUsage {
+        pub ids: Vec<String>,
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     pub struct ReportState {
@@ -281,6 +347,35 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(entry.to_spec().unwrap().ports, 1);
+    }
+
+    #[test]
+    fn usage_reply_wire_shape() {
+        let id = ForwardId::new_random().to_string();
+        let reply = UsageReply {
+            usage: BTreeMap::from([(
+                id.clone(),
+                UsageEntry::from(ForwardUsage {
+                    bytes_in: 10,
+                    bytes_out: 20,
+                    connections_total: 3,
+                    connections_active: 1,
+                    last_connection_at: Some(1_700_000_000),
+                }),
+            )]),
+            unavailable: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&reply).unwrap(),
+            serde_json::json!({"usage": {id: {
+                "bytes_in": 10, "bytes_out": 20, "connections_total": 3,
+                "connections_active": 1, "last_connection_at": 1_700_000_000u64}},
+                "unavailable": null})
+        );
+        let none: UsageReply =
+            serde_json::from_value(serde_json::json!({"unavailable": "no counting"})).unwrap();
+        assert!(none.usage.is_empty());
+        assert_eq!(none.unavailable.as_deref(), Some("no counting"));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::messages::{AgentState, ForwardEntry, ForwardResult, SyncResult, args, methods, topics};
+use crate::messages::{
+    AgentState, ForwardEntry, ForwardResult, MAX_USAGE_IDS, SyncResult, UsageReply, args, methods,
+    topics,
+};
 
 /// A boxed future, so that transports can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -96,6 +99,19 @@ pub enum RpcError {
     Codec { method: String, reason: String },
     #[error("transport failure: {0}")]
     Transport(String),
+}
+
+impl RpcError {
+    /// The remote side does not have the method: an agent older than it.
+    /// oslo.messaging raises `NoSuchMethod`; Navigator's own agents before
+    /// `get_usage` answered `UnsupportedVersion` for a method they lacked.
+    pub fn is_no_such_method(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Remote { source, .. }
+                if source.exc_type == "NoSuchMethod" || source.exc_type == "UnsupportedVersion"
+        )
+    }
 }
 
 /// A message delivered to a listener. `reply` is set for calls and empty for casts.
@@ -303,6 +319,36 @@ impl AgentClient {
     pub async fn get_state(&self, host: &str) -> Result<AgentState, RpcError> {
         self.call(host, methods::GET_STATE, &args::GetState {})
             .await
+    }
+
+    /// What the data plane of `host` counted for `ids` (at most
+    /// [`MAX_USAGE_IDS`]), waiting at most `timeout` rather than the
+    /// client's own, longer one: usage is read on the path of API requests
+    /// and scrapes, which must not hang on a dead agent. An agent older than
+    /// the method fails with [`RpcError::is_no_such_method`].
+    pub async fn get_usage(
+        &self,
+        host: &str,
+        ids: Vec<String>,
+        timeout: Duration,
+    ) -> Result<UsageReply, RpcError> {
+        let method = methods::GET_USAGE;
+        if ids.len() > MAX_USAGE_IDS {
+            return Err(RpcError::Codec {
+                method: method.to_owned(),
+                reason: format!(
+                    "{} forward ids in one call, more than {MAX_USAGE_IDS}",
+                    ids.len()
+                ),
+            });
+        }
+        let target = Target::host(topics::PROXY, host);
+        let args = encode(method, &args::GetUsage { ids })?;
+        let reply = self
+            .transport
+            .call(&target, method, args, timeout.min(self.timeout))
+            .await?;
+        decode(method, reply)
     }
 }
 

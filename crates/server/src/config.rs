@@ -211,6 +211,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Answer GET /healthcheck in detail (server version and host, each check's duration and error text) to callers that may see it: admins (a token whose roles pass the policy's context_is_admin; every caller with auth_strategy = noauth) and callers on loopback. Others always get the short answer (OK, or which check failed), never error texts. Off: the detailed answer only when such a caller asks with ?detailed=true.",
     },
     OptionDoc {
+        section: "metrics",
+        key: "per_forward",
+        default: "false",
+        help: "Add per-forward series to GET /metrics: navigator_forward_bytes_total{forward_id,direction}, navigator_forward_connections_total{forward_id} and navigator_forward_connections_active{forward_id}, for every ACTIVE forward. The cost: four series per forward (100,000 forwards are 400,000 series in Prometheus, on every server scraped), and each scrape asks every proxy's agent for its counters (one get_usage call per proxy per 1,000 forwards, at most 2 s; a proxy that does not answer in time leaves its forwards out and counts in navigator_forward_usage_errors_total). Off: no series names a forward, and scrapes never call agents.",
+    },
+    OptionDoc {
         section: "ssl",
         key: "cert_file",
         default: "",
@@ -559,6 +565,8 @@ pub struct Config {
     pub default_project_id: String,
     /// `[healthcheck]`: draining by file and the detailed answer.
     pub healthcheck: crate::health::HealthcheckConfig,
+    /// `[metrics] per_forward`: per-forward series in `/metrics`.
+    pub metrics_per_forward: bool,
     /// `[dashboard] max_sessions_per_address`; 0 is no cap.
     pub dashboard_sessions_per_address: usize,
     /// `[keystone_authtoken]`, checked complete when auth_strategy = keystone.
@@ -778,6 +786,7 @@ impl Config {
                 })?,
                 detailed: raw.parse("healthcheck", "detailed", boolean)?,
             },
+            metrics_per_forward: raw.parse("metrics", "per_forward", boolean)?,
             dashboard_sessions_per_address: raw.parse(
                 "dashboard",
                 "max_sessions_per_address",

@@ -137,6 +137,11 @@ impl Control {
         &self.metrics
     }
 
+    /// The typed RPC client to the agents (for `usage.rs`).
+    pub fn agents(&self) -> &AgentClient {
+        &self.agents
+    }
+
     /// Places, stores and applies a new forward for `project_id`.
     pub async fn create(&self, project_id: &str, new: NewForward) -> Result<PortForward, ApiError> {
         // Proxies whose pool the allocation found full although placement

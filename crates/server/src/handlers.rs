@@ -7,10 +7,10 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use navigator_api::ErrorBody;
 use navigator_api::v1::{
-    DEFAULT_PAGE_SIZE, Forward, ForwardBody, ForwardCreateBody, ForwardList, ForwardListQuery,
-    ForwardUpdateBody, Health, HealthQuery, Link, MAX_PAGE_SIZE, Proxy, ProxyBody, ProxyList,
-    SortDir, SortKey, Version, VersionBody, VersionList, parse_ip, parse_protocol_filter,
-    parse_status,
+    DEFAULT_PAGE_SIZE, Forward, ForwardBody, ForwardCreateBody, ForwardDetail, ForwardDetailBody,
+    ForwardList, ForwardListQuery, ForwardUpdateBody, Health, HealthQuery, Link, MAX_PAGE_SIZE,
+    Proxy, ProxyBody, ProxyList, SortDir, SortKey, Version, VersionBody, VersionList, parse_ip,
+    parse_protocol_filter, parse_status,
 };
 use navigator_core::{ForwardId, PortForward};
 use std::collections::HashMap;
@@ -278,16 +278,25 @@ pub async fn list_forwards(
 #[utoipa::path(
     get, path = "/v1/forwards/{id}", tag = "forwards",
     params(("id" = String, Path, description = "Forward UUID")),
-    responses((status = 200, description = "The forward", body = ForwardBody), (status = 404, description = "No such forward, or not yours", body = ErrorBody))
+    responses((status = 200, description = "The forward, with its usage read from its proxy's agent (at most 2 s; `usage` is then `null` and `usage_unavailable` says why)", body = ForwardDetailBody), (status = 404, description = "No such forward, or not yours", body = ErrorBody))
 )]
 pub async fn show_forward(
     State(state): State<AppState>,
     ctx: Context,
     Path(id): Path<String>,
-) -> Result<Json<ForwardBody>, ApiError> {
+) -> Result<Json<ForwardDetailBody>, ApiError> {
     let forward = visible_forward(&state, &ctx, &id).await?;
-    Ok(Json(ForwardBody {
-        forward: Forward::from(&forward),
+    let (usage, usage_unavailable) =
+        match crate::usage::forward_usage(&state.control, &forward).await {
+            Ok(usage) => (Some(usage), None),
+            Err(reason) => (None, Some(reason)),
+        };
+    Ok(Json(ForwardDetailBody {
+        forward: ForwardDetail {
+            forward: Forward::from(&forward),
+            usage,
+            usage_unavailable,
+        },
     }))
 }
 
@@ -505,7 +514,7 @@ pub async fn healthcheck(
 /// port's `/metrics` at their load balancer (docs/metrics.md).
 #[utoipa::path(
     get, path = "/metrics", tag = "meta",
-    responses((status = 200, description = "Metrics in the Prometheus text exposition format 0.0.4; names in docs/metrics.md", content_type = "text/plain; version=0.0.4", body = String))
+    responses((status = 200, description = "Metrics in the OpenMetrics text format 1.0.0; names in docs/metrics.md", content_type = "application/openmetrics-text; version=1.0.0", body = String))
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let snapshot = crate::metrics::Snapshot::take(&state).await;

@@ -29,3 +29,4 @@ pub mod run;
 pub mod status;
 pub mod systemd;
 pub mod tls;
+pub mod usage;

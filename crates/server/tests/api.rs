@@ -541,7 +541,7 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
     );
     assert_eq!(
         response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
@@ -583,7 +583,7 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
     );
     assert_eq!(
         value(
-            r#"navigator_http_request_duration_seconds_bucket{route="/v1/forwards/{id}",method="GET",le="+Inf"}"#
+            r#"navigator_http_request_duration_seconds_bucket{le="+Inf",route="/v1/forwards/{id}",method="GET"}"#
         ),
         3.0
     );
@@ -611,6 +611,73 @@ async fn metrics_count_requests_forwards_proxies_and_agent_calls() {
         "the start-up sync is counted"
     );
     assert!(text.contains("# TYPE navigator_http_request_duration_seconds histogram\n"));
+    assert!(
+        value(r#"navigator_agent_rpc_calls_total{method="get_usage"}"#) >= 2.0,
+        "each show asks the agent for usage"
+    );
+    for process in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(value(process) > 0.0, "{process}");
+    }
+    assert!(
+        !text.contains("forward_id="),
+        "no per-forward series unless [metrics] per_forward is on"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+/// With `[metrics] per_forward = true` a scrape asks the agents. This
+/// branch's relay counts nothing, so its forwards are left out and the
+/// scrape counts the proxy as an error; with a counting backend the series
+/// carry its numbers (`metrics::tests::per_forward_series_only_when_asked`
+/// and the agent's get_usage tests).
+#[tokio::test]
+async fn per_forward_metrics_ask_the_agents_when_turned_on() {
+    let text = "[agent]\nport_range = 29250-29259\n[metrics]\nper_forward = true\n";
+    let stack = stack::start(Config::parse("test.conf", text).unwrap()).await;
+    let h = Harness {
+        app: stack.app.clone(),
+        _stack: stack,
+    };
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let bytes_line =
+        format!("navigator_forward_bytes_total{{forward_id=\"{id}\",direction=\"in\"}} ");
+    if text.contains(&bytes_line) {
+        // A relay that counts (once the relay's usage is merged).
+        assert!(
+            text.contains(&format!(
+                "navigator_forward_connections_active{{forward_id=\"{id}\"}} "
+            )),
+            "{text}"
+        );
+    } else {
+        assert!(
+            text.lines()
+                .any(|l| l == "navigator_forward_usage_errors_total 1"),
+            "{text}"
+        );
+    }
 }
 
 /// Every `$ref` of the document names a schema it defines, and every
@@ -1357,4 +1424,163 @@ async fn healthcheck_reports_the_rabbitmq_connection() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["checks"]["rabbitmq"], "unavailable");
     assert_eq!(body["reasons"], json!(["rabbitmq unavailable"]));
+}
+
+/// `GET /v1/forwards/{id}` carries `usage` or says why it has none; lists
+/// never carry it. This branch's relay counts nothing yet, so its reason is
+/// the backend's (the numbers themselves are tested against a counting fake
+/// backend in crates/agent/tests/reconcile.rs).
+#[tokio::test]
+async fn show_carries_usage_or_the_reason_it_has_none() {
+    let h = harness(29200).await;
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        body["forward"].get("usage").is_none(),
+        "create does not ask the agent: {body}"
+    );
+    let (status, body, _) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let forward = &body["forward"];
+    assert_eq!(forward["status"], "ACTIVE");
+    match forward["usage"].as_object() {
+        Some(usage) => {
+            for key in [
+                "bytes_in",
+                "bytes_out",
+                "connections_total",
+                "connections_active",
+            ] {
+                assert!(usage[key].is_u64(), "{key}: {body}");
+            }
+            assert!(usage.contains_key("last_connection_at"), "{body}");
+            assert!(forward.get("usage_unavailable").is_none(), "{body}");
+        }
+        None => {
+            assert!(forward["usage"].is_null(), "{body}");
+            assert_eq!(
+                forward["usage_unavailable"], "the relay backend does not count usage",
+                "{body}"
+            );
+        }
+    }
+
+    // A forward its proxy cannot carry (the port is taken) has no usage,
+    // and says why without asking the agent.
+    let taken = std::net::TcpListener::bind("0.0.0.0:29210").unwrap();
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "external_port": 29210}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["forward"]["status"], "ERROR", "{body}");
+    let error_id = body["forward"]["id"].as_str().unwrap().to_owned();
+    let (_, body, _) = h
+        .send("GET", &format!("/v1/forwards/{error_id}"), "p1", None)
+        .await;
+    assert!(body["forward"]["usage"].is_null(), "{body}");
+    assert_eq!(
+        body["forward"]["usage_unavailable"],
+        "the forward is ERROR: only an ACTIVE forward has usage",
+        "{body}"
+    );
+    drop(taken);
+
+    let (status, body, _) = h.send("GET", "/v1/forwards", "p1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for forward in body["forwards"].as_array().unwrap() {
+        assert!(forward.get("usage").is_none(), "{body}");
+        assert!(forward.get("usage_unavailable").is_none(), "{body}");
+    }
+}
+
+/// A dead, silent or old agent costs a show at most the usage timeout and
+/// becomes a reason, never an error or a hang (real in-process transport;
+/// the three "agents" are listeners of this test).
+#[tokio::test]
+async fn usage_from_a_dead_silent_or_old_agent_is_a_reason() {
+    use navigator_rpc::{RemoteError, Target, topics};
+    let stack = stack::start(config(29260)).await;
+    let h = Harness {
+        app: stack.app.clone(),
+        _stack: stack,
+    };
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().parse().unwrap();
+    let control = &h._stack.control;
+    let forward = control.store().get_forward(id).await.unwrap().unwrap();
+    let on = |proxy: &str| navigator_core::PortForward {
+        proxy: proxy.to_owned(),
+        ..forward.clone()
+    };
+    let transport = control.transport();
+
+    // Nobody listens.
+    let reason = navigator_server::usage::forward_usage(control, &on("proxy-gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason, "the agent on proxy-gone is not running");
+
+    // A listener that takes the call and never answers.
+    let mut silent = transport
+        .listen(&Target::host(topics::PROXY, "proxy-silent"))
+        .await
+        .unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Some(message) = silent.recv().await {
+            kept.push(message);
+        }
+    });
+    let started = std::time::Instant::now();
+    let reason = navigator_server::usage::forward_usage(control, &on("proxy-silent"))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        reason.starts_with("the agent on proxy-silent did not answer within"),
+        "{reason}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1500)
+            && waited < std::time::Duration::from_secs(30),
+        "bounded by the usage timeout: {waited:?}"
+    );
+    held.abort();
+
+    // An agent from before get_usage: oslo's NoSuchMethod.
+    let mut old = transport
+        .listen(&Target::host(topics::PROXY, "proxy-old"))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(message) = old.recv().await {
+            if let Some(reply) = message.reply {
+                let _ = reply.send(Err(RemoteError::new(
+                    "NoSuchMethod",
+                    format!("Endpoint does not support RPC method {}", message.method),
+                )));
+            }
+        }
+    });
+    let reason = navigator_server::usage::forward_usage(control, &on("proxy-old"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason, "the agent on proxy-old is too old to report usage");
 }

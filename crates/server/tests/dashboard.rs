@@ -169,3 +169,46 @@ async fn one_user_keeps_at_most_ten_sessions() {
         assert_eq!(works(addr, sid).await, i >= 5, "session {i}");
     }
 }
+
+/// A forward's page shows its usage, or why there is none (this branch's
+/// relay counts nothing; the counters' rendering is `html::tests`).
+#[tokio::test]
+async fn a_forwards_page_shows_its_usage_or_why_not() {
+    let (_stack, addr) = server(29270, "").await;
+    let created = wire::send(
+        addr,
+        "POST",
+        "/v1/forwards",
+        Some("127.0.0.1"),
+        &[
+            ("X-Project-Id", "p1"),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"forward": {"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["forward"]["id"].as_str().unwrap().to_owned();
+    let token = login_token(addr).await;
+    let sid = login(addr, &token, &token, "p1").await.unwrap();
+    let cookie = format!("navigator_session={sid}");
+    let page = wire::send(
+        addr,
+        "GET",
+        &format!("/dashboard/forwards/{id}/edit"),
+        Some("127.0.0.1"),
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("<h2>Usage</h2>"), "{}", page.body);
+    assert!(
+        page.body.contains("data-usage>")
+            || page
+                .body
+                .contains("No usage: the relay backend does not count usage."),
+        "{}",
+        page.body
+    );
+}

@@ -106,7 +106,8 @@ def instance_display(forward):
 
 
 class PortForwardsTable(tables.DataTable):
-    external = tables.Column('external', verbose_name=_("External Address"))
+    external = tables.Column('external', verbose_name=_("External Address"),
+                             link='horizon:project:port_forwards:detail')
     target = tables.Column('target', verbose_name=_("Target"))
     protocol = tables.Column('protocol', verbose_name=_("Protocol"),
                              filters=(str.upper,))

@@ -9,4 +9,6 @@ urlpatterns = [
     re_path(r'^create/$', views.CreateView.as_view(), name='create'),
     re_path(r'^(?P<forward_id>[^/]+)/retarget/$', views.RetargetView.as_view(),
             name='retarget'),
+    re_path(r'^(?P<forward_id>[^/]+)/$', views.DetailView.as_view(),
+            name='detail'),
 ]

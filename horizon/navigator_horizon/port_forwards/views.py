@@ -1,4 +1,5 @@
-"""Views of the Port Forwards panel: the table and the two modal forms."""
+"""Views of the Port Forwards panel: the table, a forward's detail page
+(with its usage) and the two modal forms."""
 
 from django.urls import reverse
 from django.urls import reverse_lazy
@@ -6,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 from horizon import exceptions
 from horizon import forms
 from horizon import tables
+from horizon import views
 
 from navigator_horizon import api
 from navigator_horizon import instances
@@ -76,3 +78,27 @@ class RetargetView(forms.ModalFormView):
                 'internal_ip_address': forward.internal_ip_address,
                 'internal_port': forward.internal_port,
                 'description': forward.description}
+
+
+class DetailView(views.HorizonTemplateView):
+    """One forward: its fields and what its proxy counted for it."""
+    template_name = 'navigator_horizon/port_forwards/detail.html'
+    page_title = _("Port Forward {{ forward.external }}")
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        try:
+            forward = api.forward_get(self.request, self.kwargs['forward_id'])
+        except Exception:
+            exceptions.handle(self.request,
+                              _('Unable to retrieve the port forward.'),
+                              redirect=reverse(INDEX_URL))
+        instances.name_instances(self.request, [forward])
+        context['forward'] = forward
+        usage = forward.usage
+        context['usage'] = usage and dict(
+            usage,
+            bytes_in_display=api.human_bytes(usage.get('bytes_in')),
+            bytes_out_display=api.human_bytes(usage.get('bytes_out')))
+        context['url'] = reverse(INDEX_URL)
+        return context

@@ -7,15 +7,15 @@ use std::net::IpAddr;
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
 use navigator_api::v1::{
-    DEFAULT_PAGE_SIZE, Forward, ForwardCreate, ForwardListQuery, ForwardUpdate, Link,
-    MAX_PAGE_SIZE, SortDir, SortKey,
+    DEFAULT_PAGE_SIZE, Forward, ForwardCreate, ForwardDetail, ForwardListQuery, ForwardUpdate,
+    Link, MAX_PAGE_SIZE, SortDir, SortKey,
 };
 use navigator_api::{Client, ClientError};
 use serde_json::Value;
 
 use crate::config::GlobalArgs;
 use crate::errors::{self, UsageError};
-use crate::output::{self, Column, OutputArgs, Shape};
+use crate::output::{self, Column, Format, OutputArgs, Shape};
 
 /// Every forward attribute, in list order: the default columns, then the
 /// `--long` ones, then the ones only `-c` asks for.
@@ -41,6 +41,17 @@ const COLUMNS: [Column; 16] = [
 const SHORT_LIST: usize = 7;
 /// Columns of `forward list --long`: the ranges, then the rest.
 const LONG_LIST: usize = 14;
+/// What `forward show` adds: the forward's usage, flattened from the API's
+/// `usage` object (empty, with `usage_unavailable` saying why, when the
+/// server could not have it). Not in lists, which do not carry usage.
+const USAGE_COLUMNS: [Column; 6] = [
+    Column::new("bytes_in", "Bytes In"),
+    Column::new("bytes_out", "Bytes Out"),
+    Column::new("connections_total", "Connections Total"),
+    Column::new("connections_active", "Connections Active"),
+    Column::new("last_connection_at", "Last Connection At"),
+    Column::new("usage_unavailable", "Usage Unavailable"),
+];
 
 const CREATE_EXAMPLES: &str = "\
 Examples:
@@ -285,9 +296,10 @@ pub async fn run(global: &GlobalArgs, command: ForwardCommand) -> Result<()> {
         ForwardCommand::Create(args) => create(global, args).await,
         ForwardCommand::List(args) => list(global, args).await,
         ForwardCommand::Show(args) => {
-            let columns = show_columns(&args.output.columns)?;
-            let forward = global.client().await?.get_forward(&args.id).await?;
-            print_forward(&columns, &forward, &args.output)
+            let columns = detail_columns(&args.output.columns)?;
+            let forward = global.client().await?.show_forward(&args.id).await?;
+            let object = detail_object(&forward, args.output.format)?;
+            output::emit(&output::render_show(&columns, &object, args.output.format)?)
         }
         ForwardCommand::Set(args) => set(global, args).await,
         ForwardCommand::Delete(args) => delete(global, args).await,
@@ -440,6 +452,70 @@ fn show_columns(requested: &[String]) -> Result<Vec<Column>> {
     let mut all = COLUMNS.to_vec();
     all.sort_by_key(|c| c.field);
     Ok(output::select_columns(&all, &all, requested, Shape::Show)?)
+}
+
+/// `show`'s columns: the forward's and its usage's, alphabetically.
+fn detail_columns(requested: &[String]) -> Result<Vec<Column>> {
+    let mut all: Vec<Column> = COLUMNS.iter().chain(&USAGE_COLUMNS).copied().collect();
+    all.sort_by_key(|c| c.field);
+    Ok(output::select_columns(&all, &all, requested, Shape::Show)?)
+}
+
+/// The forward with its usage's fields at the top level, as `show` prints
+/// them. Byte counts stay numbers in json, yaml, value and csv (for
+/// scripts); the table adds binary units for people (`1536 (1.5 KiB)`).
+fn detail_object(forward: &ForwardDetail, format: Format) -> Result<Value> {
+    let mut object = serde_json::to_value(&forward.forward)?;
+    let Value::Object(fields) = &mut object else {
+        return Ok(object);
+    };
+    let usage = forward.usage.as_ref();
+    let bytes = |n: Option<u64>| match (n, format) {
+        (Some(n), Format::Table) => Value::String(human_bytes(n)),
+        (n, _) => n.map(Value::from).unwrap_or(Value::Null),
+    };
+    fields.insert("bytes_in".into(), bytes(usage.map(|u| u.bytes_in)));
+    fields.insert("bytes_out".into(), bytes(usage.map(|u| u.bytes_out)));
+    for (key, n) in [
+        ("connections_total", usage.map(|u| u.connections_total)),
+        ("connections_active", usage.map(|u| u.connections_active)),
+    ] {
+        fields.insert(key.into(), n.map(Value::from).unwrap_or(Value::Null));
+    }
+    fields.insert(
+        "last_connection_at".into(),
+        usage
+            .and_then(|u| u.last_connection_at.clone())
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+    );
+    fields.insert(
+        "usage_unavailable".into(),
+        forward
+            .usage_unavailable
+            .clone()
+            .map(Value::from)
+            .unwrap_or(Value::Null),
+    );
+    Ok(object)
+}
+
+/// `1536` → `1536 (1.5 KiB)`; below 1 KiB just the number.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = n as f64;
+    let mut unit = None;
+    for name in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(name);
+    }
+    match unit {
+        Some(unit) => format!("{n} ({value:.1} {unit})"),
+        None => n.to_string(),
+    }
 }
 
 fn print_forward(columns: &[Column], forward: &Forward, args: &OutputArgs) -> Result<()> {
@@ -758,5 +834,67 @@ mod tests {
             output::render_show(&id_only, &value, Format::Value).unwrap(),
             "f1\n"
         );
+    }
+
+    /// Built from JSON rather than a struct literal, so that fields added to
+    /// `Forward` later (with defaults) do not break this test.
+    fn detail(usage: Option<navigator_api::v1::Usage>, why: Option<&str>) -> ForwardDetail {
+        let forward: Forward = serde_json::from_value(serde_json::json!({
+            "id": "f1", "project_id": "p", "description": "", "protocol": "tcp",
+            "external_address": "203.0.113.5", "external_port": 20022,
+            "external_port_range": null, "internal_ip_address": "10.0.0.5",
+            "internal_port": 22, "internal_port_range": null, "instance_id": null,
+            "proxy": "px1", "status": "ACTIVE", "status_reason": null,
+            "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        ForwardDetail {
+            forward,
+            usage,
+            usage_unavailable: why.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn show_prints_usage_raw_for_scripts_and_with_units_for_people() {
+        let usage = navigator_api::v1::Usage {
+            bytes_in: 1536,
+            bytes_out: 5 * 1024 * 1024 * 1024,
+            connections_total: 12,
+            connections_active: 2,
+            last_connection_at: Some("2024-01-02T03:04:05Z".into()),
+        };
+        let forward = detail(Some(usage), None);
+        let columns = detail_columns(&[]).unwrap();
+        let json = detail_object(&forward, Format::Json).unwrap();
+        output::assert_columns_match(&columns, &json);
+        assert_eq!(json["bytes_in"], 1536);
+        assert_eq!(json["bytes_out"], 5_368_709_120u64);
+        assert_eq!(json["connections_active"], 2);
+        assert_eq!(json["usage_unavailable"], Value::Null);
+        let table = detail_object(&forward, Format::Table).unwrap();
+        assert_eq!(table["bytes_in"], "1536 (1.5 KiB)");
+        assert_eq!(table["bytes_out"], "5368709120 (5.0 GiB)");
+        let picked = detail_columns(&["bytes_in".into(), "Last Connection At".into()]).unwrap();
+        assert_eq!(
+            output::render_show(&picked, &json, Format::Value).unwrap(),
+            "1536\n2024-01-02T03:04:05Z\n"
+        );
+        // create's -c knows no usage columns: a create shows no usage.
+        assert!(show_columns(&["bytes_in".into()]).is_err());
+    }
+
+    #[test]
+    fn show_without_usage_says_why() {
+        let forward = detail(None, Some("the socat backend does not count usage"));
+        let object = detail_object(&forward, Format::Table).unwrap();
+        assert_eq!(object["bytes_in"], Value::Null);
+        assert_eq!(
+            object["usage_unavailable"],
+            "the socat backend does not count usage"
+        );
+        assert_eq!(human_bytes(1023), "1023");
+        assert_eq!(human_bytes(1024), "1024 (1.0 KiB)");
+        assert_eq!(human_bytes(u64::MAX), "18446744073709551615 (16.0 EiB)");
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use navigator_api::v1::{Forward, Proxy};
+use navigator_api::v1::{Forward, ForwardDetail, Proxy};
 
 use super::session::{Flash, Session};
 
@@ -412,6 +412,59 @@ pub fn edit(session: &Session, forward: &Forward, form: &FormState) -> String {
     out
 }
 
+/// What the proxy counted for one forward (`GET /v1/forwards/{id}`'s
+/// `usage`), or why nothing is shown.
+pub fn usage(forward: &ForwardDetail) -> String {
+    let mut out = String::from("<h2>Usage</h2>");
+    let Some(usage) = &forward.usage else {
+        let why = forward
+            .usage_unavailable
+            .as_deref()
+            .unwrap_or("the server gave no reason");
+        let _ = write!(
+            out,
+            "<p class=\"reason\" data-usage-unavailable>No usage: {}.</p>",
+            esc(why)
+        );
+        return out;
+    };
+    let _ = write!(
+        out,
+        "<table class=\"usage\" data-usage><tbody>\
+         <tr><th scope=\"row\">Bytes in (clients to instance)</th><td data-bytes-in>{}</td></tr>\
+         <tr><th scope=\"row\">Bytes out (instance to clients)</th><td data-bytes-out>{}</td></tr>\
+         <tr><th scope=\"row\">Connections, total</th><td data-connections-total>{}</td></tr>\
+         <tr><th scope=\"row\">Connections, open now</th><td data-connections-active>{}</td></tr>\
+         <tr><th scope=\"row\">Last connection</th><td data-last-connection>{}</td></tr>\
+         </tbody></table>\
+         <p class=\"reason\">Counted by the proxy since it started carrying the forward.</p>",
+        esc(&bytes(usage.bytes_in)),
+        esc(&bytes(usage.bytes_out)),
+        usage.connections_total,
+        usage.connections_active,
+        esc(usage.last_connection_at.as_deref().unwrap_or("never")),
+    );
+    out
+}
+
+/// `1536` → `1536 (1.5 KiB)`; below 1 KiB just the number.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = n as f64;
+    let mut unit = None;
+    for name in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(name);
+    }
+    match unit {
+        Some(unit) => format!("{n} ({value:.1} {unit})"),
+        None => n.to_string(),
+    }
+}
+
 /// The admin overview of proxies.
 pub fn proxies(proxies: &[Proxy]) -> String {
     if proxies.is_empty() {
@@ -494,5 +547,55 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("id=\"create-internal_port-error\" data-field-error=\"internal_port\">70000 is outside 1-65535</p>"), "{out}");
+    }
+
+    fn detail(usage: Option<navigator_api::v1::Usage>, why: Option<&str>) -> ForwardDetail {
+        let forward: Forward = serde_json::from_value(serde_json::json!({
+            "id": "f1", "project_id": "p", "description": "", "protocol": "tcp",
+            "external_address": "203.0.113.5", "external_port": 20022,
+            "external_port_range": null, "internal_ip_address": "10.0.0.5",
+            "internal_port": 22, "internal_port_range": null, "instance_id": null,
+            "proxy": "px1", "status": "ACTIVE", "status_reason": null,
+            "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        ForwardDetail {
+            forward,
+            usage,
+            usage_unavailable: why.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn usage_shows_counters_or_the_escaped_reason() {
+        let out = usage(&detail(
+            Some(navigator_api::v1::Usage {
+                bytes_in: 1536,
+                bytes_out: 10,
+                connections_total: 4,
+                connections_active: 1,
+                last_connection_at: Some("2024-01-02T03:04:05Z".into()),
+            }),
+            None,
+        ));
+        assert!(
+            out.contains("<td data-bytes-in>1536 (1.5 KiB)</td>"),
+            "{out}"
+        );
+        assert!(out.contains("<td data-bytes-out>10</td>"), "{out}");
+        assert!(out.contains("<td data-connections-active>1</td>"), "{out}");
+        assert!(
+            out.contains("<td data-last-connection>2024-01-02T03:04:05Z</td>"),
+            "{out}"
+        );
+        let none = usage(&detail(
+            None,
+            Some("the <socat> backend does not count usage"),
+        ));
+        assert!(
+            none.contains("No usage: the &lt;socat&gt; backend does not count usage."),
+            "{none}"
+        );
+        assert!(!none.contains("data-usage>"), "{none}");
     }
 }

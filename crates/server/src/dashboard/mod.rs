@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{Duration as ChronoDuration, Utc};
-use navigator_api::v1::{ForwardBody, ForwardList, ProxyList};
+use navigator_api::v1::{ForwardBody, ForwardDetailBody, ForwardList, ProxyList};
 use navigator_keystone::auth::{AuthError, Credentials, DomainRef, ProjectRef, Secret, UserRef};
 use serde_json::{Value, json};
 
@@ -862,9 +862,12 @@ async fn edit_page(
         return back_to_list(dash, sid, true, format!("forward {id} not found")).await;
     }
     let path = format!("/v1/forwards/{id}");
-    match api::call::<ForwardBody>(&dash.api, &session.credential, Method::GET, &path, None).await {
+    match api::call::<ForwardDetailBody>(&dash.api, &session.credential, Method::GET, &path, None)
+        .await
+    {
         Ok(body) => {
-            let f = body.forward;
+            let detail = body.forward;
+            let f = &detail.forward;
             if prefill {
                 state
                     .values
@@ -882,7 +885,7 @@ async fn edit_page(
                     "Retarget a forward",
                     Some(session),
                     None,
-                    &html::edit(session, &f, state),
+                    &(html::edit(session, f, state) + &html::usage(&detail)),
                 ),
             )
         }
