@@ -118,6 +118,13 @@ impl SocatBackend {
             if let Some(old) = procs.running.remove(&spec.id) {
                 stop(old).await;
             }
+            if let Some(reason) = refusal(spec) {
+                report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason,
+                });
+                continue;
+            }
             let mut children: Vec<(ForwardSpec, Child)> = Vec::new();
             let mut failed = None;
             for (listen, target) in spec.pairs() {
@@ -211,6 +218,43 @@ fn spawn(config: &SocatConfig, spec: &ForwardSpec) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+/// Why socat cannot carry `spec`'s controls, if it cannot (the server
+/// refuses most of these with 400 from `navigator_core::unsupported`; this
+/// is the second line of defence).
+fn refusal(spec: &ForwardSpec) -> Option<String> {
+    if let Some(u) = navigator_core::controls::unsupported("socat", spec.protocol, &spec.controls) {
+        return Some(format!("{}: {}", u.field, u.reason));
+    }
+    if spec.controls.max_connections.is_some() && spec.ports > 1 {
+        return Some(
+            "max_connections: the socat backend runs one socat per port of a range and cannot share one limit between them; use the relay, nft or iptables backend".to_owned(),
+        );
+    }
+    None
+}
+
+/// socat's `range=` option for `spec`'s allowlist: its one network of the
+/// listener's family, or, when it has none of that family, a network no
+/// client can come from (the broadcast address, the unspecified address),
+/// so that nobody is allowed, as the allowlist says.
+fn range_option(spec: &ForwardSpec) -> Option<String> {
+    let cidrs = &spec.controls.allowed_cidrs;
+    if cidrs.is_empty() {
+        return None;
+    }
+    let v4 = spec.listen.is_ipv4();
+    let net = cidrs
+        .iter()
+        .find(|n| matches!(n, ipnet::IpNet::V4(_)) == v4)
+        .map(|n| (n.addr(), n.prefix_len()));
+    Some(match (net, v4) {
+        (Some((std::net::IpAddr::V6(a), len)), _) => format!(",range=[{a}]/{len}"),
+        (Some((a, len)), _) => format!(",range={a}/{len}"),
+        (None, true) => ",range=255.255.255.255/32".to_owned(),
+        (None, false) => ",range=[::]/128".to_owned(),
+    })
+}
+
 /// socat's argv for `spec`.
 pub fn argv(spec: &ForwardSpec, udp_idle: Duration) -> Vec<String> {
     let v = |ip: std::net::IpAddr| if ip.is_ipv4() { "4" } else { "6" };
@@ -239,8 +283,18 @@ pub fn argv(spec: &ForwardSpec, udp_idle: Duration) -> Vec<String> {
     } else {
         ""
     };
+    // Controls: `range=` refuses other clients (TCP: closed at accept;
+    // UDP: datagram ignored); `max-children` stops accepting while N
+    // connections (TCP) or peers (UDP) are served, so the next client waits
+    // in the listen queue until one ends.
+    let range = range_option(spec).unwrap_or_default();
+    let children = spec
+        .controls
+        .max_connections
+        .map(|n| format!(",max-children={n}"))
+        .unwrap_or_default();
     argv.push(format!(
-        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr{backlog}",
+        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr{backlog}{range}{children}",
         v(spec.listen.ip()),
         spec.listen.port(),
         bracket(spec.listen.ip())
