@@ -86,20 +86,21 @@ impl NftRuleset {
 }
 
 impl NftRuleset {
-    /// The counter sets' elements, in one `nft` run.
+    /// The counter sets' elements: one `nft list set` per set (nft 1.0.6
+    /// answers only the first of several `list` commands in one batch).
     async fn read_counters(&self, host: &Host) -> Result<Counters, ExecError> {
-        let mut batch = String::new();
+        let mut counters = Counters::new();
         for set in COUNTER_SETS {
-            let _ = writeln!(batch, "list set inet {} {set}", self.table);
+            let out = host
+                .run(
+                    &["nft", "list", "set", "inet", &self.table, set],
+                    None,
+                    crate::exec::DEFAULT_TIMEOUT,
+                )
+                .await?;
+            counters.extend(parse_counters(&out.stdout));
         }
-        let out = host
-            .run(
-                &["nft", "-f", "-"],
-                Some(&batch),
-                crate::exec::DEFAULT_TIMEOUT,
-            )
-            .await?;
-        Ok(parse_counters(&out.stdout))
+        Ok(counters)
     }
 }
 

@@ -128,7 +128,11 @@ impl SocatBackend {
             let mut children: Vec<(ForwardSpec, Child)> = Vec::new();
             let mut failed = None;
             for (listen, target) in spec.pairs() {
-                let unit = ForwardSpec::single(spec.id, spec.protocol, listen, target);
+                // Each port's socat enforces the forward's controls.
+                let unit = ForwardSpec {
+                    controls: spec.controls.clone(),
+                    ..ForwardSpec::single(spec.id, spec.protocol, listen, target)
+                };
                 match self.spawn(&unit) {
                     Ok(child) => children.push((unit, child)),
                     Err(e) => {
@@ -557,5 +561,60 @@ mod tests {
                 "UDP6:[fd01::5]:5353"
             ]
         );
+    }
+
+    #[test]
+    fn argv_carries_range_and_max_children() {
+        use navigator_core::{Controls, ProxyProtocol, parse_cidr};
+        let idle = Duration::from_secs(60);
+        let with = |listen: &str, target: &str, cidrs: &[&str], max| ForwardSpec {
+            id: ForwardId::new_random(),
+            protocol: Protocol::Tcp,
+            listen: listen.parse().unwrap(),
+            target: target.parse().unwrap(),
+            ports: 1,
+            one_target_port: false,
+            controls: Controls::new(
+                cidrs.iter().map(|c| parse_cidr(c).unwrap()).collect(),
+                max,
+                ProxyProtocol::None,
+            ),
+        };
+        assert_eq!(
+            argv(
+                &with("10.0.0.1:20000", "10.1.0.5:22", &["192.0.2.0/24"], Some(4)),
+                idle
+            )[1],
+            "TCP4-LISTEN:20000,bind=10.0.0.1,fork,reuseaddr,backlog=1024,range=192.0.2.0/24,max-children=4"
+        );
+        assert_eq!(
+            argv(
+                &with("[fd00::1]:20000", "[fd01::5]:22", &["2001:db8::/32"], None),
+                idle
+            )[1],
+            "TCP6-LISTEN:20000,bind=[fd00::1],fork,reuseaddr,backlog=1024,range=[2001:db8::]/32"
+        );
+        // An allowlist with no network of the listener's family allows
+        // nobody.
+        assert!(
+            argv(
+                &with("10.0.0.1:20000", "10.1.0.5:22", &["2001:db8::/32"], None),
+                idle
+            )[1]
+            .ends_with(",range=255.255.255.255/32")
+        );
+        // A limit cannot be shared between the socats of a range.
+        let range = ForwardSpec {
+            ports: 2,
+            ..with("10.0.0.1:20000", "10.1.0.5:22", &[], Some(4))
+        };
+        assert!(refusal(&range).unwrap().starts_with("max_connections"));
+        let two = with(
+            "10.0.0.1:20000",
+            "10.1.0.5:22",
+            &["192.0.2.0/24", "198.51.100.0/24"],
+            None,
+        );
+        assert!(refusal(&two).unwrap().starts_with("allowed_cidrs"));
     }
 }
