@@ -177,7 +177,7 @@ impl Ruleset for NftRuleset {
 /// Whether a terse listing shows every chain and rule of the skeleton.
 /// Chain headers are compared up to `priority`, which nft prints in its own
 /// (symbolic) spelling.
-fn skeleton_intact(table: &str, listing: &str) -> bool {
+pub fn skeleton_intact(table: &str, listing: &str) -> bool {
     let head = |l: &str| -> String {
         match l.split_once(" priority ") {
             Some((before, _)) if l.starts_with("type ") => before.to_owned(),

@@ -37,6 +37,7 @@ const OTHER6: &str = "fd91::3";
 enum Kind {
     Nft,
     Iptables,
+    IptablesLegacy,
     Socat,
 }
 
@@ -56,6 +57,10 @@ fn make(kind: Kind, topo: &Topo) -> Box<dyn Backend> {
         Kind::Iptables => Box::new(IptablesBackend::new(IptablesConfig {
             kernel,
             variant: Variant::Nft,
+        })),
+        Kind::IptablesLegacy => Box::new(IptablesBackend::new(IptablesConfig {
+            kernel,
+            variant: Variant::Legacy,
         })),
         Kind::Socat => Box::new(SocatBackend::new(SocatConfig {
             host: Host::netns(&topo.proxy),
@@ -407,6 +412,20 @@ async fn scenario(kind: Kind) {
             );
             assert_eq!(u.connections_total, 1, "{u:?}");
             assert!(u.last_connection_at.is_some(), "{u:?}");
+            // A new agent's first apply rewrites everything: the counts
+            // carry over.
+            let again = make(kind, &topo);
+            converge(again.as_ref(), &all).await;
+            let after = again
+                .usage(&[counted.id])
+                .await
+                .expect("usage after a rewrite");
+            let after = after.get(&counted.id).copied().unwrap_or_default();
+            assert_eq!(
+                (after.bytes_in, after.bytes_out, after.connections_total),
+                (u.bytes_in, u.bytes_out, u.connections_total),
+                "usage after a full rewrite: {after:?}"
+            );
         }
         Err(reason) => {
             assert_eq!(kind, Kind::Socat, "{reason}");
@@ -429,6 +448,13 @@ async fn nft_allowlist_limit_usage_and_controls_change() {
 async fn iptables_allowlist_limit_usage_and_controls_change() {
     if privileged("iptables_allowlist_limit_usage_and_controls_change") {
         scenario(Kind::Iptables).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_legacy_allowlist_limit_usage_and_controls_change() {
+    if privileged("iptables_legacy_allowlist_limit_usage_and_controls_change") {
+        scenario(Kind::IptablesLegacy).await;
     }
 }
 

@@ -306,6 +306,26 @@ fn every_rendered_batch_passes_the_kernel_check() {
         &render_replace("navigator", &loaded, true),
     )
     .expect("loading the full sync");
+    // The drift check recognises the skeleton as nft prints it back.
+    let listing = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "nft",
+            "-t",
+            "list",
+            "table",
+            "inet",
+            "navigator",
+        ])
+        .output()
+        .expect("listing the table");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        navigator_dataplane::nft::skeleton_intact("navigator", &listing),
+        "the loaded skeleton is not recognised as intact:\n{listing}"
+    );
     for (file, text, checker) in cases() {
         let argv: &[&str] = match checker {
             "nft" | "nft-update" => &["nft", "-c", "-f", "-"],
