@@ -249,8 +249,12 @@ pub struct Preserved {
     /// `(chain, comment) → (packets, bytes)`, summed over the rules that
     /// share them (the DNAT rules of a range).
     pub counters: HashMap<(String, String), (u64, u64)>,
-    /// The `NAVIGATOR-A-*` allowlist chains that exist now.
+    /// The per-forward chains (`NAVIGATOR-A-*`, `NAVIGATOR-L-*`) that exist
+    /// now.
     pub chains: Vec<String>,
+    /// The comments of each chain's rules, in order: an unchanged limit
+    /// chain is recognised by them and left alone.
+    pub comments: HashMap<String, Vec<String>>,
 }
 
 /// Reads `iptables-save -c` output: counters of rules with a comment, and
@@ -261,7 +265,7 @@ pub fn parse_save(text: &str) -> Preserved {
         if let Some(chain) = line
             .strip_prefix(':')
             .and_then(|l| l.split_whitespace().next())
-            && chain.starts_with(ALLOW_PREFIX)
+            && (chain.starts_with(ALLOW_PREFIX) || chain.starts_with(LIMIT_PREFIX))
         {
             preserved.chains.push(chain.to_owned());
             continue;
@@ -291,6 +295,11 @@ pub fn parse_save(text: &str) -> Preserved {
         else {
             continue;
         };
+        preserved
+            .comments
+            .entry(chain.to_owned())
+            .or_default()
+            .push(comment.to_owned());
         let entry = preserved
             .counters
             .entry((chain.to_owned(), comment.to_owned()))
@@ -303,6 +312,21 @@ pub fn parse_save(text: &str) -> Preserved {
 
 /// The prefix of the per-forward allowlist chains.
 pub const ALLOW_PREFIX: &str = "NAVIGATOR-A-";
+
+/// The prefix of the per-forward connection-limit chains.
+pub const LIMIT_PREFIX: &str = "NAVIGATOR-L-";
+
+/// `NAVIGATOR-L-<last 16 hex digits of the id>`.
+pub fn limit_chain(id: ForwardId) -> String {
+    let hex = id.to_string().replace('-', "");
+    format!("{LIMIT_PREFIX}{}", &hex[16..])
+}
+
+/// The comment of a limit chain's rule: it names everything the rule
+/// depends on, so an equal comment means an equal rule.
+fn limit_comment(spec: &ForwardSpec, n: u32) -> String {
+    format!("fwd {} limit {n} {}", spec.id, spec.protocol)
+}
 
 /// `NAVIGATOR-A-<last 16 hex digits of the id>` (random in UUIDv4 and v7):
 /// 28 characters, iptables' limit.
@@ -327,9 +351,11 @@ pub fn render_restore(
 /// Controls live in `NAVIGATOR-FORWARD` (filter), after DNAT, matched by
 /// the connection's original destination (`--ctorigdst`/`--ctorigdstport`):
 /// a restricted forward's new connections jump to its `NAVIGATOR-A-*` chain
-/// (one `-s` rule per network, `RETURN`, then `DROP`); `connlimit` (one
-/// bucket per rule: mask 0) refuses connections over `max_connections`
-/// (TCP reset; UDP dropped); two rules without target count bytes each way
+/// (one `-s` rule per network, `RETURN`, then `DROP`); a limited forward's
+/// new connections jump to its `NAVIGATOR-L-*` chain, whose `connlimit` rule
+/// (one bucket per rule: mask 0) refuses connections over `max_connections`
+/// (TCP reset; UDP dropped), and which is rewritten only when the limit
+/// changes; two rules without target count bytes each way
 /// (`--ctdir ORIGINAL`/`REPLY`).
 pub fn render_restore_with(
     family: Family,
@@ -364,6 +390,17 @@ pub fn render_restore_with(
         if table == "filter" {
             for spec in mine.iter().filter(|s| !s.controls.allowed_cidrs.is_empty()) {
                 let _ = writeln!(out, ":{} - [0:0]", allow_chain(spec.id));
+            }
+            // A limit chain is declared (and so flushed and refilled) only
+            // when new or changed: `connlimit` counts belong to the rule,
+            // and an untouched rule keeps them across applies (iptables-nft;
+            // iptables-legacy replaces the whole table on every commit).
+            for spec in &mine {
+                if let Some(n) = spec.controls.max_connections
+                    && !limit_unchanged(preserved, spec, n)
+                {
+                    let _ = writeln!(out, ":{} - [0:0]", limit_chain(spec.id));
+                }
             }
         }
         for (_, builtin, chain) in missing.iter().filter(|j| j.0 == table) {
@@ -411,14 +448,11 @@ pub fn render_restore_with(
                         allow_chain(spec.id)
                     );
                 }
-                if let Some(n) = spec.controls.max_connections {
-                    let verdict = match spec.protocol {
-                        Protocol::Tcp => "REJECT --reject-with tcp-reset",
-                        Protocol::Udp => "DROP",
-                    };
+                if spec.controls.max_connections.is_some() {
                     let _ = writeln!(
                         out,
-                        "-A {FWD} {flow} --ctstate NEW -m connlimit --connlimit-above {n} --connlimit-mask 0 --connlimit-daddr -m comment --comment \"{fwd} limit\" -j {verdict}"
+                        "-A {FWD} {flow} --ctstate NEW -m comment --comment \"{fwd} limited\" -j {}",
+                        limit_chain(spec.id)
                     );
                 }
                 for (dir, what) in [("ORIGINAL", "in"), ("REPLY", "out")] {
@@ -454,11 +488,35 @@ pub fn render_restore_with(
                     spec.id
                 );
             }
-            let wanted: Vec<String> = mine
+            for spec in &mine {
+                let Some(n) = spec.controls.max_connections else {
+                    continue;
+                };
+                if limit_unchanged(preserved, spec, n) {
+                    continue;
+                }
+                let verdict = match spec.protocol {
+                    Protocol::Tcp => "REJECT --reject-with tcp-reset",
+                    Protocol::Udp => "DROP",
+                };
+                let _ = writeln!(
+                    out,
+                    "-A {} -p {} -m connlimit --connlimit-above {n} --connlimit-mask 0 --connlimit-daddr -m comment --comment \"{}\" -j {verdict}",
+                    limit_chain(spec.id),
+                    spec.protocol,
+                    limit_comment(spec, n),
+                );
+            }
+            let mut wanted: Vec<String> = mine
                 .iter()
                 .filter(|s| !s.controls.allowed_cidrs.is_empty())
                 .map(|s| allow_chain(s.id))
                 .collect();
+            wanted.extend(
+                mine.iter()
+                    .filter(|s| s.controls.max_connections.is_some())
+                    .map(|s| limit_chain(s.id)),
+            );
             for stale in preserved.chains.iter().filter(|c| !wanted.contains(c)) {
                 let _ = writeln!(out, "-F {stale}");
                 let _ = writeln!(out, "-X {stale}");
@@ -467,6 +525,14 @@ pub fn render_restore_with(
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// Whether `spec`'s limit chain exists with exactly the rule it needs.
+fn limit_unchanged(preserved: &Preserved, spec: &ForwardSpec, n: u32) -> bool {
+    preserved
+        .comments
+        .get(&limit_chain(spec.id))
+        .is_some_and(|c| c.len() == 1 && c[0] == limit_comment(spec, n))
 }
 
 /// The `--dport` match and DNAT target of each rule a forward needs. An N:1

@@ -365,6 +365,20 @@ async fn scenario(kind: Kind) {
     let second = Held::open(&topo, OTHER4, EXT4, 20000);
     wait_active(&topo, backend, &tcp4, 2).await;
     refused(&topo, "tcp", OTHER4, EXT4, 20000);
+    // Another forward's change leaves the count alone (iptables-legacy
+    // replaces the whole table on every commit, and its connlimit counts
+    // start again: docs/dataplane.md).
+    let other = spec(
+        Protocol::Tcp,
+        "10.91.0.1:20020",
+        "10.92.0.2:8080",
+        Controls::default(),
+    );
+    all.push(other);
+    converge(backend, &all).await;
+    if kind != Kind::IptablesLegacy {
+        refused(&topo, "tcp", OTHER4, EXT4, 20000);
+    }
     drop(first);
     wait_active(&topo, backend, &tcp4, 1).await;
     expect(&topo, "tcp", OTHER4, EXT4, 20000, "A");

@@ -337,3 +337,28 @@ fn every_rendered_batch_passes_the_kernel_check() {
         }
     }
 }
+
+/// An unchanged limit chain is neither declared (flushed) nor refilled, so
+/// its `connlimit` counts survive an apply; a changed one is rewritten.
+#[test]
+fn iptables_limit_chain_is_rewritten_only_when_it_changes() {
+    use navigator_dataplane::iptables::limit_chain;
+    let all = controlled();
+    let chain = limit_chain(all[0].id);
+    let mut preserved = Preserved::default();
+    preserved.chains.push(chain.clone());
+    preserved.comments.insert(
+        chain.clone(),
+        vec![format!("fwd {} limit 5 tcp", all[0].id)],
+    );
+    let text = render_restore_with(Family::V4, &all, &[], &preserved);
+    assert!(!text.contains(&format!(":{chain} ")), "{text}");
+    assert!(!text.contains(&format!("-A {chain} ")), "{text}");
+    assert!(!text.contains(&format!("-X {chain}")), "{text}");
+    assert!(text.contains(&format!("-j {chain}")), "{text}");
+    let mut changed = all.clone();
+    changed[0].controls = controls(&[], Some(6));
+    let text = render_restore_with(Family::V4, &changed, &[], &preserved);
+    assert!(text.contains(&format!(":{chain} - [0:0]")), "{text}");
+    assert!(text.contains("--connlimit-above 6"), "{text}");
+}
