@@ -9,6 +9,11 @@
 //! chain in a `--noflush` restore flushes it, so the rewrite also removes
 //! stale rules of a previous agent, and nothing outside those chains (other
 //! than the four jump rules) is touched.
+//!
+//! Controls: per-forward `NAVIGATOR-A-*` (allowlist) and `NAVIGATOR-L-*`
+//! (`connlimit`) chains, jumped to from `NAVIGATOR-FORWARD`; usage from rule
+//! counters, which the rewrite carries over (`iptables-save -c`, then
+//! `iptables-restore --counters`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

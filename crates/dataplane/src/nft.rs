@@ -13,6 +13,15 @@
 //! (`delete table` + definition in the same transaction) runs at the first
 //! apply, periodically, and whenever drift is detected.
 //!
+//! Controls and usage are set elements too, keyed by the forward's
+//! `daddr . l4proto . port-interval`: allowlists (`restrict4/6`, and
+//! `allow4/6` with the client network appended to the key: one lookup
+//! whatever the number of networks), connection limits (the `limit4/6`
+//! verdict maps jump to one `ct count` chain per limited forward), and
+//! counters (`conns`, `bytes_in`, `bytes_out`: per-element counters, no rule
+//! per forward). A change of controls only changes those elements, never the
+//! DNAT element or the counters.
+//!
 //! Rendering is pure and snapshot-tested; see `tests/snapshots/`.
 
 use std::collections::HashMap;

@@ -9,6 +9,11 @@
 //! `NAVIGATOR_SOCAT_OWNER=<tag>`: at start the backend kills every process
 //! with its tag, so an agent that died without cleaning up leaves no orphans
 //! listening on the ports the new agent needs.
+//!
+//! Controls: `range=` (one allowed network: `navigator_core::unsupported`
+//! refuses more) and `max-children` (connections or UDP peers served at
+//! once; a port range cannot share one and is refused). socat counts
+//! nothing, so `usage` keeps the trait's "does not count usage".
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
