@@ -8,7 +8,9 @@
 //! applied in place without cutting an established connection (kernel
 //! backends, with `conntrack_cleanup = all`, which would cut it on a real
 //! retarget); that `max_connections` holds and recovers when a connection
-//! ends; and that the usage counters move by the bytes sent.
+//! ends and survives other forwards' changes; that the usage counters move
+//! by the bytes sent and survive a new agent's full rewrite; and that what
+//! a backend cannot enforce fails the forward with the reason.
 //!
 //! Needs root: runs when NAVIGATOR_PRIVILEGED_TESTS=1, otherwise prints a
 //! "skipped" line. `cargo test -p navigator-dataplane --test controls`.
@@ -446,6 +448,37 @@ async fn scenario(kind: Kind) {
             assert!(reason.contains("socat"), "{reason}");
         }
     }
+
+    // 5. Second line of defence: what the backend cannot enforce fails the
+    // forward with the reason and carries nothing of it.
+    let mut cannot = spec(
+        Protocol::Tcp,
+        "10.91.0.1:20030",
+        "10.92.0.2:8080",
+        Controls::new(Vec::new(), None, ProxyProtocol::V2),
+    );
+    if kind == Kind::Socat {
+        cannot.controls = controls(&[OK4, OTHER4], None);
+    }
+    let mut with_cannot = all.clone();
+    with_cannot.push(cannot.clone());
+    let report = backend
+        .apply(&plan(&with_cannot, &backend.observe().await))
+        .await;
+    let field = if kind == Kind::Socat {
+        "allowed_cidrs"
+    } else {
+        "proxy_protocol"
+    };
+    assert!(
+        report.failed.len() == 1
+            && report.failed[0].id == cannot.id
+            && report.failed[0].reason.starts_with(field),
+        "{:?}",
+        report.failed
+    );
+    assert!(backend.observe_one(cannot.id).await.is_none());
+    refused(&topo, "tcp", OK4, EXT4, 20030);
 
     converge(backend, &[]).await;
     backend.shutdown().await;
