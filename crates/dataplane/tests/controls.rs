@@ -449,6 +449,34 @@ async fn scenario(kind: Kind) {
         }
     }
 
+    // Port ranges (kernel backends): the allowlist covers every port, and
+    // one limit is shared by all of them.
+    if kind != Kind::Socat {
+        let range = ForwardSpec {
+            ports: 3,
+            one_target_port: true,
+            ..spec(
+                Protocol::Tcp,
+                "10.91.0.1:20040",
+                "10.92.0.2:8080",
+                controls(&[OK4], Some(1)),
+            )
+        };
+        all.push(range.clone());
+        converge(backend, &all).await;
+        for port in 20040..20043 {
+            expect(&topo, "tcp", OK4, EXT4, port, "A");
+            refused(&topo, "tcp", OTHER4, EXT4, port);
+        }
+        wait_active(&topo, backend, &range, 0).await;
+        let held = Held::open(&topo, OK4, EXT4, 20040);
+        wait_active(&topo, backend, &range, 1).await;
+        refused(&topo, "tcp", OK4, EXT4, 20042);
+        drop(held);
+        wait_active(&topo, backend, &range, 0).await;
+        expect(&topo, "tcp", OK4, EXT4, 20042, "A");
+    }
+
     // 5. Second line of defence: what the backend cannot enforce fails the
     // forward with the reason and carries nothing of it.
     let mut cannot = spec(
