@@ -14,7 +14,7 @@
 //! apply, periodically, and whenever drift is detected.
 //!
 //! Controls and usage are set elements too, keyed by the forward's
-//! `daddr . l4proto . port-interval`: allowlists (`restrict4/6`, and
+//! `daddr . l4proto . port-interval` (counters: per port): allowlists (`restrict4/6`, and
 //! `allow4/6` with the client network appended to the key: one lookup
 //! whatever the number of networks), connection limits (the `limit4/6`
 //! verdict maps jump to one `ct count` chain per limited forward), and
@@ -254,12 +254,12 @@ pub fn render_skeleton(table: &str) -> String {
 	set listen6 {{ type ipv6_addr; }}
 	map fwd4 {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
 	map fwd6 {{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }}
-	set conns4 {{ type ipv4_addr . inet_proto . inet_service; flags interval; counter; }}
-	set conns6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; counter; }}
-	set bytes_in4 {{ type ipv4_addr . inet_proto . inet_service; flags interval; counter; }}
-	set bytes_in6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; counter; }}
-	set bytes_out4 {{ type ipv4_addr . inet_proto . inet_service; flags interval; counter; }}
-	set bytes_out6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; counter; }}
+	set conns4 {{ type ipv4_addr . inet_proto . inet_service; counter; }}
+	set conns6 {{ type ipv6_addr . inet_proto . inet_service; counter; }}
+	set bytes_in4 {{ type ipv4_addr . inet_proto . inet_service; counter; }}
+	set bytes_in6 {{ type ipv6_addr . inet_proto . inet_service; counter; }}
+	set bytes_out4 {{ type ipv4_addr . inet_proto . inet_service; counter; }}
+	set bytes_out6 {{ type ipv6_addr . inet_proto . inet_service; counter; }}
 	set restrict4 {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}
 	set restrict6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; }}
 	set allow4 {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}
@@ -477,7 +477,7 @@ struct Elem {
 }
 
 /// `daddr . proto . port` or `daddr . proto . first-last`: the interval key
-/// of a whole forward (range forwards sum over their ports for free).
+/// of a whole forward, for the control sets.
 fn interval_key(spec: &ForwardSpec) -> String {
     format!(
         "{} . {} . {}",
@@ -485,6 +485,11 @@ fn interval_key(spec: &ForwardSpec) -> String {
         spec.protocol,
         spec.listen_ports()
     )
+}
+
+/// `daddr . proto . port`: the key of one port of a forward.
+fn port_key(spec: &ForwardSpec, listen: std::net::SocketAddr) -> String {
+    format!("{} . {} . {}", listen.ip(), spec.protocol, listen.port())
 }
 
 /// Every element a forward puts in the per-forward sets and maps.
@@ -495,22 +500,27 @@ fn elements(spec: &ForwardSpec, comments: bool) -> Vec<Elem> {
         .pairs()
         .map(|(listen, target)| Elem {
             set: pick("fwd4", "fwd6"),
-            key: format!("{} . {} . {}", listen.ip(), spec.protocol, listen.port()),
+            key: port_key(spec, listen),
             value: Some(dnat_value(spec, target, comments)),
         })
         .collect();
-    let key = interval_key(spec);
+    // Counters per port, in hash sets: an interval (pipapo) set would take
+    // a range as one element, but its inserts cost O(elements) each, which
+    // a full sync of 100,000 forwards cannot afford; usage sums the ports.
     for set in [
         pick("conns4", "conns6"),
         pick("bytes_in4", "bytes_in6"),
         pick("bytes_out4", "bytes_out6"),
     ] {
-        out.push(Elem {
-            set,
-            key: key.clone(),
-            value: None,
-        });
+        for (listen, _) in spec.pairs() {
+            out.push(Elem {
+                set,
+                key: port_key(spec, listen),
+                value: None,
+            });
+        }
     }
+    let key = interval_key(spec);
     if !spec.controls.allowed_cidrs.is_empty() {
         out.push(Elem {
             set: pick("restrict4", "restrict6"),
@@ -653,13 +663,15 @@ pub fn counted(counters: &Counters, forwards: &[ForwardSpec]) -> HashMap<Forward
     forwards
         .iter()
         .map(|spec| {
-            let key = interval_key(spec);
             let f = if spec.listen.is_ipv4() { "4" } else { "6" };
-            let c = Counted {
-                connections: get(&format!("conns{f}"), &key).map_or(0, |c| c.0),
-                bytes_in: get(&format!("bytes_in{f}"), &key).map_or(0, |c| c.1),
-                bytes_out: get(&format!("bytes_out{f}"), &key).map_or(0, |c| c.1),
-            };
+            let mut c = Counted::default();
+            // A range sums over its ports.
+            for (listen, _) in spec.pairs() {
+                let key = port_key(spec, listen);
+                c.connections += get(&format!("conns{f}"), &key).map_or(0, |c| c.0);
+                c.bytes_in += get(&format!("bytes_in{f}"), &key).map_or(0, |c| c.1);
+                c.bytes_out += get(&format!("bytes_out{f}"), &key).map_or(0, |c| c.1);
+            }
             (spec.id, c)
         })
         .collect()
