@@ -254,12 +254,12 @@ pub fn render_skeleton(table: &str) -> String {
 	set listen6 {{ type ipv6_addr; }}
 	map fwd4 {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
 	map fwd6 {{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }}
-	set conns4 {{ type ipv4_addr . inet_proto . inet_service; counter; }}
-	set conns6 {{ type ipv6_addr . inet_proto . inet_service; counter; }}
-	set bytes_in4 {{ type ipv4_addr . inet_proto . inet_service; counter; }}
-	set bytes_in6 {{ type ipv6_addr . inet_proto . inet_service; counter; }}
-	set bytes_out4 {{ type ipv4_addr . inet_proto . inet_service; counter; }}
-	set bytes_out6 {{ type ipv6_addr . inet_proto . inet_service; counter; }}
+	set conns4 {{ type ipv4_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
+	set conns6 {{ type ipv6_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
+	set bytes_in4 {{ type ipv4_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
+	set bytes_in6 {{ type ipv6_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
+	set bytes_out4 {{ type ipv4_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
+	set bytes_out6 {{ type ipv6_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
 	set restrict4 {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}
 	set restrict6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; }}
 	set allow4 {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}
@@ -271,8 +271,8 @@ pub fn render_skeleton(table: &str) -> String {
 		ct state new ip6 daddr . meta l4proto . th dport @restrict6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @allow6 drop
 		ct state new ip daddr . meta l4proto . th dport vmap @limit4
 		ct state new ip6 daddr . meta l4proto . th dport vmap @limit6
-		ct direction original ip daddr . meta l4proto . th dport @bytes_in4
-		ct direction original ip6 daddr . meta l4proto . th dport @bytes_in6
+		meta l4proto {{ tcp, udp }} ct direction original update @bytes_in4 {{ ip daddr . meta l4proto . th dport }}
+		meta l4proto {{ tcp, udp }} ct direction original update @bytes_in6 {{ ip6 daddr . meta l4proto . th dport }}
 	}}
 	chain filter_prerouting {{
 		type filter hook prerouting priority -110; policy accept;
@@ -286,15 +286,15 @@ pub fn render_skeleton(table: &str) -> String {
 	}}
 	chain prerouting {{
 		type nat hook prerouting priority dstnat; policy accept;
-		ip daddr . meta l4proto . th dport @conns4
-		ip6 daddr . meta l4proto . th dport @conns6
+		ip daddr @listen4 meta l4proto {{ tcp, udp }} update @conns4 {{ ip daddr . meta l4proto . th dport }}
+		ip6 daddr @listen6 meta l4proto {{ tcp, udp }} update @conns6 {{ ip6 daddr . meta l4proto . th dport }}
 		dnat ip to ip daddr . meta l4proto . th dport map @fwd4
 		dnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6
 	}}
 	chain output {{
 		type nat hook output priority -100; policy accept;
-		ip daddr . meta l4proto . th dport @conns4
-		ip6 daddr . meta l4proto . th dport @conns6
+		ip daddr @listen4 meta l4proto {{ tcp, udp }} update @conns4 {{ ip daddr . meta l4proto . th dport }}
+		ip6 daddr @listen6 meta l4proto {{ tcp, udp }} update @conns6 {{ ip6 daddr . meta l4proto . th dport }}
 		dnat ip to ip daddr . meta l4proto . th dport map @fwd4
 		dnat ip6 to ip6 daddr . meta l4proto . th dport map @fwd6
 	}}
@@ -310,13 +310,13 @@ pub fn render_skeleton(table: &str) -> String {
 	}}
 	chain count_reply {{
 		type filter hook postrouting priority 110; policy accept;
-		ct status dnat ct direction reply ip saddr . meta l4proto . th sport @bytes_out4
-		ct status dnat ct direction reply ip6 saddr . meta l4proto . th sport @bytes_out6
+		ct status dnat ct direction reply ct original ip daddr @listen4 meta l4proto {{ tcp, udp }} update @bytes_out4 {{ ip saddr . meta l4proto . th sport }}
+		ct status dnat ct direction reply ct original ip6 daddr @listen6 meta l4proto {{ tcp, udp }} update @bytes_out6 {{ ip6 saddr . meta l4proto . th sport }}
 	}}
 	chain count_reply_local {{
 		type filter hook input priority 110; policy accept;
-		ct status dnat ct direction reply ip saddr . meta l4proto . th sport @bytes_out4
-		ct status dnat ct direction reply ip6 saddr . meta l4proto . th sport @bytes_out6
+		ct status dnat ct direction reply ct original ip daddr @listen4 meta l4proto {{ tcp, udp }} update @bytes_out4 {{ ip saddr . meta l4proto . th sport }}
+		ct status dnat ct direction reply ct original ip6 daddr @listen6 meta l4proto {{ tcp, udp }} update @bytes_out6 {{ ip6 saddr . meta l4proto . th sport }}
 	}}
 }}
 "#
@@ -356,7 +356,20 @@ pub fn render_replace_with(
     listen.sort();
     listen.dedup();
     push_listen(&mut out, "add", table, &listen);
-    let elements: Vec<Elem> = all.iter().flat_map(|s| elements(s, comments)).collect();
+    let mut elements: Vec<Elem> = all.iter().flat_map(|s| elements(s, comments)).collect();
+    // The counts of the old table's counter elements, for forwards still
+    // carried (others' are dropped with the table).
+    for spec in all {
+        for (set, key) in counter_keys(spec) {
+            if counters.contains_key(&(set.to_owned(), key.clone())) {
+                elements.push(Elem {
+                    set,
+                    key,
+                    value: None,
+                });
+            }
+        }
+    }
     push_elements(&mut out, "add", table, &elements, counters);
     out
 }
@@ -395,7 +408,28 @@ pub fn render_update(
         }
         add.extend(mine);
     }
+    // Counter elements of ports no longer carried by the same forward go
+    // (the data path made them, so they may not exist: adding first makes
+    // the deletion succeed either way, in the same transaction).
+    let mut stale = Vec::new();
+    for spec in removed {
+        let keep = new
+            .get(&spec.id)
+            .map(|s| counter_keys(s))
+            .unwrap_or_default();
+        for (set, key) in counter_keys(spec) {
+            if !keep.contains(&(set, key.clone())) {
+                stale.push(Elem {
+                    set,
+                    key,
+                    value: None,
+                });
+            }
+        }
+    }
     let mut out = String::new();
+    push_elements(&mut out, "add", table, &stale, &Counters::new());
+    push_elements(&mut out, "delete", table, &stale, &Counters::new());
     push_elements(&mut out, "delete", table, &delete, &Counters::new());
     // Limit chains after the verdict-map elements that jump to them are
     // gone, and before the elements that will jump to them are added.
@@ -492,7 +526,28 @@ fn port_key(spec: &ForwardSpec, listen: std::net::SocketAddr) -> String {
     format!("{} . {} . {}", listen.ip(), spec.protocol, listen.port())
 }
 
-/// Every element a forward puts in the per-forward sets and maps.
+/// The counter elements a forward's traffic makes: one per port in each
+/// counter set. The data path creates them (`update @set`), so an apply
+/// writes none: an interval set would hold a range in one element, but its
+/// inserts cost O(elements) each, and even hash-set elements written for
+/// every forward tripled the CPU of a full sync at 100,000 forwards.
+fn counter_keys(spec: &ForwardSpec) -> Vec<(&'static str, String)> {
+    let v4 = spec.listen.is_ipv4();
+    let sets: [&'static str; 3] = if v4 {
+        ["conns4", "bytes_in4", "bytes_out4"]
+    } else {
+        ["conns6", "bytes_in6", "bytes_out6"]
+    };
+    sets.into_iter()
+        .flat_map(|set| {
+            spec.pairs()
+                .map(move |(listen, _)| (set, port_key(spec, listen)))
+        })
+        .collect()
+}
+
+/// Every element a forward puts in the per-forward sets and maps (the
+/// counter sets excepted: see [`counter_keys`]).
 fn elements(spec: &ForwardSpec, comments: bool) -> Vec<Elem> {
     let v4 = spec.listen.is_ipv4();
     let pick = |a: &'static str, b: &'static str| if v4 { a } else { b };
@@ -504,22 +559,6 @@ fn elements(spec: &ForwardSpec, comments: bool) -> Vec<Elem> {
             value: Some(dnat_value(spec, target, comments)),
         })
         .collect();
-    // Counters per port, in hash sets: an interval (pipapo) set would take
-    // a range as one element, but its inserts cost O(elements) each, which
-    // a full sync of 100,000 forwards cannot afford; usage sums the ports.
-    for set in [
-        pick("conns4", "conns6"),
-        pick("bytes_in4", "bytes_in6"),
-        pick("bytes_out4", "bytes_out6"),
-    ] {
-        for (listen, _) in spec.pairs() {
-            out.push(Elem {
-                set,
-                key: port_key(spec, listen),
-                value: None,
-            });
-        }
-    }
     let key = interval_key(spec);
     if !spec.controls.allowed_cidrs.is_empty() {
         out.push(Elem {
