@@ -203,6 +203,9 @@ pub struct KernelBackend<R: Ruleset> {
     ruleset: R,
     config: KernelConfig,
     state: tokio::sync::Mutex<State>,
+    /// Whether "active connections not counted" was logged: usage is read
+    /// often, and a missing `conntrack` stays missing.
+    warned_active: std::sync::atomic::AtomicBool,
 }
 
 impl<R: Ruleset> KernelBackend<R> {
@@ -218,6 +221,7 @@ impl<R: Ruleset> KernelBackend<R> {
                 findings: Vec::new(),
                 seen: HashMap::new(),
             }),
+            warned_active: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -662,7 +666,12 @@ impl<R: Ruleset> KernelBackend<R> {
             Ok(active) => active,
             Err(e) => {
                 // Bytes and totals are still right; "active" is not known.
-                tracing::warn!(backend = self.ruleset.name(), error = %e, "active connections not counted");
+                if !self
+                    .warned_active
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(backend = self.ruleset.name(), error = %e, "active connections are not counted (reported as 0); install conntrack");
+                }
                 HashMap::new()
             }
         };
