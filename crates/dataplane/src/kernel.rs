@@ -243,17 +243,16 @@ impl<R: Ruleset> KernelBackend<R> {
             ),
         )
         .await;
-        if self.config.conntrack_cleanup != ConntrackCleanup::Off {
-            findings.extend(
-                preflight::tools(
-                    host,
-                    &["conntrack"],
-                    preflight::Severity::Warning,
-                    "without it live UDP flows keep their old target after a retarget or delete",
-                )
-                .await,
-            );
-        }
+        // conntrack also counts the active connections of usage, so it is
+        // checked even when cleanup is off.
+        let why = if self.config.conntrack_cleanup == ConntrackCleanup::Off {
+            "without it usage reports no active connections"
+        } else {
+            "without it live UDP flows keep their old target after a retarget or delete, and usage reports no active connections"
+        };
+        findings.extend(
+            preflight::tools(host, &["conntrack"], preflight::Severity::Warning, why).await,
+        );
         findings.extend(preflight::forwarding(host, self.config.fix_sysctls).await);
         findings.extend(preflight::bridge_netfilter(host, targets, self.config.fix_sysctls).await);
         findings
