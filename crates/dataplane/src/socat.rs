@@ -12,8 +12,10 @@
 //!
 //! Controls: `range=` (one allowed network: `navigator_core::unsupported`
 //! refuses more) and `max-children` (connections or UDP peers served at
-//! once; a port range cannot share one and is refused). socat counts
-//! nothing, so `usage` keeps the trait's "does not count usage".
+//! once; a port range cannot share one and is refused). A change of
+//! controls alone restarts the listeners only, so open connections (forked
+//! children) carry on. socat counts nothing, so `usage` keeps the trait's
+//! "does not count usage".
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -65,7 +67,7 @@ struct Supervised {
 
 /// One supervised socat, serving one port.
 struct Unit {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,13 +108,22 @@ impl SocatBackend {
             procs.swept = true;
         }
         let mut report = ApplyReport::default();
-        for id in plan
-            .remove
-            .iter()
-            .chain(plan.retarget.iter().map(|s| &s.id))
-        {
+        for id in &plan.remove {
             if let Some(old) = procs.running.remove(id) {
-                stop(old).await;
+                stop(old, Stop::All).await;
+            }
+        }
+        for spec in &plan.retarget {
+            if let Some(old) = procs.running.remove(&spec.id) {
+                // A change of controls alone stops only the listeners: the
+                // per-connection children keep serving what they carry, as
+                // kernel NAT keeps established connections.
+                let how = if crate::kernel::controls_only(&old.spec, spec) {
+                    Stop::ListenerOnly
+                } else {
+                    Stop::All
+                };
+                stop(old, how).await;
             }
         }
         // Start everything first, then wait once: a socat that cannot bind
@@ -121,7 +132,7 @@ impl SocatBackend {
         let mut started = Vec::new();
         for spec in plan.retarget.iter().chain(&plan.add) {
             if let Some(old) = procs.running.remove(&spec.id) {
-                stop(old).await;
+                stop(old, Stop::All).await;
             }
             if let Some(reason) = refusal(spec) {
                 report.failed.push(ForwardFailure {
@@ -192,7 +203,7 @@ impl SocatBackend {
             let units = children
                 .into_iter()
                 .map(|(unit, child)| {
-                    let (stop, stopped) = watch::channel(false);
+                    let (stop, stopped) = watch::channel(Stop::Run);
                     let task = tokio::spawn(supervise(self.config.clone(), unit, child, stopped));
                     Unit { stop, task }
                 })
@@ -356,7 +367,7 @@ async fn supervise(
     config: SocatConfig,
     spec: ForwardSpec,
     mut child: Child,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<Stop>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     loop {
@@ -393,10 +404,14 @@ async fn supervise(
                 }
             }
             _ = stopped.changed() => {
+                let group = *stopped.borrow() != Stop::ListenerOnly;
                 if let Some(pid) = pid {
-                    kill_group(pid, false);
+                    // The listener alone leaves its forked children (in its
+                    // process group) serving their connections.
+                    let kill = if group { kill_group } else { kill_process };
+                    kill(pid, false);
                     if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
-                        kill_group(pid, true);
+                        kill(pid, true);
                     }
                 }
                 let _ = child.wait().await;
@@ -406,10 +421,20 @@ async fn supervise(
     }
 }
 
-async fn stop(supervised: Supervised) {
+/// What a supervisor is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Run,
+    /// The listener and its per-connection children.
+    All,
+    /// The listener only.
+    ListenerOnly,
+}
+
+async fn stop(supervised: Supervised, how: Stop) {
     // Tell every unit first, so a range's socats stop in parallel.
     for unit in &supervised.units {
-        let _ = unit.stop.send(true);
+        let _ = unit.stop.send(how);
     }
     for unit in supervised.units {
         let _ = unit.task.await;
@@ -429,6 +454,12 @@ fn pid_and_signal(pid: u32, hard: bool) -> Option<(rustix::process::Pid, rustix:
         rustix::process::Signal::TERM
     };
     Some((pid, signal))
+}
+
+fn kill_process(pid: u32, hard: bool) {
+    if let Some((pid, signal)) = pid_and_signal(pid, hard) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 fn kill_group(pid: u32, hard: bool) {
@@ -526,7 +557,7 @@ impl Backend for SocatBackend {
             let mut procs = self.procs.lock().await;
             let running = std::mem::take(&mut procs.running);
             for (_, supervised) in running {
-                stop(supervised).await;
+                stop(supervised, Stop::All).await;
             }
         })
     }
