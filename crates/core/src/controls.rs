@@ -202,6 +202,17 @@ pub fn unsupported(backend: &str, protocol: Protocol, controls: &Controls) -> Op
             });
         }
     }
+    // socat's `range=` takes one network (its libwrap tables would take
+    // more, but need files per forward and libwrap in the build).
+    if backend == "socat" && controls.allowed_cidrs.len() > 1 {
+        return Some(Unsupported {
+            field: "allowed_cidrs",
+            reason: format!(
+                "the socat backend allows one network per forward (socat's range= option), not {}; use the relay, nft or iptables backend for more",
+                controls.allowed_cidrs.len()
+            ),
+        });
+    }
     let known = matches!(backend, "relay" | "nft" | "iptables" | "socat");
     if !known {
         if !controls.allowed_cidrs.is_empty() {
@@ -308,5 +319,30 @@ mod tests {
             );
         }
         assert!(unsupported("socat", Protocol::Tcp, &Controls::default()).is_none());
+    }
+
+    #[test]
+    fn socat_allows_one_network() {
+        let one = Controls::new(
+            vec![parse_cidr("192.0.2.0/24").unwrap()],
+            Some(3),
+            ProxyProtocol::None,
+        );
+        assert!(unsupported("socat", Protocol::Tcp, &one).is_none());
+        let two = Controls::new(
+            vec![
+                parse_cidr("192.0.2.0/24").unwrap(),
+                parse_cidr("198.51.100.0/24").unwrap(),
+            ],
+            None,
+            ProxyProtocol::None,
+        );
+        assert_eq!(
+            unsupported("socat", Protocol::Udp, &two).unwrap().field,
+            "allowed_cidrs"
+        );
+        for backend in ["relay", "nft", "iptables"] {
+            assert!(unsupported(backend, Protocol::Tcp, &two).is_none());
+        }
     }
 }

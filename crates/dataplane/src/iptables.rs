@@ -9,14 +9,21 @@
 //! chain in a `--noflush` restore flushes it, so the rewrite also removes
 //! stale rules of a previous agent, and nothing outside those chains (other
 //! than the four jump rules) is touched.
+//!
+//! Controls: per-forward `NAVIGATOR-A-*` (allowlist) and `NAVIGATOR-L-*`
+//! (`connlimit`) chains, jumped to from `NAVIGATOR-FORWARD`; usage from rule
+//! counters, which the rewrite carries over (`iptables-save -c`, then
+//! `iptables-restore --counters`).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use navigator_core::ForwardSpec;
+use ipnet::IpNet;
+use navigator_core::{ForwardId, ForwardSpec, Protocol};
 
 use crate::exec::{DEFAULT_TIMEOUT, ExecError, Host};
-use crate::kernel::{KernelBackend, KernelConfig, ListenDelta, Ruleset};
+use crate::kernel::{Counted, KernelBackend, KernelConfig, ListenDelta, Ruleset};
 
 /// The iptables backend.
 pub type IptablesBackend = KernelBackend<IptablesRuleset>;
@@ -98,6 +105,27 @@ impl IptablesRuleset {
         format!("{base}{variant}{restore}")
     }
 
+    fn save_program(&self, family: Family) -> String {
+        format!("{}-save", self.program(family, false))
+    }
+
+    /// What the rewrite must keep: rule counters of Navigator's rules and
+    /// the allowlist chains that exist.
+    async fn preserved(&self, host: &Host, family: Family) -> Result<Preserved, ExecError> {
+        let mut text = String::new();
+        for table in ["nat", "filter"] {
+            let out = host
+                .run(
+                    &[&self.save_program(family), "-c", "-t", table],
+                    None,
+                    DEFAULT_TIMEOUT,
+                )
+                .await?;
+            text.push_str(&out.stdout);
+        }
+        Ok(parse_save(&text))
+    }
+
     /// The jumps from built-in chains that are missing.
     async fn missing_jumps(
         &self,
@@ -139,15 +167,63 @@ impl Ruleset for IptablesRuleset {
     async fn replace(&self, host: &Host, all: &[ForwardSpec]) -> Result<(), ExecError> {
         for family in [Family::V4, Family::V6] {
             let missing = self.missing_jumps(host, family).await?;
-            let text = render_restore(family, all, &missing);
+            // Every apply rewrites the chains: the usage counters are read
+            // first and restored with the rules (`--counters`).
+            let preserved = self.preserved(host, family).await?;
+            let text = render_restore_with(family, all, &missing, &preserved);
             host.run(
-                &[&self.program(family, true), "--noflush", "-w", "10"],
+                &[
+                    &self.program(family, true),
+                    "--noflush",
+                    "--counters",
+                    "-w",
+                    "10",
+                ],
                 Some(&text),
                 DEFAULT_TIMEOUT,
             )
             .await?;
         }
         Ok(())
+    }
+
+    async fn counters(
+        &self,
+        host: &Host,
+        forwards: &[ForwardSpec],
+    ) -> Result<HashMap<ForwardId, Counted>, String> {
+        let mut counted: HashMap<ForwardId, Counted> = HashMap::new();
+        for family in [Family::V4, Family::V6] {
+            if !forwards
+                .iter()
+                .any(|s| s.listen.is_ipv4() == (family == Family::V4))
+            {
+                continue;
+            }
+            let preserved = self
+                .preserved(host, family)
+                .await
+                .map_err(|e| format!("cannot read the iptables counters: {e}"))?;
+            for spec in forwards
+                .iter()
+                .filter(|s| s.listen.is_ipv4() == (family == Family::V4))
+            {
+                let get = |chain: &str, comment: String| {
+                    preserved
+                        .counters
+                        .get(&(chain.to_owned(), comment))
+                        .copied()
+                        .unwrap_or_default()
+                };
+                let c = counted.entry(spec.id).or_default();
+                let fwd = format!("fwd {}", spec.id);
+                c.connections = get("NAVIGATOR-PREROUTING", fwd.clone()).0
+                    + get("NAVIGATOR-OUTPUT", fwd.clone()).0;
+                c.bytes_in = get("NAVIGATOR-FORWARD", format!("{fwd} in")).1;
+                c.bytes_out = get("NAVIGATOR-FORWARD", format!("{fwd} out")).1;
+            }
+        }
+        Ok(counted)
     }
 
     async fn update(
@@ -172,12 +248,125 @@ impl Ruleset for IptablesRuleset {
     }
 }
 
+/// What a rewrite keeps of the chains it replaces.
+#[derive(Clone, Debug, Default)]
+pub struct Preserved {
+    /// `(chain, comment) → (packets, bytes)`, summed over the rules that
+    /// share them (the DNAT rules of a range).
+    pub counters: HashMap<(String, String), (u64, u64)>,
+    /// The per-forward chains (`NAVIGATOR-A-*`, `NAVIGATOR-L-*`) that exist
+    /// now.
+    pub chains: Vec<String>,
+    /// The comments of each chain's rules, in order: an unchanged limit
+    /// chain is recognised by them and left alone.
+    pub comments: HashMap<String, Vec<String>>,
+}
+
+/// Reads `iptables-save -c` output: counters of rules with a comment, and
+/// Navigator's allowlist chains.
+pub fn parse_save(text: &str) -> Preserved {
+    let mut preserved = Preserved::default();
+    for line in text.lines() {
+        if let Some(chain) = line
+            .strip_prefix(':')
+            .and_then(|l| l.split_whitespace().next())
+            && (chain.starts_with(ALLOW_PREFIX) || chain.starts_with(LIMIT_PREFIX))
+        {
+            preserved.chains.push(chain.to_owned());
+            continue;
+        }
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let Some((counts, rule)) = rest.split_once("] ") else {
+            continue;
+        };
+        let Some((packets, bytes)) = counts.split_once(':') else {
+            continue;
+        };
+        let (Ok(packets), Ok(bytes)) = (packets.parse::<u64>(), bytes.parse::<u64>()) else {
+            continue;
+        };
+        let Some(chain) = rule
+            .strip_prefix("-A ")
+            .and_then(|r| r.split_whitespace().next())
+        else {
+            continue;
+        };
+        let Some(comment) = rule
+            .split_once("--comment \"")
+            .and_then(|(_, c)| c.split_once('"'))
+            .map(|(c, _)| c)
+        else {
+            continue;
+        };
+        preserved
+            .comments
+            .entry(chain.to_owned())
+            .or_default()
+            .push(comment.to_owned());
+        let entry = preserved
+            .counters
+            .entry((chain.to_owned(), comment.to_owned()))
+            .or_default();
+        entry.0 += packets;
+        entry.1 += bytes;
+    }
+    preserved
+}
+
+/// The prefix of the per-forward allowlist chains.
+pub const ALLOW_PREFIX: &str = "NAVIGATOR-A-";
+
+/// The prefix of the per-forward connection-limit chains.
+pub const LIMIT_PREFIX: &str = "NAVIGATOR-L-";
+
+/// `NAVIGATOR-L-<last 16 hex digits of the id>`.
+pub fn limit_chain(id: ForwardId) -> String {
+    let hex = id.to_string().replace('-', "");
+    format!("{LIMIT_PREFIX}{}", &hex[16..])
+}
+
+/// The comment of a limit chain's rule: it names everything the rule
+/// depends on, so an equal comment means an equal rule.
+fn limit_comment(spec: &ForwardSpec, n: u32) -> String {
+    format!("fwd {} limit {n} {}", spec.id, spec.protocol)
+}
+
+/// `NAVIGATOR-A-<last 16 hex digits of the id>` (random in UUIDv4 and v7):
+/// 28 characters, iptables' limit.
+pub fn allow_chain(id: ForwardId) -> String {
+    let hex = id.to_string().replace('-', "");
+    format!("{ALLOW_PREFIX}{}", &hex[16..])
+}
+
 /// The `iptables-restore --noflush` input for `family`: Navigator's chains
 /// declared (and so flushed) and refilled, plus the jumps in `missing`.
 pub fn render_restore(
     family: Family,
     all: &[ForwardSpec],
     missing: &[(&str, &str, &str)],
+) -> String {
+    render_restore_with(family, all, missing, &Preserved::default())
+}
+
+/// [`render_restore`] that carries `preserved` counters over and removes
+/// allowlist chains no forward needs any more.
+///
+/// Controls live in `NAVIGATOR-FORWARD` (filter), after DNAT, matched by
+/// the connection's original destination (`--ctorigdst`/`--ctorigdstport`):
+/// a restricted forward's new connections jump to its `NAVIGATOR-A-*` chain
+/// (one `-s` rule per network, `RETURN`, then `DROP`); a limited forward's
+/// new connections jump to its `NAVIGATOR-L-*` chain, whose `connlimit` rule
+/// (one bucket per rule: mask 0) refuses connections over `max_connections`
+/// (TCP reset; UDP dropped), and which is rewritten only when the limit
+/// changes; two rules without target count bytes each way
+/// (`--ctdir ORIGINAL`/`REPLY`).
+pub fn render_restore_with(
+    family: Family,
+    all: &[ForwardSpec],
+    missing: &[(&str, &str, &str)],
+    preserved: &Preserved,
 ) -> String {
     let mine: Vec<&ForwardSpec> = all
         .iter()
@@ -187,12 +376,37 @@ pub fn render_restore(
     listen.sort();
     listen.dedup();
     let host_len = if family == Family::V4 { 32 } else { 128 };
+    // The first rule of each (chain, comment) carries its preserved count.
+    let mut used = std::collections::HashSet::new();
+    let mut counter = |chain: &str, comment: &str| -> String {
+        let key = (chain.to_owned(), comment.to_owned());
+        match preserved.counters.get(&key) {
+            Some((p, b)) if used.insert(key) => format!("[{p}:{b}] "),
+            _ => String::new(),
+        }
+    };
     let mut out =
         String::from("# navigator: NAVIGATOR-* chains (generated; rewritten on every apply)\n");
     for table in ["nat", "filter"] {
         let _ = writeln!(out, "*{table}");
         for (_, _, chain) in JUMPS.iter().filter(|j| j.0 == table) {
             let _ = writeln!(out, ":{chain} - [0:0]");
+        }
+        if table == "filter" {
+            for spec in mine.iter().filter(|s| !s.controls.allowed_cidrs.is_empty()) {
+                let _ = writeln!(out, ":{} - [0:0]", allow_chain(spec.id));
+            }
+            // A limit chain is declared (and so flushed and refilled) only
+            // when new or changed: `connlimit` counts belong to the rule,
+            // and an untouched rule keeps them across applies (iptables-nft;
+            // iptables-legacy replaces the whole table on every commit).
+            for spec in &mine {
+                if let Some(n) = spec.controls.max_connections
+                    && !limit_unchanged(preserved, spec, n)
+                {
+                    let _ = writeln!(out, ":{} - [0:0]", limit_chain(spec.id));
+                }
+            }
         }
         for (_, builtin, chain) in missing.iter().filter(|j| j.0 == table) {
             let _ = writeln!(out, "-I {builtin} 1 -j {chain}");
@@ -205,11 +419,12 @@ pub fn render_restore(
                             IpAddr::V4(ip) => format!("{ip}:{}", target.port()),
                             IpAddr::V6(ip) => format!("[{ip}]:{}", target.port()),
                         };
+                        let comment = format!("fwd {}", spec.id);
                         let _ = writeln!(
                             out,
-                            "-A {chain} -d {}/{host_len} -p {proto} -m {proto} --dport {dport} -m comment --comment \"fwd {}\" -j DNAT --to-destination {target}",
+                            "{}-A {chain} -d {}/{host_len} -p {proto} -m {proto} --dport {dport} -m comment --comment \"{comment}\" -j DNAT --to-destination {target}",
+                            counter(chain, &comment),
                             spec.listen.ip(),
-                            spec.id,
                             proto = spec.protocol,
                         );
                     }
@@ -222,16 +437,107 @@ pub fn render_restore(
                 );
             }
         } else {
+            const FWD: &str = "NAVIGATOR-FORWARD";
+            for spec in &mine {
+                let flow = format!(
+                    "-p {proto} -m conntrack --ctorigdst {}/{host_len} --ctorigdstport {}",
+                    spec.listen.ip(),
+                    spec.listen_ports().replace('-', ":"),
+                    proto = spec.protocol,
+                );
+                let fwd = format!("fwd {}", spec.id);
+                if !spec.controls.allowed_cidrs.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "-A {FWD} {flow} --ctstate NEW -m comment --comment \"{fwd} allow\" -j {}",
+                        allow_chain(spec.id)
+                    );
+                }
+                if spec.controls.max_connections.is_some() {
+                    let _ = writeln!(
+                        out,
+                        "-A {FWD} {flow} --ctstate NEW -m comment --comment \"{fwd} limited\" -j {}",
+                        limit_chain(spec.id)
+                    );
+                }
+                for (dir, what) in [("ORIGINAL", "in"), ("REPLY", "out")] {
+                    let comment = format!("{fwd} {what}");
+                    let _ = writeln!(
+                        out,
+                        "{}-A {FWD} {flow} --ctstate DNAT --ctdir {dir} -m comment --comment \"{comment}\"",
+                        counter(FWD, &comment),
+                    );
+                }
+            }
             for ip in &listen {
                 let _ = writeln!(
                     out,
-                    "-A NAVIGATOR-FORWARD -m conntrack --ctstate DNAT --ctorigdst {ip}/{host_len} -j ACCEPT"
+                    "-A {FWD} -m conntrack --ctstate DNAT --ctorigdst {ip}/{host_len} -j ACCEPT"
                 );
+            }
+            for spec in mine.iter().filter(|s| !s.controls.allowed_cidrs.is_empty()) {
+                let chain = allow_chain(spec.id);
+                let same: Vec<IpNet> = spec
+                    .controls
+                    .allowed_cidrs
+                    .iter()
+                    .filter(|n| matches!(n, IpNet::V4(_)) == (family == Family::V4))
+                    .copied()
+                    .collect();
+                for net in IpNet::aggregate(&same) {
+                    let _ = writeln!(out, "-A {chain} -s {net} -j RETURN");
+                }
+                let _ = writeln!(
+                    out,
+                    "-A {chain} -m comment --comment \"fwd {} refused\" -j DROP",
+                    spec.id
+                );
+            }
+            for spec in &mine {
+                let Some(n) = spec.controls.max_connections else {
+                    continue;
+                };
+                if limit_unchanged(preserved, spec, n) {
+                    continue;
+                }
+                let verdict = match spec.protocol {
+                    Protocol::Tcp => "REJECT --reject-with tcp-reset",
+                    Protocol::Udp => "DROP",
+                };
+                let _ = writeln!(
+                    out,
+                    "-A {} -p {} -m connlimit --connlimit-above {n} --connlimit-mask 0 --connlimit-daddr -m comment --comment \"{}\" -j {verdict}",
+                    limit_chain(spec.id),
+                    spec.protocol,
+                    limit_comment(spec, n),
+                );
+            }
+            let mut wanted: Vec<String> = mine
+                .iter()
+                .filter(|s| !s.controls.allowed_cidrs.is_empty())
+                .map(|s| allow_chain(s.id))
+                .collect();
+            wanted.extend(
+                mine.iter()
+                    .filter(|s| s.controls.max_connections.is_some())
+                    .map(|s| limit_chain(s.id)),
+            );
+            for stale in preserved.chains.iter().filter(|c| !wanted.contains(c)) {
+                let _ = writeln!(out, "-F {stale}");
+                let _ = writeln!(out, "-X {stale}");
             }
         }
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// Whether `spec`'s limit chain exists with exactly the rule it needs.
+fn limit_unchanged(preserved: &Preserved, spec: &ForwardSpec, n: u32) -> bool {
+    preserved
+        .comments
+        .get(&limit_chain(spec.id))
+        .is_some_and(|c| c.len() == 1 && c[0] == limit_comment(spec, n))
 }
 
 /// The `--dport` match and DNAT target of each rule a forward needs. An N:1

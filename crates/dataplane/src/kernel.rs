@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use navigator_core::{ForwardId, ForwardSpec, Plan, Protocol};
+use navigator_core::{ForwardId, ForwardSpec, ForwardUsage, Plan, Protocol};
 
 use crate::exec::{ExecError, Host};
 use crate::preflight::{self, Finding};
@@ -118,6 +118,34 @@ pub trait Ruleset: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ExecError>> + Send + 'a;
     /// A cheap check that the ruleset is still installed (drift detection).
     fn present<'a>(&'a self, host: &'a Host) -> impl Future<Output = bool> + Send + 'a;
+    /// The kernel's counters of `forwards` (those it has none of are left
+    /// out), or why it cannot read them.
+    fn counters<'a>(
+        &'a self,
+        host: &'a Host,
+        forwards: &'a [ForwardSpec],
+    ) -> impl Future<Output = Result<HashMap<ForwardId, Counted>, String>> + Send + 'a;
+}
+
+/// What a kernel ruleset counts of one forward: IP bytes each way and the
+/// connections (first packets through NAT) it translated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections: u64,
+}
+
+/// Whether going from `old` to `new` changes only the controls: the kernel
+/// then updates the filter objects in place and leaves conntrack (and so
+/// every established connection) alone.
+pub fn controls_only(old: &ForwardSpec, new: &ForwardSpec) -> bool {
+    old.id == new.id
+        && old.listen == new.listen
+        && old.ports == new.ports
+        && old.protocol == new.protocol
+        && old.target == new.target
+        && old.one_target_port == new.one_target_port
 }
 
 struct State {
@@ -130,6 +158,10 @@ struct State {
     synced_at: Option<Instant>,
     /// Host findings from the last check.
     findings: Vec<Finding>,
+    /// Per forward, the connection total last read and when it was first
+    /// seen at that value: the kernel does not stamp connections, so the
+    /// last connection time is when the agent saw the total move.
+    seen: HashMap<ForwardId, (u64, Option<u64>)>,
 }
 
 impl State {
@@ -171,6 +203,9 @@ pub struct KernelBackend<R: Ruleset> {
     ruleset: R,
     config: KernelConfig,
     state: tokio::sync::Mutex<State>,
+    /// Whether "active connections not counted" was logged: usage is read
+    /// often, and a missing `conntrack` stays missing.
+    warned_active: std::sync::atomic::AtomicBool,
 }
 
 impl<R: Ruleset> KernelBackend<R> {
@@ -184,7 +219,9 @@ impl<R: Ruleset> KernelBackend<R> {
                 listen: HashMap::new(),
                 synced_at: None,
                 findings: Vec::new(),
+                seen: HashMap::new(),
             }),
+            warned_active: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -206,17 +243,16 @@ impl<R: Ruleset> KernelBackend<R> {
             ),
         )
         .await;
-        if self.config.conntrack_cleanup != ConntrackCleanup::Off {
-            findings.extend(
-                preflight::tools(
-                    host,
-                    &["conntrack"],
-                    preflight::Severity::Warning,
-                    "without it live UDP flows keep their old target after a retarget or delete",
-                )
-                .await,
-            );
-        }
+        // conntrack also counts the active connections of usage, so it is
+        // checked even when cleanup is off.
+        let why = if self.config.conntrack_cleanup == ConntrackCleanup::Off {
+            "without it usage reports no active connections"
+        } else {
+            "without it live UDP flows keep their old target after a retarget or delete, and usage reports no active connections"
+        };
+        findings.extend(
+            preflight::tools(host, &["conntrack"], preflight::Severity::Warning, why).await,
+        );
         findings.extend(preflight::forwarding(host, self.config.fix_sysctls).await);
         findings.extend(preflight::bridge_netfilter(host, targets, self.config.fix_sysctls).await);
         findings
@@ -239,6 +275,15 @@ impl<R: Ruleset> KernelBackend<R> {
         }
         if let Some(reason) = preflight::blocking_reason(&state.findings, spec) {
             return Err(reason);
+        }
+        // Second line of defence: the server refuses these with 400, but a
+        // forward must never be carried with a control silently ignored.
+        if let Some(unsupported) = navigator_core::controls::unsupported(
+            self.ruleset.name(),
+            spec.protocol,
+            &spec.controls,
+        ) {
+            return Err(format!("{}: {}", unsupported.field, unsupported.reason));
         }
         for (ip, protocol, port) in keys(spec) {
             if let Some(other) = state.keys.get(&(ip, protocol, port))
@@ -277,6 +322,9 @@ impl<R: Ruleset> KernelBackend<R> {
         let listen_before: Vec<IpAddr> = state.listen.keys().copied().collect();
         let mut removed = Vec::new();
         let mut added = Vec::new();
+        // Forwards whose controls alone change: their flows keep their
+        // translation, so conntrack is left alone.
+        let mut kept_flows = std::collections::HashSet::new();
         for id in &plan.remove {
             if let Some(old) = state.remove(*id) {
                 removed.push(old);
@@ -284,6 +332,9 @@ impl<R: Ruleset> KernelBackend<R> {
         }
         for spec in plan.retarget.iter().chain(&plan.add) {
             if let Some(old) = state.remove(spec.id) {
+                if controls_only(&old, spec) {
+                    kept_flows.insert(spec.id);
+                }
                 removed.push(old);
             }
             match self.validate(&state, spec) {
@@ -358,6 +409,7 @@ impl<R: Ruleset> KernelBackend<R> {
             // now.
             let stale: Vec<&ForwardSpec> = removed
                 .iter()
+                .filter(|s| !kept_flows.contains(&s.id))
                 .filter(|s| s.protocol == Protocol::Udp || mode == ConntrackCleanup::All)
                 .filter(|s| seen.insert(key(s)))
                 .collect();
@@ -371,6 +423,7 @@ impl<R: Ruleset> KernelBackend<R> {
             // transaction). Keys a retarget just cleaned are skipped.
             let fresh: Vec<ForwardSpec> = added
                 .iter()
+                .filter(|s| !kept_flows.contains(&s.id))
                 .filter(|s| s.protocol == Protocol::Udp && seen.insert(key(s)))
                 .cloned()
                 .collect();
@@ -541,7 +594,121 @@ pub async fn delete_conntrack(host: &Host, spec: &ForwardSpec) {
     }
 }
 
+/// Connections open now per forward of `forwards`: conntrack entries whose
+/// original destination is one of the forward's listen sockets (TCP ones in
+/// state ESTABLISHED only, so closing and TIME_WAIT entries do not count; every
+/// UDP entry, which is a session). One listing per family and protocol in
+/// use, so the cost is one table walk per usage read, not per forward.
+pub async fn active_connections(
+    host: &Host,
+    forwards: &[ForwardSpec],
+) -> Result<HashMap<ForwardId, u64>, String> {
+    let mut by_key: HashMap<Key, ForwardId> = HashMap::new();
+    for spec in forwards {
+        for key in keys(spec) {
+            by_key.insert(key, spec.id);
+        }
+    }
+    let mut active: HashMap<ForwardId, u64> = HashMap::new();
+    for (family, protocol) in [
+        ("ipv4", Protocol::Tcp),
+        ("ipv4", Protocol::Udp),
+        ("ipv6", Protocol::Tcp),
+        ("ipv6", Protocol::Udp),
+    ] {
+        if !forwards
+            .iter()
+            .any(|s| s.protocol == protocol && s.listen.is_ipv4() == (family == "ipv4"))
+        {
+            continue;
+        }
+        let argv = ["conntrack", "-L", "-f", family, "-p", protocol.as_str()];
+        let out = host
+            .run(&argv, None, crate::exec::DEFAULT_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot list conntrack entries: {e}"))?;
+        for line in out.stdout.lines() {
+            if protocol == Protocol::Tcp && !line.contains(" ESTABLISHED ") {
+                continue;
+            }
+            // The first dst=/dport= are the original direction's.
+            let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name));
+            if let (Some(dst), Some(dport)) = (field("dst="), field("dport="))
+                && let (Ok(ip), Ok(port)) = (dst.parse::<IpAddr>(), dport.parse::<u16>())
+                && let Some(id) = by_key.get(&(ip, protocol, port))
+            {
+                *active.entry(*id).or_default() += 1;
+            }
+        }
+    }
+    Ok(active)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl<R: Ruleset> KernelBackend<R> {
+    async fn read_usage(&self, ids: &[ForwardId]) -> crate::UsageReport {
+        // The lock is not held while the tools run: applies go on meanwhile.
+        let forwards: Vec<ForwardSpec> = {
+            let state = self.state.lock().await;
+            ids.iter()
+                .filter_map(|id| state.mirror.get(id).cloned())
+                .collect()
+        };
+        let host = &self.config.host;
+        let counted = self.ruleset.counters(host, &forwards).await?;
+        let active = match active_connections(host, &forwards).await {
+            Ok(active) => active,
+            Err(e) => {
+                // Bytes and totals are still right; "active" is not known.
+                if !self
+                    .warned_active
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(backend = self.ruleset.name(), error = %e, "active connections are not counted (reported as 0); install conntrack");
+                }
+                HashMap::new()
+            }
+        };
+        let now = unix_now();
+        let mut state = self.state.lock().await;
+        let mut usage = HashMap::new();
+        for spec in &forwards {
+            let c = counted.get(&spec.id).copied().unwrap_or_default();
+            let last = match state.seen.get(&spec.id) {
+                Some((total, at)) if *total == c.connections => *at,
+                // Moved (or first read with connections already made): the
+                // agent saw it now.
+                _ if c.connections > 0 => Some(now),
+                _ => None,
+            };
+            state.seen.insert(spec.id, (c.connections, last));
+            usage.insert(
+                spec.id,
+                ForwardUsage {
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                    connections_total: c.connections,
+                    connections_active: active.get(&spec.id).copied().unwrap_or(0),
+                    last_connection_at: last,
+                },
+            );
+        }
+        let carried: std::collections::HashSet<ForwardId> = state.mirror.keys().copied().collect();
+        state.seen.retain(|id, _| carried.contains(id));
+        Ok(usage)
+    }
+}
+
 impl<R: Ruleset> Backend for KernelBackend<R> {
+    fn usage<'a>(&'a self, ids: &'a [ForwardId]) -> BoxFuture<'a, crate::UsageReport> {
+        Box::pin(self.read_usage(ids))
+    }
+
     fn name(&self) -> &'static str {
         self.ruleset.name()
     }

@@ -9,6 +9,13 @@
 //! `NAVIGATOR_SOCAT_OWNER=<tag>`: at start the backend kills every process
 //! with its tag, so an agent that died without cleaning up leaves no orphans
 //! listening on the ports the new agent needs.
+//!
+//! Controls: `range=` (one allowed network: `navigator_core::unsupported`
+//! refuses more) and `max-children` (connections or UDP peers served at
+//! once; a port range cannot share one and is refused). A change of
+//! controls alone restarts the listeners only, so open connections (forked
+//! children) carry on. socat counts nothing, so `usage` keeps the trait's
+//! "does not count usage".
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -60,7 +67,7 @@ struct Supervised {
 
 /// One supervised socat, serving one port.
 struct Unit {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Stop>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -101,13 +108,22 @@ impl SocatBackend {
             procs.swept = true;
         }
         let mut report = ApplyReport::default();
-        for id in plan
-            .remove
-            .iter()
-            .chain(plan.retarget.iter().map(|s| &s.id))
-        {
+        for id in &plan.remove {
             if let Some(old) = procs.running.remove(id) {
-                stop(old).await;
+                stop(old, Stop::All).await;
+            }
+        }
+        for spec in &plan.retarget {
+            if let Some(old) = procs.running.remove(&spec.id) {
+                // A change of controls alone stops only the listeners: the
+                // per-connection children keep serving what they carry, as
+                // kernel NAT keeps established connections.
+                let how = if crate::kernel::controls_only(&old.spec, spec) {
+                    Stop::ListenerOnly
+                } else {
+                    Stop::All
+                };
+                stop(old, how).await;
             }
         }
         // Start everything first, then wait once: a socat that cannot bind
@@ -116,12 +132,23 @@ impl SocatBackend {
         let mut started = Vec::new();
         for spec in plan.retarget.iter().chain(&plan.add) {
             if let Some(old) = procs.running.remove(&spec.id) {
-                stop(old).await;
+                stop(old, Stop::All).await;
+            }
+            if let Some(reason) = refusal(spec) {
+                report.failed.push(ForwardFailure {
+                    id: spec.id,
+                    reason,
+                });
+                continue;
             }
             let mut children: Vec<(ForwardSpec, Child)> = Vec::new();
             let mut failed = None;
             for (listen, target) in spec.pairs() {
-                let unit = ForwardSpec::single(spec.id, spec.protocol, listen, target);
+                // Each port's socat enforces the forward's controls.
+                let unit = ForwardSpec {
+                    controls: spec.controls.clone(),
+                    ..ForwardSpec::single(spec.id, spec.protocol, listen, target)
+                };
                 match self.spawn(&unit) {
                     Ok(child) => children.push((unit, child)),
                     Err(e) => {
@@ -176,7 +203,7 @@ impl SocatBackend {
             let units = children
                 .into_iter()
                 .map(|(unit, child)| {
-                    let (stop, stopped) = watch::channel(false);
+                    let (stop, stopped) = watch::channel(Stop::Run);
                     let task = tokio::spawn(supervise(self.config.clone(), unit, child, stopped));
                     Unit { stop, task }
                 })
@@ -211,6 +238,43 @@ fn spawn(config: &SocatConfig, spec: &ForwardSpec) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+/// Why socat cannot carry `spec`'s controls, if it cannot (the server
+/// refuses most of these with 400 from `navigator_core::unsupported`; this
+/// is the second line of defence).
+fn refusal(spec: &ForwardSpec) -> Option<String> {
+    if let Some(u) = navigator_core::controls::unsupported("socat", spec.protocol, &spec.controls) {
+        return Some(format!("{}: {}", u.field, u.reason));
+    }
+    if spec.controls.max_connections.is_some() && spec.ports > 1 {
+        return Some(
+            "max_connections: the socat backend runs one socat per port of a range and cannot share one limit between them; use the relay, nft or iptables backend".to_owned(),
+        );
+    }
+    None
+}
+
+/// socat's `range=` option for `spec`'s allowlist: its one network of the
+/// listener's family, or, when it has none of that family, a network no
+/// client can come from (the broadcast address, the unspecified address),
+/// so that nobody is allowed, as the allowlist says.
+fn range_option(spec: &ForwardSpec) -> Option<String> {
+    let cidrs = &spec.controls.allowed_cidrs;
+    if cidrs.is_empty() {
+        return None;
+    }
+    let v4 = spec.listen.is_ipv4();
+    let net = cidrs
+        .iter()
+        .find(|n| matches!(n, ipnet::IpNet::V4(_)) == v4)
+        .map(|n| (n.addr(), n.prefix_len()));
+    Some(match (net, v4) {
+        (Some((std::net::IpAddr::V6(a), len)), _) => format!(",range=[{a}]/{len}"),
+        (Some((a, len)), _) => format!(",range={a}/{len}"),
+        (None, true) => ",range=255.255.255.255/32".to_owned(),
+        (None, false) => ",range=[::]/128".to_owned(),
+    })
+}
+
 /// socat's argv for `spec`.
 pub fn argv(spec: &ForwardSpec, udp_idle: Duration) -> Vec<String> {
     let v = |ip: std::net::IpAddr| if ip.is_ipv4() { "4" } else { "6" };
@@ -239,8 +303,18 @@ pub fn argv(spec: &ForwardSpec, udp_idle: Duration) -> Vec<String> {
     } else {
         ""
     };
+    // Controls: `range=` refuses other clients (TCP: closed at accept;
+    // UDP: datagram ignored); `max-children` stops accepting while N
+    // connections (TCP) or peers (UDP) are served, so the next client waits
+    // in the listen queue until one ends.
+    let range = range_option(spec).unwrap_or_default();
+    let children = spec
+        .controls
+        .max_connections
+        .map(|n| format!(",max-children={n}"))
+        .unwrap_or_default();
     argv.push(format!(
-        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr{backlog}",
+        "{listen}{}-LISTEN:{},bind={},fork,reuseaddr{backlog}{range}{children}",
         v(spec.listen.ip()),
         spec.listen.port(),
         bracket(spec.listen.ip())
@@ -293,7 +367,7 @@ async fn supervise(
     config: SocatConfig,
     spec: ForwardSpec,
     mut child: Child,
-    mut stopped: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<Stop>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
     loop {
@@ -330,10 +404,14 @@ async fn supervise(
                 }
             }
             _ = stopped.changed() => {
+                let group = *stopped.borrow() != Stop::ListenerOnly;
                 if let Some(pid) = pid {
-                    kill_group(pid, false);
+                    // The listener alone leaves its forked children (in its
+                    // process group) serving their connections.
+                    let kill = if group { kill_group } else { kill_process };
+                    kill(pid, false);
                     if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
-                        kill_group(pid, true);
+                        kill(pid, true);
                     }
                 }
                 let _ = child.wait().await;
@@ -343,10 +421,20 @@ async fn supervise(
     }
 }
 
-async fn stop(supervised: Supervised) {
+/// What a supervisor is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Run,
+    /// The listener and its per-connection children.
+    All,
+    /// The listener only.
+    ListenerOnly,
+}
+
+async fn stop(supervised: Supervised, how: Stop) {
     // Tell every unit first, so a range's socats stop in parallel.
     for unit in &supervised.units {
-        let _ = unit.stop.send(true);
+        let _ = unit.stop.send(how);
     }
     for unit in supervised.units {
         let _ = unit.task.await;
@@ -366,6 +454,12 @@ fn pid_and_signal(pid: u32, hard: bool) -> Option<(rustix::process::Pid, rustix:
         rustix::process::Signal::TERM
     };
     Some((pid, signal))
+}
+
+fn kill_process(pid: u32, hard: bool) {
+    if let Some((pid, signal)) = pid_and_signal(pid, hard) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 fn kill_group(pid: u32, hard: bool) {
@@ -463,7 +557,7 @@ impl Backend for SocatBackend {
             let mut procs = self.procs.lock().await;
             let running = std::mem::take(&mut procs.running);
             for (_, supervised) in running {
-                stop(supervised).await;
+                stop(supervised, Stop::All).await;
             }
         })
     }
@@ -503,5 +597,60 @@ mod tests {
                 "UDP6:[fd01::5]:5353"
             ]
         );
+    }
+
+    #[test]
+    fn argv_carries_range_and_max_children() {
+        use navigator_core::{Controls, ProxyProtocol, parse_cidr};
+        let idle = Duration::from_secs(60);
+        let with = |listen: &str, target: &str, cidrs: &[&str], max| ForwardSpec {
+            id: ForwardId::new_random(),
+            protocol: Protocol::Tcp,
+            listen: listen.parse().unwrap(),
+            target: target.parse().unwrap(),
+            ports: 1,
+            one_target_port: false,
+            controls: Controls::new(
+                cidrs.iter().map(|c| parse_cidr(c).unwrap()).collect(),
+                max,
+                ProxyProtocol::None,
+            ),
+        };
+        assert_eq!(
+            argv(
+                &with("10.0.0.1:20000", "10.1.0.5:22", &["192.0.2.0/24"], Some(4)),
+                idle
+            )[1],
+            "TCP4-LISTEN:20000,bind=10.0.0.1,fork,reuseaddr,backlog=1024,range=192.0.2.0/24,max-children=4"
+        );
+        assert_eq!(
+            argv(
+                &with("[fd00::1]:20000", "[fd01::5]:22", &["2001:db8::/32"], None),
+                idle
+            )[1],
+            "TCP6-LISTEN:20000,bind=[fd00::1],fork,reuseaddr,backlog=1024,range=[2001:db8::]/32"
+        );
+        // An allowlist with no network of the listener's family allows
+        // nobody.
+        assert!(
+            argv(
+                &with("10.0.0.1:20000", "10.1.0.5:22", &["2001:db8::/32"], None),
+                idle
+            )[1]
+            .ends_with(",range=255.255.255.255/32")
+        );
+        // A limit cannot be shared between the socats of a range.
+        let range = ForwardSpec {
+            ports: 2,
+            ..with("10.0.0.1:20000", "10.1.0.5:22", &[], Some(4))
+        };
+        assert!(refusal(&range).unwrap().starts_with("max_connections"));
+        let two = with(
+            "10.0.0.1:20000",
+            "10.1.0.5:22",
+            &["192.0.2.0/24", "198.51.100.0/24"],
+            None,
+        );
+        assert!(refusal(&two).unwrap().starts_with("allowed_cidrs"));
     }
 }

@@ -12,10 +12,12 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use navigator_core::{ForwardId, ForwardSpec, Protocol};
-use navigator_dataplane::iptables::{Family, JUMPS, render_restore};
+use navigator_core::{Controls, ForwardId, ForwardSpec, Protocol, ProxyProtocol, parse_cidr};
+use navigator_dataplane::iptables::{
+    Family, JUMPS, Preserved, allow_chain, render_restore, render_restore_with,
+};
 use navigator_dataplane::kernel::ListenDelta;
-use navigator_dataplane::nft::{render_replace, render_update};
+use navigator_dataplane::nft::{render_replace, render_replace_with, render_update};
 
 fn spec(n: u128, protocol: Protocol, listen: &str, target: &str) -> ForwardSpec {
     ForwardSpec {
@@ -57,6 +59,53 @@ fn ranges() -> Vec<ForwardSpec> {
             ..spec(9, Protocol::Tcp, "[2001:db8::10]:21200", "[fd00::5]:8080")
         },
     ]
+}
+
+fn controls(cidrs: &[&str], max: Option<u32>) -> Controls {
+    Controls::new(
+        cidrs.iter().map(|c| parse_cidr(c).unwrap()).collect(),
+        max,
+        ProxyProtocol::None,
+    )
+}
+
+/// Forwards with controls: an allowlist with overlapping networks and one
+/// of the other family (left out), a limit, a UDP range with a limit only,
+/// and an IPv6 allowlist whose networks are all IPv4 (nobody allowed).
+fn controlled() -> Vec<ForwardSpec> {
+    vec![
+        ForwardSpec {
+            controls: controls(
+                &[
+                    "192.0.2.0/24",
+                    "192.0.2.128/25",
+                    "198.51.100.7",
+                    "2001:db8::/32",
+                ],
+                Some(5),
+            ),
+            ..spec(11, Protocol::Tcp, "203.0.113.10:22022", "10.0.0.5:22")
+        },
+        ForwardSpec {
+            ports: 3,
+            controls: controls(&[], Some(3)),
+            ..spec(12, Protocol::Udp, "203.0.113.10:22100", "10.0.0.6:5060")
+        },
+        ForwardSpec {
+            controls: controls(&["192.0.2.0/24"], None),
+            ..spec(13, Protocol::Tcp, "[2001:db8::10]:22022", "[fd00::5]:22")
+        },
+    ]
+}
+
+/// The controls of `controlled()` changed only: a new allowlist and limit,
+/// a limit removed, an allowlist added.
+fn controlled_changed() -> Vec<ForwardSpec> {
+    let mut all = controlled();
+    all[0].controls = controls(&["192.0.2.0/24", "203.0.113.0/24"], Some(10));
+    all[1].controls = controls(&["10.0.0.0/8"], None);
+    all[2].controls = controls(&["2001:db8:1::/48"], Some(2));
+    all
 }
 
 /// (snapshot file, rendered text, checker).
@@ -123,6 +172,58 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         (
             "ip6tables_v6_ranges.rules",
             render_restore(Family::V6, &ranges(), &JUMPS),
+            "ip6tables-restore",
+        ),
+        (
+            "nft_controls.nft",
+            render_replace_with("navigator", &controlled(), false, &{
+                let mut counters = std::collections::HashMap::new();
+                counters.insert(
+                    (
+                        "bytes_in4".to_owned(),
+                        "203.0.113.10 . tcp . 22022".to_owned(),
+                    ),
+                    (7, 4200),
+                );
+                counters
+            }),
+            "nft",
+        ),
+        (
+            // A change of controls only: no DNAT or counter element moves.
+            "nft_update_controls.nft",
+            render_update(
+                "navigator",
+                &controlled(),
+                &controlled_changed(),
+                &ListenDelta::default(),
+                false,
+            ),
+            "nft-update",
+        ),
+        (
+            "iptables_v4_controls.rules",
+            render_restore_with(Family::V4, &controlled(), &[], &{
+                let mut preserved = Preserved::default();
+                let fwd = format!("fwd {}", controlled()[0].id);
+                preserved
+                    .counters
+                    .insert(("NAVIGATOR-PREROUTING".into(), fwd.clone()), (3, 180));
+                preserved.counters.insert(
+                    ("NAVIGATOR-FORWARD".into(), format!("{fwd} in")),
+                    (20, 4000),
+                );
+                // A chain of a forward that no longer has an allowlist.
+                preserved
+                    .chains
+                    .push(allow_chain(ForwardId(uuid::Uuid::from_u128(99))));
+                preserved
+            }),
+            "iptables-restore",
+        ),
+        (
+            "ip6tables_v6_controls.rules",
+            render_restore(Family::V6, &controlled(), &JUMPS),
             "ip6tables-restore",
         ),
     ]
@@ -197,12 +298,34 @@ fn every_rendered_batch_passes_the_kernel_check() {
     let _del = Del(netns.clone());
     // The update batch applies to an existing table: load the full sync
     // first (for real), then check the update against it.
+    let mut loaded = forwards();
+    loaded.extend(controlled());
     run_in(
         &netns,
         &["nft", "-f", "-"],
-        &render_replace("navigator", &forwards(), true),
+        &render_replace("navigator", &loaded, true),
     )
     .expect("loading the full sync");
+    // The drift check recognises the skeleton as nft prints it back.
+    let listing = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "nft",
+            "-t",
+            "list",
+            "table",
+            "inet",
+            "navigator",
+        ])
+        .output()
+        .expect("listing the table");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        navigator_dataplane::nft::skeleton_intact("navigator", &listing),
+        "the loaded skeleton is not recognised as intact:\n{listing}"
+    );
     for (file, text, checker) in cases() {
         let argv: &[&str] = match checker {
             "nft" | "nft-update" => &["nft", "-c", "-f", "-"],
@@ -213,4 +336,29 @@ fn every_rendered_batch_passes_the_kernel_check() {
             panic!("{file} is refused by {argv:?}: {e}\n{text}");
         }
     }
+}
+
+/// An unchanged limit chain is neither declared (flushed) nor refilled, so
+/// its `connlimit` counts survive an apply; a changed one is rewritten.
+#[test]
+fn iptables_limit_chain_is_rewritten_only_when_it_changes() {
+    use navigator_dataplane::iptables::limit_chain;
+    let all = controlled();
+    let chain = limit_chain(all[0].id);
+    let mut preserved = Preserved::default();
+    preserved.chains.push(chain.clone());
+    preserved.comments.insert(
+        chain.clone(),
+        vec![format!("fwd {} limit 5 tcp", all[0].id)],
+    );
+    let text = render_restore_with(Family::V4, &all, &[], &preserved);
+    assert!(!text.contains(&format!(":{chain} ")), "{text}");
+    assert!(!text.contains(&format!("-A {chain} ")), "{text}");
+    assert!(!text.contains(&format!("-X {chain}")), "{text}");
+    assert!(text.contains(&format!("-j {chain}")), "{text}");
+    let mut changed = all.clone();
+    changed[0].controls = controls(&[], Some(6));
+    let text = render_restore_with(Family::V4, &changed, &[], &preserved);
+    assert!(text.contains(&format!(":{chain} - [0:0]")), "{text}");
+    assert!(text.contains("--connlimit-above 6"), "{text}");
 }
