@@ -41,7 +41,7 @@ impl GlobalArgs {
 
     /// A client for the Navigator API, logged in as the settings say.
     pub async fn client(&self) -> Result<Client> {
-        Ok(connect_scoped(&self.plan()?).await?.0)
+        connect(&self.plan()?).await
     }
 
     /// A client and the project it acts in, when the settings say which:
