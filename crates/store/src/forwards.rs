@@ -534,18 +534,22 @@ impl Store {
             ],
         )];
         statements.extend(port_rows(f));
-        // The quota claim comes first: when it changes no row, the project
-        // is at its limit and the transaction ends before the insert. A
-        // project's first create finds no counter row: make one and claim
-        // again (also when another server made it in between).
+        // The quota claim comes last: when it changes no row, the project
+        // is at its limit and the whole transaction is rolled back. Last,
+        // so that the project's counter row stays locked only until the
+        // commit (racing creates of one project wait for each other there,
+        // not across the inserts). A project's first create finds no counter
+        // row: make one and try again (also when another server made it in
+        // between).
         let ports = i64::from(f.external_port_end) - i64::from(f.external_port) + 1;
-        statements.insert(
-            0,
-            crate::quotas::claim(&f.project_id, ports, self.default_quotas()),
-        );
+        statements.push(crate::quotas::claim(
+            &f.project_id,
+            ports,
+            self.default_quotas(),
+        ));
         for first in [true, false] {
-            let affected = self.execute_claimed(&statements).await?;
-            if affected.first().copied().unwrap_or(0) > 0 {
+            let affected = self.execute_claimed_last(&statements).await?;
+            if affected.last().copied().unwrap_or(0) > 0 {
                 return Ok(true);
             }
             if first {
@@ -963,11 +967,13 @@ impl Store {
                     "DELETE FROM forwards WHERE id = $1".to_owned(),
                     vec![id.clone().into()],
                 ),
-                crate::quotas::release(&forward.project_id, ports),
                 (
                     "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
                     vec![id.into()],
                 ),
+                // Last, as in a create: the counter row is locked only
+                // until the commit.
+                crate::quotas::release(&forward.project_id, ports),
             ])
             .await?;
         Ok(affected.first().copied().unwrap_or(0) > 0)

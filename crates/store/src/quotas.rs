@@ -8,14 +8,15 @@
 //! What a project holds is a counter row (`quota_usages`), not a `COUNT(*)`:
 //! under READ COMMITTED or REPEATABLE READ two servers counting at once
 //! would both see room for one more and both insert. Instead a create's
-//! transaction starts with a conditional `UPDATE` of the project's counter
-//! row ([`claim`]): the row lock it takes makes racing creates of one
-//! project wait for each other, and PostgreSQL (re-evaluating the condition
-//! on the row version it waited for) and InnoDB (whose UPDATE reads the
-//! latest committed row) judge the limit on the counter the winner left.
-//! SQLite serialises writers anyway. A create that fails later in its
-//! transaction (port taken) rolls the claim back with it; a delete gives
-//! the forward and its ports back in its own transaction (`forwards.rs`).
+//! transaction ends with a conditional `UPDATE` of the project's counter
+//! row ([`claim`]), and is rolled back when it changes no row: the row lock
+//! it takes makes racing creates of one project wait for each other (only
+//! from the claim to the commit, since it comes last), and PostgreSQL
+//! (re-evaluating the condition on the row version it waited for) and
+//! InnoDB (whose UPDATE reads the latest committed row) judge the limit on
+//! the counter the winner left. SQLite serialises writers anyway. A create
+//! that fails on a taken port never gets to claim; a delete gives the
+//! forward and its ports back in its own transaction (`forwards.rs`).
 //! Nothing takes a table lock or an advisory lock, which Galera would not
 //! replicate.
 

@@ -27,6 +27,15 @@ use crate::{Backend, Store, StoreError};
 /// tried in all.
 pub(crate) const CONFLICT_ATTEMPTS: u32 = 5;
 
+/// Which statement of a transaction, if any, decides whether it commits:
+/// when that one changes no row, the transaction is rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    None,
+    First,
+    Last,
+}
+
 /// A value bound to a statement.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Value {
@@ -203,7 +212,7 @@ impl Store {
         &self,
         statements: &[(String, Vec<Value>)],
     ) -> Result<Vec<u64>, sqlx::Error> {
-        self.transaction(statements, false).await
+        self.transaction(statements, Claim::None).await
     }
 
     /// Like [`Store::execute_in_transaction`], but the first statement is a
@@ -213,13 +222,25 @@ impl Store {
         &self,
         statements: &[(String, Vec<Value>)],
     ) -> Result<Vec<u64>, sqlx::Error> {
-        self.transaction(statements, true).await
+        self.transaction(statements, Claim::First).await
+    }
+
+    /// Like [`Store::execute_claimed`], but the claim is the last statement:
+    /// when it changes no row, the whole transaction is rolled back (and
+    /// the result ends in 0). A claim that locks a hot row (a project's
+    /// quota counter) then holds that lock only until the commit, not
+    /// across the other statements.
+    pub(crate) async fn execute_claimed_last(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        self.transaction(statements, Claim::Last).await
     }
 
     async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
-        claim: bool,
+        claim: Claim,
     ) -> Result<Vec<u64>, sqlx::Error> {
         let mut attempt = 1;
         loop {
@@ -231,11 +252,15 @@ impl Store {
                     let done = sqlx::query_with(AssertSqlSafe(text), args)
                         .execute(&mut *tx)
                         .await?;
-                    if claim && affected.is_empty() && done.rows_affected() == 0 {
+                    if claim == Claim::First && affected.is_empty() && done.rows_affected() == 0 {
                         tx.rollback().await?;
                         return Ok(vec![0]);
                     }
                     affected.push(done.rows_affected());
+                }
+                if claim == Claim::Last && affected.last() == Some(&0) {
+                    tx.rollback().await?;
+                    return Ok(affected);
                 }
                 tx.commit().await?;
                 Ok(affected)
