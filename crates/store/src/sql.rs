@@ -8,8 +8,10 @@
 //!
 //! Statements run in autocommit mode, one at a time: none holds a lock past
 //! its own end, which is what Galera clusters need. The exceptions:
-//! [`Store::execute_in_transaction`] writes a forward together with the
-//! rows of the ports it occupies (a few inserts with no reads in between),
+//! [`Store::execute_claimed_last`] writes a forward together with the rows
+//! of the ports it occupies and, last, its claim on the project's quota
+//! counter (a few writes with no reads in between; `quotas.rs`), a delete
+//! undoes the three the same way ([`Store::execute_claimed`]),
 //! and `Store::insert_session` reads a few session ids per cap and deletes
 //! the oldest before its insert. A statement the database
 //! aborted because of a deadlock or a serialization conflict (on Galera, a
