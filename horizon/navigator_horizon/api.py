@@ -10,6 +10,7 @@ on 401) instead of raising a traceback page.
 
 import logging
 import re
+from urllib.parse import quote
 
 import requests
 from django.conf import settings
@@ -262,6 +263,22 @@ def forward_update(request, forward_id, **fields):
 
 def forward_delete(request, forward_id):
     call(request, 'DELETE', 'forwards/%s' % forward_id)
+
+
+def quota_details(request, project_id=None):
+    """The project's quota: ``{'forwards': {'limit': L, 'used': U},
+    'ports': {...}}`` (``GET /v1/quotas/{project_id}/details``; -1 is
+    unlimited). Default: the user's project."""
+    project_id = project_id or request.user.project_id
+    body = call(request, 'GET', 'quotas/%s/details' % quote(project_id, safe=''))
+    return body['quota']
+
+
+def quota_full(details):
+    """The resources (``forwards``, ``ports``) at or over their limit: a
+    create would be refused with 409."""
+    return [name for name in ('forwards', 'ports')
+            if 0 <= details[name]['limit'] <= details[name]['used']]
 
 
 def is_enabled(request):

@@ -8,6 +8,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::ErrorBody;
+use crate::quota::{
+    Quota, QuotaBody, QuotaDetails, QuotaDetailsBody, QuotaSetBody, QuotaUpdate, QuotaUpdateBody,
+};
 use crate::v1::{
     Forward, ForwardBody, ForwardCreate, ForwardCreateBody, ForwardDetail, ForwardDetailBody,
     ForwardList, ForwardListQuery, ForwardUpdate, ForwardUpdateBody, Health, Proxy, ProxyBody,
@@ -199,6 +202,49 @@ impl Client {
             .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
             .await?;
         Ok(body.proxy)
+    }
+
+    /// A project's limits in force.
+    pub async fn get_quota(&self, project_id: &str) -> Result<Quota, ClientError> {
+        let path = format!("/v1/quotas/{}", path_segment(project_id));
+        let body: QuotaBody = self
+            .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
+            .await?;
+        Ok(body.quota)
+    }
+
+    /// A project's limits and use.
+    pub async fn get_quota_details(&self, project_id: &str) -> Result<QuotaDetails, ClientError> {
+        let path = format!("/v1/quotas/{}/details", path_segment(project_id));
+        let body: QuotaDetailsBody = self
+            .send(reqwest::Method::GET, &path, None::<&()>, None::<&()>)
+            .await?;
+        Ok(body.quota)
+    }
+
+    /// Sets a project's limits (admin); the answer carries a warning when
+    /// the project holds more than a new limit.
+    pub async fn set_quota(
+        &self,
+        project_id: &str,
+        quota: QuotaUpdate,
+    ) -> Result<QuotaSetBody, ClientError> {
+        let path = format!("/v1/quotas/{}", path_segment(project_id));
+        self.send(
+            reqwest::Method::PUT,
+            &path,
+            Some(&QuotaUpdateBody { quota }),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// Returns a project to the `[quotas]` defaults (admin).
+    pub async fn delete_quota(&self, project_id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/quotas/{}", path_segment(project_id));
+        self.send_raw(reqwest::Method::DELETE, &path, None::<&()>, None::<&()>)
+            .await?;
+        Ok(())
     }
 
     pub async fn versions(&self) -> Result<VersionList, ClientError> {

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod error;
+pub mod quota;
 pub mod v1;
 
 pub use client::{Auth, Client, ClientError};

@@ -1,9 +1,10 @@
-//! The command line: `navigator [global options] <forward|proxy|token> <action>`.
+//! The command line: `navigator [global options] <forward|proxy|quota|token> <action>`.
 
 use clap::{Parser, Subcommand};
 
 use crate::commands::forward::ForwardCommand;
 use crate::commands::proxy::ProxyCommand;
+use crate::commands::quota::QuotaCommand;
 use crate::commands::token::TokenCommand;
 use crate::config::GlobalArgs;
 
@@ -26,6 +27,9 @@ pub enum Command {
     /// Inspect proxies (the nodes that carry forwards)
     #[command(subcommand)]
     Proxy(ProxyCommand),
+    /// Show or set a project's quota (forwards and ports)
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// Get a Keystone token, to check the login settings
     #[command(subcommand)]
     Token(TokenCommand),

@@ -43,6 +43,14 @@ impl GlobalArgs {
     pub async fn client(&self) -> Result<Client> {
         connect(&self.plan()?).await
     }
+
+    /// A client and the project it acts in, when the settings say which:
+    /// the token's project after a Keystone login, `--os-project-id`
+    /// without Keystone; `None` otherwise (a bare token, the server's
+    /// default project).
+    pub async fn client_and_project(&self) -> Result<(Client, Option<String>)> {
+        connect_scoped(&self.plan()?).await
+    }
 }
 
 /// Where the settings came from, on stderr, without any secret.
@@ -110,14 +118,24 @@ pub async fn login(plan: &Plan) -> Result<Session> {
 
 /// The client a plan describes.
 pub async fn connect(plan: &Plan) -> Result<Client> {
+    Ok(connect_scoped(plan).await?.0)
+}
+
+/// The client a plan describes, and its project when known (see
+/// [`GlobalArgs::client_and_project`]).
+async fn connect_scoped(plan: &Plan) -> Result<(Client, Option<String>)> {
     let endpoint = plan.endpoint.as_deref();
+    let mut project = None;
     let (endpoint, auth) = match &plan.login {
-        Login::NoAuth { project_id } => (
-            endpoint.unwrap_or(DEFAULT_ENDPOINT).to_owned(),
-            Auth::NoAuth {
-                project_id: project_id.clone(),
-            },
-        ),
+        Login::NoAuth { project_id } => {
+            project.clone_from(project_id);
+            (
+                endpoint.unwrap_or(DEFAULT_ENDPOINT).to_owned(),
+                Auth::NoAuth {
+                    project_id: project_id.clone(),
+                },
+            )
+        }
         Login::Token { token } => (
             endpoint.unwrap_or(DEFAULT_ENDPOINT).to_owned(),
             Auth::Token(token.expose().to_owned()),
@@ -132,6 +150,7 @@ pub async fn connect(plan: &Plan) -> Result<Client> {
         ),
         Login::Keystone { .. } => {
             let session = login(plan).await?;
+            project = session.body.project.as_ref().map(|p| p.id.clone());
             let endpoint = match endpoint {
                 Some(endpoint) => endpoint.to_owned(),
                 None => catalog_endpoint(plan, &session)?,
@@ -140,7 +159,10 @@ pub async fn connect(plan: &Plan) -> Result<Client> {
         }
     };
     let builder = plan.tls.configure(reqwest::Client::builder())?;
-    Ok(Client::with_builder(endpoint.trim(), auth, builder)?)
+    Ok((
+        Client::with_builder(endpoint.trim(), auth, builder)?,
+        project,
+    ))
 }
 
 /// Navigator's URL in the token's catalog.

@@ -31,7 +31,7 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn every_command_has_help() {
-    let commands: [&[&str]; 12] = [
+    let commands: [&[&str]; 16] = [
         &[],
         &["forward"],
         &["forward", "create"],
@@ -42,6 +42,10 @@ fn every_command_has_help() {
         &["proxy"],
         &["proxy", "list"],
         &["proxy", "show"],
+        &["quota"],
+        &["quota", "show"],
+        &["quota", "set"],
+        &["quota", "delete"],
         &["token"],
         &["token", "issue"],
     ];

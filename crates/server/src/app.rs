@@ -47,6 +47,7 @@ pub struct AppState {
     tags(
         (name = "forwards", description = "Port forwards of the caller's project"),
         (name = "proxies", description = "Forwarding nodes (admin)"),
+        (name = "quotas", description = "Limits on a project's forwards and ports"),
         (name = "meta", description = "Versions, health and metrics")
     )
 )]
@@ -66,6 +67,12 @@ fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(handlers::list_proxies))
         .routes(routes!(handlers::show_proxy))
+        .routes(routes!(
+            crate::quotas::get_quota,
+            crate::quotas::update_quota,
+            crate::quotas::delete_quota
+        ))
+        .routes(routes!(crate::quotas::get_quota_details))
 }
 
 /// The OpenAPI document of API v1 (served at `/openapi.json`, committed as

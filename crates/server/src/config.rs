@@ -349,6 +349,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "Allow targets on loopback (the proxy's own local services: API, database, anything on 127.0.0.1). Unset: true only for the all-in-one demo (no transport_url, auth_strategy = noauth, bind_host on loopback), where the caller already owns the machine; false otherwise, so a Keystone tenant cannot reach the proxy host's local ports. Set true to forward to loopback services anyway (all-in-one with Keystone), false to refuse them in the demo too.",
     },
     OptionDoc {
+        section: "quotas",
+        key: "forwards",
+        default: "50",
+        help: "Forwards a project may hold (a port range counts as one), unless an admin set the project's own quota (PUT /v1/quotas/{project_id}, navigator quota set); -1 is unlimited. 50, as Neutron's default floating IP quota: plenty for a project's services, while one tenant cannot fill the proxies' pools and the database on its own. A create over it is refused with 409.",
+    },
+    OptionDoc {
+        section: "quotas",
+        key: "ports",
+        default: "1000",
+        help: "External ports a project may hold: every port of a range counts (each is a listener, map element or socat process on a proxy); -1 is unlimited. 1000 equals the default [api] max_port_range_size, so a project may make one range of the largest size, and bounds what one tenant takes of the pools and of the proxies' open files. A create over it is refused with 409.",
+    },
+    OptionDoc {
         section: "scheduler",
         key: "strategy",
         default: "round_robin",
@@ -575,6 +587,8 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     pub allowed_target_networks: Vec<IpNet>,
     pub allow_loopback_targets: Option<bool>,
+    /// `[quotas]`: the limits of projects without their own (`-1` unlimited).
+    pub quotas: navigator_store::QuotaLimits,
     pub scheduler_strategy: navigator_scheduler::Strategy,
     pub reschedule_on_failure: bool,
     pub backend: String,
@@ -817,6 +831,10 @@ impl Config {
                     boolean(v).map(Some)
                 }
             })?,
+            quotas: navigator_store::QuotaLimits {
+                forwards: raw.parse("quotas", "forwards", quota_limit)?,
+                ports: raw.parse("quotas", "ports", quota_limit)?,
+            },
             scheduler_strategy: raw.parse("scheduler", "strategy", |v| v.parse())?,
             reschedule_on_failure: raw.parse("scheduler", "reschedule_on_failure", boolean)?,
             backend: raw.parse("agent", "backend", navigator_agent::options::backend)?,
@@ -910,6 +928,15 @@ fn public_endpoint(value: &str) -> Result<Option<String>, String> {
         return Err(expected.into());
     }
     Ok(Some(value.trim_end_matches('/').to_owned()))
+}
+
+/// A `[quotas]` limit: `-1` (unlimited) or a count from 0 (which allows
+/// nothing) up to 2^31 - 1, what the database's INTEGER column holds.
+pub fn quota_limit(value: &str) -> Result<i64, String> {
+    match value.parse::<i64>() {
+        Ok(n) if (-1..=i64::from(i32::MAX)).contains(&n) => Ok(n),
+        _ => Err("expected -1 (unlimited) or a whole number from 0 to 2147483647".into()),
+    }
 }
 
 /// `[api]` timeouts: whole seconds from 1 to 3600 (an hour is already far
@@ -1178,6 +1205,15 @@ mod tests {
         assert_eq!(config.auth_strategy, AuthStrategy::NoAuth);
         assert!(config.allowed_hosts.is_empty());
         assert!(config.unknown_options.is_empty());
+        assert_eq!(
+            config.quotas,
+            navigator_store::QuotaLimits {
+                forwards: 50,
+                ports: 1000
+            }
+        );
+        let config = Config::parse("t.conf", "[quotas]\nforwards = -1\nports = 0\n").unwrap();
+        assert_eq!((config.quotas.forwards, config.quotas.ports), (-1, 0));
         let config = Config::parse(
             "t.conf",
             "[api]\nallowed_hosts = Nav.Example.com, 10.0.0.5\n",
@@ -1202,6 +1238,14 @@ mod tests {
     #[test]
     fn bad_values_name_file_section_and_key() {
         let cases = [
+            (
+                "[quotas]\nforwards = -2\n",
+                "t.conf: [quotas] forwards = \"-2\": expected -1 (unlimited) or a whole number from 0 to 2147483647",
+            ),
+            (
+                "[quotas]\nports = many\n",
+                "t.conf: [quotas] ports = \"many\": expected -1 (unlimited) or a whole number from 0 to 2147483647",
+            ),
             (
                 "[agent]\nport_range = 40000-20000\n",
                 "t.conf: [agent] port_range = \"40000-20000\": range 40000-20000 is empty: the first port must not exceed the last",

@@ -97,6 +97,9 @@ impl Control {
         config: Arc<Config>,
         allow_loopback: bool,
     ) -> Control {
+        // Creates claim from the project's quota in the store's transaction:
+        // projects without their own quota get `[quotas]`.
+        store.set_default_quotas(config.quotas);
         let now_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

@@ -87,6 +87,8 @@ impl From<StoreError> for ApiError {
                 "port {port}/{protocol} on {address} is already in use"
             )),
             StoreError::PoolExhausted { .. } => ApiError::Conflict(e.to_string()),
+            // Names the project, the resource, its use and its limit.
+            StoreError::OverQuota { .. } => ApiError::Conflict(e.to_string()),
             StoreError::BadMarker(marker) => ApiError::BadRequest(format!(
                 "invalid marker: {marker} does not name a forward in this listing"
             )),

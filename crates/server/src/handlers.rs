@@ -86,7 +86,7 @@ fn strip_axum_prefix(text: &str) -> String {
     text.to_owned()
 }
 
-fn audit(ctx: &Context, action: &str, target: &str, outcome: &str) {
+pub(crate) fn audit(ctx: &Context, action: &str, target: &str, outcome: &str) {
     tracing::info!(
         target: "navigator::audit",
         request_id = %ctx.request_id,
@@ -125,7 +125,7 @@ async fn visible_forward(
         (status = 201, description = "Created; `status` says whether the proxy carries it yet", body = ForwardBody),
         (status = 400, description = "Invalid field", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
-        (status = 409, description = "External port already in use, pool exhausted, or no live proxy can carry the forward (the message names each proxy and why)", body = ErrorBody),
+        (status = 409, description = "Over the project's quota (the message names project, resource, use and limit), external port already in use, pool exhausted, or no live proxy can carry the forward (the message names each proxy and why)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 503, description = "No proxy up, or the database is down", body = ErrorBody),
     )
@@ -361,7 +361,7 @@ pub async fn delete_forward(
     result
 }
 
-fn outcome<T>(result: &Result<T, ApiError>) -> String {
+pub(crate) fn outcome<T>(result: &Result<T, ApiError>) -> String {
     match result {
         Ok(_) => "success".into(),
         Err(e) => format!("failure: {e}"),

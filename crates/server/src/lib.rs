@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nova;
 pub mod openapi_auth;
 pub mod policy;
+pub mod quotas;
 pub mod ratelimit;
 pub mod reload;
 pub mod run;

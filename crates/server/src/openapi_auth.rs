@@ -200,8 +200,9 @@ mod tests {
                 }
             }
         }
-        // forwards: create, list, show, update, delete; proxies: list, show.
-        assert_eq!(checked, 7);
+        // forwards: create, list, show, update, delete; proxies: list, show;
+        // quotas: show, update, delete, details.
+        assert_eq!(checked, 11);
     }
 
     #[test]

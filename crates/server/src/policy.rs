@@ -98,6 +98,24 @@ pub const DEFAULTS: &[RuleDoc] = &[
         operations: "DELETE /v1/forwards/{id}",
     },
     RuleDoc {
+        name: "quota:get",
+        check: "rule:admin_or_project_reader",
+        description: "Show a project's quota (limits, and use with /details). Another project's is 403.",
+        operations: "GET /v1/quotas/{project_id}, GET /v1/quotas/{project_id}/details",
+    },
+    RuleDoc {
+        name: "quota:update",
+        check: "rule:admin_only",
+        description: "Set a project's quota.",
+        operations: "PUT /v1/quotas/{project_id}",
+    },
+    RuleDoc {
+        name: "quota:delete",
+        check: "rule:admin_only",
+        description: "Return a project to the [quotas] defaults.",
+        operations: "DELETE /v1/quotas/{project_id}",
+    },
+    RuleDoc {
         name: "get_proxy",
         check: "rule:admin_only",
         description: "List or show proxies (forwarding nodes).",

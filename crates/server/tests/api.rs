@@ -1584,3 +1584,156 @@ async fn usage_from_a_dead_silent_or_old_agent_is_a_reason() {
         .unwrap_err();
     assert_eq!(reason, "the agent on proxy-old is too old to report usage");
 }
+
+/// `PUT /v1/quotas/{project}` with `quota` as the body's quota.
+async fn set_quota(h: &Harness, project: &str, quota: Value) -> (StatusCode, Value) {
+    let body = json!({ "quota": quota }).to_string();
+    let (status, value, _) = h
+        .send(
+            "PUT",
+            &format!("/v1/quotas/{project}"),
+            "admin",
+            Some(&body),
+        )
+        .await;
+    (status, value)
+}
+
+#[tokio::test]
+async fn creates_over_the_quota_are_409_naming_project_resource_use_and_limit() {
+    let h = harness(25600).await;
+    let (status, body) = set_quota(&h, "q1", json!({"forwards": 3, "ports": 4})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"quota": {"forwards": 3, "ports": 4}}));
+    let (status, body) = h
+        .create(
+            "q1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let single = body["forward"]["id"].as_str().unwrap().to_owned();
+    // Each port of a range counts: 1 + 3 = 4 ports.
+    let (status, body) = h
+        .create("q1", json!({"protocol": "udp", "internal_ip_address": "127.0.0.1", "internal_port_range": "7000:7002"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = h
+        .create(
+            "q1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        error_message(&body),
+        "quota exceeded for project q1: ports would be 5, the limit is 4 (4 used)"
+    );
+    // Another project is not affected.
+    let (status, body) = h
+        .create(
+            "q2",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body, _) = h.send("GET", "/v1/quotas/q1/details", "q1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"quota": {"forwards": {"limit": 3, "used": 2}, "ports": {"limit": 4, "used": 4}}})
+    );
+    // A delete gives the forward and its port back.
+    let (status, _, _) = h
+        .send("DELETE", &format!("/v1/forwards/{single}"), "q1", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = set_quota(&h, "q1", json!({"forwards": 2})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = h
+        .create(
+            "q1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 11}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = h
+        .create(
+            "q1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 12}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        error_message(&body),
+        "quota exceeded for project q1: forwards would be 3, the limit is 2 (2 used)"
+    );
+}
+
+#[tokio::test]
+async fn quota_updates_validate_warn_below_use_and_delete_resets() {
+    let h = harness(25700).await;
+    // The [quotas] defaults until an admin sets the project's own.
+    let (status, body, _) = h.send("GET", "/v1/quotas/q1", "q1", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"quota": {"forwards": 50, "ports": 1000}}));
+    for (quota, wanted) in [
+        (
+            json!({"forwards": -2}),
+            "invalid quota.forwards: -2: expected -1 (unlimited)",
+        ),
+        (
+            json!({"ports": "10"}),
+            "invalid quota.ports: \"10\": expected -1 (unlimited)",
+        ),
+        (json!({"ports": 2.5}), "invalid quota.ports: 2.5"),
+        (
+            json!({"floatingip": 3}),
+            "unknown field `floatingip`, expected `forwards` or `ports`",
+        ),
+        (json!({}), "invalid quota: give forwards, ports or both"),
+    ] {
+        let (status, body) = set_quota(&h, "q1", quota.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{quota}: {body}");
+        assert!(error_message(&body).contains(wanted), "{quota}: {body}");
+    }
+    let long = "x".repeat(256);
+    let (status, body, _) = h
+        .send("GET", &format!("/v1/quotas/{long}"), "q1", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        error_message(&body).starts_with("invalid project_id"),
+        "{body}"
+    );
+
+    for port in [9, 10] {
+        let (status, body) = h
+            .create("q1", json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": port}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // Below the use: accepted, with a warning; the forwards stay.
+    let (status, body) = set_quota(&h, "q1", json!({"forwards": 1, "ports": -1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["quota"], json!({"forwards": 1, "ports": -1}));
+    assert_eq!(
+        body["warning"],
+        "project q1 holds 2 forwards, more than its limit of 1: its forwards stay, new ones are refused until it is back under"
+    );
+    let (status, body, _) = h.send("GET", "/v1/quotas/q1/details", "q1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["quota"]["forwards"], json!({"limit": 1, "used": 2}));
+    assert_eq!(body["quota"]["ports"], json!({"limit": -1, "used": 2}));
+    // Within the limits: no warning at all.
+    let (status, body) = set_quota(&h, "q1", json!({"forwards": 5})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"quota": {"forwards": 5, "ports": -1}}));
+    // DELETE: the defaults again (also when there was nothing to delete).
+    for _ in 0..2 {
+        let (status, body, _) = h.send("DELETE", "/v1/quotas/q1", "admin", None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let (_, body, _) = h.send("GET", "/v1/quotas/q1", "q1", None).await;
+    assert_eq!(body, json!({"quota": {"forwards": 50, "ports": 1000}}));
+}

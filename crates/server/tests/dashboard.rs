@@ -212,3 +212,60 @@ async fn a_forwards_page_shows_its_usage_or_why_not() {
         page.body
     );
 }
+
+/// The forwards page shows the project's quota use, read through the API,
+/// and marks a resource at its limit.
+#[tokio::test]
+async fn the_forwards_page_shows_the_quota_use() {
+    let (stack, addr) = server(25900, "[quotas]\nforwards = 2\n").await;
+    let token = login_token(addr).await;
+    let sid = login(addr, &token, &token, "qp").await.unwrap();
+    let page = |sid: String| async move {
+        let cookie = format!("navigator_session={sid}");
+        let answer = wire::send(
+            addr,
+            "GET",
+            "/dashboard",
+            Some("127.0.0.1"),
+            &[("Cookie", &cookie)],
+            b"",
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    };
+    let body = page(sid.clone()).await;
+    assert!(
+        body.contains("<span data-quota-forwards>0 of 2 forwards</span>, <span data-quota-ports>0 of 1000 ports</span>"),
+        "{body}"
+    );
+    for port in [20001, 20002] {
+        stack
+            .control
+            .store()
+            .create_forward(&navigator_store::NewForwardRow {
+                project_id: "qp".into(),
+                description: String::new(),
+                protocol: navigator_core::Protocol::Tcp,
+                external_address: "127.0.0.1".parse().unwrap(),
+                external_port: port,
+                ports: 1,
+                internal_ip_address: "127.0.0.1".parse().unwrap(),
+                internal_port: 9,
+                internal_port_end: 9,
+                instance_id: None,
+                proxy: "proxy-1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let body = page(sid).await;
+    assert!(
+        body.contains("<span data-quota-forwards class=\"full\">2 of 2 forwards</span>"),
+        "{body}"
+    );
+    assert!(
+        body.contains("at the limit: new forwards are refused"),
+        "{body}"
+    );
+}

@@ -645,3 +645,78 @@ async fn healthcheck_details_for_admin_tokens_only() {
         assert_eq!(r.body["details"].is_array(), detailed, "{}", r.body);
     }
 }
+
+/// Quotas under the default policy: members and readers read their own
+/// project's, not another's (403); only admins set or reset one.
+#[tokio::test]
+async fn quotas_are_read_by_the_project_and_set_by_admins() {
+    let Some(env) = ks::env() else { return };
+    let admin = Admin::connect(&env).await;
+    let a = admin.project(&ks::unique("nav-qa")).await;
+    let b = admin.project(&ks::unique("nav-qb")).await;
+    let (_, member_a) = admin.user_with_role(&a, "member").await;
+    let (_, reader_a) = admin.user_with_role(&a, "reader").await;
+    let (_, admin_b) = admin.user_with_role(&b, "admin").await;
+    let h = harness(config(&env, &env.url, 300, 25800)).await;
+    let own = format!("/v1/quotas/{a}");
+    for token in [&member_a.token, &reader_a.token] {
+        for path in [own.clone(), format!("{own}/details")] {
+            let r = h.send("GET", &path, Some(token), None).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        }
+        let r = h
+            .send("GET", &format!("/v1/quotas/{b}"), Some(token), None)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        let r = h
+            .send(
+                "PUT",
+                &own,
+                Some(token),
+                Some(json!({"quota": {"forwards": 100}})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(
+            r.body["error"]["message"],
+            "policy does not allow quota:update to be performed"
+        );
+        let r = h.send("DELETE", &own, Some(token), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    }
+    // An admin (of any project) sets A's quota; A's member then meets it.
+    let r = h
+        .send(
+            "PUT",
+            &own,
+            Some(&admin_b.token),
+            Some(json!({"quota": {"forwards": 1}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        h.create(&member_a.token, 7001).await.status,
+        StatusCode::CREATED
+    );
+    let r = h.create(&member_a.token, 7002).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"],
+        format!("quota exceeded for project {a}: forwards would be 2, the limit is 1 (1 used)")
+    );
+    let r = h
+        .send(
+            "GET",
+            &format!("{own}/details"),
+            Some(&reader_a.token),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["quota"]["forwards"], json!({"limit": 1, "used": 1}));
+    let r = h.send("DELETE", &own, Some(&admin_b.token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(
+        h.create(&member_a.token, 7002).await.status,
+        StatusCode::CREATED
+    );
+}

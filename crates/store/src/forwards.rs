@@ -266,7 +266,10 @@ impl Store {
             });
         }
         match self.insert(&forward).await {
-            Ok(()) => Ok(forward),
+            Ok(true) => Ok(forward),
+            Ok(false) => Err(self
+                .over_quota(&forward.project_id, i64::from(new.ports.max(1)))
+                .await),
             Err(e) if is_unique_violation(&e) => Err(self.port_taken(&forward).await),
             Err(e) => Err(StoreError::Database(e)),
         }
@@ -335,7 +338,10 @@ impl Store {
             };
             let forward = new_forward(new, port);
             match self.insert(&forward).await {
-                Ok(()) => {
+                Ok(false) => {
+                    return Err(self.over_quota(&forward.project_id, i64::from(size)).await);
+                }
+                Ok(true) => {
                     if size == 1 && scanned {
                         self.set_cursor(key, port, pool, collisions);
                     }
@@ -498,8 +504,10 @@ impl Store {
 
     /// Inserts the forward and one `forward_ports` row per external port in
     /// one transaction: either the forward holds all its ports, or it does
-    /// not exist.
-    async fn insert(&self, f: &PortForward) -> Result<(), sqlx::Error> {
+    /// not exist. The same transaction claims the forward and its ports from
+    /// the project's quota (`quotas.rs`); `false` (nothing written) when that
+    /// would pass a limit.
+    async fn insert(&self, f: &PortForward) -> Result<bool, sqlx::Error> {
         let sql = "INSERT INTO forwards (id, project_id, description, protocol, external_address, external_port, \
              external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
              status, status_reason, created_at, updated_at) \
@@ -526,8 +534,29 @@ impl Store {
             ],
         )];
         statements.extend(port_rows(f));
-        self.execute_in_transaction(&statements).await?;
-        Ok(())
+        // The quota claim comes last: when it changes no row, the project
+        // is at its limit and the whole transaction is rolled back. Last,
+        // so that the project's counter row stays locked only until the
+        // commit (racing creates of one project wait for each other there,
+        // not across the inserts). A project's first create finds no counter
+        // row: make one and try again (also when another server made it in
+        // between).
+        let ports = i64::from(f.external_port_end) - i64::from(f.external_port) + 1;
+        statements.push(crate::quotas::claim(
+            &f.project_id,
+            ports,
+            self.default_quotas(),
+        ));
+        for first in [true, false] {
+            let affected = self.execute_claimed_last(&statements).await?;
+            if affected.last().copied().unwrap_or(0) > 0 {
+                return Ok(true);
+            }
+            if first {
+                self.ensure_usage_row(&f.project_id).await?;
+            }
+        }
+        Ok(false)
     }
 
     /// The error for a port already held, naming the holder.
@@ -921,21 +950,33 @@ impl Store {
     /// Removes a forward; `false` if there was none.
     pub async fn delete_forward(&self, id: ForwardId) -> Result<bool, StoreError> {
         // The ports go in the same transaction as the forward, so a port is
-        // never free while its forward still exists, nor held after.
+        // never free while its forward still exists, nor held after. The
+        // project's quota gets the forward and its ports back in it too,
+        // only if this transaction is the one that deleted the row (the
+        // claim: racing deletes of one forward give it back once). A
+        // forward's project and number of ports never change, so reading
+        // them first is safe.
+        let Some(forward) = self.get_forward(id).await? else {
+            return Ok(false);
+        };
+        let ports = i64::from(forward.external_port_end) - i64::from(forward.external_port) + 1;
         let id = id.to_string();
         let affected = self
-            .execute_in_transaction(&[
+            .execute_claimed(&[
                 (
-                    "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
+                    "DELETE FROM forwards WHERE id = $1".to_owned(),
                     vec![id.clone().into()],
                 ),
                 (
-                    "DELETE FROM forwards WHERE id = $1".to_owned(),
+                    "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
                     vec![id.into()],
                 ),
+                // Last, as in a create: the counter row is locked only
+                // until the commit.
+                crate::quotas::release(&forward.project_id, ports),
             ])
             .await?;
-        Ok(affected.last().copied().unwrap_or(0) > 0)
+        Ok(affected.first().copied().unwrap_or(0) > 0)
     }
 
     /// Forwards and external ports held per proxy host, in one query: the

@@ -41,6 +41,7 @@
 
 mod forwards;
 mod proxies;
+mod quotas;
 mod sessions;
 mod sql;
 
@@ -58,6 +59,7 @@ pub use forwards::{
     ReportedVersion, SortColumn, StatusReport, TargetChange,
 };
 pub use proxies::ProxyRecord;
+pub use quotas::{ProjectQuota, QuotaLimits, QuotaUsage, Resource};
 pub use sessions::{CredentialKind, SessionLimits, SessionRecord};
 
 /// How long a writer waits for SQLite's lock before giving up (10 s). Writes
@@ -96,6 +98,18 @@ pub enum StoreError {
         address: String,
         protocol: String,
         range: String,
+    },
+    /// A create would take `project`'s use of `resource` past its limit.
+    #[error(
+        "quota exceeded for project {project}: {resource} would be {wanted}, the limit is {limit} ({used} used)"
+    )]
+    OverQuota {
+        project: String,
+        resource: Resource,
+        used: i64,
+        limit: i64,
+        /// What the create would have brought the use to.
+        wanted: i64,
     },
     #[error("marker {0} does not name a forward in this listing")]
     BadMarker(String),
@@ -162,6 +176,9 @@ pub struct Store {
     cursors: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<(String, String), forwards::Cursor>>,
     >,
+    /// The `[quotas]` defaults of projects without an override (unlimited
+    /// until the server sets them: [`Store::set_default_quotas`]).
+    default_quotas: std::sync::Arc<std::sync::RwLock<QuotaLimits>>,
 }
 
 /// The URL oslo.db would use for a SQLite file at `path`.
@@ -513,6 +530,7 @@ impl Store {
             pool,
             backend,
             cursors: Default::default(),
+            default_quotas: Default::default(),
         })
     }
 
@@ -702,6 +720,16 @@ pub struct SchemaStatus {
     pub unknown: Vec<i64>,
 }
 
+/// The versions of this release's migrations, in order (the same on every
+/// backend). Not contiguous: a number may belong to a change another branch
+/// brings.
+pub fn schema_versions() -> Vec<i64> {
+    migrator(Backend::Sqlite)
+        .iter()
+        .map(|m| m.version)
+        .collect()
+}
+
 /// The highest schema version this release's migrations reach (the same on
 /// every backend).
 pub fn latest_schema_version() -> i64 {
@@ -739,10 +767,18 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => include_str!("../migrations/postgres/0003_dashboard_sessions.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0003_dashboard_sessions.sql"),
     };
+    let quotas = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0005_quotas.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0005_quotas.sql"),
+        Backend::MySql => include_str!("../migrations/mysql/0005_quotas.sql"),
+    };
+    // Version 4 belongs to another change (forward controls); sqlx applies
+    // migrations in version order and needs no contiguous numbering.
     Migrator::with_migrations(vec![
         migration(1, "initial", initial),
         migration(2, "port ranges", port_ranges),
         migration(3, "dashboard sessions", sessions),
+        migration(5, "quotas", quotas),
     ])
 }
 

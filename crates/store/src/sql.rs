@@ -8,8 +8,10 @@
 //!
 //! Statements run in autocommit mode, one at a time: none holds a lock past
 //! its own end, which is what Galera clusters need. The exceptions:
-//! [`Store::execute_in_transaction`] writes a forward together with the
-//! rows of the ports it occupies (a few inserts with no reads in between),
+//! [`Store::execute_claimed_last`] writes a forward together with the rows
+//! of the ports it occupies and, last, its claim on the project's quota
+//! counter (a few writes with no reads in between; `quotas.rs`), a delete
+//! undoes the three the same way ([`Store::execute_claimed`]),
 //! and `Store::insert_session` reads a few session ids per cap and deletes
 //! the oldest before its insert. A statement the database
 //! aborted because of a deadlock or a serialization conflict (on Galera, a
@@ -26,6 +28,15 @@ use crate::{Backend, Store, StoreError};
 /// How often a statement aborted by a deadlock or serialization failure is
 /// tried in all.
 pub(crate) const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Which statement of a transaction, if any, decides whether it commits:
+/// when that one changes no row, the transaction is rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    None,
+    First,
+    Last,
+}
 
 /// A value bound to a statement.
 #[derive(Clone, Debug, PartialEq)]
@@ -203,7 +214,7 @@ impl Store {
         &self,
         statements: &[(String, Vec<Value>)],
     ) -> Result<Vec<u64>, sqlx::Error> {
-        self.transaction(statements, false).await
+        self.transaction(statements, Claim::None).await
     }
 
     /// Like [`Store::execute_in_transaction`], but the first statement is a
@@ -213,13 +224,25 @@ impl Store {
         &self,
         statements: &[(String, Vec<Value>)],
     ) -> Result<Vec<u64>, sqlx::Error> {
-        self.transaction(statements, true).await
+        self.transaction(statements, Claim::First).await
+    }
+
+    /// Like [`Store::execute_claimed`], but the claim is the last statement:
+    /// when it changes no row, the whole transaction is rolled back (and
+    /// the result ends in 0). A claim that locks a hot row (a project's
+    /// quota counter) then holds that lock only until the commit, not
+    /// across the other statements.
+    pub(crate) async fn execute_claimed_last(
+        &self,
+        statements: &[(String, Vec<Value>)],
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        self.transaction(statements, Claim::Last).await
     }
 
     async fn transaction(
         &self,
         statements: &[(String, Vec<Value>)],
-        claim: bool,
+        claim: Claim,
     ) -> Result<Vec<u64>, sqlx::Error> {
         let mut attempt = 1;
         loop {
@@ -231,11 +254,15 @@ impl Store {
                     let done = sqlx::query_with(AssertSqlSafe(text), args)
                         .execute(&mut *tx)
                         .await?;
-                    if claim && affected.is_empty() && done.rows_affected() == 0 {
+                    if claim == Claim::First && affected.is_empty() && done.rows_affected() == 0 {
                         tx.rollback().await?;
                         return Ok(vec![0]);
                     }
                     affected.push(done.rows_affected());
+                }
+                if claim == Claim::Last && affected.last() == Some(&0) {
+                    tx.rollback().await?;
+                    return Ok(affected);
                 }
                 tx.commit().await?;
                 Ok(affected)

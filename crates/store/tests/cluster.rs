@@ -300,6 +300,8 @@ async fn servers_starting_together_all_migrate(db: &'static TestDb) {
         "proxies",
         "dashboard_sessions",
         "dashboard_keys",
+        "quotas",
+        "quota_usages",
         "_sqlx_migrations",
     ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
@@ -336,6 +338,8 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
         "proxies",
         "dashboard_sessions",
         "dashboard_keys",
+        "quotas",
+        "quota_usages",
         "_sqlx_migrations",
     ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
@@ -344,7 +348,10 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
     }
     conn.close().await.unwrap();
     let server = db.second_server().await;
-    assert_eq!(server.pending_migrations().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        server.pending_migrations().await.unwrap(),
+        navigator_store::schema_versions()
+    );
     server.migrate().await.unwrap();
     assert_eq!(
         server.pending_migrations().await.unwrap(),

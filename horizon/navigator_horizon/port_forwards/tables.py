@@ -27,11 +27,43 @@ STATUS_DISPLAY = (
 
 
 class CreatePortForward(tables.LinkAction):
+    """Quota-aware, as Horizon's own create buttons (floating IPs,
+    networks): at the project's forwards or ports limit it stays visible but
+    disabled, saying "(Quota exceeded)", with the use in its tooltip."""
+
     name = 'create'
     verbose_name = _("Create Port Forward")
     url = 'horizon:project:port_forwards:create'
     classes = ('ajax-modal',)
     icon = 'plus'
+
+    def allowed(self, request, datum=None):
+        try:
+            details = api.quota_details(request)
+        except Exception:
+            # No quota to judge by (older Navigator, policy): the API still
+            # refuses a create over the quota with its own message.
+            details = None
+        classes = [c for c in self.classes if c != 'disabled']
+        self.verbose_name = _("Create Port Forward")
+        self.attrs.pop('title', None)
+        if details is not None:
+            self.attrs['title'] = _(
+                'Quota: %(f_used)s of %(f_limit)s forwards, '
+                '%(p_used)s of %(p_limit)s ports used') % {
+                'f_used': details['forwards']['used'],
+                'f_limit': _limit_text(details['forwards']['limit']),
+                'p_used': details['ports']['used'],
+                'p_limit': _limit_text(details['ports']['limit'])}
+            if api.quota_full(details):
+                classes.append('disabled')
+                self.verbose_name = _("Create Port Forward (Quota exceeded)")
+        self.classes = tuple(classes)
+        return True
+
+
+def _limit_text(limit):
+    return _('unlimited') if limit < 0 else limit
 
 
 class RetargetPortForward(tables.LinkAction):

@@ -5,7 +5,8 @@
 //! strategy, agent crash and failover (exactly once with two servers), an
 //! agent frozen and thawed (it drops what it no longer owns), failover turned
 //! off, a broker restart, a database outage, the RabbitMQ link over TLS, and
-//! the dashboard on two servers behind one round-robin port.
+//! the dashboard on two servers behind one round-robin port, and quotas
+//! under 20 racing creates on two servers (PostgreSQL and MariaDB).
 //!
 //! Needs `scripts/rabbitmq` and `scripts/databases` (their `DIR/env` export
 //! `NAVIGATOR_TEST_TRANSPORT_URL`, `NAVIGATOR_TEST_RABBITMQ_DIR`,
@@ -1389,6 +1390,133 @@ fn a_killed_agents_forwards_move_once_on_mariadb() {
     let vhost = Vhost::create(&transport_url, &broker_dir);
     let database = Database::create(DbKind::MariaDb, &mysql_url);
     failover_journey(&database.url, &vhost.url);
+}
+
+/// Quotas hold across servers: a project's limit L with L - 1 forwards, then
+/// 20 creates at once, split across two servers on one database: exactly one
+/// is created, the other 19 are 409 naming the project, the resource, its use
+/// and its limit, and `quota show --usage` agrees with `forward list`.
+fn quota_race_journey(database_url: &str, transport_url: &str) {
+    const LIMIT: usize = 5;
+    const RACERS: usize = 20;
+    let cluster = Cluster::new(transport_url, database_url, 1);
+    // No rate limit: 20 requests from one address at once are the point.
+    let servers = [
+        cluster.start_server("s1", "[api]\nrate_limit = 0"),
+        cluster.start_server("s2", "[api]\nrate_limit = 0"),
+    ];
+    let _agent = cluster.start_agent(0);
+    wait_up(&servers[0], &cluster.hosts);
+    let echo = TcpEcho::start("127.0.0.1", TAGS[0]);
+    // noauth: the CLI's project is the server's default, "default".
+    let project = "default";
+    servers[0].cli_ok(&["quota", "set", "--forwards", &LIMIT.to_string(), project]);
+    for i in 0..LIMIT - 1 {
+        create_to(&servers[i % 2], &echo, &[]);
+    }
+    let body = format!(
+        r#"{{"forward": {{"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": {}}}}}"#,
+        echo.port()
+    );
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(RACERS));
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let server = &servers[i % 2];
+                let barrier = barrier.clone();
+                let body = body.clone();
+                scope.spawn(move || {
+                    barrier.wait();
+                    let response = server.http(
+                        "POST",
+                        "/v1/forwards",
+                        &[("Content-Type", "application/json")],
+                        body.as_bytes(),
+                    );
+                    (response.status, response.body)
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|racer| racer.join().expect("racer thread"))
+            .collect()
+    });
+    let created = answers.iter().filter(|(status, _)| *status == 201).count();
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _)| *status == 409)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        created, 1,
+        "exactly one create passes at limit - 1: {answers:?}"
+    );
+    assert_eq!(
+        refused.len(),
+        RACERS - 1,
+        "the others are refused: {answers:?}"
+    );
+    for body in refused {
+        assert_eq!(
+            parse_json(body)["error"]["message"],
+            format!(
+                "quota exceeded for project {project}: forwards would be {}, the limit is {LIMIT} ({LIMIT} used)",
+                LIMIT + 1
+            ),
+            "{body}"
+        );
+    }
+    assert_eq!(servers[1].forward_count(), LIMIT);
+    let usage =
+        parse_json(&servers[1].cli_ok(&["quota", "show", "--usage", project, "-f", "json"]));
+    assert_eq!(
+        usage[0],
+        serde_json::json!({"Resource": "forwards", "Limit": LIMIT, "In Use": LIMIT}),
+        "{usage}"
+    );
+    // A delete on one server makes room for a create on the other.
+    let first = servers[0].forward_ids(&[])[0].clone();
+    servers[0].cli_ok(&["forward", "delete", &first]);
+    create_to(&servers[1], &echo, &[]);
+    let out = servers[0].cli(&[
+        "forward",
+        "create",
+        "--protocol",
+        "tcp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &echo.port(),
+    ]);
+    assert!(!out.success(), "over the quota: {out}");
+    assert!(
+        out.stderr.contains("quota exceeded for project default"),
+        "{out}"
+    );
+}
+
+#[test]
+fn quotas_hold_for_racing_creates_on_two_servers_on_postgres() {
+    let Some((transport_url, broker_dir, postgres_url)) = shared_services() else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::Postgres, &postgres_url);
+    quota_race_journey(&database.url, &vhost.url);
+}
+
+#[test]
+fn quotas_hold_for_racing_creates_on_two_servers_on_mariadb() {
+    let Some((transport_url, broker_dir, _)) = shared_services() else {
+        return;
+    };
+    let Some(mysql_url) = env_or_skip("NAVIGATOR_TEST_MYSQL_URL", "MariaDB") else {
+        return;
+    };
+    let vhost = Vhost::create(&transport_url, &broker_dir);
+    let database = Database::create(DbKind::MariaDb, &mysql_url);
+    quota_race_journey(&database.url, &vhost.url);
 }
 
 /// reschedule_on_failure = false: a silent proxy's forwards stay, shown ERROR

@@ -2,6 +2,7 @@
 
 pub mod forward;
 pub mod proxy;
+pub mod quota;
 pub mod token;
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward(command) => forward::run(&cli.global, command).await,
         Command::Proxy(command) => proxy::run(&cli.global, command).await,
+        Command::Quota(command) => quota::run(&cli.global, command).await,
         Command::Token(command) => token::run(&cli.global, command).await,
         Command::Completion { shell } => completion(shell),
         Command::Manpage => manpage(),

@@ -506,6 +506,38 @@ pub fn message(text: &str, link: Option<(&str, &str)>) -> String {
     out
 }
 
+/// The project's quota use above the forwards table: "2 of 50 forwards, 4
+/// of 1000 ports"; a resource at or over its limit is marked, since a create
+/// would be refused.
+pub fn quota_usage(quota: &navigator_api::quota::QuotaDetails) -> String {
+    let part = |name: &str, d: navigator_api::quota::QuotaDetail| {
+        let full = d.limit >= 0 && d.used >= d.limit;
+        let text = if d.limit < 0 {
+            format!("{} {name} (no limit)", d.used)
+        } else {
+            format!("{} of {} {name}", d.used, d.limit)
+        };
+        format!(
+            "<span data-quota-{name}{}>{}</span>",
+            if full { " class=\"full\"" } else { "" },
+            esc(&text)
+        )
+    };
+    let full = [quota.forwards, quota.ports]
+        .iter()
+        .any(|d| d.limit >= 0 && d.used >= d.limit);
+    format!(
+        "<p class=\"quota\" data-quota>Quota used: {}, {}{}</p>",
+        part("forwards", quota.forwards),
+        part("ports", quota.ports),
+        if full {
+            " &mdash; at the limit: new forwards are refused until some are deleted or an administrator raises the quota"
+        } else {
+            ""
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

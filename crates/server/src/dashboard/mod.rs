@@ -25,6 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{Duration as ChronoDuration, Utc};
+use navigator_api::quota::QuotaDetailsBody;
 use navigator_api::v1::{ForwardBody, ForwardDetailBody, ForwardList, ProxyList};
 use navigator_keystone::auth::{AuthError, Credentials, DomainRef, ProjectRef, Secret, UserRef};
 use serde_json::{Value, json};
@@ -733,7 +734,11 @@ async fn list_page(
                 "Port forwards",
                 Some(session),
                 flash.as_ref(),
-                &html::forwards(session, &list.forwards, form),
+                &format!(
+                    "{}{}",
+                    quota_line(dash, session).await,
+                    html::forwards(session, &list.forwards, form)
+                ),
             ),
         ),
         Err(Failure::Unauthorized) => session_over(dash, Some(sid), headers).await,
@@ -746,6 +751,34 @@ async fn list_page(
                 &html::message(&failure.message(), Some(("/dashboard", "Try again"))),
             ),
         ),
+    }
+}
+
+/// The project's quota use for the forwards page, read through the API
+/// (`GET /v1/quotas/{project}/details`, policy `quota:get`); empty when the
+/// API does not answer it (the page works without it). The session keeps
+/// the project's name for the header, so a Keystone session's project id
+/// comes from its token, as the API's own authentication reads it (cached).
+async fn quota_line(dash: &Dashboard, session: &Session) -> String {
+    let project = match &session.credential {
+        Credential::Project(project) => project.clone(),
+        Credential::Token(token) => match dash.auth.authenticate(Some(token), "dashboard").await {
+            Ok(identity) => identity.project_id,
+            Err(_) => return String::new(),
+        },
+    };
+    let path = format!(
+        "/v1/quotas/{}/details",
+        percent_encoding::utf8_percent_encode(&project, percent_encoding::NON_ALPHANUMERIC)
+    );
+    match api::call::<QuotaDetailsBody>(&dash.api, &session.credential, Method::GET, &path, None)
+        .await
+    {
+        Ok(body) => html::quota_usage(&body.quota),
+        Err(failure) => {
+            tracing::debug!(error = %failure.message(), "dashboard: no quota to show");
+            String::new()
+        }
     }
 }
 
