@@ -55,6 +55,7 @@ fn new_forward(project: &str, port: u16) -> NewForwardRow {
         internal_port_end: 22,
         instance_id: None,
         proxy: "p1".into(),
+        controls: Default::default(),
     }
 }
 
@@ -344,7 +345,10 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
     }
     conn.close().await.unwrap();
     let server = db.second_server().await;
-    assert_eq!(server.pending_migrations().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        server.pending_migrations().await.unwrap(),
+        (1..=navigator_store::latest_schema_version()).collect::<Vec<_>>()
+    );
     server.migrate().await.unwrap();
     assert_eq!(
         server.pending_migrations().await.unwrap(),
