@@ -101,8 +101,8 @@ fn the_current_format_is_frozen() {
         target_port: 5000,
         ports: 3,
         one_target_port: true,
-        allowed_cidrs: vec![],
-        max_connections: None,
+        allowed_cidrs: vec!["192.0.2.0/24".into(), "2001:db8::/32".into()],
+        max_connections: Some(100),
         proxy_protocol: "none".into(),
     };
     let result = ForwardResult {
@@ -118,6 +118,7 @@ fn the_current_format_is_frozen() {
         port_range: "20000-20099".into(),
         generation: 12,
         forwards: vec![result.clone()],
+        features: vec!["controls".into()],
     };
     let current = serde_json::json!({
         "_comment": "This release's messages (frozen by crates/rpc/tests/upgrade.rs). Agent to server: report_state, sync_forwards, create_forward, get_state; server to agent: to_agent.",
@@ -132,7 +133,7 @@ fn the_current_format_is_frozen() {
             "get_state": args::GetState {},
         },
     });
-    let name = "3-current.json";
+    let name = "4-current.json";
     if std::env::var_os("NAVIGATOR_BLESS").is_some() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/agent_messages")
@@ -152,6 +153,20 @@ fn the_current_format_is_frozen() {
         d.report.state.forwards[0].applied.as_ref().unwrap().ports,
         3
     );
+    assert_eq!(d.state.features, vec!["controls".to_owned()]);
+}
+
+/// Agents before per-forward controls announce no features (so the server
+/// places no forward with controls on them) and their applied entries have
+/// default controls.
+#[test]
+fn agents_before_controls_announce_no_features() {
+    let d = decode_all(&fixture("3-port-ranges.json"));
+    assert!(d.report.state.features.is_empty());
+    assert!(d.state.features.is_empty());
+    let applied = d.create.applied.as_ref().expect("applied version");
+    assert_eq!(applied.ports, 3);
+    assert!(applied.to_spec().unwrap().controls.is_default());
 }
 
 /// An agent of the previous release reads what this server sends: the
@@ -175,7 +190,7 @@ fn a_previous_agent_reads_what_this_server_sends() {
         forwards: Vec<OldEntry>,
         generation: u64,
     }
-    let to_agent = &fixture("3-current.json")["to_agent"];
+    let to_agent = &fixture("4-current.json")["to_agent"];
     let sync: OldSync = serde_json::from_value(to_agent["sync_forwards"].clone()).unwrap();
     assert_eq!(sync.forwards[0].listen_port, 20010);
     let create: OldEntry =
