@@ -1681,7 +1681,7 @@ async fn controls_place_on_proxies_that_can_enforce_them() {
 #[ignore = "needs relay enforcement (merge)"]
 async fn relay_allowlist_refuses_other_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let h = harness(28200).await;
+    let h = harness(28800).await;
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_port = echo.local_addr().unwrap().port();
     tokio::spawn(async move {
