@@ -1221,3 +1221,61 @@ fn join(addresses: &[IpAddr]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use navigator_scheduler::Rejection;
+
+    fn no_proxy(rejected: Vec<Rejection>) -> NoProxy {
+        NoProxy {
+            rejected: rejected
+                .into_iter()
+                .enumerate()
+                .map(|(i, why)| (format!("p{i}"), why))
+                .collect(),
+        }
+    }
+
+    /// A control no live proxy can enforce is the request's fault (400
+    /// naming the field); agents too old for controls, or a full pool
+    /// besides, are the cloud's state (409).
+    #[test]
+    fn controls_rejections_become_the_right_status() {
+        let cannot = || Rejection::CannotEnforce {
+            field: "proxy_protocol",
+            reason: "the nft backend does not support the PROXY protocol".into(),
+        };
+        let err = no_proxy_error(
+            &no_proxy(vec![
+                cannot(),
+                Rejection::Down,
+                Rejection::ControlsNotAnnounced,
+            ]),
+            "external_port",
+            "nothing was created",
+        );
+        assert!(
+            matches!(&err, ApiError::BadRequest(m) if m.starts_with("invalid proxy_protocol: no proxy can carry this forward")
+                && m.contains("backend")),
+            "{err:?}"
+        );
+        let err = no_proxy_error(
+            &no_proxy(vec![Rejection::ControlsNotAnnounced]),
+            "external_port",
+            "nothing was created",
+        );
+        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+        let err = no_proxy_error(
+            &no_proxy(vec![
+                cannot(),
+                Rejection::PoolFull {
+                    pool: 20000..=20009,
+                },
+            ]),
+            "external_port",
+            "nothing was created",
+        );
+        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+    }
+}
