@@ -77,7 +77,8 @@ class PortForward(object):
     FIELDS = ('id', 'project_id', 'description', 'protocol',
               'external_address', 'external_port', 'internal_ip_address',
               'internal_port', 'instance_id', 'proxy', 'status',
-              'status_reason', 'created_at', 'updated_at')
+              'status_reason', 'created_at', 'updated_at',
+              'allowed_cidrs', 'max_connections', 'proxy_protocol')
 
     #: The counters of ``usage`` (``GET /v1/forwards/{id}`` only).
     USAGE_FIELDS = ('bytes_in', 'bytes_out', 'connections_total',
@@ -86,6 +87,9 @@ class PortForward(object):
     def __init__(self, body):
         for name in self.FIELDS:
             setattr(self, name, body.get(name))
+        # Servers before the traffic controls do not send them.
+        self.allowed_cidrs = self.allowed_cidrs or []
+        self.proxy_protocol = self.proxy_protocol or 'none'
         #: Filled in by the views when Nova can name the instance.
         self.instance_name = None
         #: What the proxy counted (a dict of USAGE_FIELDS), or None: lists,
@@ -109,6 +113,18 @@ class PortForward(object):
     @property
     def target(self):
         return self._join(self.internal_ip_address, self.internal_port)
+
+    @property
+    def controls(self):
+        """The traffic controls in one line, or '-' when there are none."""
+        parts = []
+        if self.allowed_cidrs:
+            parts.append(_('from %s') % ', '.join(self.allowed_cidrs))
+        if self.max_connections:
+            parts.append(_('at most %s connections') % self.max_connections)
+        if self.proxy_protocol not in (None, '', 'none'):
+            parts.append(_('PROXY %s') % self.proxy_protocol)
+        return '; '.join(str(p) for p in parts) or '-'
 
     @property
     def name(self):
@@ -255,8 +271,12 @@ def forward_create(request, **fields):
     return PortForward(call(request, 'POST', 'forwards', body=body)['forward'])
 
 
-def forward_update(request, forward_id, **fields):
-    body = {'forward': {k: v for k, v in fields.items() if v is not None}}
+def forward_update(request, forward_id, nullable=(), **fields):
+    """Changes the given fields; a None is left out, except for the fields
+    named in ``nullable``, where it is sent as null (removes the value,
+    e.g. ``max_connections``)."""
+    body = {'forward': {k: v for k, v in fields.items()
+                        if v is not None or k in nullable}}
     return PortForward(
         call(request, 'PUT', 'forwards/%s' % forward_id, body=body)['forward'])
 

@@ -155,6 +155,8 @@ await run(`dashboard-${mode}`, async ({ page, context, launch }) => {
         await page.waitForURL(/\/edit$/);
         await page.getByLabel('Internal port').fill(port2);
         await page.getByLabel('Description').fill('retargeted');
+        // One traffic control, through the same form (the API tests cover the rest).
+        await page.getByLabel('Max connections').fill('50');
         await screenshot(page, 'retarget');
         await page.getByRole('button', { name: 'Save' }).click();
         await page.waitForURL(/\/dashboard$/);
@@ -163,6 +165,12 @@ await run(`dashboard-${mode}`, async ({ page, context, launch }) => {
         const target = await row(page, id).locator('[data-target]').textContent();
         assert(target.endsWith(`:${port2}`), `the row shows the new target: ${target}`);
         await waitActive(page, id);
+        await row(page, id).getByRole('link', { name: /Edit/ }).click();
+        await page.waitForURL(/\/edit$/);
+        const limit = await page.locator('[data-max-connections]').textContent();
+        assert(limit === '50', `the edit page shows the new limit: ${limit}`);
+        await page.getByRole('link', { name: 'Cancel' }).click();
+        await page.waitForURL(/\/dashboard$/);
     });
 
     await step('new connections reach the new target', () => checkpoint('retargeted', { id, ...external }));

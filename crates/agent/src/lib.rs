@@ -142,6 +142,9 @@ impl Agent {
             port_range: self.config.port_range.to_string(),
             generation: state.generation,
             forwards: state.results.values().cloned().collect(),
+            // Every backend enforces the controls or fails the forward
+            // (`navigator_core::unsupported`), never ignores them.
+            features: vec![navigator_rpc::messages::features::CONTROLS.to_owned()],
         }
     }
 

@@ -6,8 +6,10 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use navigator_core::{
-    ForwardStatus, PortForward, PortRange, Protocol, check_port_mapping, parse_port_number,
+    Controls, ForwardStatus, PortForward, PortRange, Protocol, ProxyProtocol, check_port_mapping,
+    parse_cidr, parse_port_number,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,6 +20,11 @@ pub const MAX_TEXT_LEN: usize = 255;
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 /// The largest page a client may ask for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The most `allowed_cidrs` entries any server accepts; `[api]
+/// max_allowed_cidrs` (1000 by default) may only lower it.
+pub const MAX_ALLOWED_CIDRS: usize = 10_000;
+/// The largest `max_connections`.
+pub const MAX_CONNECTIONS: u32 = 1_000_000;
 
 /// The OpenAPI `pattern` of a port range field: `N` or `N:M`, ports 1-65535
 /// in plain digits (that N <= M is checked too, and said in the field's
@@ -48,6 +55,16 @@ pub enum StatusName {
     Active,
     Error,
     Deleting,
+}
+
+/// `none`, `v1` or `v2`: HAProxy's PROXY protocol header the relay writes to
+/// the target (TCP forwards on the relay backend only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolName {
+    None,
+    V1,
+    V2,
 }
 
 /// A request field that failed validation.
@@ -119,6 +136,23 @@ pub struct Forward {
     pub created_at: String,
     /// RFC 3339, UTC.
     pub updated_at: String,
+    /// Source networks allowed to connect (canonical CIDRs, sorted); `[]`
+    /// means everyone.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    /// Concurrent TCP connections (UDP sessions) the forward carries at
+    /// most; `null`: no limit of its own.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_connections: Option<u32>,
+    /// `none`, `v1` or `v2`.
+    #[serde(default = "no_proxy_protocol")]
+    #[schema(value_type = ProxyProtocolName)]
+    pub proxy_protocol: String,
+}
+
+fn no_proxy_protocol() -> String {
+    ProxyProtocol::None.as_str().to_owned()
 }
 
 impl From<&PortForward> for Forward {
@@ -144,6 +178,14 @@ impl From<&PortForward> for Forward {
             status_reason: f.status_reason.clone(),
             created_at: f.created_at.clone(),
             updated_at: f.updated_at.clone(),
+            allowed_cidrs: f
+                .controls
+                .allowed_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            max_connections: f.controls.max_connections,
+            proxy_protocol: f.controls.proxy_protocol.as_str().to_owned(),
         }
     }
 }
@@ -276,6 +318,28 @@ pub struct ForwardCreate {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
     )]
     pub proxy: Option<String>,
+    /// Source networks allowed to connect: IPv4 and IPv6 CIDRs without host
+    /// bits set (`192.0.2.0/24`; a bare address is one host). Empty or
+    /// omitted means everyone. Duplicates (and equal spellings such as
+    /// `192.0.2.7` and `192.0.2.7/32`) are merged silently; the forward
+    /// shows the list sorted. At most `[api] max_allowed_cidrs` entries
+    /// (1000 by default). Connections from other addresses are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 10000)]
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// Concurrent TCP connections (UDP sessions) the forward carries at
+    /// most, 1-1000000; omitted or `null`: no limit of its own (the proxy's
+    /// own limits still apply). Over it, a new connection is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub max_connections: Option<i64>,
+    /// `none` (default), `v1` or `v2`: the relay writes HAProxy's PROXY
+    /// protocol header to the target so that it sees the client's address.
+    /// TCP forwards on a `relay` proxy only (the kernel backends keep the
+    /// client's address as the source anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ProxyProtocolName>)]
+    pub proxy_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -297,6 +361,8 @@ pub struct NewForward {
     pub instance_id: Option<String>,
     pub description: String,
     pub proxy: Option<String>,
+    /// Allowlist (canonical, without duplicates), limit and PROXY protocol.
+    pub controls: Controls,
 }
 
 impl ForwardCreate {
@@ -335,6 +401,31 @@ impl ForwardCreate {
             check_port_mapping(external, internal_ports, u32::MAX)
                 .map_err(|e| FieldError::new("internal_port_range", e.to_string()))?;
         }
+        let proxy_protocol = self
+            .proxy_protocol
+            .as_deref()
+            .map(parse_proxy_protocol)
+            .transpose()?
+            .unwrap_or_default();
+        if proxy_protocol != ProxyProtocol::None && protocol != Protocol::Tcp {
+            return Err(FieldError::new(
+                "proxy_protocol",
+                format!(
+                    "{proxy_protocol} is for tcp forwards only: the PROXY protocol is a stream header (use none on {protocol})"
+                ),
+            ));
+        }
+        let controls = Controls::new(
+            self.allowed_cidrs
+                .as_deref()
+                .map(parse_cidrs)
+                .transpose()?
+                .unwrap_or_default(),
+            self.max_connections
+                .map(parse_max_connections)
+                .transpose()?,
+            proxy_protocol,
+        );
         Ok(NewForward {
             protocol,
             internal_ip_address,
@@ -360,6 +451,7 @@ impl ForwardCreate {
                 .as_deref()
                 .map(|host| check_text("proxy", host, false))
                 .transpose()?,
+            controls,
         })
     }
 }
@@ -384,6 +476,34 @@ pub struct ForwardUpdate {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028\\u2029\\u202A-\\u202E\\u2066-\\u2069]*$"
     )]
     pub description: Option<String>,
+    /// A new allowlist, replacing the old one; `[]` allows everyone. As on
+    /// create; the proxy applies it at once, keeping established
+    /// connections (only new ones are checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 10000)]
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// A new limit, 1-1000000; `null` removes it. Connections open over a
+    /// lowered limit are not cut; new ones are refused until fewer are open.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_or_null"
+    )]
+    #[schema(value_type = Option<i64>, nullable, minimum = 1, maximum = 1000000)]
+    pub max_connections: Option<Option<i64>>,
+    /// A new PROXY protocol setting: `none`, `v1` or `v2` (TCP forwards on a
+    /// `relay` proxy only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ProxyProtocolName>)]
+    pub proxy_protocol: Option<String>,
+}
+
+/// `Some(None)` for an explicit `null`, so that an update can tell "remove
+/// the limit" from "keep it" (field absent: `None`, by `default`).
+fn present_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -398,6 +518,11 @@ pub struct ForwardChanges {
     pub internal_ip_address: Option<IpAddr>,
     pub internal_port: Option<u16>,
     pub description: Option<String>,
+    /// The new allowlist, canonical (sorted, without duplicates).
+    pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// `Some(None)` removes the limit.
+    pub max_connections: Option<Option<u32>>,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl ForwardUpdate {
@@ -416,6 +541,24 @@ impl ForwardUpdate {
                 .description
                 .as_deref()
                 .map(|text| check_text("description", text, true))
+                .transpose()?,
+            allowed_cidrs: self
+                .allowed_cidrs
+                .as_deref()
+                .map(|cidrs| {
+                    parse_cidrs(cidrs)
+                        .map(|list| Controls::new(list, None, ProxyProtocol::None))
+                        .map(|c| c.allowed_cidrs.to_vec())
+                })
+                .transpose()?,
+            max_connections: self
+                .max_connections
+                .map(|limit| limit.map(parse_max_connections).transpose())
+                .transpose()?,
+            proxy_protocol: self
+                .proxy_protocol
+                .as_deref()
+                .map(parse_proxy_protocol)
                 .transpose()?,
         })
     }
@@ -619,6 +762,46 @@ fn query_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::
             "invalid external_port: expected a port 1-65535 in plain digits",
         )),
     }
+}
+
+/// Every entry of `allowed_cidrs`, naming the first bad one; at most
+/// [`MAX_ALLOWED_CIDRS`] (the server's `[api] max_allowed_cidrs` may be
+/// lower, and is checked by the server).
+pub fn parse_cidrs(values: &[String]) -> Result<Vec<IpNet>, FieldError> {
+    if values.len() > MAX_ALLOWED_CIDRS {
+        return Err(FieldError::new(
+            "allowed_cidrs",
+            format!(
+                "has {} entries; at most {MAX_ALLOWED_CIDRS} are allowed",
+                values.len()
+            ),
+        ));
+    }
+    values
+        .iter()
+        .map(|value| parse_cidr(value).map_err(|e| FieldError::new("allowed_cidrs", e.to_string())))
+        .collect()
+}
+
+/// `max_connections`: 1 to [`MAX_CONNECTIONS`].
+pub fn parse_max_connections(value: i64) -> Result<u32, FieldError> {
+    match u32::try_from(value) {
+        Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Ok(n),
+        _ => Err(FieldError::new(
+            "max_connections",
+            format!("{value} is outside 1-{MAX_CONNECTIONS} (use null for no limit)"),
+        )),
+    }
+}
+
+/// `proxy_protocol`: `none`, `v1` or `v2`.
+pub fn parse_proxy_protocol(value: &str) -> Result<ProxyProtocol, FieldError> {
+    value.parse().map_err(|_| {
+        FieldError::new(
+            "proxy_protocol",
+            format!("{value:?} is not one of none, v1, v2"),
+        )
+    })
 }
 
 fn parse_protocol(value: &str) -> Result<Protocol, FieldError> {
@@ -930,5 +1113,133 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().field, "internal_ip_address");
+    }
+
+    #[test]
+    fn controls_are_validated_and_named() {
+        let base = serde_json::json!({"protocol": "tcp", "internal_ip_address": "10.0.0.5", "internal_port": 22});
+        let with = |fields: serde_json::Value| {
+            let mut forward = base.clone();
+            for (k, v) in fields.as_object().unwrap() {
+                forward[k] = v.clone();
+            }
+            create(serde_json::json!({ "forward": forward }))
+        };
+        let ok = with(serde_json::json!({
+            "allowed_cidrs": ["2001:db8::/32", "192.0.2.7", "192.0.2.7/32", "10.0.0.0/8"],
+            "max_connections": 1000000, "proxy_protocol": "v2"
+        }))
+        .unwrap();
+        let shown: Vec<String> = ok
+            .controls
+            .allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert_eq!(ok.controls.max_connections, Some(1_000_000));
+        assert_eq!(ok.controls.proxy_protocol, ProxyProtocol::V2);
+        assert!(
+            with(serde_json::json!({"max_connections": null, "allowed_cidrs": []}))
+                .unwrap()
+                .controls
+                .is_default()
+        );
+        let cases = [
+            (
+                serde_json::json!({"allowed_cidrs": ["10.0.0.1/8"]}),
+                "invalid allowed_cidrs: '10.0.0.1/8' has host bits set: did you mean 10.0.0.0/8?",
+            ),
+            (
+                serde_json::json!({"allowed_cidrs": ["10.0.0.0/33"]}),
+                "invalid allowed_cidrs: '10.0.0.0/33' is not a CIDR: expected an IPv4 or IPv6 network such as 192.0.2.0/24 or 2001:db8::/32",
+            ),
+            (
+                serde_json::json!({"max_connections": 0}),
+                "invalid max_connections: 0 is outside 1-1000000 (use null for no limit)",
+            ),
+            (
+                serde_json::json!({"max_connections": -5}),
+                "invalid max_connections: -5 is outside 1-1000000 (use null for no limit)",
+            ),
+            (
+                serde_json::json!({"max_connections": 1000001}),
+                "invalid max_connections: 1000001 is outside 1-1000000 (use null for no limit)",
+            ),
+            (
+                serde_json::json!({"proxy_protocol": "v3"}),
+                "invalid proxy_protocol: \"v3\" is not one of none, v1, v2",
+            ),
+            (
+                serde_json::json!({"proxy_protocol": "v1", "protocol": "udp"}),
+                "invalid proxy_protocol: v1 is for tcp forwards only: the PROXY protocol is a stream header (use none on udp)",
+            ),
+        ];
+        for (fields, expected) in cases {
+            assert_eq!(with(fields.clone()), Err(expected.to_owned()), "{fields}");
+        }
+        let too_many: Vec<String> = (0..=MAX_ALLOWED_CIDRS)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        assert!(
+            with(serde_json::json!({"allowed_cidrs": too_many}))
+                .unwrap_err()
+                .starts_with("invalid allowed_cidrs: has 10001 entries")
+        );
+        // Wrong JSON types name the field too (serde's message).
+        for wrong in [
+            serde_json::json!({"allowed_cidrs": "10.0.0.0/8"}),
+            serde_json::json!({"max_connections": "5"}),
+            serde_json::json!({"max_connections": 1.5}),
+            serde_json::json!({"proxy_protocol": 2}),
+        ] {
+            assert!(with(wrong.clone()).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn update_tells_null_from_absent() {
+        let parse = |json: serde_json::Value| {
+            serde_json::from_value::<ForwardUpdateBody>(serde_json::json!({ "forward": json }))
+                .unwrap()
+                .forward
+                .validate()
+        };
+        assert_eq!(parse(serde_json::json!({})).unwrap().max_connections, None);
+        assert_eq!(
+            parse(serde_json::json!({"max_connections": null}))
+                .unwrap()
+                .max_connections,
+            Some(None)
+        );
+        assert_eq!(
+            parse(serde_json::json!({"max_connections": 9}))
+                .unwrap()
+                .max_connections,
+            Some(Some(9))
+        );
+        let cleared = parse(serde_json::json!({"allowed_cidrs": []})).unwrap();
+        assert_eq!(cleared.allowed_cidrs, Some(vec![]));
+        assert_eq!(
+            parse(serde_json::json!({"allowed_cidrs": ["192.0.2.1/24"]}))
+                .unwrap_err()
+                .field,
+            "allowed_cidrs"
+        );
+        assert_eq!(
+            parse(serde_json::json!({"max_connections": 0}))
+                .unwrap_err()
+                .field,
+            "max_connections"
+        );
+        // The client sends null for "remove" and nothing for "keep".
+        let body = ForwardUpdate {
+            max_connections: Some(None),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"max_connections": null})
+        );
     }
 }

@@ -211,7 +211,7 @@ fn usage_errors_found_before_any_request_exit_2() {
                 "-c",
                 "nope",
             ],
-            "choose from: created_at, description",
+            "choose from: allowed_cidrs, created_at, description",
         ),
     ];
     for (args, expected) in cases {

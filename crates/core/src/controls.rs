@@ -181,7 +181,12 @@ pub struct Unsupported {
 ///
 /// `proxy_protocol` on UDP is refused for every backend: the PROXY protocol
 /// is a stream header.
-pub fn unsupported(backend: &str, protocol: Protocol, controls: &Controls) -> Option<Unsupported> {
+pub fn unsupported(
+    backend: &str,
+    protocol: Protocol,
+    ports: u16,
+    controls: &Controls,
+) -> Option<Unsupported> {
     if controls.proxy_protocol != ProxyProtocol::None {
         if protocol != Protocol::Tcp {
             return Some(Unsupported {
@@ -211,6 +216,13 @@ pub fn unsupported(backend: &str, protocol: Protocol, controls: &Controls) -> Op
                 "the socat backend allows one network per forward (socat's range= option), not {}; use the relay, nft or iptables backend for more",
                 controls.allowed_cidrs.len()
             ),
+        });
+    }
+    // One socat per port of a range: no limit shared between them.
+    if backend == "socat" && controls.max_connections.is_some() && ports > 1 {
+        return Some(Unsupported {
+            field: "max_connections",
+            reason: "the socat backend runs one socat per port of a range and cannot share one limit between them; use the relay, nft or iptables backend".to_owned(),
         });
     }
     let known = matches!(backend, "relay" | "nft" | "iptables" | "socat");
@@ -307,18 +319,18 @@ mod tests {
             proxy_protocol: ProxyProtocol::V2,
             ..Controls::default()
         };
-        assert!(unsupported("relay", Protocol::Tcp, &pp).is_none());
+        assert!(unsupported("relay", Protocol::Tcp, 1, &pp).is_none());
         assert_eq!(
-            unsupported("relay", Protocol::Udp, &pp).unwrap().field,
+            unsupported("relay", Protocol::Udp, 1, &pp).unwrap().field,
             "proxy_protocol"
         );
         for backend in ["nft", "iptables", "socat"] {
             assert_eq!(
-                unsupported(backend, Protocol::Tcp, &pp).unwrap().field,
+                unsupported(backend, Protocol::Tcp, 1, &pp).unwrap().field,
                 "proxy_protocol"
             );
         }
-        assert!(unsupported("socat", Protocol::Tcp, &Controls::default()).is_none());
+        assert!(unsupported("socat", Protocol::Tcp, 1, &Controls::default()).is_none());
     }
 
     #[test]
@@ -328,7 +340,7 @@ mod tests {
             Some(3),
             ProxyProtocol::None,
         );
-        assert!(unsupported("socat", Protocol::Tcp, &one).is_none());
+        assert!(unsupported("socat", Protocol::Tcp, 1, &one).is_none());
         let two = Controls::new(
             vec![
                 parse_cidr("192.0.2.0/24").unwrap(),
@@ -338,11 +350,29 @@ mod tests {
             ProxyProtocol::None,
         );
         assert_eq!(
-            unsupported("socat", Protocol::Udp, &two).unwrap().field,
+            unsupported("socat", Protocol::Udp, 1, &two).unwrap().field,
             "allowed_cidrs"
         );
         for backend in ["relay", "nft", "iptables"] {
-            assert!(unsupported(backend, Protocol::Tcp, &two).is_none());
+            assert!(unsupported(backend, Protocol::Tcp, 1, &two).is_none());
+        }
+    }
+
+    #[test]
+    fn socat_cannot_share_a_limit_over_a_range() {
+        let limited = Controls {
+            max_connections: Some(5),
+            ..Controls::default()
+        };
+        assert!(unsupported("socat", Protocol::Tcp, 1, &limited).is_none());
+        assert_eq!(
+            unsupported("socat", Protocol::Tcp, 10, &limited)
+                .unwrap()
+                .field,
+            "max_connections"
+        );
+        for backend in ["relay", "nft", "iptables"] {
+            assert!(unsupported(backend, Protocol::Udp, 10, &limited).is_none());
         }
     }
 }

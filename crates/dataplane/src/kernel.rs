@@ -281,6 +281,7 @@ impl<R: Ruleset> KernelBackend<R> {
         if let Some(unsupported) = navigator_core::controls::unsupported(
             self.ruleset.name(),
             spec.protocol,
+            spec.ports,
             &spec.controls,
         ) {
             return Err(format!("{}: {}", unsupported.field, unsupported.reason));

@@ -137,7 +137,9 @@ impl RelayBackend {
     /// options in place (live connections stay, unless the allowlist no
     /// longer allows their client).
     fn retarget(&self, spec: &ForwardSpec) -> Result<(), String> {
-        if let Some(no) = navigator_core::unsupported("relay", spec.protocol, &spec.controls) {
+        if let Some(no) =
+            navigator_core::unsupported("relay", spec.protocol, spec.ports, &spec.controls)
+        {
             return Err(no.reason);
         }
         let carried = self.carried().get(&spec.id).cloned();
@@ -178,7 +180,9 @@ impl RelayBackend {
     async fn add_listeners(&self, spec: &ForwardSpec) -> Result<Limit, String> {
         // The second line of defence: the server refuses such a forward, but
         // an older server or a hand-made message may still send one.
-        if let Some(no) = navigator_core::unsupported("relay", spec.protocol, &spec.controls) {
+        if let Some(no) =
+            navigator_core::unsupported("relay", spec.protocol, spec.ports, &spec.controls)
+        {
             return Err(no.reason);
         }
         let own = Limit::quiet(

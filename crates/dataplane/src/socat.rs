@@ -242,15 +242,8 @@ fn spawn(config: &SocatConfig, spec: &ForwardSpec) -> std::io::Result<Child> {
 /// refuses most of these with 400 from `navigator_core::unsupported`; this
 /// is the second line of defence).
 fn refusal(spec: &ForwardSpec) -> Option<String> {
-    if let Some(u) = navigator_core::controls::unsupported("socat", spec.protocol, &spec.controls) {
-        return Some(format!("{}: {}", u.field, u.reason));
-    }
-    if spec.controls.max_connections.is_some() && spec.ports > 1 {
-        return Some(
-            "max_connections: the socat backend runs one socat per port of a range and cannot share one limit between them; use the relay, nft or iptables backend".to_owned(),
-        );
-    }
-    None
+    navigator_core::controls::unsupported("socat", spec.protocol, spec.ports, &spec.controls)
+        .map(|u| format!("{}: {}", u.field, u.reason))
 }
 
 /// socat's `range=` option for `spec`'s allowlist: its one network of the

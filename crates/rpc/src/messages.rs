@@ -201,6 +201,20 @@ pub struct AgentState {
     /// Current result of every forward the agent carries.
     #[serde(default)]
     pub forwards: Vec<ForwardResult>,
+    /// What this agent can do beyond the first protocol, by name (see
+    /// [`features`]). Absent from older agents, which the server then
+    /// treats as able to do none of it; omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// Names an agent announces in [`AgentState::features`].
+pub mod features {
+    /// The agent reads `allowed_cidrs`, `max_connections` and
+    /// `proxy_protocol` of a [`ForwardEntry`](super::ForwardEntry) and
+    /// enforces them or fails the forward (an older agent would ignore them
+    /// and carry the forward unrestricted).
+    pub const CONTROLS: &str = "controls";
 }
 
 /// At most this many forward ids in one `get_usage` call, so that one

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use navigator_rpc::messages::{
-    AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, args,
+    AgentState, ForwardEntry, ForwardResult, ResultStatus, SyncResult, UsageEntry, UsageReply, args,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -101,8 +101,8 @@ fn the_current_format_is_frozen() {
         target_port: 5000,
         ports: 3,
         one_target_port: true,
-        allowed_cidrs: vec![],
-        max_connections: None,
+        allowed_cidrs: vec!["192.0.2.0/24".into(), "2001:db8::/32".into()],
+        max_connections: Some(100),
         proxy_protocol: "none".into(),
     };
     let result = ForwardResult {
@@ -118,21 +118,34 @@ fn the_current_format_is_frozen() {
         port_range: "20000-20099".into(),
         generation: 12,
         forwards: vec![result.clone()],
+        features: vec!["controls".into()],
     };
     let current = serde_json::json!({
-        "_comment": "This release's messages (frozen by crates/rpc/tests/upgrade.rs). Agent to server: report_state, sync_forwards, create_forward, get_state; server to agent: to_agent.",
+        "_comment": "This release's messages (frozen by crates/rpc/tests/upgrade.rs). Agent to server: report_state, sync_forwards, create_forward, get_state, get_usage; server to agent: to_agent.",
         "report_state": args::ReportState { state: state.clone() },
         "sync_forwards": SyncResult { generation: 12, results: vec![result.clone()] },
         "create_forward": result,
         "get_state": state,
+        "get_usage": UsageReply {
+            usage: [(FORWARD.to_owned(), UsageEntry {
+                bytes_in: 1500,
+                bytes_out: 64000,
+                connections_total: 3,
+                connections_active: 1,
+                last_connection_at: Some(1_765_000_000),
+            })]
+            .into(),
+            unavailable: None,
+        },
         "to_agent": {
             "sync_forwards": args::SyncForwards { forwards: vec![applied.clone()], generation: 12 },
             "create_forward": args::CreateForward { forward: applied },
             "delete_forward": args::DeleteForward { id: FORWARD.into() },
             "get_state": args::GetState {},
+            "get_usage": args::GetUsage { ids: vec![FORWARD.into()] },
         },
     });
-    let name = "3-current.json";
+    let name = "4-current.json";
     if std::env::var_os("NAVIGATOR_BLESS").is_some() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/agent_messages")
@@ -152,6 +165,20 @@ fn the_current_format_is_frozen() {
         d.report.state.forwards[0].applied.as_ref().unwrap().ports,
         3
     );
+    assert_eq!(d.state.features, vec!["controls".to_owned()]);
+}
+
+/// Agents before per-forward controls announce no features (so the server
+/// places no forward with controls on them) and their applied entries have
+/// default controls.
+#[test]
+fn agents_before_controls_announce_no_features() {
+    let d = decode_all(&fixture("3-port-ranges.json"));
+    assert!(d.report.state.features.is_empty());
+    assert!(d.state.features.is_empty());
+    let applied = d.create.applied.as_ref().expect("applied version");
+    assert_eq!(applied.ports, 3);
+    assert!(applied.to_spec().unwrap().controls.is_default());
 }
 
 /// An agent of the previous release reads what this server sends: the
@@ -175,7 +202,7 @@ fn a_previous_agent_reads_what_this_server_sends() {
         forwards: Vec<OldEntry>,
         generation: u64,
     }
-    let to_agent = &fixture("3-current.json")["to_agent"];
+    let to_agent = &fixture("4-current.json")["to_agent"];
     let sync: OldSync = serde_json::from_value(to_agent["sync_forwards"].clone()).unwrap();
     assert_eq!(sync.forwards[0].listen_port, 20010);
     let create: OldEntry =

@@ -6,17 +6,24 @@
 //!
 //! Filters, in order, each naming what it rejected:
 //! 1. the proxy is up (heartbeat within `agent_down_time`);
-//! 2. the address: a requested `external_address` must be one of the proxy's;
+//! 2. the controls: a forward with non-default controls (`allowed_cidrs`,
+//!    `max_connections`, `proxy_protocol`) needs an agent that announced it
+//!    enforces them (older agents would ignore them) and a backend that can
+//!    (`navigator_core::unsupported`, e.g. the PROXY protocol is the
+//!    relay's only);
+//! 3. the address: a requested `external_address` must be one of the proxy's;
 //!    otherwise the proxy needs an external address of the target's family,
 //!    unless its data plane translates between families (the relay and socat
 //!    do; nft/iptables DNAT cannot turn IPv4 into IPv6). Among the proxies
 //!    left, those with an address of the target's family are preferred;
-//! 3. free ports: requested external ports (every port of a range) must be
+//! 4. free ports: requested external ports (every port of a range) must be
 //!    inside its pool, and its pool must not be full.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
+
+use navigator_core::{Controls, Protocol, unsupported};
 
 /// `[scheduler] strategy`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +65,10 @@ pub struct Candidate {
     /// Whether its data plane can listen in one address family and forward
     /// to the other (relay, socat), unlike kernel NAT.
     pub cross_family: bool,
+    /// Its `[agent] backend` (`relay`, `nft`, `iptables`, `socat`).
+    pub backend: String,
+    /// Whether its agent announced that it enforces per-forward controls.
+    pub enforces_controls: bool,
 }
 
 /// What is being placed.
@@ -74,6 +85,11 @@ pub struct Request<'a> {
     pub affinity_key: &'a str,
     /// A counter that increases with every placement, for round robin.
     pub sequence: u64,
+    pub protocol: Protocol,
+    /// How many external ports the forward holds (1 for a single port).
+    pub ports: u16,
+    /// The forward's controls, which the proxy must be able to enforce.
+    pub controls: &'a Controls,
 }
 
 /// Why a proxy cannot carry a forward.
@@ -90,6 +106,13 @@ pub enum Rejection {
     },
     PoolFull {
         pool: RangeInclusive<u16>,
+    },
+    /// Its agent is older than per-forward controls.
+    ControlsNotAnnounced,
+    /// Its backend cannot enforce a control: the field and why.
+    CannotEnforce {
+        field: &'static str,
+        reason: String,
     },
 }
 
@@ -111,6 +134,13 @@ impl fmt::Display for Rejection {
             ),
             Rejection::PoolFull { pool } => {
                 write!(f, "has no free port in {}-{}", pool.start(), pool.end())
+            }
+            Rejection::ControlsNotAnnounced => write!(
+                f,
+                "runs an agent that does not enforce allowed_cidrs, max_connections or proxy_protocol (upgrade it)"
+            ),
+            Rejection::CannotEnforce { field, reason } => {
+                write!(f, "cannot enforce {field}: {reason}")
             }
         }
     }
@@ -154,6 +184,11 @@ pub fn reject(candidate: &Candidate, request: &Request<'_>) -> Option<Rejection>
     if !candidate.up {
         return Some(Rejection::Down);
     }
+    if let Some(why) =
+        controls_rejection(candidate, request.protocol, request.ports, request.controls)
+    {
+        return Some(why);
+    }
     match request.external_address {
         Some(address) if !candidate.external_addresses.contains(&address) => {
             return Some(Rejection::LacksAddress(address));
@@ -185,6 +220,27 @@ pub fn reject(candidate: &Candidate, request: &Request<'_>) -> Option<Rejection>
         return Some(Rejection::PoolFull {
             pool: candidate.pool.clone(),
         });
+    }
+    None
+}
+
+/// Why `candidate` cannot carry a forward of `protocol` with `controls`, if
+/// it cannot. Also used for a proxy named by an admin and for updates,
+/// which the scheduler does not place.
+pub fn controls_rejection(
+    candidate: &Candidate,
+    protocol: Protocol,
+    ports: u16,
+    controls: &Controls,
+) -> Option<Rejection> {
+    if let Some(no) = unsupported(&candidate.backend, protocol, ports, controls) {
+        return Some(Rejection::CannotEnforce {
+            field: no.field,
+            reason: no.reason,
+        });
+    }
+    if !controls.is_default() && !candidate.enforces_controls {
+        return Some(Rejection::ControlsNotAnnounced);
     }
     None
 }
@@ -262,8 +318,12 @@ mod tests {
             pool: 20000..=20009,
             up: true,
             cross_family: true,
+            backend: "relay".into(),
+            enforces_controls: true,
         }
     }
+
+    static NO_CONTROLS: std::sync::LazyLock<Controls> = std::sync::LazyLock::new(Controls::default);
 
     fn request(target: &str, key: &str, sequence: u64) -> Request<'static> {
         Request {
@@ -272,6 +332,9 @@ mod tests {
             external_ports: None,
             affinity_key: Box::leak(key.to_owned().into_boxed_str()),
             sequence,
+            protocol: Protocol::Tcp,
+            ports: 1,
+            controls: &NO_CONTROLS,
         }
     }
 
@@ -418,5 +481,91 @@ mod tests {
         let nobody = place(Strategy::RoundRobin, &[], &request("10.0.0.1", "p", 0)).unwrap_err();
         assert!(nobody.is_transient());
         assert_eq!(nobody.to_string(), "no proxy agent has registered");
+    }
+
+    #[test]
+    fn controls_need_an_announcing_agent_and_a_capable_backend() {
+        use navigator_core::{ProxyProtocol, parse_cidr};
+        let mut old = candidate("old", &["192.0.2.1"], 0, 10);
+        old.enforces_controls = false;
+        let mut nft = candidate("nft", &["192.0.2.2"], 0, 10);
+        nft.backend = "nft".into();
+        let relay = candidate("relay", &["192.0.2.3"], 0, 10);
+        let proxies = [old.clone(), nft.clone(), relay];
+        let allowlist = Controls::new(
+            vec![parse_cidr("198.51.100.0/24").unwrap()],
+            None,
+            ProxyProtocol::None,
+        );
+        let proxy_v2 = Controls::new(vec![], None, ProxyProtocol::V2);
+        let with = |controls: &'static Controls, protocol: Protocol| Request {
+            ports: 1,
+            controls,
+            protocol,
+            ..request("10.0.0.1", "p", 0)
+        };
+        let allowlist: &'static Controls = Box::leak(Box::new(allowlist));
+        let proxy_v2: &'static Controls = Box::leak(Box::new(proxy_v2));
+        // Without controls, an old agent is as good as any.
+        assert_eq!(
+            place(
+                Strategy::RoundRobin,
+                std::slice::from_ref(&old),
+                &request("10.0.0.1", "p", 0)
+            )
+            .unwrap()
+            .host,
+            "old"
+        );
+        // An allowlist: any announcing agent (every backend filters sources).
+        let hosts: Vec<_> = (0..4)
+            .map(|i| {
+                let r = Request {
+                    sequence: i,
+                    ..with(allowlist, Protocol::Tcp)
+                };
+                place(Strategy::RoundRobin, &proxies, &r)
+                    .unwrap()
+                    .host
+                    .clone()
+            })
+            .collect();
+        assert_eq!(hosts, ["nft", "relay", "nft", "relay"]);
+        // The PROXY protocol: the relay only, whatever the sequence.
+        for i in 0..3 {
+            let r = Request {
+                sequence: i,
+                ..with(proxy_v2, Protocol::Tcp)
+            };
+            assert_eq!(
+                place(Strategy::RoundRobin, &proxies, &r).unwrap().host,
+                "relay"
+            );
+        }
+        let err = place(
+            Strategy::RoundRobin,
+            &[old, nft],
+            &with(proxy_v2, Protocol::Tcp),
+        )
+        .unwrap_err();
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(
+            text.contains("proxy nft cannot enforce proxy_protocol: the nft backend does not support the PROXY protocol")
+                && text.contains("proxy old runs an agent that does not enforce"),
+            "{text}"
+        );
+        // On UDP, nobody.
+        let err = place(
+            Strategy::RoundRobin,
+            &proxies,
+            &with(proxy_v2, Protocol::Udp),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("proxy relay cannot enforce proxy_protocol: the PROXY protocol is for TCP forwards only"),
+            "{err}"
+        );
     }
 }

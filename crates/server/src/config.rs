@@ -188,6 +188,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "api",
+        key: "max_allowed_cidrs",
+        default: "1000",
+        help: "Most entries of one forward's allowed_cidrs (1-10000). The list is stored with the forward, sent to its agent in every full sync and held by the data plane (nft: one set element each, a single lookup per new connection whatever the size; the relay: one comparison each per new connection), so a tenant's list costs the proxy memory and sync time. 1000 covers a tenant's offices and partners several times over; raise it for a forward that must admit many single addresses.",
+    },
+    OptionDoc {
+        section: "api",
         key: "allowed_hosts",
         default: "",
         help: "Comma-separated host names clients reach the API and dashboard by (the Host header, without port), e.g. navigator.example.com. Requests naming another host get HTTP 421, which stops DNS rebinding (a web page pointing its own name at this server to drive it from a visitor's browser). localhost and IP addresses are always accepted. With auth_strategy = noauth the check is always on; with keystone only when this is set.",
@@ -571,6 +577,8 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// `[api] max_port_range_size`: most ports in one forward's range.
     pub max_port_range_size: u32,
+    /// `[api] max_allowed_cidrs`: most entries of one forward's allowlist.
+    pub max_allowed_cidrs: usize,
     /// `[api] allowed_hosts`: host names served besides localhost and IP
     /// literals (lower case), see [`crate::host_check`].
     pub allowed_hosts: Vec<String>,
@@ -772,6 +780,15 @@ impl Config {
                 match v.parse::<u32>() {
                     Ok(n) if (1..=65535).contains(&n) => Ok(n),
                     _ => Err("expected a number of ports from 1 to 65535".into()),
+                }
+            })?,
+            max_allowed_cidrs: raw.parse("api", "max_allowed_cidrs", |v| {
+                match v.parse::<usize>() {
+                    Ok(n) if (1..=navigator_api::v1::MAX_ALLOWED_CIDRS).contains(&n) => Ok(n),
+                    _ => Err(format!(
+                        "expected a number of entries from 1 to {}",
+                        navigator_api::v1::MAX_ALLOWED_CIDRS
+                    )),
                 }
             })?,
             allowed_hosts: raw.parse("api", "allowed_hosts", |v| {
@@ -1293,6 +1310,10 @@ mod tests {
             (
                 "[api]\nmax_port_range_size = 0\n",
                 "t.conf: [api] max_port_range_size = \"0\": expected a number of ports from 1 to 65535",
+            ),
+            (
+                "[api]\nmax_allowed_cidrs = 10001\n",
+                "t.conf: [api] max_allowed_cidrs = \"10001\": expected a number of entries from 1 to 10000",
             ),
             (
                 "[api]\nheader_timeout = 0\n",

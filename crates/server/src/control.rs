@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
 use navigator_api::v1::{ForwardChanges, NewForward};
-use navigator_core::{ForwardId, ForwardStatus, PortForward, TargetPolicy};
+use navigator_core::{Controls, ForwardId, ForwardStatus, PortForward, Protocol, TargetPolicy};
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::decode_args;
 use navigator_rpc::{
@@ -150,6 +150,9 @@ impl Control {
         // Proxies whose pool the allocation found full although placement
         // counted room (its counts were behind): placed again without them.
         let mut full: Vec<String> = Vec::new();
+        // Before placement, so that the answer names the option rather than
+        // every proxy.
+        self.check_allowlist_size(&new.controls)?;
         loop {
             let (proxy, proxies) = self.choose_proxy(project_id, &new, &full).await?;
             let row = self.new_row(project_id, &new, &proxy, &proxies)?;
@@ -252,6 +255,12 @@ impl Control {
             )));
         }
         self.check_target(proxies, new.internal_ip_address, internal)?;
+        self.check_controls(
+            proxy,
+            new.protocol,
+            u16::try_from(external_len).unwrap_or(u16::MAX),
+            &new.controls,
+        )?;
         if let Some(range) = new.external_ports
             && (!proxy.port_range.contains(range.first())
                 || !proxy.port_range.contains(range.last()))
@@ -279,6 +288,7 @@ impl Control {
             internal_port_end: internal.last(),
             instance_id: new.instance_id.clone(),
             proxy: proxy.host.clone(),
+            controls: new.controls.clone(),
         })
     }
 
@@ -305,26 +315,60 @@ impl Control {
         let internal = navigator_core::PortRange::new(port, port_end)
             .map_err(|e| ApiError::BadRequest(format!("invalid internal_port: {e}")))?;
         let retarget = ip != forward.internal_ip_address || port != forward.internal_port;
-        if retarget {
+        // The controls as they will be; only a real change is written (and
+        // reaches the data plane).
+        let old = &forward.controls;
+        let controls = Controls::new(
+            changes
+                .allowed_cidrs
+                .clone()
+                .unwrap_or_else(|| old.allowed_cidrs.to_vec()),
+            changes.max_connections.unwrap_or(old.max_connections),
+            changes.proxy_protocol.unwrap_or(old.proxy_protocol),
+        );
+        let new_cidrs =
+            (controls.allowed_cidrs != old.allowed_cidrs).then(|| controls.allowed_cidrs.clone());
+        let new_max =
+            (controls.max_connections != old.max_connections).then_some(controls.max_connections);
+        let new_proxy_protocol =
+            (controls.proxy_protocol != old.proxy_protocol).then_some(controls.proxy_protocol);
+        let controls_change =
+            new_cidrs.is_some() || new_max.is_some() || new_proxy_protocol.is_some();
+        if retarget || controls_change {
             let proxies = self.store.list_proxies().await?;
-            if !proxies.iter().any(|p| p.host == forward.proxy) {
+            let Some(proxy) = proxies.iter().find(|p| p.host == forward.proxy) else {
                 return Err(ApiError::Conflict(format!(
                     "proxy {} of this forward is not registered",
                     forward.proxy
                 )));
+            };
+            if retarget {
+                self.check_target(&proxies, ip, internal)?;
             }
-            self.check_target(&proxies, ip, internal)?;
+            if controls_change {
+                self.check_controls(
+                    proxy,
+                    forward.protocol,
+                    forward.external_port_end - forward.external_port + 1,
+                    &controls,
+                )?;
+            }
         }
         let change = TargetChange {
             internal_ip_address: retarget.then_some(ip),
             internal_port: retarget.then_some(port),
             internal_port_end: retarget.then_some(port_end),
             description: changes.description,
+            allowed_cidrs: new_cidrs,
+            max_connections: new_max,
+            proxy_protocol: new_proxy_protocol,
         };
         let Some(updated) = self.store.update_forward(forward.id, &change).await? else {
             return Ok(None);
         };
-        if !retarget {
+        // The agent gets the new spec at once: a controls-only change is a
+        // retarget for `navigator_core::plan`, applied in place.
+        if !change.changes_data_plane() {
             return Ok(Some(updated));
         }
         Ok(Some(self.push(updated).await))
@@ -467,6 +511,13 @@ impl Control {
             external_ports: new.external_ports.map(|r| r.first()..=r.last()),
             affinity_key: new.instance_id.as_deref().unwrap_or(project_id),
             sequence: self.placements.fetch_add(1, Ordering::Relaxed),
+            protocol: new.protocol,
+            ports: u16::try_from(
+                new.external_ports
+                    .map_or(new.internal_ports.len(), |r| r.len()),
+            )
+            .unwrap_or(u16::MAX),
+            controls: &new.controls,
         };
         let chosen = self.place(&proxies, &counts, &request).map_err(|e| {
             let field = new
@@ -571,7 +622,52 @@ impl Control {
             // Userspace forwarders connect out in whatever family the target
             // has; kernel DNAT cannot change the family of a packet.
             cross_family: matches!(proxy.backend.as_str(), "relay" | "socat"),
+            backend: proxy.backend.clone(),
+            enforces_controls: proxy.has_feature(navigator_rpc::messages::features::CONTROLS),
         }
+    }
+
+    /// Refuses controls that `proxy` cannot enforce on a forward of
+    /// `protocol` (a proxy an admin named, or the proxy of an updated
+    /// forward: the scheduler filters the others), and allowlists longer
+    /// than `[api] max_allowed_cidrs`. A `400` naming the field, the proxy
+    /// and its backend.
+    fn check_controls(
+        &self,
+        proxy: &ProxyRecord,
+        protocol: Protocol,
+        ports: u16,
+        controls: &Controls,
+    ) -> Result<(), ApiError> {
+        self.check_allowlist_size(controls)?;
+        let candidate = self.candidate(proxy, 0);
+        match navigator_scheduler::controls_rejection(&candidate, protocol, ports, controls) {
+            None => Ok(()),
+            Some(navigator_scheduler::Rejection::CannotEnforce { field, reason }) => {
+                Err(ApiError::BadRequest(format!(
+                    "invalid {field}: proxy {} (backend {}) cannot enforce it: {reason}",
+                    proxy.host, proxy.backend
+                )))
+            }
+            // A valid request this proxy cannot carry until its agent is
+            // upgraded: a conflict with the cloud's state, as a full pool is.
+            Some(other) => Err(ApiError::Conflict(format!(
+                "{} needs proxy {} to enforce it, but it {other}",
+                first_control_field(controls),
+                proxy.host
+            ))),
+        }
+    }
+
+    fn check_allowlist_size(&self, controls: &Controls) -> Result<(), ApiError> {
+        let max = self.config.max_allowed_cidrs;
+        if controls.allowed_cidrs.len() > max {
+            return Err(ApiError::BadRequest(format!(
+                "invalid allowed_cidrs: has {} entries; at most {max} are allowed ([api] max_allowed_cidrs)",
+                controls.allowed_cidrs.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks the target against the policy, for every port of `ports`.
@@ -705,7 +801,13 @@ impl Control {
         })?;
         let before = self.store.get_proxy(&state.host).await?;
         self.store
-            .upsert_proxy(&state.host, &state.backend, &addresses, port_range)
+            .upsert_proxy(
+                &state.host,
+                &state.backend,
+                &addresses,
+                port_range,
+                &state.features,
+            )
             .await?;
         // A proxy that was down may have lost forwards to failover (or been
         // marked ERROR): its full sync removes what it no longer owns and
@@ -941,6 +1043,10 @@ impl Control {
                     .as_deref()
                     .unwrap_or(&forward.project_id),
                 sequence: self.placements.fetch_add(1, Ordering::Relaxed),
+                protocol: forward.protocol,
+                ports: forward.external_port_end - forward.external_port + 1,
+                // A forward moves only where its controls hold.
+                controls: &forward.controls,
             };
             let placed = self.place(&tried, &locked(counts), &request).cloned();
             let to = match placed {
@@ -1007,8 +1113,10 @@ impl Control {
 
 /// The API error for a placement that found no proxy: 503 while no proxy is
 /// up (that passes); 400 naming the field when the only obstacle among the
-/// live proxies is the external address or port the caller asked for; 409
-/// when the proxies there are cannot carry it (full, wrong address family).
+/// live proxies is the external address or port the caller asked for, or a
+/// control no live proxy's backend can enforce (the PROXY protocol without
+/// a relay proxy); 409 when the proxies there cannot carry it (full, wrong
+/// address family, agents too old for controls).
 /// `port_field` names the request's field for the external ports.
 fn no_proxy_error(e: &NoProxy, port_field: &str, outcome: &str) -> ApiError {
     use navigator_scheduler::Rejection;
@@ -1028,6 +1136,19 @@ fn no_proxy_error(e: &NoProxy, port_field: &str, outcome: &str) -> ApiError {
         return ApiError::BadRequest(format!(
             "invalid external_address: no proxy that is up has it ({e}); {outcome}"
         ));
+    }
+    // Only the controls stand in the way: the request is what no proxy
+    // can do (400 naming the field), not a lack of room.
+    if let Some(field) = live.iter().find_map(|why| match why {
+        Rejection::CannotEnforce { field, .. } => Some(*field),
+        _ => None,
+    }) && live.iter().all(|why| {
+        matches!(
+            why,
+            Rejection::CannotEnforce { .. } | Rejection::ControlsNotAnnounced
+        )
+    }) {
+        return ApiError::BadRequest(format!("invalid {field}: {e}; {outcome}"));
     }
     if live
         .iter()
@@ -1049,7 +1170,20 @@ fn applied_version(entry: &ForwardEntry) -> Option<AppliedVersion> {
         external_port: spec.listen.port(),
         internal_ip_address: spec.target.ip(),
         internal_port: spec.target.port(),
+        controls: Some(spec.controls),
     })
+}
+
+/// The first control `controls` sets, to name in a refusal that is about
+/// all of them (an agent that enforces none).
+fn first_control_field(controls: &Controls) -> &'static str {
+    if !controls.allowed_cidrs.is_empty() {
+        "allowed_cidrs"
+    } else if controls.max_connections.is_some() {
+        "max_connections"
+    } else {
+        "proxy_protocol"
+    }
 }
 
 fn result_status(result: &ForwardResult) -> (ForwardStatus, Option<String>) {
@@ -1111,4 +1245,62 @@ fn join(addresses: &[IpAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use navigator_scheduler::Rejection;
+
+    fn no_proxy(rejected: Vec<Rejection>) -> NoProxy {
+        NoProxy {
+            rejected: rejected
+                .into_iter()
+                .enumerate()
+                .map(|(i, why)| (format!("p{i}"), why))
+                .collect(),
+        }
+    }
+
+    /// A control no live proxy can enforce is the request's fault (400
+    /// naming the field); agents too old for controls, or a full pool
+    /// besides, are the cloud's state (409).
+    #[test]
+    fn controls_rejections_become_the_right_status() {
+        let cannot = || Rejection::CannotEnforce {
+            field: "proxy_protocol",
+            reason: "the nft backend does not support the PROXY protocol".into(),
+        };
+        let err = no_proxy_error(
+            &no_proxy(vec![
+                cannot(),
+                Rejection::Down,
+                Rejection::ControlsNotAnnounced,
+            ]),
+            "external_port",
+            "nothing was created",
+        );
+        assert!(
+            matches!(&err, ApiError::BadRequest(m) if m.starts_with("invalid proxy_protocol: no proxy can carry this forward")
+                && m.contains("backend")),
+            "{err:?}"
+        );
+        let err = no_proxy_error(
+            &no_proxy(vec![Rejection::ControlsNotAnnounced]),
+            "external_port",
+            "nothing was created",
+        );
+        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+        let err = no_proxy_error(
+            &no_proxy(vec![
+                cannot(),
+                Rejection::PoolFull {
+                    pool: 20000..=20009,
+                },
+            ]),
+            "external_port",
+            "nothing was created",
+        );
+        assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+    }
 }

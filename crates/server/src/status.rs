@@ -588,6 +588,7 @@ mod tests {
             external_addresses: vec![],
             port_range: "20000-20099".parse().unwrap(),
             last_heartbeat: last.into(),
+            features: vec![],
         }
     }
 

@@ -764,6 +764,7 @@ async fn a_forward_missing_from_two_heartbeats_in_a_row_brings_a_full_sync() {
         internal_port_end: 9,
         instance_id: None,
         proxy: "proxy-1".into(),
+        controls: Default::default(),
     };
     // Stored only: the agent is not told.
     let forward = store.create_forward(&row).await.unwrap();
@@ -846,6 +847,7 @@ async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
             port_range: "27910-27919".into(),
             generation: 0,
             forwards: vec![],
+            features: vec![],
         })
         .await;
     // proxy-1's TCP ports on 127.0.0.1 taken behind the placement's back,
@@ -865,6 +867,7 @@ async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
                 internal_port_end: 9,
                 instance_id: None,
                 proxy: "proxy-1".into(),
+                controls: Default::default(),
             })
             .await
             .unwrap();
@@ -961,6 +964,7 @@ async fn a_target_at_another_proxys_address_is_refused() {
                 "2001:db8::20".parse().unwrap(),
             ],
             navigator_core::PortRange::new(31000, 31099).unwrap(),
+            &[],
         )
         .await
         .unwrap();
@@ -1016,6 +1020,7 @@ async fn loopback_targets_only_for_the_noauth_demo_by_default() {
         instance_id: None,
         description: String::new(),
         proxy: None,
+        controls: Default::default(),
     };
     // Keystone, option unset. Nothing here asks Keystone anything: the
     // create goes to the control loop directly.
@@ -1736,4 +1741,380 @@ async fn quota_updates_validate_warn_below_use_and_delete_resets() {
     }
     let (_, body, _) = h.send("GET", "/v1/quotas/q1", "q1", None).await;
     assert_eq!(body, json!({"quota": {"forwards": 50, "ports": 1000}}));
+}
+
+/// `allowed_cidrs`, `max_connections` and `proxy_protocol`: shown on every
+/// forward (defaults included), set on create, changed by PUT one at a time
+/// (the agent gets the new spec at once), and every bad value a 400 naming
+/// the field.
+#[tokio::test]
+async fn controls_are_created_shown_updated_and_bad_values_named() {
+    let text = "[agent]\nport_range = 28100-28149\n[api]\nmax_allowed_cidrs = 3\n";
+    let h = Harness {
+        _stack: stack::start(Config::parse("test.conf", text).unwrap()).await,
+        app: axum::Router::new(),
+    };
+    let h = Harness {
+        app: h._stack.app.clone(),
+        ..h
+    };
+    let plain = json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9});
+    let (status, body) = h.create("p1", plain.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let forward = &body["forward"];
+    assert_eq!(
+        (
+            &forward["allowed_cidrs"],
+            &forward["max_connections"],
+            &forward["proxy_protocol"]
+        ),
+        (&json!([]), &Value::Null, &json!("none")),
+        "defaults are shown: {body}"
+    );
+    let mut with_controls = plain.clone();
+    with_controls["allowed_cidrs"] = json!(["192.0.2.7", "10.0.0.0/8", "192.0.2.7/32"]);
+    with_controls["max_connections"] = json!(50);
+    with_controls["proxy_protocol"] = json!("v2");
+    let (status, body) = h.create("p1", with_controls).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let forward = &body["forward"];
+    assert_eq!(
+        forward["allowed_cidrs"],
+        json!(["10.0.0.0/8", "192.0.2.7/32"])
+    );
+    assert_eq!(forward["max_connections"], 50);
+    assert_eq!(forward["proxy_protocol"], "v2");
+    let id = forward["id"].as_str().unwrap().to_owned();
+    let (_, shown, _) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
+    assert_eq!(shown["forward"]["allowed_cidrs"], forward["allowed_cidrs"]);
+
+    // PUT one control at a time: the others stay; the agent has the change.
+    let (status, body) = h.update("p1", &id, json!({"max_connections": null})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["forward"]["max_connections"], Value::Null);
+    assert_eq!(body["forward"]["proxy_protocol"], "v2");
+    assert_eq!(
+        body["forward"]["allowed_cidrs"].as_array().unwrap().len(),
+        2
+    );
+    let (status, body) = h
+        .update(
+            "p1",
+            &id,
+            json!({"allowed_cidrs": ["127.0.0.2"], "proxy_protocol": "v1", "max_connections": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["forward"]["allowed_cidrs"], json!(["127.0.0.2/32"]));
+    let carried = h._stack.agent.state().await;
+    let applied = carried
+        .forwards
+        .iter()
+        .find(|f| f.id == id)
+        .and_then(|f| f.applied.clone())
+        .expect("the agent reports the forward");
+    assert_eq!(
+        (
+            applied.allowed_cidrs,
+            applied.max_connections,
+            applied.proxy_protocol.as_str()
+        ),
+        (vec!["127.0.0.2/32".to_owned()], Some(3), "v1"),
+        "the agent must hold the new controls at once"
+    );
+    let (status, body) = h.update("p1", &id, json!({"allowed_cidrs": []})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["forward"]["allowed_cidrs"], json!([]));
+
+    let mut udp = plain.clone();
+    udp["protocol"] = json!("udp");
+    let (status, body) = h.create("p1", udp).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let udp_id = body["forward"]["id"].as_str().unwrap().to_owned();
+
+    let bad_creates = [
+        (
+            json!({"allowed_cidrs": ["10.0.0.1/8"]}),
+            "allowed_cidrs",
+            "did you mean 10.0.0.0/8?",
+        ),
+        (
+            json!({"allowed_cidrs": ["10.0.0.0/40"]}),
+            "allowed_cidrs",
+            "is not a CIDR",
+        ),
+        (
+            json!({"allowed_cidrs": ["not-a-cidr"]}),
+            "allowed_cidrs",
+            "is not a CIDR",
+        ),
+        (
+            json!({"allowed_cidrs": ["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"]}),
+            "allowed_cidrs",
+            "has 4 entries; at most 3 are allowed ([api] max_allowed_cidrs)",
+        ),
+        (
+            json!({"allowed_cidrs": "10.0.0.0/8"}),
+            "allowed_cidrs",
+            "invalid type",
+        ),
+        (
+            json!({"allowed_cidrs": [10]}),
+            "allowed_cidrs",
+            "invalid type",
+        ),
+        (
+            json!({"max_connections": 0}),
+            "max_connections",
+            "outside 1-1000000",
+        ),
+        (
+            json!({"max_connections": -1}),
+            "max_connections",
+            "outside 1-1000000",
+        ),
+        (
+            json!({"max_connections": 1000001}),
+            "max_connections",
+            "outside 1-1000000",
+        ),
+        (
+            json!({"max_connections": "10"}),
+            "max_connections",
+            "invalid type",
+        ),
+        (
+            json!({"max_connections": 2.5}),
+            "max_connections",
+            "invalid type",
+        ),
+        (
+            json!({"proxy_protocol": "v3"}),
+            "proxy_protocol",
+            "not one of none, v1, v2",
+        ),
+        (
+            json!({"proxy_protocol": true}),
+            "proxy_protocol",
+            "invalid type",
+        ),
+        (
+            json!({"proxy_protocol": "v2", "protocol": "udp"}),
+            "proxy_protocol",
+            "tcp forwards only",
+        ),
+    ];
+    for (fields, field, message) in bad_creates {
+        let mut forward = plain.clone();
+        for (k, v) in fields.as_object().unwrap() {
+            forward[k] = v.clone();
+        }
+        let (status, body) = h.create("p1", forward).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{fields}: {body}");
+        let text = error_message(&body);
+        assert!(
+            text.contains(field) && text.contains(message),
+            "{fields}: {body}"
+        );
+    }
+    let bad_updates = [
+        (
+            &id,
+            json!({"allowed_cidrs": ["192.0.2.1/24"]}),
+            "allowed_cidrs",
+            "did you mean 192.0.2.0/24?",
+        ),
+        (
+            &id,
+            json!({"max_connections": 0}),
+            "max_connections",
+            "outside 1-1000000",
+        ),
+        (
+            &id,
+            json!({"proxy_protocol": "V2"}),
+            "proxy_protocol",
+            "not one of none, v1, v2",
+        ),
+        (
+            &udp_id,
+            json!({"proxy_protocol": "v1"}),
+            "proxy_protocol",
+            "TCP forwards only",
+        ),
+        (
+            &id,
+            json!({"allowed_cidrs": ["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"]}),
+            "allowed_cidrs",
+            "at most 3 are allowed",
+        ),
+    ];
+    for (target, fields, field, message) in bad_updates {
+        let (status, body) = h.update("p1", target, fields.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{fields}: {body}");
+        let text = error_message(&body);
+        assert!(
+            text.contains(field) && text.contains(message),
+            "{fields}: {body}"
+        );
+    }
+    // Nothing of the refused updates was kept.
+    let (_, shown, _) = h
+        .send("GET", &format!("/v1/forwards/{id}"), "p1", None)
+        .await;
+    assert_eq!(shown["forward"]["max_connections"], 3);
+    assert_eq!(shown["forward"]["allowed_cidrs"], json!([]));
+}
+
+/// In a cloud with several backends, a forward lands on a proxy that can
+/// enforce its controls; a proxy named by an admin that cannot is a 400
+/// naming the field and the backend, and an agent too old to announce
+/// controls gets none (409).
+#[tokio::test]
+async fn controls_place_on_proxies_that_can_enforce_them() {
+    let h = harness(28150).await;
+    let store = h._stack.control.store();
+    let features = ["controls".to_owned()];
+    store
+        .upsert_proxy(
+            "proxy-nft",
+            "nft",
+            &["192.0.2.30".parse().unwrap()],
+            navigator_core::PortRange::new(31100, 31199).unwrap(),
+            &features,
+        )
+        .await
+        .unwrap();
+    store
+        .upsert_proxy(
+            "proxy-old",
+            "relay",
+            &["192.0.2.31".parse().unwrap()],
+            navigator_core::PortRange::new(31200, 31299).unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    // The PROXY protocol: only proxy-1 (relay, announcing) can carry it,
+    // whatever round robin would pick.
+    for _ in 0..3 {
+        let (status, body) = h
+            .create(
+                "p1",
+                json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": 9, "proxy_protocol": "v1"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["forward"]["proxy"], "proxy-1", "{body}");
+    }
+    let named = |proxy: &str, fields: Value| {
+        let mut forward = json!({"protocol": "tcp", "internal_ip_address": "198.51.100.5", "internal_port": 22, "proxy": proxy});
+        for (k, v) in fields.as_object().unwrap() {
+            forward[k] = v.clone();
+        }
+        forward
+    };
+    let (status, body) = h
+        .create("admin", named("proxy-nft", json!({"proxy_protocol": "v2"})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let text = error_message(&body);
+    assert!(
+        text.starts_with("invalid proxy_protocol: proxy proxy-nft (backend nft) cannot enforce it"),
+        "{body}"
+    );
+    // An allowlist is fine on nft ...
+    let (status, body) = h
+        .create(
+            "admin",
+            named("proxy-nft", json!({"allowed_cidrs": ["198.51.100.0/24"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let nft_id = body["forward"]["id"].as_str().unwrap().to_owned();
+    // ... but not the PROXY protocol, by update either.
+    let (status, body) = h
+        .update("admin", &nft_id, json!({"proxy_protocol": "v1"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error_message(&body).contains("backend nft"), "{body}");
+    // An agent that does not announce controls gets none.
+    let (status, body) = h
+        .create("admin", named("proxy-old", json!({"max_connections": 5})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_message(&body).contains("does not enforce"), "{body}");
+    let (status, body) = h.create("admin", named("proxy-old", json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// The allowlist on the relay, through the whole stack: a client bound to
+/// 127.0.0.1 is refused, one bound to 127.0.0.2 is served, and an update
+/// that swaps them holds at once.
+///
+/// Needs the relay engineer's enforcement (#14); on a branch without it the
+/// relay carries every client.
+#[tokio::test]
+async fn relay_allowlist_refuses_other_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness(28800).await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (status, body) = h
+        .create(
+            "p1",
+            json!({"protocol": "tcp", "internal_ip_address": "127.0.0.1", "internal_port": echo_port, "allowed_cidrs": ["127.0.0.2/32"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["forward"]["status"], "ACTIVE", "{body}");
+    let id = body["forward"]["id"].as_str().unwrap().to_owned();
+    let port = body["forward"]["external_port"].as_u64().unwrap() as u16;
+    // Echoed (true) or closed without an answer (false), within a generous
+    // deadline for a loaded machine.
+    let served = |from: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let Ok(mut stream) = socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+        else {
+            return false;
+        };
+        let _ = stream.write_all(b"ping").await;
+        let mut buf = [0u8; 4];
+        matches!(
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                stream.read_exact(&mut buf)
+            )
+            .await,
+            Ok(Ok(_)) if &buf == b"ping"
+        )
+    };
+    assert!(
+        served("127.0.0.2").await,
+        "the allowed client must be served"
+    );
+    assert!(!served("127.0.0.1").await, "another client must be refused");
+    let (status, body) = h
+        .update("p1", &id, json!({"allowed_cidrs": ["127.0.0.1"]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(served("127.0.0.1").await, "the update must hold at once");
+    assert!(!served("127.0.0.2").await, "the update must hold at once");
 }

@@ -254,6 +254,7 @@ async fn the_forwards_page_shows_the_quota_use() {
                 internal_port: 9,
                 internal_port_end: 9,
                 instance_id: None,
+                controls: Default::default(),
                 proxy: "proxy-1".into(),
             })
             .await
@@ -268,4 +269,128 @@ async fn the_forwards_page_shows_the_quota_use() {
         body.contains("at the limit: new forwards are refused"),
         "{body}"
     );
+}
+
+/// The create form carries the three traffic controls to the API, the edit
+/// page shows them and its form changes them; a bad CIDR is named next to
+/// its field.
+#[tokio::test]
+async fn the_forms_set_and_show_the_traffic_controls() {
+    let (_stack, addr) = server(28650, "").await;
+    let token = login_token(addr).await;
+    let sid = login(addr, &token, &token, "p1").await.unwrap();
+    let cookie = format!("navigator_session={sid}");
+    let page = wire::send(
+        addr,
+        "GET",
+        "/dashboard",
+        Some("127.0.0.1"),
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert!(page.body.contains("name=\"allowed_cidrs\""), "{page:?}");
+    let csrf = page
+        .body
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf token in the page")
+        .to_owned();
+    let post = |path: String, fields: Vec<(&'static str, &'static str)>| {
+        let csrf = csrf.clone();
+        let cookie = cookie.clone();
+        async move {
+            let body: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("csrf_token", &csrf)
+                .extend_pairs(fields)
+                .finish();
+            wire::send(
+                addr,
+                "POST",
+                &path,
+                Some("127.0.0.1"),
+                &[("Cookie", &cookie), FORM],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let base = vec![
+        ("protocol", "tcp"),
+        ("internal_ip_address", "127.0.0.1"),
+        ("internal_port", "9"),
+    ];
+    let mut bad = base.clone();
+    bad.push(("allowed_cidrs", "10.0.0.1/8"));
+    let answer = post("/dashboard/forwards".into(), bad).await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer.body.contains("data-field-error=\"allowed_cidrs\"")
+            && answer.body.contains("did you mean 10.0.0.0/8?"),
+        "{answer:?}"
+    );
+    let mut good = base.clone();
+    good.extend([
+        ("allowed_cidrs", "192.0.2.0/24, 127.0.0.0/8"),
+        ("max_connections", "25"),
+        ("proxy_protocol", "v2"),
+    ]);
+    let answer = post("/dashboard/forwards".into(), good).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let forwards = _stack
+        .control
+        .store()
+        .list_forwards(
+            &navigator_store::ForwardFilter {
+                project_id: Some("p1".into()),
+                ..Default::default()
+            },
+            &navigator_store::ForwardOrder {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(forwards.len(), 1);
+    let id = forwards[0].id.to_string();
+    let edit = wire::send(
+        addr,
+        "GET",
+        &format!("/dashboard/forwards/{id}/edit"),
+        Some("127.0.0.1"),
+        &[("Cookie", &cookie)],
+        b"",
+    )
+    .await;
+    assert!(
+        edit.body
+            .contains("<dd data-allowed-cidrs>127.0.0.0/8, 192.0.2.0/24</dd>")
+            && edit.body.contains("<dd data-max-connections>25</dd>")
+            && edit.body.contains("<option value=\"v2\" selected>"),
+        "{edit:?}"
+    );
+    // The edit form sends every control: emptied fields clear them.
+    let answer = post(
+        format!("/dashboard/forwards/{id}"),
+        vec![
+            ("internal_ip_address", "127.0.0.1"),
+            ("internal_port", "9"),
+            ("description", ""),
+            ("allowed_cidrs", ""),
+            ("max_connections", ""),
+            ("proxy_protocol", "none"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let forward = _stack
+        .control
+        .store()
+        .get_forward(forwards[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(forward.controls.is_default(), "{:?}", forward.controls);
 }

@@ -150,6 +150,7 @@ async fn create(control: &Control, project: &str, instance: &str, target_port: u
         instance_id: Some(instance.to_owned()),
         description: String::new(),
         proxy: None,
+        controls: Default::default(),
     };
     let forward = control.create(project, new).await.unwrap();
     assert_eq!(forward.status, ForwardStatus::Active, "{forward:?}");

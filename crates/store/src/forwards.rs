@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use navigator_core::{ForwardId, ForwardStatus, PortForward, PortRange, Protocol};
+use navigator_core::{
+    Controls, ForwardId, ForwardStatus, PortForward, PortRange, Protocol, ProxyProtocol, parse_cidr,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -32,7 +34,7 @@ pub(crate) struct Cursor {
 
 const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
      external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
-     status, status_reason, created_at, updated_at";
+     status, status_reason, created_at, updated_at, allowed_cidrs, max_connections, proxy_protocol";
 
 /// Rows of `forward_ports` inserted per statement: 4 values each, well under
 /// every backend's limit on bound values.
@@ -57,6 +59,9 @@ pub struct NewForwardRow {
     pub internal_port_end: u16,
     pub instance_id: Option<String>,
     pub proxy: String,
+    /// Allowlist, connection limit and PROXY protocol; the caller checked
+    /// that the proxy's backend can enforce them.
+    pub controls: Controls,
 }
 
 /// Start of the `status_reason` of a forward whose instance was deleted and
@@ -106,6 +111,17 @@ fn reported_conditions(version: &ReportedVersion) -> Vec<(&'static str, Value)> 
             ),
             ("internal_port", applied.internal_port.into()),
         ]);
+        if let Some(controls) = &applied.controls {
+            // NULL and empty are the same list, and no limit is NULL.
+            only_if.extend([
+                ("COALESCE(allowed_cidrs, '')", cidr_list(controls).into()),
+                (
+                    "COALESCE(max_connections, 0)",
+                    i64::from(controls.max_connections.unwrap_or(0)).into(),
+                ),
+                ("proxy_protocol", controls.proxy_protocol.as_str().into()),
+            ]);
+        }
     }
     only_if
 }
@@ -214,6 +230,9 @@ pub struct AppliedVersion {
     pub external_port: u16,
     pub internal_ip_address: IpAddr,
     pub internal_port: u16,
+    /// The controls applied; `None` compares none (a report that does not
+    /// say what it applied).
+    pub controls: Option<Controls>,
 }
 
 impl From<&PortForward> for ReportedVersion {
@@ -226,6 +245,7 @@ impl From<&PortForward> for ReportedVersion {
                 external_port: f.external_port,
                 internal_ip_address: f.internal_ip_address,
                 internal_port: f.internal_port,
+                controls: Some(f.controls.clone()),
             }),
         }
     }
@@ -250,6 +270,23 @@ pub struct TargetChange {
     /// (and an N:1 forward its single port), so the caller computes it.
     pub internal_port_end: Option<u16>,
     pub description: Option<String>,
+    /// A new allowlist (empty: everyone).
+    pub allowed_cidrs: Option<std::sync::Arc<[ipnet::IpNet]>>,
+    /// A new connection limit; `Some(None)` removes it.
+    pub max_connections: Option<Option<u32>>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+impl TargetChange {
+    /// Whether the change reaches the data plane (the forward goes back to
+    /// `PENDING` until its agent confirms).
+    pub fn changes_data_plane(&self) -> bool {
+        self.internal_ip_address.is_some()
+            || self.internal_port.is_some()
+            || self.allowed_cidrs.is_some()
+            || self.max_connections.is_some()
+            || self.proxy_protocol.is_some()
+    }
 }
 
 impl Store {
@@ -510,8 +547,8 @@ impl Store {
     async fn insert(&self, f: &PortForward) -> Result<bool, sqlx::Error> {
         let sql = "INSERT INTO forwards (id, project_id, description, protocol, external_address, external_port, \
              external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
-             status, status_reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+             status, status_reason, created_at, updated_at, allowed_cidrs, max_connections, proxy_protocol) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
         let mut statements = vec![(
             sql.to_owned(),
             vec![
@@ -531,6 +568,9 @@ impl Store {
                 f.status_reason.clone().into(),
                 (&f.created_at).into(),
                 (&f.updated_at).into(),
+                cidr_list(&f.controls).into(),
+                f.controls.max_connections.into(),
+                f.controls.proxy_protocol.as_str().into(),
             ],
         )];
         statements.extend(port_rows(f));
@@ -726,7 +766,7 @@ impl Store {
         id: ForwardId,
         change: &TargetChange,
     ) -> Result<Option<PortForward>, StoreError> {
-        let retargets = change.internal_ip_address.is_some() || change.internal_port.is_some();
+        let retargets = change.changes_data_plane();
         // One statement, and each column is set from its own old value
         // (COALESCE keeps it when the change does not name it). Two updates
         // of one row therefore serialize on its row lock, and the second
@@ -739,6 +779,9 @@ impl Store {
                internal_port = COALESCE($3, internal_port), \
                internal_port_end = COALESCE($7, internal_port_end), \
                description = COALESCE($4, description), \
+               allowed_cidrs = COALESCE($8, allowed_cidrs), \
+               max_connections = CASE WHEN $9 THEN $10 ELSE max_connections END, \
+               proxy_protocol = COALESCE($11, proxy_protocol), \
                status = CASE WHEN $5 THEN 'PENDING' ELSE status END, \
                status_reason = CASE WHEN $5 THEN NULL ELSE status_reason END, \
                updated_at = $6 \
@@ -754,6 +797,14 @@ impl Store {
                     retargets.into(),
                     now().into(),
                     change.internal_port_end.into(),
+                    change
+                        .allowed_cidrs
+                        .as_ref()
+                        .map(|cidrs| join_cidrs(cidrs))
+                        .into(),
+                    change.max_connections.is_some().into(),
+                    change.max_connections.flatten().into(),
+                    change.proxy_protocol.map(ProxyProtocol::as_str).into(),
                 ],
             )
             .await?;
@@ -1076,8 +1127,7 @@ fn new_forward(new: &NewForwardRow, external_port: u16) -> PortForward {
         internal_port: new.internal_port,
         internal_port_end: new.internal_port_end.max(new.internal_port),
         instance_id: new.instance_id.clone(),
-        // Stored from the new columns once they exist (#14).
-        controls: Default::default(),
+        controls: new.controls.clone(),
         proxy: new.proxy.clone(),
         status: ForwardStatus::Pending,
         status_reason: None,
@@ -1132,10 +1182,59 @@ fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
             .parse()
             .map_err(|e| corrupt(format!("{e}")))?,
         status_reason: row.try_get("status_reason")?,
-        controls: Default::default(),
+        controls: controls_from_row(row)?,
         created_at: text("created_at")?,
         updated_at: text("updated_at")?,
     })
+}
+
+/// The allowlist as stored: canonical CIDRs joined by commas (`Controls`
+/// keeps them sorted and unique, so equal lists are equal text).
+fn cidr_list(controls: &Controls) -> String {
+    join_cidrs(&controls.allowed_cidrs)
+}
+
+fn join_cidrs(cidrs: &[ipnet::IpNet]) -> String {
+    let mut sorted = cidrs.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The controls columns; NULLs (rows from before migration 4) are defaults.
+fn controls_from_row(row: &AnyRow) -> Result<Controls, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: "forwards",
+        reason,
+    };
+    let cidrs: Option<String> = row.try_get("allowed_cidrs")?;
+    let allowed_cidrs = cidrs
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(|c| parse_cidr(c).map_err(|e| corrupt(format!("allowed_cidrs: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max: Option<i64> = row.try_get("max_connections")?;
+    let max_connections = max
+        .map(|n| match u32::try_from(n) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(corrupt(format!("max_connections {n} is not 1 or more"))),
+        })
+        .transpose()?;
+    let proxy_protocol: String = row.try_get("proxy_protocol")?;
+    let proxy_protocol = proxy_protocol
+        .parse()
+        .map_err(|e| corrupt(format!("{e}")))?;
+    Ok(Controls::new(
+        allowed_cidrs,
+        max_connections,
+        proxy_protocol,
+    ))
 }
 
 /// The `forward_ports` rows of `f`, one per external port, as INSERT

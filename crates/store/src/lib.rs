@@ -767,17 +767,21 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => include_str!("../migrations/postgres/0003_dashboard_sessions.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0003_dashboard_sessions.sql"),
     };
+    let controls = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0004_forward_controls.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0004_forward_controls.sql"),
+        Backend::MySql => include_str!("../migrations/mysql/0004_forward_controls.sql"),
+    };
     let quotas = match backend {
         Backend::Sqlite => include_str!("../migrations/sqlite/0005_quotas.sql"),
         Backend::Postgres => include_str!("../migrations/postgres/0005_quotas.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0005_quotas.sql"),
     };
-    // Version 4 belongs to another change (forward controls); sqlx applies
-    // migrations in version order and needs no contiguous numbering.
     Migrator::with_migrations(vec![
         migration(1, "initial", initial),
         migration(2, "port ranges", port_ranges),
         migration(3, "dashboard sessions", sessions),
+        migration(4, "forward controls", controls),
         migration(5, "quotas", quotas),
     ])
 }

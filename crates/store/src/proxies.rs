@@ -8,7 +8,8 @@ use sqlx::any::AnyRow;
 
 use crate::{Backend, Store, StoreError, now};
 
-const COLUMNS: &str = "host, backend, external_addresses, port_first, port_last, last_heartbeat";
+const COLUMNS: &str =
+    "host, backend, external_addresses, port_first, port_last, last_heartbeat, features";
 
 /// A proxy as last reported by its agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +20,16 @@ pub struct ProxyRecord {
     pub port_range: PortRange,
     /// RFC 3339 UTC time of the last report.
     pub last_heartbeat: String,
+    /// What the agent announced it can do (`AgentState::features`), e.g.
+    /// `controls`; empty for agents older than the announcement.
+    pub features: Vec<String>,
+}
+
+impl ProxyRecord {
+    /// Whether the agent announced `feature`.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
 }
 
 impl Store {
@@ -29,8 +40,18 @@ impl Store {
         backend: &str,
         external_addresses: &[IpAddr],
         port_range: PortRange,
+        features: &[String],
     ) -> Result<ProxyRecord, StoreError> {
         let now = now();
+        // Stored as announced; a name with a comma cannot be kept apart.
+        let mut features: Vec<String> = features
+            .iter()
+            .filter(|f| !f.is_empty() && !f.contains(','))
+            .cloned()
+            .collect();
+        features.sort();
+        features.dedup();
+        let feature_list = features.join(",");
         let addresses = external_addresses
             .iter()
             .map(ToString::to_string)
@@ -43,19 +64,21 @@ impl Store {
             Backend::Sqlite | Backend::Postgres => {
                 "ON CONFLICT (host) DO UPDATE SET backend = excluded.backend, \
                  external_addresses = excluded.external_addresses, port_first = excluded.port_first, \
-                 port_last = excluded.port_last, last_heartbeat = excluded.last_heartbeat"
+                 port_last = excluded.port_last, last_heartbeat = excluded.last_heartbeat, \
+                 features = excluded.features"
             }
             // VALUES(col) is deprecated in MySQL 8.0.20 in favour of a row
             // alias, which MariaDB does not have; both still accept it.
             Backend::MySql => {
                 "ON DUPLICATE KEY UPDATE backend = VALUES(backend), \
                  external_addresses = VALUES(external_addresses), port_first = VALUES(port_first), \
-                 port_last = VALUES(port_last), last_heartbeat = VALUES(last_heartbeat)"
+                 port_last = VALUES(port_last), last_heartbeat = VALUES(last_heartbeat), \
+                 features = VALUES(features)"
             }
         };
         let sql = format!(
-            "INSERT INTO proxies (host, backend, external_addresses, port_first, port_last, last_heartbeat, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) {upsert}"
+            "INSERT INTO proxies (host, backend, external_addresses, port_first, port_last, last_heartbeat, created_at, features) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7) {upsert}"
         );
         self.execute(
             &sql,
@@ -66,6 +89,7 @@ impl Store {
                 port_range.first().into(),
                 port_range.last().into(),
                 (&now).into(),
+                (&feature_list).into(),
             ],
         )
         .await?;
@@ -75,6 +99,7 @@ impl Store {
             external_addresses: external_addresses.to_vec(),
             port_range,
             last_heartbeat: now,
+            features,
         })
     }
 
@@ -121,6 +146,12 @@ fn proxy_from_row(row: &AnyRow) -> Result<ProxyRecord, StoreError> {
         external_addresses,
         port_range,
         last_heartbeat: row.try_get("last_heartbeat")?,
+        features: row
+            .try_get::<String, _>("features")?
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -134,7 +165,7 @@ mod tests {
         let (store, _dir) = store().await;
         let range = PortRange::new(20000, 20010).unwrap();
         let first = store
-            .upsert_proxy("p1", "relay", &["127.0.0.1".parse().unwrap()], range)
+            .upsert_proxy("p1", "relay", &["127.0.0.1".parse().unwrap()], range, &[])
             .await
             .unwrap();
         let second = store
@@ -143,9 +174,11 @@ mod tests {
                 "relay",
                 &["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
                 range,
+                &["controls".to_owned()],
             )
             .await
             .unwrap();
+        assert!(second.has_feature("controls") && !first.has_feature("controls"));
         assert!(second.last_heartbeat >= first.last_heartbeat);
         let listed = store.list_proxies().await.unwrap();
         assert_eq!(listed, vec![second.clone()]);

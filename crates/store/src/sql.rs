@@ -97,6 +97,12 @@ impl From<Option<u16>> for Value {
     }
 }
 
+impl From<Option<u32>> for Value {
+    fn from(i: Option<u32>) -> Value {
+        Value::OptInt(i.map(i64::from))
+    }
+}
+
 impl From<bool> for Value {
     fn from(b: bool) -> Value {
         Value::Bool(b)

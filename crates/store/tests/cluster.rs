@@ -55,6 +55,7 @@ fn new_forward(project: &str, port: u16) -> NewForwardRow {
         internal_port_end: 22,
         instance_id: None,
         proxy: "p1".into(),
+        controls: Default::default(),
     }
 }
 

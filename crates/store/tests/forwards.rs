@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use navigator_core::{ForwardStatus, PortRange, Protocol};
+use navigator_core::{Controls, ForwardStatus, PortRange, Protocol, ProxyProtocol, parse_cidr};
 use navigator_store::{
     ForwardFilter, ForwardOrder, INSTANCE_DELETED, NewForwardRow, ProxyUsage, SortColumn,
     StoreError, TargetChange,
@@ -30,6 +30,7 @@ backend_tests!(every: [
     racing_overlapping_ranges_exactly_one_wins,
     a_retargeted_range_keeps_its_size,
     instance_lookup_and_deleted_instance_marks,
+    controls_round_trip_and_update_in_place,
 ]);
 
 fn ip(s: &str) -> IpAddr {
@@ -49,6 +50,7 @@ fn new_forward(project: &str, protocol: Protocol, port: u16) -> NewForwardRow {
         internal_port_end: 22,
         instance_id: None,
         proxy: "p1".into(),
+        controls: Default::default(),
     }
 }
 
@@ -350,17 +352,17 @@ async fn proxies_upsert_and_list(db: &'static TestDb) {
     let store = &db.store;
     let range = PortRange::new(20000, 20010).unwrap();
     let first = store
-        .upsert_proxy("p1", "relay", &[ip("127.0.0.1")], range)
+        .upsert_proxy("p1", "relay", &[ip("127.0.0.1")], range, &[])
         .await
         .unwrap();
     let wider = PortRange::new(20000, 29999).unwrap();
     let second = store
-        .upsert_proxy("p1", "relay", &[ip("127.0.0.1"), ip("::1")], wider)
+        .upsert_proxy("p1", "relay", &[ip("127.0.0.1"), ip("::1")], wider, &[])
         .await
         .unwrap();
     assert!(second.last_heartbeat >= first.last_heartbeat);
     store
-        .upsert_proxy("p0", "nftables", &[], range)
+        .upsert_proxy("p0", "nftables", &[], range, &[])
         .await
         .unwrap();
     let listed = store.list_proxies().await.unwrap();
@@ -696,4 +698,114 @@ async fn instance_lookup_and_deleted_instance_marks(db: &'static TestDb) {
         (ForwardStatus::Pending, None)
     );
     assert_eq!(store.forwards_on_proxy("p1").await.unwrap().len(), 4);
+}
+
+/// The three controls are stored, read back in canonical order, changed one
+/// at a time by an update (the others kept), and a change of controls puts
+/// the forward back to `PENDING` as a retarget does. A report about an
+/// older set of controls is not recorded.
+async fn controls_round_trip_and_update_in_place(db: &'static TestDb) {
+    let store = &db.store;
+    let cidr = |s: &str| parse_cidr(s).unwrap();
+    let controls = Controls::new(
+        vec![
+            cidr("2001:db8::/32"),
+            cidr("192.0.2.0/24"),
+            cidr("192.0.2.0/24"),
+        ],
+        Some(7),
+        ProxyProtocol::V2,
+    );
+    let forward = store
+        .create_forward(&NewForwardRow {
+            controls: controls.clone(),
+            ..new_forward("a", Protocol::Tcp, 20000)
+        })
+        .await
+        .unwrap();
+    let read = store.get_forward(forward.id).await.unwrap().unwrap();
+    assert_eq!(read.controls, controls);
+    assert_eq!(read.controls.allowed_cidrs.len(), 2);
+    let plain = store
+        .create_forward(&new_forward("a", Protocol::Tcp, 20001))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_forward(plain.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .controls
+            .is_default()
+    );
+    // Many CIDRs fit (the column holds the largest allowlist allowed).
+    let many: Vec<_> = (0..10_000u32)
+        .map(|i| cidr(&format!("2001:db8:{:x}:{:x}::/64", i / 256, i % 256)))
+        .collect();
+    let updated = store
+        .update_forward(
+            plain.id,
+            &TargetChange {
+                allowed_cidrs: Some(many.clone().into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.controls.allowed_cidrs.len(), 10_000);
+    assert_eq!(updated.status, ForwardStatus::Pending);
+    store
+        .set_status(forward.id, ForwardStatus::Active, None)
+        .await
+        .unwrap();
+    let old_version = navigator_store::ReportedVersion::from(&read);
+    let changed = store
+        .update_forward(
+            forward.id,
+            &TargetChange {
+                max_connections: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.status, ForwardStatus::Pending);
+    assert_eq!(
+        changed.controls,
+        Controls::new(controls.allowed_cidrs.to_vec(), None, ProxyProtocol::V2)
+    );
+    // The agent's late report about the limit of 7 is not this version.
+    assert!(
+        !store
+            .set_reported_status(forward.id, &old_version, ForwardStatus::Active, None)
+            .await
+            .unwrap()
+    );
+    let current = navigator_store::ReportedVersion::from(&changed);
+    assert!(
+        store
+            .set_reported_status(forward.id, &current, ForwardStatus::Active, None)
+            .await
+            .unwrap()
+    );
+    let cleared = store
+        .update_forward(
+            forward.id,
+            &TargetChange {
+                allowed_cidrs: Some(Vec::new().into()),
+                proxy_protocol: Some(ProxyProtocol::None),
+                max_connections: Some(Some(1_000_000)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        cleared.controls,
+        Controls::new(vec![], Some(1_000_000), ProxyProtocol::None)
+    );
 }

@@ -37,6 +37,7 @@ fn new_range(project: &str, port: u16, ports: u16) -> NewForwardRow {
         internal_port_end: 22,
         instance_id: None,
         proxy: "p1".into(),
+        controls: Default::default(),
     }
 }
 

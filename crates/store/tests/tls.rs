@@ -41,7 +41,13 @@ async fn round_trip(url: &str) {
     store.migrate().await.expect("migrate over TLS");
     let range = PortRange::new(20000, 20009).unwrap();
     let written = store
-        .upsert_proxy("tls-proxy", "relay", &["192.0.2.1".parse().unwrap()], range)
+        .upsert_proxy(
+            "tls-proxy",
+            "relay",
+            &["192.0.2.1".parse().unwrap()],
+            range,
+            &[],
+        )
         .await
         .expect("write over TLS");
     let read = store.get_proxy("tls-proxy").await.expect("read over TLS");

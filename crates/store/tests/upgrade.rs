@@ -122,6 +122,7 @@ fn new_forward(port: u16) -> NewForwardRow {
         internal_port_end: 22,
         instance_id: None,
         proxy: "proxy-old".into(),
+        controls: Default::default(),
     }
 }
 
@@ -138,6 +139,9 @@ async fn check_old_rows_after_sync(store: &Store) {
     assert_eq!(proxies.len(), 1, "{proxies:?}");
     assert_eq!(proxies[0].host, "proxy-old");
     assert_eq!(proxies[0].external_addresses, vec![ip("192.0.2.10")]);
+    // Proxies and forwards from before migration 4: no features announced,
+    // no controls.
+    assert!(proxies[0].features.is_empty(), "{proxies:?}");
     let id: ForwardId = FORWARD_ID.parse().unwrap();
     let forward = store.get_forward(id).await.unwrap().expect("old forward");
     assert_eq!(
@@ -160,6 +164,7 @@ async fn check_old_rows_after_sync(store: &Store) {
             Some("vm-1")
         )
     );
+    assert!(forward.controls.is_default(), "{:?}", forward.controls);
     let on_proxy = store.forwards_on_proxy("proxy-old").await.unwrap();
     assert!(on_proxy.iter().any(|f| f.id == id), "{on_proxy:?}");
     // The old forward's port is still taken; a neighbour is free.

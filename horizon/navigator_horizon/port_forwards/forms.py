@@ -7,6 +7,7 @@ put next to that field.
 """
 
 import logging
+import re
 
 from django.utils.translation import gettext_lazy as _
 from horizon import exceptions
@@ -19,6 +20,13 @@ from navigator_horizon import instances
 LOG = logging.getLogger(__name__)
 
 PROTOCOL_CHOICES = (('tcp', 'TCP'), ('udp', 'UDP'))
+PROXY_PROTOCOL_CHOICES = (('none', _('None')), ('v1', _('v1 (text)')),
+                          ('v2', _('v2 (binary)')))
+
+
+def cidr_list(text):
+    """The allowlist field as the API's list (Navigator judges each)."""
+    return [c for c in re.split(r'[\s,]+', text or '') if c]
 
 
 def show_api_error(form, request, error, failure):
@@ -59,6 +67,22 @@ class CreateForm(forms.SelfHandlingForm):
         help_text=_("Leave empty to let Navigator choose."))
     description = forms.CharField(label=_("Description"), required=False,
                                   max_length=255)
+    allowed_cidrs = forms.CharField(
+        label=_("Allowed Sources"), required=False,
+        help_text=_("CIDRs allowed to connect, separated by commas or "
+                    "spaces (e.g. 192.0.2.0/24, 2001:db8::/32). Empty "
+                    "allows everyone."))
+    max_connections = forms.IntegerField(
+        label=_("Max Connections"), required=False, min_value=1,
+        max_value=1000000,
+        help_text=_("Most connections (UDP sessions) open at once. Empty "
+                    "is no limit."))
+    proxy_protocol = forms.ChoiceField(
+        label=_("PROXY Protocol"), required=False,
+        choices=PROXY_PROTOCOL_CHOICES,
+        help_text=_("Send the client's address to the instance in "
+                    "HAProxy's PROXY header (TCP on relay proxies; the "
+                    "instance must expect it)."))
 
     def __init__(self, request, *args, **kwargs):
         super().__init__(request, *args, **kwargs)
@@ -94,7 +118,10 @@ class CreateForm(forms.SelfHandlingForm):
                 external_port=data.get('external_port'),
                 external_address=data.get('external_address'),
                 instance_id=data.get('instance_id') or None,
-                description=data.get('description'))
+                description=data.get('description'),
+                allowed_cidrs=cidr_list(data.get('allowed_cidrs')) or None,
+                max_connections=data.get('max_connections'),
+                proxy_protocol=data.get('proxy_protocol') or None)
         except api.NavigatorError as e:
             return show_api_error(self, request, e,
                                   _('Unable to create the port forward.'))
@@ -112,6 +139,22 @@ class RetargetForm(forms.SelfHandlingForm):
     internal_port = forms.IntegerField(label=_("Internal Port"))
     description = forms.CharField(label=_("Description"), required=False,
                                   max_length=255)
+    allowed_cidrs = forms.CharField(
+        label=_("Allowed Sources"), required=False,
+        help_text=_("CIDRs allowed to connect, separated by commas or "
+                    "spaces (e.g. 192.0.2.0/24, 2001:db8::/32). Empty "
+                    "allows everyone."))
+    max_connections = forms.IntegerField(
+        label=_("Max Connections"), required=False, min_value=1,
+        max_value=1000000,
+        help_text=_("Most connections (UDP sessions) open at once. Empty "
+                    "is no limit."))
+    proxy_protocol = forms.ChoiceField(
+        label=_("PROXY Protocol"), required=False,
+        choices=PROXY_PROTOCOL_CHOICES,
+        help_text=_("Send the client's address to the instance in "
+                    "HAProxy's PROXY header (TCP on relay proxies; the "
+                    "instance must expect it)."))
 
     def handle(self, request, data):
         try:
@@ -119,7 +162,12 @@ class RetargetForm(forms.SelfHandlingForm):
                 request, data['forward_id'],
                 internal_ip_address=data['internal_ip_address'],
                 internal_port=data['internal_port'],
-                description=data.get('description', ''))
+                description=data.get('description', ''),
+                # The form shows every control: an emptied field clears it.
+                allowed_cidrs=cidr_list(data.get('allowed_cidrs')),
+                max_connections=data.get('max_connections'),
+                proxy_protocol=data.get('proxy_protocol') or 'none',
+                nullable=('max_connections',))
         except api.NavigatorError as e:
             return show_api_error(self, request, e,
                                   _('Unable to retarget the port forward.'))

@@ -149,6 +149,7 @@ class PortForwardsTable(tables.DataTable):
                           status_choices=STATUS_CHOICES,
                           display_choices=STATUS_DISPLAY)
     proxy = tables.Column('proxy', verbose_name=_("Proxy"))
+    controls = tables.Column('controls', verbose_name=_("Controls"))
     description = tables.Column('description', verbose_name=_("Description"))
 
     def get_object_display(self, forward):

@@ -77,7 +77,10 @@ class RetargetView(forms.ModalFormView):
         return {'forward_id': forward.id,
                 'internal_ip_address': forward.internal_ip_address,
                 'internal_port': forward.internal_port,
-                'description': forward.description}
+                'description': forward.description,
+                'allowed_cidrs': ', '.join(forward.allowed_cidrs),
+                'max_connections': forward.max_connections,
+                'proxy_protocol': forward.proxy_protocol}
 
 
 class DetailView(views.HorizonTemplateView):

@@ -360,7 +360,86 @@ fn tcp_and_udp_port_ranges_carry_every_port_and_close_them_all_on_delete(auth: A
     assert_eq!(server.forward_count(), 0);
 }
 
+/// The traffic controls through the real CLI: set on create, shown, added
+/// to and cleared by `forward set` openstackclient-style, and refused with
+/// the field named where the forward cannot have them. Traffic from
+/// 127.0.0.1 stays allowed throughout.
+fn traffic_controls_through_the_cli(auth: Auth) {
+    let env = Env::new("controls", &auth, "");
+    let server = env.start();
+    let a = TcpEcho::start("127.0.0.1", "A:");
+    let created = server.create_loopback_forward(
+        "tcp",
+        &a.port(),
+        &[
+            "--allowed-cidr",
+            "127.0.0.0/8",
+            "--allowed-cidr",
+            "127.0.0.1",
+            "--max-connections",
+            "10",
+        ],
+    );
+    assert_active(&created);
+    assert_eq!(
+        created["allowed_cidrs"],
+        serde_json::json!(["127.0.0.0/8", "127.0.0.1/32"]),
+        "{created}"
+    );
+    assert_eq!(created["max_connections"], 10, "{created}");
+    assert_eq!(field(&created, "proxy_protocol"), "none");
+    let id = field(&created, "id");
+    let (ip, port) = external(&env, &created);
+    assert_eq!(tcp_round_trip(&ip, port, "hi").as_deref(), Ok("A:hi"));
+
+    server.cli_ok(&["forward", "set", &id, "--allowed-cidr", "192.0.2.0/24"]);
+    let shown = server.show_forward(&id);
+    assert_eq!(
+        shown["allowed_cidrs"],
+        serde_json::json!(["127.0.0.0/8", "127.0.0.1/32", "192.0.2.0/24"]),
+        "--allowed-cidr adds to the list: {shown}"
+    );
+    server.cli_ok(&[
+        "forward",
+        "set",
+        &id,
+        "--no-allowed-cidr",
+        "--no-max-connections",
+    ]);
+    let shown = server.show_forward(&id);
+    assert_eq!(shown["allowed_cidrs"], serde_json::json!([]), "{shown}");
+    assert_eq!(shown["max_connections"], Value::Null, "{shown}");
+    assert_tcp_reply(&ip, port, "still", "A:still");
+
+    let bad = server.cli(&["forward", "set", &id, "--allowed-cidr", "10.0.0.1/8"]);
+    assert!(!bad.success(), "{bad}");
+    assert!(
+        bad.stderr.contains("allowed_cidrs") && bad.stderr.contains("did you mean 10.0.0.0/8?"),
+        "{bad}"
+    );
+    let udp = UdpEcho::start("127.0.0.1", "U:");
+    let refused = server.cli(&[
+        "forward",
+        "create",
+        "--protocol",
+        "udp",
+        "--internal-ip-address",
+        "127.0.0.1",
+        "--internal-port",
+        &udp.port(),
+        "--proxy-protocol",
+        "v2",
+    ]);
+    assert!(!refused.success(), "{refused}");
+    assert!(
+        refused.stderr.contains("400") && refused.stderr.contains("proxy_protocol"),
+        "{refused}"
+    );
+    server.cli_ok(&["forward", "delete", &id]);
+}
+
 both_auth_modes!(
+    traffic_controls_through_the_cli,
     tcp_forward_create_retarget_delete,
     udp_forward_create_retarget_delete,
     forwards_survive_a_server_restart,

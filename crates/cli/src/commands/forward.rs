@@ -19,7 +19,7 @@ use crate::output::{self, Column, Format, OutputArgs, Shape};
 
 /// Every forward attribute, in list order: the default columns, then the
 /// `--long` ones, then the ones only `-c` asks for.
-const COLUMNS: [Column; 16] = [
+const COLUMNS: [Column; 19] = [
     Column::new("id", "ID"),
     Column::new("protocol", "Protocol"),
     Column::new("external_address", "External Address"),
@@ -34,13 +34,17 @@ const COLUMNS: [Column; 16] = [
     Column::new("project_id", "Project"),
     Column::new("description", "Description"),
     Column::new("status_reason", "Status Reason"),
+    Column::new("allowed_cidrs", "Allowed CIDRs"),
+    Column::new("max_connections", "Max Connections"),
+    Column::new("proxy_protocol", "Proxy Protocol"),
     Column::new("created_at", "Created At"),
     Column::new("updated_at", "Updated At"),
 ];
 /// Columns of `forward list`.
 const SHORT_LIST: usize = 7;
-/// Columns of `forward list --long`: the ranges, then the rest.
-const LONG_LIST: usize = 14;
+/// Columns of `forward list --long`: the ranges, then the rest, then the
+/// controls.
+const LONG_LIST: usize = 17;
 /// What `forward show` adds: the forward's usage, flattened from the API's
 /// `usage` object (empty, with `usage_unavailable` saying why, when the
 /// server could not have it). Not in lists, which do not carry usage.
@@ -68,7 +72,13 @@ Examples:
 
   # A block of 10 free proxy ports, allocated, to ports 8000-8009
   navigator forward create --protocol tcp --internal-ip-address 10.0.0.5 \\
-      --internal-port-range 8000:8009";
+      --internal-port-range 8000:8009
+
+  # SMTP for two networks only, at most 100 connections at once, and the
+  # client's address passed to Postfix in a PROXY v2 header (relay proxies)
+  navigator forward create --protocol tcp --internal-ip-address 10.0.0.9 \\
+      --internal-port 25 --allowed-cidr 192.0.2.0/24 --allowed-cidr 2001:db8::/32 \\
+      --max-connections 100 --proxy-protocol v2";
 
 #[derive(Debug, Subcommand)]
 pub enum ForwardCommand {
@@ -79,7 +89,7 @@ pub enum ForwardCommand {
     List(ListArgs),
     /// Show a port forward's details
     Show(ShowArgs),
-    /// Change a port forward's target or description
+    /// Change a port forward's target, description or traffic controls
     Set(SetArgs),
     /// Delete port forwards
     Delete(DeleteArgs),
@@ -98,6 +108,36 @@ impl ProtocolArg {
             ProtocolArg::Udp => "udp",
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocolArg {
+    None,
+    V1,
+    V2,
+}
+
+impl ProxyProtocolArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocolArg::None => "none",
+            ProxyProtocolArg::V1 => "v1",
+            ProxyProtocolArg::V2 => "v2",
+        }
+    }
+}
+
+/// A `--max-connections` value: 1 to the API's maximum.
+fn max_connections_arg(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=navigator_api::v1::MAX_CONNECTIONS).contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a connection limit: expected 1-{}",
+                navigator_api::v1::MAX_CONNECTIONS
+            )
+        })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -198,6 +238,18 @@ pub struct CreateArgs {
     /// Proxy host to place the forward on (admin only)
     #[arg(long, value_name = "HOST")]
     pub proxy: Option<String>,
+    /// Source network allowed to connect, e.g. 192.0.2.0/24 (repeat for
+    /// more; default: everyone)
+    #[arg(long = "allowed-cidr", value_name = "CIDR")]
+    pub allowed_cidrs: Vec<String>,
+    /// Most connections (UDP sessions) open at once (default: no limit of
+    /// the forward's own)
+    #[arg(long, value_name = "N", value_parser = max_connections_arg)]
+    pub max_connections: Option<u32>,
+    /// Send the client's address to the instance in a PROXY protocol header
+    /// (TCP on relay proxies; default: none)
+    #[arg(long, value_enum, ignore_case = true)]
+    pub proxy_protocol: Option<ProxyProtocolArg>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -282,6 +334,24 @@ pub struct SetArgs {
     /// New description ("" clears it)
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// Source network to allow besides those already allowed (repeat for
+    /// more); with --no-allowed-cidr, the new list
+    #[arg(long = "allowed-cidr", value_name = "CIDR")]
+    pub allowed_cidrs: Vec<String>,
+    /// Clear the list of allowed source networks (everyone may connect,
+    /// unless --allowed-cidr gives a new list)
+    #[arg(long)]
+    pub no_allowed_cidr: bool,
+    /// New limit of connections (UDP sessions) open at once
+    #[arg(long, value_name = "N", value_parser = max_connections_arg,
+          conflicts_with = "no_max_connections")]
+    pub max_connections: Option<u32>,
+    /// Remove the forward's own connection limit
+    #[arg(long)]
+    pub no_max_connections: bool,
+    /// New PROXY protocol setting
+    #[arg(long, value_enum, ignore_case = true)]
+    pub proxy_protocol: Option<ProxyProtocolArg>,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +390,9 @@ async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<()> {
         instance_id: args.instance_id,
         description: args.description,
         proxy: args.proxy,
+        allowed_cidrs: (!args.allowed_cidrs.is_empty()).then_some(args.allowed_cidrs),
+        max_connections: args.max_connections.map(i64::from),
+        proxy_protocol: args.proxy_protocol.map(|p| p.as_str().to_owned()),
     };
     let forward = global.client().await?.create_forward(body).await?;
     print_forward(&columns, &forward, &args.output)
@@ -397,24 +470,40 @@ fn next_marker(links: &[Link]) -> Option<String> {
 }
 
 async fn set(global: &GlobalArgs, args: SetArgs) -> Result<()> {
-    let changes = ForwardUpdate {
+    let mut changes = ForwardUpdate {
         internal_ip_address: args.internal_ip_address.map(|ip| ip.to_string()),
         internal_port: args.internal_port.map(i64::from),
         description: args.description,
+        allowed_cidrs: args.no_allowed_cidr.then(Vec::new),
+        max_connections: if args.no_max_connections {
+            Some(None)
+        } else {
+            args.max_connections.map(|n| Some(i64::from(n)))
+        },
+        proxy_protocol: args.proxy_protocol.map(|p| p.as_str().to_owned()),
     };
-    if changes == ForwardUpdate::default() {
+    if changes == ForwardUpdate::default() && args.allowed_cidrs.is_empty() {
         return Err(UsageError(
-            "nothing to set: give at least one of --internal-ip-address, --internal-port, --description"
+            "nothing to set: give at least one of --internal-ip-address, --internal-port, \
+             --description, --allowed-cidr, --no-allowed-cidr, --max-connections, \
+             --no-max-connections, --proxy-protocol"
                 .to_owned(),
         )
         .into());
     }
+    let client = global.client().await?;
+    if !args.allowed_cidrs.is_empty() {
+        // openstackclient's convention: --allowed-cidr adds to the list,
+        // --no-allowed-cidr clears it first. The API takes the whole list.
+        let mut cidrs = match changes.allowed_cidrs.take() {
+            Some(cleared) => cleared,
+            None => client.get_forward(&args.id).await?.allowed_cidrs,
+        };
+        cidrs.extend(args.allowed_cidrs);
+        changes.allowed_cidrs = Some(cidrs);
+    }
     // Like `openstack ... set`, success prints nothing.
-    global
-        .client()
-        .await?
-        .update_forward(&args.id, changes)
-        .await?;
+    client.update_forward(&args.id, changes).await?;
     Ok(())
 }
 
@@ -826,8 +915,16 @@ mod tests {
             status_reason: None,
             created_at: "2024-01-01T00:00:00Z".into(),
             updated_at: "2024-01-01T00:00:00Z".into(),
+            allowed_cidrs: vec!["192.0.2.0/24".into(), "2001:db8::/32".into()],
+            max_connections: Some(100),
+            proxy_protocol: "v2".into(),
         };
         let value = serde_json::to_value(&forward).unwrap();
+        let cidrs = show_columns(&["allowed_cidrs".to_owned()]).unwrap();
+        assert_eq!(
+            output::render_show(&cidrs, &value, Format::Value).unwrap(),
+            "192.0.2.0/24, 2001:db8::/32\n"
+        );
         output::assert_columns_match(&COLUMNS, &value);
         let id_only = show_columns(&["ID".to_owned()]).unwrap();
         assert_eq!(
@@ -896,5 +993,68 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023");
         assert_eq!(human_bytes(1024), "1024 (1.0 KiB)");
         assert_eq!(human_bytes(u64::MAX), "18446744073709551615 (16.0 EiB)");
+    }
+
+    #[test]
+    fn controls_options_parse_and_bad_values_name_the_option() {
+        let base = [
+            "create",
+            "--protocol",
+            "tcp",
+            "--internal-ip-address",
+            "10.0.0.5",
+            "--internal-port",
+            "25",
+        ];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let ForwardCommand::Create(args) = with(&[
+            "--allowed-cidr",
+            "192.0.2.0/24",
+            "--allowed-cidr",
+            "2001:db8::/32",
+            "--max-connections",
+            "100",
+            "--proxy-protocol",
+            "V2",
+        ])
+        .unwrap() else {
+            panic!("not create");
+        };
+        assert_eq!(args.allowed_cidrs, ["192.0.2.0/24", "2001:db8::/32"]);
+        assert_eq!(args.max_connections, Some(100));
+        assert_eq!(args.proxy_protocol, Some(ProxyProtocolArg::V2));
+        for (extra, option) in [
+            (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--max-connections", "1000001"][..], "--max-connections"),
+            (&["--max-connections=-3"][..], "--max-connections"),
+            (&["--proxy-protocol", "v3"][..], "--proxy-protocol"),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.to_string().contains(option), "{extra:?}: {err}");
+        }
+        let ForwardCommand::Set(set) = parse(&[
+            "set",
+            "f1",
+            "--no-allowed-cidr",
+            "--allowed-cidr",
+            "10.0.0.0/8",
+            "--no-max-connections",
+            "--proxy-protocol",
+            "none",
+        ])
+        .unwrap() else {
+            panic!("not set");
+        };
+        assert!(set.no_allowed_cidr && set.no_max_connections);
+        assert_eq!(set.allowed_cidrs, ["10.0.0.0/8"]);
+        assert_eq!(set.proxy_protocol, Some(ProxyProtocolArg::None));
+        let both = parse(&[
+            "set",
+            "f1",
+            "--max-connections",
+            "5",
+            "--no-max-connections",
+        ]);
+        assert_eq!(both.unwrap_err().kind(), ErrorKind::ArgumentConflict);
     }
 }

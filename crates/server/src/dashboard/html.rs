@@ -94,6 +94,86 @@ fn input(
     out.push_str("</div>");
 }
 
+/// The traffic controls of a forward: allowlist, connection limit and PROXY
+/// protocol (the same three fields in the create and edit forms).
+fn controls_inputs(out: &mut String, form: &FormState, prefix: &str) {
+    input(
+        out,
+        form,
+        prefix,
+        "allowed_cidrs",
+        "Allowed sources",
+        "type=\"text\" spellcheck=\"false\"",
+        "Optional: CIDRs separated by commas or spaces, e.g. 192.0.2.0/24, 2001:db8::/32. Empty allows everyone.",
+    );
+    input(
+        out,
+        form,
+        prefix,
+        "max_connections",
+        "Max connections",
+        "type=\"text\" inputmode=\"numeric\"",
+        "Optional: most connections (UDP sessions) open at once, 1-1000000. Empty is no limit.",
+    );
+    let id = format!("{prefix}-proxy_protocol");
+    let chosen = match form.value("proxy_protocol") {
+        "" => "none",
+        other => other,
+    };
+    let error = form.errors.get("proxy_protocol");
+    let _ = write!(
+        out,
+        "<div class=\"field{}\"><label for=\"{id}\">PROXY protocol</label>\
+         <select id=\"{id}\" name=\"proxy_protocol\" aria-describedby=\"{id}-hint{}\">",
+        if error.is_some() { " invalid" } else { "" },
+        if error.is_some() {
+            format!(" {id}-error")
+        } else {
+            String::new()
+        }
+    );
+    for (value, label) in [("none", "None"), ("v1", "v1 (text)"), ("v2", "v2 (binary)")] {
+        let _ = write!(
+            out,
+            "<option value=\"{value}\"{}>{label}</option>",
+            if chosen == value { " selected" } else { "" }
+        );
+    }
+    let _ = write!(
+        out,
+        "</select><p class=\"hint\" id=\"{id}-hint\">Send the client's address to the instance \
+         in HAProxy's PROXY header (TCP, relay proxies only; the instance must expect it).</p>"
+    );
+    if let Some(error) = error {
+        let _ = write!(
+            out,
+            "<p class=\"error\" id=\"{id}-error\" data-field-error=\"proxy_protocol\">{}</p>",
+            esc(error)
+        );
+    }
+    out.push_str("</div>");
+}
+
+/// A forward's controls, as a definition list.
+fn controls_summary(f: &Forward) -> String {
+    let allowed = if f.allowed_cidrs.is_empty() {
+        "everyone".to_owned()
+    } else {
+        f.allowed_cidrs.join(", ")
+    };
+    let max = f
+        .max_connections
+        .map_or_else(|| "no limit".to_owned(), |n| n.to_string());
+    format!(
+        "<dl class=\"controls\" data-controls><dt>Allowed sources</dt><dd data-allowed-cidrs>{}</dd>\
+         <dt>Max connections</dt><dd data-max-connections>{}</dd>\
+         <dt>PROXY protocol</dt><dd data-proxy-protocol>{}</dd></dl>",
+        esc(&allowed),
+        esc(&max),
+        esc(&f.proxy_protocol)
+    )
+}
+
 fn csrf_input(csrf: &str) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf_token\" value=\"{}\">",
@@ -356,6 +436,7 @@ pub fn forwards(session: &Session, forwards: &[Forward], form: &FormState) -> St
         "type=\"text\" maxlength=\"255\"",
         "",
     );
+    controls_inputs(&mut out, form, "create");
     out.push_str("<button type=\"submit\">Create forward</button></form>");
     out
 }
@@ -372,6 +453,7 @@ pub fn edit(session: &Session, forward: &Forward, form: &FormState) -> String {
         esc(&forward.protocol.to_ascii_uppercase()),
         esc(&target(forward))
     );
+    out.push_str(&controls_summary(forward));
     general_error(&mut out, form);
     let _ = write!(
         out,
@@ -406,6 +488,7 @@ pub fn edit(session: &Session, forward: &Forward, form: &FormState) -> String {
         "type=\"text\" maxlength=\"255\"",
         "",
     );
+    controls_inputs(&mut out, form, "edit");
     out.push_str(
         "<button type=\"submit\">Save</button> <a href=\"/dashboard\" class=\"button-link\">Cancel</a></form>",
     );

@@ -358,6 +358,46 @@ fn port_field(state: &mut FormState, name: &str, required: bool) -> Option<i64> 
     }
 }
 
+/// The allowlist field: CIDRs separated by commas or white space (the API
+/// judges each).
+fn cidr_list(state: &FormState) -> Vec<String> {
+    state
+        .value("allowed_cidrs")
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|cidr| !cidr.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The connection limit field: empty is no limit; otherwise plain digits
+/// (the API decides about the range).
+fn max_connections_field(state: &mut FormState) -> Option<i64> {
+    let text = state.value("max_connections").trim().to_owned();
+    if text.is_empty() {
+        return None;
+    }
+    let plain =
+        text.bytes().all(|b| b.is_ascii_digit()) && !(text.len() > 1 && text.starts_with('0'));
+    match text.parse::<i64>().ok().filter(|_| plain) {
+        Some(n) => Some(n),
+        None => {
+            state.errors.insert(
+                "max_connections".into(),
+                format!("{text:?} is not a whole number (1-1000000, or empty for no limit)"),
+            );
+            None
+        }
+    }
+}
+
+/// The PROXY protocol select; a missing value is the default.
+fn proxy_protocol_value(state: &FormState) -> &str {
+    match state.value("proxy_protocol").trim() {
+        "" => "none",
+        other => other,
+    }
+}
+
 /// Puts an API failure next to its field when the form has that field.
 fn place_failure(state: &mut FormState, fields: &[&str], failure: &Failure) {
     match failure {
@@ -782,12 +822,15 @@ async fn quota_line(dash: &Dashboard, session: &Session) -> String {
     }
 }
 
-const CREATE_FIELDS: [&str; 5] = [
+const CREATE_FIELDS: [&str; 8] = [
     "protocol",
     "internal_ip_address",
     "internal_port",
     "external_port",
     "description",
+    "allowed_cidrs",
+    "max_connections",
+    "proxy_protocol",
 ];
 
 async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -798,6 +841,7 @@ async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     let mut state = form_state(&form);
     let internal_port = port_field(&mut state, "internal_port", true);
     let external_port = port_field(&mut state, "external_port", false);
+    let max_connections = max_connections_field(&mut state);
     if !state.errors.is_empty() {
         return list_page(
             &dash,
@@ -821,6 +865,14 @@ async fn create(State(dash): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     if !description.is_empty() {
         forward["description"] = json!(description);
     }
+    let cidrs = cidr_list(&state);
+    if !cidrs.is_empty() {
+        forward["allowed_cidrs"] = json!(cidrs);
+    }
+    if let Some(n) = max_connections {
+        forward["max_connections"] = json!(n);
+    }
+    forward["proxy_protocol"] = json!(proxy_protocol_value(&state));
     let result = api::call::<ForwardBody>(
         &dash.api,
         &session.credential,
@@ -911,6 +963,16 @@ async fn edit_page(
                 state
                     .values
                     .insert("description".into(), f.description.clone());
+                state
+                    .values
+                    .insert("allowed_cidrs".into(), f.allowed_cidrs.join(", "));
+                state.values.insert(
+                    "max_connections".into(),
+                    f.max_connections.map(|n| n.to_string()).unwrap_or_default(),
+                );
+                state
+                    .values
+                    .insert("proxy_protocol".into(), f.proxy_protocol.clone());
             }
             html_response(
                 status,
@@ -927,7 +989,14 @@ async fn edit_page(
     }
 }
 
-const EDIT_FIELDS: [&str; 3] = ["internal_ip_address", "internal_port", "description"];
+const EDIT_FIELDS: [&str; 6] = [
+    "internal_ip_address",
+    "internal_port",
+    "description",
+    "allowed_cidrs",
+    "max_connections",
+    "proxy_protocol",
+];
 
 async fn update(
     State(dash): State<Shared>,
@@ -941,6 +1010,7 @@ async fn update(
     };
     let mut state = form_state(&form);
     let internal_port = port_field(&mut state, "internal_port", true);
+    let max_connections = max_connections_field(&mut state);
     if !state.errors.is_empty() || !valid_id(&id) {
         return edit_page(
             &dash,
@@ -958,6 +1028,11 @@ async fn update(
         "internal_ip_address": state.value("internal_ip_address").trim(),
         "internal_port": internal_port,
         "description": state.value("description").trim(),
+        // The form shows every control, so it sends each: an emptied field
+        // clears it.
+        "allowed_cidrs": cidr_list(&state),
+        "max_connections": max_connections,
+        "proxy_protocol": proxy_protocol_value(&state),
     }});
     let path = format!("/v1/forwards/{id}");
     match api::call::<ForwardBody>(
