@@ -350,9 +350,10 @@ impl<R: Ruleset> KernelBackend<R> {
         let host = &self.config.host;
         let mut report = ApplyReport::default();
 
+        let first_apply = state.synced_at.is_none();
         // Host checks: complete ones on the first apply, the cheap sysctl
         // ones whenever something is added (a fixed host heals on retry).
-        if state.synced_at.is_none() {
+        if first_apply {
             let targets: Vec<IpAddr> = plan.add.iter().map(|s| s.target.ip()).collect();
             state.findings = self.check_host(&targets).await;
         } else if !plan.add.is_empty() || !plan.retarget.is_empty() {
@@ -502,6 +503,30 @@ impl<R: Ruleset> KernelBackend<R> {
             });
             if !narrowed.is_empty() {
                 cut_disallowed(host, &narrowed).await;
+            }
+            // A new agent cannot tell what its predecessor carried: an
+            // allowlist narrowed while no agent ran would leave the flows it
+            // no longer allows running. Its first apply checks every forward
+            // with an allowlist (the same bounded listing), in the
+            // background: the agent's start is not held up by a walk of a
+            // large conntrack table, and such a flow has already outlived
+            // the change by the agent's downtime.
+            if first_apply {
+                let restricted: Vec<ForwardSpec> = added
+                    .iter()
+                    .filter(|s| !s.controls.allowed_cidrs.is_empty())
+                    .filter(|s| {
+                        state
+                            .mirror
+                            .get(&s.id)
+                            .is_some_and(|carried| carried.controls == s.controls)
+                    })
+                    .cloned()
+                    .collect();
+                if !restricted.is_empty() {
+                    let host = host.clone();
+                    tokio::spawn(async move { cut_disallowed(&host, &restricted).await });
+                }
             }
         }
         report

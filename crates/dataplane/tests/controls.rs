@@ -532,7 +532,8 @@ async fn scenario(kind: Kind) {
 /// so do B's flows to another forward on the same address. Once with
 /// `nf_conntrack_tcp_loose` at its default 1 (B's next segment is picked up
 /// as a new connection, which the filter drops) and once at 0 (it is invalid,
-/// is not translated, and the proxy's closed port resets it).
+/// is not translated, and the proxy's closed port resets it); and once with
+/// the list narrowed while no agent ran, cut by the next agent's first apply.
 async fn narrowing_cuts(kind: Kind) {
     let topo = topology();
     let backend = make(kind, &topo);
@@ -561,7 +562,10 @@ async fn narrowing_cuts(kind: Kind) {
         "10.92.0.2:8080",
         Controls::default(),
     );
-    for (round, loose) in ["1", "0"].into_iter().enumerate() {
+    // The third round narrows the list while no agent runs: the new agent's
+    // first apply cuts.
+    let mut restarted = None;
+    for (round, loose, restart) in [(0u16, "1", false), (1, "0", false), (2, "1", true)] {
         topo.ns(
             &topo.proxy,
             &[
@@ -584,7 +588,7 @@ async fn narrowing_cuts(kind: Kind) {
         wait_active(&topo, backend, &open, 1).await;
         // UDP sessions from fixed client ports (distinct per round, so
         // that the first round's entries do not matter).
-        let (port_a, port_b) = (40051 + 2 * round as u16, 40052 + 2 * round as u16);
+        let (port_a, port_b) = (40051 + 2 * round, 40052 + 2 * round);
         for (bind, port) in [(OK4, port_a), (OTHER4, port_b)] {
             let answer = send(&topo, "udp", bind, EXT4, 20051, Some(port), b"ping\n");
             assert!(
@@ -597,10 +601,17 @@ async fn narrowing_cuts(kind: Kind) {
         all[0].controls = controls(&[OK4], None);
         all[1].controls = controls(&[OK4], None);
         all[2].controls = controls(&[OK6], None);
-        let change = plan(&all, &backend.observe().await);
-        assert_eq!(change.retarget.len(), 3, "{change:?}");
-        let report = backend.apply(&change).await;
-        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let backend = if restart {
+            let again: &dyn Backend = &**restarted.insert(make(kind, &topo));
+            converge(again, &all).await;
+            again
+        } else {
+            let change = plan(&all, &backend.observe().await);
+            assert_eq!(change.retarget.len(), 3, "{change:?}");
+            let report = backend.apply(&change).await;
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            backend
+        };
 
         // B's entries are gone at once, A's and the other forward's stay.
         wait_active(&topo, backend, &all[0], 1).await;
