@@ -294,7 +294,7 @@ impl<R: Ruleset> KernelBackend<R> {
         let why = if self.config.conntrack_cleanup == ConntrackCleanup::Off {
             "without it usage reports no active connections"
         } else {
-            "without it live UDP flows keep their old target after a retarget or delete, and usage reports no active connections"
+            "without it live UDP flows keep their old target after a retarget or delete, a narrowed allowlist does not cut the flows it no longer allows, and usage reports no active connections"
         };
         findings.extend(
             preflight::tools(host, &["conntrack"], preflight::Severity::Warning, why).await,
