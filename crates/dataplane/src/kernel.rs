@@ -1,7 +1,10 @@
 //! What the two kernel-NAT backends (`nft`, `iptables`) share: the in-memory
 //! mirror of what was written, per-forward validation, diff-driven updates
 //! with a full rewrite as repair, failure isolation (one bad forward never
-//! blocks the others), preflight reasons and conntrack hygiene.
+//! blocks the others), preflight reasons and conntrack hygiene (including
+//! cutting the flows a narrowed allowlist no longer allows: the filters
+//! judge only new connections, so without it an established flow would
+//! outlive the change).
 //!
 //! A backend only says how to write its ruleset ([`Ruleset`]); this module
 //! decides when to write what.
@@ -11,7 +14,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use navigator_core::{ForwardId, ForwardSpec, ForwardUsage, Plan, Protocol};
+use navigator_core::{Controls, ForwardId, ForwardSpec, ForwardUsage, Plan, Protocol};
 
 use crate::exec::{ExecError, Host};
 use crate::preflight::{self, Finding};
@@ -148,6 +151,49 @@ pub fn controls_only(old: &ForwardSpec, new: &ForwardSpec) -> bool {
         && old.one_target_port == new.one_target_port
 }
 
+/// Whether `new`'s allowlist refuses a source that `old`'s allowed (going
+/// from empty = everyone to any list included): only then can flows of the
+/// forward need cutting, so a widening change costs no conntrack run.
+pub fn narrows(old: &Controls, new: &Controls) -> bool {
+    if new.allowed_cidrs.is_empty() {
+        return false;
+    }
+    if old.allowed_cidrs.is_empty() {
+        return true;
+    }
+    // The new networks merged into disjoint ranges (adjacent ones joined,
+    // so two /25s cover an old /24); an old network is still allowed only
+    // if one range holds all of it.
+    let mut merged: Vec<(bool, u128, u128)> = Vec::new();
+    let mut ranges: Vec<(bool, u128, u128)> = new.allowed_cidrs.iter().map(span).collect();
+    ranges.sort_unstable();
+    for (v4, start, end) in ranges {
+        match merged.last_mut() {
+            Some((lv4, _, lend)) if *lv4 == v4 && start <= lend.saturating_add(1) => {
+                *lend = (*lend).max(end);
+            }
+            _ => merged.push((v4, start, end)),
+        }
+    }
+    old.allowed_cidrs.iter().map(span).any(|(v4, start, end)| {
+        !merged
+            .iter()
+            .any(|&(mv4, mstart, mend)| mv4 == v4 && mstart <= start && end <= mend)
+    })
+}
+
+/// A network as (IPv4?, first address, last address).
+fn span(net: &ipnet::IpNet) -> (bool, u128, u128) {
+    match net {
+        ipnet::IpNet::V4(n) => (
+            true,
+            u32::from(n.network()).into(),
+            u32::from(n.broadcast()).into(),
+        ),
+        ipnet::IpNet::V6(n) => (false, n.network().into(), n.broadcast().into()),
+    }
+}
+
 struct State {
     mirror: BTreeMap<ForwardId, ForwardSpec>,
     keys: HashMap<Key, ForwardId>,
@@ -248,7 +294,7 @@ impl<R: Ruleset> KernelBackend<R> {
         let why = if self.config.conntrack_cleanup == ConntrackCleanup::Off {
             "without it usage reports no active connections"
         } else {
-            "without it live UDP flows keep their old target after a retarget or delete, and usage reports no active connections"
+            "without it live UDP flows keep their old target after a retarget or delete, a narrowed allowlist does not cut the flows it no longer allows, and usage reports no active connections"
         };
         findings.extend(
             preflight::tools(host, &["conntrack"], preflight::Severity::Warning, why).await,
@@ -304,9 +350,10 @@ impl<R: Ruleset> KernelBackend<R> {
         let host = &self.config.host;
         let mut report = ApplyReport::default();
 
+        let first_apply = state.synced_at.is_none();
         // Host checks: complete ones on the first apply, the cheap sysctl
         // ones whenever something is added (a fixed host heals on retry).
-        if state.synced_at.is_none() {
+        if first_apply {
             let targets: Vec<IpAddr> = plan.add.iter().map(|s| s.target.ip()).collect();
             state.findings = self.check_host(&targets).await;
         } else if !plan.add.is_empty() || !plan.retarget.is_empty() {
@@ -326,6 +373,9 @@ impl<R: Ruleset> KernelBackend<R> {
         // Forwards whose controls alone change: their flows keep their
         // translation, so conntrack is left alone.
         let mut kept_flows = std::collections::HashSet::new();
+        // Of those, the ones whose allowlist now refuses sources it allowed:
+        // their flows from such sources are cut once the rules are in.
+        let mut narrowed = Vec::new();
         for id in &plan.remove {
             if let Some(old) = state.remove(*id) {
                 removed.push(old);
@@ -335,6 +385,9 @@ impl<R: Ruleset> KernelBackend<R> {
             if let Some(old) = state.remove(spec.id) {
                 if controls_only(&old, spec) {
                     kept_flows.insert(spec.id);
+                    if narrows(&old.controls, &spec.controls) {
+                        narrowed.push(spec.clone());
+                    }
                 }
                 removed.push(old);
             }
@@ -434,6 +487,46 @@ impl<R: Ruleset> KernelBackend<R> {
                     let fresh: Vec<&ForwardSpec> = fresh.iter().collect();
                     clean_conntrack(&host, &fresh).await;
                 });
+            }
+            // Narrowed allowlists: the filters now drop new connections from
+            // the sources taken off, and deleting those sources' entries makes
+            // their flows' next packets new ones (TCP mid-stream too, with
+            // nf_conntrack_tcp_loose=1; with 0 the packet is invalid, is not
+            // translated and meets the proxy's own closed port: a reset).
+            // Only forwards carried with exactly these controls now, i.e.
+            // whose rules were committed.
+            narrowed.retain(|spec| {
+                state
+                    .mirror
+                    .get(&spec.id)
+                    .is_some_and(|carried| carried.controls == spec.controls)
+            });
+            if !narrowed.is_empty() {
+                cut_disallowed(host, &narrowed).await;
+            }
+            // A new agent cannot tell what its predecessor carried: an
+            // allowlist narrowed while no agent ran would leave the flows it
+            // no longer allows running. Its first apply checks every forward
+            // with an allowlist (the same bounded listing), in the
+            // background: the agent's start is not held up by a walk of a
+            // large conntrack table, and such a flow has already outlived
+            // the change by the agent's downtime.
+            if first_apply {
+                let restricted: Vec<ForwardSpec> = added
+                    .iter()
+                    .filter(|s| !s.controls.allowed_cidrs.is_empty())
+                    .filter(|s| {
+                        state
+                            .mirror
+                            .get(&s.id)
+                            .is_some_and(|carried| carried.controls == s.controls)
+                    })
+                    .cloned()
+                    .collect();
+                if !restricted.is_empty() {
+                    let host = host.clone();
+                    tokio::spawn(async move { cut_disallowed(&host, &restricted).await });
+                }
             }
         }
         report
@@ -595,6 +688,93 @@ pub async fn delete_conntrack(host: &Host, spec: &ForwardSpec) {
     }
 }
 
+/// Deletes the conntrack entries of `narrowed` forwards whose original
+/// source their (new) controls do not allow, and no other: one `conntrack -L`
+/// per family and protocol in use (filtered by the destination when the
+/// forwards share one), then one `conntrack -D` per refused source and port
+/// (all that source's flows to that port at once), none when nothing is to
+/// be cut.
+pub async fn cut_disallowed(host: &Host, narrowed: &[ForwardSpec]) {
+    let mut by_key: HashMap<Key, &ForwardSpec> = HashMap::new();
+    for spec in narrowed {
+        for key in keys(spec) {
+            by_key.insert(key, spec);
+        }
+    }
+    for (family, protocol) in [
+        ("ipv4", Protocol::Tcp),
+        ("ipv4", Protocol::Udp),
+        ("ipv6", Protocol::Tcp),
+        ("ipv6", Protocol::Udp),
+    ] {
+        let dsts: std::collections::BTreeSet<IpAddr> = narrowed
+            .iter()
+            .filter(|s| s.protocol == protocol && s.listen.is_ipv4() == (family == "ipv4"))
+            .map(|s| s.listen.ip())
+            .collect();
+        let Some(first) = dsts.first() else {
+            continue;
+        };
+        let dst = first.to_string();
+        let mut argv = vec!["conntrack", "-L", "-f", family, "-p", protocol.as_str()];
+        if dsts.len() == 1 {
+            argv.extend(["--orig-dst", &dst]);
+        }
+        let out = match host.run(&argv, None, crate::exec::DEFAULT_TIMEOUT).await {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list conntrack entries: flows from sources taken off an allowlist go on until they end");
+                continue;
+            }
+        };
+        // (source, destination, port) of the flows to cut.
+        let mut cut = std::collections::BTreeSet::new();
+        for line in out.stdout.lines() {
+            // The first src=/dst=/dport= are the original direction's.
+            let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name));
+            if let (Some(src), Some(dst), Some(dport)) =
+                (field("src="), field("dst="), field("dport="))
+                && let (Ok(src), Ok(dst), Ok(port)) = (
+                    src.parse::<IpAddr>(),
+                    dst.parse::<IpAddr>(),
+                    dport.parse::<u16>(),
+                )
+                && let Some(spec) = by_key.get(&(dst, protocol, port))
+                && !spec.controls.allows(src)
+            {
+                cut.insert((src, dst, port));
+            }
+        }
+        for (src, dst, port) in cut {
+            let (src, dst, port) = (src.to_string(), dst.to_string(), port.to_string());
+            let argv = [
+                "conntrack",
+                "-D",
+                "-f",
+                family,
+                "-p",
+                protocol.as_str(),
+                "--orig-src",
+                &src,
+                "--orig-dst",
+                &dst,
+                "--orig-port-dst",
+                &port,
+            ];
+            match host.run(&argv, None, crate::exec::DEFAULT_TIMEOUT).await {
+                Ok(_) => {
+                    tracing::info!(%src, %dst, %port, %protocol, "cut flows from a source no longer allowed")
+                }
+                // Ended meanwhile.
+                Err(e) if e.stderr().is_some_and(|s| s.contains("0 flow entries")) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %src, "cannot cut flows from a source no longer allowed")
+                }
+            }
+        }
+    }
+}
+
 /// Connections open now per forward of `forwards`: conntrack entries whose
 /// original destination is one of the forward's listen sockets (TCP ones in
 /// state ESTABLISHED only, so closing and TIME_WAIT entries do not count; every
@@ -734,5 +914,46 @@ impl<R: Ruleset> Backend for KernelBackend<R> {
     /// restarts, and the next agent's first apply replaces it.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use navigator_core::{ProxyProtocol, parse_cidr};
+
+    fn allow(cidrs: &[&str]) -> Controls {
+        Controls::new(
+            cidrs.iter().map(|c| parse_cidr(c).unwrap()).collect(),
+            None,
+            ProxyProtocol::None,
+        )
+    }
+
+    #[test]
+    fn narrowing_is_any_source_allowed_before_and_not_now() {
+        // From everyone to a list, and dropping or shrinking a network.
+        assert!(narrows(&allow(&[]), &allow(&["10.0.0.0/8"])));
+        assert!(narrows(&allow(&["10.0.0.0/8"]), &allow(&["10.0.0.0/9"])));
+        assert!(narrows(
+            &allow(&["10.0.0.0/24", "fd00::/64"]),
+            &allow(&["10.0.0.0/24"])
+        ));
+        // A network of the other family covers nothing.
+        assert!(narrows(&allow(&["10.0.0.0/24"]), &allow(&["::/0"])));
+        // Widening, equal, or covered by adjacent networks together.
+        assert!(!narrows(&allow(&["10.0.0.0/24"]), &allow(&[])));
+        assert!(!narrows(&allow(&[]), &allow(&[])));
+        assert!(!narrows(&allow(&["10.0.0.0/24"]), &allow(&["10.0.0.0/8"])));
+        assert!(!narrows(
+            &allow(&["10.0.0.0/24"]),
+            &allow(&["10.0.0.0/25", "10.0.0.128/25"])
+        ));
+        assert!(!narrows(
+            &allow(&["10.0.0.1", "fd00::1"]),
+            &allow(&["fd00::/64", "10.0.0.0/30"])
+        ));
+        // The edges of the 128-bit range do not overflow.
+        assert!(!narrows(&allow(&["ffff::/16"]), &allow(&["::/0"])));
     }
 }

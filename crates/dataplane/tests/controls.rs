@@ -5,9 +5,12 @@
 //!
 //! Each scenario checks that the allowed client passes and the other is
 //! refused (TCP and UDP, IPv4 and IPv6); that a change of controls alone is
-//! applied in place without cutting an established connection (kernel
-//! backends with `conntrack_cleanup = all`, which would cut it on a real
-//! retarget; socat restarts only its listener); that `max_connections` holds and recovers when a connection
+//! applied in place without cutting an established connection of a client
+//! still allowed (kernel backends with `conntrack_cleanup = all`, which
+//! would cut it on a real retarget; socat restarts only its listener); that
+//! narrowing an allowlist cuts the established TCP connections and UDP
+//! sessions of the clients taken off it and no others (kernel backends,
+//! `nf_conntrack_tcp_loose` 1 and 0); that `max_connections` holds and recovers when a connection
 //! ends and survives other forwards' changes; that the usage counters move
 //! by the bytes sent and survive a new agent's full rewrite; and that what
 //! a backend cannot enforce fails the forward with the reason.
@@ -285,7 +288,8 @@ async fn wait_active(topo: &Topo, backend: &dyn Backend, spec: &ForwardSpec, wan
     }
 }
 
-async fn scenario(kind: Kind) {
+/// The namespaces, the services, and the client's second addresses.
+fn topology() -> Topo {
     let mut topo = Topo::new(false);
     topo.start_services();
     for (addr, extra) in [("10.91.0.3/24", None), ("fd91::3/64", Some("nodad"))] {
@@ -293,6 +297,11 @@ async fn scenario(kind: Kind) {
         argv.extend(extra);
         topo.ns(&topo.client.clone(), &argv);
     }
+    topo
+}
+
+async fn scenario(kind: Kind) {
+    let topo = topology();
     let backend = make(kind, &topo);
     let backend = backend.as_ref();
 
@@ -332,12 +341,18 @@ async fn scenario(kind: Kind) {
     refused(&topo, "tcp", OTHER6, EXT6, 20000);
 
     // 2. A change of controls only, with a connection open: the data plane
-    // follows at once (the other client is now the allowed one) and the
-    // open connection carries on (socat: its child outlives the restarted
-    // listener).
+    // follows at once (the other client is now allowed) and the open
+    // connection carries on. The kernel backends cut the connections of
+    // clients taken off the list (`narrowing_cuts`), so there the open
+    // connection's client stays on it; socat's child outlives the restarted
+    // listener whatever the list.
     let held = Held::open(&topo, OK4, EXT4, 20000);
     wait_active(&topo, backend, &tcp4, 1).await;
-    tcp4.controls = controls(&[OTHER4], None);
+    tcp4.controls = if kind == Kind::Socat {
+        controls(&[OTHER4], None)
+    } else {
+        controls(&[OTHER4, OK4], None)
+    };
     all[0] = tcp4.clone();
     let before = backend.observe().await;
     let change = plan(&all, &before);
@@ -345,7 +360,9 @@ async fn scenario(kind: Kind) {
     let report = backend.apply(&change).await;
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     expect(&topo, "tcp", OTHER4, EXT4, 20000, "A");
-    refused(&topo, "tcp", OK4, EXT4, 20000);
+    if kind == Kind::Socat {
+        refused(&topo, "tcp", OK4, EXT4, 20000);
+    }
     let answer = held.finish();
     assert!(
         answer.starts_with('A'),
@@ -506,6 +523,154 @@ async fn scenario(kind: Kind) {
 
     converge(backend, &[]).await;
     backend.shutdown().await;
+}
+
+/// Narrowing an allowlist cuts what it no longer allows (kernel backends):
+/// established TCP connections and UDP sessions of both clients while
+/// everyone is allowed, then the list narrowed to client A: B's flows end
+/// (the next datagram or segment is dropped, or reset), A's carry on, and
+/// so do B's flows to another forward on the same address. Once with
+/// `nf_conntrack_tcp_loose` at its default 1 (B's next segment is picked up
+/// as a new connection, which the filter drops) and once at 0 (it is invalid,
+/// is not translated, and the proxy's closed port resets it); and once with
+/// the list narrowed while no agent ran, cut by the next agent's first apply.
+async fn narrowing_cuts(kind: Kind) {
+    let topo = topology();
+    let backend = make(kind, &topo);
+    let backend = backend.as_ref();
+    let tcp4 = spec(
+        Protocol::Tcp,
+        "10.91.0.1:20050",
+        "10.92.0.2:8080",
+        Controls::default(),
+    );
+    let udp4 = spec(
+        Protocol::Udp,
+        "10.91.0.1:20051",
+        "10.92.0.2:8080",
+        Controls::default(),
+    );
+    let tcp6 = spec(
+        Protocol::Tcp,
+        "[fd91::1]:20050",
+        "[fd92::2]:8080",
+        Controls::default(),
+    );
+    let open = spec(
+        Protocol::Tcp,
+        "10.91.0.1:20052",
+        "10.92.0.2:8080",
+        Controls::default(),
+    );
+    // The third round narrows the list while no agent runs: the new agent's
+    // first apply cuts.
+    let mut restarted = None;
+    for (round, loose, restart) in [(0u16, "1", false), (1, "0", false), (2, "1", true)] {
+        topo.ns(
+            &topo.proxy,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.netfilter.nf_conntrack_tcp_loose={loose}"),
+            ],
+        );
+        // Everyone allowed (the second round: a widening change, which
+        // cuts nothing).
+        let mut all = vec![tcp4.clone(), udp4.clone(), tcp6.clone(), open.clone()];
+        converge(backend, &all).await;
+        let a4 = Held::open(&topo, OK4, EXT4, 20050);
+        let b4 = Held::open(&topo, OTHER4, EXT4, 20050);
+        let a6 = Held::open(&topo, OK6, EXT6, 20050);
+        let b6 = Held::open(&topo, OTHER6, EXT6, 20050);
+        let b_open = Held::open(&topo, OTHER4, EXT4, 20052);
+        wait_active(&topo, backend, &tcp4, 2).await;
+        wait_active(&topo, backend, &tcp6, 2).await;
+        wait_active(&topo, backend, &open, 1).await;
+        // UDP sessions from fixed client ports (distinct per round, so
+        // that the first round's entries do not matter).
+        let (port_a, port_b) = (40051 + 2 * round, 40052 + 2 * round);
+        for (bind, port) in [(OK4, port_a), (OTHER4, port_b)] {
+            let answer = send(&topo, "udp", bind, EXT4, 20051, Some(port), b"ping\n");
+            assert!(
+                answer.starts_with('A'),
+                "UDP from {bind}:{port}: {answer:?}"
+            );
+        }
+
+        // Narrowed to client A's address.
+        all[0].controls = controls(&[OK4], None);
+        all[1].controls = controls(&[OK4], None);
+        all[2].controls = controls(&[OK6], None);
+        let backend = if restart {
+            let again: &dyn Backend = &**restarted.insert(make(kind, &topo));
+            converge(again, &all).await;
+            again
+        } else {
+            let change = plan(&all, &backend.observe().await);
+            assert_eq!(change.retarget.len(), 3, "{change:?}");
+            let report = backend.apply(&change).await;
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            backend
+        };
+
+        // B's entries are gone at once, A's and the other forward's stay.
+        wait_active(&topo, backend, &all[0], 1).await;
+        wait_active(&topo, backend, &all[2], 1).await;
+        wait_active(&topo, backend, &open, 1).await;
+        for (who, held, want_cut) in [
+            ("B over IPv4", b4, true),
+            ("B over IPv6", b6, true),
+            ("A over IPv4", a4, false),
+            ("A over IPv6", a6, false),
+            ("B to the forward left open", b_open, false),
+        ] {
+            let answer = held.finish();
+            if want_cut {
+                assert!(
+                    answer.is_empty(),
+                    "loose={loose}: {who}: the connection should be cut, got {answer:?}"
+                );
+            } else {
+                assert!(
+                    answer.starts_with('A'),
+                    "loose={loose}: {who}: the connection should carry on, got {answer:?}"
+                );
+            }
+        }
+        let b = send(&topo, "udp", OTHER4, EXT4, 20051, Some(port_b), b"ping\n");
+        assert!(
+            b.is_empty(),
+            "loose={loose}: B's UDP session should be cut, got {b:?}"
+        );
+        let a = send(&topo, "udp", OK4, EXT4, 20051, Some(port_a), b"ping\n");
+        assert!(
+            a.starts_with('A'),
+            "loose={loose}: A's UDP session should carry on, got {a:?}"
+        );
+    }
+    converge(backend, &[]).await;
+    backend.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nft_narrowing_cuts_flows_no_longer_allowed() {
+    if privileged("nft_narrowing_cuts_flows_no_longer_allowed") {
+        narrowing_cuts(Kind::Nft).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_narrowing_cuts_flows_no_longer_allowed() {
+    if privileged("iptables_narrowing_cuts_flows_no_longer_allowed") {
+        narrowing_cuts(Kind::Iptables).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_legacy_narrowing_cuts_flows_no_longer_allowed() {
+    if privileged("iptables_legacy_narrowing_cuts_flows_no_longer_allowed") {
+        narrowing_cuts(Kind::IptablesLegacy).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

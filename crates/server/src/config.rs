@@ -424,7 +424,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "agent",
         key: "conntrack_cleanup",
         default: "udp",
-        help: "Kernel backends: conntrack entries deleted when a forward is deleted or retargeted. udp: UDP flows follow the change, established TCP connections finish on the old target; all: TCP connections are cut too; off: never touch conntrack.",
+        help: "Kernel backends: conntrack entries deleted when a forward is deleted or retargeted. udp: UDP flows follow the change, established TCP connections finish on the old target; all: TCP connections are cut too; off: never touch conntrack (a narrowed allowlist then does not cut the flows it no longer allows either).",
     },
     OptionDoc {
         section: "agent",

@@ -358,7 +358,11 @@ impl Drop for Topo {
             // Processes still in a namespace (socat children) keep it alive.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    // Quietly: a child may have exited since the listing.
+                    let _ = Command::new("kill")
+                        .args(["-9", pid])
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
