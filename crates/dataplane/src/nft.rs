@@ -15,7 +15,7 @@
 //!
 //! Controls and usage are set elements too, keyed by the forward's
 //! `daddr . l4proto . port-interval` (counters: per port): allowlists (`restrict4/6`, and
-//! `allow4/6` with the client network appended to the key: one lookup
+//! `allow4/6` keyed by the client network then that key: one lookup
 //! whatever the number of networks), connection limits (the `limit4/6`
 //! verdict maps jump to one `ct count` chain per limited forward), and
 //! counters (`conns`, `bytes_in`, `bytes_out`: per-element counters, no rule
@@ -262,13 +262,13 @@ pub fn render_skeleton(table: &str) -> String {
 	set bytes_out6 {{ type ipv6_addr . inet_proto . inet_service; flags dynamic; counter; size 1048576; }}
 	set restrict4 {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}
 	set restrict6 {{ type ipv6_addr . inet_proto . inet_service; flags interval; }}
-	set allow4 {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}
-	set allow6 {{ type ipv6_addr . inet_proto . inet_service . ipv6_addr; flags interval; }}
+	set allow4 {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval; }}
+	set allow6 {{ type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags interval; }}
 	map limit4 {{ type ipv4_addr . inet_proto . inet_service : verdict; flags interval; }}
 	map limit6 {{ type ipv6_addr . inet_proto . inet_service : verdict; flags interval; }}
 	chain controls {{
-		ct state new ip daddr . meta l4proto . th dport @restrict4 ip daddr . meta l4proto . th dport . ip saddr != @allow4 drop
-		ct state new ip6 daddr . meta l4proto . th dport @restrict6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @allow6 drop
+		ct state new ip daddr . meta l4proto . th dport @restrict4 ip saddr . ip daddr . meta l4proto . th dport != @allow4 drop
+		ct state new ip6 daddr . meta l4proto . th dport @restrict6 ip6 saddr . ip6 daddr . meta l4proto . th dport != @allow6 drop
 		ct state new ip daddr . meta l4proto . th dport vmap @limit4
 		ct state new ip6 daddr . meta l4proto . th dport vmap @limit6
 		meta l4proto {{ tcp, udp }} ct direction original update @bytes_in4 {{ ip daddr . meta l4proto . th dport }}
@@ -579,7 +579,13 @@ fn elements(spec: &ForwardSpec, comments: bool) -> Vec<Elem> {
         for net in IpNet::aggregate(&same) {
             out.push(Elem {
                 set: pick("allow4", "allow6"),
-                key: format!("{key} . {net}"),
+                // The client network first: nft's concatenated-range sets
+                // (pipapo) narrow the candidates field by field, and every
+                // element of one forward shares its address, protocol and
+                // ports; with those first, each lookup walked all of the
+                // forward's networks (10,000 networks: a third of the
+                // connection rate); with the network first, a handful.
+                key: format!("{net} . {key}"),
                 value: None,
             });
         }
