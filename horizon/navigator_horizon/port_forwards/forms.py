@@ -46,6 +46,33 @@ def show_api_error(form, request, error, failure):
     return False
 
 
+def allowed_cidrs_field():
+    """The traffic controls' fields, shared by the create and update forms
+    (a factory each, so that every form class gets its own field)."""
+    return forms.CharField(
+        label=_("Allowed Sources"), required=False,
+        help_text=_("CIDRs allowed to connect, separated by commas or "
+                    "spaces (e.g. 192.0.2.0/24, 2001:db8::/32). Empty "
+                    "allows everyone."))
+
+
+def max_connections_field():
+    return forms.IntegerField(
+        label=_("Max Connections"), required=False, min_value=1,
+        max_value=1000000,
+        help_text=_("Most connections (UDP sessions) open at once. Empty "
+                    "is no limit."))
+
+
+def proxy_protocol_field():
+    return forms.ChoiceField(
+        label=_("PROXY Protocol"), required=False,
+        choices=PROXY_PROTOCOL_CHOICES,
+        help_text=_("Send the client's address to the instance in "
+                    "HAProxy's PROXY header (TCP on relay proxies; the "
+                    "instance must expect it)."))
+
+
 class CreateForm(forms.SelfHandlingForm):
     instance_id = forms.ChoiceField(
         label=_("Instance"), required=False,
@@ -67,22 +94,9 @@ class CreateForm(forms.SelfHandlingForm):
         help_text=_("Leave empty to let Navigator choose."))
     description = forms.CharField(label=_("Description"), required=False,
                                   max_length=255)
-    allowed_cidrs = forms.CharField(
-        label=_("Allowed Sources"), required=False,
-        help_text=_("CIDRs allowed to connect, separated by commas or "
-                    "spaces (e.g. 192.0.2.0/24, 2001:db8::/32). Empty "
-                    "allows everyone."))
-    max_connections = forms.IntegerField(
-        label=_("Max Connections"), required=False, min_value=1,
-        max_value=1000000,
-        help_text=_("Most connections (UDP sessions) open at once. Empty "
-                    "is no limit."))
-    proxy_protocol = forms.ChoiceField(
-        label=_("PROXY Protocol"), required=False,
-        choices=PROXY_PROTOCOL_CHOICES,
-        help_text=_("Send the client's address to the instance in "
-                    "HAProxy's PROXY header (TCP on relay proxies; the "
-                    "instance must expect it)."))
+    allowed_cidrs = allowed_cidrs_field()
+    max_connections = max_connections_field()
+    proxy_protocol = proxy_protocol_field()
 
     def __init__(self, request, *args, **kwargs):
         super().__init__(request, *args, **kwargs)
@@ -139,22 +153,9 @@ class RetargetForm(forms.SelfHandlingForm):
     internal_port = forms.IntegerField(label=_("Internal Port"))
     description = forms.CharField(label=_("Description"), required=False,
                                   max_length=255)
-    allowed_cidrs = forms.CharField(
-        label=_("Allowed Sources"), required=False,
-        help_text=_("CIDRs allowed to connect, separated by commas or "
-                    "spaces (e.g. 192.0.2.0/24, 2001:db8::/32). Empty "
-                    "allows everyone."))
-    max_connections = forms.IntegerField(
-        label=_("Max Connections"), required=False, min_value=1,
-        max_value=1000000,
-        help_text=_("Most connections (UDP sessions) open at once. Empty "
-                    "is no limit."))
-    proxy_protocol = forms.ChoiceField(
-        label=_("PROXY Protocol"), required=False,
-        choices=PROXY_PROTOCOL_CHOICES,
-        help_text=_("Send the client's address to the instance in "
-                    "HAProxy's PROXY header (TCP on relay proxies; the "
-                    "instance must expect it)."))
+    allowed_cidrs = allowed_cidrs_field()
+    max_connections = max_connections_field()
+    proxy_protocol = proxy_protocol_field()
 
     def handle(self, request, data):
         try:
