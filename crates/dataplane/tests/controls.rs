@@ -146,35 +146,9 @@ fn send(
     payload: &[u8],
 ) -> String {
     let address = client_address(proto, bind, ip, port, src_port);
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &topo.client,
-            "timeout",
-            "10",
-            "socat",
-            "-t",
-            "2",
-            "-T",
-            "2",
-            "-",
-            &address,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .and_then(|mut child| {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(payload);
-            }
-            child.wait_with_output()
-        });
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-        Err(_) => String::new(),
-    }
+    socat_in(&topo.client, 10, &address, payload)
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn ask(topo: &Topo, proto: &str, bind: &str, ip: &str, port: u16) -> String {

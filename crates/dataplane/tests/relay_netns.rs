@@ -106,33 +106,7 @@ fn request(topo: &Topo, proto: &str, src: &str, ip: &str, port: u16) -> (String,
     };
     let v = if v6 { "6" } else { "4" };
     let target = format!("{}{v}:{host}:{port},bind={bind}", proto.to_uppercase());
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &topo.client,
-            "timeout",
-            "5",
-            "socat",
-            "-t",
-            "2",
-            "-T",
-            "2",
-            "-",
-            &target,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(b"ping\n");
-            }
-            child.wait_with_output()
-        })
-        .expect("run socat");
+    let out = socat_in(&topo.client, 5, &target, b"ping\n").expect("run socat");
     (
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

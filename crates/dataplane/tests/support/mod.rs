@@ -289,25 +289,9 @@ impl Topo {
         if let Some(sp) = src_port {
             target.push_str(&format!(",sourceport={sp},reuseaddr"));
         }
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "timeout", "5", "socat", "-t", "2", "-T", "2", "-", &target,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write as _;
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(b"ping\n");
-                }
-                child.wait_with_output()
-            });
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_owned(),
-            Err(_) => String::new(),
-        }
+        socat_in(ns, 5, &target, b"ping\n")
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
     }
 
     /// A request from the client namespace.
@@ -368,4 +352,31 @@ impl Drop for Topo {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// Runs `socat - ADDRESS` in namespace `ns` under `timeout SECS`, writes
+/// `payload` to it and returns what it printed (stdout: the answer; stderr:
+/// why it failed). socat gives up two idle seconds after the last byte.
+pub fn socat_in(
+    ns: &str,
+    secs: u32,
+    address: &str,
+    payload: &[u8],
+) -> std::io::Result<std::process::Output> {
+    use std::io::Write as _;
+    let secs = secs.to_string();
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "timeout", &secs, "socat", "-t", "2", "-T", "2", "-", address,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(payload);
+            }
+            child.wait_with_output()
+        })
 }
