@@ -373,7 +373,7 @@ impl<R: Ruleset> KernelBackend<R> {
         // Forwards whose controls alone change: their flows keep their
         // translation, so conntrack is left alone.
         let mut kept_flows = std::collections::HashSet::new();
-        // Of those, the ones whose allowlist now refuses sources it allowed:
+        // Changed forwards whose allowlist now refuses sources it allowed:
         // their flows from such sources are cut once the rules are in.
         let mut narrowed = Vec::new();
         for id in &plan.remove {
@@ -385,9 +385,12 @@ impl<R: Ruleset> KernelBackend<R> {
             if let Some(old) = state.remove(spec.id) {
                 if controls_only(&old, spec) {
                     kept_flows.insert(spec.id);
-                    if narrows(&old.controls, &spec.controls) {
-                        narrowed.push(spec.clone());
-                    }
+                }
+                // Also when the target changes in the same update: the
+                // stale-flow cleanup may keep TCP flows (`udp` mode), and
+                // those of refused sources must not outlive the change.
+                if narrows(&old.controls, &spec.controls) {
+                    narrowed.push(spec.clone());
                 }
                 removed.push(old);
             }

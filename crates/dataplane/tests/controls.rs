@@ -537,9 +537,16 @@ async fn narrowing_cuts(kind: Kind) {
         Controls::default(),
     );
     // The third round narrows the list while no agent runs: the new agent's
-    // first apply cuts.
+    // first apply cuts. The fourth changes the TCP forward's target in the
+    // same update as its allowlist: the cut must not depend on the change
+    // being of the controls alone.
     let mut restarted = None;
-    for (round, loose, restart) in [(0u16, "1", false), (1, "0", false), (2, "1", true)] {
+    for (round, loose, restart, retarget) in [
+        (0u16, "1", false, false),
+        (1, "0", false, false),
+        (2, "1", true, false),
+        (3, "1", false, true),
+    ] {
         topo.ns(
             &topo.proxy,
             &[
@@ -575,6 +582,11 @@ async fn narrowing_cuts(kind: Kind) {
         all[0].controls = controls(&[OK4], None);
         all[1].controls = controls(&[OK4], None);
         all[2].controls = controls(&[OK6], None);
+        if retarget {
+            // Nothing listens there: only held connections are judged, and
+            // A's keeps its translation to the old target.
+            all[0].target.set_port(8081);
+        }
         let backend = if restart {
             let again: &dyn Backend = &**restarted.insert(make(kind, &topo));
             converge(again, &all).await;
