@@ -24,7 +24,7 @@
 //!
 //! Rendering is pure and snapshot-tested; see `tests/snapshots/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -392,30 +392,34 @@ pub fn render_update(
     let mut delete = Vec::new();
     let mut add = Vec::new();
     let mut limits = String::new();
-    for spec in removed {
-        let mut mine = elements(spec, comments);
-        if let Some(next) = new.get(&spec.id) {
-            let theirs = elements(next, comments);
-            mine.retain(|e| !theirs.contains(e));
-        }
-        delete.extend(mine);
-    }
+    // Each side's elements, built once; a forward on both sides (a change)
+    // keeps the elements they share, found by hash (an allowlist has up to
+    // 10,000 elements, so comparing lists would be quadratic).
+    let mut before: HashMap<ForwardId, Vec<Elem>> = removed
+        .iter()
+        .map(|s| (s.id, elements(s, comments)))
+        .collect();
     for spec in added {
         let mut mine = elements(spec, comments);
-        if let Some(prev) = old.get(&spec.id) {
-            let theirs = elements(prev, comments);
-            mine.retain(|e| !theirs.contains(e));
+        if let Some(theirs) = before.get_mut(&spec.id) {
+            let theirs_set: HashSet<Elem> = theirs.iter().cloned().collect();
+            let mine_set: HashSet<Elem> = mine.iter().cloned().collect();
+            mine.retain(|e| !theirs_set.contains(e));
+            theirs.retain(|e| !mine_set.contains(e));
         }
         add.extend(mine);
+    }
+    for spec in removed {
+        delete.extend(before.remove(&spec.id).unwrap_or_default());
     }
     // Counter elements of ports no longer carried by the same forward go
     // (the data path made them, so they may not exist: adding first makes
     // the deletion succeed either way, in the same transaction).
     let mut stale = Vec::new();
     for spec in removed {
-        let keep = new
+        let keep: HashSet<_> = new
             .get(&spec.id)
-            .map(|s| counter_keys(s))
+            .map(|s| counter_keys(s).into_iter().collect())
             .unwrap_or_default();
         for (set, key) in counter_keys(spec) {
             if !keep.contains(&(set, key.clone())) {
@@ -502,7 +506,7 @@ fn push_limit_rule(out: &mut String, table: &str, spec: &ForwardSpec, n: u32) {
 }
 
 /// One element of a per-forward set or map.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Elem {
     set: &'static str,
     key: String,
