@@ -170,7 +170,7 @@ pub struct PortForward {
 impl PortForward {
     /// What the data plane needs to carry this forward.
     pub fn spec(&self) -> ForwardSpec {
-        let ports = self.external_port_end - self.external_port + 1;
+        let ports = self.port_count();
         ForwardSpec {
             id: self.id,
             protocol: self.protocol,
@@ -180,6 +180,11 @@ impl PortForward {
             one_target_port: ports > 1 && self.internal_port_end == self.internal_port,
             controls: self.controls.clone(),
         }
+    }
+
+    /// How many external ports the forward holds (1 for a single port).
+    pub fn port_count(&self) -> u16 {
+        self.external_port_end - self.external_port + 1
     }
 
     /// Whether the forward covers more than one external port.
@@ -290,6 +295,16 @@ impl ForwardSpec {
                 SocketAddr::new(self.target.ip(), target),
             ))
         })
+    }
+
+    /// Whether `other` is this forward with, at most, other controls: a
+    /// data plane then changes the controls in place and keeps every
+    /// established connection (their translation did not change).
+    pub fn differs_only_in_controls(&self, other: &ForwardSpec) -> bool {
+        ForwardSpec {
+            controls: other.controls.clone(),
+            ..self.clone()
+        } == *other
     }
 
     /// `20000` or `20000-20009`: the listening ports, for messages.

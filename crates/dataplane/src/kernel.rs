@@ -139,18 +139,6 @@ pub struct Counted {
     pub connections: u64,
 }
 
-/// Whether going from `old` to `new` changes only the controls: the kernel
-/// then updates the filter objects in place and leaves conntrack (and so
-/// every established connection) alone.
-pub fn controls_only(old: &ForwardSpec, new: &ForwardSpec) -> bool {
-    old.id == new.id
-        && old.listen == new.listen
-        && old.ports == new.ports
-        && old.protocol == new.protocol
-        && old.target == new.target
-        && old.one_target_port == new.one_target_port
-}
-
 /// Whether `new`'s allowlist refuses a source that `old`'s allowed (going
 /// from empty = everyone to any list included): only then can flows of the
 /// forward need cutting, so a widening change costs no conntrack run.
@@ -383,7 +371,7 @@ impl<R: Ruleset> KernelBackend<R> {
         }
         for spec in plan.retarget.iter().chain(&plan.add) {
             if let Some(old) = state.remove(spec.id) {
-                if controls_only(&old, spec) {
+                if old.differs_only_in_controls(spec) {
                     kept_flows.insert(spec.id);
                 }
                 // Also when the target changes in the same update: the

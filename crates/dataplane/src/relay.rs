@@ -104,9 +104,9 @@ impl RelayBackend {
                 Ok(()) => {
                     self.carried().insert(spec.id, spec.clone());
                 }
-                Err(e) => report.failed.push(ForwardFailure {
+                Err(reason) => report.failed.push(ForwardFailure {
                     id: spec.id,
-                    reason: format!("cannot retarget: {e}"),
+                    reason,
                 }),
             }
         }
@@ -145,7 +145,7 @@ impl RelayBackend {
         let carried = self.carried().get(&spec.id).cloned();
         let target_changed = carried
             .as_ref()
-            .is_none_or(|c| c.target != spec.target || c.one_target_port != spec.one_target_port);
+            .is_none_or(|c| !c.differs_only_in_controls(spec));
         if target_changed {
             spec.pairs()
                 .zip(0..)

@@ -118,7 +118,7 @@ impl SocatBackend {
                 // A change of controls alone stops only the listeners: the
                 // per-connection children keep serving what they carry, as
                 // kernel NAT keeps established connections.
-                let how = if crate::kernel::controls_only(&old.spec, spec) {
+                let how = if old.spec.differs_only_in_controls(spec) {
                     Stop::ListenerOnly
                 } else {
                     Stop::All

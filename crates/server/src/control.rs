@@ -346,12 +346,7 @@ impl Control {
                 self.check_target(&proxies, ip, internal)?;
             }
             if controls_change {
-                self.check_controls(
-                    proxy,
-                    forward.protocol,
-                    forward.external_port_end - forward.external_port + 1,
-                    &controls,
-                )?;
+                self.check_controls(proxy, forward.protocol, forward.port_count(), &controls)?;
             }
         }
         let change = TargetChange {
@@ -1044,7 +1039,7 @@ impl Control {
                     .unwrap_or(&forward.project_id),
                 sequence: self.placements.fetch_add(1, Ordering::Relaxed),
                 protocol: forward.protocol,
-                ports: forward.external_port_end - forward.external_port + 1,
+                ports: forward.port_count(),
                 // A forward moves only where its controls hold.
                 controls: &forward.controls,
             };
@@ -1226,7 +1221,7 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Number of external ports `forward` holds.
 fn forward_ports(forward: &PortForward) -> i64 {
-    i64::from(forward.external_port_end) - i64::from(forward.external_port) + 1
+    i64::from(forward.port_count())
 }
 
 /// The proxy's first address in the target's family, else its first address.

@@ -581,7 +581,7 @@ impl Store {
         // not across the inserts). A project's first create finds no counter
         // row: make one and try again (also when another server made it in
         // between).
-        let ports = i64::from(f.external_port_end) - i64::from(f.external_port) + 1;
+        let ports = i64::from(f.port_count());
         statements.push(crate::quotas::claim(
             &f.project_id,
             ports,
@@ -916,7 +916,7 @@ impl Store {
             return Ok(None);
         }
         // A range moves as one block of the same size.
-        let size = current.external_port_end - current.external_port + 1;
+        let size = current.port_count();
         if to.pool.contains(current.external_port) && to.pool.contains(current.external_port_end) {
             match self.claim_move(&current, to, current.external_port).await {
                 Ok(moved) => return Ok(moved),
@@ -1010,7 +1010,7 @@ impl Store {
         let Some(forward) = self.get_forward(id).await? else {
             return Ok(false);
         };
-        let ports = i64::from(forward.external_port_end) - i64::from(forward.external_port) + 1;
+        let ports = i64::from(forward.port_count());
         let id = id.to_string();
         let affected = self
             .execute_claimed(&[
