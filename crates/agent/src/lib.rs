@@ -85,7 +85,6 @@ impl Agent {
     pub async fn upsert(&self, forward: ForwardSpec) -> ForwardResult {
         let mut state = self.state.lock().await;
         let id = forward.id;
-        let entry = ForwardEntry::from(&forward);
         state.desired.insert(id, forward);
         self.reconcile_one(&mut state, id).await;
         state
@@ -96,7 +95,7 @@ impl Agent {
                 id: id.to_string(),
                 status: ResultStatus::Error,
                 reason: Some("the agent lost track of the forward".into()),
-                applied: Some(entry),
+                applied: state.desired.get(&id).map(ForwardEntry::from),
             })
     }
 

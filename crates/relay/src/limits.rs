@@ -135,21 +135,20 @@ struct LimitInner {
 impl Limit {
     /// `max = None` is unlimited. `name` and `option` only word the warning.
     pub fn new(name: impl Into<String>, option: impl Into<String>, max: Option<usize>) -> Limit {
-        Limit(Arc::new(LimitInner {
-            name: name.into(),
-            option: option.into(),
-            quiet: false,
-            gate: Gate::new(max),
-        }))
+        Limit::build(name.into(), option.into(), max, false)
     }
 
     /// Like [`Limit::new`], but an episode of refusals is logged at `info`:
     /// for a cap that its user set and reaches on purpose.
     pub fn quiet(name: impl Into<String>, option: impl Into<String>, max: Option<usize>) -> Limit {
+        Limit::build(name.into(), option.into(), max, true)
+    }
+
+    fn build(name: String, option: String, max: Option<usize>, quiet: bool) -> Limit {
         Limit(Arc::new(LimitInner {
-            name: name.into(),
-            option: option.into(),
-            quiet: true,
+            name,
+            option,
+            quiet,
             gate: Gate::new(max),
         }))
     }
