@@ -109,14 +109,25 @@ pub struct QuotaDetailsBody {
     pub quota: QuotaDetails,
 }
 
+/// What a limit may be, for messages (the API's, the CLI's and the
+/// `[quotas]` options').
+pub fn limit_expected() -> String {
+    format!("expected -1 (unlimited) or a whole number from 0 to {MAX_LIMIT}")
+}
+
+/// Whether `value` is a limit: -1 (unlimited) or 0 up to [`MAX_LIMIT`].
+pub fn is_limit(value: i64) -> bool {
+    (-1..=MAX_LIMIT).contains(&value)
+}
+
 /// Checks a limit: -1 (unlimited) or 0 up to [`MAX_LIMIT`].
 pub fn check_limit(field: &'static str, value: i64) -> Result<i64, FieldError> {
-    if (-1..=MAX_LIMIT).contains(&value) {
+    if is_limit(value) {
         Ok(value)
     } else {
         Err(FieldError::new(
             field,
-            format!("{value}: expected -1 (unlimited) or a whole number from 0 to {MAX_LIMIT}"),
+            format!("{value}: {}", limit_expected()),
         ))
     }
 }
@@ -131,7 +142,7 @@ fn limit<'de, D: Deserializer<'de>>(
     let number = value.as_i64().ok_or_else(|| {
         serde::de::Error::custom(FieldError::new(
             field,
-            format!("{value}: expected -1 (unlimited) or a whole number from 0 to {MAX_LIMIT}"),
+            format!("{value}: {}", limit_expected()),
         ))
     })?;
     check_limit(field, number)

@@ -951,8 +951,8 @@ fn public_endpoint(value: &str) -> Result<Option<String>, String> {
 /// nothing) up to 2^31 - 1, what the database's INTEGER column holds.
 pub fn quota_limit(value: &str) -> Result<i64, String> {
     match value.parse::<i64>() {
-        Ok(n) if (-1..=i64::from(i32::MAX)).contains(&n) => Ok(n),
-        _ => Err("expected -1 (unlimited) or a whole number from 0 to 2147483647".into()),
+        Ok(n) if navigator_api::quota::is_limit(n) => Ok(n),
+        _ => Err(navigator_api::quota::limit_expected()),
     }
 }
 
