@@ -192,8 +192,9 @@ fn usage_errors_exit_2() {
 #[test]
 fn usage_errors_found_before_any_request_exit_2() {
     // The endpoint is unreachable: these must fail before trying it.
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (&["forward", "set", "abc"], "nothing to set"),
+        (&["quota", "set", "p1"], "nothing to set"),
         (
             &["forward", "list", "-c", "bogus"],
             "unknown column 'bogus'",

@@ -9,6 +9,7 @@ use navigator_api::quota::{QuotaDetails, QuotaUpdate, check_limit};
 use serde_json::{Value, json};
 
 use crate::config::GlobalArgs;
+use crate::errors::UsageError;
 use crate::output::{self, Column, OutputArgs, Shape};
 
 /// `quota show`: one field per resource, its limit.
@@ -117,7 +118,10 @@ pub async fn run(global: &GlobalArgs, command: QuotaCommand) -> Result<()> {
         }
         QuotaCommand::Set(args) => {
             if args.forwards.is_none() && args.ports.is_none() {
-                return Err(anyhow!("nothing to set: give --forwards, --ports or both"));
+                // A usage mistake, exit 2 as clap's own (as `forward set`).
+                return Err(
+                    UsageError("nothing to set: give --forwards, --ports or both".into()).into(),
+                );
             }
             let answer = global
                 .client()
