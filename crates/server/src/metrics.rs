@@ -409,11 +409,7 @@ async fn per_forward_usage(state: &AppState, hosts: &[String]) -> Vec<(ForwardId
             return Vec::new();
         }
         match crate::usage::proxy_usage(control, host, &ids, crate::usage::USAGE_TIMEOUT).await {
-            Ok(usage) => {
-                let mut usage: Vec<_> = usage.into_iter().collect();
-                usage.sort_by_key(|(id, _)| *id);
-                usage
-            }
+            Ok(usage) => usage.into_iter().collect(),
             Err(reason) => {
                 tracing::warn!(proxy = %host, %reason, "metrics: no per-forward usage from the proxy");
                 control.metrics().record_usage_error();

@@ -7,7 +7,7 @@
 //! shorter), so that a dead or slow agent costs a GET at most that long,
 //! and every failure becomes a reason for people rather than an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use navigator_api::v1::Usage;
@@ -50,8 +50,9 @@ pub async fn proxy_usage(
 ) -> Result<HashMap<ForwardId, ForwardUsage>, String> {
     let mut found = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(MAX_USAGE_IDS) {
-        let asked = chunk.iter().map(ToString::to_string).collect();
-        let result = control.agents().get_usage(host, asked, timeout).await;
+        let asked: HashSet<ForwardId> = chunk.iter().copied().collect();
+        let ids = chunk.iter().map(ToString::to_string).collect();
+        let result = control.agents().get_usage(host, ids, timeout).await;
         control
             .metrics()
             .record_rpc(methods::GET_USAGE, result.is_ok());
@@ -63,7 +64,7 @@ pub async fn proxy_usage(
             // Only what was asked: an agent answering about other forwards
             // must not leak them into this answer.
             if let Ok(id) = id.parse::<ForwardId>()
-                && chunk.contains(&id)
+                && asked.contains(&id)
             {
                 found.insert(id, entry.into());
             }
