@@ -33,6 +33,10 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    // Nagle would add up to 40 ms to every small write the relay forwards. Set
+    // on the listener, it is inherited by every accepted socket (Linux copies
+    // it): one setsockopt per connection fewer.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -144,8 +148,6 @@ async fn connection(
     let shared = &guard.0;
     let cancel = shared.conn_cancel.clone();
     let target = shared.target();
-    // Nagle would add up to 40 ms to every small write the relay forwards.
-    let _ = client.set_nodelay(true);
     // Boxed: the connect/timeout futures are large and only needed for a moment; the
     // connection task keeps only what the steady state needs.
     let upstream = Box::pin(async {
@@ -285,4 +287,20 @@ async fn write_all(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TCP_NODELAY is set once, on the listener: the accepted sockets must
+    /// inherit it (Linux copies it), or every small write waits on Nagle.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listener = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"));
+    }
 }

@@ -200,6 +200,43 @@ async fn half_close_keeps_other_direction() {
     }
 }
 
+/// A read shorter than the buffer ends the relay's reading until the next
+/// readiness event (it saves the read that would answer EAGAIN): messages
+/// that trickle in one by one, with pauses, and the FIN after them must all
+/// still be relayed, in both engines.
+#[tokio::test]
+async fn trickled_messages_after_short_reads() {
+    for mode in [SpliceMode::Auto, SpliceMode::Never, SpliceMode::Always] {
+        let relay = Relay::new(RelayConfig {
+            splice: mode,
+            ..RelayConfig::default()
+        });
+        let echo = echo_server(V4, None).await;
+        let front = relay_tcp(&relay, 1, V4, echo, None).await;
+        let mut c = TcpStream::connect(front).await.expect("connect");
+        for i in 0..20u8 {
+            // Several writes per message, some right after another, some after a pause.
+            c.write_all(&[i; 3]).await.expect("write");
+            if i % 3 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            c.write_all(&[i; 5]).await.expect("write");
+            let mut back = [0u8; 8];
+            c.read_exact(&mut back).await.expect("read echo");
+            assert_eq!(back[..3], [i; 3], "{mode:?}");
+            assert_eq!(back[3..], [i; 5], "{mode:?}");
+        }
+        c.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+            .await
+            .expect("EOF relayed after the last short read")
+            .expect("read to end");
+        assert!(rest.is_empty(), "{mode:?}");
+        relay.shutdown().await;
+    }
+}
+
 /// True if the relay closed the connection (EOF or reset) without relaying.
 async fn is_closed(mut s: TcpStream) -> bool {
     let _ = s.write_all(b"x").await;
