@@ -239,7 +239,8 @@ impl ActiveGuard {
             Caps::warn(
                 &caps.fds,
                 "open files",
-                "the open-file limit (RLIMIT_NOFILE), or lower the relay's connection caps",
+                "the open-file limit (LimitNOFILE= in the systemd unit; the budget is derived from it), \
+                 or lower [relay] max_connections / max_udp_sessions",
             );
             return refused();
         }
@@ -317,6 +318,7 @@ impl Relay {
             tcp: Gate::new(config.max_connections),
             udp: Gate::new(config.max_udp_sessions),
             fds: Gate::new(config.max_fds),
+            spare: limits::Spare::new(),
         });
         Relay {
             inner: Arc::new(Inner {

@@ -48,7 +48,10 @@ const FD_BURST_GAP: Duration = Duration::from_secs(10);
 
 /// Logs the out-of-fds warning once per burst: on the first EMFILE/ENFILE after at
 /// least `FD_BURST_GAP` without one. At the limit every accept fails, so logging each
-/// would flood the log exactly when the operator needs to read it.
+/// would flood the log exactly when the operator needs to read it. It names the
+/// limit in force and the relay's own budget, which should have refused first:
+/// reaching the process's limit means the budget does not fit (or another part
+/// of the process holds descriptors).
 pub(crate) fn warn_fd_limit(shared: &ListenerShared, e: &io::Error) {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
     let now = EPOCH
@@ -60,9 +63,16 @@ pub(crate) fn warn_fd_limit(shared: &ListenerShared, e: &io::Error) {
     if prev == 0 || now.saturating_sub(prev) >= FD_BURST_GAP.as_millis() as u64 {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let limit = limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+        let fds = shared.caps.fds.counts();
+        let budget = fds
+            .max
+            .map_or_else(|| "no budget".to_owned(), |m| format!("a budget of {m}"));
         warn!(listen = %shared.listen, error = %e,
-            "open file limit reached (RLIMIT_NOFILE={limit}): refusing new connections on {}; raise the limit",
-            shared.listen);
+            "open-file limit reached (RLIMIT_NOFILE={limit}; the relay counts {} open files of its own, {budget}): \
+             resetting new connections on {} (one warning per episode); raise LimitNOFILE= in the \
+             systemd unit (ulimit -n), or lower [relay] max_connections so that the relay's own cap \
+             refuses them first",
+            fds.active, shared.listen);
     }
 }
 
@@ -109,6 +119,13 @@ pub(crate) async fn serve(
             }
             Err(e) if is_fd_limit(&e) => {
                 warn_fd_limit(&shared, &e);
+                // Reset the pending connection with the relay's spare
+                // descriptor rather than leave it (and the backlog behind it)
+                // unanswered; then the next one.
+                if shared.caps.spare.refuse_one(&listener) {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
@@ -285,6 +302,8 @@ async fn connect(
             shared.connect_failures.fetch_add(1, Ordering::Relaxed);
             if is_fd_limit(&e) {
                 warn_fd_limit(shared, &e);
+                // Refused like any connection over a limit: at once.
+                let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
             } else {
                 debug!(%peer, %target, error = %e, "connect to target failed");
             }
