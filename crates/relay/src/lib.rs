@@ -152,9 +152,6 @@ pub(crate) struct ListenerShared {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) bytes_to_target: AtomicU64,
     pub(crate) bytes_from_target: AtomicU64,
-    /// Time (ms, process-relative, 0 = never) of the last out-of-fds error, so the
-    /// warning is logged once per burst instead of once per failed accept.
-    pub(crate) last_fd_error_ms: AtomicU64,
     /// Wakes the UDP loop so it drops sessions bound to the old target.
     pub(crate) retargeted: Notify,
     /// Cancels the live connections / sessions of this listener.
@@ -319,6 +316,7 @@ impl Relay {
             udp: Gate::new(config.max_udp_sessions),
             fds: Gate::new(config.max_fds),
             spare: limits::Spare::new(),
+            fd_limit: Gate::new(None),
         });
         Relay {
             inner: Arc::new(Inner {
@@ -405,7 +403,6 @@ impl Relay {
             connect_failures: AtomicU64::new(0),
             bytes_to_target: AtomicU64::new(0),
             bytes_from_target: AtomicU64::new(0),
-            last_fd_error_ms: AtomicU64::new(0),
             retargeted: Notify::new(),
             conn_cancel,
             tasks: TaskTracker::new(),

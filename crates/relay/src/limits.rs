@@ -234,6 +234,10 @@ pub(crate) struct Caps {
     pub(crate) fds: Gate,
     /// The open file kept for refusing connections at EMFILE.
     pub(crate) spare: Spare,
+    /// Refusals at the process's own open-file limit (EMFILE/ENFILE), over
+    /// all listeners: one warning per episode for the whole relay, not one
+    /// per port of a 1,000-port range.
+    pub(crate) fd_limit: Gate,
 }
 
 impl Caps {

@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -43,33 +43,28 @@ pub(crate) fn is_fd_limit(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::MFILE.raw_os_error() || c == rustix::io::Errno::NFILE.raw_os_error())
 }
 
-/// A burst of fd-exhaustion errors ends after this long without one.
-const FD_BURST_GAP: Duration = Duration::from_secs(10);
-
-/// Logs the out-of-fds warning once per burst: on the first EMFILE/ENFILE after at
-/// least `FD_BURST_GAP` without one. At the limit every accept fails, so logging each
-/// would flood the log exactly when the operator needs to read it. It names the
-/// limit in force and the relay's own budget, which should have refused first:
-/// reaching the process's limit means the budget does not fit (or another part
-/// of the process holds descriptors).
+/// Counts a refusal at the process's open-file limit and logs the warning
+/// once per episode of them, for the whole relay ([`crate::limits::EPISODE_GAP`]
+/// without one ends it). At the limit every accept fails, so logging each
+/// would flood the log exactly when the operator needs to read it. It names
+/// the limit in force and the relay's own budget, which should have refused
+/// first: reaching the process's limit means the budget does not fit (or
+/// another part of the process holds descriptors).
 pub(crate) fn warn_fd_limit(shared: &ListenerShared, e: &io::Error) {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    let now = EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1;
-    let prev = shared.last_fd_error_ms.swap(now, Ordering::Relaxed);
-    if prev == 0 || now.saturating_sub(prev) >= FD_BURST_GAP.as_millis() as u64 {
+    if shared.caps.fd_limit.refuse() {
         let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let limit = limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
         let fds = shared.caps.fds.counts();
+        let refusing = match shared.protocol {
+            crate::Protocol::Tcp => "resetting new connections",
+            crate::Protocol::Udp => "dropping the datagrams of new sessions",
+        };
         let budget = fds
             .max
             .map_or_else(|| "no budget".to_owned(), |m| format!("a budget of {m}"));
         warn!(listen = %shared.listen, error = %e,
             "open-file limit reached (RLIMIT_NOFILE={limit}; the relay counts {} open files of its own, {budget}): \
-             resetting new connections on {} (one warning per episode); raise LimitNOFILE= in the \
+             {refusing} on {} and any other listener (one warning per episode); raise LimitNOFILE= in the \
              systemd unit (ulimit -n), or lower [relay] max_connections so that the relay's own cap \
              refuses them first",
             fds.active, shared.listen);
