@@ -156,6 +156,10 @@ pub(crate) struct ListenerShared {
     pub(crate) retargeted: Notify,
     /// Cancels the live connections / sessions of this listener.
     pub(crate) conn_cancel: CancellationToken,
+    /// The TCP idle timeout's clock (`tcp::idle_ticker`): ticks so far, and
+    /// whether the ticker runs.
+    pub(crate) idle_ticks: std::sync::atomic::AtomicU32,
+    pub(crate) idle_ticker: AtomicBool,
     /// Tracks every connection / session task of this listener.
     pub(crate) tasks: TaskTracker,
 }
@@ -405,6 +409,8 @@ impl Relay {
             bytes_from_target: AtomicU64::new(0),
             retargeted: Notify::new(),
             conn_cancel,
+            idle_ticks: std::sync::atomic::AtomicU32::new(0),
+            idle_ticker: AtomicBool::new(false),
             tasks: TaskTracker::new(),
         });
         let accept_cancel = CancellationToken::new();

@@ -168,12 +168,13 @@ fn connection(
         copier: Copier::new(config.splice),
         client,
         upstream: None,
-        idle: None,
         guard,
         pipes,
         config,
         ip: peer.ip(),
         port: peer.port(),
+        seen: 0,
+        active_tick: 0,
     };
     relay(conn)
 }
@@ -184,13 +185,15 @@ struct Conn {
     /// Set once connected.
     upstream: Option<TcpStream>,
     copier: Copier,
-    /// Boxed: ~50 bytes that only connections with a timeout need.
-    idle: Option<Box<IdleTimer>>,
     guard: ActiveGuard,
     pipes: Arc<PipePool>,
     config: Arc<RelayConfig>,
     ip: IpAddr,
     port: u16,
+    /// The copier's progress (truncated) at the idle clock's tick
+    /// `active_tick`: the idle timeout needs no timer of its own.
+    seen: u32,
+    active_tick: u32,
 }
 
 impl Conn {
@@ -221,16 +224,25 @@ impl Conn {
         if let Poll::Ready(r) = r {
             return Poll::Ready(End::Copied(r));
         }
-        let progress = self.copier.progress();
-        let timeout = self.config.tcp_idle_timeout.unwrap_or_default();
-        if self
-            .idle
-            .as_mut()
-            .is_some_and(|t| t.expired(cx, progress, timeout))
-        {
-            return Poll::Ready(End::Idle);
-        }
         Poll::Pending
+    }
+
+    /// At a tick of the listener's idle clock (or any other wake-up of the
+    /// loop): whether no payload moved for `IDLE_TICKS` whole ticks, that is
+    /// for at least the idle timeout.
+    fn idle_expired(&mut self) -> bool {
+        if self.config.tcp_idle_timeout.is_none() {
+            return false;
+        }
+        let now = self.guard.0.idle_ticks.load(Ordering::Acquire);
+        // Truncated: what matters is whether it moved.
+        let progress = self.copier.progress() as u32;
+        if progress != self.seen {
+            self.seen = progress;
+            self.active_tick = now;
+            return false;
+        }
+        now.wrapping_sub(self.active_tick) > IDLE_TICKS
     }
 }
 
@@ -254,13 +266,10 @@ fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
         if conn.upstream.is_none() {
             return;
         }
-        conn.idle = conn.config.tcp_idle_timeout.map(|timeout| {
-            Box::new(IdleTimer {
-                sleep: Box::pin(tokio::time::sleep(timeout)),
-                last: Instant::now(),
-                seen: 0,
-            })
-        });
+        if let Some(timeout) = conn.config.tcp_idle_timeout {
+            idle_ticker(&conn.guard.0, timeout);
+            conn.active_tick = conn.guard.0.idle_ticks.load(Ordering::Acquire);
+        }
         let end = loop {
             let shared = &conn.guard.0;
             // Taken before the check, so that an allowlist change after the
@@ -274,8 +283,14 @@ fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
             let end = std::future::poll_fn(|cx| conn.poll_copy(cx, cancelled.as_mut())).await;
             match end {
                 // The listener's own cut (removal, shutdown), or an allowlist
-                // change: the loop re-checks the client for the latter.
-                End::Cut if !conn.guard.0.conn_cancel.is_cancelled() => continue,
+                // change or a tick of the idle clock: the loop re-checks the
+                // client, and the idle timeout.
+                End::Cut if !conn.guard.0.conn_cancel.is_cancelled() => {
+                    if conn.idle_expired() {
+                        break End::Idle;
+                    }
+                    continue;
+                }
                 end => break end,
             }
         };
@@ -299,40 +314,45 @@ fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// `[relay] tcp_idle_timeout`'s timer, in the connections that have one.
-struct IdleTimer {
-    /// Boxed: a timer entry is ~100 bytes every idle connection would
-    /// otherwise carry when no timeout is configured.
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// When payload last moved, as far as the timer has seen.
-    last: Instant,
-    /// The copier's progress at `last`.
-    seen: u64,
-}
+/// Ticks of the idle clock per idle timeout: a connection is closed after
+/// between 1 and 1.25 times the timeout without payload.
+const IDLE_TICKS: u32 = 8;
 
-impl IdleTimer {
-    /// Whether the connection has been idle for the whole timeout; registers
-    /// the timer's wake-up otherwise.
-    fn expired(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        progress: u64,
-        timeout: Duration,
-    ) -> bool {
-        if progress != self.seen {
-            self.seen = progress;
-            self.last = Instant::now();
-        }
-        // Re-arm lazily: only when the timer fires do we look at the last activity.
-        while self.sleep.as_mut().poll(cx).is_ready() {
-            let deadline = self.last + timeout;
-            if Instant::now() >= deadline {
-                return true;
-            }
-            self.sleep.as_mut().reset(deadline);
-        }
-        false
+/// Starts the listener's idle clock once, at its first connection with an idle
+/// timeout: every `timeout / IDLE_TICKS` it counts a tick and wakes every
+/// connection of the listener (as an allowlist change does: the epoch token
+/// is replaced and cancelled), each of which then checks whether it moved
+/// payload since its last check. One timer per listener instead of one per
+/// connection: a timer entry and its bookkeeping were ~170 bytes of every idle
+/// connection's memory (and two allocations per connection). It stops when
+/// the listener's connections are cut (removal, shutdown) or it is gone.
+fn idle_ticker(shared: &Arc<ListenerShared>, timeout: Duration) {
+    if shared.idle_ticker.swap(true, Ordering::AcqRel) {
+        return;
     }
+    let weak = Arc::downgrade(shared);
+    let tick = (timeout / IDLE_TICKS).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut clock = tokio::time::interval_at(Instant::now() + tick, tick);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            clock.tick().await;
+            let Some(shared) = weak.upgrade() else { return };
+            if shared.conn_cancel.is_cancelled() {
+                return;
+            }
+            shared.idle_ticks.fetch_add(1, Ordering::AcqRel);
+            let fresh = shared.conn_cancel.child_token();
+            let old = std::mem::replace(
+                &mut *shared
+                    .allow_epoch
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                fresh,
+            );
+            old.cancel();
+        }
+    });
 }
 
 /// Connects to the target and writes the PROXY header if configured. `None`:
