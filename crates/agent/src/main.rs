@@ -17,6 +17,11 @@ use navigator_core::Backoff;
 use navigator_rpc::{AmqpTransport, Broker, Transport, amqp};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc: the relay backend holds thousands of idle connections; see the workspace's
+/// Cargo.toml for why.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Read when `--config-file` is not given, as by the server.
 const DEFAULT_CONFIG_FILE: &str = "/etc/navigator/navigator.conf";
 /// EX_USAGE: the configuration or the command line is wrong.

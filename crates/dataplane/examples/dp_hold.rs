@@ -34,6 +34,11 @@ use navigator_dataplane::{
     RelayBackendConfig, SocatBackend, SocatConfig,
 };
 
+/// Allocates as navigator-agent and navigator-server do (jemalloc), so that
+/// memory and CPU are measured as they ship.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Filler forward `i`: 60,000 ports per unused listen address.
 fn filler(i: u32) -> ForwardSpec {
     let listen = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 1)) + i / 60_000);

@@ -25,6 +25,11 @@ use navigator_relay::{ListenerId, ListenerSpec, Protocol, Relay, RelayConfig, Sp
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Allocates as navigator-agent and navigator-server do (jemalloc), so that
+/// memory and CPU are measured as they ship.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> ExitCode {

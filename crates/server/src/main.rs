@@ -6,6 +6,11 @@ use clap::Parser;
 use navigator_server::cli::Args;
 use navigator_server::run::{self, StartError};
 
+/// jemalloc: the relay of all-in-one holds thousands of idle connections; see the workspace's
+/// Cargo.toml for why.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run::main(args) {
