@@ -133,6 +133,6 @@ stop "$fp"
   echo
   echo "fd-limit demo (RLIMIT_NOFILE=256, 200 connections asked): client saw: $line"
   echo 'relay log:'
-  grep -E "open file limit|available again" "$OUT/relay-fdlimit.log" | head -3 | sed 's/\x1b\[[0-9;]*m//g'
+  grep -E "open-file limit|available again" "$OUT/relay-fdlimit.log" | head -3 | sed 's/\x1b\[[0-9;]*m//g'
 } >>"$RESULTS"
 cat "$RESULTS"

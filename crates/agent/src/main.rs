@@ -17,10 +17,10 @@ use navigator_core::Backoff;
 use navigator_rpc::{AmqpTransport, Broker, Transport, amqp};
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc: an idle relayed connection costs about a third less memory than
-/// with glibc's malloc (see `tikv-jemallocator` in the workspace Cargo.toml).
+/// jemalloc: the relay backend holds thousands of idle connections; see the workspace's
+/// Cargo.toml for why.
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Read when `--config-file` is not given, as by the server.
 const DEFAULT_CONFIG_FILE: &str = "/etc/navigator/navigator.conf";

@@ -7,7 +7,9 @@
 //! applies the listed forwards plus `extra` filler forwards (kernel backends
 //! only: TCP on 10.200.0.0/16 addresses nobody sends to, so the lookup
 //! structures hold `extra` more entries), prints `READY <seconds to apply>`,
-//! and on EOF of stdin removes everything (`Backend::shutdown`).
+//! and on EOF of stdin removes everything (`Backend::shutdown`). The relay
+//! gets the caps `navigator-agent` would derive from the open-file limit
+//! (`DP_HOLD_NO_BUDGET=1`: none).
 //!
 //! With `CIDRS=N` in the environment (for `bench/dataplane/allowlist.sh`) the
 //! listed forwards get an allowlist of `N` networks through
@@ -31,6 +33,11 @@ use navigator_dataplane::{
     Backend, IptablesBackend, IptablesConfig, KernelConfig, NftBackend, NftConfig, RelayBackend,
     RelayBackendConfig, SocatBackend, SocatConfig,
 };
+
+/// Allocates as navigator-agent and navigator-server do (jemalloc), so that
+/// memory and CPU are measured as they ship.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Filler forward `i`: 60,000 ports per unused listen address.
 fn filler(i: u32) -> ForwardSpec {
@@ -166,7 +173,7 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
         })),
         "socat" => Box::new(SocatBackend::new(SocatConfig::default())),
         "relay" => Box::new(RelayBackend::new(RelayBackendConfig {
-            relay: Default::default(),
+            relay: agent_caps(),
             max_connections_per_forward: None,
             max_udp_sessions_per_forward: None,
         })),
@@ -174,9 +181,33 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
     })
 }
 
-/// The daemons' allocator, so that the relay's memory figures are theirs.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+/// The relay's caps as `navigator-agent` derives them with the default
+/// options (`navigator_agent::fd_budget`, which this crate cannot depend on):
+/// 256 descriptors kept for the process, the rest the relay's, half of them
+/// connections, a quarter UDP sessions. Without them the relay would run into
+/// the process's limit (EMFILE) instead of its own caps, which is not what a
+/// proxy node runs. `DP_HOLD_NO_BUDGET=1` leaves them out.
+fn agent_caps() -> navigator_relay::RelayConfig {
+    const RESERVED: u64 = 256;
+    let config = navigator_relay::RelayConfig::default();
+    if std::env::var_os("DP_HOLD_NO_BUDGET").is_some() {
+        return config;
+    }
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let Some(fds) = nofile.and_then(|n| usize::try_from(n.saturating_sub(RESERVED)).ok()) else {
+        return config;
+    };
+    eprintln!(
+        "relay budget (as navigator-agent derives it): {fds} open files, {} connections",
+        fds / 2
+    );
+    navigator_relay::RelayConfig {
+        max_fds: Some(fds),
+        max_connections: Some(fds / 2),
+        max_udp_sessions: Some(fds / 4),
+        ..config
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -5,7 +5,8 @@
 //!   With `ALLOW_CIDRS=N` in the environment every listener gets an allowlist
 //!   of N networks (N-1 random /24s outside loopback, then 127.0.0.0/8 last;
 //!   0 allows everyone),
-//!   to measure what matching costs per new connection.
+//!   to measure what matching costs per new connection. `TCP_IDLE_TIMEOUT=S`
+//!   sets the idle timeout (the agent's default is 3600; unset: none).
 //! - `backend <sink_addr> <echo_addr>`: sink (reads to EOF, replies with the byte
 //!   count) and echo servers.
 //! - `throughput <addr> <bytes>`: one bulk stream to the sink; prints MB/s.
@@ -24,9 +25,10 @@ use navigator_relay::{ListenerId, ListenerSpec, Protocol, Relay, RelayConfig, Sp
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The daemons' allocator, so that memory figures are theirs.
+/// Allocates as navigator-agent and navigator-server do (jemalloc), so that
+/// memory and CPU are measured as they ship.
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -84,8 +86,14 @@ async fn serve(args: &[String]) -> Res<()> {
         Some("never") => SpliceMode::Never,
         other => return Err(format!("bad splice mode {other:?}").into()),
     };
+    // The agent's default is 3600 s; unset here means none (RelayConfig's default).
+    let tcp_idle_timeout = match std::env::var("TCP_IDLE_TIMEOUT") {
+        Ok(s) => Some(Duration::from_secs(s.parse()?)),
+        Err(_) => None,
+    };
     let relay = Relay::new(RelayConfig {
         splice,
+        tcp_idle_timeout,
         ..RelayConfig::default()
     });
     let allow = match std::env::var("ALLOW_CIDRS") {

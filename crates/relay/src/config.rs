@@ -21,8 +21,10 @@ pub enum SpliceMode {
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// Close a TCP connection (both sides) after this long without payload in either
-    /// direction, whichever copy engine moves it. `None` (the default) keeps idle
-    /// connections forever, like a plain TCP proxy.
+    /// direction, whichever copy engine moves it: checked on one clock per listener
+    /// ticking every eighth of it (no timer per connection), so the connection is
+    /// closed after 1 to 1.25 times this. `None` (the default) keeps idle connections
+    /// forever, like a plain TCP proxy.
     pub tcp_idle_timeout: Option<Duration>,
     /// Concurrent TCP connections of the whole relay, all listeners together; `None`
     /// is unlimited. Beyond it new connections are accepted and reset at once.

@@ -5,8 +5,10 @@
 //! into a per-thread scratch buffer and is written through to the destination at once;
 //! only when the destination cannot take all of it does the connection keep the buffer
 //! (until it is written; the thread makes itself a new scratch buffer). A pipe is
-//! borrowed from a relay-wide pool for one transfer and returned empty. This keeps idle
-//! connections at a few hundred bytes of RSS and two fds.
+//! borrowed from a relay-wide pool for one transfer and returned empty. An idle
+//! connection's copier is 40 bytes and holds no buffer, no pipe and two fds; what an
+//! idle connection costs in all (tokio's task and I/O registrations, malloc) is
+//! measured by `bench/relay/idle.sh`.
 //!
 //! Write-through matters for short connections (one request, one reply): each message
 //! costs one read and one write syscall, no allocation, and no extra wake-up to learn
@@ -142,10 +144,12 @@ impl PipePool {
 /// `writable()` future embeds an intrusive waiter node, and the joined futures cost
 /// well over a kilobyte per connection. Driving `poll_read_ready` /
 /// `poll_write_ready` directly stores the waker in the socket's own registration,
-/// and this struct is ~100 bytes, which is what keeps idle connections small.
+/// and this struct is 48 bytes, which is what keeps idle connections small.
 pub(crate) struct Copier {
     up: Half,
     down: Half,
+    /// Payload bytes moved, both directions.
+    total: u64,
 }
 
 /// One direction. Holds a buffer or a pipe only between a read and the write that
@@ -155,12 +159,20 @@ struct Half {
     use_splice: bool,
     /// `SpliceMode::Auto`: may switch to splice once bulk data shows up.
     auto: bool,
+    /// Boxed: only a direction whose destination is full (or that is between
+    /// a splice in and out) holds anything, and an idle connection carries
+    /// both directions for as long as it lasts.
+    held: Option<Box<Held>>,
+}
+
+/// What a direction read and has not written yet.
+#[derive(Default)]
+struct Held {
     /// Bytes that are read but not yet written (pipe) / write position (buffer).
     pending: usize,
     buf: Option<Vec<u8>>,
     #[cfg(target_os = "linux")]
     pipe: Option<Pipe>,
-    total: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -175,12 +187,13 @@ impl Copier {
         Copier {
             up: Half::new(mode),
             down: Half::new(mode),
+            total: 0,
         }
     }
 
     /// Total payload bytes moved so far (both directions); lets the caller detect activity.
     pub(crate) fn progress(&self) -> u64 {
-        self.up.total + self.down.total
+        self.total
     }
 
     /// Relays until both directions have seen EOF (each EOF is propagated as a
@@ -194,14 +207,15 @@ impl Copier {
         pipes: &PipePool,
         [to_target, from_target]: [&AtomicU64; 2],
     ) -> Poll<io::Result<()>> {
+        let total = &mut self.total;
         let down_done = self.down.phase == Phase::Done;
         let up = self
             .up
-            .poll(cx, client, upstream, pipes, to_target, down_done)?;
+            .poll(cx, client, upstream, pipes, to_target, total, down_done)?;
         let up_done = self.up.phase == Phase::Done;
         let down = self
             .down
-            .poll(cx, upstream, client, pipes, from_target, up_done)?;
+            .poll(cx, upstream, client, pipes, from_target, total, up_done)?;
         if up.is_ready() && down.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -216,11 +230,7 @@ impl Half {
             phase: Phase::Read,
             use_splice: cfg!(target_os = "linux") && mode == SpliceMode::Always,
             auto: cfg!(target_os = "linux") && mode == SpliceMode::Auto,
-            pending: 0,
-            buf: None,
-            #[cfg(target_os = "linux")]
-            pipe: None,
-            total: 0,
+            held: None,
         }
     }
 
@@ -231,6 +241,7 @@ impl Half {
         dst: &TcpStream,
         pipes: &PipePool,
         counter: &AtomicU64,
+        total: &mut u64,
         peer_done: bool,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -258,7 +269,7 @@ impl Half {
                                 if n == BUF_SIZE && self.auto {
                                     self.use_splice = true;
                                 }
-                                self.total += n as u64;
+                                *total += n as u64;
                                 counter.fetch_add(n as u64, Ordering::Relaxed);
                                 // Write through. tokio answers WouldBlock without a syscall
                                 // until it has seen the destination writable once.
@@ -279,8 +290,11 @@ impl Half {
                                 } else {
                                     // The destination is full: this connection keeps the
                                     // buffer until the rest is written.
-                                    self.buf = Some(buf);
-                                    self.pending = written;
+                                    self.held = Some(Box::new(Held {
+                                        pending: written,
+                                        buf: Some(buf),
+                                        ..Held::default()
+                                    }));
                                     self.phase = Phase::Write;
                                 }
                                 continue;
@@ -297,7 +311,7 @@ impl Half {
                         }
                     };
                     if n == 0 {
-                        self.buf = None;
+                        self.held = None;
                         self.phase = Phase::Done;
                         // Propagate the FIN. ENOTCONN means the peer is already gone, which
                         // the other direction will notice on its own. When the other
@@ -313,7 +327,7 @@ impl Half {
                         }
                         continue;
                     }
-                    self.total += n as u64;
+                    *total += n as u64;
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                     self.phase = Phase::Write;
                 }
@@ -341,11 +355,14 @@ impl Half {
                 .map_err(io::Error::from)
         }) {
             Ok(n) => {
-                self.pending = n;
                 if n == 0 {
                     pipes.put(pipe);
                 } else {
-                    self.pipe = Some(pipe);
+                    self.held = Some(Box::new(Held {
+                        pending: n,
+                        pipe: Some(pipe),
+                        ..Held::default()
+                    }));
                 }
                 Ok(Some(n))
             }
@@ -374,8 +391,11 @@ impl Half {
         let mut buf = Vec::with_capacity(BUF_SIZE);
         match src.try_read_buf(&mut buf) {
             Ok(n) => {
-                self.buf = Some(buf);
-                self.pending = 0;
+                self.held = Some(Box::new(Held {
+                    pending: 0,
+                    buf: Some(buf),
+                    ..Held::default()
+                }));
                 Ok(Some(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -386,20 +406,24 @@ impl Half {
     /// Writes what the last read produced. Returns true once all of it is out (the
     /// buffer is freed / the empty pipe goes back to the pool).
     fn write_out(&mut self, dst: &TcpStream, pipes: &PipePool) -> io::Result<bool> {
+        let Some(held) = &mut self.held else {
+            return Ok(true);
+        };
         #[cfg(target_os = "linux")]
-        if let Some(pipe) = &self.pipe {
-            let left = self.pending;
+        if let Some(pipe) = &held.pipe {
+            let left = held.pending;
             match dst.try_io(Interest::WRITABLE, || {
                 rustix::pipe::splice(&pipe.read, None, dst, None, left, splice_flags())
                     .map_err(io::Error::from)
             }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(w) => {
-                    self.pending -= w;
-                    if self.pending == 0
-                        && let Some(p) = self.pipe.take()
+                    held.pending -= w;
+                    if held.pending == 0
+                        && let Some(p) = held.pipe.take()
                     {
                         pipes.put(p);
+                        self.held = None;
                         return Ok(true);
                     }
                     return Ok(false);
@@ -410,17 +434,19 @@ impl Half {
             }
         }
         let _ = pipes;
-        let Some(buf) = &self.buf else {
+        let Some(buf) = &held.buf else {
+            self.held = None;
             return Ok(true);
         };
-        match dst.try_write(&buf[self.pending..]) {
+        match dst.try_write(&buf[held.pending..]) {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(w) => {
-                self.pending += w;
-                if self.pending == buf.len() {
-                    if let Some(buf) = self.buf.take() {
+                held.pending += w;
+                if held.pending == buf.len() {
+                    if let Some(buf) = held.buf.take() {
                         return_scratch(buf);
                     }
+                    self.held = None;
                     return Ok(true);
                 }
                 Ok(false)

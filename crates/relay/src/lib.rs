@@ -152,13 +152,14 @@ pub(crate) struct ListenerShared {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) bytes_to_target: AtomicU64,
     pub(crate) bytes_from_target: AtomicU64,
-    /// Time (ms, process-relative, 0 = never) of the last out-of-fds error, so the
-    /// warning is logged once per burst instead of once per failed accept.
-    pub(crate) last_fd_error_ms: AtomicU64,
     /// Wakes the UDP loop so it drops sessions bound to the old target.
     pub(crate) retargeted: Notify,
     /// Cancels the live connections / sessions of this listener.
     pub(crate) conn_cancel: CancellationToken,
+    /// The TCP idle timeout's clock (`tcp::idle_ticker`): ticks so far, and
+    /// whether the ticker runs.
+    pub(crate) idle_ticks: std::sync::atomic::AtomicU32,
+    pub(crate) idle_ticker: AtomicBool,
     /// Tracks every connection / session task of this listener.
     pub(crate) tasks: TaskTracker,
 }
@@ -239,7 +240,8 @@ impl ActiveGuard {
             Caps::warn(
                 &caps.fds,
                 "open files",
-                "the open-file limit (RLIMIT_NOFILE), or lower the relay's connection caps",
+                "the open-file limit (LimitNOFILE= in the systemd unit; the budget is derived from it), \
+                 or lower [relay] max_connections / max_udp_sessions",
             );
             return refused();
         }
@@ -317,6 +319,8 @@ impl Relay {
             tcp: Gate::new(config.max_connections),
             udp: Gate::new(config.max_udp_sessions),
             fds: Gate::new(config.max_fds),
+            spare: limits::Spare::new(),
+            fd_limit: Gate::new(None),
         });
         Relay {
             inner: Arc::new(Inner {
@@ -403,9 +407,10 @@ impl Relay {
             connect_failures: AtomicU64::new(0),
             bytes_to_target: AtomicU64::new(0),
             bytes_from_target: AtomicU64::new(0),
-            last_fd_error_ms: AtomicU64::new(0),
             retargeted: Notify::new(),
             conn_cancel,
+            idle_ticks: std::sync::atomic::AtomicU32::new(0),
+            idle_ticker: AtomicBool::new(false),
             tasks: TaskTracker::new(),
         });
         let accept_cancel = CancellationToken::new();

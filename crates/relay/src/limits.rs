@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -232,6 +232,12 @@ pub(crate) struct Caps {
     /// Open files: a listener 1, a TCP connection 2, a UDP session 1, a
     /// splice pipe 2.
     pub(crate) fds: Gate,
+    /// The open file kept for refusing connections at EMFILE.
+    pub(crate) spare: Spare,
+    /// Refusals at the process's own open-file limit (EMFILE/ENFILE), over
+    /// all listeners: one warning per episode for the whole relay, not one
+    /// per port of a 1,000-port range.
+    pub(crate) fd_limit: Gate,
 }
 
 impl Caps {
@@ -243,5 +249,48 @@ impl Caps {
                 gate.max().unwrap_or(usize::MAX)
             );
         }
+    }
+}
+
+/// One open file (`/dev/null`) kept in reserve, so that at the process's
+/// open-file limit (EMFILE, ENFILE: a budget that does not fit, or another
+/// part of the process holding descriptors) an accept loop can still take a
+/// pending connection off the backlog and reset it — close the spare, accept,
+/// reset, reopen the spare — instead of leaving it unanswered in the backlog,
+/// where the client hangs until its own timeout. One per relay, shared by its
+/// listeners behind a mutex so that two of them do not spend it at once.
+pub(crate) struct Spare(Mutex<Option<std::fs::File>>);
+
+impl Spare {
+    pub(crate) fn new() -> Spare {
+        Spare(Mutex::new(Spare::open()))
+    }
+
+    fn open() -> Option<std::fs::File> {
+        std::fs::File::open("/dev/null").ok()
+    }
+
+    /// Takes one pending connection off `listener` and resets it (SO_LINGER
+    /// 0). False when there was none, or no descriptor even with the spare
+    /// closed (another thread took it): the caller backs off.
+    pub(crate) fn refuse_one(&self, listener: &impl std::os::fd::AsFd) -> bool {
+        let mut spare = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.is_none() {
+            // Lost earlier to another part of the process; the first
+            // descriptor that frees up becomes the spare again.
+            *spare = Spare::open();
+        }
+        if spare.take().is_none() {
+            return false;
+        }
+        let refused = match socket2::SockRef::from(listener).accept() {
+            Ok((client, _)) => {
+                let _ = client.set_linger(Some(Duration::ZERO));
+                true
+            }
+            Err(_) => false,
+        };
+        *spare = Spare::open();
+        refused
     }
 }

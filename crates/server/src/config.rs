@@ -508,7 +508,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "relay",
         key: "tcp_idle_timeout",
         default: "3600",
-        help: "Seconds a relayed TCP connection may carry no payload in either direction before the relay closes both sides (0 never closes idle connections; 0-604800). Clients that must stay idle longer send TCP or application keep-alives.",
+        help: "Seconds a relayed TCP connection may carry no payload in either direction before the relay closes both sides, checked on one clock per listener that ticks every eighth of it, so a connection is closed after 1 to 1.25 times this (0 never closes idle connections; 0-604800). Clients that must stay idle longer send TCP or application keep-alives.",
     },
     OptionDoc {
         section: "relay",

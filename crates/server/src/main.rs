@@ -6,10 +6,10 @@ use clap::Parser;
 use navigator_server::cli::Args;
 use navigator_server::run::{self, StartError};
 
-/// jemalloc: an idle relayed connection costs about a third less memory than
-/// with glibc's malloc (see `tikv-jemallocator` in the workspace Cargo.toml).
+/// jemalloc: the relay of all-in-one holds thousands of idle connections; see the workspace's
+/// Cargo.toml for why.
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
