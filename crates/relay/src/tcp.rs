@@ -327,9 +327,10 @@ const IDLE_TICKS: u32 = 8;
 /// payload since its last check. One timer per listener instead of one per
 /// connection: a timer entry and its bookkeeping were ~170 bytes of every idle
 /// connection's memory (and two allocations per connection). It stops when
-/// the listener's connections are cut (removal, shutdown) or it is gone.
+/// the listener has no connection left, when its connections are cut
+/// (removal, shutdown) or when it is gone.
 fn idle_ticker(shared: &Arc<ListenerShared>, timeout: Duration) {
-    if shared.idle_ticker.swap(true, Ordering::AcqRel) {
+    if shared.idle_ticker.swap(true, Ordering::SeqCst) {
         return;
     }
     let weak = Arc::downgrade(shared);
@@ -342,6 +343,20 @@ fn idle_ticker(shared: &Arc<ListenerShared>, timeout: Duration) {
             let Some(shared) = weak.upgrade() else { return };
             if shared.conn_cancel.is_cancelled() {
                 return;
+            }
+            // No connection left: the clock stops, so that a listener costs no
+            // task while it carries nothing (100,000 forwards are 100,000
+            // listeners or more); the next connection starts it again.
+            if shared.active.load(Ordering::SeqCst) == 0 {
+                shared.idle_ticker.store(false, Ordering::SeqCst);
+                // A connection admitted meanwhile may have seen the flag still
+                // set and relied on this clock: keep ticking for it, unless it
+                // (or another) has started a clock of its own since.
+                if shared.active.load(Ordering::SeqCst) == 0
+                    || shared.idle_ticker.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
             }
             shared.idle_ticks.fetch_add(1, Ordering::AcqRel);
             let fresh = shared.conn_cancel.child_token();
