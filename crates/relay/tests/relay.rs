@@ -594,6 +594,34 @@ async fn tcp_idle_timeout_closes() {
     assert!(matches!(r, Ok(0) | Err(_)));
 }
 
+/// The idle clock of a listener stops while it carries no connection and the
+/// next connection starts it again: that one must still time out.
+#[tokio::test]
+async fn tcp_idle_timeout_after_the_clock_stopped() {
+    let relay = Relay::new(RelayConfig {
+        tcp_idle_timeout: Some(Duration::from_millis(300)),
+        ..RelayConfig::default()
+    });
+    let echo = echo_server(V4, None).await;
+    let front = relay_tcp(&relay, 1, V4, echo, None).await;
+    let mut first = TcpStream::connect(front).await.expect("connect");
+    round_trip(&mut first, b"x").await;
+    drop(first);
+    eventually("the first connection ends", || {
+        relay.stats(ListenerId(1)).is_some_and(|s| s.active == 0)
+    })
+    .await;
+    // Several ticks (300 ms / 8) with no connection: the clock stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = TcpStream::connect(front).await.expect("connect");
+    round_trip(&mut c, b"y").await;
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("closed by idle timeout");
+    assert!(matches!(r, Ok(0) | Err(_)));
+}
+
 #[tokio::test]
 async fn unreachable_target_closes_client() {
     let relay = Relay::new(RelayConfig::default());
