@@ -9,6 +9,12 @@
 # other round; the table shows median and min-max of ROUNDS):
 #   plain        routing through the proxy namespace, no forwarder
 #   nft          kernel DNAT (dp_hold nft: the agent's nft backend)
+#   plain-2cpu, nft-2cpu  the same with the echo server moved to CPU 0 (the
+#                forwarder CPU, idle in kernel rows): with PIN=1 the kernel's
+#                forwarding work runs in the context of the generator and
+#                echo server, so in plain/nft it shares CPU 1 with them while
+#                a process forwarder has CPU 0 on top; these rows give the
+#                kernel both CPUs, as the relay rows use both
 #   relay        Navigator's relay (dp_hold relay: the agent's relay backend,
 #                with the agent's default caps, see "Idle limit" below), on
 #                the forwarder CPU (CPU 0 with PIN=1)
@@ -97,7 +103,7 @@ SOCAT_SECS="${SOCAT_SECS:-2}"
 LIMIT="${LIMIT:-1}"
 LIMIT_STEP="${LIMIT_STEP:-8000}"
 LIMIT_MAX="${LIMIT_MAX:-30000}"
-MODES="${MODES:-plain nft relay relay-1core relay-2core minrelay minrelay-2p haproxy socat}"
+MODES="${MODES:-plain nft plain-2cpu nft-2cpu relay relay-1core relay-2core minrelay minrelay-2p haproxy socat}"
 OUT="${OUT:-/tmp/relay-forwarders}"
 NS_PREFIX="nvfw$$"
 # relay_bench's echo moves aside: loadgen's epoll echo serves 10.92.0.2:9002.
@@ -113,7 +119,9 @@ export RELAY_CAPS=agent RELAY_PER_FORWARD=0
 HZ=$(getconf CLK_TCK)
 IRQ_ACCT=$({ zcat /proc/config.gz 2>/dev/null || cat "/boot/config-$(uname -r)" 2>/dev/null || true; } | grep -E '^CONFIG_IRQ_TIME_ACCOUNTING=y' || echo "CONFIG_IRQ_TIME_ACCOUNTING unset")
 
-nsx "$B" "${GEN[@]}" "$LG" echo 10.92.0.2:9002 >"$OUT/echo.out" 2>"$OUT/echo.log" &
+# ip netns exec (not the nsx function) so that $! is the echo server itself,
+# which the -2cpu rows move between CPUs.
+ip netns exec "$B" "${GEN[@]}" "$LG" echo 10.92.0.2:9002 >"$OUT/echo.out" 2>"$OUT/echo.log" &
 ECHO_PID=$!; PIDS+=("$ECHO_PID")
 for _ in $(seq 100); do grep -q READY "$OUT/echo.out" 2>/dev/null && break; sleep 0.05; done
 
@@ -134,6 +142,9 @@ cpu_s() {
 # /proc/stat, all CPUs, in seconds: "irq+softirq busy" (busy = user, nice,
 # system, irq, softirq).
 stat_s() { awk -v hz="$HZ" '/^cpu / { printf "%.4f %.4f\n", ($7 + $8) / hz, ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+# Busy seconds of CPU 0 alone (the forwarder's CPU with PIN=1): what else ran
+# there shows whether the forwarder had its core to itself.
+cpu0_s() { awk -v hz="$HZ" '/^cpu0 / { printf "%.4f\n", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
 # USS in KiB of the PIDs and their descendants.
 uss_kb() { local s=0 p v; for p in $(tree "$@"); do
   v=$(awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0); s=$((s + v)); done; echo "$s"; }
@@ -177,6 +188,7 @@ spawn() { local name=$1; shift; ip netns exec "$P" "$@" >"$OUT/$name.out" 2>>"$O
 cpus_of() {
   case $1 in
     plain|nft) echo "kernel (senders' CPU)" ;;
+    plain-2cpu|nft-2cpu) if [ "$PIN" = 1 ]; then echo "kernel; echo server on 0"; else echo "kernel (senders' CPU)"; fi ;;
     relay-2core|minrelay-2p) echo "0,1" ;;
     relay-1core) echo "0" ;;
     *) if [ "$PIN" = 1 ]; then echo "0"; else echo "any"; fi ;;
@@ -186,8 +198,8 @@ start_fwd() {
   FPIDS=(); KIND=process; SINK="$EXT:30001"; ECHO="$EXT:30002"
   local saved=("${FWD[@]}")
   case $1 in
-    plain) KIND=kernel; SINK=10.92.0.2:9001; ECHO=10.92.0.2:9002 ;;
-    nft) KIND=kernel; hold nft 0 nft >/dev/null ;;
+    plain|plain-2cpu) KIND=kernel; SINK=10.92.0.2:9001; ECHO=10.92.0.2:9002 ;;
+    nft|nft-2cpu) KIND=kernel; hold nft 0 "$1" >/dev/null 2>&1 || return 1 ;;
     relay|relay-1core|relay-2core|socat)
       [ "$1" = relay-1core ] && FWD=(taskset -c 0)
       [ "$1" = relay-2core ] && FWD=(taskset -c "0,1")
@@ -206,12 +218,14 @@ start_fwd() {
       wait_listen 30001; wait_listen 30002 ;;
     *) echo "unknown mode $1" >&2; return 1 ;;
   esac
+  case $1 in *-2cpu) [ "$PIN" != 1 ] || taskset -pc 0 "$ECHO_PID" >/dev/null ;; esac
   FWD=("${saved[@]}")
 }
 stop_fwd() {
+  case $1 in *-2cpu) [ "$PIN" != 1 ] || taskset -pc 1 "$ECHO_PID" >/dev/null ;; esac
   case $1 in
-    plain) ;;
-    nft|relay|relay-1core|relay-2core|socat) unhold ;;
+    plain|plain-2cpu) ;;
+    nft|nft-2cpu|relay|relay-1core|relay-2core|socat) unhold ;;
     *) for p in "${FPIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done ;;
   esac
   FPIDS=()
@@ -221,7 +235,7 @@ fwd_s() { if [ "$KIND" = kernel ]; then stat_s | cut -d' ' -f1; else cpu_s "${FP
 d() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
 
 RESULTS="$OUT/results.tsv"
-printf 'mode\tround\tcps\tp50_us\tp99_us\tok\terrors\tgen_pct\tfwd_us_conn\tsoftirq_us_conn\techo_us_conn\tunattributed_us_conn\tMBps\tfwd_pct_per_gbit\tuss_before_kb\tuss_after_kb\tuss_b_per_idle\tidle_held\techo_pct\tfwd_pct\n' >"$RESULTS"
+printf 'mode\tround\tcps\tp50_us\tp99_us\tok\terrors\tgen_pct\tfwd_us_conn\tsoftirq_us_conn\techo_us_conn\tunattributed_us_conn\tMBps\tfwd_pct_per_gbit\tuss_before_kb\tuss_after_kb\tuss_b_per_idle\tidle_held\techo_pct\tfwd_pct\tcpu0_other_pct\n' >"$RESULTS"
 measure() { # mode round
   local mode=$1 round=$2 secs=$RATE_SECS
   [ "$mode" = socat ] && secs=$SOCAT_SECS
@@ -233,10 +247,10 @@ measure() { # mode round
   mbps=$(kv MBps "$tp"); tsecs=$(kv secs "$tp")
   fpg=$(awk -v c="$(d "$f0" "$f1")" -v s="${tsecs:-0}" -v m="${mbps:-0}" 'BEGIN { if (s > 0 && m > 0) printf "%.1f", 100 * c / s / (m * 8 / 1000); }')
   # Connection rate.
-  local sq0 sq1 busy0 busy1 e0 e1 r ok
-  read -r sq0 busy0 <<<"$(stat_s)"; f0=$(fwd_s); e0=$(cpu_s "$ECHO_PID")
+  local sq0 sq1 busy0 busy1 e0 e1 z0 z1 r ok
+  read -r sq0 busy0 <<<"$(stat_s)"; f0=$(fwd_s); e0=$(cpu_s "$ECHO_PID"); z0=$(cpu0_s)
   r=$(nsx "$C" "${GEN[@]}" "$LG" rate "$ECHO" "$CONC" "$secs")
-  read -r sq1 busy1 <<<"$(stat_s)"; f1=$(fwd_s); e1=$(cpu_s "$ECHO_PID")
+  read -r sq1 busy1 <<<"$(stat_s)"; f1=$(fwd_s); e1=$(cpu_s "$ECHO_PID"); z1=$(cpu0_s)
   ok=$(kv ok "$r")
   local per='function per(x) { return (ok > 0) ? sprintf("%.1f", x * 1e6 / ok) : "" }'
   local fwd_us sq_us echo_us un_us gen fc
@@ -268,13 +282,18 @@ measure() { # mode round
       exec 8>&-; wait "$hp" 2>/dev/null || true
     fi ;;
   esac
-  local echo_pct fwd_pct
+  local echo_pct fwd_pct other0
   echo_pct=$(awk -v x="$(d "$e0" "$e1")" -v s="$secs" 'BEGIN { printf "%.0f", 100 * x / s }')
   fwd_pct=$(awk -v x="$fc" -v s="$secs" 'BEGIN { printf "%.0f", 100 * x / s }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$round" \
+  # CPU 0 busy minus the forwarder (pinned rows only; meaningless for the
+  # 2-core rows and kernel rows, where others run there by design).
+  other0=$(awk -v z="$(d "$z0" "$z1")" -v f="$fc" -v s="$secs" 'BEGIN { x = 100 * (z - f) / s; printf "%.0f", (x < 0) ? 0 : x }')
+  case $mode in plain*|nft*|*-2core|*-2p) other0="" ;; esac
+  [ "$PIN" = 1 ] || other0=""
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$round" \
     "$(kv cps "$r")" "$(kv p50_us "$r")" "$(kv p99_us "$r")" "$ok" "$(kv errors "$r")" "$gen" \
-    "$fwd_us" "$sq_us" "$echo_us" "$un_us" "$mbps" "$fpg" "$ub" "$ua" "$upc" "$held" "$echo_pct" "$fwd_pct" >>"$RESULTS"
-  echo "  $mode (round $round): $(kv cps "$r") conn/s p50/p99 $(kv p50_us "$r")/$(kv p99_us "$r") us errors $(kv errors "$r") CPU gen ${gen}% echo ${echo_pct}% fwd ${fwd_pct}%, fwd ${fwd_us} us/conn, softirq ${sq_us} us/conn, ${mbps:-?} MB/s (${fpg:-?} %core/Gbit/s)${upc:+, USS $upc B/idle conn ($held held)}" >&2
+    "$fwd_us" "$sq_us" "$echo_us" "$un_us" "$mbps" "$fpg" "$ub" "$ua" "$upc" "$held" "$echo_pct" "$fwd_pct" "$other0" >>"$RESULTS"
+  echo "  $mode (round $round): $(kv cps "$r") conn/s p50/p99 $(kv p50_us "$r")/$(kv p99_us "$r") us errors $(kv errors "$r") CPU gen ${gen}% echo ${echo_pct}% fwd ${fwd_pct}%${other0:+ others on CPU 0 ${other0}%}, fwd ${fwd_us} us/conn, softirq ${sq_us} us/conn, ${mbps:-?} MB/s (${fpg:-?} %core/Gbit/s)${upc:+, USS $upc B/idle conn ($held held)}" >&2
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -341,11 +360,11 @@ awk -F'\t' '
                                      lo = a[1]; hi = a[n]; return a[int((n + 1) / 2)] }
   NR == 1 { next }
   !($1 in seen) { seen[$1] = 1; order[++n] = $1 }
-  { for (c = 3; c <= 20; c++) if ($c != "") v[$1, c] = v[$1, c] " " $c }
+  { for (c = 3; c <= 21; c++) if ($c != "") v[$1, c] = v[$1, c] " " $c }
   END {
     for (k = 1; k <= n; k++) {
       m = order[k]; line = m
-      for (c = 3; c <= 20; c++) {
+      for (c = 3; c <= 21; c++) {
         if (v[m, c] == "") { line = line "\t-\t-"; continue }
         x = med(v[m, c]); line = line "\t" x "\t" lo "-" hi
       }
@@ -356,17 +375,17 @@ awk -F'\t' '
 # 6,7 ok 8,9 errors 10,11 gen 12,13 fwd_us 14,15 softirq_us 16,17 echo_us
 # 18,19 unattributed 20,21 MBps 22,23 fwd_pct_per_gbit 24,25 uss_before
 # 26,27 uss_after 28,29 uss_b_per_idle 30,31 idle_held 32,33 echo_pct
-# 34,35 fwd_pct 36,37.
+# 34,35 fwd_pct 36,37 cpu0_other_pct 38,39.
 # (a missing value, "-" in the file, is empty)
 get() { awk -F'\t' -v m="$1" -v c="$2" '$1 == m { print ($c == "-") ? "" : $c }' "$SUMMARY"; }
-echo "| row | forwarder CPUs | conn/s, $CONC clients | p50 / p99 µs | errors (max) | CPU % of a core: generator / echo / forwarder | forwarder CPU ms per 1,000 conn | softirq ms per 1,000 conn (all CPUs) | MB/s, 1 stream | forwarder % of a core per Gbit/s | USS per idle conn (bytes) |"
+echo "| row | forwarder CPUs | conn/s, $CONC clients | p50 / p99 µs | errors (max) | CPU % of a core: generator / echo / forwarder (/ others on CPU 0) | forwarder CPU ms per 1,000 conn | softirq ms per 1,000 conn (all CPUs) | MB/s, 1 stream | forwarder % of a core per Gbit/s | USS per idle conn (bytes) |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 while IFS=$'\t' read -r -a f; do
   m=${f[0]}
-  star=""; [ "$m" = plain ] || [ "$m" = nft ] && star=" ¹"
+  star=""; case $m in plain*|nft*) star=" ¹" ;; esac
   e=${f[10]#*-}
-  printf '| %s | %s | %s (%s) | %s / %s | %s | %s / %s / %s%s | %s (%s)%s | %s (%s) | %s (%s) | %s%s | %s |\n' \
-    "$m" "$(cpus_of "$m")" "${f[1]}" "${f[2]}" "${f[3]}" "${f[5]}" "${e:-${f[9]}}" "${f[11]}" "${f[33]}" "${f[35]}" "$star" \
+  printf '| %s | %s | %s (%s) | %s / %s | %s | %s / %s / %s%s%s | %s (%s)%s | %s (%s) | %s (%s) | %s%s | %s |\n' \
+    "$m" "$(cpus_of "$m")" "${f[1]}" "${f[2]}" "${f[3]}" "${f[5]}" "${e:-${f[9]}}" "${f[11]}" "${f[33]}" "${f[35]}" "$star" "$([ "${f[37]}" = - ] || echo " / ${f[37]}")" \
     "${f[13]}" "${f[14]}" "$star" "${f[15]}" "${f[16]}" "${f[21]}" "${f[22]}" "${f[23]}" "$star" "${f[29]:-}"
 done <"$SUMMARY"
 echo
@@ -384,19 +403,22 @@ for m in relay relay-1core relay-2core minrelay minrelay-2p haproxy socat; do
   if awk -v a="$c" -v b="$best" 'BEGIN { exit !(a > b) }'; then best=$c; bestm=$m; fi
   if awk -v a="$g" -v b="$genmax" 'BEGIN { exit !(a > b) }'; then genmax=$g; genm=$m; fi
 done
+# The better of each kernel row's two placements (see -2cpu above).
+best_of() { local a b; a=$(get "$1" 2); b=$(get "$1-2cpu" 2)
+  if [ -n "$b" ] && awk -v a="${a:-0}" -v b="$b" 'BEGIN { exit !(b > a) }'; then echo "$b $1-2cpu"; else echo "$a $1"; fi; }
 if has plain && has nft && [ -n "$bestm" ]; then
-  pl=$(get plain 2); nf=$(get nft 2)
+  read -r pl plm <<<"$(best_of plain)"; read -r nf nfm <<<"$(best_of nft)"
   rp=$(ratio "$pl" "$best"); rn=$(ratio "$nf" "$best")
   if awk -v a="$rp" -v b="$rn" -v g="$genmax" 'BEGIN { exit !(a >= 1.3 && b >= 1.3 && g < 90) }'; then
     verdict="the run measured the forwarder"
   else
     verdict="the run measured the client (plain and nft must be >= 1.3x the best forwarder and the generator < 90% of a core)"
   fi
-  echo "CALIBRATION plain $pl conn/s (${rp}x) and nft $nf conn/s (${rn}x) vs best forwarder $bestm $best conn/s, generator at most ${genmax}% of a core ($genm): $verdict"
+  echo "CALIBRATION $plm $pl conn/s (${rp}x) and $nfm $nf conn/s (${rn}x) vs best forwarder $bestm $best conn/s, generator at most ${genmax}% of a core ($genm): $verdict"
   # Where each side's limit was: the client CPU (generator + echo, which
   # with PIN=1 also runs the kernel rows' softirq work) and, for the best
   # forwarder, its own share of a core.
-  echo "CPU in the plain row: generator $(get plain 12)% + echo $(get plain 34)%; nft row: $(get nft 12)% + $(get nft 34)% (kernel forwarding runs in their context); $bestm row: generator $(get "$bestm" 12)% + echo $(get "$bestm" 34)%, forwarder $(get "$bestm" 36)% of a core"
+  echo "CPU in the $plm row: generator $(get "$plm" 12)% + echo $(get "$plm" 34)%; $nfm row: $(get "$nfm" 12)% + $(get "$nfm" 34)% (kernel forwarding runs in their context); $bestm row: generator $(get "$bestm" 12)% + echo $(get "$bestm" 34)%, forwarder $(get "$bestm" 36)% of a core"
 fi
 if has relay && has minrelay; then
   ru=$(get relay 14); mu=$(get minrelay 14)

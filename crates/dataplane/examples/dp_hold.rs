@@ -232,6 +232,16 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The backend's warnings (the relay's limit warnings among them) on
+    // stderr, which the scripts keep in their hold.*.log; RUST_LOG overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = async {
         let name = args

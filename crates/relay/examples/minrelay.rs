@@ -2,7 +2,8 @@
 //! relay costs, to measure Navigator's relay against.
 //!
 //! `minrelay <listen> <target> [--reuseport]`: one thread, one epoll set
-//! (edge-triggered). Per accepted connection a nonblocking connect to the
+//! (edge-triggered). Per accepted connection (`TCP_NODELAY` on both sides) a
+//! nonblocking connect to the
 //! target, then both directions moved with `splice(2)` through a pipe per
 //! direction, created per connection (what a minimal relay does; no pool).
 //! A direction that reads EOF shuts down the write side of the other socket
@@ -200,6 +201,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// Accepted client plus a connect under way to the target and two pipes.
 fn open(client: OwnedFd, target: &SocketAddr, generation: u32) -> rustix::io::Result<Conn> {
     let upstream = socket(target)?;
+    // As every TCP relay does: small request and reply segments go out at
+    // once instead of waiting on Nagle for an ACK.
+    sockopt::set_tcp_nodelay(&client, true)?;
+    sockopt::set_tcp_nodelay(&upstream, true)?;
     match rustix::net::connect(&upstream, target) {
         Ok(()) | Err(Errno::INPROGRESS) => {}
         Err(e) => return Err(e),
