@@ -172,8 +172,7 @@ fn relay_config() -> Result<RelayBackendConfig, String> {
             let mut limit = getrlimit(Resource::Nofile);
             if limit.current < limit.maximum {
                 limit.current = limit.maximum;
-                setrlimit(Resource::Nofile, limit.clone())
-                    .map_err(|e| format!("setrlimit: {e}"))?;
+                setrlimit(Resource::Nofile, limit).map_err(|e| format!("setrlimit: {e}"))?;
             }
             let nofile = getrlimit(Resource::Nofile)
                 .current
