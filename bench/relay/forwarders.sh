@@ -21,7 +21,8 @@
 #   relay-1core  the same, pinned to CPU 0 whatever PIN says
 #   relay-2core  the same, allowed both CPUs (shared with the generator)
 #   minrelay     crates/relay/examples/minrelay.rs: single-threaded epoll +
-#                splice, a pipe pair per connection (the calibration relay)
+#                splice, a pipe pair per connection (the calibration relay;
+#                6 files per connection, so at most 3,332 held at 20,000)
 #   minrelay-2p  two minrelay processes on one port (SO_REUSEPORT), both CPUs
 #   haproxy      Debian's haproxy, tcp mode, nbthread 1, no logging
 #                ($OUT/haproxy.cfg)
@@ -86,6 +87,7 @@
 #   bench/relay/forwarders.sh
 # env: RATE_SECS (5) CONC (64) ROUNDS (3) BYTES (2 GiB) IDLE (5000)
 #      SOCAT_SECS (2) LIMIT (1) LIMIT_STEP (8000) LIMIT_MAX (30000)
+#      QUIET_WAIT (30: seconds to wait for a quiet machine before each rate run)
 #      PIN BIN OUT (/tmp/relay-forwarders) MODES (all rows above)
 # BIN=dir uses prebuilt relay_bench, loadgen, minrelay and dp_hold (release).
 # Markdown table and verdict lines on stdout, progress on stderr, raw rows in
@@ -100,6 +102,7 @@ ROUNDS="${ROUNDS:-3}"
 BYTES="${BYTES:-2147483648}"
 IDLE="${IDLE:-5000}"
 SOCAT_SECS="${SOCAT_SECS:-2}"
+QUIET_WAIT="${QUIET_WAIT:-30}"
 LIMIT="${LIMIT:-1}"
 LIMIT_STEP="${LIMIT_STEP:-8000}"
 LIMIT_MAX="${LIMIT_MAX:-30000}"
@@ -233,6 +236,18 @@ stop_fwd() {
 # The forwarder's CPU seconds, or for kernel rows irq+softirq of /proc/stat.
 fwd_s() { if [ "$KIND" = kernel ]; then stat_s | cut -d' ' -f1; else cpu_s "${FPIDS[@]}"; fi; }
 d() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
+# Other engineers' builds share this machine: before a rate run, wait (at
+# most QUIET_WAIT seconds) until the whole machine is under 10% busy over
+# half a second, our idle servers and forwarder included. What still lands
+# during a run shows as "others on CPU 0".
+quiet() {
+  local deadline=$((SECONDS + QUIET_WAIT)) a b
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    a=$(stat_s | cut -d' ' -f2); sleep 0.5; b=$(stat_s | cut -d' ' -f2)
+    awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN { exit !((b - a) / 0.5 / n < 0.10) }' && return 0
+  done
+  echo "  (machine still busy after ${QUIET_WAIT}s: measuring anyway)" >&2
+}
 
 RESULTS="$OUT/results.tsv"
 printf 'mode\tround\tcps\tp50_us\tp99_us\tok\terrors\tgen_pct\tfwd_us_conn\tsoftirq_us_conn\techo_us_conn\tunattributed_us_conn\tMBps\tfwd_pct_per_gbit\tuss_before_kb\tuss_after_kb\tuss_b_per_idle\tidle_held\techo_pct\tfwd_pct\tcpu0_other_pct\n' >"$RESULTS"
@@ -241,12 +256,14 @@ measure() { # mode round
   [ "$mode" = socat ] && secs=$SOCAT_SECS
   # Throughput, one stream.
   local f0 f1 tp tsecs mbps fpg
+  quiet
   f0=$(fwd_s)
   tp=$(nsx "$C" "${GEN[@]}" "$RB" throughput "$SINK" "$BYTES" 2>&1 || true)
   f1=$(fwd_s)
   mbps=$(kv MBps "$tp"); tsecs=$(kv secs "$tp")
   fpg=$(awk -v c="$(d "$f0" "$f1")" -v s="${tsecs:-0}" -v m="${mbps:-0}" 'BEGIN { if (s > 0 && m > 0) printf "%.1f", 100 * c / s / (m * 8 / 1000); }')
-  # Connection rate.
+  # Connection rate, once the machine is quiet (see quiet()).
+  quiet
   local sq0 sq1 busy0 busy1 e0 e1 z0 z1 r ok
   read -r sq0 busy0 <<<"$(stat_s)"; f0=$(fwd_s); e0=$(cpu_s "$ECHO_PID"); z0=$(cpu0_s)
   r=$(nsx "$C" "${GEN[@]}" "$LG" rate "$ECHO" "$CONC" "$secs")
@@ -287,8 +304,11 @@ measure() { # mode round
   fwd_pct=$(awk -v x="$fc" -v s="$secs" 'BEGIN { printf "%.0f", 100 * x / s }')
   # CPU 0 busy minus the forwarder (pinned rows only; meaningless for the
   # 2-core rows and kernel rows, where others run there by design).
+  # In plain and nft nothing of ours runs on CPU 0 (the kernel forwards on
+  # the sending CPU): all of its busy time is someone else's.
+  [ "$KIND" = kernel ] && fc=0
   other0=$(awk -v z="$(d "$z0" "$z1")" -v f="$fc" -v s="$secs" 'BEGIN { x = 100 * (z - f) / s; printf "%.0f", (x < 0) ? 0 : x }')
-  case $mode in plain*|nft*|*-2core|*-2p) other0="" ;; esac
+  case $mode in *-2cpu|*-2core|*-2p) other0="" ;; esac
   [ "$PIN" = 1 ] || other0=""
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$round" \
     "$(kv cps "$r")" "$(kv p50_us "$r")" "$(kv p99_us "$r")" "$ok" "$(kv errors "$r")" "$gen" \
@@ -409,8 +429,13 @@ best_of() { local a b; a=$(get "$1" 2); b=$(get "$1-2cpu" 2)
 if has plain && has nft && [ -n "$bestm" ]; then
   read -r pl plm <<<"$(best_of plain)"; read -r nf nfm <<<"$(best_of nft)"
   rp=$(ratio "$pl" "$best"); rn=$(ratio "$nf" "$best")
+  fp=$(get "$bestm" 36); cp=$(awk -v a="$(get "$bestm" 12)" -v b="$(get "$bestm" 34)" 'BEGIN { print a + b }')
   if awk -v a="$rp" -v b="$rn" -v g="$genmax" 'BEGIN { exit !(a >= 1.3 && b >= 1.3 && g < 90) }'; then
     verdict="the run measured the forwarder"
+  elif awk -v a="$rp" -v g="$genmax" -v f="$fp" -v c="$cp" 'BEGIN { exit !(a >= 1.3 && g < 90 && f >= 90 && c < 90) }'; then
+    # nft's work runs on the client CPU (softirq in the senders' context),
+    # so its row is bound by that CPU; the forwarder rows are not.
+    verdict="the calibration is short of 1.3x for nft, whose forwarding runs on the client CPU; in the $bestm row the forwarder used ${fp}% of its core while generator + echo used ${cp}% of theirs: the forwarder rows measured the forwarder"
   else
     verdict="the run measured the client (plain and nft must be >= 1.3x the best forwarder and the generator < 90% of a core)"
   fi

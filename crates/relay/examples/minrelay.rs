@@ -8,7 +8,8 @@
 //! direction, created per connection (what a minimal relay does; no pool).
 //! A direction that reads EOF shuts down the write side of the other socket
 //! once its pipe is empty (half-close carried through); the pair is closed
-//! when both directions have ended, or at once on any error. With
+//! when both directions have ended, or at once on any error. Six files per
+//! connection (two sockets, two pipes). With
 //! `--reuseport` several processes share the listening port (the kernel
 //! spreads connections among them). Prints `READY`.
 
@@ -127,8 +128,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         Err(Errno::AGAIN) => break,
                         Err(Errno::INTR | Errno::CONNABORTED) => continue,
                         Err(e) => {
-                            // Out of descriptors: the backlog waits.
+                            // Out of descriptors: the backlog waits, and the
+                            // level-triggered listener is retried after a
+                            // pause instead of in a tight loop.
                             eprintln!("minrelay: accept: {e}");
+                            std::thread::sleep(std::time::Duration::from_millis(10));
                             break;
                         }
                     };
