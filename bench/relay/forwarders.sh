@@ -88,6 +88,8 @@
 # env: RATE_SECS (5) CONC (64) ROUNDS (3) BYTES (2 GiB) IDLE (5000)
 #      SOCAT_SECS (2) LIMIT (1) LIMIT_STEP (8000) LIMIT_MAX (30000)
 #      QUIET_WAIT (30: seconds to wait for a quiet machine before each rate run)
+#      TW_BUCKETS (4096: net.ipv4.tcp_max_tw_buckets in the client and proxy
+#      namespaces, see below; empty keeps the kernel's)
 #      PIN BIN OUT (/tmp/relay-forwarders) MODES (all rows above)
 # BIN=dir uses prebuilt relay_bench, loadgen, minrelay and dp_hold (release).
 # Markdown table and verdict lines on stdout, progress on stderr, raw rows in
@@ -103,6 +105,7 @@ BYTES="${BYTES:-2147483648}"
 IDLE="${IDLE:-5000}"
 SOCAT_SECS="${SOCAT_SECS:-2}"
 QUIET_WAIT="${QUIET_WAIT:-30}"
+TW_BUCKETS="${TW_BUCKETS-4096}"
 LIMIT="${LIMIT:-1}"
 LIMIT_STEP="${LIMIT_STEP:-8000}"
 LIMIT_MAX="${LIMIT_MAX:-30000}"
@@ -114,6 +117,16 @@ RB_ECHO=10.92.0.2:9012
 # shellcheck source=bench/dataplane/lib.sh
 . bench/dataplane/lib.sh
 LG="$(dirname "$RB")/loadgen"; MR="$(dirname "$RB")/minrelay"
+# TIME_WAIT: the client closes first, and the forwarders close first toward
+# the backend, so every row leaves ~100,000 TIME_WAIT sockets (60 s) in the
+# client and proxy namespaces; connect() then searches a port table full of
+# them, and a row pays for the rows before it (plain fell from 29,000 to
+# 21,000 conn/s after round 1 this way). A small TIME_WAIT table in those two
+# namespaces (the kernel then ends TIME_WAIT early, harmless on veth) keeps
+# every row's connect() cost the same. TW_BUCKETS= (empty) keeps the default.
+if [ -n "$TW_BUCKETS" ]; then
+  for ns in "$C" "$P"; do nsx "$ns" sysctl -q -w net.ipv4.tcp_max_tw_buckets="$TW_BUCKETS"; done
+fi
 for b in "$LG" "$MR"; do [ -x "$b" ] || { echo "$b missing (cargo build --release -p navigator-relay --examples)" >&2; exit 1; }; done
 case " $MODES " in *" haproxy "*) command -v haproxy >/dev/null || { echo "haproxy not installed (apt-get install -y haproxy)" >&2; exit 1; } ;; esac
 # The relay rows run as the agent would (RELAY_CAPS: its derived caps), with
@@ -317,7 +330,7 @@ measure() { # mode round
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "# $(date -u '+%F %T') UTC, $(uname -r), $(nproc) cores, load average $LOAD_START; $IRQ_ACCT; CONC=$CONC RATE_SECS=$RATE_SECS ROUNDS=$ROUNDS BYTES=$BYTES IDLE=$IDLE PIN=$PIN" >&2
+echo "# $(date -u '+%F %T') UTC, $(uname -r), $(nproc) cores, load average $LOAD_START; $IRQ_ACCT; TW_BUCKETS=${TW_BUCKETS:-default} CONC=$CONC RATE_SECS=$RATE_SECS ROUNDS=$ROUNDS BYTES=$BYTES IDLE=$IDLE PIN=$PIN" >&2
 read -r -a ORDER <<<"$MODES"
 for round in $(seq "$ROUNDS"); do
   echo "round $round: ${ORDER[*]}" >&2
