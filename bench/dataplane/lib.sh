@@ -6,7 +6,8 @@
 # start and stop one real backend carrying the measured forwards.
 #
 # Inputs: NS_PREFIX (namespace names, unique per run: add $$), OUT, PIN, BIN,
-# CLIENT_NET (the client side's /24, default 10.91.0: client .2, proxy .1).
+# CLIENT_NET (the client side's /24, default 10.91.0: client .2, proxy .1),
+# RB_ECHO (where relay_bench's echo server listens, default 10.92.0.2:9002).
 # Sets: C P B (namespaces), FWD GEN (CPU pinning), RB HOLD (binaries), PIDS,
 # EXT (the proxy's address the client connects to). Every process started is
 # stopped by PID and every namespace deleted on exit (trap).
@@ -66,7 +67,9 @@ for ns in "$C" "$P" "$B"; do
   nsx "$ns" sysctl -q -w net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000"
 done
 
-nsx "$B" "${GEN[@]}" "$RB" backend 10.92.0.2:9001 10.92.0.2:9002 >"$OUT/backend.out" 2>"$OUT/backend.log" &
+# RB_ECHO moves relay_bench's echo server elsewhere (forwarders.sh serves
+# 10.92.0.2:9002 with loadgen's epoll echo instead).
+nsx "$B" "${GEN[@]}" "$RB" backend 10.92.0.2:9001 "${RB_ECHO:-10.92.0.2:9002}" >"$OUT/backend.out" 2>"$OUT/backend.log" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q READY "$OUT/backend.out" 2>/dev/null && break; sleep 0.05; done
 

@@ -22,6 +22,10 @@
 //! list would scan all of it for every allowed connection. With
 //! `CIDRS_REFUSE=1` the client's network is left out (`N` networks that do not
 //! match): the benchmark's check that the filter is live.
+//!
+//! `RELAY_CAPS=agent` gives the relay backend the caps `navigator-agent`
+//! derives from the open-file limit, and `RELAY_PER_FORWARD=N` a per-forward
+//! connection cap (for `bench/relay/forwarders.sh`; see `relay_config`).
 
 use std::io::BufRead as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -157,6 +161,63 @@ fn allowlist(n: u32, client: &str, refuse: bool) -> Result<Controls, String> {
     Ok(controls)
 }
 
+/// The relay's configuration: by default (`RELAY_CAPS=agent`) the caps
+/// `navigator-agent` derives with its defaults, so that the benchmarks run the
+/// relay as a proxy node does (without them it would run into the process's
+/// limit, EMFILE, instead of its own caps); `RELAY_CAPS=none` is unlimited. The agent's caps
+/// (`navigator_agent::fd_budget`, repeated here because the agent crate sits
+/// above this one): the soft `RLIMIT_NOFILE` raised to the hard one, 256
+/// files kept for the process, the rest for the relay (`max_fds`), half of
+/// that in TCP connections and a quarter in UDP sessions, and the one-hour
+/// TCP idle timeout. `RELAY_PER_FORWARD=N` sets the per-forward connection
+/// cap (the agent's default is 1024; unset or 0 is unlimited, so that a
+/// single benchmark forward can reach the process-wide caps).
+fn relay_config() -> Result<RelayBackendConfig, String> {
+    let mut relay = navigator_relay::RelayConfig::default();
+    match std::env::var("RELAY_CAPS").as_deref() {
+        Ok("none") => {}
+        Err(_) | Ok("agent") => {
+            use rustix::process::{Resource, getrlimit, setrlimit};
+            let mut limit = getrlimit(Resource::Nofile);
+            if limit.current < limit.maximum {
+                limit.current = limit.maximum;
+                setrlimit(Resource::Nofile, limit).map_err(|e| format!("setrlimit: {e}"))?;
+            }
+            let nofile = getrlimit(Resource::Nofile)
+                .current
+                .unwrap_or(1 << 20)
+                .min(1 << 20);
+            let relay_fds = usize::try_from(nofile)
+                .map_err(|e| e.to_string())?
+                .checked_sub(256)
+                .ok_or("RLIMIT_NOFILE below 256")?;
+            relay.max_fds = Some(relay_fds);
+            relay.max_connections = Some(relay_fds / 2);
+            relay.max_udp_sessions = Some(relay_fds / 4);
+            relay.tcp_idle_timeout = Some(std::time::Duration::from_secs(3600));
+            eprintln!(
+                "dp_hold relay caps as the agent's: RLIMIT_NOFILE {nofile} = 256 reserved + {relay_fds} relay ({} connections, {} UDP sessions)",
+                relay_fds / 2,
+                relay_fds / 4
+            );
+        }
+        Ok(other) => return Err(format!("RELAY_CAPS must be agent or none, got {other:?}")),
+    }
+    let per_forward = match std::env::var("RELAY_PER_FORWARD") {
+        Err(_) => None,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => return Err(format!("RELAY_PER_FORWARD must be a number, got {v:?}")),
+        },
+    };
+    Ok(RelayBackendConfig {
+        relay,
+        max_connections_per_forward: per_forward,
+        max_udp_sessions_per_forward: None,
+    })
+}
+
 fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
     let kernel = KernelConfig {
         fix_sysctls: true,
@@ -172,45 +233,23 @@ fn backend(name: &str) -> Result<Box<dyn Backend>, String> {
             ..IptablesConfig::default()
         })),
         "socat" => Box::new(SocatBackend::new(SocatConfig::default())),
-        "relay" => Box::new(RelayBackend::new(RelayBackendConfig {
-            relay: agent_caps(),
-            max_connections_per_forward: None,
-            max_udp_sessions_per_forward: None,
-        })),
+        "relay" => Box::new(RelayBackend::new(relay_config()?)),
         _ => return Err(format!("unknown backend {name:?}")),
     })
 }
 
-/// The relay's caps as `navigator-agent` derives them with the default
-/// options (`navigator_agent::fd_budget`, which this crate cannot depend on):
-/// 256 descriptors kept for the process, the rest the relay's, half of them
-/// connections, a quarter UDP sessions. Without them the relay would run into
-/// the process's limit (EMFILE) instead of its own caps, which is not what a
-/// proxy node runs. `DP_HOLD_NO_BUDGET=1` leaves them out.
-fn agent_caps() -> navigator_relay::RelayConfig {
-    const RESERVED: u64 = 256;
-    let config = navigator_relay::RelayConfig::default();
-    if std::env::var_os("DP_HOLD_NO_BUDGET").is_some() {
-        return config;
-    }
-    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    let Some(fds) = nofile.and_then(|n| usize::try_from(n.saturating_sub(RESERVED)).ok()) else {
-        return config;
-    };
-    eprintln!(
-        "relay budget (as navigator-agent derives it): {fds} open files, {} connections",
-        fds / 2
-    );
-    navigator_relay::RelayConfig {
-        max_fds: Some(fds),
-        max_connections: Some(fds / 2),
-        max_udp_sessions: Some(fds / 4),
-        ..config
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The backend's warnings (the relay's limit warnings among them) on
+    // stderr, which the scripts keep in their hold.*.log; RUST_LOG overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = async {
         let name = args
