@@ -577,6 +577,15 @@ async fn shutdown_cuts_after_grace() {
     assert!(is_closed(live).await);
 }
 
+/// The relay closes an idle connection (EOF or reset) within a few seconds.
+async fn closed_by_idle_timeout(mut c: TcpStream) {
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+        .await
+        .expect("closed by idle timeout");
+    assert!(matches!(r, Ok(0) | Err(_)));
+}
+
 #[tokio::test]
 async fn tcp_idle_timeout_closes() {
     let relay = Relay::new(RelayConfig {
@@ -587,11 +596,7 @@ async fn tcp_idle_timeout_closes() {
     let front = relay_tcp(&relay, 1, V4, echo, None).await;
     let mut c = TcpStream::connect(front).await.expect("connect");
     round_trip(&mut c, b"x").await;
-    let mut b = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
-        .await
-        .expect("closed by idle timeout");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    closed_by_idle_timeout(c).await;
 }
 
 /// The idle clock of a listener stops while it carries no connection and the
@@ -615,11 +620,7 @@ async fn tcp_idle_timeout_after_the_clock_stopped() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = TcpStream::connect(front).await.expect("connect");
     round_trip(&mut c, b"y").await;
-    let mut b = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
-        .await
-        .expect("closed by idle timeout");
-    assert!(matches!(r, Ok(0) | Err(_)));
+    closed_by_idle_timeout(c).await;
 }
 
 #[tokio::test]
