@@ -241,7 +241,16 @@ stop_fwd() {
   case $1 in *-2cpu) [ "$PIN" != 1 ] || taskset -pc 1 "$ECHO_PID" >/dev/null ;; esac
   case $1 in
     plain|plain-2cpu) ;;
-    nft|nft-2cpu|relay|relay-1core|relay-2core|socat) unhold ;;
+    nft|nft-2cpu)
+      unhold
+      # dp_hold's shutdown empties the nft backend's table but leaves it,
+      # with its ct-matching chains, so conntrack would stay on in the proxy
+      # namespace and every later row (plain and the process forwarders
+      # too) would pay for tracking its connections. Rows start equal: no
+      # table, no tracked connections.
+      nsx "$P" nft delete table inet navigator 2>/dev/null || true
+      if command -v conntrack >/dev/null; then nsx "$P" conntrack -F >/dev/null 2>&1 || true; fi ;;
+    relay|relay-1core|relay-2core|socat) unhold ;;
     *) for p in "${FPIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done ;;
   esac
   FPIDS=()
@@ -326,6 +335,10 @@ measure() { # mode round
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$round" \
     "$(kv cps "$r")" "$(kv p50_us "$r")" "$(kv p99_us "$r")" "$ok" "$(kv errors "$r")" "$gen" \
     "$fwd_us" "$sq_us" "$echo_us" "$un_us" "$mbps" "$fpg" "$ub" "$ua" "$upc" "$held" "$echo_pct" "$fwd_pct" "$other0" >>"$RESULTS"
+  # Diagnostic: conntrack entries left in the proxy namespace (nft's
+  # TIME_WAIT entries live 120 s and outlast the row).
+  local ct; ct=$(nsx "$P" cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo "n/a")
+  echo "  $mode (round $round): conntrack entries in the proxy namespace: $ct" >&2
   echo "  $mode (round $round): $(kv cps "$r") conn/s p50/p99 $(kv p50_us "$r")/$(kv p99_us "$r") us errors $(kv errors "$r") CPU gen ${gen}% echo ${echo_pct}% fwd ${fwd_pct}%${other0:+ others on CPU 0 ${other0}%}, fwd ${fwd_us} us/conn, softirq ${sq_us} us/conn, ${mbps:-?} MB/s (${fpg:-?} %core/Gbit/s)${upc:+, USS $upc B/idle conn ($held held)}" >&2
 }
 
