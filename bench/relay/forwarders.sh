@@ -471,6 +471,16 @@ if has plain && has nft && [ -n "$bestm" ]; then
   # forwarder, its own share of a core.
   echo "CPU in the $plm row: generator $(get "$plm" 12)% + echo $(get "$plm" 34)%; $nfm row: $(get "$nfm" 12)% + $(get "$nfm" 34)% (kernel forwarding runs in their context); $bestm row: generator $(get "$bestm" 12)% + echo $(get "$bestm" 34)%, forwarder $(get "$bestm" 36)% of a core"
 fi
+# Per process row: which side ran out of CPU (medians). Forwarder-bound:
+# the forwarder used >= 90% of its core while generator + echo (one core
+# with PIN=1) used < 90%; client-bound: the reverse.
+for m in relay relay-1core relay-2core minrelay minrelay-2p haproxy socat; do
+  has "$m" || continue
+  fp=$(get "$m" 36); [ -n "$fp" ] || continue
+  cp=$(awk -v a="$(get "$m" 12)" -v b="$(get "$m" 34)" 'BEGIN { print a + b }')
+  why=$(awk -v f="$fp" -v c="$cp" 'BEGIN { if (f >= 90 && c < 90) print "forwarder-bound"; else if (c >= 90 && f < 90) print "client-bound"; else if (f >= 90) print "both near their limit"; else print "neither saturated (latency-bound, or disturbed: see others on CPU 0)" }')
+  echo "BOUND $m: forwarder ${fp}% of a core, generator + echo ${cp}%: $why"
+done
 if has relay && has minrelay; then
   ru=$(get relay 14); mu=$(get minrelay 14)
   ok=$(awk -v a="$ru" -v b="$mu" 'BEGIN { print (a + 0 <= b + 0) ? "met" : "NOT met" }')
