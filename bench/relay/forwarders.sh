@@ -119,11 +119,12 @@ RB_ECHO=10.92.0.2:9012
 LG="$(dirname "$RB")/loadgen"; MR="$(dirname "$RB")/minrelay"
 # TIME_WAIT: the client closes first, and the forwarders close first toward
 # the backend, so every row leaves ~100,000 TIME_WAIT sockets (60 s) in the
-# client and proxy namespaces; connect() then searches a port table full of
-# them, and a row pays for the rows before it (plain fell from 29,000 to
-# 21,000 conn/s after round 1 this way). A small TIME_WAIT table in those two
-# namespaces (the kernel then ends TIME_WAIT early, harmless on veth) keeps
-# every row's connect() cost the same. TW_BUCKETS= (empty) keeps the default.
+# client and proxy namespaces, and connect() of the next row searches a port
+# table full of them. A small TIME_WAIT table in those two namespaces (the
+# kernel then ends TIME_WAIT early, harmless on veth) keeps that the same for
+# every row. A precaution: the slowdown of later rows seen while writing this
+# script turned out to be conntrack (see stop_fwd), not TIME_WAIT.
+# TW_BUCKETS= (empty) keeps the kernel's default.
 if [ -n "$TW_BUCKETS" ]; then
   for ns in "$C" "$P"; do nsx "$ns" sysctl -q -w net.ipv4.tcp_max_tw_buckets="$TW_BUCKETS"; done
 fi
