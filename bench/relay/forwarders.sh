@@ -119,11 +119,12 @@ RB_ECHO=10.92.0.2:9012
 LG="$(dirname "$RB")/loadgen"; MR="$(dirname "$RB")/minrelay"
 # TIME_WAIT: the client closes first, and the forwarders close first toward
 # the backend, so every row leaves ~100,000 TIME_WAIT sockets (60 s) in the
-# client and proxy namespaces; connect() then searches a port table full of
-# them, and a row pays for the rows before it (plain fell from 29,000 to
-# 21,000 conn/s after round 1 this way). A small TIME_WAIT table in those two
-# namespaces (the kernel then ends TIME_WAIT early, harmless on veth) keeps
-# every row's connect() cost the same. TW_BUCKETS= (empty) keeps the default.
+# client and proxy namespaces, and connect() of the next row searches a port
+# table full of them. A small TIME_WAIT table in those two namespaces (the
+# kernel then ends TIME_WAIT early, harmless on veth) keeps that the same for
+# every row. A precaution: the slowdown of later rows seen while writing this
+# script turned out to be conntrack (see stop_fwd), not TIME_WAIT.
+# TW_BUCKETS= (empty) keeps the kernel's default.
 if [ -n "$TW_BUCKETS" ]; then
   for ns in "$C" "$P"; do nsx "$ns" sysctl -q -w net.ipv4.tcp_max_tw_buckets="$TW_BUCKETS"; done
 fi
@@ -241,7 +242,16 @@ stop_fwd() {
   case $1 in *-2cpu) [ "$PIN" != 1 ] || taskset -pc 1 "$ECHO_PID" >/dev/null ;; esac
   case $1 in
     plain|plain-2cpu) ;;
-    nft|nft-2cpu|relay|relay-1core|relay-2core|socat) unhold ;;
+    nft|nft-2cpu)
+      unhold
+      # dp_hold's shutdown empties the nft backend's table but leaves it,
+      # with its ct-matching chains, so conntrack would stay on in the proxy
+      # namespace and every later row (plain and the process forwarders
+      # too) would pay for tracking its connections. Rows start equal: no
+      # table, no tracked connections.
+      nsx "$P" nft delete table inet navigator 2>/dev/null || true
+      if command -v conntrack >/dev/null; then nsx "$P" conntrack -F >/dev/null 2>&1 || true; fi ;;
+    relay|relay-1core|relay-2core|socat) unhold ;;
     *) for p in "${FPIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done ;;
   esac
   FPIDS=()
@@ -326,6 +336,10 @@ measure() { # mode round
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$round" \
     "$(kv cps "$r")" "$(kv p50_us "$r")" "$(kv p99_us "$r")" "$ok" "$(kv errors "$r")" "$gen" \
     "$fwd_us" "$sq_us" "$echo_us" "$un_us" "$mbps" "$fpg" "$ub" "$ua" "$upc" "$held" "$echo_pct" "$fwd_pct" "$other0" >>"$RESULTS"
+  # Diagnostic: conntrack entries left in the proxy namespace (nft's
+  # TIME_WAIT entries live 120 s and outlast the row).
+  local ct; ct=$(nsx "$P" cat /proc/sys/net/netfilter/nf_conntrack_count 2>/dev/null || echo "n/a")
+  echo "  $mode (round $round): conntrack entries in the proxy namespace: $ct" >&2
   echo "  $mode (round $round): $(kv cps "$r") conn/s p50/p99 $(kv p50_us "$r")/$(kv p99_us "$r") us errors $(kv errors "$r") CPU gen ${gen}% echo ${echo_pct}% fwd ${fwd_pct}%${other0:+ others on CPU 0 ${other0}%}, fwd ${fwd_us} us/conn, softirq ${sq_us} us/conn, ${mbps:-?} MB/s (${fpg:-?} %core/Gbit/s)${upc:+, USS $upc B/idle conn ($held held)}" >&2
 }
 
@@ -458,6 +472,16 @@ if has plain && has nft && [ -n "$bestm" ]; then
   # forwarder, its own share of a core.
   echo "CPU in the $plm row: generator $(get "$plm" 12)% + echo $(get "$plm" 34)%; $nfm row: $(get "$nfm" 12)% + $(get "$nfm" 34)% (kernel forwarding runs in their context); $bestm row: generator $(get "$bestm" 12)% + echo $(get "$bestm" 34)%, forwarder $(get "$bestm" 36)% of a core"
 fi
+# Per process row: which side ran out of CPU (medians). Forwarder-bound:
+# the forwarder used >= 90% of its core while generator + echo (one core
+# with PIN=1) used < 90%; client-bound: the reverse.
+for m in relay relay-1core relay-2core minrelay minrelay-2p haproxy socat; do
+  has "$m" || continue
+  fp=$(get "$m" 36); [ -n "$fp" ] || continue
+  cp=$(awk -v a="$(get "$m" 12)" -v b="$(get "$m" 34)" 'BEGIN { print a + b }')
+  why=$(awk -v f="$fp" -v c="$cp" 'BEGIN { if (f >= 90 && c < 90) print "forwarder-bound"; else if (c >= 90 && f < 90) print "client-bound"; else if (f >= 90) print "both near their limit"; else print "neither saturated (latency-bound, or disturbed: see others on CPU 0)" }')
+  echo "BOUND $m: forwarder ${fp}% of a core, generator + echo ${cp}%: $why"
+done
 if has relay && has minrelay; then
   ru=$(get relay 14); mu=$(get minrelay 14)
   ok=$(awk -v a="$ru" -v b="$mu" 'BEGIN { print (a + 0 <= b + 0) ? "met" : "NOT met" }')
