@@ -54,13 +54,13 @@ uss_kb() { awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$1/sma
 
 # hold ADDR COUNT: opens COUNT idle connections; sets HOLD_PID; waits for HELD.
 hold() {
+  # coproc sets HOLD (its stdout, stdin) and HOLD_PID.
   coproc HOLD { exec "$BIN" hold "$1" "$2"; }
-  HOLD_PID=$HOLD_PID
   local line
   read -r line <&"${HOLD[0]}"
   HELD_LINE=$line
 }
-unhold() { exec {HOLD[1]}>&-; wait "$HOLD_PID" 2>/dev/null || true; }
+unhold() { local fd=${HOLD[1]}; exec {fd}>&-; wait "$HOLD_PID" 2>/dev/null || true; }
 
 ECHO=127.0.0.1:24402
 start backend "$BIN" backend 127.0.0.1:24401 $ECHO
@@ -76,7 +76,7 @@ for n in $COUNTS; do
   case "$HELD_LINE" in "HELD ok=$n failed=0") ;; *) echo "hold: $HELD_LINE" >&2 ;; esac
   sleep 0.5
   after=$(uss_kb "$rp")
-  fds=$(ls "/proc/$rp/fd" | wc -l)
+  fds=$(find "/proc/$rp/fd" -mindepth 1 | wc -l)
   unhold
   stop "$rp"
   echo "IDLE mode=$MODE idle_timeout=${TCP_IDLE_TIMEOUT:-none} count=$n uss_before_kB=$before uss_after_kB=$after relay_fds=$fds bytes_per_conn=$(( (after - before) * 1024 / n ))"
