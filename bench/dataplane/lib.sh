@@ -99,4 +99,19 @@ hold() {
     echo "  $mode ($tag) applied in $(awk '{print $2}' "$out") s" >&2
   fi
 }
-unhold() { exec 7>&-; wait "$HOLD_PID" 2>/dev/null || true; }
+# dp_hold's exit empties the kernel backends' rules but, as the agent does on
+# stop, leaves their table and chains, whose ct matches keep conntrack on in
+# the proxy namespace: every later mode (plain routing and the process
+# forwarders too) would then pay for tracking its connections. unhold
+# removes them (nft's table, and iptables' when nft-backed) and the tracked
+# connections, so that modes start equal.
+unhold() {
+  exec 7>&-; wait "$HOLD_PID" 2>/dev/null || true
+  nsx "$P" nft delete table inet navigator 2>/dev/null || true
+  # iptables (nft-backed, Debian's default): its tables in this namespace only.
+  for t in "ip nat" "ip6 nat" "ip filter" "ip6 filter" "ip mangle" "ip6 mangle" "ip raw" "ip6 raw"; do
+    # shellcheck disable=SC2086 # family and name are two words on purpose
+    nsx "$P" nft delete table $t 2>/dev/null || true
+  done
+  if command -v conntrack >/dev/null; then nsx "$P" conntrack -F >/dev/null 2>&1 || true; fi
+}

@@ -242,16 +242,8 @@ stop_fwd() {
   case $1 in *-2cpu) [ "$PIN" != 1 ] || taskset -pc 1 "$ECHO_PID" >/dev/null ;; esac
   case $1 in
     plain|plain-2cpu) ;;
-    nft|nft-2cpu)
-      unhold
-      # dp_hold's shutdown empties the nft backend's table but leaves it,
-      # with its ct-matching chains, so conntrack would stay on in the proxy
-      # namespace and every later row (plain and the process forwarders
-      # too) would pay for tracking its connections. Rows start equal: no
-      # table, no tracked connections.
-      nsx "$P" nft delete table inet navigator 2>/dev/null || true
-      if command -v conntrack >/dev/null; then nsx "$P" conntrack -F >/dev/null 2>&1 || true; fi ;;
-    relay|relay-1core|relay-2core|socat) unhold ;;
+    # unhold (lib.sh) also removes what the nft backend leaves behind.
+    nft|nft-2cpu|relay|relay-1core|relay-2core|socat) unhold ;;
     *) for p in "${FPIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done ;;
   esac
   FPIDS=()
