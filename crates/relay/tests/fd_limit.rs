@@ -7,9 +7,7 @@
 //! RLIMIT_NOFILE, which would starve tests running beside it; and `tracing`
 //! caches per call site whether anyone listens (see `limit_warnings.rs`).
 
-use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use navigator_relay::{Limit, ListenerId, Protocol, Relay, RelayConfig, SpliceMode};
@@ -17,31 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 mod support;
-use support::{PATIENCE, V4, add, eventually, round_trip};
-
-/// A `tracing` writer collecting lines.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lines").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn matching(&self, needle: &str) -> Vec<String> {
-        let text = String::from_utf8(self.0.lock().expect("lines").clone()).expect("utf-8");
-        text.lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-}
+use support::{PATIENCE, V4, add, capture_warnings, eventually, round_trip};
 
 /// An echo server that outlives accept errors (support's stops at the first,
 /// and EMFILE is the point here).
@@ -83,16 +57,7 @@ async fn connect(socket: TcpSocket, port: SocketAddr) -> TcpStream {
 // the subscriber is the default.
 #[tokio::test(flavor = "current_thread")]
 async fn at_the_budget_and_at_emfile_connections_are_reset_and_the_relay_recovers() {
-    let lines = Lines::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let lines = lines.clone();
-            move || lines.clone()
-        })
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = capture_warnings();
     let echo = echo_server().await;
 
     // The relay's own budget: 1 listener + 2 connections of 2 files each.

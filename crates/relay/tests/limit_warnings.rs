@@ -4,44 +4,19 @@
 //! whether anyone listens, and a test on another thread with no subscriber
 //! hitting the same `warn!` first would make this one miss its lines.
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use navigator_relay::{Limit, Protocol, Relay, RelayConfig};
 use tokio::net::TcpStream;
 
 mod support;
-use support::{add, closed, echo_server, round_trip};
-
-/// A `tracing` writer collecting lines, for the one-warning check.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().expect("lines").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use support::{add, capture_warnings, closed, echo_server, round_trip};
 
 // The current-thread runtime runs the relay's tasks on this thread, where
 // the subscriber is the default.
 #[tokio::test(flavor = "current_thread")]
 async fn a_limit_hit_is_logged_once_per_episode() {
-    let lines = Lines::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let lines = lines.clone();
-            move || lines.clone()
-        })
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = capture_warnings();
     let relay = Relay::new(RelayConfig {
         max_connections: Some(1),
         shutdown_grace: Duration::from_millis(100),
@@ -59,7 +34,7 @@ async fn a_limit_hit_is_logged_once_per_episode() {
         let mut s = TcpStream::connect(other).await.expect("connect");
         assert!(closed(&mut s).await);
     }
-    let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+    let text = lines.text();
     let warnings: Vec<_> = text.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 2, "{text}");
     assert!(
