@@ -123,7 +123,7 @@ LG="$(dirname "$RB")/loadgen"; MR="$(dirname "$RB")/minrelay"
 # table full of them. A small TIME_WAIT table in those two namespaces (the
 # kernel then ends TIME_WAIT early, harmless on veth) keeps that the same for
 # every row. A precaution: the slowdown of later rows seen while writing this
-# script turned out to be conntrack (see stop_fwd), not TIME_WAIT.
+# script turned out to be conntrack (see unhold in lib.sh), not TIME_WAIT.
 # TW_BUCKETS= (empty) keeps the kernel's default.
 if [ -n "$TW_BUCKETS" ]; then
   for ns in "$C" "$P"; do nsx "$ns" sysctl -q -w net.ipv4.tcp_max_tw_buckets="$TW_BUCKETS"; done
