@@ -144,6 +144,7 @@ impl Agent {
             // Every backend enforces the controls or fails the forward
             // (`navigator_core::unsupported`), never ignores them.
             features: vec![navigator_rpc::messages::features::CONTROLS.to_owned()],
+            digests: None,
         }
     }
 

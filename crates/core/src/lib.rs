@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod controls;
+pub mod digest;
 pub mod forward;
 pub mod port_range;
 pub mod reconcile;

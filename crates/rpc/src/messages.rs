@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use std::collections::BTreeMap;
 
+use navigator_core::digest::{BUCKETS, BucketDigest, SetDigest};
 use navigator_core::{
     Controls, ForwardId, ForwardSpec, ForwardUsage, Protocol, ProxyProtocol, parse_cidr,
 };
@@ -206,6 +207,42 @@ pub struct AgentState {
     /// treats as able to do none of it; omitted when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// The summary of the agent's desired set: per bucket of
+    /// [`navigator_core::digest`], `[forwards, sum]`
+    /// ([`navigator_core::digest::BucketDigest::sum`]), all
+    /// [`navigator_core::digest::BUCKETS`] of them. Agents that send it
+    /// announce [`features::DIGESTS`], and their `forwards` then holds only
+    /// the results that changed lately (see [`features::DIGESTS`]). Absent
+    /// from older agents, whose heartbeats list every forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<Vec<[u64; 2]>>,
+}
+
+impl AgentState {
+    /// Puts `digest` into the report.
+    pub fn set_digest(&mut self, digest: &SetDigest) {
+        self.digests = Some(
+            digest
+                .buckets()
+                .iter()
+                .map(|b| [b.forwards, b.sum()])
+                .collect(),
+        );
+    }
+
+    /// The summary the agent sent: `None` from an agent that sends none, an
+    /// error for one of the wrong size.
+    pub fn digest(&self) -> Option<Result<SetDigest, String>> {
+        let wire = self.digests.as_ref()?;
+        if wire.len() != BUCKETS {
+            return Some(Err(format!("{} digest buckets, not {BUCKETS}", wire.len())));
+        }
+        let mut digest = SetDigest::default();
+        for (bucket, [forwards, sum]) in (0..=u8::MAX).zip(wire) {
+            digest.set_bucket(bucket, BucketDigest::from_parts(*forwards, *sum));
+        }
+        Some(Ok(digest))
+    }
 }
 
 /// Names an agent announces in [`AgentState::features`].
@@ -215,6 +252,20 @@ pub mod features {
     /// enforces them or fails the forward (an older agent would ignore them
     /// and carry the forward unrestricted).
     pub const CONTROLS: &str = "controls";
+    /// The agent sends [`AgentState::digests`] and takes partial syncs
+    /// ([`args::SyncForwards::buckets`](super::args::SyncForwards::buckets)).
+    /// Its heartbeats then carry, in `forwards`, only the results that
+    /// changed in its last [`RECENT_REPORTS`] heartbeats and those in
+    /// `ERROR` (at most [`MAX_REPORTED_RESULTS`], changes first), not every
+    /// forward: the digests say whether it carries what the store holds.
+    pub const DIGESTS: &str = "digests";
+
+    /// Heartbeats that repeat a changed result, so that one lost heartbeat
+    /// loses no status.
+    pub const RECENT_REPORTS: u32 = 2;
+
+    /// Results in one heartbeat of an agent that sends digests.
+    pub const MAX_REPORTED_RESULTS: usize = 1000;
 }
 
 /// At most this many forward ids in one `get_usage` call, so that one
@@ -278,6 +329,14 @@ pub mod args {
     pub struct SyncForwards {
         pub forwards: Vec<ForwardEntry>,
         pub generation: u64,
+        /// A partial sync: `forwards` is the whole desired set of these
+        /// buckets of [`navigator_core::digest`] only, and the agent keeps
+        /// its other forwards and its generation. Absent for a full sync.
+        /// Sent only to agents that announce
+        /// [`features::DIGESTS`](super::features::DIGESTS): an older agent
+        /// would take it for a full sync and drop every other forward.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub buckets: Option<Vec<u8>>,
     }
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

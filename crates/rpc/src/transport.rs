@@ -275,6 +275,28 @@ impl AgentClient {
             &args::SyncForwards {
                 forwards,
                 generation,
+                buckets: None,
+            },
+        )
+        .await
+    }
+
+    /// Sends a partial sync: `forwards` is the whole desired set of
+    /// `buckets`; returns once sent, with the agent's answer to come. Only
+    /// for agents that announce `features::DIGESTS`.
+    pub async fn send_sync_buckets(
+        &self,
+        host: &str,
+        buckets: Vec<u8>,
+        forwards: Vec<ForwardEntry>,
+    ) -> Result<Reply<SyncResult>, RpcError> {
+        self.send(
+            host,
+            methods::SYNC_FORWARDS,
+            &args::SyncForwards {
+                forwards,
+                generation: 0,
+                buckets: Some(buckets),
             },
         )
         .await

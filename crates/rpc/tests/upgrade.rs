@@ -118,8 +118,13 @@ fn the_current_format_is_frozen() {
         port_range: "20000-20099".into(),
         generation: 12,
         forwards: vec![result.clone()],
-        features: vec!["controls".into()],
+        features: vec!["controls".into(), "digests".into()],
+        digests: None,
     };
+    let mut state = state;
+    state.set_digest(&navigator_core::digest::SetDigest::of([&applied
+        .to_spec()
+        .unwrap()]));
     let current = serde_json::json!({
         "_comment": "This release's messages (frozen by crates/rpc/tests/upgrade.rs). Agent to server: report_state, sync_forwards, create_forward, get_state, get_usage; server to agent: to_agent.",
         "report_state": args::ReportState { state: state.clone() },
@@ -138,14 +143,15 @@ fn the_current_format_is_frozen() {
             unavailable: None,
         },
         "to_agent": {
-            "sync_forwards": args::SyncForwards { forwards: vec![applied.clone()], generation: 12 },
+            "sync_forwards": args::SyncForwards { forwards: vec![applied.clone()], generation: 12, buckets: None },
+            "sync_buckets": args::SyncForwards { forwards: vec![applied.clone()], generation: 0, buckets: Some(vec![0x5f]) },
             "create_forward": args::CreateForward { forward: applied },
             "delete_forward": args::DeleteForward { id: FORWARD.into() },
             "get_state": args::GetState {},
             "get_usage": args::GetUsage { ids: vec![FORWARD.into()] },
         },
     });
-    let name = "4-current.json";
+    let name = "5-current.json";
     if std::env::var_os("NAVIGATOR_BLESS").is_some() {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/agent_messages")
@@ -165,7 +171,22 @@ fn the_current_format_is_frozen() {
         d.report.state.forwards[0].applied.as_ref().unwrap().ports,
         3
     );
-    assert_eq!(d.state.features, vec!["controls".to_owned()]);
+    assert_eq!(
+        d.state.features,
+        vec!["controls".to_owned(), "digests".to_owned()]
+    );
+    let digest = d.state.digest().expect("digests").expect("256 buckets");
+    assert_eq!(digest.forwards(), 1);
+    assert_eq!(digest.bucket(0x5f).forwards, 1);
+}
+
+/// Agents before digests list every forward in their heartbeats.
+#[test]
+fn agents_before_digests_send_none_and_list_every_forward() {
+    let d = decode_all(&fixture("4-controls.json"));
+    assert_eq!(d.report.state.features, vec!["controls".to_owned()]);
+    assert!(d.report.state.digest().is_none());
+    assert_eq!(d.report.state.forwards.len(), 1);
 }
 
 /// Agents before per-forward controls announce no features (so the server
@@ -202,7 +223,7 @@ fn a_previous_agent_reads_what_this_server_sends() {
         forwards: Vec<OldEntry>,
         generation: u64,
     }
-    let to_agent = &fixture("4-current.json")["to_agent"];
+    let to_agent = &fixture("5-current.json")["to_agent"];
     let sync: OldSync = serde_json::from_value(to_agent["sync_forwards"].clone()).unwrap();
     assert_eq!(sync.forwards[0].listen_port, 20010);
     let create: OldEntry =

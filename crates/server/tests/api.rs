@@ -848,6 +848,7 @@ async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
             generation: 0,
             forwards: vec![],
             features: vec![],
+            digests: None,
         })
         .await;
     // proxy-1's TCP ports on 127.0.0.1 taken behind the placement's back,
