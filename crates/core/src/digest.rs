@@ -305,7 +305,7 @@ mod tests {
 
     #[test]
     fn sums_do_not_depend_on_order_and_removal_undoes_addition() {
-        let specs: Vec<ForwardSpec> = (0..1000u128).map(|n| spec(n * 7919 << 100)).collect();
+        let specs: Vec<ForwardSpec> = (0..1000u128).map(|n| spec((n * 7919) << 100)).collect();
         let forward = SetDigest::of(&specs);
         let backward = SetDigest::of(specs.iter().rev());
         assert_eq!(forward, backward);
@@ -329,7 +329,7 @@ mod tests {
         b.add(u64::MAX);
         b.add(3);
         assert_eq!(BucketDigest::from_parts(b.forwards, b.sum()), b);
-        let id = ForwardId(uuid::Uuid::from_u128(0xff << 120 | 5));
+        let id = ForwardId(uuid::Uuid::from_u128((0xff << 120) | 5));
         let (first, last) = bucket_id_range(bucket(id));
         let text = id.to_string();
         assert!(first.as_str() <= text.as_str() && text.as_str() < last.as_str());

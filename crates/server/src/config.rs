@@ -490,7 +490,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         section: "agent",
         key: "resync_interval",
         default: "60",
-        help: "Seconds between full re-syncs of every agent's desired forwards (repairs anything a lost message missed).",
+        help: "Seconds between full re-syncs of the desired forwards of every agent that sends no digests (agents of earlier releases), which repairs anything a lost message missed. Agents of this release send a summary of their forwards with every heartbeat instead, and the server re-syncs only what differs from the store, so this does not apply to them.",
     },
     OptionDoc {
         section: "relay",

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt as _;
 use navigator_api::v1::{ForwardChanges, NewForward};
+use navigator_core::digest::SetDigest;
 use navigator_core::{Controls, ForwardId, ForwardStatus, PortForward, Protocol, TargetPolicy};
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::decode_args;
@@ -25,7 +26,7 @@ use navigator_rpc::{
 use navigator_scheduler::{Candidate, NoProxy, Request};
 use navigator_store::{
     AppliedVersion, Move, NewForwardRow, ProxyRecord, ReportedVersion, StatusReport, Store,
-    StoreError, TargetChange,
+    StoreError, StoredDigest, TargetChange,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -51,9 +52,18 @@ pub struct Control {
     /// until the message is sent: the agent handles its messages in the
     /// order they arrive, so answers are awaited outside the lock.
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Per agent host, the forwards by which its last report (as this server
-    /// took it) differed from the store; see [`Control::report_state`].
+    /// Per agent host that sends no digests (an older agent), the forwards
+    /// by which its last report (as this server took it) differed from the
+    /// store; see [`Control::report_state`].
     differences: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Per agent host that sends digests, the buckets by which its last
+    /// report differed from the store's summary; see
+    /// [`Control::check_digest`]. At most 256 entries per proxy, nothing per
+    /// forward.
+    bucket_differences: Mutex<HashMap<String, HashMap<u8, Differing>>>,
+    /// Per agent host, this server's full sync of it in flight or last
+    /// done; see [`Control::report_state`].
+    full_syncs: Mutex<HashMap<String, FullSync>>,
     /// Ports held per proxy for placement, and when they were read from the
     /// store; see [`Control::placement_counts`].
     port_counts: Mutex<Option<(std::time::Instant, HashMap<String, u64>)>>,
@@ -61,6 +71,28 @@ pub struct Control {
     refreshing_counts: std::sync::atomic::AtomicBool,
     /// Counters served at `/metrics`.
     metrics: Metrics,
+}
+
+/// A bucket of an agent's summary that differed from the store's.
+#[derive(Clone, Copy, Debug)]
+struct Differing {
+    /// The bucket's revision in the store at that report.
+    revision: u64,
+    /// Reports in a row in which it differed.
+    reports: u32,
+}
+
+/// Reports in a row in which a bucket may differ, its store revision
+/// changing every time (changes in flight), before it is synced anyway: under
+/// a steady stream of changes a bucket is rarely caught in flight this many
+/// times running, while a bucket that drifted and keeps being changed is.
+const DIFFERING_REPORTS_BEFORE_SYNC: u32 = 6;
+
+/// A full sync of one agent by this server.
+#[derive(Clone, Copy, Debug)]
+enum FullSync {
+    InFlight,
+    Done(std::time::Instant),
 }
 
 /// Clears a flag when dropped.
@@ -114,6 +146,8 @@ impl Control {
             placements: AtomicU64::new(0),
             host_locks: Mutex::new(HashMap::new()),
             differences: Mutex::new(HashMap::new()),
+            bucket_differences: Mutex::new(HashMap::new()),
+            full_syncs: Mutex::new(HashMap::new()),
             port_counts: Mutex::new(None),
             refreshing_counts: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
@@ -690,6 +724,34 @@ impl Control {
 
     /// Sends `host` its full desired set and records the per-forward results.
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
+        locked(&self.full_syncs).insert(host.to_owned(), FullSync::InFlight);
+        let synced = self.sync_host_once(host).await;
+        let mut full_syncs = locked(&self.full_syncs);
+        match synced {
+            Ok(()) => {
+                full_syncs.insert(host.to_owned(), FullSync::Done(std::time::Instant::now()));
+            }
+            Err(_) => {
+                full_syncs.remove(host);
+            }
+        }
+        synced
+    }
+
+    /// Whether this server's full sync of `host` is in flight or ended less
+    /// than a report interval ago: a heartbeat of generation 0 then comes
+    /// from before the agent applied it (at start-up, the agent's first
+    /// heartbeat races the server's own start-up sync), not from an agent
+    /// that restarted since; if it did, its next heartbeat asks again.
+    fn full_sync_is_recent(&self, host: &str) -> bool {
+        match locked(&self.full_syncs).get(host) {
+            Some(FullSync::InFlight) => true,
+            Some(FullSync::Done(at)) => at.elapsed() < self.config.report_interval,
+            None => false,
+        }
+    }
+
+    async fn sync_host_once(&self, host: &str) -> Result<(), ApiError> {
         let started = std::time::Instant::now();
         let (forwards, generation, sent) = {
             // Held from the store read until the sync is sent: a change made
@@ -816,8 +878,27 @@ impl Control {
         // some server (there may be several, each with its own generations),
         // and what a lost message missed since, the periodic sync repairs.
         if state.generation == 0 {
+            if self.full_sync_is_recent(&state.host) {
+                tracing::debug!(host = %state.host, "agent reported generation 0, but this server's full sync of it is under way or just done; not another");
+                return Ok(());
+            }
             tracing::info!(host = %state.host, generation = state.generation, "agent needs a full sync");
             return self.sync_host(&state.host).await;
+        }
+        match state.digest() {
+            Some(Ok(digest)) => {
+                self.check_digest(&state.host, &digest).await?;
+                self.record_reported(&state.host, &state.forwards).await;
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "agent {} reported malformed digests: {e}",
+                    state.host
+                )));
+            }
+            // An agent older than digests lists every forward.
+            None => {}
         }
         // The agent must carry exactly the forwards stored for it. With
         // several servers, a full sync one built from an older snapshot can
@@ -840,6 +921,135 @@ impl Control {
         self.record_results(&state.host, &state.forwards, &stored_forwards)
             .await;
         Ok(())
+    }
+
+    /// Compares an agent's summary with the store's (256 rows, whatever the
+    /// number of forwards) and re-syncs the buckets that differ for another
+    /// reason than changes in flight: a bucket that differed at this
+    /// server's previous report from `host` too, with no change to it in the
+    /// store in between (its revision is the same), had a whole report
+    /// interval to settle; so has one that differed in
+    /// [`DIFFERING_REPORTS_BEFORE_SYNC`] reports in a row. Only those
+    /// buckets' forwards are read and sent.
+    async fn check_digest(&self, host: &str, agent: &SetDigest) -> Result<(), ApiError> {
+        let stored = match self.store.proxy_digest(host).await? {
+            Some(stored) => stored,
+            None => self.store.rebuild_digests(host).await?,
+        };
+        let differing = stored.digest.differing(agent);
+        let drifted = self.settled_differences(host, &differing, &stored);
+        if drifted.is_empty() {
+            if !differing.is_empty() {
+                tracing::debug!(%host, buckets = differing.len(), "agent's summary differs from the store's, maybe by changes in flight; checked again at its next report");
+            }
+            return Ok(());
+        }
+        let (carried, stored_forwards) = drifted.iter().fold((0, 0), |(a, s), b| {
+            (
+                a + agent.bucket(*b).forwards,
+                s + stored.digest.bucket(*b).forwards,
+            )
+        });
+        tracing::info!(%host, buckets = drifted.len(), carried, stored = stored_forwards, "agent's forwards differ from the store's in buckets that did not change since its previous report; re-syncing those buckets");
+        self.sync_buckets(host, drifted).await
+    }
+
+    /// Remembers the buckets by which `host`'s summary differs from the
+    /// store's, and returns those that have settled (see
+    /// [`Control::check_digest`]); it forgets those, since their sync
+    /// settles them.
+    fn settled_differences(&self, host: &str, differing: &[u8], stored: &StoredDigest) -> Vec<u8> {
+        let mut all = locked(&self.bucket_differences);
+        if differing.is_empty() {
+            all.remove(host);
+            return Vec::new();
+        }
+        let before = all.remove(host).unwrap_or_default();
+        let mut now = HashMap::new();
+        let mut settled = Vec::new();
+        for bucket in differing {
+            let revision = stored.revision(*bucket);
+            let reports = before.get(bucket).map_or(1, |d| d.reports + 1);
+            let unchanged = before.get(bucket).is_some_and(|d| d.revision == revision);
+            if unchanged || reports >= DIFFERING_REPORTS_BEFORE_SYNC {
+                settled.push(*bucket);
+            } else {
+                now.insert(*bucket, Differing { revision, reports });
+            }
+        }
+        if !now.is_empty() {
+            all.insert(host.to_owned(), now);
+        }
+        settled
+    }
+
+    /// Sends `host` the desired set of `buckets` (a partial sync, for an
+    /// agent that announces digests) and records the results.
+    async fn sync_buckets(&self, host: &str, buckets: Vec<u8>) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
+        let count = buckets.len();
+        let (forwards, sent) = {
+            // As for a full sync: a change made after the read is sent after it.
+            let lock = self.host_lock(host);
+            let _agent = lock.lock().await;
+            let forwards = self.store.forwards_in_buckets(host, &buckets).await?;
+            let entries: Vec<ForwardEntry> = forwards
+                .iter()
+                .map(|f| ForwardEntry::from(&f.spec()))
+                .collect();
+            let sent = self.agents.send_sync_buckets(host, buckets, entries).await;
+            (forwards, sent)
+        };
+        let synced = answer(sent).await;
+        self.metrics
+            .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
+        match synced {
+            Ok(result) => {
+                self.record_results(host, &result.results, &forwards).await;
+                tracing::info!(%host, buckets = count, forwards = forwards.len(), elapsed_ms = started.elapsed().as_millis() as u64, "agent's buckets synced");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "partial sync failed");
+                Err(ApiError::Unavailable(format!(
+                    "cannot sync proxy {host}: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Records the results an agent that sends digests put in its heartbeat
+    /// (the recent changes and failures, at most
+    /// `features::MAX_REPORTED_RESULTS`): each is written only if it is about
+    /// the forward's current version on this proxy and changes its status,
+    /// without reading the proxy's forwards.
+    async fn record_reported(&self, host: &str, results: &[ForwardResult]) {
+        let reports: Vec<StatusReport> = results
+            .iter()
+            .take(navigator_rpc::messages::features::MAX_REPORTED_RESULTS)
+            .filter_map(|result| {
+                let Ok(id) = result.id.parse::<ForwardId>() else {
+                    tracing::warn!(%host, id = %result.id, "agent reported a malformed forward id");
+                    return None;
+                };
+                let (status, reason) = result_status(result);
+                Some(StatusReport {
+                    id,
+                    version: ReportedVersion {
+                        proxy: host.to_owned(),
+                        applied: result.applied.as_ref().and_then(applied_version),
+                    },
+                    status,
+                    reason,
+                })
+            })
+            .collect();
+        if reports.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.set_reported_statuses(&reports).await {
+            tracing::warn!(%host, forwards = reports.len(), error = %e, "cannot record the forwards' statuses");
+        }
     }
 
     /// Remembers the forwards by which `host`'s report differs from the
@@ -900,7 +1110,11 @@ impl Control {
         }
     }
 
-    /// Re-syncs every live proxy every `resync_interval`, until `shutdown`.
+    /// Re-syncs every live proxy whose agent sends no digests (an older
+    /// agent) every `resync_interval`, until `shutdown`. The others are
+    /// checked at every heartbeat instead ([`Control::check_digest`]): a
+    /// periodic full sync would cost them time in proportion to their
+    /// forwards for nothing.
     pub async fn resync_periodically(self: Arc<Self>, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.config.resync_interval);
         ticker.tick().await;
@@ -916,10 +1130,10 @@ impl Control {
                     continue;
                 }
             };
-            for proxy in proxies
-                .iter()
-                .filter(|p| is_up(p, self.config.agent_down_time))
-            {
+            for proxy in proxies.iter().filter(|p| {
+                is_up(p, self.config.agent_down_time)
+                    && !p.has_feature(navigator_rpc::messages::features::DIGESTS)
+            }) {
                 let _ = self.sync_host(&proxy.host).await;
             }
         }

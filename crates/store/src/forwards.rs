@@ -9,7 +9,7 @@ use navigator_core::{
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::sql::{Value, is_unique_violation};
+use crate::sql::{Tx, Value, is_unique_violation, retrying};
 use crate::{Store, StoreError, now};
 
 /// How many times an automatic allocation is retried when another server took
@@ -32,7 +32,7 @@ pub(crate) struct Cursor {
     handed_out: u16,
 }
 
-const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
+pub(crate) const COLUMNS: &str = "id, project_id, description, protocol, external_address, external_port, \
      external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy, \
      status, status_reason, created_at, updated_at, allowed_cidrs, max_connections, proxy_protocol";
 
@@ -69,7 +69,7 @@ pub struct NewForwardRow {
 /// on_instance_delete = mark`). Such a forward is no longer sent to its agent.
 pub const INSTANCE_DELETED: &str = "instance deleted: ";
 
-fn instance_deleted_pattern() -> String {
+pub(crate) fn instance_deleted_pattern() -> String {
     // No LIKE wildcards in the prefix itself, so it matches literally.
     format!("{INSTANCE_DELETED}%")
 }
@@ -157,7 +157,7 @@ fn status_statement(
 
 /// SQL condition true for a forward that is not marked [`INSTANCE_DELETED`],
 /// with the pattern bound as parameter `$n`.
-fn not_marked(n: usize) -> String {
+pub(crate) fn not_marked(n: usize) -> String {
     format!("NOT (status = 'ERROR' AND COALESCE(status_reason, '') LIKE ${n})")
 }
 
@@ -574,6 +574,9 @@ impl Store {
             ],
         )];
         statements.extend(port_rows(f));
+        // The proxy's summary, before the quota row (the lock order of
+        // `digests.rs`).
+        statements.extend(self.digest_statements(None, Some(f)));
         // The quota claim comes last: when it changes no row, the project
         // is at its limit and the whole transaction is rolled back. Last,
         // so that the project's counter row stays locked only until the
@@ -786,32 +789,74 @@ impl Store {
                status_reason = CASE WHEN $5 THEN NULL ELSE status_reason END, \
                updated_at = $6 \
              WHERE id = $1";
-        let done = self
-            .execute(
-                sql,
-                &[
-                    id.to_string().into(),
-                    change.internal_ip_address.map(|ip| ip.to_string()).into(),
-                    change.internal_port.into(),
-                    change.description.clone().into(),
-                    retargets.into(),
-                    now().into(),
-                    change.internal_port_end.into(),
-                    change
-                        .allowed_cidrs
-                        .as_ref()
-                        .map(|cidrs| join_cidrs(cidrs))
-                        .into(),
-                    change.max_connections.is_some().into(),
-                    change.max_connections.flatten().into(),
-                    change.proxy_protocol.map(ProxyProtocol::as_str).into(),
-                ],
+        let values: Vec<Value> = vec![
+            id.to_string().into(),
+            change.internal_ip_address.map(|ip| ip.to_string()).into(),
+            change.internal_port.into(),
+            change.description.clone().into(),
+            retargets.into(),
+            now().into(),
+            change.internal_port_end.into(),
+            change
+                .allowed_cidrs
+                .as_ref()
+                .map(|cidrs| join_cidrs(cidrs))
+                .into(),
+            change.max_connections.is_some().into(),
+            change.max_connections.flatten().into(),
+            change.proxy_protocol.map(ProxyProtocol::as_str).into(),
+        ];
+        // The old row is read under its lock, and the new one after the
+        // update, so that the proxy's summary moves by what really changed.
+        retrying!(Option<PortForward>, {
+            let mut tx = self.begin().await?;
+            let Some(old) = self.lock_forward(&mut tx, id).await? else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            self.tx_execute(&mut tx, sql, &values).await?;
+            let Some(new) = self.read_forward(&mut tx, id).await? else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            self.update_digests(&mut tx, Some(&old), Some(&new)).await?;
+            tx.commit().await?;
+            Ok(Some(new))
+        })
+    }
+
+    /// Locks forward `id`'s row until the end of `tx` (a write that changes
+    /// nothing: a row lock on PostgreSQL and MySQL, the write lock on
+    /// SQLite, taken before any read so that the transaction never has to
+    /// upgrade a stale snapshot) and reads it.
+    pub(crate) async fn lock_forward(
+        &self,
+        tx: &mut Tx,
+        id: ForwardId,
+    ) -> Result<Option<PortForward>, StoreError> {
+        self.tx_execute(
+            tx,
+            "UPDATE forwards SET updated_at = updated_at WHERE id = $1",
+            &[id.to_string().into()],
+        )
+        .await?;
+        self.read_forward(tx, id).await
+    }
+
+    /// Reads forward `id` in `tx`.
+    async fn read_forward(
+        &self,
+        tx: &mut Tx,
+        id: ForwardId,
+    ) -> Result<Option<PortForward>, StoreError> {
+        let rows = self
+            .tx_fetch_all(
+                tx,
+                &format!("SELECT {COLUMNS} FROM forwards WHERE id = $1"),
+                &[id.to_string().into()],
             )
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        self.get_forward(id).await
+        rows.first().map(from_row).transpose()
     }
 
     /// Records what the agent reported. Only a change of status (or reason)
@@ -824,7 +869,25 @@ impl Store {
         status: ForwardStatus,
         reason: Option<&str>,
     ) -> Result<bool, StoreError> {
-        self.write_status(id, status, reason, Vec::new()).await
+        // A mark takes the forward out of its proxy's desired set, so its
+        // summary changes with it (see `digests.rs`).
+        let (sql, values) = status_statement(id, status, reason, Vec::new());
+        retrying!(bool, {
+            let mut tx = self.begin().await?;
+            let Some(old) = self.lock_forward(&mut tx, id).await? else {
+                tx.rollback().await?;
+                return Ok(false);
+            };
+            if self.tx_execute(&mut tx, &sql, &values).await? == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let new = self.read_forward(&mut tx, id).await?;
+            self.update_digests(&mut tx, Some(&old), new.as_ref())
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Records a status reported about `version`; `false` (and nothing
@@ -950,8 +1013,9 @@ impl Store {
     }
 
     /// Moves `current` to `to` on external ports from `port`, with its
-    /// `forward_ports` rows, in one transaction claimed by the conditional
-    /// update: if another server moved (or deleted) it first, nothing changes.
+    /// `forward_ports` rows and both proxies' summaries, in one transaction
+    /// claimed by the conditional update: if another server moved (or
+    /// deleted) it first, nothing changes.
     async fn claim_move(
         &self,
         current: &PortForward,
@@ -959,39 +1023,55 @@ impl Store {
         port: u16,
     ) -> Result<Option<PortForward>, sqlx::Error> {
         let id = current.id;
-        let moved = PortForward {
+        let moved_ports = PortForward {
             external_address: to.external_address,
             external_port: port,
             external_port_end: port + (current.external_port_end - current.external_port),
             ..current.clone()
         };
-        let mut statements = vec![
-            (
-                "UPDATE forwards SET proxy = $2, external_address = $3, external_port = $4, \
-                 external_port_end = $5, status = 'PENDING', status_reason = NULL, updated_at = $6 \
-                 WHERE id = $1 AND proxy = $7"
-                    .to_owned(),
-                vec![
-                    id.to_string().into(),
-                    to.to_proxy.as_str().into(),
-                    to.external_address.to_string().into(),
-                    port.into(),
-                    moved.external_port_end.into(),
-                    now().into(),
-                    to.from_proxy.as_str().into(),
-                ],
-            ),
-            (
-                "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
-                vec![id.to_string().into()],
-            ),
-        ];
-        statements.extend(port_rows(&moved));
-        let affected = self.execute_claimed(&statements).await?;
-        if affected.first().copied().unwrap_or(0) == 0 {
-            return Ok(None);
-        }
-        match self.get_forward(id).await {
+        let claim = (
+            "UPDATE forwards SET proxy = $2, external_address = $3, external_port = $4, \
+             external_port_end = $5, status = 'PENDING', status_reason = NULL, updated_at = $6 \
+             WHERE id = $1 AND proxy = $7"
+                .to_owned(),
+            vec![
+                id.to_string().into(),
+                to.to_proxy.as_str().into(),
+                to.external_address.to_string().into(),
+                port.into(),
+                moved_ports.external_port_end.into(),
+                now().into(),
+                to.from_proxy.as_str().into(),
+            ],
+        );
+        let mut statements = vec![(
+            "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
+            vec![id.to_string().into()],
+        )];
+        statements.extend(port_rows(&moved_ports));
+        let moved = retrying!(Option<PortForward>, {
+            let mut tx = self.begin().await?;
+            let old = match self.lock_forward(&mut tx, id).await? {
+                Some(old) if old.proxy == to.from_proxy => old,
+                _ => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            };
+            if self.tx_execute(&mut tx, &claim.0, &claim.1).await? == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            for (sql, values) in &statements {
+                self.tx_execute(&mut tx, sql, values).await?;
+            }
+            let new = self.read_forward(&mut tx, id).await?;
+            self.update_digests(&mut tx, Some(&old), new.as_ref())
+                .await?;
+            tx.commit().await?;
+            Ok(new)
+        });
+        match moved {
             Ok(moved) => Ok(moved),
             Err(StoreError::Database(e)) => Err(e),
             Err(e) => Err(sqlx::Error::Protocol(e.to_string())),
@@ -1004,30 +1084,42 @@ impl Store {
         // never free while its forward still exists, nor held after. The
         // project's quota gets the forward and its ports back in it too,
         // only if this transaction is the one that deleted the row (the
-        // claim: racing deletes of one forward give it back once). A
-        // forward's project and number of ports never change, so reading
-        // them first is safe.
-        let Some(forward) = self.get_forward(id).await? else {
-            return Ok(false);
-        };
-        let ports = i64::from(forward.port_count());
-        let id = id.to_string();
-        let affected = self
-            .execute_claimed(&[
-                (
-                    "DELETE FROM forwards WHERE id = $1".to_owned(),
-                    vec![id.clone().into()],
-                ),
-                (
-                    "DELETE FROM forward_ports WHERE forward_id = $1".to_owned(),
-                    vec![id.into()],
-                ),
-                // Last, as in a create: the counter row is locked only
-                // until the commit.
-                crate::quotas::release(&forward.project_id, ports),
-            ])
+        // claim: racing deletes of one forward give it back once), and the
+        // proxy's summary loses the forward as it was under the row's lock.
+        retrying!(bool, {
+            let mut tx = self.begin().await?;
+            let Some(forward) = self.lock_forward(&mut tx, id).await? else {
+                tx.rollback().await?;
+                return Ok(false);
+            };
+            let text = id.to_string();
+            if self
+                .tx_execute(
+                    &mut tx,
+                    "DELETE FROM forwards WHERE id = $1",
+                    &[text.clone().into()],
+                )
+                .await?
+                == 0
+            {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            self.tx_execute(
+                &mut tx,
+                "DELETE FROM forward_ports WHERE forward_id = $1",
+                &[text.into()],
+            )
             .await?;
-        Ok(affected.first().copied().unwrap_or(0) > 0)
+            self.update_digests(&mut tx, Some(&forward), None).await?;
+            // Last, as in a create: the counter row is locked only until
+            // the commit.
+            let (sql, values) =
+                crate::quotas::release(&forward.project_id, i64::from(forward.port_count()));
+            self.tx_execute(&mut tx, &sql, &values).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Forwards and external ports held per proxy host, in one query: the
@@ -1144,7 +1236,7 @@ fn random_port_in(pool: PortRange) -> u16 {
         .saturating_add(u16::try_from(offset).unwrap_or(0))
 }
 
-fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
+pub(crate) fn from_row(row: &AnyRow) -> Result<PortForward, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         table: "forwards",
         reason,

@@ -39,6 +39,7 @@
 //! both apply. Migrations on MySQL run without sqlx's `GET_LOCK`: run `db sync`
 //! from one node at a time, as with every OpenStack service.
 
+mod digests;
 mod forwards;
 mod proxies;
 mod quotas;
@@ -54,6 +55,7 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, ConnectOptions, Executor, SqlStr};
 
+pub use digests::StoredDigest;
 pub use forwards::{
     AppliedVersion, ForwardFilter, ForwardOrder, INSTANCE_DELETED, Move, NewForwardRow, ProxyUsage,
     ReportedVersion, SortColumn, StatusReport, TargetChange,
@@ -777,12 +779,18 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => include_str!("../migrations/postgres/0005_quotas.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0005_quotas.sql"),
     };
+    let digests = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0006_proxy_digests.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0006_proxy_digests.sql"),
+        Backend::MySql => include_str!("../migrations/mysql/0006_proxy_digests.sql"),
+    };
     Migrator::with_migrations(vec![
         migration(1, "initial", initial),
         migration(2, "port ranges", port_ranges),
         migration(3, "dashboard sessions", sessions),
         migration(4, "forward controls", controls),
         migration(5, "quotas", quotas),
+        migration(6, "proxy digests", digests),
     ])
 }
 

@@ -10,10 +10,12 @@
 //! its own end, which is what Galera clusters need. The exceptions:
 //! [`Store::execute_claimed_last`] writes a forward together with the rows
 //! of the ports it occupies and, last, its claim on the project's quota
-//! counter (a few writes with no reads in between; `quotas.rs`), a delete
-//! undoes the three the same way ([`Store::execute_claimed`]),
-//! and `Store::insert_session` reads a few session ids per cap and deletes
-//! the oldest before its insert. A statement the database
+//! counter (a few writes with no reads in between; `quotas.rs`), and
+//! `Store::insert_session` reads a few session ids per cap and deletes the
+//! oldest before its insert. Changes of an existing forward (update,
+//! move, delete, mark) lock its row first, read it, change it and update the
+//! summary of its proxy's bucket (`digests.rs`) in one transaction, so that
+//! the summary moves by exactly what the row did. A statement the database
 //! aborted because of a deadlock or a serialization conflict (on Galera, a
 //! certification failure reports the same SQLSTATE) is run again, a few times,
 //! since such an abort undid it completely.
@@ -38,9 +40,37 @@ pub(crate) const CONFLICT_ATTEMPTS: u32 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Claim {
     None,
-    First,
     Last,
 }
+
+/// Runs `$work` (a block that begins and commits its own transaction and
+/// ends in a `Result<$t, StoreError>`) again when the database aborted it
+/// for a deadlock or a serialization conflict, as
+/// [`Store::execute_in_transaction`] does: such an abort undid it
+/// completely. A macro, not a function taking a closure, so that the futures
+/// of the methods using it stay `Send`.
+macro_rules! retrying {
+    ($t:ty, $work:block) => {{
+        let mut attempt = 1;
+        loop {
+            let result: Result<$t, $crate::StoreError> = async { $work }.await;
+            match result {
+                Err($crate::StoreError::Database(e))
+                    if $crate::sql::is_conflict(&e) && attempt < $crate::sql::CONFLICT_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, error = %e, "transaction aborted by a conflict; retrying");
+                    $crate::sql::backoff(attempt).await;
+                    attempt += 1;
+                }
+                done => break done,
+            }
+        }
+    }};
+}
+pub(crate) use retrying;
+
+/// A transaction of the store's pool.
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// A value bound to a statement.
 #[derive(Clone, Debug, PartialEq)]
@@ -227,18 +257,8 @@ impl Store {
         self.transaction(statements, Claim::None).await
     }
 
-    /// Like [`Store::execute_in_transaction`], but the first statement is a
-    /// claim: when it changes no row, the transaction is rolled back before
-    /// the others run (and the result is `[0]`).
-    pub(crate) async fn execute_claimed(
-        &self,
-        statements: &[(String, Vec<Value>)],
-    ) -> Result<Vec<u64>, sqlx::Error> {
-        self.transaction(statements, Claim::First).await
-    }
-
-    /// Like [`Store::execute_claimed`], but the claim is the last statement:
-    /// when it changes no row, the whole transaction is rolled back (and
+    /// Like [`Store::execute_in_transaction`], but the last statement is a
+    /// claim: when it changes no row, the whole transaction is rolled back (and
     /// the result ends in 0). A claim that locks a hot row (a project's
     /// quota counter) then holds that lock only until the commit, not
     /// across the other statements.
@@ -264,10 +284,6 @@ impl Store {
                     let done = sqlx::query_with(AssertSqlSafe(text), args)
                         .execute(&mut *tx)
                         .await?;
-                    if claim == Claim::First && affected.is_empty() && done.rows_affected() == 0 {
-                        tx.rollback().await?;
-                        return Ok(vec![0]);
-                    }
                     affected.push(done.rows_affected());
                 }
                 if claim == Claim::Last && affected.last() == Some(&0) {
@@ -287,6 +303,38 @@ impl Store {
                 done => return done,
             }
         }
+    }
+
+    /// Runs a statement in transaction `tx`; the rows it changed.
+    pub(crate) async fn tx_execute(
+        &self,
+        tx: &mut Tx,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<u64, StoreError> {
+        let (text, args) = self.prepare(sql, values)?;
+        let done = sqlx::query_with(AssertSqlSafe(text), args)
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Runs a query in transaction `tx` and returns all its rows.
+    pub(crate) async fn tx_fetch_all(
+        &self,
+        tx: &mut Tx,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        let (text, args) = self.prepare(sql, values)?;
+        Ok(sqlx::query_with(AssertSqlSafe(text), args)
+            .fetch_all(&mut **tx)
+            .await?)
+    }
+
+    /// Begins a transaction.
+    pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(self.pool.begin().await?)
     }
 
     /// Runs a query and returns all its rows.

@@ -303,6 +303,7 @@ async fn servers_starting_together_all_migrate(db: &'static TestDb) {
         "dashboard_keys",
         "quotas",
         "quota_usages",
+        "proxy_digests",
         "_sqlx_migrations",
     ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
@@ -341,6 +342,7 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
         "dashboard_keys",
         "quotas",
         "quota_usages",
+        "proxy_digests",
         "_sqlx_migrations",
     ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))

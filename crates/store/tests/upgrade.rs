@@ -199,13 +199,16 @@ async fn rows_of_the_first_schema_survive_db_sync(db: &'static TestDb) {
 /// rows in the shape schema version 2 (port ranges) and later accept.
 async fn rows_of_the_previous_schema_survive_db_sync(db: &'static TestDb) {
     let previous = latest_schema_version() - 1;
-    assert!(previous >= 2, "the rows below need the port-range schema");
+    assert!(previous >= 5, "the rows below need the port-range schema");
+    // The rows as the releases that had ranges wrote them, then the
+    // previous release's own migrations (quota counters from migration 5).
+    db.store.migrate_to(4).await.unwrap();
+    execute(db, &port_range_schema_rows()).await;
     db.store.migrate_to(previous).await.unwrap();
     assert_eq!(
         db.store.pending_migrations().await.unwrap(),
         vec![latest_schema_version()]
     );
-    execute(db, &port_range_schema_rows()).await;
     // Another server, as `navigator-server db sync` would be.
     let server = db.second_server().await;
     server.migrate().await.unwrap();
@@ -214,6 +217,12 @@ async fn rows_of_the_previous_schema_survive_db_sync(db: &'static TestDb) {
     // range counts each of its ports).
     let quota = server.project_quota("p-old").await.unwrap();
     assert_eq!((quota.forwards.used, quota.ports.used), (2, 4));
+    // The proxies' summaries (migration 6) start unknown and are built from
+    // the forwards: the two old ones and the one created since.
+    assert!(server.proxy_digest("proxy-old").await.unwrap().is_none());
+    let built = server.rebuild_digests("proxy-old").await.unwrap();
+    assert_eq!(built.digest.forwards(), 3);
+    assert_eq!(server.proxy_digest("proxy-old").await.unwrap(), Some(built));
     let range = server
         .get_forward(RANGE_ID.parse().unwrap())
         .await
