@@ -164,9 +164,11 @@ impl Agent {
         for request in requests {
             asked.push(match request {
                 Request::Upsert(spec) => {
-                    if state.upsert(spec.clone()) {
-                        touched.insert(spec.id);
-                    }
+                    // Converged even when this version was desired already:
+                    // a create sent again retries a forward in ERROR, and
+                    // one the backend carries costs a lookup.
+                    state.upsert(spec.clone());
+                    touched.insert(spec.id);
                     Asked::Forward(spec)
                 }
                 Request::Remove(id) => {

@@ -89,19 +89,18 @@ impl State {
         &self.errors
     }
 
-    /// Makes `spec` desired. Returns false when that very version already
-    /// was (its outcome stands).
-    pub fn upsert(&mut self, spec: ForwardSpec) -> bool {
+    /// Makes `spec` desired. When that very version already was, its
+    /// outcome stands until the next converge.
+    pub fn upsert(&mut self, spec: ForwardSpec) {
         let id = spec.id;
         if let Some(old) = self.forwards.get_mut(&id) {
-            if old.spec == spec {
-                return false;
+            if old.spec != spec {
+                self.digest.remove(&old.spec);
+                self.digest.add(&spec);
+                old.spec = spec;
+                old.outcome = Outcome::Pending;
             }
-            self.digest.remove(&old.spec);
-            self.digest.add(&spec);
-            old.spec = spec;
-            old.outcome = Outcome::Pending;
-            return true;
+            return;
         }
         self.digest.add(&spec);
         self.forwards.insert(
@@ -111,7 +110,6 @@ impl State {
                 outcome: Outcome::Pending,
             },
         );
-        true
     }
 
     /// Makes `id` undesired. Returns whether it was desired.
@@ -220,3 +218,65 @@ impl State {
 
 // The digest's buckets are the first byte of an id: `bucket_ids` relies on it.
 const _: () = assert!(BUCKETS == 256);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(bucket: u8, n: u32, target_port: u16) -> ForwardSpec {
+        ForwardSpec {
+            id: format!("{bucket:02x}{n:06x}-0000-4000-8000-000000000000")
+                .parse()
+                .unwrap(),
+            protocol: navigator_core::Protocol::Tcp,
+            listen: "127.0.0.1:20000".parse().unwrap(),
+            target: format!("10.0.0.5:{target_port}").parse().unwrap(),
+            ports: 1,
+            one_target_port: false,
+            controls: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_digest_follows_every_change() {
+        let mut state = State::default();
+        let (a, b, c) = (spec(0x00, 1, 22), spec(0xff, 1, 22), spec(0xff, 2, 22));
+        state.replace_all(vec![a.clone(), b.clone()]);
+        assert_eq!(*state.digest(), SetDigest::of([&a, &b]));
+        state.upsert(c.clone());
+        let b2 = spec(0xff, 1, 23);
+        state.upsert(b2.clone());
+        assert_eq!(*state.digest(), SetDigest::of([&a, &b2, &c]));
+        assert!(state.remove(a.id));
+        assert!(!state.remove(a.id));
+        assert_eq!(*state.digest(), SetDigest::of([&b2, &c]));
+        // The first and last buckets are ranges of the map, no wider.
+        assert_eq!(state.bucket_ids(0xff), vec![b2.id, c.id]);
+        assert!(state.bucket_ids(0x00).is_empty());
+        state.upsert(a.clone());
+        assert_eq!(state.bucket_ids(0x00), vec![a.id]);
+        assert!(state.bucket_ids(0x01).is_empty());
+    }
+
+    #[test]
+    fn outcomes_are_kept_for_unchanged_specs_and_errors_are_tracked() {
+        let mut state = State::default();
+        let (a, b) = (spec(0x10, 1, 22), spec(0x20, 1, 22));
+        state.replace_all(vec![a.clone(), b.clone()]);
+        state.set_outcome(a.id, Outcome::Active);
+        state.set_outcome(b.id, Outcome::Error("busy".into()));
+        assert_eq!(
+            state.errors().iter().copied().collect::<Vec<_>>(),
+            vec![b.id]
+        );
+        // A full sync that changes b only: a stays ACTIVE, b is pending.
+        let b2 = spec(0x20, 1, 23);
+        state.replace_all(vec![a.clone(), b2.clone()]);
+        assert_eq!(state.get(&a.id).unwrap().outcome, Outcome::Active);
+        assert_eq!(state.get(&b.id).unwrap().outcome, Outcome::Pending);
+        // Dropped by a full sync: no longer an error to retry.
+        state.replace_all(vec![a.clone()]);
+        assert!(state.errors().is_empty());
+        assert!(state.get(&b.id).is_none());
+    }
+}
