@@ -3,8 +3,14 @@
 //!
 //! The agent is stateless on purpose: after a start (or a lost message) it
 //! reports generation 0, the server answers with the full desired set, and
-//! [`Agent::reconcile`] makes the backend match. Nothing survives in the agent
+//! [`Agent::run_batch`] makes the backend match. Nothing survives in the agent
 //! that the server cannot rebuild.
+//!
+//! Messages that queue while one kernel transaction runs are applied to the
+//! desired set in their order and converged together, in one plan and one
+//! [`Backend::apply`] (see [`Agent::run_batch`]); heartbeats carry a digest of
+//! the desired set and only the results that changed lately or failed, so
+//! neither a change nor a heartbeat costs time in the forwards carried.
 
 pub mod config;
 pub mod fd_budget;
