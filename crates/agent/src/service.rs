@@ -7,19 +7,23 @@ use navigator_core::ForwardId;
 use navigator_rpc::messages::args;
 use navigator_rpc::transport::{decode_args, encode_reply};
 use navigator_rpc::{
-    Incoming, MAX_USAGE_IDS, RemoteError, RpcError, ServerClient, SyncResult, Target, Transport,
-    methods, topics,
+    Incoming, MAX_USAGE_IDS, RemoteError, RpcError, ServerClient, Target, Transport, methods,
+    topics,
 };
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{Agent, specs_from_entries};
+use crate::{Agent, Answer, Request, specs_from_entries};
 
 /// Heartbeats expire, unless a server took them, after this many
 /// `report_interval`s.
 const HEARTBEAT_TTL_INTERVALS: u32 = 3;
+
+/// Ordered messages handled as one batch at most, and queued for the worker
+/// at most: a bound on the memory and on the time one batch holds the state.
+const MAX_BATCH: usize = 1024;
 
 /// `get_usage` calls answered at once, beside the one message at a time of
 /// every other method.
@@ -54,16 +58,25 @@ pub async fn run(
     ));
     let usage_calls = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_USAGE_CALLS));
     // Every method but get_usage changes or reports the desired state, so
-    // they are handled one at a time in arrival order, by one worker. The
-    // channel holds one message: the rest wait in the transport's queue as
-    // before. get_usage only reads counters, so it is answered beside them
+    // they are handled in arrival order by one worker, which takes every
+    // message already queued as one batch (`Agent::run_batch`: one kernel
+    // transaction for all of them, as kube-proxy's sync loop). The channel
+    // holds a batch's worth; past that the rest wait in the transport's
+    // queue. get_usage only reads counters, so it is answered beside them
     // rather than behind a long reconcile (its caller waits 2 s at most).
-    let (ordered, mut to_handle) = tokio::sync::mpsc::channel::<Incoming>(1);
+    let (ordered, mut to_handle) = tokio::sync::mpsc::channel::<Incoming>(MAX_BATCH);
     let worker = tokio::spawn({
         let agent = agent.clone();
         async move {
-            while let Some(incoming) = to_handle.recv().await {
-                handle(&agent, incoming).await;
+            while let Some(first) = to_handle.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match to_handle.try_recv() {
+                        Ok(incoming) => batch.push(incoming),
+                        Err(_) => break,
+                    }
+                }
+                handle_batch(&agent, batch).await;
             }
         }
     });
@@ -97,8 +110,8 @@ pub async fn run(
             break;
         }
     }
-    // The message being handled finishes (a reconcile is not cut in half);
-    // at most one more that was already taken from the queue follows it.
+    // The batch being handled finishes (a reconcile is not cut in half);
+    // the messages already taken from the transport follow it.
     drop(ordered);
     let _ = worker.await;
     heartbeat.abort();
@@ -107,14 +120,13 @@ pub async fn run(
     Ok(())
 }
 
-async fn handle(agent: &Agent, incoming: Incoming) {
-    let method = incoming.method.clone();
-    // The ids of the API request behind the message (none for periodic
-    // work), so the agent's lines about it can be found by the server's
-    // request id or the caller's global one.
+/// The span of the lines about `incoming`: its method and the ids of the API
+/// request behind it (none for periodic work), so that they can be found by
+/// the server's request id or the caller's global one.
+fn span_of(incoming: &Incoming) -> tracing::Span {
     let span = tracing::info_span!(
         "rpc",
-        %method,
+        method = %incoming.method,
         request_id = tracing::field::Empty,
         global_request_id = tracing::field::Empty,
     );
@@ -124,10 +136,14 @@ async fn handle(agent: &Agent, incoming: Incoming) {
     if let Some(id) = &incoming.context.global_request_id {
         span.record("global_request_id", tracing::field::display(id));
     }
-    let result = dispatch(agent, &incoming).instrument(span.clone()).await;
+    span
+}
+
+/// Answers `incoming` with `result`, logging a failure in `span`.
+fn answer(incoming: Incoming, span: &tracing::Span, result: Result<Value, RemoteError>) {
     let _entered = span.enter();
     if let Err(e) = &result {
-        tracing::warn!(%method, error = %e, "RPC method failed");
+        tracing::warn!(method = %incoming.method, error = %e, "RPC method failed");
     }
     if let Some(reply) = incoming.reply {
         // The caller may have timed out and gone; nothing to do then.
@@ -135,16 +151,63 @@ async fn handle(agent: &Agent, incoming: Incoming) {
     }
 }
 
-async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteError> {
+/// Handles one message outside the batches (get_usage).
+async fn handle(agent: &Agent, incoming: Incoming) {
+    let span = span_of(&incoming);
+    let result = dispatch_usage(agent, &incoming)
+        .instrument(span.clone())
+        .await;
+    answer(incoming, &span, result);
+}
+
+/// Handles ordered messages as one batch: decodes each (a malformed one is
+/// answered at once; it changes nothing), runs the rest through
+/// [`Agent::run_batch`] in arrival order, and answers each with its own
+/// result.
+async fn handle_batch(agent: &Agent, batch: Vec<Incoming>) {
+    let mut requests = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for incoming in batch {
+        let span = span_of(&incoming);
+        match decode(&incoming) {
+            Ok(request) => {
+                requests.push(request);
+                waiting.push((incoming, span));
+            }
+            Err(e) => answer(incoming, &span, Err(e)),
+        }
+    }
+    if requests.is_empty() {
+        return;
+    }
+    // A batch of one keeps its message's request ids on every line.
+    let span = match waiting.as_slice() {
+        [(_, span)] => span.clone(),
+        _ => tracing::info_span!("batch", messages = waiting.len()),
+    };
+    let answers = agent.run_batch(requests).instrument(span).await;
+    for ((incoming, span), answer_of) in waiting.into_iter().zip(answers) {
+        let result = match answer_of {
+            Answer::Sync(result) => encode_reply(&result),
+            Answer::Forward(result) => encode_reply(&result),
+            Answer::Removed => Ok(Value::Null),
+            Answer::State(state) => encode_reply(&state),
+        };
+        answer(incoming, &span, result);
+    }
+}
+
+/// The change an ordered message asks for.
+fn decode(incoming: &Incoming) -> Result<Request, RemoteError> {
     match incoming.method.as_str() {
         methods::SYNC_FORWARDS => {
             let args: args::SyncForwards = decode_args(incoming)?;
-            let (specs, mut rejected) = specs_from_entries(&args.forwards);
-            let mut results = agent.sync(specs, args.generation).await;
-            results.append(&mut rejected);
-            encode_reply(&SyncResult {
+            let (forwards, rejected) = specs_from_entries(&args.forwards);
+            Ok(Request::Sync {
+                forwards,
+                rejected,
                 generation: args.generation,
-                results,
+                buckets: args.buckets,
             })
         }
         methods::CREATE_FORWARD => {
@@ -153,45 +216,52 @@ async fn dispatch(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteErr
                 .forward
                 .to_spec()
                 .map_err(|reason| RemoteError::new("ValueError", reason))?;
-            encode_reply(&agent.upsert(spec).await)
+            Ok(Request::Upsert(spec))
         }
         methods::DELETE_FORWARD => {
             let args: args::DeleteForward = decode_args(incoming)?;
             let id = args.id.parse().map_err(|e: navigator_core::ParseError| {
                 RemoteError::new("ValueError", e.to_string())
             })?;
-            agent.remove(id).await;
-            Ok(Value::Null)
+            Ok(Request::Remove(id))
         }
-        methods::GET_STATE => encode_reply(&agent.state().await),
-        methods::GET_USAGE => {
-            let args: args::GetUsage = decode_args(incoming)?;
-            if args.ids.len() > MAX_USAGE_IDS {
-                return Err(RemoteError::new(
-                    "ValueError",
-                    format!(
-                        "get_usage: {} forward ids, more than {MAX_USAGE_IDS}",
-                        args.ids.len()
-                    ),
-                ));
-            }
-            let ids = args
-                .ids
-                .iter()
-                .map(|id| id.parse())
-                .collect::<Result<Vec<ForwardId>, _>>()
-                .map_err(|e: navigator_core::ParseError| {
-                    RemoteError::new("ValueError", format!("get_usage: {e}"))
-                })?;
-            encode_reply(&agent.usage(&ids).await)
-        }
+        methods::GET_STATE => Ok(Request::State),
         // oslo.messaging's name for a method the endpoint lacks, so that
         // callers (and Python peers) recognise it.
-        other => Err(RemoteError::new(
-            "NoSuchMethod",
-            format!("the agent has no method {other:?}"),
-        )),
+        other => Err(no_such_method(other)),
     }
+}
+
+fn no_such_method(method: &str) -> RemoteError {
+    RemoteError::new(
+        "NoSuchMethod",
+        format!("the agent has no method {method:?}"),
+    )
+}
+
+async fn dispatch_usage(agent: &Agent, incoming: &Incoming) -> Result<Value, RemoteError> {
+    if incoming.method != methods::GET_USAGE {
+        return Err(no_such_method(&incoming.method));
+    }
+    let args: args::GetUsage = decode_args(incoming)?;
+    if args.ids.len() > MAX_USAGE_IDS {
+        return Err(RemoteError::new(
+            "ValueError",
+            format!(
+                "get_usage: {} forward ids, more than {MAX_USAGE_IDS}",
+                args.ids.len()
+            ),
+        ));
+    }
+    let ids = args
+        .ids
+        .iter()
+        .map(|id| id.parse())
+        .collect::<Result<Vec<ForwardId>, _>>()
+        .map_err(|e: navigator_core::ParseError| {
+            RemoteError::new("ValueError", format!("get_usage: {e}"))
+        })?;
+    encode_reply(&agent.usage(&ids).await)
 }
 
 /// Reports the agent's state every `report_interval`, and retries forwards
@@ -226,7 +296,7 @@ async fn heartbeat(
             }
         }
         agent.retry_failed().await;
-        if let Err(e) = server.report_state(agent.state().await).await {
+        if let Err(e) = server.report_state(agent.heartbeat_state().await).await {
             tracing::warn!(error = %e, "cannot report state to the server");
         }
     }

@@ -22,6 +22,8 @@ struct FakeBackend {
     counts: bool,
     /// When set, `apply` waits for a permit first: a reconcile that hangs.
     gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// When set, `apply` sleeps this long: a slow kernel transaction.
+    delay: Option<Duration>,
 }
 
 fn fake_usage(port: u16) -> ForwardUsage {
@@ -48,6 +50,9 @@ impl Backend for FakeBackend {
         Box::pin(async move {
             if let Some(gate) = &self.gate {
                 let _ = gate.acquire().await;
+            }
+            if let Some(delay) = self.delay {
+                tokio::time::sleep(delay).await;
             }
             self.plans.lock().unwrap().push(plan.clone());
             let mut carried = self.carried.lock().unwrap();
@@ -378,4 +383,334 @@ async fn get_usage_does_not_wait_behind_a_reconcile() {
     );
     shutdown.cancel();
     served.await.unwrap().unwrap();
+}
+
+/// A forward of digest bucket `bucket` (the first byte of its id).
+fn spec_in_bucket(bucket: u8, n: u32, port: u16) -> ForwardSpec {
+    ForwardSpec {
+        id: format!("{bucket:02x}{n:06x}-0000-4000-8000-000000000000")
+            .parse()
+            .unwrap(),
+        ..spec(port, 22)
+    }
+}
+
+/// Waits until `pending` replies have all come, in order.
+async fn all_replies<T>(pending: Vec<navigator_rpc::Reply<T>>) -> Vec<T>
+where
+    T: std::fmt::Debug,
+{
+    let mut replies = Vec::new();
+    for reply in pending {
+        replies.push(reply.await.unwrap());
+    }
+    replies
+}
+
+#[tokio::test]
+async fn creates_queued_behind_a_slow_apply_are_applied_together() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let backend = Arc::new(FakeBackend {
+        gate: Some(gate.clone()),
+        delay: Some(Duration::from_millis(20)),
+        ..FakeBackend::default()
+    });
+    let (client, _transport, shutdown, served) = serve(backend.clone()).await;
+    // The first create holds the worker in `apply` until the gate opens;
+    // the others queue meanwhile.
+    let first = spec(20000, 22);
+    let held = client
+        .send_create_forward("p1", ForwardEntry::from(&first))
+        .await
+        .unwrap();
+    let specs: Vec<ForwardSpec> = (1..=300).map(|i| spec(20000 + i, 22)).collect();
+    let mut pending = Vec::new();
+    for s in &specs {
+        pending.push(
+            client
+                .send_create_forward("p1", ForwardEntry::from(s))
+                .await
+                .unwrap(),
+        );
+    }
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap().status, ResultStatus::Active);
+    let results = all_replies(pending).await;
+    // Each create is answered with its own forward's result.
+    for (s, r) in specs.iter().zip(&results) {
+        assert_eq!(r.id, s.id.to_string());
+        assert_eq!(r.status, ResultStatus::Active, "{r:?}");
+        assert_eq!(r.applied, Some(ForwardEntry::from(s)));
+    }
+    assert_eq!(backend.carried.lock().unwrap().len(), 301);
+    // One apply for the first, then a few for the 300 queued behind it (a
+    // handful at most however the tasks were scheduled), not 300.
+    let applies = backend.plans.lock().unwrap().len();
+    assert!(applies <= 20, "{applies} applies for 301 creates");
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
+/// One batch, as the worker makes of the messages queued behind a slow
+/// apply (`creates_queued_behind_a_slow_apply_are_applied_together` shows the
+/// service makes batches; here the batch is built by hand so that its
+/// content is exact).
+#[tokio::test]
+async fn a_batch_keeps_the_order_of_its_messages() {
+    use navigator_agent::{Answer, Request};
+    let backend = Arc::new(FakeBackend::default());
+    let agent = agent(backend.clone());
+    // Created, deleted and created again with another target: the later
+    // version is carried. Created then deleted: absent. Creates, a full
+    // sync, creates: the sync drops what came before it, not what follows.
+    let a = spec(20001, 22);
+    let a2 = ForwardSpec {
+        target: "10.0.0.7:22".parse().unwrap(),
+        ..a.clone()
+    };
+    let (b, before, synced, after) = (
+        spec(20002, 22),
+        spec(20003, 22),
+        spec(20004, 22),
+        spec(20005, 22),
+    );
+    let answers = agent
+        .run_batch(vec![
+            Request::Upsert(a.clone()),
+            Request::Remove(a.id),
+            Request::Upsert(a2.clone()),
+            Request::Upsert(b.clone()),
+            Request::Remove(b.id),
+            Request::Upsert(before.clone()),
+            Request::Sync {
+                forwards: vec![a2.clone(), synced.clone()],
+                rejected: Vec::new(),
+                generation: 9,
+                buckets: None,
+            },
+            Request::Upsert(after.clone()),
+            Request::State,
+        ])
+        .await;
+    assert_eq!(backend.plans.lock().unwrap().len(), 1, "one apply");
+    let forward = |i: usize| match &answers[i] {
+        Answer::Forward(result) => result.clone(),
+        other => panic!("answer {i}: {other:?}"),
+    };
+    // A superseded version is never reported ACTIVE.
+    let first = forward(0);
+    assert_eq!(first.status, ResultStatus::Error);
+    assert_eq!(first.applied, Some(ForwardEntry::from(&a)));
+    assert!(matches!(answers[1], Answer::Removed));
+    let second = forward(2);
+    assert_eq!(second.status, ResultStatus::Active);
+    assert_eq!(second.applied, Some(ForwardEntry::from(&a2)));
+    assert_eq!(forward(3).status, ResultStatus::Error);
+    assert!(matches!(answers[4], Answer::Removed));
+    assert_eq!(forward(5).status, ResultStatus::Error);
+    let Answer::Sync(sync) = &answers[6] else {
+        panic!("answer 6: {:?}", answers[6]);
+    };
+    assert_eq!(sync.generation, 9);
+    assert_eq!(sync.results.len(), 2);
+    assert!(
+        sync.results
+            .iter()
+            .all(|r| r.status == ResultStatus::Active),
+        "{sync:?}"
+    );
+    assert_eq!(forward(7).status, ResultStatus::Active);
+    // get_state is the state after the batch.
+    let Answer::State(state) = &answers[8] else {
+        panic!("answer 8: {:?}", answers[8]);
+    };
+    assert_eq!(state.generation, 9);
+    assert_eq!(state.forwards.len(), 3);
+
+    let carried = backend.carried.lock().unwrap().clone();
+    let want: BTreeMap<ForwardId, ForwardSpec> =
+        [a2, synced, after].into_iter().map(|f| (f.id, f)).collect();
+    assert_eq!(carried, want);
+}
+
+/// The same through the RPC service: messages sent while a reconcile hangs,
+/// however they are split into batches, end as if handled one by one.
+#[tokio::test]
+async fn messages_queued_behind_a_reconcile_keep_their_order() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let backend = Arc::new(FakeBackend {
+        gate: Some(gate.clone()),
+        ..FakeBackend::default()
+    });
+    let (client, _transport, shutdown, served) = serve(backend.clone()).await;
+    let held = client
+        .send_create_forward("p1", ForwardEntry::from(&spec(20000, 22)))
+        .await
+        .unwrap();
+    let a = spec(20001, 22);
+    let a2 = ForwardSpec {
+        target: "10.0.0.7:22".parse().unwrap(),
+        ..a.clone()
+    };
+    let b = spec(20002, 22);
+    let mut pending = Vec::new();
+    pending.push(
+        client
+            .send_create_forward("p1", ForwardEntry::from(&a))
+            .await
+            .unwrap(),
+    );
+    let delete_a = client
+        .send_delete_forward("p1", a.id.to_string())
+        .await
+        .unwrap();
+    let create_a2 = client
+        .send_create_forward("p1", ForwardEntry::from(&a2))
+        .await
+        .unwrap();
+    pending.push(
+        client
+            .send_create_forward("p1", ForwardEntry::from(&b))
+            .await
+            .unwrap(),
+    );
+    let delete_b = client
+        .send_delete_forward("p1", b.id.to_string())
+        .await
+        .unwrap();
+    gate.add_permits(1);
+    held.await.unwrap();
+    delete_a.await.unwrap();
+    delete_b.await.unwrap();
+    assert_eq!(create_a2.await.unwrap().status, ResultStatus::Active);
+    all_replies(pending).await;
+    let carried: Vec<ForwardSpec> = backend.carried.lock().unwrap().values().cloned().collect();
+    assert!(carried.contains(&a2), "{carried:?}");
+    assert!(!carried.iter().any(|f| f.id == b.id), "{carried:?}");
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn partial_sync_replaces_its_buckets_only() {
+    let backend = Arc::new(FakeBackend::default());
+    let (client, _transport, shutdown, served) = serve(backend.clone()).await;
+    let (x1, x2, y) = (
+        spec_in_bucket(0x10, 1, 20001),
+        spec_in_bucket(0x10, 2, 20002),
+        spec_in_bucket(0x20, 1, 20003),
+    );
+    client
+        .sync_forwards(
+            "p1",
+            vec![ForwardEntry::from(&x1), ForwardEntry::from(&y)],
+            5,
+        )
+        .await
+        .unwrap();
+    let state = client.get_state("p1").await.unwrap();
+    assert!(
+        state
+            .features
+            .iter()
+            .any(|f| f == navigator_rpc::messages::features::DIGESTS)
+    );
+    assert_eq!(
+        state.digest().unwrap().unwrap(),
+        navigator_core::digest::SetDigest::of([&x1, &y])
+    );
+
+    // Bucket 0x10 becomes {x2}; an entry of bucket 0x30 is refused by name;
+    // bucket 0x20 and the generation stay.
+    let stray = spec_in_bucket(0x30, 1, 20004);
+    let reply = client
+        .send_sync_buckets(
+            "p1",
+            vec![0x10],
+            vec![ForwardEntry::from(&x2), ForwardEntry::from(&stray)],
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(reply.generation, 5);
+    let status: BTreeMap<String, (ResultStatus, Option<String>)> = reply
+        .results
+        .iter()
+        .map(|r| (r.id.clone(), (r.status, r.reason.clone())))
+        .collect();
+    assert_eq!(status.len(), 2, "{reply:?}");
+    assert_eq!(status[&x2.id.to_string()].0, ResultStatus::Active);
+    let (refused, reason) = &status[&stray.id.to_string()];
+    assert_eq!(*refused, ResultStatus::Error);
+    assert!(
+        reason.as_deref().unwrap().contains("bucket 48"),
+        "{reason:?}"
+    );
+
+    let carried: BTreeSet<ForwardId> = backend.carried.lock().unwrap().keys().copied().collect();
+    assert_eq!(carried, BTreeSet::from([x2.id, y.id]));
+    let state = client.get_state("p1").await.unwrap();
+    assert_eq!(state.generation, 5);
+    assert_eq!(
+        state.digest().unwrap().unwrap(),
+        navigator_core::digest::SetDigest::of([&x2, &y])
+    );
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn heartbeats_carry_recent_changes_and_errors_only() {
+    use navigator_rpc::messages::features::RECENT_REPORTS;
+    let backend = Arc::new(FakeBackend::default());
+    backend.busy.lock().unwrap().insert(20001);
+    let agent = agent(backend.clone());
+    let (good, bad) = (spec(20000, 22), spec(20001, 22));
+    agent.sync(vec![good.clone(), bad.clone()], 1).await;
+    let ids = |state: &navigator_rpc::AgentState| -> BTreeSet<String> {
+        state.forwards.iter().map(|r| r.id.clone()).collect()
+    };
+    // The changes are repeated RECENT_REPORTS times, then only the error.
+    for _ in 0..RECENT_REPORTS {
+        let beat = agent.heartbeat_state().await;
+        assert_eq!(
+            ids(&beat),
+            BTreeSet::from([good.id.to_string(), bad.id.to_string()])
+        );
+        assert!(beat.digests.is_some());
+    }
+    let beat = agent.heartbeat_state().await;
+    assert_eq!(ids(&beat), BTreeSet::from([bad.id.to_string()]));
+    // get_state still lists every forward.
+    assert_eq!(agent.state().await.forwards.len(), 2);
+
+    // The port is freed: the retry's change is reported, then nothing.
+    backend.busy.lock().unwrap().clear();
+    agent.retry_failed().await;
+    let beat = agent.heartbeat_state().await;
+    assert_eq!(beat.forwards.len(), 1);
+    assert_eq!(beat.forwards[0].status, ResultStatus::Active);
+    for _ in 1..RECENT_REPORTS {
+        assert_eq!(agent.heartbeat_state().await.forwards.len(), 1);
+    }
+    assert!(agent.heartbeat_state().await.forwards.is_empty());
+    // The retry planned the failed forward alone.
+    let last = backend.plans.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.add, vec![bad]);
+}
+
+#[tokio::test]
+async fn heartbeats_are_bounded() {
+    use navigator_rpc::messages::features::MAX_REPORTED_RESULTS;
+    let backend = Arc::new(FakeBackend::default());
+    let agent = agent(backend);
+    let many: Vec<ForwardSpec> = (0..MAX_REPORTED_RESULTS + 50)
+        .map(|i| spec(20000 + i as u16, 22))
+        .collect();
+    agent.sync(many, 1).await;
+    assert_eq!(
+        agent.heartbeat_state().await.forwards.len(),
+        MAX_REPORTED_RESULTS
+    );
 }
