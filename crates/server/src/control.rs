@@ -992,7 +992,9 @@ impl Control {
             // As for a full sync: a change made after the read is sent after it.
             let lock = self.host_lock(host);
             let _agent = lock.lock().await;
-            let forwards = self.store.forwards_in_buckets(host, &buckets).await?;
+            // Read under the bucket rows' locks, which are set to what the
+            // rows hold: a stored summary that was wrong is repaired here.
+            let forwards = self.store.resync_buckets(host, &buckets).await?;
             let entries: Vec<ForwardEntry> = forwards
                 .iter()
                 .map(|f| ForwardEntry::from(&f.spec()))

@@ -186,23 +186,52 @@ impl Store {
     /// Computes `proxy`'s summary from its forwards and stores it (every
     /// bucket row ready), under the bucket rows' locks; returns it. Reads
     /// all the proxy's forwards: for a new proxy, after the upgrade that
-    /// brought the table, and when the server finds a summary it cannot
-    /// trust.
+    /// brought the table.
     pub async fn rebuild_digests(&self, proxy: &str) -> Result<StoredDigest, StoreError> {
-        retrying!(StoredDigest, {
+        let all: Vec<u8> = (0..=u8::MAX).collect();
+        let (stored, forwards) = self.rebuild(proxy, &all, true).await?;
+        tracing::info!(%proxy, forwards = forwards.len(), "built the proxy's summary from its forwards");
+        Ok(stored)
+    }
+
+    /// The forwards of `buckets` that `proxy`'s agent must carry (a partial
+    /// sync's desired set), read under the bucket rows' locks, which are set
+    /// to what they hold on the way: a summary that drifted from the
+    /// forwards (written by a server of an earlier release, which does not
+    /// keep them) is repaired by the sync that its difference brings.
+    /// Range queries on (proxy, id): the cost is those buckets' rows, not
+    /// the proxy's.
+    pub async fn resync_buckets(
+        &self,
+        proxy: &str,
+        buckets: &[u8],
+    ) -> Result<Vec<PortForward>, StoreError> {
+        Ok(self.rebuild(proxy, buckets, false).await?.1)
+    }
+
+    /// Locks `buckets` of `proxy` (creating missing rows), reads their
+    /// forwards, stores their summaries, ready, and returns the summary
+    /// (with every bucket's revision when `all`) and the forwards.
+    async fn rebuild(
+        &self,
+        proxy: &str,
+        buckets: &[u8],
+        all: bool,
+    ) -> Result<(StoredDigest, Vec<PortForward>), StoreError> {
+        retrying!((StoredDigest, Vec<PortForward>), {
             let mut tx = self.begin().await?;
-            // Locks every bucket row (creating the missing ones) before
+            // Locks the bucket rows (creating the missing ones) before
             // reading: a change that has not reached its bucket row yet
             // waits for this transaction and then adds its difference.
             let mut sql = String::from(
                 "INSERT INTO proxy_digests (proxy, bucket, forwards, low, high, revision, ready) VALUES ",
             );
             let mut values: Vec<Value> = vec![proxy.into()];
-            for b in 0..BUCKETS {
-                if b > 0 {
+            for (i, b) in buckets.iter().enumerate() {
+                if i > 0 {
                     sql.push_str(", ");
                 }
-                values.push((b as i64).into());
+                values.push(i64::from(*b).into());
                 sql.push_str(&format!("($1, ${}, 0, 0, 0, 0, 0)", values.len()));
             }
             sql.push_str(match self.backend {
@@ -212,28 +241,42 @@ impl Store {
                 }
             });
             self.tx_execute(&mut tx, &sql, &values).await?;
-            let rows = self
-                .tx_fetch_all(
-                    &mut tx,
-                    &format!(
-                        "SELECT {COLUMNS} FROM forwards WHERE proxy = $1 AND {}",
-                        not_marked(2)
-                    ),
-                    &[proxy.into(), instance_deleted_pattern().into()],
-                )
-                .await?;
-            let mut digest = SetDigest::default();
-            for row in &rows {
-                digest.add(&from_row(row)?.spec());
+            let mut forwards = Vec::new();
+            if all {
+                let rows = self
+                    .tx_fetch_all(
+                        &mut tx,
+                        &format!(
+                            "SELECT {COLUMNS} FROM forwards WHERE proxy = $1 AND {} ORDER BY id",
+                            not_marked(2)
+                        ),
+                        &[proxy.into(), instance_deleted_pattern().into()],
+                    )
+                    .await?;
+                for row in &rows {
+                    forwards.push(from_row(row)?);
+                }
+            } else {
+                for chunk in buckets.chunks(BUCKETS_PER_QUERY) {
+                    let (sql, values) = bucket_query(proxy, chunk);
+                    for row in self.tx_fetch_all(&mut tx, &sql, &values).await? {
+                        forwards.push(from_row(&row)?);
+                    }
+                }
             }
-            for (b, d) in (0..=u8::MAX).zip(digest.buckets().iter()) {
+            let mut digest = SetDigest::default();
+            for forward in &forwards {
+                digest.add(&forward.spec());
+            }
+            for b in buckets {
+                let d = digest.bucket(*b);
                 self.tx_execute(
                     &mut tx,
                     "UPDATE proxy_digests SET forwards = $3, low = $4, high = $5, ready = 1 \
                      WHERE proxy = $1 AND bucket = $2",
                     &[
                         proxy.into(),
-                        i64::from(b).into(),
+                        i64::from(*b).into(),
                         (d.forwards as i64).into(),
                         i64::from(d.low).into(),
                         i64::from(d.high).into(),
@@ -241,27 +284,27 @@ impl Store {
                 )
                 .await?;
             }
-            let rows = self
-                .tx_fetch_all(
-                    &mut tx,
-                    "SELECT bucket, forwards, low, high, revision FROM proxy_digests WHERE proxy = $1",
-                    &[proxy.into()],
-                )
-                .await?;
             let mut revisions = vec![0; BUCKETS];
-            for row in &rows {
-                let (bucket, _, revision) = bucket_row(row)?;
-                revisions[usize::from(bucket)] = revision;
+            if all {
+                let rows = self
+                    .tx_fetch_all(
+                        &mut tx,
+                        "SELECT bucket, forwards, low, high, revision FROM proxy_digests WHERE proxy = $1",
+                        &[proxy.into()],
+                    )
+                    .await?;
+                for row in &rows {
+                    let (bucket, _, revision) = bucket_row(row)?;
+                    revisions[usize::from(bucket)] = revision;
+                }
             }
             tx.commit().await?;
-            tracing::info!(%proxy, forwards = digest.forwards(), "rebuilt the proxy's summary from its forwards");
-            Ok(StoredDigest { digest, revisions })
+            Ok((StoredDigest { digest, revisions }, forwards))
         })
     }
 
-    /// The forwards of `buckets` that `proxy`'s agent must carry (a partial
-    /// sync's desired set): range queries on (proxy, id), so the cost is
-    /// those buckets' rows, not the proxy's.
+    /// The forwards of `buckets` that `proxy`'s agent must carry, without
+    /// locks (for reading only).
     pub async fn forwards_in_buckets(
         &self,
         proxy: &str,
@@ -269,29 +312,36 @@ impl Store {
     ) -> Result<Vec<PortForward>, StoreError> {
         let mut forwards = Vec::new();
         for chunk in buckets.chunks(BUCKETS_PER_QUERY) {
-            let mut values: Vec<Value> = vec![proxy.into(), instance_deleted_pattern().into()];
-            let mut ranges = Vec::new();
-            for b in chunk {
-                let (first, after) = bucket_id_range(*b);
-                values.push(first.into());
-                values.push(after.into());
-                ranges.push(format!(
-                    "(id >= ${} AND id < ${})",
-                    values.len() - 1,
-                    values.len()
-                ));
-            }
-            let sql = format!(
-                "SELECT {COLUMNS} FROM forwards WHERE proxy = $1 AND {} AND ({}) ORDER BY id",
-                not_marked(2),
-                ranges.join(" OR ")
-            );
+            let (sql, values) = bucket_query(proxy, chunk);
             for row in self.fetch_all(&sql, &values).await? {
                 forwards.push(from_row(&row)?);
             }
         }
         Ok(forwards)
     }
+}
+
+/// The query of the forwards of `buckets` (at most [`BUCKETS_PER_QUERY`])
+/// that `proxy`'s agent must carry, in id order.
+fn bucket_query(proxy: &str, buckets: &[u8]) -> (String, Vec<Value>) {
+    let mut values: Vec<Value> = vec![proxy.into(), instance_deleted_pattern().into()];
+    let mut ranges = Vec::new();
+    for b in buckets {
+        let (first, after) = bucket_id_range(*b);
+        values.push(first.into());
+        values.push(after.into());
+        ranges.push(format!(
+            "(id >= ${} AND id < ${})",
+            values.len() - 1,
+            values.len()
+        ));
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM forwards WHERE proxy = $1 AND {} AND ({}) ORDER BY id",
+        not_marked(2),
+        ranges.join(" OR ")
+    );
+    (sql, values)
 }
 
 /// A bucket row's bucket, summary and revision.

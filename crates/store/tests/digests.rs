@@ -17,6 +17,7 @@ backend_tests!(every: [
     summaries_follow_every_change,
     racing_changes_keep_summaries_exact,
     buckets_read_only_their_forwards,
+    a_wrong_summary_is_repaired_by_its_resync,
 ]);
 
 fn ip(s: &str) -> IpAddr {
@@ -261,4 +262,36 @@ async fn buckets_read_only_their_forwards(db: &'static TestDb) {
         store.forwards_in_buckets("p1", &all).await.unwrap().len(),
         ids.len()
     );
+}
+
+/// A bucket row that does not match the forwards (as a server of an earlier
+/// release, which does not keep summaries, would leave it) is set right by
+/// the resync of that bucket, which also returns its forwards.
+async fn a_wrong_summary_is_repaired_by_its_resync(db: &'static TestDb) {
+    use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor};
+    let store = &db.store;
+    let mut ids = Vec::new();
+    for port in 34000..34010 {
+        ids.push(
+            store
+                .create_forward(&new_forward("p1", "127.0.0.1", port))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    store.rebuild_digests("p1").await.unwrap();
+    let b = bucket(ids[0]);
+    let mut conn = AnyConnection::connect(&db.url).await.unwrap();
+    conn.execute(AssertSqlSafe(format!(
+        "UPDATE proxy_digests SET forwards = forwards + 5, low = 7 WHERE proxy = 'p1' AND bucket = {b}"
+    )))
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    assert_ne!(stored(store, "p1").await, truth(store, "p1").await);
+    let forwards = store.resync_buckets("p1", &[b]).await.unwrap();
+    assert!(forwards.iter().any(|f| f.id == ids[0]));
+    assert!(forwards.iter().all(|f| bucket(f.id) == b));
+    assert_exact(store, &["p1"], "after the resync").await;
 }
