@@ -100,7 +100,13 @@ if [ -z "$TRANSPORT_URL" ] || [ -z "$POSTGRES_URL" ]; then
   POSTGRES_URL=$NAVIGATOR_TEST_POSTGRES_URL
 fi
 DB_NAME="scale_$$"
-psql -q "$POSTGRES_URL" -c "CREATE DATABASE $DB_NAME" >/dev/null
+# CREATE DATABASE fails while another session uses template1 (another
+# client of a shared PostgreSQL creating its own): try again.
+for attempt in 1 2 3 4 5 6 7 8 9 10; do
+  psql -q "$POSTGRES_URL" -c "CREATE DATABASE $DB_NAME" >/dev/null && break
+  [ "$attempt" = 10 ] && die "cannot create database $DB_NAME"
+  sleep 1
+done
 DB_URL="${POSTGRES_URL%/*}/$DB_NAME"
 
 # listener_pid URL: the PID of the process listening on URL's port (the
