@@ -303,6 +303,22 @@ for c in server-a:$((a1 - a0)) server-b:$((b1 - b0)) postgres:$((pg1 - pg0)) rab
   idle="$idle ${c%%:*} $(awk -v t="${c#*:}" -v hz="$HZ" -v w="$IDLE_SECS" 'BEGIN { printf "%.1f%%", 100 * t / hz / w }')"
 done
 
+# The agents stop and print what they measured: per method, the time from a
+# message's arrival in their process to their reply (p50 averaged over the
+# processes, weighted by count; p99 and max: the worst process's).
+for p in "${SIM_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "${SIM_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+handling() { # METHOD: "N calls, p50 X ms, p99 Y ms, max Z ms"
+  local f
+  for f in "$OUT"/sim-*.out; do
+    sed -n "s/.*\"$1\":{\([^}]*\)}.*/\1/p" "$f"
+  done | awk -F, '{
+      for (i = 1; i <= NF; i++) { split($i, kv, ":"); gsub(/"/, "", kv[1]); v[kv[1]] = kv[2] + 0 }
+      n += v["count"]; p50 += v["count"] * v["p50_ms"]
+      if (v["p99_ms"] > p99) p99 = v["p99_ms"]; if (v["max_ms"] > max) max = v["max_ms"]
+    } END { if (n > 0) printf "%d calls, p50 %.1f ms, p99 %.1f ms, max %.1f ms", n, p50 / n, p99, max; else printf "no calls" }'
+}
+
 # Sizes: every table of the schema (new ones included), and the database.
 psql -Atq -F' ' "$DB_URL" -c "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'
@@ -319,6 +335,7 @@ done <"$OUT/tables.txt"
   echo "SUMMARY creates: $created_total of $FORWARDS in ${seconds_total} s = $overall creates/s over 2 servers (first block $first_rate/s, last block $last_rate/s; CONC $CONC)"
   echo "SUMMARY resync of one proxy: ${resync_n:-?} forwards in ${resync_ms:-?} ms (server's elapsed_ms); ${resync_wall} s from the restart to the log line"
   echo "SUMMARY idle CPU over ${IDLE_SECS} s (% of one core):$idle"
+  echo "SUMMARY agent-side handling (arrival in the agent's process to its reply): create_forward $(handling create_forward); sync_forwards $(handling sync_forwards)"
   echo "SUMMARY memory at $forwards_now forwards: server-a $((RSS_A / 1024)) MiB, server-b $((RSS_B / 1024)) MiB ($(per_fwd $(( (RSS_A + RSS_B - RSS_A0 - RSS_B0) * 1024 ))) B per forward grown, both together); agents $((RSS_SIM / 1024)) MiB in ${#SIM_PIDS[@]} processes ($(per_fwd $(( (RSS_SIM - RSS_SIM0) * 1024 ))) B per forward grown)"
   echo "SUMMARY PostgreSQL at $forwards_now forwards: database $((db_bytes / 1048576)) MiB ($(per_fwd "$db_bytes") B per forward); per forward by table (>= 64 KiB):${tables%,}"
   verdict() { if [ "$1" = 1 ]; then echo MET; else echo "NOT MET"; fi; }

@@ -19,7 +19,9 @@
 //! nothing applied (generation 0) and an empty data plane, so the server sends
 //! it its full set; the benchmark reads the time of that sync from the
 //! server's log. On exit it prints one JSON line: agents, forwards carried,
-//! plans applied, restarts.
+//! plans applied, restarts, and per method the agents' handling time (from a
+//! message's arrival in this process to its reply: queueing behind the
+//! agent's earlier messages included), p50/p99/max in ms.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,10 +34,13 @@ use clap::Parser;
 use navigator_agent::{Agent, AgentConfig};
 use navigator_core::{ForwardId, ForwardSpec, Plan, PortRange};
 use navigator_dataplane::{ApplyReport, Backend, BoxFuture};
-use navigator_rpc::{AmqpTransport, Broker, Transport, amqp};
-use serde_json::json;
+use navigator_rpc::transport::{BoxFuture as RpcFuture, PendingReply};
+use navigator_rpc::{AmqpTransport, Broker, Incoming, RpcError, Target, Transport, amqp};
+use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The agents' allocator, as `navigator-agent`'s, so that their memory per
@@ -132,6 +137,112 @@ impl Backend for NoopBackend {
     }
 }
 
+/// Handling times by method, of every agent of the process.
+#[derive(Default)]
+struct Timings(Mutex<HashMap<String, Vec<Duration>>>);
+
+impl Timings {
+    fn record(&self, method: &str, took: Duration) {
+        let mut timings = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        timings.entry(method.to_owned()).or_default().push(took);
+    }
+
+    /// `{method: {count, p50_ms, p99_ms, max_ms}}`.
+    fn summary(&self) -> Value {
+        let mut timings = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = serde_json::Map::new();
+        for (method, times) in timings.iter_mut() {
+            times.sort();
+            let at = |p: f64| {
+                let index = ((times.len() - 1) as f64 * p).round() as usize;
+                (times[index].as_secs_f64() * 10_000.0).round() / 10.0
+            };
+            out.insert(
+                method.clone(),
+                json!({"count": times.len(), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0)}),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+/// The agent's transport with its calls timed: each message it receives
+/// gets a reply channel of ours, so that the time from its arrival to the
+/// agent's reply is recorded before the reply goes on. Order is kept: one
+/// task forwards the messages of a listener one by one.
+struct TimedTransport {
+    inner: Arc<AmqpTransport>,
+    timings: Arc<Timings>,
+}
+
+impl Transport for TimedTransport {
+    fn send_call(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> RpcFuture<'_, Result<PendingReply, RpcError>> {
+        self.inner.send_call(target, method, args, timeout)
+    }
+
+    fn cast(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+    ) -> RpcFuture<'_, Result<(), RpcError>> {
+        self.inner.cast(target, method, args)
+    }
+
+    fn cast_expiring(
+        &self,
+        target: &Target,
+        method: &str,
+        args: Value,
+        ttl: Duration,
+    ) -> RpcFuture<'_, Result<(), RpcError>> {
+        self.inner.cast_expiring(target, method, args, ttl)
+    }
+
+    fn listen(&self, target: &Target) -> RpcFuture<'_, Result<mpsc::Receiver<Incoming>, RpcError>> {
+        let target = target.clone();
+        Box::pin(async move {
+            let mut from = self.inner.listen(&target).await?;
+            let (to, receiver) = mpsc::channel::<Incoming>(1);
+            let timings = self.timings.clone();
+            tokio::spawn(async move {
+                while let Some(mut incoming) = from.recv().await {
+                    let arrived = Instant::now();
+                    if let Some(reply) = incoming.reply.take() {
+                        let (ours, answer) = oneshot::channel();
+                        incoming.reply = Some(ours);
+                        let (timings, method) = (timings.clone(), incoming.method.clone());
+                        tokio::spawn(async move {
+                            if let Ok(value) = answer.await {
+                                timings.record(&method, arrived.elapsed());
+                                let _ = reply.send(value);
+                            }
+                        });
+                    }
+                    if to.send(incoming).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(receiver)
+        })
+    }
+
+    fn reconnects(&self) -> Option<watch::Receiver<u64>> {
+        Transport::reconnects(self.inner.as_ref())
+    }
+
+    fn connected(&self) -> Option<bool> {
+        Transport::connected(self.inner.as_ref())
+    }
+}
+
 /// One running agent: what stops it and what is left of it.
 struct Running {
     backend: Arc<NoopBackend>,
@@ -157,7 +268,12 @@ fn external_address(index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, host))
 }
 
-async fn start(args: &Args, broker: &Broker, index: usize) -> anyhow::Result<Running> {
+async fn start(
+    args: &Args,
+    broker: &Broker,
+    timings: &Arc<Timings>,
+    index: usize,
+) -> anyhow::Result<Running> {
     let host = format!("{}{index:03}", args.prefix);
     let transport = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -179,7 +295,11 @@ async fn start(args: &Args, broker: &Broker, index: usize) -> anyhow::Result<Run
     ));
     let stop = CancellationToken::new();
     let task = tokio::spawn({
-        let (stop, transport) = (stop.clone(), transport.clone() as Arc<dyn Transport>);
+        let stop = stop.clone();
+        let transport: Arc<dyn Transport> = Arc::new(TimedTransport {
+            inner: transport.clone(),
+            timings: timings.clone(),
+        });
         async move {
             if let Err(e) = navigator_agent::run(agent, transport, stop).await {
                 tracing::error!(%host, error = %e, "simulated agent stopped");
@@ -205,9 +325,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Broker::new(&args.transport_url, &Default::default()).context("--transport-url")?;
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut restart = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let timings = Arc::new(Timings::default());
     let mut agents = Vec::with_capacity(args.count);
     for index in args.first..args.first + args.count {
-        agents.push(start(&args, &broker, index).await?);
+        agents.push(start(&args, &broker, &timings, index).await?);
     }
     tracing::info!(
         agents = args.count,
@@ -224,7 +345,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 // connection are gone before the new one announces itself.
                 let old = agents.remove(0);
                 let forwards = old.stop().await.carried().len();
-                agents.insert(0, start(&args, &broker, args.first).await?);
+                agents.insert(0, start(&args, &broker, &timings, args.first).await?);
                 restarts += 1;
                 tracing::info!(host = %format!("{}{:03}", args.prefix, args.first), forwards, "simulated agent restarted with nothing applied");
             }
@@ -242,6 +363,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         json!({
             "agents": args.count, "first": args.first, "forwards": forwards,
             "plans_applied": plans, "restarts": restarts,
+            "handling": timings.summary(),
         })
     );
     Ok(())
