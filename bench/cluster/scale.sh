@@ -167,7 +167,8 @@ up_proxies() { # URL
 # cstime): each tick is counted once, by a live process or by its reaper.
 tree_ticks() {
   local roots=" $* "
-  cat /proc/[0-9]*/stat 2>/dev/null |
+  # A process may exit between the glob and the read: cat then fails.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
     awk -v roots="$roots" '{
       rest = substr($0, index($0, ") ") + 2); split(rest, f, " ")
       pid = $1 + 0; parent[pid] = f[2] + 0; ticks[pid] = f[12] + f[13] + f[14] + f[15]
