@@ -337,7 +337,7 @@ done <"$OUT/tables.txt"
   echo "SUMMARY resync of one proxy: ${resync_n:-?} forwards in ${resync_ms:-?} ms (server's elapsed_ms); ${resync_wall} s from the restart to the log line"
   echo "SUMMARY idle CPU over ${IDLE_SECS} s (% of one core):$idle"
   echo "SUMMARY agent-side handling (arrival in the agent's process to its reply): create_forward $(handling create_forward); sync_forwards $(handling sync_forwards)"
-  echo "SUMMARY memory at $forwards_now forwards: server-a $((RSS_A / 1024)) MiB, server-b $((RSS_B / 1024)) MiB ($(per_fwd $(( (RSS_A + RSS_B - RSS_A0 - RSS_B0) * 1024 ))) B per forward grown, both together); agents $((RSS_SIM / 1024)) MiB in ${#SIM_PIDS[@]} processes ($(per_fwd $(( (RSS_SIM - RSS_SIM0) * 1024 ))) B per forward grown)"
+  echo "SUMMARY memory at $forwards_now forwards: server-a $((RSS_A / 1024)) MiB, server-b $((RSS_B / 1024)) MiB (from $((RSS_A0 / 1024)) and $((RSS_B0 / 1024)) MiB with no forwards; $(per_fwd $(( (RSS_A + RSS_B - RSS_A0 - RSS_B0) * 1024 ))) B per forward grown, both together); agents $((RSS_SIM / 1024)) MiB in ${#SIM_PIDS[@]} processes (from $((RSS_SIM0 / 1024)) MiB; $(per_fwd $(( (RSS_SIM - RSS_SIM0) * 1024 ))) B per forward grown)"
   echo "SUMMARY PostgreSQL at $forwards_now forwards: database $((db_bytes / 1048576)) MiB ($(per_fwd "$db_bytes") B per forward); per forward by table (>= 64 KiB):${tables%,}"
   verdict() { if [ "$1" = 1 ]; then echo MET; else echo "NOT MET"; fi; }
   echo "TARGET creates/s >= $TARGET_CREATES on two servers: $overall/s: $(verdict "$(awk -v r="$overall" -v t="$TARGET_CREATES" 'BEGIN { print (r >= t) }')")"
