@@ -66,7 +66,7 @@ pub struct Control {
     full_syncs: Mutex<HashMap<String, FullSync>>,
     /// Ports held per proxy for placement, and when they were read from the
     /// store; see [`Control::placement_counts`].
-    port_counts: Mutex<Option<(std::time::Instant, HashMap<String, u64>)>>,
+    port_counts: Mutex<Option<PortCounts>>,
     /// Set while one create reads the counts again.
     refreshing_counts: std::sync::atomic::AtomicBool,
     /// Counters served at `/metrics`.
@@ -110,8 +110,22 @@ const PARALLEL_MOVES: usize = 8;
 /// Proxies a create tries after the chosen one turned out full.
 const MAX_FULL_PROXIES: usize = 8;
 
-/// How old the per-proxy port counts that placement weighs may be.
+/// How old the per-proxy port counts that placement weighs may be, at least.
 const COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How old they may be in reads: reading them scans the forwards table, so
+/// they are read again only after this many times the last read took, which
+/// keeps the scans under 2% of the server's time however big the table grows
+/// (1 s at 20 ms a scan, 20 s at 400 ms).
+const COUNTS_AGE_PER_READ: u32 = 50;
+
+/// Ports held per proxy, as placement weighs them; see
+/// [`Control::placement_counts`].
+struct PortCounts {
+    read_at: std::time::Instant,
+    max_age: Duration,
+    counts: HashMap<String, u64>,
+}
 
 /// Whether a proxy's last heartbeat is recent enough.
 pub fn is_up(proxy: &ProxyRecord, down_after: Duration) -> bool {
@@ -563,7 +577,8 @@ impl Control {
     /// Counting them reads the whole forwards table, too much for every
     /// create when they only serve the pool-full filter (`round_robin`
     /// and `hash`): the count is then read at most every [`COUNTS_MAX_AGE`]
-    /// and kept up to date meanwhile with this server's own creates and
+    /// or [`COUNTS_AGE_PER_READ`] times the last read's time, whichever is
+    /// longer, and kept up to date meanwhile with this server's own creates and
     /// deletes. Other servers' changes show at the next read; the database,
     /// not this count, is what keeps a pool from being overbooked.
     ///
@@ -578,10 +593,10 @@ impl Control {
         let stale = {
             let cached = self.lock_counts();
             match cached.as_ref() {
-                Some((read_at, counts)) if read_at.elapsed() < COUNTS_MAX_AGE => {
-                    return Ok(counts.clone());
+                Some(c) if c.read_at.elapsed() < c.max_age => {
+                    return Ok(c.counts.clone());
                 }
-                Some((_, counts)) => Some(counts.clone()),
+                Some(c) => Some(c.counts.clone()),
                 None => None,
             }
         };
@@ -591,8 +606,13 @@ impl Control {
         }
         // Cleared however this ends, a dropped request included.
         let _refresh = (!refreshing).then(|| ClearOnDrop(&self.refreshing_counts));
+        let started = std::time::Instant::now();
         let counts = self.read_port_counts().await?;
-        *self.lock_counts() = Some((std::time::Instant::now(), counts.clone()));
+        *self.lock_counts() = Some(PortCounts {
+            read_at: std::time::Instant::now(),
+            max_age: COUNTS_MAX_AGE.max(started.elapsed() * COUNTS_AGE_PER_READ),
+            counts: counts.clone(),
+        });
         Ok(counts)
     }
 
@@ -607,15 +627,13 @@ impl Control {
 
     /// Adds `delta` ports to `proxy`'s count in the placement cache.
     fn count_ports(&self, proxy: &str, delta: i64) {
-        if let Some((_, counts)) = self.lock_counts().as_mut() {
+        if let Some(PortCounts { counts, .. }) = self.lock_counts().as_mut() {
             let n = counts.entry(proxy.to_owned()).or_default();
             *n = n.saturating_add_signed(delta);
         }
     }
 
-    fn lock_counts(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, HashMap<String, u64>)>> {
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, Option<PortCounts>> {
         locked(&self.port_counts)
     }
 
