@@ -15,9 +15,10 @@
 #    blocks of BLOCK: creates/s per block, p50/p99, the server's CPU per 1,000
 #    creates (its own and its children's: the `nft` runs) and the load
 #    generator's CPU (in cores, to show it is not the bottleneck). A create
-#    counts only if it answered 201 ACTIVE. PERF_AT=N records the server with
-#    `perf record -g` for PERF_SECS (20) seconds once N forwards exist
-#    (OUT/perf.data; `perf report -i OUT/perf.data --no-children`).
+#    counts only if it answered 201 ACTIVE. PERF_AT=N records the server
+#    (and its nft runs) with `perf record --call-graph dwarf` at 499 Hz for
+#    PERF_SECS (20) seconds once N forwards exist (OUT/perf.data; read it
+#    with `perf report -i OUT/perf.data --no-children`).
 # b. idle: the server's CPU (with children) over IDLE_SECS (60) with FORWARDS
 #    stored and no requests, after SETTLE_SECS (10) without any.
 # c. restart: SIGTERM, then the same command on the same database (the
@@ -206,7 +207,7 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
   if [ -n "$PERF_AT" ] && [ -z "$perf_pid" ] &&
     [ "$(jq -s 'map(select(.mode == "block") | .to) | max // 0' "$OUT/blocks.jsonl")" -ge "$PERF_AT" ]; then
     echo "recording the server with perf for $PERF_SECS s at $PERF_AT forwards" >&2
-    perf record -q -g -p "$SERVER_PID" -o "$OUT/perf.data" -- sleep "$PERF_SECS" >"$OUT/perf.log" 2>&1 &
+    perf record -q -F 499 --call-graph dwarf -p "$SERVER_PID" -o "$OUT/perf.data" -- sleep "$PERF_SECS" >"$OUT/perf.log" 2>&1 &
     perf_pid=$!
     PIDS+=("$perf_pid")
   fi
