@@ -385,7 +385,16 @@ impl Store {
                     return Ok(forward);
                 }
                 Err(e) if is_unique_violation(&e) => {
-                    self.clear_cursor(&key);
+                    // Only a cursor that handed out a held port is wrong. A
+                    // scan that lost its port to a concurrent create of this
+                    // process leaves the cursor that create set, so that the
+                    // next attempt takes the port after it instead of
+                    // scanning again (a scan walks every held port before its
+                    // start, so creates racing at once would otherwise each
+                    // rescan a pool that grows with every forward).
+                    if !scanned {
+                        self.clear_cursor(&key);
+                    }
                     collisions = collisions.saturating_add(1);
                     scan_from = if scanned || collisions > 1 {
                         None

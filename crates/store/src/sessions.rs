@@ -173,6 +173,7 @@ impl Store {
         limits: &SessionLimits,
         now: &str,
     ) -> Result<usize, StoreError> {
+        let _writer = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         self.run(
             &mut tx,

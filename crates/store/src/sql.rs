@@ -69,8 +69,22 @@ macro_rules! retrying {
 }
 pub(crate) use retrying;
 
-/// A transaction of the store's pool.
-pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A transaction of the store's pool, holding the store's writer lock on
+/// SQLite (see `Store::writer`).
+pub(crate) struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.inner.commit().await
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
 
 /// A value bound to a statement.
 #[derive(Clone, Debug, PartialEq)]
@@ -234,6 +248,7 @@ impl Store {
         let mut attempt = 1;
         loop {
             let (text, args) = self.prepare(sql, values)?;
+            let _writer = self.write_turn().await;
             match sqlx::query_with(AssertSqlSafe(text), args)
                 .execute(&self.pool)
                 .await
@@ -277,6 +292,7 @@ impl Store {
         let mut attempt = 1;
         loop {
             let result = async {
+                let _writer = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 let mut affected = Vec::with_capacity(statements.len());
                 for (sql, values) in statements {
@@ -314,7 +330,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let (text, args) = self.prepare(sql, values)?;
         let done = sqlx::query_with(AssertSqlSafe(text), args)
-            .execute(&mut **tx)
+            .execute(&mut *tx.inner)
             .await?;
         Ok(done.rows_affected())
     }
@@ -328,13 +344,26 @@ impl Store {
     ) -> Result<Vec<AnyRow>, StoreError> {
         let (text, args) = self.prepare(sql, values)?;
         Ok(sqlx::query_with(AssertSqlSafe(text), args)
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx.inner)
             .await?)
     }
 
-    /// Begins a transaction.
+    /// Begins a transaction (a writing one: on SQLite it waits for the
+    /// writer lock first).
     pub(crate) async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(self.pool.begin().await?)
+        let writer = self.write_turn().await;
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+            _writer: writer,
+        })
+    }
+
+    /// On SQLite, this process's turn to write (see `Store::writer`).
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.writer {
+            Some(writer) => Some(writer.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     /// Runs a query and returns all its rows.
