@@ -5,7 +5,7 @@
 # creates round-robin over both servers, measured in BLOCKS blocks.
 #
 #   bench/cluster/scale.sh    (env to override: FORWARDS=1000000 PROXIES=100
-#                              PER_PROCESS=100 CONC=64 BLOCKS=10 IDLE_SECS=60
+#                              PER_PROCESS=100 CONC=64 PROJECTS=100 BLOCKS=10 IDLE_SECS=60
 #                              REPORT_INTERVAL=10 RESYNC_INTERVAL= (server
 #                              default) OUT=/tmp/cluster-scale BIN_DIR;
 #                              TRANSPORT_URL and POSTGRES_URL use a running
@@ -42,6 +42,9 @@ FORWARDS="${FORWARDS:-1000000}"
 PROXIES="${PROXIES:-100}"
 PER_PROCESS="${PER_PROCESS:-100}"
 CONC="${CONC:-64}"
+# Creates come from this many projects in turn (cluster_load LOAD_PROJECTS), as
+# a cloud's tenants: one project's creates queue on its quota counter row.
+export LOAD_PROJECTS="${PROJECTS:-100}"
 BLOCKS="${BLOCKS:-10}"
 IDLE_SECS="${IDLE_SECS:-60}"
 REPORT_INTERVAL="${REPORT_INTERVAL:-10}"

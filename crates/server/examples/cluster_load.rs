@@ -22,6 +22,9 @@
 //!         none named, the server picks); --server-pid: the server to measure
 //!         (read from /proc, so it must be in this PID namespace).
 //!
+//! `LOAD_PROJECTS=N` spreads the creates over N projects (`bench-0` …);
+//! by default all are project `bench`.
+//!
 //! Target ports are this process's own listener (first-byte) or a fixed
 //! unused one (create, blocks: no traffic flows).
 
@@ -57,6 +60,24 @@ async fn create(client: &reqwest::Client, url: &str, target_port: u16) -> anyhow
     create_at(client, url, "127.0.0.1", None, target_port).await
 }
 
+/// The project of the next create: `bench`, or with `LOAD_PROJECTS=N`
+/// (N > 1) `bench-0` … `bench-(N-1)` in turn, as a cloud's creates come from
+/// many tenants (each project's creates queue on its quota counter row).
+fn next_project() -> String {
+    static PROJECTS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let projects = *PROJECTS.get_or_init(|| {
+        std::env::var("LOAD_PROJECTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+    });
+    if projects <= 1 {
+        return "bench".to_owned();
+    }
+    format!("bench-{}", NEXT.fetch_add(1, Ordering::Relaxed) % projects)
+}
+
 /// Creates one forward to `target:target_port`, on `external` when given.
 async fn create_at(
     client: &reqwest::Client,
@@ -73,6 +94,7 @@ async fn create_at(
     }
     let response = client
         .post(format!("{url}/v1/forwards"))
+        .header("X-Project-Id", next_project())
         .json(&body)
         .send()
         .await?;
