@@ -6,6 +6,7 @@
 #
 #   bench/cluster/scale.sh    (env to override: FORWARDS=1000000 PROXIES=100
 #                              PER_PROCESS=100 CONC=64 PROJECTS=100 BLOCKS=10 IDLE_SECS=60
+#                              PREFILL=0 (forwards written into the database first)
 #                              REPORT_INTERVAL=10 RESYNC_INTERVAL= (server
 #                              default) OUT=/tmp/cluster-scale BIN_DIR;
 #                              TRANSPORT_URL and POSTGRES_URL use a running
@@ -45,6 +46,8 @@ CONC="${CONC:-64}"
 # Creates come from this many projects in turn (cluster_load LOAD_PROJECTS), as
 # a cloud's tenants: one project's creates queue on its quota counter row.
 export LOAD_PROJECTS="${PROJECTS:-100}"
+# Forwards written into the database before the run (see below).
+PREFILL="${PREFILL:-0}"
 BLOCKS="${BLOCKS:-10}"
 IDLE_SECS="${IDLE_SECS:-60}"
 REPORT_INTERVAL="${REPORT_INTERVAL:-10}"
@@ -213,6 +216,34 @@ echo "machine: $machine; $(date -u +%FT%TZ); FORWARDS=$FORWARDS PROXIES=$PROXIES
 server_conf server-a
 server_conf server-b
 "$SERVER" --config-file "$OUT/server-a.conf" db sync >/dev/null
+
+# PREFILL forwards written straight into the database before anything
+# starts (as a cloud that has run for a while holds them): spread evenly
+# over the proxies (proxy i % PROXIES, its pool from 20000 up, its TEST-NET
+# address as sim_agents gives it) and over PROJECTS projects, ACTIVE, with
+# their port rows and quota counters. The servers build each proxy's
+# summary and the agents get their full syncs at start; the creates that
+# follow are then measured at PREFILL + n forwards.
+if [ "$PREFILL" -gt 0 ]; then
+  [ "$PROXIES" -le 254 ] || die "PREFILL needs PROXIES <= 254 (one 192.0.2.x address each)"
+  started=$(date +%s.%N)
+  psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<SQL || die "prefill failed"
+INSERT INTO forwards (id, project_id, description, protocol, external_address, external_port,
+  external_port_end, internal_ip_address, internal_port, internal_port_end, instance_id, proxy,
+  status, status_reason, created_at, updated_at, allowed_cidrs, max_connections, proxy_protocol)
+SELECT md5('prefill-' || i)::uuid::text, 'bench-' || (i % $LOAD_PROJECTS), '', 'tcp',
+  '192.0.2.' || (i % $PROXIES + 1), 20000 + i / $PROXIES, 20000 + i / $PROXIES, '127.0.0.1', 9, 9,
+  NULL, 'sim-' || lpad((i % $PROXIES)::text, 3, '0'), 'ACTIVE', NULL,
+  '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z', '', NULL, 'none'
+FROM generate_series(0, $PREFILL - 1) AS i;
+INSERT INTO forward_ports (external_address, protocol, port, forward_id)
+  SELECT external_address, protocol, external_port, id FROM forwards;
+INSERT INTO quota_usages (project_id, forwards, ports)
+  SELECT project_id, count(*), count(*) FROM forwards GROUP BY project_id;
+ANALYZE forwards; ANALYZE forward_ports; ANALYZE quota_usages;
+SQL
+  echo "prefilled $PREFILL forwards in $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s" | tee -a "$OUT/summary.txt"
+fi
 start_server server-a; URL_A=$URL; PID_A=$SERVER_PID
 start_server server-b; URL_B=$URL; PID_B=$SERVER_PID
 

@@ -67,8 +67,8 @@ pub struct Control {
     /// Ports held per proxy for placement, and when they were read from the
     /// store; see [`Control::placement_counts`].
     port_counts: Mutex<Option<PortCounts>>,
-    /// Set while one create reads the counts again.
-    refreshing_counts: std::sync::atomic::AtomicBool,
+    /// Held by the one create that reads the counts again.
+    refreshing_counts: tokio::sync::Mutex<()>,
     /// Counters served at `/metrics`.
     metrics: Metrics,
 }
@@ -93,15 +93,6 @@ const DIFFERING_REPORTS_BEFORE_SYNC: u32 = 6;
 enum FullSync {
     InFlight,
     Done(std::time::Instant),
-}
-
-/// Clears a flag when dropped.
-struct ClearOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 /// Forwards a failover moves at once.
@@ -163,7 +154,7 @@ impl Control {
             bucket_differences: Mutex::new(HashMap::new()),
             full_syncs: Mutex::new(HashMap::new()),
             port_counts: Mutex::new(None),
-            refreshing_counts: std::sync::atomic::AtomicBool::new(false),
+            refreshing_counts: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
         }
     }
@@ -583,7 +574,10 @@ impl Control {
     /// not this count, is what keeps a pool from being overbooked.
     ///
     /// One create reads them again when they are too old; the creates that
-    /// come meanwhile use the old ones rather than all reading at once.
+    /// come meanwhile use the old ones rather than all reading at once, and
+    /// when there are none yet (a server's first creates), wait for that one
+    /// read (64 creates at once each scanning a million forwards made the
+    /// database time out).
     /// `least_loaded` weighs these counts to choose, so it reads them at
     /// every create, whatever server made the last one.
     async fn placement_counts(&self) -> Result<HashMap<String, u64>, StoreError> {
@@ -600,12 +594,17 @@ impl Control {
                 None => None,
             }
         };
-        let refreshing = self.refreshing_counts.swap(true, Ordering::AcqRel);
-        if let (true, Some(stale)) = (refreshing, stale) {
-            return Ok(stale);
-        }
-        // Cleared however this ends, a dropped request included.
-        let _refresh = (!refreshing).then(|| ClearOnDrop(&self.refreshing_counts));
+        let _refresh = match (self.refreshing_counts.try_lock(), stale) {
+            (Ok(refresh), _) => refresh,
+            (Err(_), Some(stale)) => return Ok(stale),
+            (Err(_), None) => {
+                let refresh = self.refreshing_counts.lock().await;
+                if let Some(c) = self.lock_counts().as_ref() {
+                    return Ok(c.counts.clone());
+                }
+                refresh
+            }
+        };
         let started = std::time::Instant::now();
         let counts = self.read_port_counts().await?;
         *self.lock_counts() = Some(PortCounts {
