@@ -119,6 +119,12 @@ impl Agent {
         &self.config
     }
 
+    /// How long a batch may wait for more changes under load
+    /// ([`Backend::batch_linger`]).
+    pub fn batch_linger(&self) -> Duration {
+        self.backend.batch_linger()
+    }
+
     /// Replaces the whole desired set (a full sync) and converges.
     pub async fn sync(&self, forwards: Vec<ForwardSpec>, generation: u64) -> Vec<ForwardResult> {
         let request = Request::Sync {

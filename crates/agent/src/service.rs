@@ -68,6 +68,8 @@ pub async fn run(
     let worker = tokio::spawn({
         let agent = agent.clone();
         async move {
+            let linger = agent.batch_linger();
+            let mut last_batch = 0;
             while let Some(first) = to_handle.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -76,6 +78,19 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
+                // While changes keep coming (the last batch held several),
+                // a backend that pays per transaction is given more of them
+                // (`Backend::batch_linger`); a lone change goes at once.
+                if last_batch > 1 && !linger.is_zero() {
+                    let deadline = tokio::time::Instant::now() + linger;
+                    while batch.len() < MAX_BATCH {
+                        match tokio::time::timeout_at(deadline, to_handle.recv()).await {
+                            Ok(Some(incoming)) => batch.push(incoming),
+                            _ => break,
+                        }
+                    }
+                }
+                last_batch = batch.len();
                 handle_batch(&agent, batch).await;
             }
         }

@@ -876,7 +876,18 @@ impl<R: Ruleset> KernelBackend<R> {
     }
 }
 
+/// [`Backend::batch_linger`] of the kernel backends: one `nft` or
+/// `iptables-restore` run costs about 5-20 ms of CPU (most of it starting
+/// the process) however few changes it holds, and creates that reach the
+/// agent one by one made batches of 2-3 (`docs/benchmarks.md`, "Control
+/// plane at scale").
+const KERNEL_BATCH_LINGER: std::time::Duration = std::time::Duration::from_millis(3);
+
 impl<R: Ruleset> Backend for KernelBackend<R> {
+    fn batch_linger(&self) -> std::time::Duration {
+        KERNEL_BATCH_LINGER
+    }
+
     fn usage<'a>(&'a self, ids: &'a [ForwardId]) -> BoxFuture<'a, crate::UsageReport> {
         Box::pin(self.read_usage(ids))
     }

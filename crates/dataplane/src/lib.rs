@@ -72,6 +72,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Applies `plan` in its order (removals, retargets, additions).
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, ApplyReport>;
 
+    /// How long the agent may hold a batch open for more changes while
+    /// changes keep coming (its previous batch held several), as kube-proxy's
+    /// minimum sync period: for a backend whose every `apply` runs a process
+    /// that costs milliseconds whatever it holds, fewer and larger batches
+    /// cost less per change. Zero (the default): apply at once.
+    fn batch_linger(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Checks the host's preconditions for carrying forwards to `targets`
     /// (tools, sysctls, kernel features) and returns what is wrong, each
     /// with its fix. Backends that need nothing of the host return nothing.
