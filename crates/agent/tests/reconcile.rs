@@ -24,6 +24,8 @@ struct FakeBackend {
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// When set, `apply` sleeps this long: a slow kernel transaction.
     delay: Option<Duration>,
+    /// `Backend::batch_linger`, zero when unset.
+    linger: Option<Duration>,
 }
 
 fn fake_usage(port: u16) -> ForwardUsage {
@@ -39,6 +41,10 @@ fn fake_usage(port: u16) -> ForwardUsage {
 impl Backend for FakeBackend {
     fn name(&self) -> &'static str {
         "fake"
+    }
+
+    fn batch_linger(&self) -> Duration {
+        self.linger.unwrap_or_default()
     }
 
     fn observe(&self) -> BoxFuture<'_, Vec<ForwardSpec>> {
@@ -447,6 +453,62 @@ async fn creates_queued_behind_a_slow_apply_are_applied_together() {
     // handful at most however the tasks were scheduled), not 300.
     let applies = backend.plans.lock().unwrap().len();
     assert!(applies <= 20, "{applies} applies for 301 creates");
+    shutdown.cancel();
+    served.await.unwrap().unwrap();
+}
+
+/// Under load (the previous batch held several changes) a batch waits the
+/// backend's linger for more: two creates sent 100 ms apart share one apply.
+/// A change after a lone one goes at once.
+#[tokio::test]
+async fn under_load_a_batch_waits_the_backends_linger_for_more() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let linger = Duration::from_secs(1);
+    let backend = Arc::new(FakeBackend {
+        gate: Some(gate.clone()),
+        linger: Some(linger),
+        ..FakeBackend::default()
+    });
+    let (client, _transport, shutdown, served) = serve(backend.clone()).await;
+    let create = |port: u16| {
+        let client = client.clone();
+        async move {
+            client
+                .send_create_forward("p1", ForwardEntry::from(&spec(port, 22)))
+                .await
+                .unwrap()
+        }
+    };
+    // Load: one create held in apply, two queued behind it (one batch of 2).
+    let held = create(21000).await;
+    let queued = [create(21001).await, create(21002).await];
+    gate.add_permits(1000);
+    held.await.unwrap();
+    for reply in queued {
+        reply.await.unwrap();
+    }
+    let before = backend.plans.lock().unwrap().len();
+    // Still under load: these two, 100 ms apart, wait for each other.
+    let x = create(21003).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let y = create(21004).await;
+    x.await.unwrap();
+    y.await.unwrap();
+    let plans = backend.plans.lock().unwrap()[before..].to_vec();
+    assert_eq!(plans.len(), 1, "one apply for both: {plans:?}");
+    assert_eq!(plans[0].add.len(), 2);
+    // A lone create after the pair still waits (the batch before it held
+    // two) and makes a batch of one...
+    let lone = create(21005).await;
+    lone.await.unwrap();
+    // ...so the next goes at once, without the linger.
+    let started = std::time::Instant::now();
+    create(21006).await.await.unwrap();
+    assert!(
+        started.elapsed() < linger / 2,
+        "a change after a lone one waited {:?}",
+        started.elapsed()
+    );
     shutdown.cancel();
     served.await.unwrap().unwrap();
 }
