@@ -470,15 +470,17 @@ async fn under_load_a_batch_waits_the_backends_linger_for_more() {
         ..FakeBackend::default()
     });
     let (client, _transport, shutdown, served) = serve(backend.clone()).await;
-    let create = |port: u16| {
-        let client = client.clone();
-        async move {
-            client
-                .send_create_forward("p1", ForwardEntry::from(&spec(port, 22)))
-                .await
-                .unwrap()
-        }
-    };
+    /// Sends a create; its answer is to come.
+    async fn send(
+        client: &AgentClient,
+        port: u16,
+    ) -> navigator_rpc::transport::Reply<navigator_rpc::ForwardResult> {
+        client
+            .send_create_forward("p1", ForwardEntry::from(&spec(port, 22)))
+            .await
+            .unwrap()
+    }
+    let create = |port: u16| send(&client, port);
     // Load: one create held in apply, two queued behind it (one batch of 2).
     let held = create(21000).await;
     let queued = [create(21001).await, create(21002).await];
