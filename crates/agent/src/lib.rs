@@ -349,6 +349,7 @@ impl Agent {
             // (`navigator_core::unsupported`), never ignores them.
             features: vec![features::CONTROLS.to_owned(), features::DIGESTS.to_owned()],
             digests: None,
+            groups: Vec::new(),
         };
         report.set_digest(state.digest());
         report

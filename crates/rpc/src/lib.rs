@@ -20,8 +20,8 @@ pub mod transport;
 pub use amqp::AmqpTransport;
 pub use broker::{Broker, BrokerError, RabbitOptions};
 pub use messages::{
-    AgentState, ForwardEntry, ForwardResult, MAX_USAGE_IDS, ResultStatus, SyncResult, UsageEntry,
-    UsageReply, methods, topics,
+    AgentState, ForwardEntry, ForwardResult, GroupState, MAX_USAGE_IDS, ResultStatus, SyncResult,
+    UsageEntry, UsageReply, methods, topics,
 };
 pub use notify::{NotificationListener, NotificationSource};
 pub use oslo::Notification;

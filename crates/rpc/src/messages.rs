@@ -216,6 +216,29 @@ pub struct AgentState {
     /// from older agents, whose heartbeats list every forward.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<Vec<[u64; 2]>>,
+    /// The VRRP address groups this agent is a member of, as configured
+    /// and as it sees them now ([`features::GROUPS`]). Omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupState>,
+}
+
+/// One VRRP address group as a member agent reports it: what it was
+/// configured with (every member must agree, the server checks), and
+/// whether this node holds the group's virtual addresses now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// The group's name (`[vrrp:NAME]`), the same on every member.
+    pub name: String,
+    /// The virtual addresses the group moves, without prefix length.
+    pub addresses: Vec<String>,
+    /// VRRP's virtual router id (1-255), unique per group on one segment.
+    pub virtual_router_id: u8,
+    /// Whether the virtual addresses are on this node now (it is the
+    /// VRRP master and carries the group's traffic).
+    pub holder: bool,
+    /// How keepalived is doing on this node: `running`, or what is wrong
+    /// (`starting`, `exited: …`), for the API and the operator.
+    pub keepalived: String,
 }
 
 impl AgentState {
@@ -259,6 +282,11 @@ pub mod features {
     /// `ERROR` (at most [`MAX_REPORTED_RESULTS`], changes first), not every
     /// forward: the digests say whether it carries what the store holds.
     pub const DIGESTS: &str = "digests";
+    /// The agent reports [`AgentState::groups`] and carries every forward
+    /// the server sends it whose external address is one of its groups'
+    /// virtual addresses (kernel rules matching it, relay listeners bound
+    /// with `IP_FREEBIND`), held or not.
+    pub const GROUPS: &str = "groups";
 
     /// Heartbeats that repeat a changed result, so that one lost heartbeat
     /// loses no status.

@@ -120,6 +120,7 @@ fn the_current_format_is_frozen() {
         forwards: vec![result.clone()],
         features: vec!["controls".into(), "digests".into()],
         digests: None,
+        groups: Vec::new(),
     };
     let mut state = state;
     state.set_digest(&navigator_core::digest::SetDigest::of([&applied

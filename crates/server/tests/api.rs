@@ -849,6 +849,7 @@ async fn a_pool_found_full_at_allocation_sends_the_create_elsewhere() {
             forwards: vec![],
             features: vec![],
             digests: None,
+            groups: Vec::new(),
         })
         .await;
     // proxy-1's TCP ports on 127.0.0.1 taken behind the placement's back,

@@ -126,6 +126,7 @@ impl Harness {
             forwards: vec![],
             features: vec![features::CONTROLS.into(), features::DIGESTS.into()],
             digests: None,
+            groups: Vec::new(),
         };
         state.set_digest(&SetDigest::of(carried));
         state
