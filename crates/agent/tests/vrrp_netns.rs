@@ -130,7 +130,7 @@ fn failover(backend: &str) {
 
 /// An agent restart (kill -9 of the agent alone, started again within
 /// `agent_check_delay`) moves nothing: the new agent adopts the running
-/// keepalived. An agent gone for longer makes its node give the address up
+/// keepalived, and reloads it (SIGHUP) only when the configuration changed. An agent gone for longer makes its node give the address up
 /// (keepalived's agent check), although keepalived still runs.
 #[test]
 fn agent_restart_keeps_the_address_and_a_gone_agent_gives_it_up() {
@@ -183,6 +183,38 @@ fn agent_restart_keeps_the_address_and_a_gone_agent_gives_it_up() {
     );
     let state = topo.state(holder).expect("state");
     assert_eq!(state["groups"][0]["keepalived"], "running", "{state}");
+    // A restart with a changed configuration reloads the same keepalived.
+    topo.nodes[holder].priority += 10;
+    topo.configure(holder, "relay", "1");
+    topo.kill_agent(holder);
+    std::fs::remove_file(topo.nodes[holder].state_path()).expect("old state");
+    topo.start(holder, &exe, &args);
+    assert!(
+        topo.wait_for(Duration::from_secs(10), |t| t.holder(holder).is_some()),
+        "the restarted agent does not report\n{}",
+        logs(&topo)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = topo.log(holder);
+    assert!(
+        log.contains("its configuration changed: reloading it (SIGHUP)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Reloading"),
+        "keepalived did not reload\n{log}"
+    );
+    assert_eq!(
+        topo.nodes[holder].keepalived_pid(),
+        Some(keepalived),
+        "keepalived was replaced"
+    );
+    assert_eq!(
+        topo.holder(holder),
+        Some(true),
+        "the reload moved the address\n{}",
+        logs(&topo)
+    );
     // Now the agent goes for good: keepalived stays, the address goes.
     let gone = Instant::now();
     topo.kill_agent(holder);
