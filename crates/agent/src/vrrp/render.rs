@@ -33,7 +33,8 @@ pub fn instance_name(group: &str, ipv6: bool) -> String {
 /// does not take the address back (one move per failure, not two). VRRPv3,
 /// because v2 rounds sub-second intervals up to whole seconds. A group
 /// with addresses of both families gets one instance per family (VRRP runs
-/// per family), with the same id. The agent check tries the lock the agent
+/// per family), with the same id, in one sync group so that they move
+/// together. The agent check tries the lock the agent
 /// holds on its pid file: it fails once the agent is gone, and after
 /// `agent_check_delay` of failures the instance goes to FAULT and gives the
 /// address up; an agent restart is shorter and moves nothing.
@@ -67,6 +68,7 @@ pub fn render(config: &VrrpConfig, context: &RenderContext<'_>) -> String {
     let _ = writeln!(out, "  rise 1");
     let _ = writeln!(out, "}}");
     for group in &config.groups {
+        let mut families = Vec::new();
         for ipv6 in [false, true] {
             let addresses: Vec<&(IpAddr, u8)> = group
                 .addresses
@@ -75,7 +77,20 @@ pub fn render(config: &VrrpConfig, context: &RenderContext<'_>) -> String {
                 .collect();
             if !addresses.is_empty() {
                 instance(&mut out, group, ipv6, &addresses);
+                families.push(ipv6);
             }
+        }
+        // Both families' instances move together: a group is held by one
+        // node, never its IPv4 address here and its IPv6 address there.
+        if families.len() > 1 {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "vrrp_sync_group nav_{} {{", group.name);
+            let _ = writeln!(out, "  group {{");
+            for ipv6 in families {
+                let _ = writeln!(out, "    {}", instance_name(&group.name, ipv6));
+            }
+            let _ = writeln!(out, "  }}");
+            let _ = writeln!(out, "}}");
         }
     }
     out

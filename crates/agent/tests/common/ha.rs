@@ -8,7 +8,9 @@
 //!                    │            └─ B eth0 10.97.0.12   B eth1 10.98.0.12 ─┘
 //! ```
 //!
-//! Both bridges live in a namespace of their own. Every name starts with
+//! The external side is dual-stack (fd97::/64: client ::2, A ::11, B ::12,
+//! virtual ::100, one group with both addresses; VRRP unicast over IPv4,
+//! multicast over IPv6). Both bridges live in a namespace of their own. Every name starts with
 //! `navk` and carries the process id and a counter; the namespaces go in
 //! `Drop`, and every process this module starts (and the keepalived of each
 //! node, read from its pid file) is killed by pid there.
@@ -22,6 +24,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub const CLIENT: &str = "10.97.0.2";
 pub const VIRTUAL: &str = "10.97.0.100";
+/// The group's IPv6 virtual address: the group is dual-stack, so that both
+/// families' VRRP instances are exercised and must move together.
+pub const VIRTUAL6: &str = "fd97::100";
 pub const BACKEND: &str = "10.98.0.50";
 /// The backend's service: it writes `backend` and closes.
 pub const BACKEND_PORT: u16 = 30080;
@@ -159,10 +164,25 @@ impl Topology {
             sh(&["ip", "-n", ns, "link", "set", inner, "up"]);
         };
         attach(&topo.client, "eth0", "ext", &format!("{CLIENT}/24"));
+        sh(&[
+            "ip",
+            "-n",
+            &topo.client,
+            "addr",
+            "add",
+            "fd97::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         attach(&topo.backend, "eth0", "int", &format!("{BACKEND}/24"));
         for node in &topo.nodes {
             attach(&node.ns, "eth0", "ext", &format!("{}/24", node.ext));
             attach(&node.ns, "eth1", "int", &format!("{}/24", node.int));
+            let own6 = format!("fd97::{}/64", &node.ext["10.97.0.".len()..]);
+            sh(&[
+                "ip", "-n", &node.ns, "addr", "add", &own6, "dev", "eth0", "nodad",
+            ]);
             sh(&[
                 "ip",
                 "netns",
@@ -198,7 +218,7 @@ impl Topology {
              [agent]\nbackend = {backend}\nexternal_addresses = {ext}\nport_range = 30100-30199\n\
              nft_table = navk\n\
              [vrrp]\nrun_dir = {run}\nagent_check_delay = 3\n\
-             [vrrp:web]\nvirtual_addresses = {VIRTUAL}/24\ninterface = eth0\nvirtual_router_id = 77\n\
+             [vrrp:web]\nvirtual_addresses = {VIRTUAL}/24, {VIRTUAL6}/64\ninterface = eth0\nvirtual_router_id = 77\n\
              priority = {priority}\nadvert_int = {advert_int}\nunicast_src_ip = {ext}\nunicast_peers = {peer}\n",
             name = node.name,
             ext = node.ext,
