@@ -20,6 +20,7 @@ pub mod privileges;
 pub mod reload;
 mod service;
 mod state;
+pub mod vrrp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -104,6 +105,8 @@ pub struct Agent {
     /// Behind one async lock, so that batches (and retries) run one at a
     /// time, in the order their messages arrived.
     state: Mutex<State>,
+    /// This node's address groups, reported with each heartbeat.
+    groups: Option<Arc<vrrp::Groups>>,
 }
 
 impl Agent {
@@ -112,7 +115,15 @@ impl Agent {
             config,
             backend,
             state: Mutex::new(State::default()),
+            groups: None,
         }
+    }
+
+    /// The agent of a member of address groups: its reports list them
+    /// ([`features::GROUPS`]).
+    pub fn with_groups(mut self, groups: Arc<vrrp::Groups>) -> Agent {
+        self.groups = Some(groups);
+        self
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -351,6 +362,12 @@ impl Agent {
             digests: None,
             groups: Vec::new(),
         };
+        if let Some(groups) = &self.groups {
+            // Every backend a group allows (not socat, refused at start-up)
+            // carries forwards on a virtual address held or not.
+            report.features.push(features::GROUPS.to_owned());
+            report.groups = groups.states();
+        }
         report.set_digest(state.digest());
         report
     }

@@ -377,9 +377,10 @@ impl Relay {
         }
         // Bind synchronously, under the lock, so a failure is reported to this caller
         // and two concurrent adds of the same id cannot both bind.
+        let freebind = self.inner.config.freebind.contains(&spec.listen.ip());
         let bound = match spec.protocol {
-            Protocol::Tcp => tcp::bind(spec.listen).map(Bound::Tcp),
-            Protocol::Udp => udp::bind(spec.listen).map(Bound::Udp),
+            Protocol::Tcp => tcp::bind(spec.listen, freebind).map(Bound::Tcp),
+            Protocol::Udp => udp::bind(spec.listen, freebind).map(Bound::Udp),
         }
         .and_then(|socket| Ok((socket.local_addr()?, socket)));
         let (listen, socket) = match bound {
