@@ -147,13 +147,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Before any thread: the descriptors a previous process handed over
+    // (systemd's LISTEN_FDS), taken and removed from systemd's store at once.
+    let received = navigator_agent::handover::receive();
     let reloader = Arc::new(navigator_agent::reload::Reloader::new(
         path.clone(),
         args.debug,
         logging,
         &config,
     ));
-    match run(config, broker, &path, reloader) {
+    match run(config, broker, &path, reloader, received) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -227,12 +230,13 @@ fn run(
     broker: Broker,
     path: &Path,
     reloader: Arc<navigator_agent::reload::Reloader>,
+    received: Option<navigator_agent::handover::Received>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, broker, path, reloader))
+    runtime.block_on(serve(config, broker, path, reloader, received))
 }
 
 async fn serve(
@@ -240,6 +244,7 @@ async fn serve(
     broker: Broker,
     path: &Path,
     reloader: Arc<navigator_agent::reload::Reloader>,
+    received: Option<navigator_agent::handover::Received>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // Before "starting" is logged: from then on SIGHUP reloads instead of
@@ -252,22 +257,8 @@ async fn serve(
         "starting"
     );
     broker.log_link("RPC");
-    let signal = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: closing listeners, letting live connections finish");
-            shutdown.cancel();
-        }
-    });
-    let Some(amqp) = connect_with_backoff(&broker, &shutdown).await else {
-        signal.abort();
-        hangup.abort();
-        tracing::info!("stopped before RabbitMQ could be reached");
-        return Ok(());
-    };
-    let amqp = Arc::new(amqp);
-    let transport: Arc<dyn Transport> = amqp.clone();
+    // The data plane first, before RabbitMQ: after a hand-over the relay
+    // serves again at once, whatever the broker does.
     let backend = make_backend(&config.backend);
     reloader.attach_backend(backend.clone());
     log_preflight(backend.as_ref(), config.port_range).await;
@@ -280,6 +271,48 @@ async fn serve(
         },
         backend,
     ));
+    if let Some(received) = received {
+        let carried = agent.adopt(received.forwards, received.inherited).await;
+        tracing::info!(
+            forwards = carried,
+            "carrying the previous process's forwards until the first full sync"
+        );
+    }
+    let handing_over = config.handover && navigator_agent::handover::available();
+    if handing_over {
+        agent.hand_over_on_shutdown(Box::new(|forwards, handover| {
+            if let Err(e) = navigator_agent::handover::send(&forwards, handover) {
+                tracing::error!(
+                    "cannot hand over to the next process: {e}; relayed connections are lost"
+                );
+            }
+        }));
+    }
+    navigator_agent::handover::ready();
+    let signal = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            navigator_agent::handover::stopping();
+            if handing_over {
+                tracing::info!(
+                    "shutting down: handing listeners and connections over to the next process"
+                );
+            } else {
+                tracing::info!("shutting down: closing listeners, letting live connections finish");
+            }
+            shutdown.cancel();
+        }
+    });
+    let Some(amqp) = connect_with_backoff(&broker, &shutdown).await else {
+        signal.abort();
+        hangup.abort();
+        tracing::info!("stopped before RabbitMQ could be reached");
+        agent.shutdown().await;
+        return Ok(());
+    };
+    let amqp = Arc::new(amqp);
+    let transport: Arc<dyn Transport> = amqp.clone();
 
     // `run` returns once `shutdown` is cancelled and the backend has let live
     // connections finish (at most SHUTDOWN_GRACE for the relay).
