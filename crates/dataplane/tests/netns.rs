@@ -830,3 +830,83 @@ async fn iptables_port_range_carries_every_port() {
         assert!(topo.request("tcp", EXT4, port).is_empty(), "port {port}");
     }
 }
+
+/// What a restart must not change: every nft rule and element with its
+/// handle (a rewrite gives everything new handles), iptables-nft's chains
+/// included.
+fn handles(topo: &Topo) -> String {
+    topo.ns(&topo.proxy, &["nft", "-a", "list", "ruleset"])
+}
+
+/// An agent restart (or upgrade) with the same forwards: the new backend
+/// instance's first full sync adopts the rules the previous one left in the
+/// kernel and writes nothing (same handles); a different set of forwards is
+/// written, and stopping leaves the rules in place.
+async fn restart_adopts(make: impl Fn(&Topo) -> Box<dyn Backend>) {
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    let forwards = basic_forwards();
+    let first = make(&topo);
+    converge(first.as_ref(), &forwards).await;
+    assert_basic_traffic(&topo, true);
+    // Stop: nothing is removed.
+    let written = handles(&topo);
+    first.shutdown().await;
+    drop(first);
+    assert_eq!(handles(&topo), written, "stopping changed the rules");
+
+    // The next process: same forwards, nothing written.
+    let second = make(&topo);
+    converge(second.as_ref(), &forwards).await;
+    assert_eq!(
+        handles(&topo),
+        written,
+        "the first sync rewrote unchanged rules"
+    );
+    assert_basic_traffic(&topo, true);
+
+    // An incremental change moves the marker with it: a third process with
+    // the changed set adopts too.
+    let changed = &forwards[..3];
+    converge(second.as_ref(), changed).await;
+    let updated = handles(&topo);
+    assert_ne!(updated, written);
+    drop(second);
+    let third = make(&topo);
+    converge(third.as_ref(), changed).await;
+    assert_eq!(
+        handles(&topo),
+        updated,
+        "the marker did not follow the update"
+    );
+
+    // A process with other forwards than the kernel holds rewrites them.
+    drop(third);
+    let fourth = make(&topo);
+    converge(fourth.as_ref(), &forwards).await;
+    assert_ne!(handles(&topo), updated);
+    assert_basic_traffic(&topo, true);
+    converge(fourth.as_ref(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nft_restart_adopts_unchanged_rules_without_writing() {
+    if !privileged("nft_restart_adopts_unchanged_rules_without_writing") {
+        return;
+    }
+    restart_adopts(|topo| Box::new(nft(topo))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_nft_restart_adopts_unchanged_rules_without_writing() {
+    if !privileged("iptables_nft_restart_adopts_unchanged_rules_without_writing") {
+        return;
+    }
+    restart_adopts(|topo| {
+        Box::new(IptablesBackend::new(IptablesConfig {
+            kernel: kernel(topo),
+            variant: Variant::Nft,
+        }))
+    })
+    .await;
+}
