@@ -1,7 +1,8 @@
 //! `navigator-agent`: the proxy agent of cluster mode, one per proxy node.
 //! It reads `navigator.conf`, connects to RabbitMQ, serves its host's topic
 //! with the configured data plane and reports to the servers, until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM; under systemd, SIGTERM hands the relay's sockets to the
+//! next process (`navigator_agent::handover`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,7 +31,16 @@ const EXIT_USAGE: u8 = 64;
 /// Navigator proxy agent (cluster mode): carries the forwards the servers
 /// place on this host.
 #[derive(Debug, Parser)]
-#[command(name = "navigator-agent", version)]
+#[command(
+    name = "navigator-agent",
+    version,
+    after_help = "Signals: SIGHUP re-reads the configuration. SIGTERM under systemd \
+                  (NOTIFY_SOCKET set, [agent] handover = true) hands the relay's listening \
+                  sockets and connections to the next process through systemd's file \
+                  descriptor store, so a restart or upgrade drops none; otherwise it stops \
+                  accepting and lets connections finish for up to 10 s. Kernel backends' \
+                  rules stay in place and are adopted unchanged by the next agent."
+)]
 struct Args {
     /// Configuration file (the same navigator.conf as the server's).
     /// Default: /etc/navigator/navigator.conf.
