@@ -177,3 +177,98 @@ async fn a_dropped_hand_over_closes_its_sockets() {
     assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
     assert!(TcpStream::connect(listen).await.is_err());
 }
+
+/// A connection whose client has finished sending (half-closed) when the
+/// relay hands over: the next relay knows that direction has ended and
+/// still carries the target's late reply, then the end of the connection.
+#[tokio::test]
+async fn a_half_closed_connection_is_carried_to_its_end() {
+    // Reads the request to its end, answers a little later, then closes.
+    let target = tokio::net::TcpListener::bind(support::V4)
+        .await
+        .expect("bind");
+    let target_addr = target.local_addr().expect("addr");
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.expect("accept");
+        let mut request = Vec::new();
+        s.read_to_end(&mut request).await.expect("request");
+        let _ = answer_rx.await;
+        s.write_all(&request).await.expect("reply");
+        s.write_all(b" and more").await.expect("reply");
+    });
+    let old = Relay::new(RelayConfig::default());
+    old.add(
+        ListenerId(1),
+        spec(support::V4.parse().expect("addr"), target_addr),
+    )
+    .await
+    .expect("add");
+    let listen = old.listeners()[0].1.listen;
+    let mut client = TcpStream::connect(listen).await.expect("connect");
+    client.write_all(b"request").await.expect("write");
+    client.shutdown().await.expect("half-close");
+    // The FIN reaches the target through the old relay.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let handover = old.hand_over().await;
+    assert_eq!(
+        (handover.connections, handover.lost),
+        (1, 0),
+        "{handover:?}"
+    );
+    let mut fds: HashMap<String, OwnedFd> = handover.fds.into_iter().collect();
+    let inherited = Inherited::parse(&handover.state, &mut fds).expect("parse");
+    let new = Relay::new(RelayConfig::default());
+    new.inherit(inherited);
+    new.add(ListenerId(1), spec(listen, target_addr))
+        .await
+        .expect("add");
+    answer_tx.send(()).expect("target waiting");
+    let mut reply = Vec::new();
+    tokio::time::timeout(PATIENCE, client.read_to_end(&mut reply))
+        .await
+        .expect("the reply and the end in time")
+        .expect("read");
+    assert_eq!(reply, b"request and more");
+    new.shutdown().await;
+}
+
+/// A connection that cannot write out what it read within the bound (its
+/// client reads nothing) is closed and counted as lost, and the hand-over
+/// does not wait for it longer than the bound allows.
+#[tokio::test]
+async fn a_connection_that_cannot_be_flushed_is_counted_lost() {
+    let target = tokio::net::TcpListener::bind(support::V4)
+        .await
+        .expect("bind");
+    let target_addr = target.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.expect("accept");
+        let chunk = vec![7u8; 64 * 1024];
+        while s.write_all(&chunk).await.is_ok() {}
+    });
+    let old = Relay::new(RelayConfig::default());
+    old.add(
+        ListenerId(1),
+        spec(support::V4.parse().expect("addr"), target_addr),
+    )
+    .await
+    .expect("add");
+    let listen = old.listeners()[0].1.listen;
+    let _client = TcpStream::connect(listen).await.expect("connect");
+    // The client's receive buffer and the relay's fill up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let handover = old.hand_over().await;
+    assert_eq!(
+        (handover.connections, handover.lost),
+        (0, 1),
+        "{handover:?}"
+    );
+    assert!(
+        started.elapsed() < navigator_relay::handover::FLUSH_BOUND + Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
