@@ -288,7 +288,11 @@ async fn serve(
             "carrying the previous process's forwards until the first full sync"
         );
     }
-    let handing_over = config.handover && navigator_agent::handover::available();
+    // Only the relay has sockets to hand over; the kernel backends' rules
+    // stay in the kernel whatever SIGTERM does.
+    let handing_over = config.handover
+        && config.backend.backend == "relay"
+        && navigator_agent::handover::available();
     if handing_over {
         agent.hand_over_on_shutdown(Box::new(|forwards, handover| {
             if let Err(e) = navigator_agent::handover::send(&forwards, handover) {
