@@ -480,3 +480,68 @@ async fn restart_and_upgrade_drop_and_refuse_no_connection() {
     assert!(made.load(Ordering::Relaxed) > 0);
     amqp.close().await;
 }
+
+/// A state this agent cannot read (a future version) is refused cleanly:
+/// the agent logs it, closes every descriptor it was given, removes them
+/// from the store, and starts fresh (READY=1, with nothing carried). No
+/// broker is needed: the agent is ready before it reaches RabbitMQ.
+#[test]
+fn a_future_state_is_refused_and_the_agent_starts_fresh() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("navigator.conf");
+    std::fs::write(
+        &config,
+        "[DEFAULT]\nhost = refuse-test\ntransport_url = rabbit://u:p@127.0.0.1:1/\n\
+         [agent]\nbackend = relay\nexternal_addresses = 127.0.0.1\nport_range = 31000-31999\n",
+    )
+    .expect("config");
+    let supervisor = Supervisor::new(dir.path());
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let state = rustix::fs::memfd_create("state", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    let mut file = std::fs::File::from(state);
+    std::io::Write::write_all(
+        &mut file,
+        br#"{"version":99,"forwards":[],"relay":{"version":99}}"#,
+    )
+    .expect("write");
+    {
+        let mut store = supervisor.store.lock().expect("store");
+        store.push(("navigator-relay-l0".to_owned(), OwnedFd::from(listener)));
+        store.push(("navigator-state".to_owned(), OwnedFd::from(file)));
+    }
+    let log = dir.path().join("agent.log");
+    let mut agents = Agents(vec![supervisor.start(
+        Path::new(env!("CARGO_BIN_EXE_navigator-agent")),
+        &config,
+        &log,
+    )]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while supervisor.readies().is_empty() || supervisor.stored() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no READY=1 or the store is not emptied ({} stored)\n{}",
+            supervisor.stored(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("refusing the previous process's hand-over")
+            && text.contains("of version 99"),
+        "{text}"
+    );
+    // Every copy of the listening socket is closed: the port is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the refused socket is still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent = &mut agents.0[0];
+    sigterm(agent);
+    assert!(wait_exit(agent, Duration::from_secs(20)).success());
+}
