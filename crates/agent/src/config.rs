@@ -43,6 +43,7 @@ pub const DEFAULTS: &[(&str, &str, &str)] = &[
     ("agent", "external_addresses", "127.0.0.1,::1"),
     ("agent", "port_range", "20000-29999"),
     ("agent", "report_interval", "10"),
+    ("agent", "handover", "true"),
     ("relay", "max_connections", "0"),
     ("relay", "max_connections_per_forward", "1024"),
     ("relay", "tcp_idle_timeout", "3600"),
@@ -107,6 +108,10 @@ pub struct AgentFileConfig {
     pub external_addresses: Vec<IpAddr>,
     pub port_range: PortRange,
     pub report_interval: Duration,
+    /// `[agent] handover`: on SIGTERM under systemd (`NOTIFY_SOCKET`), hand
+    /// the relay's sockets to the next process (`crate::handover`) instead
+    /// of draining them.
+    pub handover: bool,
     /// The relay's caps in force are `None` (unbounded) here until
     /// [`crate::fd_budget::FdBudget::apply`] resolves them at start-up.
     pub backend: BackendOptions,
@@ -230,6 +235,7 @@ impl AgentFileConfig {
             external_addresses,
             port_range: raw.parse("agent", "port_range", options::port_range)?,
             report_interval: raw.parse("agent", "report_interval", options::seconds)?,
+            handover: raw.parse("agent", "handover", options::boolean)?,
             backend: BackendOptions {
                 backend,
                 conntrack_cleanup: raw.parse("agent", "conntrack_cleanup", |v| v.parse())?,

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod fd_budget;
+pub mod handover;
 pub mod health;
 pub mod options;
 pub mod privileges;
@@ -107,7 +108,13 @@ pub struct Agent {
     state: Mutex<State>,
     /// This node's address groups, reported with each heartbeat.
     groups: Option<Arc<vrrp::Groups>>,
+    /// Where [`Agent::shutdown`] hands the data plane over, if it does.
+    handover: std::sync::Mutex<Option<HandoverSink>>,
 }
+
+/// Takes what the backend carries and the sockets it hands over, to pass
+/// them on to the next process ([`handover`]).
+pub type HandoverSink = Box<dyn FnOnce(Vec<ForwardSpec>, navigator_relay::Handover) + Send>;
 
 impl Agent {
     pub fn new(config: AgentConfig, backend: Arc<dyn Backend>) -> Agent {
@@ -116,6 +123,7 @@ impl Agent {
             backend,
             state: Mutex::new(State::default()),
             groups: None,
+            handover: std::sync::Mutex::new(None),
         }
     }
 
@@ -124,6 +132,52 @@ impl Agent {
     pub fn with_groups(mut self, groups: Arc<vrrp::Groups>) -> Agent {
         self.groups = Some(groups);
         self
+    }
+
+    /// From now on [`Agent::shutdown`] hands the data plane over to `sink`
+    /// (when the backend can: [`Backend::hand_over`]) instead of letting
+    /// live connections finish and closing them.
+    pub fn hand_over_on_shutdown(&self, sink: HandoverSink) {
+        *self
+            .handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sink);
+    }
+
+    /// Carries `forwards` with the sockets a previous process of this agent
+    /// handed over, before any word from a server: the relay serves again
+    /// at once, on the listening sockets that never closed. The desired set
+    /// stays empty, so the first full sync removes, retargets or adds
+    /// whatever changed meanwhile. Closes what no forward took. Returns how
+    /// many forwards are carried.
+    pub async fn adopt(
+        &self,
+        forwards: Vec<ForwardSpec>,
+        inherited: navigator_relay::Inherited,
+    ) -> usize {
+        let _state = self.state.lock().await;
+        if !self.backend.inherit(inherited) {
+            tracing::warn!(
+                backend = self.backend.name(),
+                "the {} backend takes no sockets from the previous process; they are closed",
+                self.backend.name()
+            );
+            return 0;
+        }
+        let report = self.backend.apply(&plan(&forwards, &[])).await;
+        for failure in &report.failed {
+            tracing::warn!(id = %failure.id, reason = %failure.reason,
+                "a forward of the previous process cannot be carried again");
+        }
+        let (listeners, connections) = self.backend.close_unclaimed();
+        if listeners + connections > 0 {
+            tracing::warn!(
+                listeners,
+                connections,
+                "inherited sockets no forward took are closed"
+            );
+        }
+        forwards.len() - report.failed.len()
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -392,6 +446,21 @@ impl Agent {
     }
 
     pub async fn shutdown(&self) {
+        let sink = self
+            .handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sink) = sink {
+            // Under the state lock: no batch changes the data plane while
+            // it is handed over.
+            let _state = self.state.lock().await;
+            let carried = self.backend.observe().await;
+            if let Some(handover) = self.backend.hand_over().await {
+                sink(carried, handover);
+                return;
+            }
+        }
         self.backend.shutdown().await;
     }
 

@@ -1,7 +1,8 @@
 //! `navigator-agent`: the proxy agent of cluster mode, one per proxy node.
 //! It reads `navigator.conf`, connects to RabbitMQ, serves its host's topic
 //! with the configured data plane and reports to the servers, until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM; under systemd, SIGTERM hands the relay's sockets to the
+//! next process (`navigator_agent::handover`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,7 +31,16 @@ const EXIT_USAGE: u8 = 64;
 /// Navigator proxy agent (cluster mode): carries the forwards the servers
 /// place on this host.
 #[derive(Debug, Parser)]
-#[command(name = "navigator-agent", version)]
+#[command(
+    name = "navigator-agent",
+    version,
+    after_help = "Signals: SIGHUP re-reads the configuration. SIGTERM under systemd \
+                  (NOTIFY_SOCKET set, [agent] handover = true) hands the relay's listening \
+                  sockets and connections to the next process through systemd's file \
+                  descriptor store, so a restart or upgrade drops none; otherwise it stops \
+                  accepting and lets connections finish for up to 10 s. Kernel backends' \
+                  rules stay in place and are adopted unchanged by the next agent."
+)]
 struct Args {
     /// Configuration file (the same navigator.conf as the server's).
     /// Default: /etc/navigator/navigator.conf.
@@ -163,13 +173,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // Before any thread: the descriptors a previous process handed over
+    // (systemd's LISTEN_FDS), taken and removed from systemd's store at once.
+    let received = navigator_agent::handover::receive();
     let reloader = Arc::new(navigator_agent::reload::Reloader::new(
         path.clone(),
         args.debug,
         logging,
         &config,
     ));
-    match run(config, broker, &path, reloader, keepalived) {
+    match run(config, broker, &path, reloader, keepalived, received) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -244,12 +257,13 @@ fn run(
     path: &Path,
     reloader: Arc<navigator_agent::reload::Reloader>,
     keepalived: Option<PathBuf>,
+    received: Option<navigator_agent::handover::Received>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, broker, path, reloader, keepalived))
+    runtime.block_on(serve(config, broker, path, reloader, keepalived, received))
 }
 
 async fn serve(
@@ -258,6 +272,7 @@ async fn serve(
     path: &Path,
     reloader: Arc<navigator_agent::reload::Reloader>,
     keepalived: Option<PathBuf>,
+    received: Option<navigator_agent::handover::Received>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // keepalived first, before RabbitMQ is reached: a node whose broker is
@@ -305,22 +320,8 @@ async fn serve(
         "starting"
     );
     broker.log_link("RPC");
-    let signal = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: closing listeners, letting live connections finish");
-            shutdown.cancel();
-        }
-    });
-    let Some(amqp) = connect_with_backoff(&broker, &shutdown).await else {
-        signal.abort();
-        hangup.abort();
-        tracing::info!("stopped before RabbitMQ could be reached");
-        return Ok(());
-    };
-    let amqp = Arc::new(amqp);
-    let transport: Arc<dyn Transport> = amqp.clone();
+    // The data plane first, before RabbitMQ: after a hand-over the relay
+    // serves again at once, whatever the broker does.
     let backend = make_backend(&config.backend);
     reloader.attach_backend(backend.clone());
     log_preflight(backend.as_ref(), config.port_range).await;
@@ -337,6 +338,52 @@ async fn serve(
         agent = agent.with_groups(groups.clone());
     }
     let agent = Arc::new(agent);
+    if let Some(received) = received {
+        let carried = agent.adopt(received.forwards, received.inherited).await;
+        tracing::info!(
+            forwards = carried,
+            "carrying the previous process's forwards until the first full sync"
+        );
+    }
+    // Only the relay has sockets to hand over; the kernel backends' rules
+    // stay in the kernel whatever SIGTERM does.
+    let handing_over = config.handover
+        && config.backend.backend == "relay"
+        && navigator_agent::handover::available();
+    if handing_over {
+        agent.hand_over_on_shutdown(Box::new(|forwards, handover| {
+            if let Err(e) = navigator_agent::handover::send(&forwards, handover) {
+                tracing::error!(
+                    "cannot hand over to the next process: {e}; relayed connections are lost"
+                );
+            }
+        }));
+    }
+    navigator_agent::handover::ready();
+    let signal = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            navigator_agent::handover::stopping();
+            if handing_over {
+                tracing::info!(
+                    "shutting down: handing listeners and connections over to the next process"
+                );
+            } else {
+                tracing::info!("shutting down: closing listeners, letting live connections finish");
+            }
+            shutdown.cancel();
+        }
+    });
+    let Some(amqp) = connect_with_backoff(&broker, &shutdown).await else {
+        signal.abort();
+        hangup.abort();
+        tracing::info!("stopped before RabbitMQ could be reached");
+        agent.shutdown().await;
+        return Ok(());
+    };
+    let amqp = Arc::new(amqp);
+    let transport: Arc<dyn Transport> = amqp.clone();
 
     // `run` returns once `shutdown` is cancelled and the backend has let live
     // connections finish (at most SHUTDOWN_GRACE for the relay).

@@ -151,6 +151,34 @@ impl IptablesRuleset {
     }
 }
 
+/// Version of what this module writes for given forwards: bump it when the
+/// same forwards would be written differently, so that an upgraded agent
+/// does not adopt the chains an older one wrote (the marker differs).
+pub const RENDER_VERSION: u32 = 1;
+
+/// The filter-table chain whose one rule's comment is the marker of what
+/// the chains hold (`crate::kernel`: adoption at start). Nothing jumps to it.
+pub const MARKER_CHAIN: &str = "NAVIGATOR-MARKER";
+
+/// A restore input that empties the marker chain first, then writes
+/// `rules`, then the marker. Each table's section commits on its own, so a
+/// failure part-way leaves no marker (the next agent rewrites everything)
+/// rather than a marker of rules that were not all written.
+pub fn with_marker(rules: &str, marker: &str) -> String {
+    let marker: String = marker.chars().filter(|c| *c != '"').take(200).collect();
+    format!(
+        "*filter\n:{MARKER_CHAIN} - [0:0]\nCOMMIT\n{rules}*filter\n:{MARKER_CHAIN} - [0:0]\n\
+         -A {MARKER_CHAIN} -m comment --comment \"{marker}\" -j RETURN\nCOMMIT\n"
+    )
+}
+
+/// The marker in `iptables -S NAVIGATOR-MARKER`'s output.
+pub fn parse_marker(listing: &str) -> Option<String> {
+    let (_, rest) = listing.split_once("--comment \"")?;
+    let (marker, _) = rest.split_once('"')?;
+    Some(marker.to_owned())
+}
+
 impl Ruleset for IptablesRuleset {
     fn name(&self) -> &'static str {
         "iptables"
@@ -164,13 +192,51 @@ impl Ruleset for IptablesRuleset {
         }
     }
 
-    async fn replace(&self, host: &Host, all: &[ForwardSpec]) -> Result<(), ExecError> {
+    fn render_tag(&self) -> String {
+        let variant = match self.variant {
+            Variant::Auto => "auto",
+            Variant::Nft => "nft",
+            Variant::Legacy => "legacy",
+        };
+        format!("iptables-{variant}-r{RENDER_VERSION}")
+    }
+
+    async fn installed_marker(&self, host: &Host) -> Option<String> {
+        let mut found = None;
+        for family in [Family::V4, Family::V6] {
+            let out = host
+                .run(
+                    &[&self.program(family, false), "-w", "10", "-S", MARKER_CHAIN],
+                    None,
+                    DEFAULT_TIMEOUT,
+                )
+                .await
+                .ok()?;
+            let marker = parse_marker(&out.stdout)?;
+            // Both families are written with the same marker.
+            if found.as_ref().is_some_and(|m| *m != marker) {
+                return None;
+            }
+            found = Some(marker);
+        }
+        found
+    }
+
+    async fn replace(
+        &self,
+        host: &Host,
+        all: &[ForwardSpec],
+        marker: &str,
+    ) -> Result<(), ExecError> {
         for family in [Family::V4, Family::V6] {
             let missing = self.missing_jumps(host, family).await?;
             // Every apply rewrites the chains: the usage counters are read
             // first and restored with the rules (`--counters`).
             let preserved = self.preserved(host, family).await?;
-            let text = render_restore_with(family, all, &missing, &preserved);
+            let text = with_marker(
+                &render_restore_with(family, all, &missing, &preserved),
+                marker,
+            );
             host.run(
                 &[
                     &self.program(family, true),
@@ -233,8 +299,9 @@ impl Ruleset for IptablesRuleset {
         _removed: &[ForwardSpec],
         _added: &[ForwardSpec],
         _listen: &ListenDelta,
+        marker: &str,
     ) -> Result<(), ExecError> {
-        self.replace(host, all).await
+        self.replace(host, all, marker).await
     }
 
     async fn present(&self, host: &Host) -> bool {

@@ -8,6 +8,15 @@
 //!
 //! A backend only says how to write its ruleset ([`Ruleset`]); this module
 //! decides when to write what.
+//!
+//! Adoption: every write also stores a marker in the kernel, in the same
+//! transaction ([`Ruleset::replace`], [`Ruleset::update`]): the fingerprint
+//! of exactly the forwards written (count, sum and xor of
+//! `navigator_core::digest::forward_hash`) and of how they are rendered
+//! ([`Ruleset::render_tag`]). An agent's first apply (a fresh start, a
+//! restart, an upgrade) writes nothing when the kernel's marker equals the
+//! fingerprint of what it would write and the ruleset is intact: it adopts
+//! the rules in place. Stopping never touches them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -95,12 +104,29 @@ pub trait Ruleset: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Tools this backend needs (checked by preflight).
     fn tools(&self) -> &'static [&'static str];
+    /// What of this backend's configuration changes what it writes, with
+    /// the version of its rendering (bumped whenever the same forwards
+    /// would be written differently): part of the marker, so that rules
+    /// written another way are never adopted.
+    fn render_tag(&self) -> String;
+    /// The marker the kernel holds (written by the last replace or update),
+    /// if any. The default has none: such a backend is always rewritten at
+    /// its first apply.
+    fn installed_marker<'a>(
+        &'a self,
+        host: &'a Host,
+    ) -> impl Future<Output = Option<String>> + Send + 'a {
+        let _ = host;
+        async { None }
+    }
     /// Replaces everything this backend owns with exactly `all`, atomically,
-    /// removing stale objects of its own and nothing else.
+    /// removing stale objects of its own and nothing else, and stores
+    /// `marker` in the same transaction.
     fn replace<'a>(
         &'a self,
         host: &'a Host,
         all: &'a [ForwardSpec],
+        marker: &'a str,
     ) -> impl Future<Output = Result<(), ExecError>> + Send + 'a;
     /// Whether [`Ruleset::update`] needs the whole state after the diff
     /// (backends that can only rewrite). When false, `update` gets an empty
@@ -109,8 +135,9 @@ pub trait Ruleset: Send + Sync + 'static {
     fn update_needs_all(&self) -> bool {
         true
     }
-    /// Applies a diff atomically; `all` is the state after it when
-    /// [`Ruleset::update_needs_all`], otherwise empty.
+    /// Applies a diff atomically, with `marker` (the state after it); `all`
+    /// is that state when [`Ruleset::update_needs_all`], otherwise empty.
+    #[allow(clippy::too_many_arguments)]
     fn update<'a>(
         &'a self,
         host: &'a Host,
@@ -118,6 +145,7 @@ pub trait Ruleset: Send + Sync + 'static {
         removed: &'a [ForwardSpec],
         added: &'a [ForwardSpec],
         listen: &'a ListenDelta,
+        marker: &'a str,
     ) -> impl Future<Output = Result<(), ExecError>> + Send + 'a;
     /// A cheap check that the ruleset is still installed (drift detection).
     fn present<'a>(&'a self, host: &'a Host) -> impl Future<Output = bool> + Send + 'a;
@@ -196,10 +224,17 @@ struct State {
     /// seen at that value: the kernel does not stamp connections, so the
     /// last connection time is when the agent saw the total move.
     seen: HashMap<ForwardId, (u64, Option<u64>)>,
+    /// Sum and xor of `forward_hash` over `mirror`: its fingerprint, kept
+    /// as forwards come and go (an update stays O(changes)).
+    fp_sum: u64,
+    fp_xor: u64,
 }
 
 impl State {
     fn insert(&mut self, spec: ForwardSpec) {
+        let hash = navigator_core::digest::forward_hash(&spec);
+        self.fp_sum = self.fp_sum.wrapping_add(hash);
+        self.fp_xor ^= hash;
         for key in keys(&spec) {
             self.keys.insert(key, spec.id);
         }
@@ -209,6 +244,9 @@ impl State {
 
     fn remove(&mut self, id: ForwardId) -> Option<ForwardSpec> {
         let spec = self.mirror.remove(&id)?;
+        let hash = navigator_core::digest::forward_hash(&spec);
+        self.fp_sum = self.fp_sum.wrapping_sub(hash);
+        self.fp_xor ^= hash;
         for key in keys(&spec) {
             self.keys.remove(&key);
         }
@@ -226,6 +264,8 @@ impl State {
     }
 
     fn clear(&mut self) {
+        self.fp_sum = 0;
+        self.fp_xor = 0;
         self.mirror.clear();
         self.keys.clear();
         self.listen.clear();
@@ -254,6 +294,8 @@ impl<R: Ruleset> KernelBackend<R> {
                 synced_at: None,
                 findings: Vec::new(),
                 seen: HashMap::new(),
+                fp_sum: 0,
+                fp_xor: 0,
             }),
             warned_active: std::sync::atomic::AtomicBool::new(false),
         }
@@ -411,7 +453,20 @@ impl<R: Ruleset> KernelBackend<R> {
             .synced_at
             .is_none_or(|at| at.elapsed() >= self.config.full_sync_interval);
         let changed = !removed.is_empty() || !added.is_empty();
-        let result = if full_due {
+        let mut adopted = false;
+        let result = if first_apply && self.adoptable(&state).await {
+            // The kernel holds exactly what this apply would write (a
+            // restart or an upgrade of the agent): nothing is written, and
+            // no flow is disturbed.
+            tracing::info!(
+                backend = self.ruleset.name(),
+                forwards = state.mirror.len(),
+                "the kernel already holds these forwards' rules; adopted without rewriting them"
+            );
+            adopted = true;
+            state.synced_at = Some(Instant::now());
+            Ok(())
+        } else if full_due {
             self.replace(&mut state).await
         } else if changed {
             let all = if self.ruleset.update_needs_all() {
@@ -419,9 +474,10 @@ impl<R: Ruleset> KernelBackend<R> {
             } else {
                 Vec::new()
             };
+            let marker = self.marker(&state);
             match self
                 .ruleset
-                .update(host, &all, &removed, &added, &listen)
+                .update(host, &all, &removed, &added, &listen, &marker)
                 .await
             {
                 Ok(()) => Ok(()),
@@ -446,8 +502,10 @@ impl<R: Ruleset> KernelBackend<R> {
 
         // Conntrack: NAT is decided on a flow's first packet, so flows that
         // began before this change would keep their old translation.
+        // Adopted rules are the rules the flows already went through: there
+        // is nothing to clean.
         let mode = self.config.conntrack_cleanup;
-        if mode != ConntrackCleanup::Off {
+        if mode != ConntrackCleanup::Off && !adopted {
             let mut seen = std::collections::HashSet::new();
             // Removed (and retargeted-from) forwards: their flows must stop or
             // move before this apply reports success, so they are cleaned
@@ -525,9 +583,44 @@ impl<R: Ruleset> KernelBackend<R> {
 
     async fn replace(&self, state: &mut State) -> Result<(), ExecError> {
         let all = state.all();
-        self.ruleset.replace(&self.config.host, &all).await?;
+        let marker = self.marker(state);
+        self.ruleset
+            .replace(&self.config.host, &all, &marker)
+            .await?;
         state.synced_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// The marker of exactly `state`'s forwards, as this backend writes
+    /// them.
+    fn marker(&self, state: &State) -> String {
+        format!(
+            "navigator {} n{} s{:016x} x{:016x}",
+            self.ruleset.render_tag(),
+            state.mirror.len(),
+            state.fp_sum,
+            state.fp_xor
+        )
+    }
+
+    /// Whether the kernel holds exactly what a full write of `state` would
+    /// write: its marker matches and the ruleset is intact.
+    async fn adoptable(&self, state: &State) -> bool {
+        let host = &self.config.host;
+        let Some(installed) = self.ruleset.installed_marker(host).await else {
+            return false;
+        };
+        let wanted = self.marker(state);
+        if installed != wanted {
+            tracing::info!(
+                backend = self.ruleset.name(),
+                %installed,
+                %wanted,
+                "the kernel's rules differ from the forwards to carry; rewriting them"
+            );
+            return false;
+        }
+        self.ruleset.present(host).await
     }
 
     /// The full rewrite failed: install what was carried before this plan,
@@ -570,6 +663,7 @@ impl<R: Ruleset> KernelBackend<R> {
             } else {
                 Vec::new()
             };
+            let marker = self.marker(state);
             if let Err(e) = self
                 .ruleset
                 .update(
@@ -578,6 +672,7 @@ impl<R: Ruleset> KernelBackend<R> {
                     &[],
                     std::slice::from_ref(spec),
                     &listen,
+                    &marker,
                 )
                 .await
             {
@@ -913,7 +1008,8 @@ impl<R: Ruleset> Backend for KernelBackend<R> {
     }
 
     /// The ruleset stays: forwarded traffic keeps flowing while the agent
-    /// restarts, and the next agent's first apply replaces it.
+    /// restarts, and the next agent's first apply adopts it unchanged (or
+    /// replaces it when the forwards differ).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }

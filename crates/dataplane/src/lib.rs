@@ -93,6 +93,32 @@ pub trait Backend: Send + Sync + 'static {
     /// backend has such a notion.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 
+    /// Hands the data plane over to the process that replaces this one,
+    /// instead of [`Backend::shutdown`]: the relay stops accepting but keeps
+    /// its listening sockets open, brings its connections to a clean point
+    /// and returns every socket with their description
+    /// (`navigator_relay::Relay::hand_over`). `None` (the default): this
+    /// backend hands nothing over; kernel backends need not, their rules
+    /// stay in the kernel.
+    fn hand_over(&self) -> BoxFuture<'_, Option<navigator_relay::Handover>> {
+        Box::pin(async { None })
+    }
+
+    /// Takes the sockets a previous process handed over, for the forwards
+    /// applied next: a forward's listener on the same protocol and address
+    /// takes its inherited socket and connections instead of binding. False
+    /// (the default): this backend takes none, and they are closed.
+    fn inherit(&self, inherited: navigator_relay::Inherited) -> bool {
+        drop(inherited);
+        false
+    }
+
+    /// Closes what was inherited and no forward took; returns how many
+    /// listeners and connections that was.
+    fn close_unclaimed(&self) -> (usize, usize) {
+        (0, 0)
+    }
+
     /// Changes the per-forward caps (`[relay] max_connections_per_forward`
     /// and `max_udp_sessions_per_forward`; `None` is unlimited) of the
     /// forwards carried and of those added from now on, without closing

@@ -134,16 +134,35 @@ impl Ruleset for NftRuleset {
         &["nft"]
     }
 
-    async fn replace(&self, host: &Host, all: &[ForwardSpec]) -> Result<(), ExecError> {
+    fn render_tag(&self) -> String {
+        format!("nft-r{RENDER_VERSION}-c{}", u8::from(self.element_comments))
+    }
+
+    async fn installed_marker(&self, host: &Host) -> Option<String> {
+        let out = host
+            .run(
+                &["nft", "list", "set", "inet", &self.table, MARKER_SET],
+                None,
+                crate::exec::DEFAULT_TIMEOUT,
+            )
+            .await
+            .ok()?;
+        parse_marker(&out.stdout)
+    }
+
+    async fn replace(
+        &self,
+        host: &Host,
+        all: &[ForwardSpec],
+        marker: &str,
+    ) -> Result<(), ExecError> {
         // Usage survives the rewrite: the counts are read first and written
         // into the new elements (what moves in between is lost; a missing
         // table has nothing to carry).
         let counters = self.read_counters(host).await.unwrap_or_default();
-        self.load(
-            host,
-            &render_replace_with(&self.table, all, self.element_comments, &counters),
-        )
-        .await
+        let mut batch = render_replace_with(&self.table, all, self.element_comments, &counters);
+        push_marker(&mut batch, &self.table, marker, true);
+        self.load(host, &batch).await
     }
 
     /// Element additions and deletions only: an update is O(changes).
@@ -158,11 +177,15 @@ impl Ruleset for NftRuleset {
         removed: &[ForwardSpec],
         added: &[ForwardSpec],
         listen: &ListenDelta,
+        marker: &str,
     ) -> Result<(), ExecError> {
-        let batch = render_update(&self.table, removed, added, listen, self.element_comments);
+        let mut batch = render_update(&self.table, removed, added, listen, self.element_comments);
         if batch.is_empty() {
             return Ok(());
         }
+        // A table written before markers existed has no marker set: the
+        // update fails and the table is rewritten, with one.
+        push_marker(&mut batch, &self.table, marker, false);
         self.load(host, &batch).await
     }
 
@@ -181,6 +204,40 @@ impl Ruleset for NftRuleset {
             Err(_) => false,
         }
     }
+}
+
+/// Version of what this module writes for given forwards: bump it when the
+/// same forwards would be written differently, so that an upgraded agent
+/// does not adopt the tables an older one wrote (the marker differs).
+pub const RENDER_VERSION: u32 = 1;
+
+/// The set whose one element's comment is the marker of what the table
+/// holds (`crate::kernel`: adoption at start).
+pub const MARKER_SET: &str = "marker";
+
+/// Appends the marker to a batch: with a full rewrite the set is defined
+/// (the table was just re-created); with an update its element is replaced,
+/// in the same transaction as the update.
+pub fn push_marker(out: &mut String, table: &str, marker: &str, replace: bool) {
+    // A comment is at most 128 characters and holds no quote; the marker is
+    // ~70 ASCII characters of our own making.
+    let marker: String = marker.chars().filter(|c| *c != '"').take(120).collect();
+    if replace {
+        let _ = writeln!(out, "add set inet {table} {MARKER_SET} {{ type mark; }}");
+    } else {
+        let _ = writeln!(out, "delete element inet {table} {MARKER_SET} {{ 1 }}");
+    }
+    let _ = writeln!(
+        out,
+        "add element inet {table} {MARKER_SET} {{ 1 comment \"{marker}\" }}"
+    );
+}
+
+/// The marker in `nft list set inet TABLE marker`'s output.
+pub fn parse_marker(listing: &str) -> Option<String> {
+    let (_, rest) = listing.split_once("comment \"")?;
+    let (marker, _) = rest.split_once('"')?;
+    Some(marker.to_owned())
 }
 
 /// Whether a terse listing shows every chain and rule of the skeleton.

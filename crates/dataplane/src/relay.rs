@@ -244,6 +244,19 @@ impl Backend for RelayBackend {
         Box::pin(self.relay.shutdown())
     }
 
+    fn hand_over(&self) -> BoxFuture<'_, Option<navigator_relay::Handover>> {
+        Box::pin(async { Some(self.relay.hand_over().await) })
+    }
+
+    fn inherit(&self, inherited: navigator_relay::Inherited) -> bool {
+        self.relay.inherit(inherited);
+        true
+    }
+
+    fn close_unclaimed(&self) -> (usize, usize) {
+        self.relay.close_unclaimed()
+    }
+
     fn usage<'a>(&'a self, ids: &'a [ForwardId]) -> BoxFuture<'a, UsageReport> {
         let ports: Vec<(ForwardId, u16)> = {
             let carried = self.carried();

@@ -830,3 +830,155 @@ async fn iptables_port_range_carries_every_port() {
         assert!(topo.request("tcp", EXT4, port).is_empty(), "port {port}");
     }
 }
+
+/// A TCP connection from a namespace, held open by a small python client
+/// that echoes each line through it; killed (by PID) on drop.
+struct HeldConnection {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl HeldConnection {
+    fn open(ns: &str, addr: &str, port: u16) -> HeldConnection {
+        let script = format!(
+            "import socket, sys\n\
+             s = socket.create_connection(('{addr}', {port}), timeout=10)\n\
+             for line in sys.stdin:\n\
+             \x20   s.sendall(line.encode())\n\
+             \x20   got = b''\n\
+             \x20   while not got.endswith(b'\\n'):\n\
+             \x20       d = s.recv(100)\n\
+             \x20       if not d:\n\
+             \x20           print('EOF', flush=True)\n\
+             \x20           sys.exit(1)\n\
+             \x20       got += d\n\
+             \x20   print(got.decode().strip(), flush=True)\n"
+        );
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        HeldConnection { child, out }
+    }
+
+    /// Sends `text` and returns what came back (`EOF` when the connection
+    /// was closed).
+    fn echo(&mut self, text: &str) -> String {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{text}").expect("write");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a restart must not change: every nft rule and element with its
+/// handle (a rewrite gives everything new handles), iptables-nft's chains
+/// included.
+fn handles(topo: &Topo) -> String {
+    topo.ns(&topo.proxy, &["nft", "-a", "list", "ruleset"])
+}
+
+/// An agent restart (or upgrade) with the same forwards: the new backend
+/// instance's first full sync adopts the rules the previous one left in the
+/// kernel and writes nothing (same handles); a different set of forwards is
+/// written, and stopping leaves the rules in place.
+async fn restart_adopts(make: impl Fn(&Topo) -> Box<dyn Backend>) {
+    let mut topo = Topo::new(false);
+    topo.start_services();
+    // An echo service for a connection held across the restart.
+    let backend_ns = topo.backend.clone();
+    topo.spawn(
+        &backend_ns,
+        &[
+            "socat",
+            "TCP4-LISTEN:9090,bind=10.92.0.2,fork,reuseaddr",
+            "EXEC:cat",
+        ],
+    );
+    let mut forwards = basic_forwards();
+    forwards.push(spec(Protocol::Tcp, "10.91.0.1:20002", "10.92.0.2:9090"));
+    let first = make(&topo);
+    converge(first.as_ref(), &forwards).await;
+    assert_basic_traffic(&topo, true);
+    let mut held = HeldConnection::open(&topo.client, "10.91.0.1", 20002);
+    assert_eq!(held.echo("before"), "before");
+    // Stop: nothing is removed.
+    let written = handles(&topo);
+    first.shutdown().await;
+    drop(first);
+    assert_eq!(handles(&topo), written, "stopping changed the rules");
+
+    // The next process: same forwards, nothing written.
+    let second = make(&topo);
+    converge(second.as_ref(), &forwards).await;
+    assert_eq!(
+        handles(&topo),
+        written,
+        "the first sync rewrote unchanged rules"
+    );
+    assert_basic_traffic(&topo, true);
+    assert_eq!(
+        held.echo("after"),
+        "after",
+        "the established connection survives"
+    );
+    drop(held);
+
+    // An incremental change moves the marker with it: a third process with
+    // the changed set adopts too.
+    let changed = &forwards[..3];
+    converge(second.as_ref(), changed).await;
+    let updated = handles(&topo);
+    assert_ne!(updated, written);
+    drop(second);
+    let third = make(&topo);
+    converge(third.as_ref(), changed).await;
+    assert_eq!(
+        handles(&topo),
+        updated,
+        "the marker did not follow the update"
+    );
+
+    // A process with other forwards than the kernel holds rewrites them.
+    drop(third);
+    let fourth = make(&topo);
+    converge(fourth.as_ref(), &forwards).await;
+    assert_ne!(handles(&topo), updated);
+    assert_basic_traffic(&topo, true);
+    converge(fourth.as_ref(), &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nft_restart_adopts_unchanged_rules_without_writing() {
+    if !privileged("nft_restart_adopts_unchanged_rules_without_writing") {
+        return;
+    }
+    restart_adopts(|topo| Box::new(nft(topo))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_nft_restart_adopts_unchanged_rules_without_writing() {
+    if !privileged("iptables_nft_restart_adopts_unchanged_rules_without_writing") {
+        return;
+    }
+    restart_adopts(|topo| {
+        Box::new(IptablesBackend::new(IptablesConfig {
+            kernel: kernel(topo),
+            variant: Variant::Nft,
+        }))
+    })
+    .await;
+}

@@ -196,6 +196,47 @@ impl Copier {
         self.total
     }
 
+    /// A copier resuming a connection another process relayed
+    /// ([`crate::handover`]): a direction whose end of stream was already
+    /// propagated stays done; `total` continues the progress count.
+    pub(crate) fn resumed(mode: SpliceMode, [up_done, down_done]: [bool; 2], total: u64) -> Self {
+        let mut copier = Copier::new(mode);
+        if up_done {
+            copier.up.phase = Phase::Done;
+        }
+        if down_done {
+            copier.down.phase = Phase::Done;
+        }
+        copier.total = total;
+        copier
+    }
+
+    /// Which directions (client → target, target → client) have seen and
+    /// propagated their end of stream.
+    pub(crate) fn done(&self) -> [bool; 2] {
+        [self.up.phase == Phase::Done, self.down.phase == Phase::Done]
+    }
+
+    /// Brings the connection to a clean point for a hand-over: reads nothing
+    /// more, writes out what either direction already read (buffer or pipe).
+    /// Ready once nothing read is left unwritten: what the peers sent since
+    /// stays in the kernel's socket buffers, for the next process to read.
+    pub(crate) fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        pipes: &PipePool,
+    ) -> Poll<io::Result<()>> {
+        let up = self.up.poll_flush(cx, upstream, pipes)?;
+        let down = self.down.poll_flush(cx, client, pipes)?;
+        if up.is_ready() && down.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Relays until both directions have seen EOF (each EOF is propagated as a
     /// write shutdown, so half-closed connections keep flowing the other way) or
     /// until one direction fails.
@@ -232,6 +273,22 @@ impl Half {
             auto: cfg!(target_os = "linux") && mode == SpliceMode::Auto,
             held: None,
         }
+    }
+
+    /// Writes out what this direction holds, reading nothing.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &TcpStream,
+        pipes: &PipePool,
+    ) -> Poll<io::Result<()>> {
+        while self.phase == Phase::Write {
+            ready!(dst.poll_write_ready(cx))?;
+            if self.write_out(dst, pipes)? {
+                self.phase = Phase::Read;
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     // One call per wake-up on the hot path: plain arguments, no context struct to build.

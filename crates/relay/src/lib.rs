@@ -9,11 +9,16 @@
 //! [`Allowlist`] (checked before the target is dialled), a second connection
 //! cap shared by a group of listeners, and the PROXY protocol header written
 //! to the target.
+//!
+//! A relay can hand its listening sockets and established connections over
+//! to the process that replaces it ([`Relay::hand_over`], [`Relay::inherit`];
+//! the `handover` module).
 
 mod allow;
 mod config;
 mod copy;
 mod error;
+pub mod handover;
 mod limits;
 mod proxy_protocol;
 mod tcp;
@@ -34,6 +39,7 @@ use tracing::info;
 pub use allow::{Allowlist, InvalidNetwork};
 pub use config::{RelayConfig, SpliceMode};
 pub use error::RelayError;
+pub use handover::{HANDOVER_VERSION, Handover, HandoverError, Inherited};
 pub use limits::{GateStats, Limit};
 pub use proxy_protocol::{ProxyHeader, header as proxy_header};
 
@@ -130,6 +136,7 @@ pub struct ListenerStats {
 
 /// State shared between the control API and a listener's tasks.
 pub(crate) struct ListenerShared {
+    pub(crate) id: ListenerId,
     pub(crate) protocol: Protocol,
     /// Address actually bound (port 0 resolved).
     pub(crate) listen: SocketAddr,
@@ -162,6 +169,8 @@ pub(crate) struct ListenerShared {
     pub(crate) idle_ticker: AtomicBool,
     /// Tracks every connection / session task of this listener.
     pub(crate) tasks: TaskTracker,
+    /// The relay's hand-over, if one is under way.
+    pub(crate) handover: Arc<handover::Collector>,
 }
 
 impl ListenerShared {
@@ -285,7 +294,8 @@ struct ListenerEntry {
     shared: Arc<ListenerShared>,
     /// Stops the accept / receive loop (which owns the listening socket).
     accept_cancel: CancellationToken,
-    accept_task: JoinHandle<()>,
+    /// Returns the listening socket when stopped during a hand-over.
+    accept_task: JoinHandle<Option<std::os::fd::OwnedFd>>,
 }
 
 struct Inner {
@@ -295,6 +305,10 @@ struct Inner {
     shut_down: AtomicBool,
     /// Relay-wide pool of empty pipes for splice, so idle connections hold none.
     pipes: Arc<copy::PipePool>,
+    /// Set when handing over to the next process.
+    collector: Arc<handover::Collector>,
+    /// Sockets a previous process handed over, until a listener takes them.
+    inherited: Mutex<Inherited>,
 }
 
 /// The relay: a set of listeners served on the current tokio runtime.
@@ -329,6 +343,8 @@ impl Relay {
                 pipes: Arc::new(copy::PipePool::new(Arc::clone(&caps))),
                 caps,
                 shut_down: AtomicBool::new(false),
+                collector: Arc::default(),
+                inherited: Mutex::default(),
             }),
         }
     }
@@ -375,14 +391,35 @@ impl Relay {
                 budget: self.inner.caps.fds.max().unwrap_or(usize::MAX),
             });
         }
-        // Bind synchronously, under the lock, so a failure is reported to this caller
-        // and two concurrent adds of the same id cannot both bind.
+        // An address group's virtual address is bound whether this node
+        // holds it or not (IP_FREEBIND), and only such an address.
         let freebind = self.inner.config.freebind.contains(&spec.listen.ip());
-        let bound = match spec.protocol {
-            Protocol::Tcp => tcp::bind(spec.listen, freebind).map(Bound::Tcp),
-            Protocol::Udp => udp::bind(spec.listen, freebind).map(Bound::Udp),
-        }
-        .and_then(|socket| Ok((socket.local_addr()?, socket)));
+        // A socket a previous process handed over on the same protocol and
+        // address is taken instead of binding: the port never closes.
+        let inherited = self
+            .inner
+            .inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .listeners
+            .remove(&(spec.protocol, spec.listen));
+        let (bound, resumed) = match inherited {
+            Some(l) => {
+                info!(listener = %id, old = %l.old_id, protocol = %spec.protocol, listen = %spec.listen,
+                    connections = l.conns.len(), "relay listener taken over from the previous process");
+                (adopt(spec.protocol, l.socket), Some((l.counters, l.conns)))
+            }
+            // Bind synchronously, under the lock, so a failure is reported to this caller
+            // and two concurrent adds of the same id cannot both bind.
+            None => (
+                match spec.protocol {
+                    Protocol::Tcp => tcp::bind(spec.listen, freebind).map(Bound::Tcp),
+                    Protocol::Udp => udp::bind(spec.listen, freebind).map(Bound::Udp),
+                },
+                None,
+            ),
+        };
+        let bound = bound.and_then(|socket| Ok((socket.local_addr()?, socket)));
         let (listen, socket) = match bound {
             Ok(bound) => bound,
             Err(e) => {
@@ -391,7 +428,9 @@ impl Relay {
             }
         };
         let conn_cancel = CancellationToken::new();
+        let counters = resumed.as_ref().map(|r| r.0).unwrap_or_default();
         let shared = Arc::new(ListenerShared {
+            id,
             protocol: spec.protocol,
             listen,
             target: RwLock::new(spec.target),
@@ -403,17 +442,21 @@ impl Relay {
             last_accepted_at: AtomicU64::new(0),
             caps: Arc::clone(&self.inner.caps),
             active: AtomicUsize::new(0),
-            accepted: AtomicU64::new(0),
+            accepted: AtomicU64::new(counters.accepted),
             refused: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
-            bytes_to_target: AtomicU64::new(0),
-            bytes_from_target: AtomicU64::new(0),
+            bytes_to_target: AtomicU64::new(counters.bytes_to_target),
+            bytes_from_target: AtomicU64::new(counters.bytes_from_target),
             retargeted: Notify::new(),
             conn_cancel,
             idle_ticks: std::sync::atomic::AtomicU32::new(0),
             idle_ticker: AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            handover: Arc::clone(&self.inner.collector),
         });
+        if let Some((_, conns)) = resumed {
+            tcp::resume(&shared, conns, &self.inner.config, &self.inner.pipes);
+        }
         let accept_cancel = CancellationToken::new();
         let accept_task = match socket {
             Bound::Tcp(l) => tokio::spawn(tcp::serve(
@@ -584,12 +627,13 @@ impl Relay {
                 .map(|e| {
                     e.accept_cancel.cancel();
                     // Swap in a finished handle so the real one can be awaited outside the lock.
-                    let task = std::mem::replace(&mut e.accept_task, tokio::spawn(async {}));
+                    let task = std::mem::replace(&mut e.accept_task, tokio::spawn(async { None }));
                     (Arc::clone(&e.shared), task)
                 })
                 .unzip()
         };
         info!(listeners = entries.len(), grace = ?self.inner.config.shutdown_grace, "relay shutting down");
+        self.close_unclaimed();
         for task in tasks {
             let _ = task.await;
         }
@@ -617,6 +661,162 @@ impl Relay {
         }
         info!("relay shut down");
     }
+
+    /// Takes the sockets a previous process handed over: the first [`add`]
+    /// on the same protocol and address takes its listener (and resumes
+    /// its connections) instead of binding. Must be called before those
+    /// adds; [`Relay::close_unclaimed`] closes what none took.
+    ///
+    /// [`add`]: Relay::add
+    pub fn inherit(&self, inherited: Inherited) {
+        info!(
+            listeners = inherited.listeners(),
+            connections = inherited.connections(),
+            "relay inherits the sockets of the previous process"
+        );
+        self.inner
+            .inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .listeners
+            .extend(inherited.listeners);
+    }
+
+    /// Closes the inherited listeners no [`Relay::add`] took (no forward
+    /// wants them any more) and their connections. Returns how many
+    /// listeners and connections it closed.
+    pub fn close_unclaimed(&self) -> (usize, usize) {
+        let left = std::mem::take(
+            &mut *self
+                .inner
+                .inherited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let counts = (left.listeners(), left.connections());
+        if counts != (0, 0) {
+            for ((protocol, listen), l) in &left.listeners {
+                info!(%protocol, %listen, old = %l.old_id, connections = l.conns.len(),
+                    "closing an inherited listener no forward wants");
+            }
+        }
+        counts
+    }
+
+    /// Hands everything over to the next process instead of shutting down:
+    /// stops accepting but keeps every listening socket open, brings each
+    /// TCP connection to a clean point (no more reads, what was read is
+    /// written out within [`handover::FLUSH_BOUND`]), ends UDP sessions,
+    /// and returns the sockets with their description. Connections that
+    /// cannot be brought to a clean point in time are closed and counted
+    /// in [`Handover::lost`]. The relay serves nothing afterwards and
+    /// `add` fails; the sockets close when the returned value is dropped,
+    /// so the caller must have passed them on first.
+    pub async fn hand_over(&self) -> Handover {
+        self.inner.shut_down.store(true, Ordering::Release);
+        // Before the connections are woken: each checks it after taking
+        // its wake-up token (`tcp::relay`).
+        self.inner.collector.start();
+        let entries: Vec<_> = {
+            let mut map = self.lock();
+            map.values_mut()
+                .map(|e| {
+                    e.accept_cancel.cancel();
+                    let task = std::mem::replace(&mut e.accept_task, tokio::spawn(async { None }));
+                    (Arc::clone(&e.shared), task)
+                })
+                .collect()
+        };
+        info!(
+            listeners = entries.len(),
+            "relay handing over to the next process"
+        );
+        let mut listeners = Vec::with_capacity(entries.len());
+        let mut udp_sessions = 0;
+        let mut shareds = Vec::with_capacity(entries.len());
+        for (shared, task) in entries {
+            match task.await {
+                Ok(Some(fd)) => listeners.push(handover::HandedListener {
+                    id: shared.id,
+                    protocol: shared.protocol,
+                    listen: shared.listen,
+                    fd,
+                    counters: handover::Counters {
+                        accepted: shared.accepted.load(Ordering::Relaxed),
+                        bytes_to_target: shared.bytes_to_target.load(Ordering::Relaxed),
+                        bytes_from_target: shared.bytes_from_target.load(Ordering::Relaxed),
+                    },
+                }),
+                _ => tracing::warn!(listen = %shared.listen, protocol = %shared.protocol,
+                    "the listening socket could not be kept for the next process"),
+            }
+            match shared.protocol {
+                Protocol::Udp => {
+                    udp_sessions += shared.active.load(Ordering::Relaxed);
+                    shared.conn_cancel.cancel();
+                }
+                Protocol::Tcp => {
+                    // Wakes every connection, which sees the hand-over.
+                    let fresh = shared.conn_cancel.child_token();
+                    let old = std::mem::replace(
+                        &mut *shared
+                            .allow_epoch
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner),
+                        fresh,
+                    );
+                    old.cancel();
+                }
+            }
+            shared.tasks.close();
+            shareds.push(shared);
+        }
+        // Connections still connecting to their target get a second more
+        // than the flush bound to finish; then they are cut.
+        let waited = tokio::time::timeout(
+            handover::FLUSH_BOUND + std::time::Duration::from_secs(1),
+            async {
+                for shared in &shareds {
+                    shared.tasks.wait().await;
+                }
+            },
+        )
+        .await;
+        let mut cut = 0;
+        if waited.is_err() {
+            for shared in &shareds {
+                if shared.protocol == Protocol::Tcp {
+                    cut += shared.tasks.len();
+                }
+                shared.conn_cancel.cancel();
+            }
+        }
+        for shared in &shareds {
+            shared.tasks.wait().await;
+        }
+        self.close_unclaimed();
+        let lost = self.inner.collector.lost.load(Ordering::Relaxed) + cut;
+        let conns = self.inner.collector.take();
+        let handover = handover::encode(listeners, conns, lost, udp_sessions);
+        info!(
+            listeners = handover.listeners,
+            connections = handover.connections,
+            lost = handover.lost,
+            udp_sessions_ended = handover.udp_sessions,
+            "relay ready to hand over"
+        );
+        handover
+    }
+}
+
+/// The listener of a socket another process handed over.
+fn adopt(protocol: Protocol, socket: socket2::Socket) -> std::io::Result<Bound> {
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    Ok(match protocol {
+        Protocol::Tcp => Bound::Tcp(tokio::net::TcpListener::from_std(socket.into())?),
+        Protocol::Udp => Bound::Udp(tokio::net::UdpSocket::from_std(socket.into())?),
+    })
 }
 
 enum Bound {

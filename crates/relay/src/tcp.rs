@@ -96,7 +96,7 @@ pub(crate) async fn serve(
     config: RelayConfig,
     cancel: CancellationToken,
     pipes: Arc<PipePool>,
-) {
+) -> Option<std::os::fd::OwnedFd> {
     let config = Arc::new(config);
     loop {
         let accepted = tokio::select! {
@@ -163,6 +163,59 @@ pub(crate) async fn serve(
         }
     }
     debug!(listen = %shared.listen, "accept loop stopped");
+    // Handing over: the socket stays open for the next process, with the
+    // connections the kernel completes into its backlog meanwhile.
+    if shared.handover.active() {
+        return listener.into_std().ok().map(Into::into);
+    }
+    None
+}
+
+/// Resumes connections a previous process handed over
+/// ([`crate::handover`]) on the listener that took their listening socket:
+/// each under the listener's limits (one that no longer fits is closed),
+/// with the copy engine of this relay and the direction states it had.
+pub(crate) fn resume(
+    shared: &Arc<ListenerShared>,
+    conns: Vec<crate::handover::InheritedConn>,
+    config: &RelayConfig,
+    pipes: &Arc<PipePool>,
+) {
+    let config = Arc::new(config.clone());
+    for c in conns {
+        let Some(guard) = ActiveGuard::try_acquire(shared) else {
+            warn!(listen = %shared.listen, "an inherited connection does not fit the limits any more; closing it");
+            continue;
+        };
+        let streams = (|| -> io::Result<_> {
+            c.client.set_nonblocking(true)?;
+            c.upstream.set_nonblocking(true)?;
+            let client = TcpStream::from_std(c.client.into())?;
+            let upstream = TcpStream::from_std(c.upstream.into())?;
+            let peer = client.peer_addr()?;
+            Ok((client, upstream, peer))
+        })();
+        let (client, upstream, peer) = match streams {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(listen = %shared.listen, error = %e, "an inherited connection is gone");
+                continue;
+            }
+        };
+        let conn = Conn {
+            copier: Copier::resumed(config.splice, c.done, c.bytes),
+            client,
+            upstream: Some(upstream),
+            guard,
+            pipes: Arc::clone(pipes),
+            config: Arc::clone(&config),
+            ip: peer.ip(),
+            port: peer.port(),
+            seen: 0,
+            active_tick: 0,
+        };
+        shared.tasks.spawn(relay(conn));
+    }
 }
 
 /// The task of one admitted connection.
@@ -272,16 +325,19 @@ impl Conn {
 fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
     async move {
         // Boxed: connecting and the header need timers and cancellation futures
-        // for a moment; the task keeps only what the copy needs.
-        conn.upstream = Box::pin(connect(
-            &conn.client,
-            conn.peer(),
-            &conn.guard.0,
-            &conn.config,
-        ))
-        .await;
+        // for a moment; the task keeps only what the copy needs. A resumed
+        // connection is connected already.
         if conn.upstream.is_none() {
-            return;
+            conn.upstream = Box::pin(connect(
+                &conn.client,
+                conn.peer(),
+                &conn.guard.0,
+                &conn.config,
+            ))
+            .await;
+            if conn.upstream.is_none() {
+                return;
+            }
         }
         if let Some(timeout) = conn.config.tcp_idle_timeout {
             idle_ticker(&conn.guard.0, timeout);
@@ -292,6 +348,11 @@ fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
             // Taken before the check, so that an allowlist change after the
             // check cancels this token and the loop checks again.
             let cancelled = shared.allow_epoch().cancelled_owned();
+            // Likewise: the hand-over is announced before the token is
+            // cancelled.
+            if shared.handover.active() {
+                break End::HandOver;
+            }
             if !shared.allows(conn.ip) {
                 shared.denied.fetch_add(1, Ordering::Relaxed);
                 break End::Denied;
@@ -311,6 +372,14 @@ fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
                 end => break end,
             }
         };
+        if let End::HandOver = end {
+            // A task of its own (tracked with the listener's, so the
+            // hand-over waits for it): awaited here, its timer would grow
+            // every connection's future.
+            let tasks = conn.guard.0.tasks.clone();
+            tasks.spawn(hand_over(conn));
+            return;
+        }
         // Asked of the sockets only when debug logging is on.
         let peer = conn.peer();
         let target = || conn.upstream.as_ref().and_then(|u| u.peer_addr().ok());
@@ -327,8 +396,52 @@ fn relay(mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
                 debug!(%peer, target = ?target(), "client no longer in the allowlist; resetting");
                 let _ = socket2::SockRef::from(&conn.client).set_linger(Some(Duration::ZERO));
             }
+            End::HandOver => {}
         }
     }
+}
+
+/// Brings a connection to a clean point (nothing read left unwritten) and
+/// gives its sockets to the relay's hand-over; counts it as lost when that
+/// fails or takes longer than [`crate::handover::FLUSH_BOUND`].
+async fn hand_over(conn: Conn) {
+    let Conn {
+        client,
+        upstream,
+        mut copier,
+        guard,
+        pipes,
+        ..
+    } = conn;
+    let shared = &guard.0;
+    let Some(upstream) = upstream else { return };
+    let flushed = tokio::time::timeout(
+        crate::handover::FLUSH_BOUND,
+        std::future::poll_fn(|cx| copier.poll_flush(cx, &client, &upstream, &pipes)),
+    )
+    .await;
+    let why = match flushed {
+        Ok(Ok(())) => match (client.into_std(), upstream.into_std()) {
+            (Ok(client), Ok(upstream)) => {
+                shared.handover.push(crate::handover::HandedConn {
+                    listener: shared.id,
+                    client: client.into(),
+                    upstream: upstream.into(),
+                    done: copier.done(),
+                    bytes: copier.progress(),
+                });
+                return;
+            }
+            (Err(e), _) | (_, Err(e)) => e.to_string(),
+        },
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "what it had read could not be written out within {:?}",
+            crate::handover::FLUSH_BOUND
+        ),
+    };
+    shared.handover.lost.fetch_add(1, Ordering::Relaxed);
+    warn!(listen = %shared.listen, error = %why, "a connection is closed instead of handed over");
 }
 
 /// Ticks of the idle clock per idle timeout: a connection is closed after
@@ -451,6 +564,8 @@ enum End {
     Cut,
     Idle,
     Denied,
+    /// The relay hands its connections over to the next process.
+    HandOver,
 }
 
 /// Writes all of `buf` to a socket (the PROXY header: one write in practice,

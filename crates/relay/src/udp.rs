@@ -54,7 +54,7 @@ pub(crate) async fn serve(
     shared: Arc<ListenerShared>,
     config: RelayConfig,
     cancel: CancellationToken,
-) {
+) -> Option<std::os::fd::OwnedFd> {
     let socket = Arc::new(socket);
     let table: Table = Arc::new(Mutex::new(HashMap::new()));
     let epoch = Instant::now();
@@ -165,6 +165,13 @@ pub(crate) async fn serve(
     }
     // Dropping the table cancels all sessions of this listener.
     lock(&table).clear();
+    // Handing over: a second descriptor of the socket outlives this task
+    // (session tasks may still hold the first), for the next process.
+    if shared.handover.active() {
+        use std::os::fd::AsFd;
+        return socket.as_fd().try_clone_to_owned().ok();
+    }
+    None
 }
 
 async fn connect_upstream(target: SocketAddr) -> io::Result<UdpSocket> {

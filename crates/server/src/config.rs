@@ -452,6 +452,12 @@ pub const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         section: "agent",
+        key: "handover",
+        default: "true",
+        help: "navigator-agent, relay backend: on SIGTERM under systemd (NOTIFY_SOCKET set), hand the listening sockets and established connections to the next process through systemd's file descriptor store, so that a restart or upgrade drops no connection and refuses none (each connection writes out what it already read within 2 s, or is closed). false: SIGTERM stops accepting and lets connections finish for up to 10 s. The other backends keep their rules in the kernel either way.",
+    },
+    OptionDoc {
+        section: "agent",
         key: "iptables_variant",
         default: "auto",
         help: "iptables backend: auto (the host's iptables), nft (iptables-nft) or legacy (iptables-legacy).",
