@@ -29,7 +29,7 @@ pub const NODE_KEYS: &[(&str, &str, &str)] = &[
     (
         "run_dir",
         "/run/navigator",
-        "Directory of the rendered keepalived configuration, its pid files and log, and the agent's own pid file (which keepalived's agent check reads).",
+        "Directory of the rendered keepalived configuration, its pid files and log, and the agent's own pid file and the agent check's file (which keepalived tracks).",
     ),
     (
         "agent_check_delay",
@@ -165,10 +165,22 @@ impl VrrpConfig {
         self.run_dir.join("keepalived.log")
     }
 
-    /// The agent's pid file, locked while the agent lives: keepalived's
-    /// agent check tries the lock.
+    /// The agent's pid file, locked while the agent lives: the agent
+    /// watcher waits for the lock.
     pub fn agent_pid_path(&self) -> PathBuf {
         self.run_dir.join("navigator-agent.pid")
+    }
+
+    /// The agent check's file, which keepalived tracks: `0` while the agent
+    /// lives or has been gone less than `agent_check_delay`, `1` after.
+    pub fn agent_gone_path(&self) -> PathBuf {
+        self.run_dir.join("agent-gone")
+    }
+
+    /// The watcher's pid file (a detached `flock` waiting for the agent's
+    /// lock; supervise.rs).
+    pub fn watcher_pid_path(&self) -> PathBuf {
+        self.run_dir.join("agent-watch.pid")
     }
 
     /// What the configuration cannot tell alone: the interfaces exist and

@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::Path;
 
 use super::config::{GroupConfig, VrrpConfig};
 
@@ -15,11 +14,6 @@ pub const AGENT_CHECK: &str = "navigator_agent";
 pub struct RenderContext<'a> {
     /// keepalived's `router_id` (the agent's host name).
     pub host: &'a str,
-    /// The user keepalived runs its check as: the agent's own (root, or
-    /// the unit's user).
-    pub script_user: &'a str,
-    /// flock(1), which the agent check runs.
-    pub flock: &'a Path,
 }
 
 /// keepalived's name for one group's instance of one family.
@@ -34,10 +28,10 @@ pub fn instance_name(group: &str, ipv6: bool) -> String {
 /// because v2 rounds sub-second intervals up to whole seconds. A group
 /// with addresses of both families gets one instance per family (VRRP runs
 /// per family), with the same id, in one sync group so that they move
-/// together. The agent check tries the lock the agent
-/// holds on its pid file: it fails once the agent is gone, and after
-/// `agent_check_delay` of failures the instance goes to FAULT and gives the
-/// address up; an agent restart is shorter and moves nothing.
+/// together. The agent check is a tracked file (weight 0: any value but 0
+/// is a FAULT, which gives the address up) that the agent's watcher sets
+/// once the agent has been gone `agent_check_delay`; an agent restart is
+/// shorter and moves nothing.
 pub fn render(config: &VrrpConfig, context: &RenderContext<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -47,25 +41,17 @@ pub fn render(config: &VrrpConfig, context: &RenderContext<'_>) -> String {
     );
     let _ = writeln!(out, "global_defs {{");
     let _ = writeln!(out, "  router_id {}", keepalived_word(context.host));
-    let _ = writeln!(
-        out,
-        "  script_user {}",
-        keepalived_word(context.script_user)
-    );
-    let _ = writeln!(out, "  enable_script_security");
     let _ = writeln!(out, "}}");
     let _ = writeln!(out);
-    let _ = writeln!(out, "vrrp_script {AGENT_CHECK} {{");
-    let _ = writeln!(
-        out,
-        "  script \"{} --nonblock --conflict-exit-code 0 {} /bin/false\"",
-        context.flock.display(),
-        config.agent_pid_path().display()
-    );
-    let _ = writeln!(out, "  interval 1");
-    let _ = writeln!(out, "  timeout 2");
-    let _ = writeln!(out, "  fall {}", config.agent_check_delay.as_secs().max(1));
-    let _ = writeln!(out, "  rise 1");
+    // Not a vrrp_script: keepalived runs scripts as a script user it must
+    // switch to, which a non-root agent (the packaged unit) cannot let it
+    // do (it lacks CAP_SETGID: keepalived then disables the check, or runs
+    // it as a child that exits 0, a check that always succeeds). A file
+    // needs no process: the agent's watcher writes 1 into it once the
+    // agent has been gone `agent_check_delay` (supervise.rs).
+    let _ = writeln!(out, "track_file {AGENT_CHECK} {{");
+    let _ = writeln!(out, "  file \"{}\"", config.agent_gone_path().display());
+    let _ = writeln!(out, "  weight 0");
     let _ = writeln!(out, "}}");
     for group in &config.groups {
         let mut families = Vec::new();
@@ -124,7 +110,7 @@ fn instance(out: &mut String, group: &GroupConfig, ipv6: bool, addresses: &[&(Ip
         }
         let _ = writeln!(out, "  }}");
     }
-    let _ = writeln!(out, "  track_script {{");
+    let _ = writeln!(out, "  track_file {{");
     let _ = writeln!(out, "    {AGENT_CHECK}");
     let _ = writeln!(out, "  }}");
     let _ = writeln!(out, "  virtual_ipaddress {{");
@@ -173,14 +159,7 @@ mod tests {
         let config = super::super::config::parse("t.conf", &values, &[], "nft")
             .unwrap()
             .unwrap();
-        let rendered = render(
-            &config,
-            &RenderContext {
-                host: "proxy 1",
-                script_user: "root",
-                flock: Path::new("/usr/bin/flock"),
-            },
-        );
+        let rendered = render(&config, &RenderContext { host: "proxy 1" });
         let expected = include_str!("snapshots/keepalived.conf");
         assert_eq!(rendered, expected, "rendered:\n{rendered}");
     }

@@ -9,8 +9,9 @@
 //! the configuration and sends SIGHUP only when the text changed. If
 //! keepalived exits, it is started again with [`navigator_core::Backoff`].
 //! On shutdown the agent leaves it running; the agent check of the rendered
-//! configuration (a lock on the agent's pid file) makes the node give its
-//! addresses up once the agent has been gone `agent_check_delay`.
+//! configuration (a file keepalived tracks, set by a watcher waiting for
+//! the lock on the agent's pid file) makes the node give its addresses up
+//! once the agent has been gone `agent_check_delay`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
@@ -31,8 +32,8 @@ const POLL: Duration = Duration::from_millis(250);
 const MAX_LOG_BYTES: u64 = 4 << 20;
 /// A keepalived that ran this long before exiting starts again at once.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
-/// How long the agent waits for its pid file's lock (a keepalived check
-/// may hold it for a moment).
+/// How long the agent waits for its pid file's lock, and for a previous
+/// agent's watcher to be gone.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Why keepalived could not be set up.
@@ -84,18 +85,15 @@ impl Keepalived {
     ) -> Result<Keepalived, VrrpError> {
         std::fs::create_dir_all(&config.run_dir)
             .map_err(io(&config.run_dir, "cannot create the directory"))?;
-        let agent_lock = lock_pid_file(&config.agent_pid_path())?;
         let flock = find_program(Path::new("flock")).ok_or(VrrpError::Missing("flock"))?;
         let setsid = find_program(Path::new("setsid")).ok_or(VrrpError::Missing("setsid"))?;
-        let user = script_user();
-        let text = render(
-            config,
-            &RenderContext {
-                host,
-                script_user: &user,
-                flock: &flock,
-            },
-        );
+        // The previous agent's watcher holds the lock once that agent is
+        // gone: it goes first, and the address stays (the file says 0).
+        stop_watcher(config);
+        let agent_lock = lock_pid_file(&config.agent_pid_path())?;
+        write_atomically(&config.agent_gone_path(), "0\n")?;
+        start_watcher(config, &flock, &setsid)?;
+        let text = render(config, &RenderContext { host });
         let conf = config.conf_path();
         let changed = std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str());
         if changed {
@@ -281,8 +279,8 @@ pub fn stop(config: &VrrpConfig) {
 }
 
 /// Opens, locks (exclusively) and fills the agent's pid file. The lock is
-/// what keepalived's agent check tries; it goes with the process, so a
-/// crashed agent or a reused pid cannot fake a live one.
+/// what the watcher waits for; it goes with the process, so a crashed
+/// agent or a reused pid cannot fake a live one.
 fn lock_pid_file(path: &Path) -> Result<File, VrrpError> {
     let mut file = OpenOptions::new()
         .create(true)
@@ -317,24 +315,65 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), VrrpError> {
     std::fs::rename(&tmp, path).map_err(io(path, "cannot replace"))
 }
 
-/// The user keepalived runs the agent check as: the agent's own, so the
-/// check can take the lock; root's name when root.
-fn script_user() -> String {
-    let uid = rustix::process::geteuid().as_raw();
-    if uid == 0 {
-        return "root".into();
+/// Stops the watcher a previous agent left (its process group: flock and
+/// the shell it runs), if its pid file names one of ours.
+fn stop_watcher(config: &VrrpConfig) {
+    let Ok(text) = std::fs::read_to_string(config.watcher_pid_path()) else {
+        return;
+    };
+    let Some(pid) = text.trim().parse::<i32>().ok().filter(|pid| *pid > 1) else {
+        return;
+    };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return;
+    };
+    let lock = config.agent_pid_path();
+    let lock = lock.as_os_str().as_encoded_bytes();
+    if !cmdline.split(|b| *b == 0).any(|arg| arg == lock) {
+        return;
     }
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let mut fields = line.split(':');
-                let name = fields.next()?;
-                let id = fields.nth(1)?;
-                (id.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-            })
-        })
-        .unwrap_or_else(|| "navigator".into())
+    if let Some(group) = rustix::process::Pid::from_raw(pid)
+        && let Err(e) = rustix::process::kill_process_group(group, rustix::process::Signal::KILL)
+    {
+        tracing::warn!(target: "keepalived", pid, "cannot stop the previous agent's watcher: {e}");
+    }
+    // Its lock goes with its processes; wait for them to be gone.
+    let deadline = Instant::now() + LOCK_WAIT;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts the watcher: `flock` on the agent's pid file, detached in a
+/// session of its own, waits for the lock the agent holds, so it gets it
+/// only once the agent is gone (however it went); then it waits
+/// `agent_check_delay` and writes 1 into the file keepalived tracks, which
+/// puts the node's instances in FAULT (the addresses go). A new agent
+/// stops it before that (`stop_watcher`) and writes 0.
+fn start_watcher(config: &VrrpConfig, flock: &Path, setsid: &Path) -> Result<(), VrrpError> {
+    let gone = config.agent_gone_path();
+    let child = std::process::Command::new(setsid)
+        .arg(flock)
+        .arg(config.agent_pid_path())
+        .args([
+            "/bin/sh",
+            "-c",
+            "sleep \"$1\" && printf '1\\n' > \"$2.tmp\" && mv -f \"$2.tmp\" \"$2\"",
+            "navigator-agent-watch",
+        ])
+        .arg(config.agent_check_delay.as_secs().to_string())
+        .arg(&gone)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(io(flock, "cannot start the agent watcher"))?;
+    std::fs::write(config.watcher_pid_path(), format!("{}\n", child.id()))
+        .map_err(io(&config.watcher_pid_path(), "cannot write"))?;
+    // Not waited for: it ends after this process (a std Child is not
+    // killed on drop).
+    drop(child);
+    Ok(())
 }
 
 /// Logs keepalived's output lines (it writes them to its console, which is

@@ -12,8 +12,9 @@
 //! virtual ::100, one group with both addresses; VRRP unicast over IPv4,
 //! multicast over IPv6). Both bridges live in a namespace of their own. Every name starts with
 //! `navk` and carries the process id and a counter; the namespaces go in
-//! `Drop`, and every process this module starts (and the keepalived of each
-//! node, read from its pid file) is killed by pid there.
+//! `Drop`, and every process this module starts (and the keepalived and
+//! agent watcher of each node, read from their pid files) is killed by pid
+//! there.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,6 +86,20 @@ impl Node {
 
     pub fn log_path(&self) -> PathBuf {
         self.run_dir.join("node.log")
+    }
+
+    /// The agent watcher's process group (flock, its shell and sleep),
+    /// from its pid file.
+    pub fn kill_watcher(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.run_dir.join("agent-watch.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+            && pid > 1
+        {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     /// The keepalived of this node, from its pid file.
@@ -269,6 +284,7 @@ impl Topology {
         if let Some(pid) = node.keepalived_pid() {
             kill9(pid);
         }
+        node.kill_watcher();
         // The VRRP child too, in case it outlived its parent.
         if let Ok(pid) = std::fs::read_to_string(node.run_dir.join("keepalived-vrrp.pid"))
             && let Ok(pid) = pid.trim().parse()
@@ -372,10 +388,12 @@ impl Drop for Topology {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-            // keepalived outlives its agent by design: stop it by pid.
+            // keepalived and the agent watcher outlive the agent by
+            // design: stop them by pid.
             if let Some(pid) = node.keepalived_pid() {
                 kill9(pid);
             }
+            node.kill_watcher();
             if let Ok(pid) = std::fs::read_to_string(node.run_dir.join("keepalived-vrrp.pid"))
                 && let Ok(pid) = pid.trim().parse()
             {
