@@ -242,6 +242,9 @@ pub(crate) fn encode(
 #[derive(Debug, Default)]
 pub struct Inherited {
     pub(crate) listeners: HashMap<(Protocol, SocketAddr), InheritedListener>,
+    /// Connections described whose sockets did not arrive (they hung up
+    /// while stored, and the store dropped them).
+    pub(crate) missing: usize,
 }
 
 #[derive(Debug)]
@@ -277,21 +280,26 @@ impl Inherited {
         }
         let state: State =
             serde_json::from_slice(state).map_err(|e| HandoverError::Malformed(e.to_string()))?;
-        // Take every named socket first, so that an error closes them all.
+        // Take every named socket first, so that an error closes them all. A
+        // listener's socket must be there; a connection's may be missing
+        // (systemd drops a stored socket that hung up, unless told not to),
+        // which ends that connection only.
         let mut taken: HashMap<String, Socket> = HashMap::new();
-        let names = state.listeners.iter().map(|l| &l.fd).chain(
-            state
-                .connections
-                .iter()
-                .flat_map(|c| [&c.client, &c.upstream]),
-        );
-        for name in names {
+        let listener_names = state.listeners.iter().map(|l| (&l.fd, true));
+        let conn_names = state
+            .connections
+            .iter()
+            .flat_map(|c| [(&c.client, false), (&c.upstream, false)]);
+        for (name, required) in listener_names.chain(conn_names) {
             if taken.contains_key(name) {
                 return Err(HandoverError::DuplicateFd(name.clone()));
             }
-            let fd = fds
-                .remove(name)
-                .ok_or_else(|| HandoverError::MissingFd(name.clone()))?;
+            let Some(fd) = fds.remove(name) else {
+                if required {
+                    return Err(HandoverError::MissingFd(name.clone()));
+                }
+                continue;
+            };
             let socket = Socket::from(fd);
             // Received without close-on-exec (systemd's LISTEN_FDS): no child
             // of this process may keep a relayed connection open.
@@ -344,12 +352,14 @@ impl Inherited {
             if key.0 != Protocol::Tcp {
                 return Err(mismatch(&c.client, "a connection of a UDP listener".into()));
             }
-            let client = taken
-                .remove(&c.client)
-                .ok_or_else(|| HandoverError::MissingFd(c.client.clone()))?;
-            let upstream = taken
-                .remove(&c.upstream)
-                .ok_or_else(|| HandoverError::MissingFd(c.upstream.clone()))?;
+            let (Some(client), Some(upstream)) =
+                (taken.remove(&c.client), taken.remove(&c.upstream))
+            else {
+                // Half of it or all of it is gone: the connection ended in
+                // the gap (the other socket, if any, is closed here).
+                inherited.missing += 1;
+                continue;
+            };
             check_socket(&client, Protocol::Tcp, None).map_err(|why| mismatch(&c.client, why))?;
             check_socket(&upstream, Protocol::Tcp, None)
                 .map_err(|why| mismatch(&c.upstream, why))?;
@@ -368,6 +378,11 @@ impl Inherited {
     /// Listeners waiting for a taker.
     pub fn listeners(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// Connections described but not received whole (ended in the gap).
+    pub fn missing(&self) -> usize {
+        self.missing
     }
 
     /// Connections waiting for their listener's taker.
@@ -456,5 +471,27 @@ mod tests {
         let inherited = Inherited::parse(good.as_bytes(), &mut fds).expect("valid");
         assert_eq!(inherited.listeners(), 1);
         assert_eq!(fds.len(), 1, "the unnamed socket stays with the caller");
+    }
+
+    /// A connection whose sockets did not arrive (systemd dropped them when
+    /// they hung up) ends alone; the rest is taken.
+    #[test]
+    fn a_connection_missing_its_sockets_is_skipped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut fds = HashMap::new();
+        fds.insert("l".to_owned(), OwnedFd::from(listener));
+        let state = format!(
+            r#"{{"version":1,"listeners":[{{"fd":"l","id":"1","protocol":"tcp","listen":"{addr}","accepted":0,"bytes_to_target":0,"bytes_from_target":0}}],"connections":[{{"listener":"l","client":"c","upstream":"u","up_done":false,"down_done":false,"bytes":0}}]}}"#
+        );
+        let inherited = Inherited::parse(state.as_bytes(), &mut fds).expect("valid");
+        assert_eq!(
+            (
+                inherited.listeners(),
+                inherited.connections(),
+                inherited.missing()
+            ),
+            (1, 0, 1)
+        );
     }
 }

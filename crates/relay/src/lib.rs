@@ -669,6 +669,7 @@ impl Relay {
         info!(
             listeners = inherited.listeners(),
             connections = inherited.connections(),
+            ended_in_the_gap = inherited.missing(),
             "relay inherits the sockets of the previous process"
         );
         self.inner
