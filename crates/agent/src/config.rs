@@ -90,6 +90,9 @@ pub enum ConfigError {
         value: String,
         message: String,
     },
+    /// A `[vrrp]` or `[vrrp:NAME]` section.
+    #[error(transparent)]
+    Vrrp(#[from] crate::vrrp::VrrpConfigError),
 }
 
 /// The typed configuration of `navigator-agent`.
@@ -118,6 +121,8 @@ pub struct AgentFileConfig {
     /// Every key of [`DEFAULTS`] with its value in force (the file's, else
     /// the default), for SIGHUP to tell what changed.
     pub values: OptionValues,
+    /// This node's address groups (`[vrrp]`, `[vrrp:NAME]`), if any.
+    pub vrrp: Option<crate::vrrp::VrrpConfig>,
 }
 
 struct Raw {
@@ -186,7 +191,16 @@ impl AgentFileConfig {
             values,
         };
         let host = raw.parse("DEFAULT", "host", options::host_name)?;
+        let external_addresses =
+            raw.parse("agent", "external_addresses", options::external_addresses)?;
+        let backend = raw.parse("agent", "backend", options::backend)?;
+        let vrrp = crate::vrrp::config::parse(path, &raw.values, &external_addresses, &backend)?;
+        let freebind_addresses = vrrp
+            .as_ref()
+            .map(crate::vrrp::VrrpConfig::virtual_addresses)
+            .unwrap_or_default();
         Ok(AgentFileConfig {
+            vrrp,
             log: navigator_log::LogOptions {
                 debug: raw.parse("DEFAULT", "debug", options::boolean)?,
                 format: raw.parse("DEFAULT", "log_format", navigator_log::log_format)?,
@@ -218,16 +232,12 @@ impl AgentFileConfig {
                 }
                 rabbit
             },
-            external_addresses: raw.parse(
-                "agent",
-                "external_addresses",
-                options::external_addresses,
-            )?,
+            external_addresses,
             port_range: raw.parse("agent", "port_range", options::port_range)?,
             report_interval: raw.parse("agent", "report_interval", options::seconds)?,
             handover: raw.parse("agent", "handover", options::boolean)?,
             backend: BackendOptions {
-                backend: raw.parse("agent", "backend", options::backend)?,
+                backend,
                 conntrack_cleanup: raw.parse("agent", "conntrack_cleanup", |v| v.parse())?,
                 fix_sysctls: raw.parse("agent", "fix_sysctls", options::boolean)?,
                 full_sync_interval: raw.parse("agent", "full_sync_interval", options::seconds)?,
@@ -256,6 +266,7 @@ impl AgentFileConfig {
                 connect_timeout: raw.parse("relay", "connect_timeout", options::seconds)?,
                 shutdown_grace: SHUTDOWN_GRACE,
                 host: host.clone(),
+                freebind_addresses,
             },
             fd_wanted: crate::fd_budget::Wanted {
                 api: None,
@@ -395,6 +406,31 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "t.conf: [DEFAULT] log_format = \"syslog\": expected text or json"
+        );
+    }
+
+    #[test]
+    fn address_groups_give_the_relay_its_freebind_addresses() {
+        let text = format!(
+            "{RABBIT}[agent]\nexternal_addresses = 192.0.2.11\n[vrrp:web]\nvirtual_addresses = 192.0.2.100/24\ninterface = eth0\nvirtual_router_id = 9\n"
+        );
+        let config = AgentFileConfig::parse("t.conf", &text).unwrap();
+        let vrrp = config.vrrp.unwrap();
+        assert_eq!(vrrp.groups[0].name, "web");
+        assert_eq!(
+            config.backend.freebind_addresses,
+            vec!["192.0.2.100".parse::<IpAddr>().unwrap()]
+        );
+        let config = AgentFileConfig::parse("t.conf", RABBIT).unwrap();
+        assert!(config.vrrp.is_none() && config.backend.freebind_addresses.is_empty());
+        let text = format!(
+            "{RABBIT}[agent]\nbackend = socat\n[vrrp:web]\nvirtual_addresses = 192.0.2.100\ninterface = eth0\nvirtual_router_id = 9\n"
+        );
+        let err = AgentFileConfig::parse("t.conf", &text).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.conf: [vrrp:web]: address groups need"),
+            "{err}"
         );
     }
 

@@ -21,6 +21,7 @@ pub mod privileges;
 pub mod reload;
 mod service;
 mod state;
+pub mod vrrp;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -107,6 +108,8 @@ pub struct Agent {
     state: Mutex<State>,
     /// Where [`Agent::shutdown`] hands the data plane over, if it does.
     handover: std::sync::Mutex<Option<HandoverSink>>,
+    /// This node's address groups, reported with each heartbeat.
+    groups: Option<Arc<vrrp::Groups>>,
 }
 
 /// Takes what the backend carries and the sockets it hands over, to pass
@@ -120,7 +123,15 @@ impl Agent {
             backend,
             state: Mutex::new(State::default()),
             handover: std::sync::Mutex::new(None),
+            groups: None,
         }
+    }
+
+    /// The agent of a member of address groups: its reports list them
+    /// ([`features::GROUPS`]).
+    pub fn with_groups(mut self, groups: Arc<vrrp::Groups>) -> Agent {
+        self.groups = Some(groups);
+        self
     }
 
     /// From now on [`Agent::shutdown`] hands the data plane over to `sink`
@@ -405,6 +416,12 @@ impl Agent {
             digests: None,
             groups: Vec::new(),
         };
+        if let Some(groups) = &self.groups {
+            // Every backend a group allows (not socat, refused at start-up)
+            // carries forwards on a virtual address held or not.
+            report.features.push(features::GROUPS.to_owned());
+            report.groups = groups.states();
+        }
         report.set_digest(state.digest());
         report
     }

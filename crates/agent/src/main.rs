@@ -99,6 +99,18 @@ fn main() -> ExitCode {
     };
     let mut config = config;
     config.log.debug |= args.debug;
+    // What the file alone cannot tell: the groups' interfaces exist and
+    // keepalived is installed. A usage error too.
+    let keepalived = match &config.vrrp {
+        Some(vrrp) => match vrrp.check_host(&path.display().to_string()) {
+            Ok(program) => Some(program),
+            Err(e) => {
+                eprintln!("navigator-agent: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
     let logging = match navigator_log::init("navigator-agent", &config.log, "lapin=warn") {
         Ok(logging) => logging,
         Err(e) => {
@@ -108,7 +120,11 @@ fn main() -> ExitCode {
     };
     // Before anything runs a backend: what the data plane does not need is
     // gone for the rest of the process and its children.
-    let needed = navigator_agent::privileges::needed(&config.backend.backend, config.port_range);
+    let needed = navigator_agent::privileges::needed(
+        &config.backend.backend,
+        config.port_range,
+        config.vrrp.is_some(),
+    );
     match navigator_agent::privileges::keep_only(&needed) {
         Ok(navigator_agent::privileges::Outcome::Root) => {
             tracing::info!("running as root: capabilities not reduced")
@@ -166,7 +182,7 @@ fn main() -> ExitCode {
         logging,
         &config,
     ));
-    match run(config, broker, &path, reloader, received) {
+    match run(config, broker, &path, reloader, keepalived, received) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -240,13 +256,14 @@ fn run(
     broker: Broker,
     path: &Path,
     reloader: Arc<navigator_agent::reload::Reloader>,
+    keepalived: Option<PathBuf>,
     received: Option<navigator_agent::handover::Received>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, broker, path, reloader, received))
+    runtime.block_on(serve(config, broker, path, reloader, keepalived, received))
 }
 
 async fn serve(
@@ -254,9 +271,45 @@ async fn serve(
     broker: Broker,
     path: &Path,
     reloader: Arc<navigator_agent::reload::Reloader>,
+    keepalived: Option<PathBuf>,
     received: Option<navigator_agent::handover::Received>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    // keepalived first, before RabbitMQ is reached: a node whose broker is
+    // down still takes part in its groups (and carries what it was given).
+    // Its own token: keepalived's supervision ends with the process, not
+    // with the RPC service.
+    let vrrp_shutdown = CancellationToken::new();
+    let _vrrp_cancel = vrrp_shutdown.clone().drop_guard();
+    let groups = match (&config.vrrp, keepalived) {
+        (Some(vrrp), Some(program)) => {
+            let supervised = navigator_agent::vrrp::Keepalived::start(
+                vrrp,
+                program,
+                &config.host,
+                vrrp_shutdown.clone(),
+            )
+            .with_context(|| {
+                format!(
+                    "{}: cannot run keepalived for [vrrp] groups",
+                    path.display()
+                )
+            })?;
+            tracing::info!(
+                groups = vrrp.groups.len(),
+                config = %vrrp.conf_path().display(),
+                "address groups: keepalived supervised"
+            );
+            Some((
+                Arc::new(navigator_agent::vrrp::Groups::new(
+                    vrrp.clone(),
+                    supervised.status(),
+                )),
+                supervised,
+            ))
+        }
+        _ => None,
+    };
     // Before "starting" is logged: from then on SIGHUP reloads instead of
     // killing the process.
     let hangup = reloader.clone().install(shutdown.clone());
@@ -273,7 +326,7 @@ async fn serve(
     let backend = make_backend(&config.backend);
     reloader.attach_backend(backend.clone());
     log_preflight(backend.as_ref(), config.port_range).await;
-    let agent = Arc::new(Agent::new(
+    let mut agent = Agent::new(
         AgentConfig {
             host: config.host.clone(),
             external_addresses: config.external_addresses.clone(),
@@ -281,7 +334,11 @@ async fn serve(
             report_interval: config.report_interval,
         },
         backend,
-    ));
+    );
+    if let Some((groups, _)) = &groups {
+        agent = agent.with_groups(groups.clone());
+    }
+    let agent = Arc::new(agent);
     if let Some(received) = received {
         let carried = agent.adopt(received.forwards, received.inherited).await;
         tracing::info!(

@@ -182,6 +182,9 @@ pub struct BackendOptions {
     pub connect_timeout: Duration,
     /// How long relayed connections may finish after a shutdown.
     pub shutdown_grace: Duration,
+    /// The virtual addresses of this node's address groups: the relay
+    /// listens on them whether the node holds them or not (`IP_FREEBIND`).
+    pub freebind_addresses: Vec<IpAddr>,
 }
 
 /// The data plane `[agent] backend` names.
@@ -216,6 +219,7 @@ pub fn make_backend(options: &BackendOptions) -> Arc<dyn Backend> {
                 udp_idle_timeout: options.udp_idle_timeout,
                 connect_timeout: options.connect_timeout,
                 shutdown_grace: options.shutdown_grace,
+                freebind: options.freebind_addresses.clone(),
                 ..RelayConfig::default()
             },
             max_connections_per_forward: options.max_connections_per_forward,

@@ -35,9 +35,20 @@ const WHY: &[(Capability, &str)] = &[
     ),
 ];
 
-/// The capabilities `backend` needs to carry forwards on `port_range`.
-pub fn needed(backend: &str, port_range: PortRange) -> HashSet<Capability> {
+/// What keepalived, a child of the agent, does with them (address groups).
+const WHY_KEEPALIVED: &str = "keepalived: virtual addresses, VRRP and gratuitous ARP";
+
+/// The capabilities `backend` needs to carry forwards on `port_range`, and
+/// keepalived when the node is a member of address groups (`groups`): it
+/// inherits them (ambient) to add and remove the virtual addresses
+/// (`CAP_NET_ADMIN`) and to send VRRP and gratuitous ARP on raw and packet
+/// sockets (`CAP_NET_RAW`).
+pub fn needed(backend: &str, port_range: PortRange, groups: bool) -> HashSet<Capability> {
     let mut needed = HashSet::new();
+    if groups {
+        needed.insert(Capability::CAP_NET_ADMIN);
+        needed.insert(Capability::CAP_NET_RAW);
+    }
     match backend {
         // nft(8) and conntrack(8) talk netlink, which checks CAP_NET_ADMIN;
         // fix_sysctls writes net.* sysctls, which the kernel lets
@@ -60,6 +71,11 @@ pub fn needed(backend: &str, port_range: PortRange) -> HashSet<Capability> {
         needed.insert(Capability::CAP_NET_BIND_SERVICE);
     }
     needed
+}
+
+/// Whether `needed` is a group member's set (both of keepalived's).
+fn groups_asked(needed: &HashSet<Capability>) -> bool {
+    needed.contains(&Capability::CAP_NET_ADMIN) && needed.contains(&Capability::CAP_NET_RAW)
 }
 
 /// Why the agent could not set its capabilities.
@@ -105,7 +121,13 @@ pub fn keep_only(needed: &HashSet<Capability>) -> Result<Outcome, PrivilegeError
             .iter()
             .find(|(c, _)| c == cap)
             .map_or("", |(_, why)| *why);
-        format!("{cap} ({why})")
+        if groups_asked(needed)
+            && matches!(cap, Capability::CAP_NET_ADMIN | Capability::CAP_NET_RAW)
+        {
+            format!("{cap} ({why}; {WHY_KEEPALIVED})")
+        } else {
+            format!("{cap} ({why})")
+        }
     };
     let mut kept_names: Vec<String> = kept.iter().map(name).collect();
     kept_names.sort();
@@ -128,31 +150,43 @@ mod tests {
     #[test]
     fn each_backend_needs_only_its_own_capabilities() {
         let pool = range(20000, 29999);
-        assert!(needed("relay", pool).is_empty());
-        assert!(needed("socat", pool).is_empty());
+        assert!(needed("relay", pool, false).is_empty());
+        assert!(needed("socat", pool, false).is_empty());
         assert_eq!(
-            needed("nft", pool),
+            needed("nft", pool, false),
             HashSet::from([Capability::CAP_NET_ADMIN])
         );
         assert_eq!(
-            needed("iptables", pool),
+            needed("iptables", pool, false),
             HashSet::from([Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
         );
+    }
+
+    #[test]
+    fn group_members_keep_what_keepalived_needs() {
+        let pool = range(20000, 29999);
+        for backend in ["relay", "nft", "iptables"] {
+            assert_eq!(
+                needed(backend, pool, true),
+                HashSet::from([Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW]),
+                "{backend}"
+            );
+        }
     }
 
     #[test]
     fn privileged_ports_need_bind_service_only_where_something_listens() {
         let low = range(80, 2000);
         assert_eq!(
-            needed("relay", low),
+            needed("relay", low, false),
             HashSet::from([Capability::CAP_NET_BIND_SERVICE])
         );
         assert_eq!(
-            needed("socat", low),
+            needed("socat", low, false),
             HashSet::from([Capability::CAP_NET_BIND_SERVICE])
         );
         assert_eq!(
-            needed("nft", low),
+            needed("nft", low, false),
             HashSet::from([Capability::CAP_NET_ADMIN])
         );
     }

@@ -149,6 +149,26 @@ pub struct Forward {
     #[serde(default = "no_proxy_protocol")]
     #[schema(value_type = ProxyProtocolName)]
     pub proxy_protocol: String,
+    /// The address group carrying the forward, when `proxy` is one
+    /// (`group:NAME`): its `external_address` is the group's virtual address,
+    /// which VRRP moves between members; `null` otherwise.
+    #[serde(default)]
+    pub group: Option<ForwardGroup>,
+}
+
+/// How an address group carries one forward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardGroup {
+    /// The group's name.
+    pub name: String,
+    /// The member that holds the virtual address now; `null` while none
+    /// does (every member down, or VRRP still electing).
+    pub holder: Option<String>,
+    /// Members that are up.
+    pub members: u32,
+    /// Members that are up and carry the forward (every member carries all
+    /// of the group's forwards, so that any can take the address over).
+    pub carrying: u32,
 }
 
 fn no_proxy_protocol() -> String {
@@ -186,6 +206,7 @@ impl From<&PortForward> for Forward {
                 .collect(),
             max_connections: f.controls.max_connections,
             proxy_protocol: f.controls.proxy_protocol.as_str().to_owned(),
+            group: None,
         }
     }
 }
@@ -656,6 +677,44 @@ pub struct Proxy {
     /// Share of the port pool in use (`port_count` over the pool's ports,
     /// for both protocols on every external address), 0.0-1.0.
     pub load: f64,
+    /// For an address group (`host` = `group:NAME`, `external_addresses` =
+    /// its virtual addresses): its members and which holds the addresses;
+    /// `null` for a proxy node.
+    #[serde(default)]
+    pub group: Option<ProxyGroup>,
+    /// For a proxy node, the address groups it is a member of.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// An address group as the proxies listing shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProxyGroup {
+    pub name: String,
+    /// VRRP's virtual router id of the group.
+    pub virtual_router_id: u8,
+    /// The member holding the virtual addresses; `null` while none does.
+    pub holder: Option<String>,
+    /// More than one member says it holds the addresses: the members do
+    /// not hear each other (split brain); see docs/cluster.md.
+    pub split_brain: bool,
+    pub members: Vec<ProxyGroupMember>,
+}
+
+/// One member of an address group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProxyGroupMember {
+    pub host: String,
+    /// `up` or `down`, as for proxies.
+    pub state: String,
+    /// Whether it holds the virtual addresses (as of its last heartbeat).
+    pub holder: bool,
+    /// keepalived on the member: `running`, what is wrong with it, or
+    /// `refused: …` when the server refused the member (it then carries
+    /// none of the group's forwards).
+    pub keepalived: String,
+    /// RFC 3339, UTC.
+    pub last_report: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

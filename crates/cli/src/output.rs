@@ -249,12 +249,21 @@ fn yaml_text(value: &impl Serialize) -> Result<String> {
 }
 
 /// The human form of a value: strings bare, nothing for null, lists joined by
-/// ", " (as osc's `ListColumn`).
+/// ", " (as osc's `ListColumn`), objects as `key='value'` pairs (as its
+/// `DictColumn`).
 fn cell_text(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(text) => text.clone(),
         Value::Array(items) => items.iter().map(cell_text).collect::<Vec<_>>().join(", "),
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(key, value)| match value {
+                Value::Array(_) | Value::Object(_) => format!("{key}=[{}]", cell_text(value)),
+                _ => format!("{key}='{}'", cell_text(value)),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }

@@ -97,6 +97,15 @@ impl BucketDigest {
         self.high = self.high.wrapping_sub((hash >> 32) as u32);
     }
 
+    /// Counts every forward of `other` in: the digest of the union of two
+    /// disjoint sets is the sum of theirs (an agent that carries its own
+    /// forwards and its address groups' sums their digests).
+    pub fn merge(&mut self, other: &BucketDigest) {
+        self.forwards = self.forwards.wrapping_add(other.forwards);
+        self.low = self.low.wrapping_add(other.low);
+        self.high = self.high.wrapping_add(other.high);
+    }
+
     /// The two sums as one number, for the wire: high half first.
     pub fn sum(&self) -> u64 {
         (u64::from(self.high) << 32) | u64::from(self.low)

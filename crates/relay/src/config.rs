@@ -47,6 +47,11 @@ pub struct RelayConfig {
     pub splice: SpliceMode,
     /// How long [`crate::Relay::shutdown`] lets live connections finish before cutting them.
     pub shutdown_grace: Duration,
+    /// Addresses bound with `IP_FREEBIND`: listeners on them are made even
+    /// while the address is not on this host, and answer as soon as it
+    /// arrives (a standby member of an address group). Only these: for any
+    /// other address a bind to an absent address must fail loudly.
+    pub freebind: Vec<std::net::IpAddr>,
 }
 
 impl Default for RelayConfig {
@@ -60,6 +65,7 @@ impl Default for RelayConfig {
             connect_timeout: Duration::from_secs(10),
             splice: SpliceMode::default(),
             shutdown_grace: Duration::from_secs(10),
+            freebind: Vec::new(),
         }
     }
 }

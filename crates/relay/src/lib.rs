@@ -400,6 +400,7 @@ impl Relay {
             .unwrap_or_else(PoisonError::into_inner)
             .listeners
             .remove(&(spec.protocol, spec.listen));
+        let freebind = self.inner.config.freebind.contains(&spec.listen.ip());
         let (bound, resumed) = match inherited {
             Some(l) => {
                 info!(listener = %id, old = %l.old_id, protocol = %spec.protocol, listen = %spec.listen,
@@ -410,8 +411,8 @@ impl Relay {
             // and two concurrent adds of the same id cannot both bind.
             None => (
                 match spec.protocol {
-                    Protocol::Tcp => tcp::bind(spec.listen).map(Bound::Tcp),
-                    Protocol::Udp => udp::bind(spec.listen).map(Bound::Udp),
+                    Protocol::Tcp => tcp::bind(spec.listen, freebind).map(Bound::Tcp),
+                    Protocol::Udp => udp::bind(spec.listen, freebind).map(Bound::Udp),
                 },
                 None,
             ),

@@ -26,13 +26,18 @@ const BACKLOG: i32 = 1024;
 
 /// SO_REUSEADDR (quick rebinding after TIME_WAIT) but deliberately not SO_REUSEPORT,
 /// so binding a port that is already served fails with `AddrInUse`.
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// With `freebind`, the address need not be on the host yet (`IP_FREEBIND`,
+/// no `ip_nonlocal_bind` sysctl needed).
+pub(crate) fn bind(addr: SocketAddr, freebind: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if freebind {
+        set_freebind(&socket, addr)?;
+    }
     // Nagle would add up to 40 ms to every small write the relay forwards. Set
     // on the listener, it is inherited by every accepted socket (Linux copies
     // it): one setsockopt per connection fewer.
@@ -41,6 +46,16 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// `IP_FREEBIND` (IPv4) or `IPV6_FREEBIND` (IPv6): bind an address this
+/// host does not hold (yet).
+pub(crate) fn set_freebind(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv4() {
+        socket.set_freebind_v4(true)
+    } else {
+        socket.set_freebind_v6(true)
+    }
 }
 
 pub(crate) fn is_fd_limit(e: &io::Error) -> bool {
@@ -573,11 +588,39 @@ mod tests {
     use super::*;
     use crate::{ListenerId, ListenerSpec, Protocol, Relay};
 
+    /// An address group's virtual address is bound before the node holds
+    /// it (IP_FREEBIND), and only the addresses given are (TEST-NET-1 is on
+    /// no interface of a test host).
+    #[tokio::test]
+    async fn freebind_binds_an_absent_address_only_when_asked() {
+        let absent: SocketAddr = "192.0.2.201:0".parse().expect("address");
+        assert!(bind(absent, false).is_err());
+        assert!(bind(absent, true).is_ok());
+        assert!(crate::udp::bind(absent, false).is_err());
+        assert!(crate::udp::bind(absent, true).is_ok());
+        let relay = Relay::new(RelayConfig {
+            freebind: vec![absent.ip()],
+            ..RelayConfig::default()
+        });
+        let spec = |ip: &str| ListenerSpec {
+            protocol: Protocol::Tcp,
+            listen: SocketAddr::new(ip.parse().expect("ip"), 0),
+            target: "127.0.0.1:9".parse().expect("target"),
+            limit: crate::Limit::default(),
+            options: crate::ListenerOptions::default(),
+        };
+        relay
+            .add(ListenerId(1), spec("192.0.2.201"))
+            .await
+            .expect("a virtual address binds");
+        assert!(relay.add(ListenerId(2), spec("192.0.2.202")).await.is_err());
+    }
+
     /// TCP_NODELAY is set once, on the listener: the accepted sockets must
     /// inherit it (Linux copies it), or every small write waits on Nagle.
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay() {
-        let listener = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let listener = bind("127.0.0.1:0".parse().expect("address"), false).expect("bind");
         let addr = listener.local_addr().expect("local address");
         let _client = TcpStream::connect(addr).await.expect("connect");
         let (accepted, _) = listener.accept().await.expect("accept");

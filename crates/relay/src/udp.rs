@@ -20,12 +20,15 @@ use crate::{ActiveGuard, ListenerShared, RelayConfig};
 /// Largest UDP payload (IPv4 limit; IPv6 jumbograms are not relayed).
 const MAX_DATAGRAM: usize = 65_507;
 
-pub(crate) fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
+    if freebind {
+        crate::tcp::set_freebind(&socket, addr)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())

@@ -704,7 +704,8 @@ impl Config {
         for (section, properties) in ini.iter() {
             let section = section.unwrap_or("DEFAULT");
             for (key, value) in properties.iter() {
-                let known = OPTIONS.iter().any(|o| o.section == section && o.key == key);
+                let known = OPTIONS.iter().any(|o| o.section == section && o.key == key)
+                    || agent_only_key(section, key);
                 if !known {
                     unknown_options.push(format!("[{section}] {key}"));
                 }
@@ -1175,6 +1176,20 @@ impl KeystoneAuthtoken {
     }
 }
 
+/// Keys of the sections only `navigator-agent` reads: `[vrrp]` and
+/// `[vrrp:NAME]` (address groups, `navigator_agent::vrrp::config`, which
+/// checks them). The server ignores them without a warning.
+fn agent_only_key(section: &str, key: &str) -> bool {
+    use navigator_agent::vrrp::config::{GROUP_KEYS, GROUP_PREFIX, NODE_KEYS, NODE_SECTION};
+    if section == NODE_SECTION {
+        NODE_KEYS.iter().any(|(k, _, _)| *k == key)
+    } else if section.starts_with(GROUP_PREFIX) {
+        GROUP_KEYS.iter().any(|(k, _, _)| *k == key)
+    } else {
+        false
+    }
+}
+
 /// The text of `navigator.conf.sample`.
 pub fn sample() -> String {
     let mut out = String::from(
@@ -1189,6 +1204,25 @@ pub fn sample() -> String {
         }
         let _ = writeln!(out, "\n# {}", option.help);
         let _ = writeln!(out, "#{} = {}", option.key, option.default);
+    }
+    // navigator-agent's address groups, documented from the agent's own
+    // tables (it alone reads them).
+    use navigator_agent::vrrp::config::{GROUP_KEYS, NODE_KEYS, NODE_SECTION};
+    let _ = write!(
+        out,
+        "\n[{NODE_SECTION}]\n\n# navigator-agent only: how this node runs keepalived for its address groups.\n"
+    );
+    for (key, default, help) in NODE_KEYS {
+        let _ = writeln!(out, "\n# {help}");
+        let _ = writeln!(out, "#{key} = {default}");
+    }
+    let _ = write!(
+        out,
+        "\n#[vrrp:NAME]\n\n# navigator-agent only: one section per address group this node is a member of; NAME is 1-32 characters of a-z, 0-9 and -, the same on every member.\n"
+    );
+    for (key, default, help) in GROUP_KEYS {
+        let _ = writeln!(out, "\n# {help}");
+        let _ = writeln!(out, "#{key} = {default}");
     }
     out
 }
@@ -1243,6 +1277,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.allowed_hosts, ["nav.example.com", "10.0.0.5"]);
+    }
+
+    #[test]
+    fn address_group_sections_are_the_agents_and_not_unknown() {
+        let text = "[vrrp]\nrun_dir = /run/x\n[vrrp:web]\nvirtual_addresses = 192.0.2.100\ninterface = eth0\nvirtual_router_id = 5\n[vrrp:db]\nunicast_peer = 192.0.2.1\n";
+        let config = Config::parse("t.conf", text).unwrap();
+        assert_eq!(config.unknown_options, vec!["[vrrp:db] unicast_peer"]);
+        assert!(sample().contains("\n#[vrrp:NAME]\n"));
     }
 
     #[test]

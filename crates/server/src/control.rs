@@ -30,6 +30,10 @@ use navigator_store::{
 };
 use tokio_util::sync::CancellationToken;
 
+mod groups;
+
+pub use groups::{REFUSED, is_carrier, valid_group_name};
+
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -71,6 +75,8 @@ pub struct Control {
     refreshing_counts: tokio::sync::Mutex<()>,
     /// Counters served at `/metrics`.
     metrics: Metrics,
+    /// The members of the address groups; see `control/groups.rs`.
+    groups: groups::GroupCache,
 }
 
 /// A bucket of an agent's summary that differed from the store's.
@@ -156,6 +162,7 @@ impl Control {
             port_counts: Mutex::new(None),
             refreshing_counts: tokio::sync::Mutex::new(()),
             metrics: Metrics::default(),
+            groups: groups::GroupCache::default(),
         }
     }
 
@@ -459,44 +466,96 @@ impl Control {
         forward: &PortForward,
         change: impl std::future::Future<Output = Result<bool, StoreError>>,
     ) -> Result<Option<Result<(), RpcError>>, ApiError> {
-        let sent = {
-            let lock = self.host_lock(&forward.proxy);
-            let _agent = lock.lock().await;
+        // A group's forward is dropped by each member, under all their
+        // locks, taken in name order (as every multi-lock holder does).
+        let mut carriers = self.carriers(&forward.proxy).await;
+        carriers.sort();
+        let locks: Vec<_> = carriers.iter().map(|h| self.host_lock(h)).collect();
+        let mut sent = Vec::with_capacity(carriers.len());
+        {
+            let mut _agents = Vec::with_capacity(locks.len());
+            for lock in &locks {
+                _agents.push(lock.lock().await);
+            }
             if !change.await? {
                 return Ok(None);
             }
-            self.agents
-                .send_delete_forward(&forward.proxy, forward.id.to_string())
-                .await
-        };
-        Ok(Some(answer(sent).await))
+            for host in &carriers {
+                sent.push(
+                    self.agents
+                        .send_delete_forward(host, forward.id.to_string())
+                        .await,
+                );
+            }
+        }
+        let mut told = Ok(());
+        for sent in sent {
+            if let Err(e) = answer(sent).await {
+                told = Err(e);
+            }
+        }
+        Ok(Some(told))
     }
 
     /// Sends one forward to its agent and records the outcome; on an RPC
     /// failure the forward stays `PENDING` with the reason, for the next sync.
     async fn push(&self, forward: PortForward) -> PortForward {
         let entry = ForwardEntry::from(&forward.spec());
-        let sent = {
+        // One agent, or each member of the forward's address group.
+        let carriers = self.carriers(&forward.proxy).await;
+        let mut sent = Vec::with_capacity(carriers.len());
+        for host in &carriers {
             // The lock orders messages to the agent, so it is held while
             // sending only: the agent answers in the order it received, and
             // several creates to one agent can wait for their answers at once.
-            let lock = self.host_lock(&forward.proxy);
+            let lock = self.host_lock(host);
             let _agent = lock.lock().await;
-            self.agents.send_create_forward(&forward.proxy, entry).await
-        };
-        let created = answer(sent).await;
-        self.metrics
-            .record_rpc(methods::CREATE_FORWARD, created.is_ok());
-        let (status, reason) = match created {
-            Ok(result) => result_status(&result),
-            Err(e) => {
-                tracing::warn!(forward = %forward.id, proxy = %forward.proxy, error = %e, "agent did not confirm the forward");
-                (
-                    ForwardStatus::Pending,
-                    Some(format!("waiting for proxy {}: {e}", forward.proxy)),
-                )
+            sent.push(self.agents.send_create_forward(host, entry.clone()).await);
+        }
+        let mut answers = Vec::with_capacity(sent.len());
+        for (host, sent) in carriers.iter().zip(sent) {
+            let created = answer(sent).await;
+            self.metrics
+                .record_rpc(methods::CREATE_FORWARD, created.is_ok());
+            answers.push((host.clone(), created));
+        }
+        let group = navigator_store::group_name(&forward.proxy).is_some();
+        // The answer of the member holding the addresses makes the status
+        // (any member's while none holds them); a single proxy's, its own.
+        let mut outcome: Option<(ForwardStatus, Option<String>)> = None;
+        let mut decided = false;
+        for (host, created) in &answers {
+            let this = match created {
+                Ok(result) => result_status(result),
+                Err(e) => {
+                    tracing::warn!(forward = %forward.id, proxy = %host, error = %e, "agent did not confirm the forward");
+                    (
+                        ForwardStatus::Pending,
+                        Some(format!("waiting for proxy {host}: {e}")),
+                    )
+                }
+            };
+            if group && let Ok(result) = created {
+                let proxy_of = HashMap::from([(forward.id, forward.proxy.clone())]);
+                self.record_member_results(host, std::slice::from_ref(result), &proxy_of, false)
+                    .await;
             }
-        };
+            if !decided && self.writes_group_status(host, &forward.proxy).await {
+                decided = true;
+                outcome = Some(this);
+            } else if outcome.is_none() {
+                outcome = Some(this);
+            }
+        }
+        let (status, reason) = outcome.unwrap_or_else(|| {
+            (
+                ForwardStatus::Pending,
+                Some(format!(
+                    "waiting for a member of {} to be up",
+                    forward.proxy
+                )),
+            )
+        });
         // Only if the forward is still this version on this proxy: a
         // retarget or a move meanwhile has its own push.
         if let Err(e) = self
@@ -741,6 +800,16 @@ impl Control {
 
     /// Sends `host` its full desired set and records the per-forward results.
     pub async fn sync_host(&self, host: &str) -> Result<(), ApiError> {
+        // A group is carried by its members: each gets its full sync.
+        if navigator_store::group_name(host).is_some() {
+            let mut result = Ok(());
+            for member in self.carriers(host).await {
+                if let Err(e) = Box::pin(self.sync_host(&member)).await {
+                    result = Err(e);
+                }
+            }
+            return result;
+        }
         locked(&self.full_syncs).insert(host.to_owned(), FullSync::InFlight);
         let synced = self.sync_host_once(host).await;
         let mut full_syncs = locked(&self.full_syncs);
@@ -775,7 +844,8 @@ impl Control {
             // after the read is sent after the sync, never before it.
             let lock = self.host_lock(host);
             let _agent = lock.lock().await;
-            let forwards = self.store.forwards_on_proxy(host).await?;
+            // Its own forwards and, for a group member, its groups'.
+            let forwards = self.carried_forwards(host).await?;
             let entries: Vec<ForwardEntry> = forwards
                 .iter()
                 .map(|f| ForwardEntry::from(&f.spec()))
@@ -805,7 +875,8 @@ impl Control {
             .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
             Ok(result) => {
-                self.record_results(host, &result.results, &forwards).await;
+                self.record_results(host, &result.results, &forwards, true)
+                    .await;
                 tracing::info!(%host, forwards = forwards.len(), generation, elapsed_ms = started.elapsed().as_millis() as u64, "agent synced");
                 Ok(())
             }
@@ -823,11 +894,28 @@ impl Control {
     /// a steady agent with thousands of forwards costs one query per report;
     /// and those are written together, so an agent that takes thousands at
     /// once (a failover, a first sync) costs a few commits, not one each.
-    async fn record_results(&self, host: &str, results: &[ForwardResult], known: &[PortForward]) {
+    /// Results about an address group's forwards are kept per member, and
+    /// make the forward's status only when `host` holds the group's
+    /// addresses (see `control/groups.rs`); `full` says they are a full
+    /// sync's, which replace the member's earlier ones.
+    async fn record_results(
+        &self,
+        host: &str,
+        results: &[ForwardResult],
+        known: &[PortForward],
+        full: bool,
+    ) {
         let current: HashMap<ForwardId, (ForwardStatus, Option<&str>)> = known
             .iter()
             .map(|f| (f.id, (f.status, f.status_reason.as_deref())))
             .collect();
+        let proxy_of: HashMap<ForwardId, String> =
+            known.iter().map(|f| (f.id, f.proxy.clone())).collect();
+        if known.iter().any(|f| f.proxy != host) || full {
+            self.record_member_results(host, results, &proxy_of, full)
+                .await;
+        }
+        let mut writes: HashMap<String, bool> = HashMap::new();
         let mut reports = Vec::new();
         for result in results {
             let Ok(id) = result.id.parse::<ForwardId>() else {
@@ -838,8 +926,22 @@ impl Control {
             if current.get(&id) == Some(&(status, reason.as_deref())) {
                 continue;
             }
+            let proxy = proxy_of.get(&id).map_or(host, String::as_str);
+            if proxy != host {
+                let writes_status = match writes.get(proxy) {
+                    Some(w) => *w,
+                    None => {
+                        let w = self.writes_group_status(host, proxy).await;
+                        writes.insert(proxy.to_owned(), w);
+                        w
+                    }
+                };
+                if !writes_status {
+                    continue;
+                }
+            }
             let version = ReportedVersion {
-                proxy: host.to_owned(),
+                proxy: proxy.to_owned(),
                 applied: result.applied.as_ref().and_then(applied_version),
             };
             reports.push(StatusReport {
@@ -883,6 +985,7 @@ impl Control {
                 &state.features,
             )
             .await?;
+        self.record_groups(&state, port_range, &addresses).await?;
         // A proxy that was down may have lost forwards to failover (or been
         // marked ERROR): its full sync removes what it no longer owns and
         // reports the rest, whatever generation it holds.
@@ -905,7 +1008,13 @@ impl Control {
         match state.digest() {
             Some(Ok(digest)) => {
                 self.check_digest(&state.host, &digest).await?;
-                self.record_reported(&state.host, &state.forwards).await;
+                let proxy_of = self.proxies_of_results(&state.host, &state.forwards).await;
+                if proxy_of.values().any(|p| p != &state.host) {
+                    self.record_member_results(&state.host, &state.forwards, &proxy_of, false)
+                        .await;
+                }
+                self.record_reported(&state.host, &state.forwards, &proxy_of)
+                    .await;
                 return Ok(());
             }
             Some(Err(e)) => {
@@ -935,7 +1044,7 @@ impl Control {
             tracing::info!(host = %state.host, stored = stored.len(), carried = carried.len(), "agent's forwards differ from the store in two reports in a row; full sync");
             return self.sync_host(&state.host).await;
         }
-        self.record_results(&state.host, &state.forwards, &stored_forwards)
+        self.record_results(&state.host, &state.forwards, &stored_forwards, false)
             .await;
         Ok(())
     }
@@ -949,10 +1058,8 @@ impl Control {
     /// [`DIFFERING_REPORTS_BEFORE_SYNC`] reports in a row. Only those
     /// buckets' forwards are read and sent.
     async fn check_digest(&self, host: &str, agent: &SetDigest) -> Result<(), ApiError> {
-        let stored = match self.store.proxy_digest(host).await? {
-            Some(stored) => stored,
-            None => self.store.rebuild_digests(host).await?,
-        };
+        // A group member's summary is its own proxy's plus its groups'.
+        let stored = self.carried_digest(host).await?;
         let differing = stored.digest.differing(agent);
         let drifted = self.settled_differences(host, &differing, &stored);
         if drifted.is_empty() {
@@ -1011,7 +1118,7 @@ impl Control {
             let _agent = lock.lock().await;
             // Read under the bucket rows' locks, which are set to what the
             // rows hold: a stored summary that was wrong is repaired here.
-            let forwards = self.store.resync_buckets(host, &buckets).await?;
+            let forwards = self.resync_carried_buckets(host, &buckets).await?;
             let entries: Vec<ForwardEntry> = forwards
                 .iter()
                 .map(|f| ForwardEntry::from(&f.spec()))
@@ -1024,7 +1131,8 @@ impl Control {
             .record_rpc(methods::SYNC_FORWARDS, synced.is_ok());
         match synced {
             Ok(result) => {
-                self.record_results(host, &result.results, &forwards).await;
+                self.record_results(host, &result.results, &forwards, false)
+                    .await;
                 tracing::info!(%host, buckets = count, forwards = forwards.len(), elapsed_ms = started.elapsed().as_millis() as u64, "agent's buckets synced");
                 Ok(())
             }
@@ -1042,7 +1150,20 @@ impl Control {
     /// `features::MAX_REPORTED_RESULTS`): each is written only if it is about
     /// the forward's current version on this proxy and changes its status,
     /// without reading the proxy's forwards.
-    async fn record_reported(&self, host: &str, results: &[ForwardResult]) {
+    async fn record_reported(
+        &self,
+        host: &str,
+        results: &[ForwardResult],
+        proxy_of: &HashMap<ForwardId, String>,
+    ) {
+        // Per group: whether this member's results make its forwards' status.
+        let mut writes: HashMap<&str, bool> = HashMap::new();
+        for proxy in proxy_of.values() {
+            if proxy != host && !writes.contains_key(proxy.as_str()) {
+                let w = self.writes_group_status(host, proxy).await;
+                writes.insert(proxy, w);
+            }
+        }
         let reports: Vec<StatusReport> = results
             .iter()
             .take(navigator_rpc::messages::features::MAX_REPORTED_RESULTS)
@@ -1051,11 +1172,15 @@ impl Control {
                     tracing::warn!(%host, id = %result.id, "agent reported a malformed forward id");
                     return None;
                 };
+                let proxy = proxy_of.get(&id).map_or(host, String::as_str);
+                if proxy != host && !writes.get(proxy).copied().unwrap_or(false) {
+                    return None;
+                }
                 let (status, reason) = result_status(result);
                 Some(StatusReport {
                     id,
                     version: ReportedVersion {
-                        proxy: host.to_owned(),
+                        proxy: proxy.to_owned(),
                         applied: result.applied.as_ref().and_then(applied_version),
                     },
                     status,
@@ -1214,6 +1339,20 @@ impl Control {
                 proxy.host,
                 self.config.agent_down_time.as_secs()
             );
+            // A group's forwards keep their address: when every member is
+            // down they are shown ERROR, never moved; a member that comes
+            // back reports them again.
+            if let Some(name) = navigator_store::group_name(&proxy.host) {
+                let reason = format!(
+                    "every member of address group {name} is down (no heartbeat for more than {} s)",
+                    self.config.agent_down_time.as_secs()
+                );
+                let marked = self.store.set_proxy_error(&proxy.host, &reason).await?;
+                if marked > 0 {
+                    tracing::warn!(group = %name, forwards = marked, "every member of the address group is down; its forwards are shown ERROR");
+                }
+                continue;
+            }
             if !self.config.reschedule_on_failure {
                 let marked = self.store.set_proxy_error(&proxy.host, &reason).await?;
                 if marked > 0 {

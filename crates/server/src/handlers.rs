@@ -153,7 +153,7 @@ pub async fn create_forward(
             Ok((
                 StatusCode::CREATED,
                 Json(ForwardBody {
-                    forward: Forward::from(&forward),
+                    forward: view(&state, &forward).await,
                 }),
             ))
         }
@@ -268,8 +268,10 @@ pub async fn list_forwards(
             href: format!("{}/v1/forwards?{query_string}", state.public_url),
         });
     }
+    let mut forwards: Vec<Forward> = forwards.iter().map(Forward::from).collect();
+    state.control.describe_groups(&mut forwards).await;
     Ok(Json(ForwardList {
-        forwards: forwards.iter().map(Forward::from).collect(),
+        forwards,
         forwards_links: links,
     }))
 }
@@ -293,7 +295,7 @@ pub async fn show_forward(
         };
     Ok(Json(ForwardDetailBody {
         forward: ForwardDetail {
-            forward: Forward::from(&forward),
+            forward: view(&state, &forward).await,
             usage,
             usage_unavailable,
         },
@@ -331,8 +333,9 @@ pub async fn update_forward(
     }
     .await;
     audit(&ctx, "forward.update", &id, &outcome(&result));
+    let updated = result?;
     Ok(Json(ForwardBody {
-        forward: Forward::from(&result?),
+        forward: view(&state, &updated).await,
     }))
 }
 
@@ -368,7 +371,22 @@ pub(crate) fn outcome<T>(result: &Result<T, ApiError>) -> String {
     }
 }
 
+/// The API's view of `forward`, with its address group if it has one.
+async fn view(state: &AppState, forward: &navigator_core::PortForward) -> Forward {
+    let mut views = [Forward::from(forward)];
+    state.control.describe_groups(&mut views).await;
+    let [view] = views;
+    view
+}
+
 async fn proxy_view(state: &AppState, record: &ProxyRecord, usage: ProxyUsage) -> Proxy {
+    let (group, groups) = match state.control.describe_proxy_group(&record.host).await {
+        Ok(described) => described,
+        Err(e) => {
+            tracing::warn!(host = %record.host, error = %e, "cannot read the proxy's address groups");
+            (None, Vec::new())
+        }
+    };
     let ProxyUsage { forwards, ports } = usage;
     let capacity =
         u64::from(record.port_range.len()) * 2 * record.external_addresses.len().max(1) as u64;
@@ -392,6 +410,8 @@ async fn proxy_view(state: &AppState, record: &ProxyRecord, usage: ProxyUsage) -
         port_count: ports,
         // Four decimals are plenty for a share, and keep the output readable.
         load: (ports as f64 / capacity as f64 * 10_000.0).round() / 10_000.0,
+        group,
+        groups,
     }
 }
 

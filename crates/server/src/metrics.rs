@@ -408,7 +408,15 @@ async fn per_forward_usage(state: &AppState, hosts: &[String]) -> Vec<(ForwardId
         if ids.is_empty() {
             return Vec::new();
         }
-        match crate::usage::proxy_usage(control, host, &ids, crate::usage::USAGE_TIMEOUT).await {
+        // A group's counters are those of the member holding its addresses.
+        let agent = match control.usage_host(host).await {
+            Ok(agent) => agent,
+            Err(reason) => {
+                tracing::debug!(proxy = %host, %reason, "metrics: no per-forward usage from the group");
+                return Vec::new();
+            }
+        };
+        match crate::usage::proxy_usage(control, &agent, &ids, crate::usage::USAGE_TIMEOUT).await {
             Ok(usage) => usage.into_iter().collect(),
             Err(reason) => {
                 tracing::warn!(proxy = %host, %reason, "metrics: no per-forward usage from the proxy");

@@ -522,6 +522,8 @@ fn backend_options(config: &Config) -> BackendOptions {
         udp_idle_timeout: config.udp_idle_timeout,
         connect_timeout: config.connect_timeout,
         shutdown_grace: SHUTDOWN_GRACE,
+        // Address groups are navigator-agent's (cluster mode) only.
+        freebind_addresses: Vec::new(),
     }
 }
 

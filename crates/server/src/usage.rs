@@ -29,12 +29,14 @@ pub async fn forward_usage(control: &Control, forward: &PortForward) -> Result<U
             forward.status
         ));
     }
-    let mut usage = proxy_usage(control, &forward.proxy, &[forward.id], USAGE_TIMEOUT).await?;
+    // An address group's traffic goes through the member holding its
+    // addresses: that one's counters are the forward's.
+    let host = control.usage_host(&forward.proxy).await?;
+    let mut usage = proxy_usage(control, &host, &[forward.id], USAGE_TIMEOUT).await?;
     match usage.remove(&forward.id) {
         Some(usage) => Ok(to_api(usage)),
         None => Err(format!(
-            "the agent on {} does not carry the forward (yet)",
-            forward.proxy
+            "the agent on {host} does not carry the forward (yet)"
         )),
     }
 }

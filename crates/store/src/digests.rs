@@ -42,6 +42,23 @@ pub struct StoredDigest {
 }
 
 impl StoredDigest {
+    /// Adds `other` (another proxy's summary) bucket by bucket, revisions
+    /// included: the summary of a member agent is its own proxy's plus its
+    /// groups', and the sum of revisions changes whenever one of them does.
+    pub fn merge(&mut self, other: &StoredDigest) {
+        for bucket in 0..=u8::MAX {
+            let mut merged = self.digest.bucket(bucket);
+            merged.merge(&other.digest.bucket(bucket));
+            self.digest.set_bucket(bucket, merged);
+        }
+        for (i, revision) in other.revisions.iter().enumerate() {
+            match self.revisions.get_mut(i) {
+                Some(own) => *own = own.wrapping_add(*revision),
+                None => self.revisions.push(*revision),
+            }
+        }
+    }
+
     /// The revision of `bucket`.
     pub fn revision(&self, bucket: u8) -> u64 {
         self.revisions

@@ -1117,9 +1117,17 @@ impl Store {
             self.tx_execute(
                 &mut tx,
                 "DELETE FROM forward_ports WHERE forward_id = $1",
-                &[text.into()],
+                &[text.clone().into()],
             )
             .await?;
+            if crate::group_name(&forward.proxy).is_some() {
+                self.tx_execute(
+                    &mut tx,
+                    "DELETE FROM group_member_errors WHERE forward_id = $1",
+                    &[text.into()],
+                )
+                .await?;
+            }
             self.update_digests(&mut tx, Some(&forward), None).await?;
             // Last, as in a create: the counter row is locked only until
             // the commit.

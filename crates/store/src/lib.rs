@@ -41,6 +41,7 @@
 
 mod digests;
 mod forwards;
+mod groups;
 mod proxies;
 mod quotas;
 mod sessions;
@@ -60,6 +61,7 @@ pub use forwards::{
     AppliedVersion, ForwardFilter, ForwardOrder, INSTANCE_DELETED, Move, NewForwardRow, ProxyUsage,
     ReportedVersion, SortColumn, StatusReport, TargetChange,
 };
+pub use groups::{GROUP_HOST_PREFIX, GroupMember, MemberError, group_host, group_name};
 pub use proxies::ProxyRecord;
 pub use quotas::{ProjectQuota, QuotaLimits, QuotaUsage, Resource};
 pub use sessions::{CredentialKind, SessionLimits, SessionRecord};
@@ -798,6 +800,11 @@ fn migrator(backend: Backend) -> Migrator {
         Backend::Postgres => include_str!("../migrations/postgres/0006_proxy_digests.sql"),
         Backend::MySql => include_str!("../migrations/mysql/0006_proxy_digests.sql"),
     };
+    let groups = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0007_address_groups.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0007_address_groups.sql"),
+        Backend::MySql => include_str!("../migrations/mysql/0007_address_groups.sql"),
+    };
     Migrator::with_migrations(vec![
         migration(1, "initial", initial),
         migration(2, "port ranges", port_ranges),
@@ -805,6 +812,7 @@ fn migrator(backend: Backend) -> Migrator {
         migration(4, "forward controls", controls),
         migration(5, "quotas", quotas),
         migration(6, "proxy digests", digests),
+        migration(7, "address groups", groups),
     ])
 }
 

@@ -304,6 +304,8 @@ async fn servers_starting_together_all_migrate(db: &'static TestDb) {
         "quotas",
         "quota_usages",
         "proxy_digests",
+        "group_members",
+        "group_member_errors",
         "_sqlx_migrations",
     ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))
@@ -343,6 +345,8 @@ async fn pending_migrations_are_what_db_sync_applies(db: &'static TestDb) {
         "quotas",
         "quota_usages",
         "proxy_digests",
+        "group_members",
+        "group_member_errors",
         "_sqlx_migrations",
     ] {
         conn.execute(AssertSqlSafe(format!("DROP TABLE {table}")))

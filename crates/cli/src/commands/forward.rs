@@ -19,7 +19,7 @@ use crate::output::{self, Column, Format, OutputArgs, Shape};
 
 /// Every forward attribute, in list order: the default columns, then the
 /// `--long` ones, then the ones only `-c` asks for.
-const COLUMNS: [Column; 19] = [
+const COLUMNS: [Column; 20] = [
     Column::new("id", "ID"),
     Column::new("protocol", "Protocol"),
     Column::new("external_address", "External Address"),
@@ -39,6 +39,7 @@ const COLUMNS: [Column; 19] = [
     Column::new("proxy_protocol", "Proxy Protocol"),
     Column::new("created_at", "Created At"),
     Column::new("updated_at", "Updated At"),
+    Column::new("group", "Group"),
 ];
 /// Columns of `forward list`.
 const SHORT_LIST: usize = 7;
@@ -918,6 +919,7 @@ mod tests {
             allowed_cidrs: vec!["192.0.2.0/24".into(), "2001:db8::/32".into()],
             max_connections: Some(100),
             proxy_protocol: "v2".into(),
+            group: None,
         };
         let value = serde_json::to_value(&forward).unwrap();
         let cidrs = show_columns(&["allowed_cidrs".to_owned()]).unwrap();

@@ -8,7 +8,7 @@ use crate::config::GlobalArgs;
 use crate::output::{self, Column, OutputArgs, Shape};
 
 /// Every proxy attribute; the order of list columns and of `-c` choices.
-const COLUMNS: [Column; 9] = [
+const COLUMNS: [Column; 11] = [
     Column::new("host", "Host"),
     Column::new("state", "State"),
     Column::new("backend", "Backend"),
@@ -18,6 +18,8 @@ const COLUMNS: [Column; 9] = [
     Column::new("external_addresses", "External Addresses"),
     Column::new("port_range", "Port Range"),
     Column::new("last_heartbeat", "Last Heartbeat"),
+    Column::new("groups", "Groups"),
+    Column::new("group", "Group"),
 ];
 /// `proxy list` without `--long` shows the first five.
 const SHORT_LIST: usize = 5;
@@ -98,6 +100,8 @@ mod tests {
             forward_count: 3,
             port_count: 4,
             load: 0.5,
+            group: None,
+            groups: Vec::new(),
         };
         let value = serde_json::to_value(&proxy).unwrap();
         output::assert_columns_match(&COLUMNS, &value);
@@ -105,7 +109,7 @@ mod tests {
         let text = output::render_show(&columns, &value, output::Format::Value).unwrap();
         assert_eq!(
             text,
-            "relay\n203.0.113.5\n3\npx1\n\n0.5\n4\n20000-40000\nup\n"
+            "relay\n203.0.113.5\n3\n\n\npx1\n\n0.5\n4\n20000-40000\nup\n"
         );
     }
 }
