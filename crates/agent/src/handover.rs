@@ -155,7 +155,10 @@ fn notify_socket() -> Result<UnixDatagram, HandoverError> {
 /// `FDSTORE=1` with one descriptor and its name.
 fn store(socket: &UnixDatagram, name: &str, fd: &OwnedFd) -> Result<(), HandoverError> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
-    let message = format!("FDSTORE=1\nFDNAME={name}\n");
+    // FDPOLL=0: systemd would otherwise drop a stored socket that hangs up
+    // (a connection reset during the gap), and the next process would find
+    // it missing; it ends that connection itself.
+    let message = format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0\n");
     let fds = [fd.as_fd()];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -248,6 +251,7 @@ pub fn parse(mut fds: HashMap<String, OwnedFd>) -> Result<Received, HandoverErro
         forwards = forwards.len(),
         listeners = inherited.listeners(),
         connections = inherited.connections(),
+        ended_in_the_gap = inherited.missing(),
         "taking over from the previous process"
     );
     Ok(Received {

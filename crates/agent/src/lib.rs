@@ -106,10 +106,10 @@ pub struct Agent {
     /// Behind one async lock, so that batches (and retries) run one at a
     /// time, in the order their messages arrived.
     state: Mutex<State>,
-    /// This node's address groups, reported with each heartbeat.
-    groups: Option<Arc<vrrp::Groups>>,
     /// Where [`Agent::shutdown`] hands the data plane over, if it does.
     handover: std::sync::Mutex<Option<HandoverSink>>,
+    /// This node's address groups, reported with each heartbeat.
+    groups: Option<Arc<vrrp::Groups>>,
 }
 
 /// Takes what the backend carries and the sockets it hands over, to pass
@@ -122,8 +122,8 @@ impl Agent {
             config,
             backend,
             state: Mutex::new(State::default()),
-            groups: None,
             handover: std::sync::Mutex::new(None),
+            groups: None,
         }
     }
 

@@ -320,6 +320,7 @@ async fn serve(
         "starting"
     );
     broker.log_link("RPC");
+    let signalled = shutdown_signal();
     // The data plane first, before RabbitMQ: after a hand-over the relay
     // serves again at once, whatever the broker does.
     let backend = make_backend(&config.backend);
@@ -363,7 +364,7 @@ async fn serve(
     let signal = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            wait_for_signal().await;
+            signalled.await;
             navigator_agent::handover::stopping();
             if handing_over {
                 tracing::info!(
@@ -445,17 +446,26 @@ async fn connect_with_backoff(
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled: a SIGTERM that comes right after
+/// `READY=1` (a quick `systemctl restart`) must stop the agent cleanly, not
+/// kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
 }

@@ -238,9 +238,10 @@ async fn echo_server() -> SocketAddr {
 }
 
 /// A free port of this test's range (31000-31999), from an offset of the
-/// process id so that concurrent runs rarely meet.
-fn free_port() -> u16 {
-    let start = 31000 + (std::process::id() % 900) as u16;
+/// process id (plus `offset`, one per test of this file) so that concurrent
+/// runs and tests rarely meet.
+fn free_port(offset: u32) -> u16 {
+    let start = 31000 + ((std::process::id() + offset) % 900) as u16;
     (start..32000)
         .chain(31000..start)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
@@ -363,7 +364,7 @@ async fn restart_and_upgrade_drop_and_refuse_no_connection() {
     std::fs::copy(&binary, &upgraded).expect("copy the binary");
 
     let target = echo_server().await;
-    let port = free_port();
+    let port = free_port(0);
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let spec = ForwardSpec {
         id: ForwardId::new_random(),
@@ -496,7 +497,7 @@ fn a_future_state_is_refused_and_the_agent_starts_fresh() {
     )
     .expect("config");
     let supervisor = Supervisor::new(dir.path());
-    let port = free_port();
+    let port = free_port(450);
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let state = rustix::fs::memfd_create("state", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
     let mut file = std::fs::File::from(state);

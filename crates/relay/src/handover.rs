@@ -173,18 +173,47 @@ pub(crate) struct Counters {
     pub(crate) bytes_from_target: u64,
 }
 
-/// Names the sockets and writes the description.
+/// Room for the sockets' names. systemd gives the next process every name
+/// in one environment variable, `LISTEN_FDNAMES` (name, `:`, name…), and
+/// Linux refuses to start a process with any one environment string longer
+/// than 128 KiB (`MAX_ARG_STRLEN`): past that the service would not start at
+/// all. Names are short (`l7`, `c7`, `u7`, base 36), and what does not fit
+/// is not handed over: listeners first (~24,000 fit), then connections (the rest
+/// are closed and counted lost; a listener left out is bound again by the
+/// next process at start, refusing connections for that gap only). The
+/// margin leaves room for the variable's name and the state's own name.
+pub const NAMES_BUDGET: usize = 120 * 1024;
+
+/// Names the sockets and writes the description, within [`NAMES_BUDGET`].
 pub(crate) fn encode(
     listeners: Vec<HandedListener>,
     conns: Vec<HandedConn>,
     lost: usize,
     udp_sessions: usize,
 ) -> Handover {
+    encode_within(listeners, conns, lost, udp_sessions, NAMES_BUDGET)
+}
+
+fn encode_within(
+    listeners: Vec<HandedListener>,
+    conns: Vec<HandedConn>,
+    lost: usize,
+    udp_sessions: usize,
+    budget: usize,
+) -> Handover {
     let mut fds = Vec::with_capacity(listeners.len() + 2 * conns.len());
     let mut names = HashMap::new();
     let mut records = Vec::with_capacity(listeners.len());
+    let mut room = budget;
+    let mut left_out = 0;
     for (n, l) in listeners.into_iter().enumerate() {
-        let name = format!("navigator-relay-l{n}");
+        let name = short_name('l', n);
+        // Each name costs its length and a separator.
+        let Some(after) = room.checked_sub(name.len() + 1) else {
+            left_out += 1;
+            continue;
+        };
+        room = after;
         names.insert(l.id, name.clone());
         records.push(ListenerRecord {
             fd: name.clone(),
@@ -199,6 +228,7 @@ pub(crate) fn encode(
     }
     let mut connections = Vec::with_capacity(conns.len());
     let mut orphans = 0;
+    let mut no_room = 0;
     for (n, c) in conns.into_iter().enumerate() {
         // Its listener was removed meanwhile: the connection would have
         // been cut with it.
@@ -206,10 +236,12 @@ pub(crate) fn encode(
             orphans += 1;
             continue;
         };
-        let (client, upstream) = (
-            format!("navigator-relay-c{n}c"),
-            format!("navigator-relay-c{n}u"),
-        );
+        let (client, upstream) = (short_name('c', n), short_name('u', n));
+        let Some(after) = room.checked_sub(client.len() + upstream.len() + 2) else {
+            no_room += 1;
+            continue;
+        };
+        room = after;
         connections.push(ConnRecord {
             listener: listener.clone(),
             client: client.clone(),
@@ -220,6 +252,20 @@ pub(crate) fn encode(
         });
         fds.push((client, c.client));
         fds.push((upstream, c.upstream));
+    }
+    if no_room > 0 {
+        tracing::warn!(
+            connections = no_room,
+            "more connections than systemd can pass by name (LISTEN_FDNAMES, 128 KiB): these are \
+             closed"
+        );
+    }
+    if left_out > 0 {
+        tracing::warn!(
+            listeners = left_out,
+            "more listeners than systemd can pass by name (LISTEN_FDNAMES, 128 KiB): these are \
+             closed and bound again by the next process"
+        );
     }
     let state = State {
         version: u64::from(HANDOVER_VERSION),
@@ -232,9 +278,27 @@ pub(crate) fn encode(
         // Serialising plain records with string keys cannot fail.
         state: serde_json::to_vec(&state).unwrap_or_default(),
         fds,
-        lost: lost + orphans,
+        lost: lost + orphans + no_room,
         udp_sessions,
     }
+}
+
+/// `kind` then `n` in base 36: `l0`, `lz`, `l10` … (~24,000 listener names
+/// fit in [`NAMES_BUDGET`]).
+fn short_name(kind: char, mut n: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut digits = Vec::new();
+    loop {
+        digits.push(DIGITS[n % 36]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut name = String::with_capacity(digits.len() + 1);
+    name.push(kind);
+    name.extend(digits.iter().rev().map(|&d| char::from(d)));
+    name
 }
 
 /// Sockets a previous process handed over, waiting for the listeners that
@@ -242,6 +306,9 @@ pub(crate) fn encode(
 #[derive(Debug, Default)]
 pub struct Inherited {
     pub(crate) listeners: HashMap<(Protocol, SocketAddr), InheritedListener>,
+    /// Connections described whose sockets did not arrive (they hung up
+    /// while stored, and the store dropped them).
+    pub(crate) missing: usize,
 }
 
 #[derive(Debug)]
@@ -277,21 +344,26 @@ impl Inherited {
         }
         let state: State =
             serde_json::from_slice(state).map_err(|e| HandoverError::Malformed(e.to_string()))?;
-        // Take every named socket first, so that an error closes them all.
+        // Take every named socket first, so that an error closes them all. A
+        // listener's socket must be there; a connection's may be missing
+        // (systemd drops a stored socket that hung up, unless told not to),
+        // which ends that connection only.
         let mut taken: HashMap<String, Socket> = HashMap::new();
-        let names = state.listeners.iter().map(|l| &l.fd).chain(
-            state
-                .connections
-                .iter()
-                .flat_map(|c| [&c.client, &c.upstream]),
-        );
-        for name in names {
+        let listener_names = state.listeners.iter().map(|l| (&l.fd, true));
+        let conn_names = state
+            .connections
+            .iter()
+            .flat_map(|c| [(&c.client, false), (&c.upstream, false)]);
+        for (name, required) in listener_names.chain(conn_names) {
             if taken.contains_key(name) {
                 return Err(HandoverError::DuplicateFd(name.clone()));
             }
-            let fd = fds
-                .remove(name)
-                .ok_or_else(|| HandoverError::MissingFd(name.clone()))?;
+            let Some(fd) = fds.remove(name) else {
+                if required {
+                    return Err(HandoverError::MissingFd(name.clone()));
+                }
+                continue;
+            };
             let socket = Socket::from(fd);
             // Received without close-on-exec (systemd's LISTEN_FDS): no child
             // of this process may keep a relayed connection open.
@@ -344,12 +416,14 @@ impl Inherited {
             if key.0 != Protocol::Tcp {
                 return Err(mismatch(&c.client, "a connection of a UDP listener".into()));
             }
-            let client = taken
-                .remove(&c.client)
-                .ok_or_else(|| HandoverError::MissingFd(c.client.clone()))?;
-            let upstream = taken
-                .remove(&c.upstream)
-                .ok_or_else(|| HandoverError::MissingFd(c.upstream.clone()))?;
+            let (Some(client), Some(upstream)) =
+                (taken.remove(&c.client), taken.remove(&c.upstream))
+            else {
+                // Half of it or all of it is gone: the connection ended in
+                // the gap (the other socket, if any, is closed here).
+                inherited.missing += 1;
+                continue;
+            };
             check_socket(&client, Protocol::Tcp, None).map_err(|why| mismatch(&c.client, why))?;
             check_socket(&upstream, Protocol::Tcp, None)
                 .map_err(|why| mismatch(&c.upstream, why))?;
@@ -368,6 +442,11 @@ impl Inherited {
     /// Listeners waiting for a taker.
     pub fn listeners(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// Connections described but not received whole (ended in the gap).
+    pub fn missing(&self) -> usize {
+        self.missing
     }
 
     /// Connections waiting for their listener's taker.
@@ -407,6 +486,45 @@ fn check_socket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However many sockets, their names fit in one environment string
+    /// (LISTEN_FDNAMES); listeners come first, connections over it are lost.
+    #[test]
+    fn names_stay_within_what_systemd_can_pass() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let fd = OwnedFd::from(socket);
+        let dup = || fd.try_clone().expect("dup");
+        let listener = |n: u128| HandedListener {
+            id: ListenerId(n),
+            protocol: Protocol::Tcp,
+            listen: "127.0.0.1:1".parse().expect("addr"),
+            fd: dup(),
+            counters: Counters::default(),
+        };
+        let conns: Vec<HandedConn> = (0..200)
+            .map(|_| HandedConn {
+                listener: ListenerId(0),
+                client: dup(),
+                upstream: dup(),
+                done: [false, false],
+                bytes: 0,
+            })
+            .collect();
+        // A budget scaled down with the count: 200 connections, room for ~70.
+        let handover = encode_within(vec![listener(0), listener(1)], conns, 0, 0, 1000);
+        let names: usize = handover.fds.iter().map(|(n, _)| n.len() + 1).sum();
+        assert!(names <= 1000, "{names}");
+        assert_eq!(handover.listeners, 2);
+        assert_eq!(handover.connections + handover.lost, 200);
+        assert!(
+            handover.lost > 0 && handover.connections > 50,
+            "{handover:?}"
+        );
+        // At the real budget, 24,000 listeners' names fit.
+        assert_eq!(short_name('l', 36 * 36), "l100");
+        let listener_names: usize = (0..24_000).map(|n| short_name('l', n).len() + 1).sum();
+        assert!(listener_names <= NAMES_BUDGET, "{listener_names}");
+    }
 
     #[test]
     fn a_future_version_is_refused_and_its_sockets_stay_with_the_caller() {
@@ -456,5 +574,27 @@ mod tests {
         let inherited = Inherited::parse(good.as_bytes(), &mut fds).expect("valid");
         assert_eq!(inherited.listeners(), 1);
         assert_eq!(fds.len(), 1, "the unnamed socket stays with the caller");
+    }
+
+    /// A connection whose sockets did not arrive (systemd dropped them when
+    /// they hung up) ends alone; the rest is taken.
+    #[test]
+    fn a_connection_missing_its_sockets_is_skipped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut fds = HashMap::new();
+        fds.insert("l".to_owned(), OwnedFd::from(listener));
+        let state = format!(
+            r#"{{"version":1,"listeners":[{{"fd":"l","id":"1","protocol":"tcp","listen":"{addr}","accepted":0,"bytes_to_target":0,"bytes_from_target":0}}],"connections":[{{"listener":"l","client":"c","upstream":"u","up_done":false,"down_done":false,"bytes":0}}]}}"#
+        );
+        let inherited = Inherited::parse(state.as_bytes(), &mut fds).expect("valid");
+        assert_eq!(
+            (
+                inherited.listeners(),
+                inherited.connections(),
+                inherited.missing()
+            ),
+            (1, 0, 1)
+        );
     }
 }

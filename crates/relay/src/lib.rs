@@ -391,9 +391,6 @@ impl Relay {
                 budget: self.inner.caps.fds.max().unwrap_or(usize::MAX),
             });
         }
-        // An address group's virtual address is bound whether this node
-        // holds it or not (IP_FREEBIND), and only such an address.
-        let freebind = self.inner.config.freebind.contains(&spec.listen.ip());
         // A socket a previous process handed over on the same protocol and
         // address is taken instead of binding: the port never closes.
         let inherited = self
@@ -403,6 +400,7 @@ impl Relay {
             .unwrap_or_else(PoisonError::into_inner)
             .listeners
             .remove(&(spec.protocol, spec.listen));
+        let freebind = self.inner.config.freebind.contains(&spec.listen.ip());
         let (bound, resumed) = match inherited {
             Some(l) => {
                 info!(listener = %id, old = %l.old_id, protocol = %spec.protocol, listen = %spec.listen,
@@ -672,6 +670,7 @@ impl Relay {
         info!(
             listeners = inherited.listeners(),
             connections = inherited.connections(),
+            ended_in_the_gap = inherited.missing(),
             "relay inherits the sockets of the previous process"
         );
         self.inner
