@@ -147,32 +147,20 @@ impl Store {
                 vec![member.into()],
             ));
         } else {
-            for chunk in cleared.chunks(ERRORS_PER_STATEMENT) {
-                let placeholders = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+            // Cleared forwards lose their row; failing ones are written again
+            // with their new reason: delete, then insert, in one transaction.
+            let touched: Vec<ForwardId> = cleared
+                .iter()
+                .copied()
+                .chain(errors.iter().map(|(id, _)| *id))
+                .collect();
+            for chunk in touched.chunks(ERRORS_PER_STATEMENT) {
                 let mut values: Vec<Value> = vec![member.into()];
                 values.extend(chunk.iter().map(|id| Value::from(id.to_string())));
                 statements.push((
                     format!(
-                        "DELETE FROM group_member_errors WHERE member = $1 AND forward_id IN ({placeholders})"
-                    ),
-                    values,
-                ));
-            }
-            // An error that is already recorded is written again with its
-            // new reason: delete, then insert, in one transaction.
-            for chunk in errors.chunks(ERRORS_PER_STATEMENT) {
-                let placeholders = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut values: Vec<Value> = vec![member.into()];
-                values.extend(chunk.iter().map(|(id, _)| Value::from(id.to_string())));
-                statements.push((
-                    format!(
-                        "DELETE FROM group_member_errors WHERE member = $1 AND forward_id IN ({placeholders})"
+                        "DELETE FROM group_member_errors WHERE member = $1 AND forward_id IN ({})",
+                        placeholders(2, chunk.len())
                     ),
                     values,
                 ));
@@ -210,16 +198,13 @@ impl Store {
     ) -> Result<Vec<MemberError>, StoreError> {
         let mut errors = Vec::new();
         for chunk in forwards.chunks(ERRORS_PER_STATEMENT) {
-            let placeholders = (0..chunk.len())
-                .map(|i| format!("${}", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ");
             let values: Vec<Value> = chunk.iter().map(|id| id.to_string().into()).collect();
             let rows = self
                 .fetch_all(
                     &format!(
                         "SELECT forward_id, member, reason FROM group_member_errors \
-                         WHERE forward_id IN ({placeholders}) ORDER BY forward_id, member"
+                         WHERE forward_id IN ({}) ORDER BY forward_id, member",
+                        placeholders(1, chunk.len())
                     ),
                     &values,
                 )
@@ -239,6 +224,14 @@ impl Store {
         }
         Ok(errors)
     }
+}
+
+/// `$first, $first+1, …`: `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn member_from_row(row: &AnyRow) -> Result<GroupMember, StoreError> {
