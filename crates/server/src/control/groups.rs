@@ -166,7 +166,9 @@ impl Control {
         port_range: navigator_core::PortRange,
         own: &[IpAddr],
     ) -> Result<(), ApiError> {
-        let members = self.store.list_group_members().await?;
+        // The cached members decide whether there is anything to do: an
+        // agent in no group costs no query here.
+        let members = self.group_members().await?;
         if state.groups.is_empty() && !members.iter().any(|m| m.member == state.host) {
             return Ok(());
         }
