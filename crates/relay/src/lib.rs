@@ -195,6 +195,21 @@ impl ListenerShared {
             .clone()
     }
 
+    /// Wakes every live connection of the listener to re-check its state
+    /// (a changed allowlist, a hand-over): the token connections hold is
+    /// cancelled, after a fresh one is in place for those that look again.
+    fn wake_connections(&self) {
+        let fresh = self.conn_cancel.child_token();
+        let old = std::mem::replace(
+            &mut *self
+                .allow_epoch
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        old.cancel();
+    }
+
     /// Counts an admission: its time and the total.
     pub(crate) fn admitted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -540,15 +555,7 @@ impl Relay {
         if allow_changed {
             // After the write: a connection that takes the new token reads the
             // new list; one holding the old token is woken to re-check.
-            let fresh = shared.conn_cancel.child_token();
-            let old = std::mem::replace(
-                &mut *shared
-                    .allow_epoch
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner),
-                fresh,
-            );
-            old.cancel();
+            shared.wake_connections();
             shared.options_changed.notify_one();
         }
         Ok(())
@@ -756,15 +763,7 @@ impl Relay {
                 }
                 Protocol::Tcp => {
                     // Wakes every connection, which sees the hand-over.
-                    let fresh = shared.conn_cancel.child_token();
-                    let old = std::mem::replace(
-                        &mut *shared
-                            .allow_epoch
-                            .write()
-                            .unwrap_or_else(PoisonError::into_inner),
-                        fresh,
-                    );
-                    old.cancel();
+                    shared.wake_connections();
                 }
             }
             shared.tasks.close();
