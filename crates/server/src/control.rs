@@ -126,7 +126,13 @@ struct PortCounts {
 
 /// Whether a proxy's last heartbeat is recent enough.
 pub fn is_up(proxy: &ProxyRecord, down_after: Duration) -> bool {
-    let Ok(last) = chrono::DateTime::parse_from_rfc3339(&proxy.last_heartbeat) else {
+    is_recent(&proxy.last_heartbeat, down_after)
+}
+
+/// Whether `last` (RFC 3339, as stored) is at most `down_after` ago; a time
+/// that does not parse is not.
+fn is_recent(last: &str, down_after: Duration) -> bool {
+    let Ok(last) = chrono::DateTime::parse_from_rfc3339(last) else {
         return false;
     };
     let age = chrono::Utc::now().signed_duration_since(last);
@@ -915,7 +921,9 @@ impl Control {
             self.record_member_results(host, results, &proxy_of, full)
                 .await;
         }
-        let mut writes: HashMap<String, bool> = HashMap::new();
+        let writes = self
+            .group_status_writes(host, proxy_of.values().map(String::as_str))
+            .await;
         let mut reports = Vec::new();
         for result in results {
             let Ok(id) = result.id.parse::<ForwardId>() else {
@@ -927,18 +935,8 @@ impl Control {
                 continue;
             }
             let proxy = proxy_of.get(&id).map_or(host, String::as_str);
-            if proxy != host {
-                let writes_status = match writes.get(proxy) {
-                    Some(w) => *w,
-                    None => {
-                        let w = self.writes_group_status(host, proxy).await;
-                        writes.insert(proxy.to_owned(), w);
-                        w
-                    }
-                };
-                if !writes_status {
-                    continue;
-                }
+            if proxy != host && !writes.get(proxy).copied().unwrap_or(false) {
+                continue;
             }
             let version = ReportedVersion {
                 proxy: proxy.to_owned(),
@@ -1156,14 +1154,9 @@ impl Control {
         results: &[ForwardResult],
         proxy_of: &HashMap<ForwardId, String>,
     ) {
-        // Per group: whether this member's results make its forwards' status.
-        let mut writes: HashMap<&str, bool> = HashMap::new();
-        for proxy in proxy_of.values() {
-            if proxy != host && !writes.contains_key(proxy.as_str()) {
-                let w = self.writes_group_status(host, proxy).await;
-                writes.insert(proxy, w);
-            }
-        }
+        let writes = self
+            .group_status_writes(host, proxy_of.values().map(String::as_str))
+            .await;
         let reports: Vec<StatusReport> = results
             .iter()
             .take(navigator_rpc::messages::features::MAX_REPORTED_RESULTS)

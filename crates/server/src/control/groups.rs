@@ -55,15 +55,9 @@ impl Control {
         Ok(members)
     }
 
-    /// Whether `member`'s last heartbeat is recent enough.
+    /// Whether `member`'s last heartbeat is recent enough (as for proxies).
     fn member_is_up(&self, member: &GroupMember) -> bool {
-        chrono::DateTime::parse_from_rfc3339(&member.last_report).is_ok_and(|last| {
-            chrono::Utc::now()
-                .signed_duration_since(last)
-                .to_std()
-                .map(|age| age <= self.config.agent_down_time)
-                .unwrap_or(true)
-        })
+        is_recent(&member.last_report, self.config.agent_down_time)
     }
 
     /// The agents that carry the forwards of `proxy`: itself, or for a group
@@ -112,6 +106,24 @@ impl Control {
             .filter(|m| m.group == name && m.holder && is_carrier(m) && self.member_is_up(m))
             .collect();
         holders.is_empty() || holders.iter().any(|m| m.member == host)
+    }
+
+    /// Per group among `proxies` (other proxies than `host` itself):
+    /// whether `host`'s results about its forwards make their status
+    /// ([`Control::writes_group_status`]), asked once per group.
+    pub(super) async fn group_status_writes<'p>(
+        &self,
+        host: &str,
+        proxies: impl Iterator<Item = &'p str>,
+    ) -> HashMap<String, bool> {
+        let mut writes = HashMap::new();
+        for proxy in proxies {
+            if proxy != host && !writes.contains_key(proxy) {
+                let w = self.writes_group_status(host, proxy).await;
+                writes.insert(proxy.to_owned(), w);
+            }
+        }
+        writes
     }
 
     /// The stored summary of what `host` must carry: its own proxy's and
