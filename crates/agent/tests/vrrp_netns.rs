@@ -194,7 +194,11 @@ fn agent_restart_keeps_the_address_and_a_gone_agent_gives_it_up() {
         "the restarted agent does not report\n{}",
         logs(&topo)
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // keepalived's own "Reloading" reaches the agent's log through the file
+    // it follows, some time after the SIGHUP: waited for, not slept on.
+    topo.wait_for(Duration::from_secs(10), |t| {
+        t.log(holder).contains("Reloading")
+    });
     let log = topo.log(holder);
     assert!(
         log.contains("its configuration changed: reloading it (SIGHUP)"),
